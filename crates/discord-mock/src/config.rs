@@ -1,0 +1,284 @@
+//! What the mock Discord looks like and how strict it is. Defaults are Discord's real figures; tests
+//! shrink the intervals.
+
+use std::time::Duration;
+
+use crate::protocol::{CloseCode, MAX_GUILDS_PER_SHARD, intents};
+
+/// A fixed-window REST limit: `limit` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLimit {
+    /// Requests allowed per window.
+    pub limit: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+/// Configuration of a [`MockDiscord`](crate::MockDiscord). Build it with [`MockConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// The one token the mock accepts (with or without a `Bot ` prefix). Default `mock-token`.
+    pub token: String,
+    /// Guilds the bot is in. Default 1.
+    pub guilds: usize,
+    /// Shard count `/gateway/bot` recommends. Default `max(1, ceil(guilds / 1000))`.
+    pub recommended_shards: u32,
+    /// Identify buckets (`session_start_limit.max_concurrency`). Default 1.
+    pub max_concurrency: u32,
+    /// One identify per bucket per this interval. Default 5 s.
+    pub identify_interval: Duration,
+    /// `heartbeat_interval` sent in Hello. Default 41.25 s, the value Discord sends.
+    pub heartbeat_interval: Duration,
+    /// A connection that sends no heartbeat for this long is closed as a zombie.
+    /// Default `1.5 × heartbeat_interval + 1 s`.
+    pub heartbeat_timeout: Duration,
+    /// Close code for zombie connections. Default 4000 (resumable); Discord does not document it.
+    pub zombie_close_code: CloseCode,
+    /// Identifies allowed per [`session_limit_reset`](Self::session_limit_reset). Default 1000.
+    pub session_limit: u32,
+    /// Period of the session budget. Default 24 h.
+    pub session_limit_reset: Duration,
+    /// How long a disconnected session stays resumable. Default 90 s (as measured on Discord).
+    pub resume_timeout: Duration,
+    /// After op 7, the mock closes the connection itself (4000) if the client has not within this
+    /// time. Default 5 s.
+    pub reconnect_grace: Duration,
+    /// Dispatches kept per session for replay on resume. Default 10 000; older ones make a resume
+    /// fail with op 9.
+    pub replay_capacity: usize,
+    /// Guilds one shard may hold before identify closes with 4011. Default 2500.
+    pub max_guilds_per_shard: usize,
+    /// Large-bot sharding: the shard total must be a multiple of `max_concurrency` (else 4010).
+    /// Default off.
+    pub large_bot_sharding: bool,
+    /// Privileged intents enabled for the application; others close identify with 4014.
+    /// Default all three.
+    pub privileged_intents: u64,
+    /// Members in each guild besides the bot. Default 4.
+    pub members_per_guild: usize,
+    /// Text channels in each guild (plus one voice channel). Default 2.
+    pub channels_per_guild: usize,
+    /// Events the event source produces per guild per second once started. Default 1.0.
+    pub event_rate: f64,
+    /// Whether the event source runs from the start. Default off.
+    pub events_running: bool,
+    /// Every n-th produced event is a `GUILD_MEMBER_ADD` instead of a `MESSAGE_CREATE`; 0 never.
+    /// Default 10.
+    pub member_add_every: u32,
+    /// Global REST limit (per bot). Default 50 per second.
+    pub global_limit: RouteLimit,
+    /// `POST /channels/{id}/messages` limit per channel. Default 5 per 5 s.
+    pub message_limit: RouteLimit,
+    /// Limit of every other REST route per top-level resource. Default 30 per second.
+    pub route_limit: RouteLimit,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfigBuilder::default().build()
+    }
+}
+
+impl MockConfig {
+    /// A builder with Discord's defaults.
+    #[must_use]
+    pub fn builder() -> MockConfigBuilder {
+        MockConfigBuilder::default()
+    }
+
+    /// Whether a token (with or without `Bot `) is the configured one.
+    #[must_use]
+    pub fn token_matches(&self, presented: &str) -> bool {
+        let presented = presented.strip_prefix("Bot ").unwrap_or(presented);
+        presented == self.token
+    }
+}
+
+/// Builder of [`MockConfig`]; every setter documents its field on [`MockConfig`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MockConfigBuilder {
+    config: MockConfig,
+    recommended_shards: Option<u32>,
+    heartbeat_timeout: Option<Duration>,
+}
+
+impl Default for MockConfigBuilder {
+    fn default() -> Self {
+        let heartbeat_interval = Duration::from_millis(41_250);
+        Self {
+            config: MockConfig {
+                token: "mock-token".to_owned(),
+                guilds: 1,
+                recommended_shards: 1,
+                max_concurrency: 1,
+                identify_interval: Duration::from_secs(5),
+                heartbeat_interval,
+                heartbeat_timeout: Duration::ZERO,
+                zombie_close_code: CloseCode::UnknownError,
+                session_limit: 1000,
+                session_limit_reset: Duration::from_secs(24 * 60 * 60),
+                resume_timeout: Duration::from_secs(90),
+                reconnect_grace: Duration::from_secs(5),
+                replay_capacity: 10_000,
+                max_guilds_per_shard: MAX_GUILDS_PER_SHARD,
+                large_bot_sharding: false,
+                privileged_intents: intents::PRIVILEGED,
+                members_per_guild: 4,
+                channels_per_guild: 2,
+                event_rate: 1.0,
+                events_running: false,
+                member_add_every: 10,
+                global_limit: RouteLimit {
+                    limit: 50,
+                    window: Duration::from_secs(1),
+                },
+                message_limit: RouteLimit {
+                    limit: 5,
+                    window: Duration::from_secs(5),
+                },
+                route_limit: RouteLimit {
+                    limit: 30,
+                    window: Duration::from_secs(1),
+                },
+            },
+            recommended_shards: None,
+            heartbeat_timeout: None,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.config.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl MockConfigBuilder {
+    setters! {
+        /// See [`MockConfig::guilds`].
+        guilds: usize,
+        /// See [`MockConfig::max_concurrency`]; values below 1 are raised to 1 at build.
+        max_concurrency: u32,
+        /// See [`MockConfig::identify_interval`].
+        identify_interval: Duration,
+        /// See [`MockConfig::heartbeat_interval`].
+        heartbeat_interval: Duration,
+        /// See [`MockConfig::zombie_close_code`].
+        zombie_close_code: CloseCode,
+        /// See [`MockConfig::session_limit`].
+        session_limit: u32,
+        /// See [`MockConfig::session_limit_reset`].
+        session_limit_reset: Duration,
+        /// See [`MockConfig::resume_timeout`].
+        resume_timeout: Duration,
+        /// See [`MockConfig::reconnect_grace`].
+        reconnect_grace: Duration,
+        /// See [`MockConfig::replay_capacity`].
+        replay_capacity: usize,
+        /// See [`MockConfig::max_guilds_per_shard`].
+        max_guilds_per_shard: usize,
+        /// See [`MockConfig::large_bot_sharding`].
+        large_bot_sharding: bool,
+        /// See [`MockConfig::privileged_intents`].
+        privileged_intents: u64,
+        /// See [`MockConfig::members_per_guild`].
+        members_per_guild: usize,
+        /// See [`MockConfig::channels_per_guild`].
+        channels_per_guild: usize,
+        /// See [`MockConfig::event_rate`].
+        event_rate: f64,
+        /// See [`MockConfig::events_running`].
+        events_running: bool,
+        /// See [`MockConfig::member_add_every`].
+        member_add_every: u32,
+        /// See [`MockConfig::global_limit`].
+        global_limit: RouteLimit,
+        /// See [`MockConfig::message_limit`].
+        message_limit: RouteLimit,
+        /// See [`MockConfig::route_limit`].
+        route_limit: RouteLimit,
+    }
+
+    /// See [`MockConfig::token`].
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = token.into();
+        self
+    }
+
+    /// See [`MockConfig::recommended_shards`].
+    pub fn recommended_shards(mut self, shards: u32) -> Self {
+        self.recommended_shards = Some(shards);
+        self
+    }
+
+    /// See [`MockConfig::heartbeat_timeout`].
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = Some(timeout);
+        self
+    }
+
+    /// The configuration, with derived defaults filled in.
+    #[must_use]
+    pub fn build(self) -> MockConfig {
+        let mut config = self.config;
+        config.max_concurrency = config.max_concurrency.max(1);
+        config.recommended_shards = self
+            .recommended_shards
+            .unwrap_or_else(|| config.guilds.div_ceil(1000).max(1) as u32)
+            .max(1);
+        config.heartbeat_timeout = self
+            .heartbeat_timeout
+            .unwrap_or(config.heartbeat_interval * 3 / 2 + Duration::from_secs(1));
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_discords_figures() {
+        let c = MockConfig::default();
+        assert_eq!(c.identify_interval, Duration::from_secs(5));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(41_250));
+        assert_eq!(c.session_limit, 1000);
+        assert_eq!(c.max_concurrency, 1);
+        assert_eq!(c.recommended_shards, 1);
+        assert_eq!(c.global_limit.limit, 50);
+    }
+
+    #[test]
+    fn recommended_shards_follow_guild_count() {
+        assert_eq!(
+            MockConfig::builder()
+                .guilds(2500)
+                .build()
+                .recommended_shards,
+            3
+        );
+        assert_eq!(
+            MockConfig::builder()
+                .guilds(10)
+                .recommended_shards(8)
+                .build()
+                .recommended_shards,
+            8
+        );
+    }
+
+    #[test]
+    fn token_accepts_bot_prefix() {
+        let c = MockConfig::default();
+        assert!(c.token_matches("mock-token"));
+        assert!(c.token_matches("Bot mock-token"));
+        assert!(!c.token_matches("Bot other"));
+    }
+}

@@ -1,0 +1,1252 @@
+//! The gateway, sans I/O: connections, sessions, identify pacing, the session budget, the event
+//! source and the evidence, fed `(now, input)` and returning [`Action`]s.
+//!
+//! It holds no socket and reads no clock: `now` is the time since the mock started, given by the
+//! caller, so every close-code rule is unit-tested with fake time. The server layer
+//! ([`crate::server`]) turns websocket messages into calls here and carries out the actions.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::config::MockConfig;
+use crate::protocol::{
+    API_VERSION, CloseCode, Envelope, MAX_CLIENT_PAYLOAD, OpCode, SEND_LIMIT, SEND_WINDOW, intents,
+    raw,
+};
+use crate::stats::{EventReport, SessionReport, Stats, Violation};
+use crate::world::{self, BOT_USER_ID, World};
+
+/// Identifies one websocket connection.
+pub type ConnId = u64;
+
+/// What the I/O layer must do for the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a text frame.
+    Send {
+        /// Connection.
+        conn: ConnId,
+        /// Frame text.
+        text: String,
+    },
+    /// Send a close frame with this code, then end the connection.
+    Close {
+        /// Connection.
+        conn: ConnId,
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+    /// End the TCP connection without a close frame.
+    Drop {
+        /// Connection.
+        conn: ConnId,
+    },
+}
+
+/// Whether a connection has identified or resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Auth {
+    /// Only heartbeats, identify and resume are allowed.
+    Pending,
+    /// Holds this session.
+    Session(String),
+    /// Held a session that the mock invalidated; the client must reconnect.
+    Invalidated,
+}
+
+#[derive(Debug)]
+struct Conn {
+    auth: Auth,
+    last_heartbeat: Duration,
+    received: VecDeque<Duration>,
+    close_at: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: String,
+    shard: [u32; 2],
+    intents: u64,
+    seq: u64,
+    acked: u64,
+    conn: Option<ConnId>,
+    detached_at: Duration,
+    /// Dispatches kept for replay, oldest first.
+    replay: VecDeque<(u64, String)>,
+    /// Event-source events sent and not yet confirmed: `(seq, event number)`.
+    unconfirmed: VecDeque<(u64, u64)>,
+    resumes: u64,
+    events_sent: u64,
+    events_acked: u64,
+}
+
+/// The event source's state.
+#[derive(Debug)]
+struct EventSource {
+    running: bool,
+    rate: f64,
+    last: Duration,
+    carry: f64,
+    cursor: usize,
+}
+
+/// Most events one tick may produce, so a long pause cannot build an unbounded burst.
+const MAX_EVENTS_PER_TICK: usize = 100_000;
+
+/// The gateway state machine. See the module docs.
+#[derive(Debug)]
+pub struct Gateway {
+    config: MockConfig,
+    world: World,
+    gateway_url: String,
+    resume_url: String,
+    next_conn: ConnId,
+    conns: HashMap<ConnId, Conn>,
+    sessions: HashMap<String, Session>,
+    /// Sessions by `num_shards`, then shard id.
+    routes: BTreeMap<u32, BTreeMap<u32, Vec<String>>>,
+    /// Last accepted identify per bucket.
+    buckets: HashMap<u32, Duration>,
+    budget_remaining: u32,
+    budget_resets_at: Duration,
+    acks_withheld: HashSet<u32>,
+    member_requests: HashMap<u64, Duration>,
+    events: EventSource,
+    /// Confirmations per produced event, indexed by event number.
+    confirmations: Vec<u32>,
+    stats: Stats,
+}
+
+impl Gateway {
+    /// A gateway served at `gateway_url` (`ws://127.0.0.1:PORT`); `READY` advertises
+    /// `{gateway_url}/resume` as `resume_gateway_url`.
+    #[must_use]
+    pub fn new(config: MockConfig, gateway_url: String) -> Self {
+        let world = World::new(&config);
+        Self {
+            budget_remaining: config.session_limit,
+            budget_resets_at: config.session_limit_reset,
+            events: EventSource {
+                running: config.events_running,
+                rate: config.event_rate,
+                last: Duration::ZERO,
+                carry: 0.0,
+                cursor: 0,
+            },
+            world,
+            resume_url: format!("{gateway_url}/resume"),
+            gateway_url,
+            next_conn: 1,
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            routes: BTreeMap::new(),
+            buckets: HashMap::new(),
+            acks_withheld: HashSet::new(),
+            member_requests: HashMap::new(),
+            confirmations: Vec::new(),
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &MockConfig {
+        &self.config
+    }
+
+    /// The bot's world.
+    #[must_use]
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The URL the gateway is served at.
+    #[must_use]
+    pub fn gateway_url(&self) -> &str {
+        &self.gateway_url
+    }
+
+    /// Updates the counters (for the REST layer, which shares them).
+    pub fn record<R>(&mut self, update: impl FnOnce(&mut Stats) -> R) -> R {
+        update(&mut self.stats)
+    }
+
+    /// Session budget as `/gateway/bot` reports it: `(total, remaining, reset_after)`.
+    #[must_use]
+    pub fn session_budget(&self, now: Duration) -> (u32, u32, Duration) {
+        let remaining = if now >= self.budget_resets_at {
+            self.config.session_limit
+        } else {
+            self.budget_remaining
+        };
+        let reset_after = self.budget_resets_at.saturating_sub(now);
+        (self.config.session_limit, remaining, reset_after)
+    }
+
+    /// Whether the token was reset because the session budget ran out.
+    #[must_use]
+    pub fn token_reset(&self) -> bool {
+        self.stats.token_reset
+    }
+
+    /// A new connection. `query` is the URL query (`v=10&encoding=json...`).
+    pub fn open(&mut self, now: Duration, query: Option<&str>, out: &mut Vec<Action>) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.stats.connections += 1;
+        self.conns.insert(
+            conn,
+            Conn {
+                auth: Auth::Pending,
+                last_heartbeat: now,
+                received: VecDeque::new(),
+                close_at: None,
+            },
+        );
+        let mut version_ok = true;
+        let mut json_ok = true;
+        for pair in query.unwrap_or("").split('&') {
+            match pair.split_once('=') {
+                Some(("v", v)) => version_ok = v == API_VERSION.to_string(),
+                Some(("encoding", e)) => json_ok = e == "json",
+                _ => {}
+            }
+        }
+        let hello = raw(&json!({
+            "heartbeat_interval": self.config.heartbeat_interval.as_millis() as u64,
+            "_trace": ["[\"discord-mock\",{\"micros\":0.0}]"],
+        }));
+        out.push(Action::Send {
+            conn,
+            text: Envelope::control(OpCode::Hello, &hello),
+        });
+        if !version_ok {
+            self.violate(
+                conn,
+                now,
+                Violation::InvalidApiVersion,
+                CloseCode::InvalidApiVersion,
+                out,
+            );
+        } else if !json_ok {
+            // The mock speaks JSON only; ETF clients get a decode error.
+            self.violate(
+                conn,
+                now,
+                Violation::DecodeError,
+                CloseCode::DecodeError,
+                out,
+            );
+        }
+        conn
+    }
+
+    /// A text frame from a client.
+    pub fn receive_text(&mut self, conn: ConnId, now: Duration, text: &str, out: &mut Vec<Action>) {
+        if !self.count_receive(conn, now, out) {
+            return;
+        }
+        if text.len() > MAX_CLIENT_PAYLOAD {
+            self.violate(
+                conn,
+                now,
+                Violation::PayloadTooLarge,
+                CloseCode::DecodeError,
+                out,
+            );
+            return;
+        }
+        #[derive(serde::Deserialize)]
+        struct Incoming<'a> {
+            op: Value,
+            #[serde(borrow, default)]
+            d: Option<&'a RawValue>,
+        }
+        let Ok(incoming) = serde_json::from_str::<Incoming>(text) else {
+            self.violate(
+                conn,
+                now,
+                Violation::DecodeError,
+                CloseCode::DecodeError,
+                out,
+            );
+            return;
+        };
+        let op = incoming
+            .op
+            .as_u64()
+            .and_then(|op| u8::try_from(op).ok())
+            .and_then(OpCode::from_u8)
+            .filter(|op| op.is_client_op());
+        let Some(op) = op else {
+            self.violate(
+                conn,
+                now,
+                Violation::UnknownOpcode,
+                CloseCode::UnknownOpcode,
+                out,
+            );
+            return;
+        };
+        let d: Value = incoming.d.map_or(Value::Null, |d| {
+            serde_json::from_str(d.get()).unwrap_or(Value::Null)
+        });
+        let auth = self.conns[&conn].auth.clone();
+        match (op, &auth) {
+            (OpCode::Heartbeat, _) => self.on_heartbeat(conn, now, &d, out),
+            (OpCode::Identify, Auth::Pending) => self.on_identify(conn, now, &d, out),
+            (OpCode::Resume, Auth::Pending) => self.on_resume(conn, now, &d, out),
+            (OpCode::Identify | OpCode::Resume, _) => {
+                self.violate(
+                    conn,
+                    now,
+                    Violation::AlreadyAuthenticated,
+                    CloseCode::AlreadyAuthenticated,
+                    out,
+                );
+            }
+            (_, Auth::Pending | Auth::Invalidated) => {
+                self.violate(
+                    conn,
+                    now,
+                    Violation::NotAuthenticated,
+                    CloseCode::NotAuthenticated,
+                    out,
+                );
+            }
+            (OpCode::RequestGuildMembers, Auth::Session(session)) => {
+                let session = session.clone();
+                self.on_request_members(conn, now, &session, &d, out);
+            }
+            (OpCode::PresenceUpdate, Auth::Session(_)) => {
+                if d.is_object() {
+                    self.stats.presence_updates += 1;
+                } else {
+                    self.violate(
+                        conn,
+                        now,
+                        Violation::UnknownOpcode,
+                        CloseCode::UnknownOpcode,
+                        out,
+                    );
+                }
+            }
+            // Voice state, soundboard and channel info requests are accepted and not answered.
+            (_, Auth::Session(_)) => {}
+        }
+    }
+
+    /// A binary frame from a client: the mock speaks JSON text only, so this is a decode error.
+    pub fn receive_binary(&mut self, conn: ConnId, now: Duration, out: &mut Vec<Action>) {
+        if self.count_receive(conn, now, out) {
+            self.violate(
+                conn,
+                now,
+                Violation::DecodeError,
+                CloseCode::DecodeError,
+                out,
+            );
+        }
+    }
+
+    /// The client closed the connection with a close frame (`Some(code)`) or dropped it (`None`).
+    ///
+    /// 1000 and 1001 end the session; any other code, or a drop, keeps it resumable.
+    pub fn client_closed(&mut self, conn: ConnId, now: Duration, code: Option<u16>) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(code) = code {
+            *self.stats.closes_received.entry(code).or_default() += 1;
+        }
+        if let Auth::Session(session) = state.auth {
+            if matches!(code, Some(1000 | 1001)) {
+                self.end_session(&session);
+            } else {
+                self.detach(&session, now);
+            }
+        }
+    }
+
+    /// Advances time: zombie connections, op 7 deadlines, expired sessions, the session budget's
+    /// reset and the event source.
+    pub fn tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let zombies: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_heartbeat) > self.config.heartbeat_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in zombies {
+            self.close(conn, now, self.config.zombie_close_code.as_u16(), out);
+        }
+        let overdue: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.close_at.is_some_and(|at| now >= at))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in overdue {
+            self.close(conn, now, CloseCode::UnknownError.as_u16(), out);
+        }
+        let expired: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.conn.is_none() && now.saturating_sub(s.detached_at) > self.config.resume_timeout
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        for session in expired {
+            self.end_session(&session);
+        }
+        self.tick_budget(now);
+        self.produce_due_events(now, out);
+    }
+
+    fn produce_due_events(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let elapsed = now.saturating_sub(self.events.last);
+        self.events.last = now;
+        if !self.events.running || self.world.guilds.is_empty() {
+            return;
+        }
+        let due = self.events.carry
+            + elapsed.as_secs_f64() * self.events.rate * self.world.guilds.len() as f64;
+        let whole = (due.floor() as usize).min(MAX_EVENTS_PER_TICK);
+        self.events.carry = due - due.floor();
+        for _ in 0..whole {
+            let guild = self.events.cursor % self.world.guilds.len();
+            self.events.cursor = self.events.cursor.wrapping_add(1);
+            self.produce_event(guild, out);
+        }
+    }
+
+    /// Starts the event source, optionally at a new rate (events per guild per second).
+    pub fn start_events(&mut self, now: Duration, rate: Option<f64>) {
+        if let Some(rate) = rate {
+            self.events.rate = rate.max(0.0);
+        }
+        if !self.events.running {
+            self.events.running = true;
+            self.events.last = now;
+            self.events.carry = 0.0;
+        }
+    }
+
+    /// Stops the event source.
+    pub fn stop_events(&mut self) {
+        self.events.running = false;
+    }
+
+    /// Produces one event for the `guild_index`-th guild now and returns its id. Every session of
+    /// the owning shard (any shard total) receives it.
+    pub fn produce_event(&mut self, guild_index: usize, out: &mut Vec<Action>) -> u64 {
+        let n = self.confirmations.len() as u64;
+        self.confirmations.push(0);
+        self.stats.events_produced += 1;
+        let id = world::event_id(n);
+        let every = u64::from(self.config.member_add_every);
+        let guild = &self.world.guilds[guild_index];
+        let guild_id = guild.id;
+        let (event, d) = if every > 0 && (n + 1) % every == 0 {
+            let name = format!("joined-{n}");
+            let user = world::user_json(id, &name);
+            self.world.add_user(id, name);
+            let mut member = json!({
+                "user": user, "nick": null, "avatar": null, "roles": [],
+                "joined_at": world::iso8601(SystemTime::now()), "premium_since": null,
+                "deaf": false, "mute": false, "flags": 0, "pending": false,
+            });
+            member["guild_id"] = Value::String(guild_id.to_string());
+            ("GUILD_MEMBER_ADD", member)
+        } else {
+            let channel = guild.channels[n as usize % guild.text_channels.max(1)];
+            let author_id = guild.members[1 + n as usize % (guild.members.len() - 1).max(1)];
+            let author = self.world.user(author_id).unwrap_or_else(World::bot_user);
+            let d =
+                world::message_json(id, Some(guild_id), channel, &author, &format!("event {n}"));
+            ("MESSAGE_CREATE", d)
+        };
+        let d = raw(&d);
+        for session in self.sessions_for_guild(guild_id) {
+            self.dispatch(&session, event, &d, Some(n), out);
+        }
+        id
+    }
+
+    fn sessions_for_guild(&self, guild_id: u64) -> Vec<String> {
+        let mut found = Vec::new();
+        for (total, shards) in &self.routes {
+            if let Some(ids) = shards.get(&world::shard_for_guild(guild_id, *total)) {
+                found.extend(ids.iter().cloned());
+            }
+        }
+        found
+    }
+
+    /// Closes every connection of shard `shard` with `code`. Returns how many were closed.
+    pub fn close_shard(
+        &mut self,
+        now: Duration,
+        shard: u32,
+        code: u16,
+        out: &mut Vec<Action>,
+    ) -> usize {
+        let conns = self.conns_of_shard(shard);
+        for conn in &conns {
+            self.close(*conn, now, code, out);
+        }
+        conns.len()
+    }
+
+    /// Drops the TCP connection of every connection of shard `shard`; their sessions stay
+    /// resumable. Returns how many were dropped.
+    pub fn drop_shard(&mut self, now: Duration, shard: u32, out: &mut Vec<Action>) -> usize {
+        let conns = self.conns_of_shard(shard);
+        for conn in &conns {
+            self.client_closed(*conn, now, None);
+            out.push(Action::Drop { conn: *conn });
+        }
+        conns.len()
+    }
+
+    /// Sends op 7 to every connection of shard `shard`; the mock closes them itself after
+    /// `reconnect_grace`. Returns how many were told.
+    pub fn reconnect_shard(&mut self, now: Duration, shard: u32, out: &mut Vec<Action>) -> usize {
+        let conns = self.conns_of_shard(shard);
+        let null = raw(&Value::Null);
+        for conn in &conns {
+            out.push(Action::Send {
+                conn: *conn,
+                text: Envelope::control(OpCode::Reconnect, &null),
+            });
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.close_at = Some(now + self.config.reconnect_grace);
+            }
+        }
+        conns.len()
+    }
+
+    /// Sends op 9 to every connection of shard `shard`. Unless `resumable`, their sessions end.
+    /// Returns how many were told.
+    pub fn invalidate_shard(
+        &mut self,
+        shard: u32,
+        resumable: bool,
+        out: &mut Vec<Action>,
+    ) -> usize {
+        let conns = self.conns_of_shard(shard);
+        let d = raw(&Value::Bool(resumable));
+        for conn in &conns {
+            out.push(Action::Send {
+                conn: *conn,
+                text: Envelope::control(OpCode::InvalidSession, &d),
+            });
+            if !resumable
+                && let Some(c) = self.conns.get_mut(conn)
+                && let Auth::Session(session) = std::mem::replace(&mut c.auth, Auth::Invalidated)
+            {
+                self.end_session(&session);
+            }
+        }
+        conns.len()
+    }
+
+    /// Withholds (or restores) heartbeat ACKs on shard `shard`'s connections, now and later.
+    pub fn withhold_acks(&mut self, shard: u32, withhold: bool) {
+        if withhold {
+            self.acks_withheld.insert(shard);
+        } else {
+            self.acks_withheld.remove(&shard);
+        }
+    }
+
+    /// Leaves token-reset mode and refills the session budget.
+    pub fn restore_token(&mut self) {
+        self.stats.token_reset = false;
+        self.budget_remaining = self.config.session_limit;
+    }
+
+    fn conns_of_shard(&self, shard: u32) -> Vec<ConnId> {
+        let mut conns: Vec<ConnId> = self
+            .sessions
+            .values()
+            .filter(|s| s.shard[0] == shard)
+            .filter_map(|s| s.conn)
+            .collect();
+        conns.sort_unstable();
+        conns
+    }
+
+    /// Counters now.
+    #[must_use]
+    pub fn stats(&self, now: Duration) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.open_connections = self.conns.len() as u64;
+        stats.session_budget_remaining = self.session_budget(now).1;
+        for session in self.sessions.values() {
+            *stats
+                .sessions_per_shard
+                .entry(session.shard[0])
+                .or_default() += 1;
+        }
+        stats
+    }
+
+    /// Every live session (attached or resumable), ordered by shard.
+    #[must_use]
+    pub fn sessions(&self) -> Vec<SessionReport> {
+        let mut reports: Vec<SessionReport> = self
+            .sessions
+            .values()
+            .map(|s| SessionReport {
+                session_id: s.id.clone(),
+                shard: s.shard,
+                seq: s.seq,
+                acked_seq: s.acked,
+                attached: s.conn.is_some(),
+                resumes: s.resumes,
+                events_sent: s.events_sent,
+                events_acked: s.events_acked,
+            })
+            .collect();
+        reports.sort_by(|a, b| {
+            (a.shard[1], a.shard[0], &a.session_id).cmp(&(b.shard[1], b.shard[0], &b.session_id))
+        });
+        reports
+    }
+
+    /// How the event source's events were delivered. See [`EventReport`].
+    #[must_use]
+    pub fn event_report(&self) -> EventReport {
+        let mut in_flight = vec![false; self.confirmations.len()];
+        for session in self.sessions.values() {
+            for (_, n) in &session.unconfirmed {
+                in_flight[*n as usize] = true;
+            }
+        }
+        let mut report = EventReport {
+            produced: self.confirmations.len() as u64,
+            ..EventReport::default()
+        };
+        for (n, confirmations) in self.confirmations.iter().enumerate() {
+            if *confirmations > 0 {
+                report.delivered += 1;
+                report.duplicates += u64::from(confirmations - 1);
+            } else if in_flight[n] {
+                report.in_flight += 1;
+            } else {
+                report.lost += 1;
+                if report.lost_ids.len() < 20 {
+                    report.lost_ids.push(world::event_id(n as u64));
+                }
+            }
+        }
+        report
+    }
+
+    // ---- protocol handlers ---------------------------------------------------------------
+
+    /// Counts a received frame against the send limit; closes with 4008 past it.
+    fn count_receive(&mut self, conn: ConnId, now: Duration, out: &mut Vec<Action>) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        while c
+            .received
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= SEND_WINDOW)
+        {
+            c.received.pop_front();
+        }
+        c.received.push_back(now);
+        if c.received.len() > SEND_LIMIT {
+            self.violate(
+                conn,
+                now,
+                Violation::SendRateLimit,
+                CloseCode::RateLimited,
+                out,
+            );
+            return false;
+        }
+        true
+    }
+
+    fn on_heartbeat(&mut self, conn: ConnId, now: Duration, d: &Value, out: &mut Vec<Action>) {
+        self.stats.heartbeats += 1;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_heartbeat = now;
+        let session = match &c.auth {
+            Auth::Session(s) => Some(s.clone()),
+            _ => None,
+        };
+        let mut withheld = false;
+        if let Some(session) = session {
+            if let Some(seq) = d.as_u64() {
+                self.confirm(&session, seq);
+            }
+            withheld = self
+                .sessions
+                .get(&session)
+                .is_some_and(|s| self.acks_withheld.contains(&s.shard[0]));
+        }
+        if !withheld {
+            out.push(Action::Send {
+                conn,
+                text: Envelope::control(OpCode::HeartbeatAck, &raw(&Value::Null)),
+            });
+        }
+    }
+
+    fn on_identify(&mut self, conn: ConnId, now: Duration, d: &Value, out: &mut Vec<Action>) {
+        if !d.is_object() {
+            self.violate(
+                conn,
+                now,
+                Violation::UnknownOpcode,
+                CloseCode::UnknownOpcode,
+                out,
+            );
+            return;
+        }
+        let token_ok = d["token"]
+            .as_str()
+            .is_some_and(|t| self.config.token_matches(t));
+        if !token_ok || self.stats.token_reset {
+            self.violate(
+                conn,
+                now,
+                Violation::AuthenticationFailed,
+                CloseCode::AuthenticationFailed,
+                out,
+            );
+            return;
+        }
+        let Some(intents) = d["intents"].as_u64() else {
+            self.violate(
+                conn,
+                now,
+                Violation::InvalidIntents,
+                CloseCode::InvalidIntents,
+                out,
+            );
+            return;
+        };
+        if intents & !intents::KNOWN != 0 {
+            self.violate(
+                conn,
+                now,
+                Violation::InvalidIntents,
+                CloseCode::InvalidIntents,
+                out,
+            );
+            return;
+        }
+        if intents & intents::PRIVILEGED & !self.config.privileged_intents != 0 {
+            self.violate(
+                conn,
+                now,
+                Violation::DisallowedIntents,
+                CloseCode::DisallowedIntents,
+                out,
+            );
+            return;
+        }
+        let Some([shard_id, total]) = parse_shard(&d["shard"]) else {
+            self.violate(
+                conn,
+                now,
+                Violation::InvalidShard,
+                CloseCode::InvalidShard,
+                out,
+            );
+            return;
+        };
+        if self.config.large_bot_sharding && total % self.config.max_concurrency != 0 {
+            self.violate(
+                conn,
+                now,
+                Violation::InvalidShard,
+                CloseCode::InvalidShard,
+                out,
+            );
+            return;
+        }
+        let guilds: Vec<u64> = self
+            .world
+            .guilds_of_shard(shard_id, total)
+            .map(|g| g.id)
+            .collect();
+        if guilds.len() > self.config.max_guilds_per_shard {
+            self.violate(
+                conn,
+                now,
+                Violation::ShardingRequired,
+                CloseCode::ShardingRequired,
+                out,
+            );
+            return;
+        }
+        let bucket = shard_id % self.config.max_concurrency;
+        if self
+            .buckets
+            .get(&bucket)
+            .is_some_and(|last| now.saturating_sub(*last) < self.config.identify_interval)
+        {
+            *self
+                .stats
+                .violations
+                .entry(Violation::IdentifyTooEarly)
+                .or_default() += 1;
+            out.push(Action::Send {
+                conn,
+                text: Envelope::control(OpCode::InvalidSession, &raw(&Value::Bool(false))),
+            });
+            return;
+        }
+        self.tick_budget(now);
+        if self.budget_remaining == 0 {
+            self.exhaust_budget(now, out);
+            return;
+        }
+        self.budget_remaining -= 1;
+        self.buckets.insert(bucket, now);
+        self.stats.identifies += 1;
+        *self.stats.identifies_per_shard.entry(shard_id).or_default() += 1;
+
+        let session_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        self.sessions.insert(
+            session_id.clone(),
+            Session {
+                id: session_id.clone(),
+                shard: [shard_id, total],
+                intents,
+                seq: 0,
+                acked: 0,
+                conn: Some(conn),
+                detached_at: now,
+                replay: VecDeque::new(),
+                unconfirmed: VecDeque::new(),
+                resumes: 0,
+                events_sent: 0,
+                events_acked: 0,
+            },
+        );
+        self.routes
+            .entry(total)
+            .or_default()
+            .entry(shard_id)
+            .or_default()
+            .push(session_id.clone());
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.auth = Auth::Session(session_id.clone());
+        }
+        let ready = raw(&self.ready_payload(&session_id, [shard_id, total], &guilds));
+        self.dispatch(&session_id, "READY", &ready, None, out);
+        for guild in guilds {
+            let payload = self
+                .world
+                .guild(guild)
+                .map(|g| g.create_payload.clone())
+                .expect("guild ids come from the world");
+            self.dispatch(&session_id, "GUILD_CREATE", &payload, None, out);
+        }
+    }
+
+    fn ready_payload(&self, session_id: &str, shard: [u32; 2], guilds: &[u64]) -> Value {
+        let mut flags = 0u64;
+        if self.config.privileged_intents & intents::GUILD_PRESENCES != 0 {
+            flags |= 1 << 12;
+        }
+        if self.config.privileged_intents & intents::GUILD_MEMBERS != 0 {
+            flags |= 1 << 14;
+        }
+        if self.config.privileged_intents & intents::MESSAGE_CONTENT != 0 {
+            flags |= 1 << 18;
+        }
+        json!({
+            "v": API_VERSION,
+            "user_settings": {},
+            "user": World::bot_user(),
+            "shard": shard,
+            "session_type": "normal",
+            "session_id": session_id,
+            "resume_gateway_url": self.resume_url,
+            "relationships": [],
+            "private_channels": [],
+            "presences": [],
+            "guilds": guilds.iter().map(|g| json!({"id": g.to_string(), "unavailable": true})).collect::<Vec<_>>(),
+            "guild_join_requests": [],
+            "geo_ordered_rtc_regions": ["mock"],
+            "game_relationships": [],
+            "auth": {},
+            "application": {"id": BOT_USER_ID.to_string(), "flags": flags},
+            "_trace": ["[\"discord-mock\",{\"micros\":0.0}]"],
+        })
+    }
+
+    fn on_resume(&mut self, conn: ConnId, now: Duration, d: &Value, out: &mut Vec<Action>) {
+        if !d.is_object() {
+            self.violate(
+                conn,
+                now,
+                Violation::UnknownOpcode,
+                CloseCode::UnknownOpcode,
+                out,
+            );
+            return;
+        }
+        if !d["token"]
+            .as_str()
+            .is_some_and(|t| self.config.token_matches(t))
+            || self.stats.token_reset
+        {
+            self.violate(
+                conn,
+                now,
+                Violation::AuthenticationFailed,
+                CloseCode::AuthenticationFailed,
+                out,
+            );
+            return;
+        }
+        let session_id = d["session_id"].as_str().unwrap_or_default().to_owned();
+        let seq = d["seq"].as_u64();
+        let refuse = |this: &mut Self, out: &mut Vec<Action>| {
+            this.stats.resumes_refused += 1;
+            out.push(Action::Send {
+                conn,
+                text: Envelope::control(OpCode::InvalidSession, &raw(&Value::Bool(false))),
+            });
+        };
+        let Some(session) = self.sessions.get(&session_id) else {
+            refuse(self, out);
+            return;
+        };
+        let Some(seq) = seq.filter(|seq| *seq <= session.seq) else {
+            self.end_session(&session_id);
+            self.violate(conn, now, Violation::InvalidSeq, CloseCode::InvalidSeq, out);
+            return;
+        };
+        let oldest = session.replay.front().map_or(session.seq + 1, |(s, _)| *s);
+        if seq + 1 < oldest {
+            // The replay buffer no longer reaches back to `seq`.
+            self.end_session(&session_id);
+            refuse(self, out);
+            return;
+        }
+        // A connection still holding the session loses it to the resuming one.
+        if let Some(old) = session.conn
+            && old != conn
+            && let Some(old_conn) = self.conns.remove(&old)
+        {
+            drop(old_conn);
+            self.send_close(old, CloseCode::SessionTimedOut.as_u16(), out);
+        }
+        self.stats.resumes += 1;
+        let session = self.sessions.get_mut(&session_id).expect("checked above");
+        session.conn = Some(conn);
+        session.resumes += 1;
+        for (s, frame) in &session.replay {
+            if *s > seq {
+                out.push(Action::Send {
+                    conn,
+                    text: frame.clone(),
+                });
+                self.stats.dispatches_sent += 1;
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.auth = Auth::Session(session_id.clone());
+        }
+        self.confirm(&session_id, seq);
+        let resumed = raw(&json!({"_trace": ["[\"discord-mock\",{\"micros\":0.0}]"]}));
+        self.dispatch(&session_id, "RESUMED", &resumed, None, out);
+    }
+
+    fn on_request_members(
+        &mut self,
+        conn: ConnId,
+        now: Duration,
+        session_id: &str,
+        d: &Value,
+        out: &mut Vec<Action>,
+    ) {
+        let guild_id = d["guild_id"].as_str().and_then(|g| g.parse::<u64>().ok());
+        let (Some(guild_id), Some(session)) = (guild_id, self.sessions.get(session_id)) else {
+            self.violate(
+                conn,
+                now,
+                Violation::UnknownOpcode,
+                CloseCode::UnknownOpcode,
+                out,
+            );
+            return;
+        };
+        let [shard_id, total] = session.shard;
+        let intents = session.intents;
+        let Some(guild) = self
+            .world
+            .guild(guild_id)
+            .filter(|g| world::shard_for_guild(g.id, total) == shard_id)
+        else {
+            return; // Not this shard's guild: Discord does not answer.
+        };
+        let query = d["query"].as_str();
+        let limit = d["limit"].as_u64().unwrap_or(0) as usize;
+        let nonce = d["nonce"]
+            .as_str()
+            .filter(|n| n.len() <= 32)
+            .map(str::to_owned);
+        let user_ids: Option<Vec<u64>> = match &d["user_ids"] {
+            Value::String(id) => Some(id.parse().ok().into_iter().collect()),
+            Value::Array(ids) => Some(
+                ids.iter()
+                    .filter_map(|i| i.as_str()?.parse().ok())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let all_members = query == Some("") && limit == 0 && user_ids.is_none();
+        if all_members {
+            if intents & intents::GUILD_MEMBERS == 0 {
+                return; // Without the intent the gateway simply does not answer.
+            }
+            if let Some(last) = self.member_requests.get(&guild_id)
+                && now.saturating_sub(*last) < Duration::from_secs(30)
+            {
+                let retry = 30.0 - now.saturating_sub(*last).as_secs_f64();
+                let d = raw(
+                    &json!({"opcode": 8, "retry_after": retry, "meta": {"guild_id": guild_id.to_string(), "nonce": nonce}}),
+                );
+                self.dispatch(session_id, "RATE_LIMITED", &d, None, out);
+                return;
+            }
+            self.member_requests.insert(guild_id, now);
+        }
+        let joined_at = world::iso8601(SystemTime::now());
+        let mut not_found = Vec::new();
+        let members: Vec<Value> = if let Some(ids) = &user_ids {
+            ids.iter()
+                .take(100)
+                .filter_map(|id| {
+                    let m = guild
+                        .members
+                        .contains(id)
+                        .then(|| self.world.member_json(guild, *id, &joined_at));
+                    if m.is_none() {
+                        not_found.push(id.to_string());
+                    }
+                    m
+                })
+                .collect()
+        } else {
+            let prefix = query.unwrap_or("");
+            let cap = if all_members {
+                usize::MAX
+            } else {
+                limit.clamp(1, 100)
+            };
+            guild
+                .members
+                .iter()
+                .filter(|id| {
+                    self.world
+                        .username(**id)
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+                .take(cap)
+                .map(|id| self.world.member_json(guild, *id, &joined_at))
+                .collect()
+        };
+        self.stats.member_requests += 1;
+        let chunks: Vec<&[Value]> = if members.is_empty() {
+            vec![&[]]
+        } else {
+            members.chunks(1000).collect()
+        };
+        let count = chunks.len();
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let mut d = json!({
+                "guild_id": guild_id.to_string(),
+                "members": chunk,
+                "chunk_index": index,
+                "chunk_count": count,
+            });
+            if index == 0 && !not_found.is_empty() {
+                d["not_found"] = json!(not_found);
+            }
+            if let Some(nonce) = &nonce {
+                d["nonce"] = Value::String(nonce.clone());
+            }
+            self.dispatch(session_id, "GUILD_MEMBERS_CHUNK", &raw(&d), None, out);
+        }
+    }
+
+    // ---- session bookkeeping -------------------------------------------------------------
+
+    /// Sends a dispatch on a session: next sequence, into the replay buffer, and to its connection
+    /// if one holds it.
+    fn dispatch(
+        &mut self,
+        session_id: &str,
+        event: &str,
+        d: &RawValue,
+        event_n: Option<u64>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        session.seq += 1;
+        let text = Envelope::dispatch(event, session.seq, d);
+        if session.replay.len() >= self.config.replay_capacity {
+            session.replay.pop_front();
+        }
+        if let Some(n) = event_n {
+            session.unconfirmed.push_back((session.seq, n));
+            session.events_sent += 1;
+        }
+        if let Some(conn) = session.conn {
+            self.stats.dispatches_sent += 1;
+            out.push(Action::Send {
+                conn,
+                text: text.clone(),
+            });
+        }
+        session.replay.push_back((session.seq, text));
+    }
+
+    /// The client confirmed every dispatch up to `seq`.
+    fn confirm(&mut self, session_id: &str, seq: u64) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        if seq <= session.acked || seq > session.seq {
+            return;
+        }
+        session.acked = seq;
+        while let Some((s, n)) = session.unconfirmed.front().copied() {
+            if s > seq {
+                break;
+            }
+            session.unconfirmed.pop_front();
+            session.events_acked += 1;
+            self.confirmations[n as usize] += 1;
+        }
+    }
+
+    fn detach(&mut self, session_id: &str, now: Duration) {
+        if let Some(session) = self.sessions.get_mut(session_id) {
+            session.conn = None;
+            session.detached_at = now;
+        }
+    }
+
+    fn end_session(&mut self, session_id: &str) {
+        let Some(session) = self.sessions.remove(session_id) else {
+            return;
+        };
+        let [shard_id, total] = session.shard;
+        if let Some(shards) = self.routes.get_mut(&total) {
+            if let Some(ids) = shards.get_mut(&shard_id) {
+                ids.retain(|id| id != session_id);
+                if ids.is_empty() {
+                    shards.remove(&shard_id);
+                }
+            }
+            if shards.is_empty() {
+                self.routes.remove(&total);
+            }
+        }
+        if let Some(conn) = session.conn
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            c.auth = Auth::Invalidated;
+        }
+    }
+
+    fn tick_budget(&mut self, now: Duration) {
+        while now >= self.budget_resets_at {
+            self.budget_remaining = self.config.session_limit;
+            self.budget_resets_at += self.config.session_limit_reset;
+        }
+    }
+
+    /// Identify with no budget left: Discord ends every session and resets the token.
+    fn exhaust_budget(&mut self, now: Duration, out: &mut Vec<Action>) {
+        *self
+            .stats
+            .violations
+            .entry(Violation::SessionLimitExhausted)
+            .or_default() += 1;
+        self.stats.token_reset = true;
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.close(conn, now, CloseCode::AuthenticationFailed.as_u16(), out);
+        }
+        let sessions: Vec<String> = self.sessions.keys().cloned().collect();
+        for session in sessions {
+            self.end_session(&session);
+        }
+    }
+
+    fn violate(
+        &mut self,
+        conn: ConnId,
+        now: Duration,
+        kind: Violation,
+        code: CloseCode,
+        out: &mut Vec<Action>,
+    ) {
+        *self.stats.violations.entry(kind).or_default() += 1;
+        self.close(conn, now, code.as_u16(), out);
+    }
+
+    /// The mock closes a connection. The session survives codes that keep it (see
+    /// [`CloseCode::keeps_session`]; unknown codes keep it too) and ends otherwise.
+    fn close(&mut self, conn: ConnId, now: Duration, code: u16, out: &mut Vec<Action>) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Auth::Session(session) = state.auth {
+            if CloseCode::from_u16(code).is_none_or(CloseCode::keeps_session) {
+                self.detach(&session, now);
+            } else {
+                self.end_session(&session);
+            }
+        }
+        self.send_close(conn, code, out);
+    }
+
+    fn send_close(&mut self, conn: ConnId, code: u16, out: &mut Vec<Action>) {
+        *self.stats.closes_sent.entry(code).or_default() += 1;
+        let reason = CloseCode::from_u16(code)
+            .map_or("", CloseCode::reason)
+            .to_owned();
+        out.push(Action::Close { conn, code, reason });
+    }
+}
+
+/// `[shard_id, num_shards]` from identify; absent means `[0, 1]`.
+fn parse_shard(value: &Value) -> Option<[u32; 2]> {
+    if value.is_null() {
+        return Some([0, 1]);
+    }
+    let array = value.as_array().filter(|a| a.len() == 2)?;
+    let id = u32::try_from(array[0].as_u64()?).ok()?;
+    let total = u32::try_from(array[1].as_u64()?).ok()?;
+    (total > 0 && id < total).then_some([id, total])
+}
+
+#[cfg(test)]
+mod tests;

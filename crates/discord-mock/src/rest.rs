@@ -1,0 +1,648 @@
+//! REST (`/api/v10`), sans I/O: routes, authentication and Discord's rate limits.
+//!
+//! [`handle`] takes a request's method, path, authorization and body, the time, and the gateway (for
+//! the world and the counters), and returns a [`Response`] for the server layer to write. Limits are
+//! fixed windows: a bucket opens on its first request and resets `window` later, as Discord's
+//! `X-RateLimit-Reset-After` describes; the global limit works the same way over every authorised
+//! request.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::RouteLimit;
+use crate::gateway::Gateway;
+use crate::stats::Violation;
+use crate::world::{self, World};
+
+/// A REST response for the server layer to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Extra headers (`X-RateLimit-*`, `Retry-After`).
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl Response {
+    fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    fn error(status: u16, message: &str, code: u32) -> Self {
+        Self::json(status, json!({"message": message, "code": code}))
+    }
+}
+
+/// One fixed rate-limit window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    limit: RouteLimit,
+    used: u32,
+    resets_at: Duration,
+}
+
+impl Window {
+    fn new(limit: RouteLimit) -> Self {
+        Self {
+            limit,
+            used: 0,
+            resets_at: Duration::ZERO,
+        }
+    }
+
+    fn roll(&mut self, now: Duration) {
+        if now >= self.resets_at {
+            self.used = 0;
+            self.resets_at = now + self.limit.window;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.used >= self.limit.limit
+    }
+
+    fn reset_after(&self, now: Duration) -> Duration {
+        self.resets_at.saturating_sub(now)
+    }
+}
+
+/// Rate-limit state of every bucket and of the global limit.
+#[derive(Debug)]
+pub struct RestLimiter {
+    global: Window,
+    buckets: HashMap<String, Window>,
+}
+
+/// The verdict on one request.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    Allowed,
+    Global(Duration),
+    Route(Duration),
+}
+
+impl RestLimiter {
+    /// A limiter with this global limit.
+    #[must_use]
+    pub fn new(global: RouteLimit) -> Self {
+        Self {
+            global: Window::new(global),
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn check(&mut self, now: Duration, key: &str, limit: RouteLimit) -> Verdict {
+        self.global.roll(now);
+        if self.global.full() {
+            return Verdict::Global(self.global.reset_after(now));
+        }
+        let bucket = self
+            .buckets
+            .entry(key.to_owned())
+            .or_insert_with(|| Window::new(limit));
+        bucket.roll(now);
+        if bucket.full() {
+            return Verdict::Route(bucket.reset_after(now));
+        }
+        bucket.used += 1;
+        self.global.used += 1;
+        Verdict::Allowed
+    }
+
+    fn bucket(&self, key: &str) -> Option<&Window> {
+        self.buckets.get(key)
+    }
+}
+
+/// A matched route: its bucket and what it does.
+enum Route {
+    Gateway,
+    GatewayBot,
+    CurrentUser,
+    CurrentApplication,
+    User(u64),
+    Guild(u64),
+    Channel(u64),
+    Member(u64, u64),
+    CreateMessage(u64),
+}
+
+impl Route {
+    fn parse(method: &str, path: &str) -> Result<Self, Response> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let id = |s: &str| s.parse::<u64>().map_err(|_| not_found());
+        let route = match segments.as_slice() {
+            ["gateway"] => Self::Gateway,
+            ["gateway", "bot"] => Self::GatewayBot,
+            ["users", "@me"] => Self::CurrentUser,
+            ["applications", "@me"] => Self::CurrentApplication,
+            ["users", user] => Self::User(id(user)?),
+            ["guilds", guild] => Self::Guild(id(guild)?),
+            ["channels", channel] => Self::Channel(id(channel)?),
+            ["guilds", guild, "members", user] => Self::Member(id(guild)?, id(user)?),
+            ["channels", channel, "messages"] => Self::CreateMessage(id(channel)?),
+            _ => return Err(not_found()),
+        };
+        let expected = if matches!(route, Self::CreateMessage(_)) {
+            "POST"
+        } else {
+            "GET"
+        };
+        if method == expected {
+            Ok(route)
+        } else {
+            Err(Response::error(405, "405: Method Not Allowed", 0))
+        }
+    }
+
+    /// `(bucket key, bucket id)`: per route and top-level resource, as Discord groups them.
+    fn bucket(&self) -> (String, &'static str) {
+        match self {
+            Self::Gateway | Self::GatewayBot => ("gateway".to_owned(), "b6d5f5e0c1a1"),
+            Self::CurrentUser => ("users/@me".to_owned(), "a4d2c1f0e9b8"),
+            Self::CurrentApplication => ("applications/@me".to_owned(), "c3b2a1f0e9d8"),
+            Self::User(_) => ("users/{id}".to_owned(), "d2e1f0a9b8c7"),
+            Self::Guild(g) => (format!("guilds/{g}"), "e1f0a9b8c7d6"),
+            Self::Channel(c) => (format!("channels/{c}"), "f0a9b8c7d6e5"),
+            Self::Member(g, _) => (format!("guilds/{g}/members"), "a9b8c7d6e5f4"),
+            Self::CreateMessage(c) => (
+                format!("channels/{c}/messages"),
+                "80c17d2f203122d936070c88c8d10f33",
+            ),
+        }
+    }
+}
+
+fn not_found() -> Response {
+    Response::error(404, "404: Not Found", 0)
+}
+
+/// A REST request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// HTTP method (`GET`, `POST`).
+    pub method: &'a str,
+    /// Path after `/api/v10`.
+    pub path: &'a str,
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// Request body.
+    pub body: &'a [u8],
+}
+
+/// Serves one REST request. `unix_now` is the wall clock in seconds (for `X-RateLimit-Reset`);
+/// `gateway_url` is what `/gateway` returns.
+pub fn handle(
+    gateway: &mut Gateway,
+    limiter: &mut RestLimiter,
+    now: Duration,
+    unix_now: f64,
+    gateway_url: &str,
+    request: Request<'_>,
+) -> Response {
+    gateway.record(|s| s.rest_requests += 1);
+    let route = match Route::parse(request.method, request.path) {
+        Ok(route) => route,
+        Err(response) => return response,
+    };
+    if let Route::Gateway = route {
+        return Response::json(200, json!({"url": gateway_url}));
+    }
+    let authorised = request
+        .authorization
+        .is_some_and(|a| a.starts_with("Bot ") && gateway.config().token_matches(a))
+        && !gateway.token_reset();
+    if !authorised {
+        gateway.record(|s| *s.violations.entry(Violation::RestUnauthorized).or_default() += 1);
+        return Response::error(401, "401: Unauthorized", 0);
+    }
+    let limit = if matches!(route, Route::CreateMessage(_)) {
+        gateway.config().message_limit
+    } else {
+        gateway.config().route_limit
+    };
+    let (key, bucket_id) = route.bucket();
+    match limiter.check(now, &key, limit) {
+        Verdict::Allowed => {}
+        Verdict::Global(retry) => {
+            gateway.record(|s| {
+                s.rest_429s += 1;
+                *s.violations
+                    .entry(Violation::RestGlobalRateLimit)
+                    .or_default() += 1;
+            });
+            let mut response = Response::json(
+                429,
+                json!({"message": "You are being rate limited.", "retry_after": round3(retry), "global": true}),
+            );
+            response.headers = vec![
+                (
+                    "retry-after",
+                    retry.as_secs_f64().ceil().max(1.0).to_string(),
+                ),
+                ("x-ratelimit-global", "true".to_owned()),
+                ("x-ratelimit-scope", "global".to_owned()),
+            ];
+            return response;
+        }
+        Verdict::Route(retry) => {
+            gateway.record(|s| {
+                s.rest_429s += 1;
+                *s.violations
+                    .entry(Violation::RestRouteRateLimit)
+                    .or_default() += 1;
+            });
+            let mut response = Response::json(
+                429,
+                json!({"message": "You are being rate limited.", "retry_after": round3(retry), "global": false}),
+            );
+            response.headers = bucket_headers(limiter, &key, bucket_id, now, unix_now);
+            response.headers.push((
+                "retry-after",
+                retry.as_secs_f64().ceil().max(1.0).to_string(),
+            ));
+            response
+                .headers
+                .push(("x-ratelimit-scope", "user".to_owned()));
+            return response;
+        }
+    }
+    let mut response = serve(gateway, now, &route, request.body);
+    response.headers = bucket_headers(limiter, &key, bucket_id, now, unix_now);
+    response
+}
+
+fn round3(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).ceil() / 1000.0
+}
+
+fn bucket_headers(
+    limiter: &RestLimiter,
+    key: &str,
+    bucket_id: &'static str,
+    now: Duration,
+    unix_now: f64,
+) -> Vec<(&'static str, String)> {
+    let Some(window) = limiter.bucket(key) else {
+        return Vec::new();
+    };
+    let reset_after = round3(window.reset_after(now));
+    vec![
+        ("x-ratelimit-limit", window.limit.limit.to_string()),
+        (
+            "x-ratelimit-remaining",
+            window.limit.limit.saturating_sub(window.used).to_string(),
+        ),
+        (
+            "x-ratelimit-reset",
+            format!("{:.3}", unix_now + reset_after),
+        ),
+        ("x-ratelimit-reset-after", format!("{reset_after:.3}")),
+        ("x-ratelimit-bucket", bucket_id.to_owned()),
+    ]
+}
+
+fn serve(gateway: &mut Gateway, now: Duration, route: &Route, body: &[u8]) -> Response {
+    let world = gateway.world();
+    match *route {
+        Route::Gateway => unreachable!("answered before authorisation"),
+        Route::GatewayBot => {
+            let (total, remaining, reset_after) = gateway.session_budget(now);
+            Response::json(
+                200,
+                json!({
+                    "url": gateway.gateway_url(),
+                    "shards": gateway.config().recommended_shards,
+                    "session_start_limit": {
+                        "total": total,
+                        "remaining": remaining,
+                        "reset_after": reset_after.as_millis() as u64,
+                        "max_concurrency": gateway.config().max_concurrency,
+                    },
+                }),
+            )
+        }
+        Route::CurrentUser => Response::json(200, World::bot_user()),
+        Route::CurrentApplication => Response::json(
+            200,
+            json!({
+                "id": world::BOT_USER_ID.to_string(),
+                "name": "fleet-mock-bot",
+                "icon": null,
+                "description": "",
+                "summary": "",
+                "type": null,
+                "bot_public": true,
+                "bot_require_code_grant": false,
+                "verify_key": "0".repeat(64),
+                "flags": 0,
+                "approximate_guild_count": world.guilds.len(),
+                "team": null,
+                "owner": world::user_json(world::BOT_USER_ID + 1, "mock-owner"),
+                "bot": World::bot_user(),
+            }),
+        ),
+        Route::User(id) => world.user(id).map_or_else(
+            || Response::error(404, "Unknown User", 10013),
+            |u| Response::json(200, u),
+        ),
+        Route::Guild(id) => world.guild(id).map_or_else(
+            || Response::error(404, "Unknown Guild", 10004),
+            |g| Response::json(200, world.guild_json(g)),
+        ),
+        Route::Channel(id) => world.channel(id).map_or_else(
+            || Response::error(404, "Unknown Channel", 10003),
+            |c| Response::json(200, c),
+        ),
+        Route::Member(guild, user) => match world.guild(guild) {
+            None => Response::error(404, "Unknown Guild", 10004),
+            Some(g) => world.member(g, user).map_or_else(
+                || Response::error(404, "Unknown Member", 10007),
+                |m| Response::json(200, m),
+            ),
+        },
+        Route::CreateMessage(channel) => create_message(gateway, channel, body),
+    }
+}
+
+fn create_message(gateway: &mut Gateway, channel: u64, body: &[u8]) -> Response {
+    let Some(guild) = gateway.world().guild_of_channel(channel).map(|g| g.id) else {
+        return Response::error(404, "Unknown Channel", 10003);
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return Response::error(400, "The request body contains invalid JSON.", 50109);
+    };
+    let content = body["content"].as_str().unwrap_or("");
+    let has_other = ["embeds", "components", "sticker_ids", "poll"]
+        .iter()
+        .any(|k| body[k].as_array().is_some_and(|a| !a.is_empty()) || body[k].is_object());
+    if content.is_empty() && !has_other {
+        return Response::error(400, "Cannot send an empty message", 50006);
+    }
+    if content.chars().count() > 2000 {
+        return Response::json(
+            400,
+            json!({"message": "Invalid Form Body", "code": 50035, "errors": {"content": {"_errors": [
+                {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}
+            ]}}}),
+        );
+    }
+    let n = gateway.record(|s| {
+        s.messages_created += 1;
+        *s.messages_per_channel.entry(channel).or_default() += 1;
+        s.messages_created
+    });
+    let message = world::message_json(
+        world::rest_message_id(n),
+        Some(guild),
+        channel,
+        &World::bot_user(),
+        content,
+    );
+    Response::json(200, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MockConfig;
+
+    fn setup(config: MockConfig) -> (Gateway, RestLimiter) {
+        let limiter = RestLimiter::new(config.global_limit);
+        (Gateway::new(config, "ws://127.0.0.1:1".to_owned()), limiter)
+    }
+
+    fn get<'a>(path: &'a str, auth: Option<&'a str>) -> Request<'a> {
+        Request {
+            method: "GET",
+            path,
+            authorization: auth,
+            body: b"",
+        }
+    }
+
+    const AUTH: Option<&str> = Some("Bot mock-token");
+
+    fn call(g: &mut Gateway, l: &mut RestLimiter, now: Duration, r: Request<'_>) -> Response {
+        handle(g, l, now, 1_000.0, "ws://127.0.0.1:1", r)
+    }
+
+    #[test]
+    fn gateway_needs_no_token_but_gateway_bot_does() {
+        let (mut g, mut l) = setup(MockConfig::default());
+        let r = call(&mut g, &mut l, Duration::ZERO, get("/gateway", None));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["url"], "ws://127.0.0.1:1");
+        let r = call(&mut g, &mut l, Duration::ZERO, get("/gateway/bot", None));
+        assert_eq!(r.status, 401);
+        assert_eq!(r.body, json!({"message": "401: Unauthorized", "code": 0}));
+        let r = call(
+            &mut g,
+            &mut l,
+            Duration::ZERO,
+            get("/gateway/bot", Some("Bot wrong")),
+        );
+        assert_eq!(r.status, 401);
+        let r = call(&mut g, &mut l, Duration::ZERO, get("/gateway/bot", AUTH));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["session_start_limit"]["max_concurrency"], 1);
+        assert_eq!(r.body["session_start_limit"]["remaining"], 1000);
+        assert_eq!(
+            g.stats(Duration::ZERO)
+                .violations_of(Violation::RestUnauthorized),
+            2
+        );
+    }
+
+    #[test]
+    fn lookups_find_world_objects_and_miss_with_discord_codes() {
+        let (mut g, mut l) = setup(MockConfig::builder().guilds(3).build());
+        let guild = g.world().guilds[1].id;
+        let channel = g.world().guilds[1].channels[0];
+        let member = g.world().guilds[1].members[1];
+        let now = Duration::ZERO;
+        let r = call(&mut g, &mut l, now, get(&format!("/guilds/{guild}"), AUTH));
+        assert_eq!(
+            (r.status, r.body["id"].clone()),
+            (200, json!(guild.to_string()))
+        );
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            get(&format!("/channels/{channel}"), AUTH),
+        );
+        assert_eq!(r.body["guild_id"], json!(guild.to_string()));
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            get(&format!("/guilds/{guild}/members/{member}"), AUTH),
+        );
+        assert_eq!(r.body["user"]["id"], json!(member.to_string()));
+        let r = call(&mut g, &mut l, now, get(&format!("/users/{member}"), AUTH));
+        assert_eq!(r.status, 200);
+        let r = call(&mut g, &mut l, now, get("/users/1", AUTH));
+        assert_eq!((r.status, r.body["code"].clone()), (404, json!(10013)));
+        let r = call(&mut g, &mut l, now, get("/guilds/1", AUTH));
+        assert_eq!(r.body["code"], 10004);
+        let r = call(&mut g, &mut l, now, get("/nope", AUTH));
+        assert_eq!(r.status, 404);
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            Request {
+                method: "DELETE",
+                ..get("/users/@me", AUTH)
+            },
+        );
+        assert_eq!(r.status, 405);
+    }
+
+    #[test]
+    fn route_bucket_limits_with_headers_then_429_then_resets() {
+        let (mut g, mut l) = setup(MockConfig::default());
+        let channel = g.world().guilds[0].channels[0];
+        let path = format!("/channels/{channel}/messages");
+        let post = Request {
+            method: "POST",
+            path: &path,
+            authorization: AUTH,
+            body: br#"{"content":"hi"}"#,
+        };
+        let mut now = Duration::ZERO;
+        for remaining in (0..5).rev() {
+            let r = call(&mut g, &mut l, now, post);
+            assert_eq!(r.status, 200);
+            let header = |name| {
+                r.headers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(header("x-ratelimit-remaining"), Some(remaining.to_string()));
+            assert_eq!(header("x-ratelimit-limit"), Some("5".to_owned()));
+            now += Duration::from_millis(100);
+        }
+        let r = call(&mut g, &mut l, now, post);
+        assert_eq!(r.status, 429);
+        assert_eq!(r.body["global"], false);
+        assert!((r.body["retry_after"].as_f64().unwrap() - 4.6).abs() < 0.01);
+        assert!(
+            r.headers
+                .contains(&("x-ratelimit-scope", "user".to_owned()))
+        );
+        now = Duration::from_secs(5);
+        assert_eq!(call(&mut g, &mut l, now, post).status, 200);
+        let stats = g.stats(now);
+        assert_eq!((stats.rest_429s, stats.messages_created), (1, 6));
+        assert_eq!(stats.violations_of(Violation::RestRouteRateLimit), 1);
+    }
+
+    #[test]
+    fn global_limit_applies_across_routes() {
+        let (mut g, mut l) = setup(MockConfig::builder().guilds(60).build());
+        let ids: Vec<u64> = g.world().guilds.iter().map(|g| g.id).collect();
+        let now = Duration::from_millis(10);
+        for id in &ids[..50] {
+            assert_eq!(
+                call(&mut g, &mut l, now, get(&format!("/guilds/{id}"), AUTH)).status,
+                200
+            );
+        }
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            get(&format!("/guilds/{}", ids[50]), AUTH),
+        );
+        assert_eq!(r.status, 429);
+        assert_eq!(r.body["global"], true);
+        assert!(
+            r.headers
+                .contains(&("x-ratelimit-global", "true".to_owned()))
+        );
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            call(
+                &mut g,
+                &mut l,
+                later,
+                get(&format!("/guilds/{}", ids[50]), AUTH)
+            )
+            .status,
+            200
+        );
+        assert_eq!(
+            g.stats(later).violations_of(Violation::RestGlobalRateLimit),
+            1
+        );
+    }
+
+    #[test]
+    fn create_message_validates_its_body() {
+        let (mut g, mut l) = setup(MockConfig::default());
+        let channel = g.world().guilds[0].channels[0];
+        let path = format!("/channels/{channel}/messages");
+        let post = |body: &'static [u8]| Request {
+            method: "POST",
+            path: "",
+            authorization: AUTH,
+            body,
+        };
+        let now = Duration::ZERO;
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            Request {
+                path: &path,
+                ..post(b"{")
+            },
+        );
+        assert_eq!(r.body["code"], 50109);
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            Request {
+                path: &path,
+                ..post(br#"{"content":""}"#)
+            },
+        );
+        assert_eq!(r.body["code"], 50006);
+        let long = format!(r#"{{"content":"{}"}}"#, "x".repeat(2001));
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            Request {
+                path: &path,
+                body: long.as_bytes(),
+                ..post(b"")
+            },
+        );
+        assert_eq!(r.body["code"], 50035);
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            Request {
+                path: &path,
+                ..post(br#"{"content":"ok"}"#)
+            },
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["content"], "ok");
+        assert_eq!(r.body["channel_id"], json!(channel.to_string()));
+    }
+}
