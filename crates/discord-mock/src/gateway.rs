@@ -418,8 +418,10 @@ impl Gateway {
         }
         let due = self.events.carry
             + elapsed.as_secs_f64() * self.events.rate * self.world.guilds.len() as f64;
-        let whole = (due.floor() as usize).min(MAX_EVENTS_PER_TICK);
-        self.events.carry = due - due.floor();
+        // The epsilon keeps float error from postponing an event that is due exactly now.
+        let whole = (due + 1e-9).floor();
+        self.events.carry = (due - whole).max(0.0);
+        let whole = (whole as usize).min(MAX_EVENTS_PER_TICK);
         for _ in 0..whole {
             let guild = self.events.cursor % self.world.guilds.len();
             self.events.cursor = self.events.cursor.wrapping_add(1);

@@ -536,7 +536,7 @@ mod tests {
         let r = call(&mut g, &mut l, now, post);
         assert_eq!(r.status, 429);
         assert_eq!(r.body["global"], false);
-        assert!((r.body["retry_after"].as_f64().unwrap() - 4.6).abs() < 0.01);
+        assert!((r.body["retry_after"].as_f64().unwrap() - 4.5).abs() < 0.01);
         assert!(
             r.headers
                 .contains(&("x-ratelimit-scope", "user".to_owned()))
