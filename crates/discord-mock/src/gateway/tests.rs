@@ -21,7 +21,9 @@ impl Harness {
         }
     }
 
-    fn with(build: impl FnOnce(crate::config::MockConfigBuilder) -> crate::config::MockConfigBuilder) -> Self {
+    fn with(
+        build: impl FnOnce(crate::config::MockConfigBuilder) -> crate::config::MockConfigBuilder,
+    ) -> Self {
         Self::new(
             build(
                 MockConfig::builder()
@@ -34,14 +36,19 @@ impl Harness {
     }
 
     fn open(&mut self, now: Duration) -> ConnId {
-        let conn = self.g.open(now, Some("v=10&encoding=json&compress=zstd-stream"), &mut self.out);
+        let conn = self.g.open(
+            now,
+            Some("v=10&encoding=json&compress=zstd-stream"),
+            &mut self.out,
+        );
         let hello = self.frames(conn);
         assert_eq!(hello[0]["op"], 10, "Hello comes first");
         conn
     }
 
     fn send(&mut self, conn: ConnId, now: Duration, payload: &Value) {
-        self.g.receive_text(conn, now, &payload.to_string(), &mut self.out);
+        self.g
+            .receive_text(conn, now, &payload.to_string(), &mut self.out);
     }
 
     /// Frames sent to `conn` since the last look, parsed; other connections' frames stay queued.
@@ -61,7 +68,9 @@ impl Harness {
     fn closed(&mut self, conn: ConnId) -> Option<u16> {
         let mut code = None;
         self.out.retain(|a| match a {
-            Action::Close { conn: c, code: k, .. } if *c == conn => {
+            Action::Close {
+                conn: c, code: k, ..
+            } if *c == conn => {
                 code = Some(*k);
                 false
             }
@@ -81,7 +90,10 @@ impl Harness {
         let conn = self.open(now);
         let frames = self.identify(conn, now, shard);
         assert_eq!(frames[0]["t"], "READY", "{frames:?}");
-        (conn, frames[0]["d"]["session_id"].as_str().unwrap().to_owned())
+        (
+            conn,
+            frames[0]["d"]["session_id"].as_str().unwrap().to_owned(),
+        )
     }
 
     fn resume(&mut self, conn: ConnId, now: Duration, session: &str, seq: u64) -> Vec<Value> {
@@ -107,9 +119,15 @@ fn last_seq(frames: &[Value]) -> u64 {
 #[test]
 fn hello_carries_the_interval_in_discords_key_order() {
     let mut h = Harness::with(|b| b);
-    let conn = h.g.open(Duration::ZERO, Some("v=10&encoding=json"), &mut h.out);
-    let Action::Send { text, .. } = &h.out[0] else { panic!() };
-    assert!(text.starts_with(r#"{"t":null,"s":null,"op":10,"d":{"#), "{text}");
+    let conn =
+        h.g.open(Duration::ZERO, Some("v=10&encoding=json"), &mut h.out);
+    let Action::Send { text, .. } = &h.out[0] else {
+        panic!()
+    };
+    assert!(
+        text.starts_with(r#"{"t":null,"s":null,"op":10,"d":{"#),
+        "{text}"
+    );
     let frames = h.frames(conn);
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0]["d"]["heartbeat_interval"], 1000);
@@ -118,9 +136,11 @@ fn hello_carries_the_interval_in_discords_key_order() {
 #[test]
 fn bad_version_closes_4012_and_etf_closes_4002() {
     let mut h = Harness::with(|b| b);
-    let conn = h.g.open(Duration::ZERO, Some("v=9&encoding=json"), &mut h.out);
+    let conn =
+        h.g.open(Duration::ZERO, Some("v=9&encoding=json"), &mut h.out);
     assert_eq!(h.closed(conn), Some(4012));
-    let conn = h.g.open(Duration::ZERO, Some("v=10&encoding=etf"), &mut h.out);
+    let conn =
+        h.g.open(Duration::ZERO, Some("v=10&encoding=etf"), &mut h.out);
     assert_eq!(h.closed(conn), Some(4002));
     // serenity sends only `v=10`; no query at all is accepted too.
     let conn = h.g.open(Duration::ZERO, None, &mut h.out);
@@ -140,7 +160,11 @@ fn heartbeats_before_identify_are_acked() {
 fn payloads_before_identify_close_4003() {
     let mut h = Harness::with(|b| b);
     let conn = h.open(Duration::ZERO);
-    h.send(conn, ms(1), &json!({"op": 3, "d": {"status": "online", "since": null, "activities": [], "afk": false}}));
+    h.send(
+        conn,
+        ms(1),
+        &json!({"op": 3, "d": {"status": "online", "since": null, "activities": [], "afk": false}}),
+    );
     assert_eq!(h.closed(conn), Some(4003));
     assert_eq!(h.violations(Violation::NotAuthenticated), 1);
 }
@@ -197,10 +221,18 @@ fn identify_validation_codes() {
 fn privileged_intents_need_to_be_enabled() {
     let mut h = Harness::with(|b| b.privileged_intents(intents::GUILD_MEMBERS));
     let conn = h.open(Duration::ZERO);
-    h.send(conn, ms(1), &json!({"op": 2, "d": {"token": TOKEN, "intents": intents::GUILD_MEMBERS}}));
+    h.send(
+        conn,
+        ms(1),
+        &json!({"op": 2, "d": {"token": TOKEN, "intents": intents::GUILD_MEMBERS}}),
+    );
     assert_eq!(h.closed(conn), None);
     let conn = h.open(ms(2000));
-    h.send(conn, ms(2000), &json!({"op": 2, "d": {"token": TOKEN, "intents": intents::MESSAGE_CONTENT}}));
+    h.send(
+        conn,
+        ms(2000),
+        &json!({"op": 2, "d": {"token": TOKEN, "intents": intents::MESSAGE_CONTENT}}),
+    );
     assert_eq!(h.closed(conn), Some(4014));
 }
 
@@ -230,9 +262,24 @@ fn ready_lists_only_the_shards_guilds_then_one_guild_create_each() {
     let conn = h.open(Duration::ZERO);
     let frames = h.identify(conn, ms(1), [1, 2]);
     let ready = &frames[0];
-    assert_eq!((ready["t"].as_str(), ready["s"].as_u64(), ready["op"].as_u64()), (Some("READY"), Some(1), Some(0)));
-    let expected: Vec<String> = [1, 3].iter().map(|k| world::guild_id(*k).to_string()).collect();
-    let listed: Vec<&str> = ready["d"]["guilds"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        (
+            ready["t"].as_str(),
+            ready["s"].as_u64(),
+            ready["op"].as_u64()
+        ),
+        (Some("READY"), Some(1), Some(0))
+    );
+    let expected: Vec<String> = [1, 3]
+        .iter()
+        .map(|k| world::guild_id(*k).to_string())
+        .collect();
+    let listed: Vec<&str> = ready["d"]["guilds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
     assert_eq!(listed, expected);
     assert_eq!(ready["d"]["shard"], json!([1, 2]));
     assert_eq!(ready["d"]["resume_gateway_url"], "ws://127.0.0.1:1/resume");
@@ -266,7 +313,10 @@ fn identify_is_paced_per_bucket() {
     // Shard 2 shares bucket 0 with shard 0: too early.
     let conn = h.open(ms(1000));
     let frames = h.identify(conn, ms(1000), [2, 4]);
-    assert_eq!((frames[0]["op"].as_u64(), frames[0]["d"].as_bool()), (Some(9), Some(false)));
+    assert_eq!(
+        (frames[0]["op"].as_u64(), frames[0]["d"].as_bool()),
+        (Some(9), Some(false))
+    );
     assert_eq!(h.violations(Violation::IdentifyTooEarly), 1);
     // Shard 1 is in bucket 1: fine at the same moment.
     let (_, _) = h.session(ms(1000), [1, 4]);
@@ -331,7 +381,15 @@ fn resume_replays_missed_dispatches_with_their_numbers_then_resumed() {
     assert_eq!(h.g.stats(ms(300)).identifies, 1);
     h.heartbeat(conn, ms(400), Some(6));
     let report = h.g.event_report();
-    assert_eq!((report.produced, report.delivered, report.lost, report.duplicates), (2, 2, 0, 0));
+    assert_eq!(
+        (
+            report.produced,
+            report.delivered,
+            report.lost,
+            report.duplicates
+        ),
+        (2, 2, 0, 0)
+    );
 }
 
 #[test]
@@ -350,7 +408,10 @@ fn resume_of_an_unknown_session_gets_op9_false() {
     let mut h = Harness::with(|b| b);
     let conn = h.open(Duration::ZERO);
     let frames = h.resume(conn, ms(1), "0123456789abcdef0123456789abcdef", 1);
-    assert_eq!((frames[0]["op"].as_u64(), frames[0]["d"].as_bool()), (Some(9), Some(false)));
+    assert_eq!(
+        (frames[0]["op"].as_u64(), frames[0]["d"].as_bool()),
+        (Some(9), Some(false))
+    );
     assert_eq!(h.g.stats(ms(1)).resumes_refused, 1);
 }
 
@@ -368,13 +429,23 @@ fn resume_beyond_the_last_sequence_closes_4007_and_ends_the_session() {
 
 #[test]
 fn client_close_1000_ends_the_session_other_codes_keep_it() {
-    for (code, resumable) in [(Some(1000), false), (Some(1001), false), (Some(4000), true), (Some(4900), true), (None, true)] {
+    for (code, resumable) in [
+        (Some(1000), false),
+        (Some(1001), false),
+        (Some(4000), true),
+        (Some(4900), true),
+        (None, true),
+    ] {
         let mut h = Harness::with(|b| b);
         let (conn, session) = h.session(Duration::ZERO, [0, 1]);
         h.g.client_closed(conn, ms(10), code);
         let conn = h.open(ms(20));
         let frames = h.resume(conn, ms(20), &session, 1);
-        assert_eq!(frames.last().unwrap()["t"] == "RESUMED", resumable, "{code:?}");
+        assert_eq!(
+            frames.last().unwrap()["t"] == "RESUMED",
+            resumable,
+            "{code:?}"
+        );
     }
 }
 
@@ -418,7 +489,11 @@ fn resume_fails_once_the_replay_buffer_no_longer_reaches_back() {
 
 #[test]
 fn exhausting_the_session_budget_ends_every_session_and_resets_the_token() {
-    let mut h = Harness::with(|b| b.session_limit(2).identify_interval(ms(10)).session_limit_reset(ms(60_000)));
+    let mut h = Harness::with(|b| {
+        b.session_limit(2)
+            .identify_interval(ms(10))
+            .session_limit_reset(ms(60_000))
+    });
     let (a, _) = h.session(Duration::ZERO, [0, 1]);
     let (b, _) = h.session(ms(100), [0, 1]);
     assert_eq!(h.g.session_budget(ms(100)).1, 0);
@@ -439,7 +514,11 @@ fn exhausting_the_session_budget_ends_every_session_and_resets_the_token() {
 
 #[test]
 fn the_session_budget_refills_when_its_period_ends() {
-    let mut h = Harness::with(|b| b.session_limit(1).identify_interval(ms(10)).session_limit_reset(ms(10_000)));
+    let mut h = Harness::with(|b| {
+        b.session_limit(1)
+            .identify_interval(ms(10))
+            .session_limit_reset(ms(10_000))
+    });
     let (_, _) = h.session(Duration::ZERO, [0, 1]);
     assert_eq!(h.g.session_budget(ms(5000)), (1, 0, ms(5000)));
     assert_eq!(h.g.session_budget(ms(10_000)).1, 1);
@@ -466,7 +545,10 @@ fn events_reach_every_session_of_the_owning_shard_across_totals() {
     h.heartbeat(c1, ms(30), Some(last_seq(&to_c1)));
     h.heartbeat(c_all, ms(30), Some(last_seq(&to_all)));
     let report = h.g.event_report();
-    assert_eq!((report.delivered, report.in_flight, report.duplicates), (1, 0, 1));
+    assert_eq!(
+        (report.delivered, report.in_flight, report.duplicates),
+        (1, 0, 1)
+    );
 }
 
 #[test]
@@ -487,9 +569,16 @@ fn every_tenth_event_is_a_member_join() {
     }
     let frames = h.frames(conn);
     let kinds: Vec<&str> = frames.iter().map(|f| f["t"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "GUILD_MEMBER_ADD").count(), 1);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "GUILD_MEMBER_ADD").count(),
+        1
+    );
     assert_eq!(kinds[9], "GUILD_MEMBER_ADD");
-    let joined: u64 = frames[9]["d"]["user"]["id"].as_str().unwrap().parse().unwrap();
+    let joined: u64 = frames[9]["d"]["user"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(h.g.world().user(joined).is_some());
 }
 
@@ -514,7 +603,10 @@ fn faults_close_drop_reconnect_invalidate() {
     assert_eq!(h.g.close_shard(ms(1), 0, 4000, &mut h.out), 1);
     assert_eq!(h.closed(conn), Some(4000));
     let conn = h.open(ms(2));
-    assert_eq!(h.resume(conn, ms(2), &session, 1).last().unwrap()["t"], "RESUMED");
+    assert_eq!(
+        h.resume(conn, ms(2), &session, 1).last().unwrap()["t"],
+        "RESUMED"
+    );
     h.g.close_shard(ms(3), 0, 4009, &mut h.out);
     assert_eq!(h.closed(conn), Some(4009));
     assert!(h.g.sessions().is_empty());
@@ -525,7 +617,10 @@ fn faults_close_drop_reconnect_invalidate() {
     assert!(h.out.contains(&Action::Drop { conn }));
     h.out.clear();
     let conn = h.open(ms(2002));
-    assert_eq!(h.resume(conn, ms(2002), &session, 1).last().unwrap()["t"], "RESUMED");
+    assert_eq!(
+        h.resume(conn, ms(2002), &session, 1).last().unwrap()["t"],
+        "RESUMED"
+    );
 
     // op 7, then the mock closes after the grace period.
     h.g.reconnect_shard(ms(2003), 0, &mut h.out);
@@ -565,28 +660,60 @@ fn guild_member_requests_are_answered_in_chunks() {
     let mut h = Harness::with(|b| b.guilds(1).members_per_guild(3));
     let conn = h.open(Duration::ZERO);
     let intents = intents::GUILD_MEMBERS | 1;
-    h.send(conn, ms(1), &json!({"op": 2, "d": {"token": TOKEN, "intents": intents}}));
+    h.send(
+        conn,
+        ms(1),
+        &json!({"op": 2, "d": {"token": TOKEN, "intents": intents}}),
+    );
     h.frames(conn);
     let guild = world::guild_id(0).to_string();
-    h.send(conn, ms(2), &json!({"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0, "nonce": "n1"}}));
+    h.send(
+        conn,
+        ms(2),
+        &json!({"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0, "nonce": "n1"}}),
+    );
     let chunk = &h.frames(conn)[0];
     assert_eq!(chunk["t"], "GUILD_MEMBERS_CHUNK");
     assert_eq!(chunk["d"]["members"].as_array().unwrap().len(), 4);
-    assert_eq!((chunk["d"]["chunk_index"].as_u64(), chunk["d"]["chunk_count"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (
+            chunk["d"]["chunk_index"].as_u64(),
+            chunk["d"]["chunk_count"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
     assert_eq!(chunk["d"]["nonce"], "n1");
     // All members again within 30 s: RATE_LIMITED.
-    h.send(conn, ms(3), &json!({"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0}}));
+    h.send(
+        conn,
+        ms(3),
+        &json!({"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0}}),
+    );
     let limited = &h.frames(conn)[0];
-    assert_eq!((limited["t"].as_str(), limited["d"]["opcode"].as_u64()), (Some("RATE_LIMITED"), Some(8)));
+    assert_eq!(
+        (limited["t"].as_str(), limited["d"]["opcode"].as_u64()),
+        (Some("RATE_LIMITED"), Some(8))
+    );
     // By id, with one unknown.
     let member = h.g.world().guilds[0].members[1].to_string();
-    h.send(conn, ms(4), &json!({"op": 8, "d": {"guild_id": guild, "user_ids": [member, "1"]}}));
+    h.send(
+        conn,
+        ms(4),
+        &json!({"op": 8, "d": {"guild_id": guild, "user_ids": [member, "1"]}}),
+    );
     let chunk = &h.frames(conn)[0];
     assert_eq!(chunk["d"]["members"].as_array().unwrap().len(), 1);
     assert_eq!(chunk["d"]["not_found"], json!(["1"]));
     // By prefix.
-    h.send(conn, ms(5), &json!({"op": 8, "d": {"guild_id": guild, "query": "user-0-", "limit": 2}}));
-    assert_eq!(h.frames(conn)[0]["d"]["members"].as_array().unwrap().len(), 2);
+    h.send(
+        conn,
+        ms(5),
+        &json!({"op": 8, "d": {"guild_id": guild, "query": "user-0-", "limit": 2}}),
+    );
+    assert_eq!(
+        h.frames(conn)[0]["d"]["members"].as_array().unwrap().len(),
+        2
+    );
 }
 
 #[test]
@@ -594,7 +721,11 @@ fn member_requests_without_the_intent_go_unanswered() {
     let mut h = Harness::with(|b| b.guilds(1));
     let (conn, _) = h.session(Duration::ZERO, [0, 1]); // intents 513: no GUILD_MEMBERS
     let guild = world::guild_id(0).to_string();
-    h.send(conn, ms(1), &json!({"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0}}));
+    h.send(
+        conn,
+        ms(1),
+        &json!({"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0}}),
+    );
     assert!(h.frames(conn).is_empty());
     assert_eq!(h.closed(conn), None);
 }
@@ -603,7 +734,11 @@ fn member_requests_without_the_intent_go_unanswered() {
 fn presence_updates_are_accepted_after_identify() {
     let mut h = Harness::with(|b| b);
     let (conn, _) = h.session(Duration::ZERO, [0, 1]);
-    h.send(conn, ms(1), &json!({"op": 3, "d": {"since": null, "activities": [], "status": "idle", "afk": false}}));
+    h.send(
+        conn,
+        ms(1),
+        &json!({"op": 3, "d": {"since": null, "activities": [], "status": "idle", "afk": false}}),
+    );
     assert_eq!(h.closed(conn), None);
     assert_eq!(h.g.stats(ms(1)).presence_updates, 1);
 }
