@@ -27,6 +27,9 @@ pub struct MockConfig {
     pub max_concurrency: u32,
     /// One identify per bucket per this interval. Default 5 s.
     pub identify_interval: Duration,
+    /// An identify this much earlier than `identify_interval` after the previous one is still
+    /// accepted, as network jitter would make it on Discord. Default 5 % of `identify_interval`.
+    pub identify_tolerance: Duration,
     /// `heartbeat_interval` sent in Hello. Default 41.25 s, the value Discord sends.
     pub heartbeat_interval: Duration,
     /// A connection that sends no heartbeat for this long is closed as a zombie.
@@ -101,6 +104,7 @@ pub struct MockConfigBuilder {
     config: MockConfig,
     recommended_shards: Option<u32>,
     heartbeat_timeout: Option<Duration>,
+    identify_tolerance: Option<Duration>,
 }
 
 impl Default for MockConfigBuilder {
@@ -113,6 +117,7 @@ impl Default for MockConfigBuilder {
                 recommended_shards: 1,
                 max_concurrency: 1,
                 identify_interval: Duration::from_secs(5),
+                identify_tolerance: Duration::ZERO,
                 heartbeat_interval,
                 heartbeat_timeout: Duration::ZERO,
                 zombie_close_code: CloseCode::UnknownError,
@@ -144,6 +149,7 @@ impl Default for MockConfigBuilder {
             },
             recommended_shards: None,
             heartbeat_timeout: None,
+            identify_tolerance: None,
         }
     }
 }
@@ -218,6 +224,12 @@ impl MockConfigBuilder {
         self
     }
 
+    /// See [`MockConfig::identify_tolerance`].
+    pub fn identify_tolerance(mut self, tolerance: Duration) -> Self {
+        self.identify_tolerance = Some(tolerance);
+        self
+    }
+
     /// See [`MockConfig::heartbeat_timeout`].
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.heartbeat_timeout = Some(timeout);
@@ -233,6 +245,9 @@ impl MockConfigBuilder {
             .recommended_shards
             .unwrap_or_else(|| config.guilds.div_ceil(1000).max(1) as u32)
             .max(1);
+        config.identify_tolerance = self
+            .identify_tolerance
+            .unwrap_or(config.identify_interval / 20);
         config.heartbeat_timeout = self
             .heartbeat_timeout
             .unwrap_or(config.heartbeat_interval * 3 / 2 + Duration::from_secs(1));

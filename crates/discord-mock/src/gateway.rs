@@ -799,11 +799,10 @@ impl Gateway {
             return;
         }
         let bucket = shard_id % self.config.max_concurrency;
-        if self
-            .buckets
-            .get(&bucket)
-            .is_some_and(|last| now.saturating_sub(*last) < self.config.identify_interval)
-        {
+        if self.buckets.get(&bucket).is_some_and(|last| {
+            now.saturating_sub(*last) + self.config.identify_tolerance
+                < self.config.identify_interval
+        }) {
             *self
                 .stats
                 .violations

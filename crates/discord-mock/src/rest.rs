@@ -307,6 +307,9 @@ fn bucket_headers(
         ),
         ("x-ratelimit-reset-after", format!("{reset_after:.3}")),
         ("x-ratelimit-bucket", bucket_id.to_owned()),
+        // Sent on every bucketed response, not only on 429s: twilight-http 0.18 learns a bucket
+        // only from responses that carry it.
+        ("x-ratelimit-scope", "user".to_owned()),
     ]
 }
 

@@ -308,7 +308,11 @@ fn second_identify_or_resume_closes_4005() {
 
 #[test]
 fn identify_is_paced_per_bucket() {
-    let mut h = Harness::with(|b| b.max_concurrency(2).identify_interval(ms(5000)));
+    let mut h = Harness::with(|b| {
+        b.max_concurrency(2)
+            .identify_interval(ms(5000))
+            .identify_tolerance(ms(250))
+    });
     let (_, _) = h.session(Duration::ZERO, [0, 4]);
     // Shard 2 shares bucket 0 with shard 0: too early.
     let conn = h.open(ms(1000));
@@ -320,11 +324,12 @@ fn identify_is_paced_per_bucket() {
     assert_eq!(h.violations(Violation::IdentifyTooEarly), 1);
     // Shard 1 is in bucket 1: fine at the same moment.
     let (_, _) = h.session(ms(1000), [1, 4]);
-    // Bucket 0 opens again 5 s after its last identify.
-    let conn = h.open(ms(4999));
-    assert_eq!(h.identify(conn, ms(4999), [2, 4])[0]["op"], 9);
-    let (_, _) = h.session(ms(5000), [2, 4]);
+    // Bucket 0 opens again 5 s after its last identify, less the tolerance for jitter.
+    let conn = h.open(ms(4749));
+    assert_eq!(h.identify(conn, ms(4749), [2, 4])[0]["op"], 9);
+    let (_, _) = h.session(ms(4750), [2, 4]);
     assert_eq!(h.g.stats(ms(5000)).identifies, 3);
+    assert_eq!(MockConfig::default().identify_tolerance, ms(250));
     assert_eq!(h.violations(Violation::IdentifyTooEarly), 2);
 }
 
