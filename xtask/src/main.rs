@@ -1,1 +1,48 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `example [ARGS]`: build and run the fleet example (on an embedded discord-mock unless
+//!   `DISCORD_TOKEN` is set); arguments after `example` go to the example (`--once`, `--lib`).
+//! - `bench [ARGS]`: build the benchmark harness in release mode and print its figures.
+//! - `mock [ARGS]`: run the `discord-mock` binary.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let mut args = std::env::args().skip(1);
+    let Some(task) = args.next() else {
+        bail!("usage: cargo xtask <example|bench|mock> [args...]");
+    };
+    let rest: Vec<String> = args.collect();
+    let (package, binary, release) = match task.as_str() {
+        "example" => ("fleet-examples", "fleet-example", false),
+        "bench" => ("fleet-examples", "fleet-bench", true),
+        "mock" => ("discord-mock", "discord-mock", false),
+        other => bail!("unknown task {other:?}; expected example, bench or mock"),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    command.args(["run", "--quiet", "--package", package, "--bin", binary]);
+    if release {
+        command.arg("--release");
+    }
+    command.arg("--").args(&rest);
+    let status = command
+        .status()
+        .with_context(|| format!("running cargo for {task}"))?;
+    Ok(status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .map_or(ExitCode::FAILURE, ExitCode::from))
+}

@@ -84,7 +84,6 @@ impl Default for MockConfig {
 
 impl MockConfig {
     /// A builder with Discord's defaults.
-    #[must_use]
     pub fn builder() -> MockConfigBuilder {
         MockConfigBuilder::default()
     }
@@ -122,7 +121,7 @@ impl Default for MockConfigBuilder {
                 heartbeat_timeout: Duration::ZERO,
                 zombie_close_code: CloseCode::UnknownError,
                 session_limit: 1000,
-                session_limit_reset: Duration::from_secs(24 * 60 * 60),
+                session_limit_reset: Duration::from_hours(24),
                 resume_timeout: Duration::from_secs(90),
                 reconnect_grace: Duration::from_secs(5),
                 replay_capacity: 10_000,

@@ -95,11 +95,23 @@ struct EventSource {
     cursor: usize,
 }
 
+/// A client payload before its opcode is known.
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    op: Value,
+    #[serde(borrow, default)]
+    d: Option<&'a RawValue>,
+}
+
 /// Most events one tick may produce, so a long pause cannot build an unbounded burst.
 const MAX_EVENTS_PER_TICK: usize = 100_000;
 
 /// The gateway state machine. See the module docs.
 #[derive(Debug)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "`gateway_url` is the URL of this gateway"
+)]
 pub struct Gateway {
     config: MockConfig,
     world: World,
@@ -261,12 +273,6 @@ impl Gateway {
                 out,
             );
             return;
-        }
-        #[derive(serde::Deserialize)]
-        struct Incoming<'a> {
-            op: Value,
-            #[serde(borrow, default)]
-            d: Option<&'a RawValue>,
         }
         let Ok(incoming) = serde_json::from_str::<Incoming>(text) else {
             self.violate(
@@ -456,7 +462,7 @@ impl Gateway {
         let every = u64::from(self.config.member_add_every);
         let guild = &self.world.guilds[guild_index];
         let guild_id = guild.id;
-        let (event, d) = if every > 0 && (n + 1) % every == 0 {
+        let (event, d) = if every > 0 && (n + 1).is_multiple_of(every) {
             let name = format!("joined-{n}");
             let user = world::user_json(id, &name);
             self.world.add_user(id, name);

@@ -280,7 +280,7 @@ pub const MAX_CLIENT_PAYLOAD: usize = 4096;
 pub const SEND_LIMIT: usize = 120;
 
 /// The window of [`SEND_LIMIT`].
-pub const SEND_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub const SEND_WINDOW: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// A shard may hold at most 2500 guilds before Discord requires more shards (Gateway › Sharding).
 pub const MAX_GUILDS_PER_SHARD: usize = 2500;
@@ -334,6 +334,9 @@ impl Envelope<'_> {
 }
 
 /// Parses already-valid JSON text into a raw value; for building payloads from `serde_json::json!`.
+///
+/// # Panics
+/// Never: a `Value` always prints valid JSON.
 #[must_use]
 pub fn raw(value: &serde_json::Value) -> Box<RawValue> {
     RawValue::from_string(value.to_string()).expect("serde_json::Value always prints valid JSON")

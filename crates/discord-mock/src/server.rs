@@ -7,7 +7,6 @@
 //! only itself. A ticker advances the core's clock every [`TICK`].
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -184,7 +183,7 @@ impl MockDiscord {
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = interval.tick() => shared.with_gateway(|g, now, out| g.tick(now, out)),
+                        _ = interval.tick() => shared.with_gateway(Gateway::tick),
                         _ = stop.changed() => break,
                     }
                 }
@@ -354,11 +353,9 @@ impl MockDiscord {
 
     /// Resolves when the server stops (after [`shutdown`](Self::shutdown) elsewhere, or a
     /// failure).
-    pub fn stopped(&mut self) -> impl Future<Output = ()> + '_ {
-        async move {
-            if let Some(task) = self.task.as_mut() {
-                let _ = task.await;
-            }
+    pub async fn stopped(&mut self) {
+        if let Some(task) = self.task.as_mut() {
+            let _ = task.await;
         }
     }
 }
@@ -558,30 +555,30 @@ struct FaultQuery {
 }
 
 async fn shard_fault(
-    State((shared, _)): State<AppState>,
-    Path((shard, fault)): Path<(u32, String)>,
+    State((mock, _)): State<AppState>,
+    Path((shard, kind)): Path<(u32, String)>,
     Query(query): Query<FaultQuery>,
 ) -> Response {
-    let affected = match fault.as_str() {
+    let affected = match kind.as_str() {
         "close" => {
             let code = query.code.unwrap_or(4000);
-            shared.with_gateway(|g, now, out| g.close_shard(now, shard, code, out))
+            mock.with_gateway(|g, now, out| g.close_shard(now, shard, code, out))
         }
-        "drop" => shared.with_gateway(|g, now, out| g.drop_shard(now, shard, out)),
-        "reconnect" => shared.with_gateway(|g, now, out| g.reconnect_shard(now, shard, out)),
+        "drop" => mock.with_gateway(|g, now, out| g.drop_shard(now, shard, out)),
+        "reconnect" => mock.with_gateway(|g, now, out| g.reconnect_shard(now, shard, out)),
         "invalidate" => {
             let resumable = query.resumable.unwrap_or(false);
-            shared.with_gateway(|g, _, out| g.invalidate_shard(shard, resumable, out))
+            mock.with_gateway(|g, _, out| g.invalidate_shard(shard, resumable, out))
         }
         "acks" => {
             let withhold = query.withhold.unwrap_or(true);
-            shared.with_gateway(|g, _, _| g.withhold_acks(shard, withhold));
+            mock.with_gateway(|g, _, _| g.withhold_acks(shard, withhold));
             return axum::Json(json!({"shard": shard, "acks_withheld": withhold})).into_response();
         }
         _ => {
             return (
                 StatusCode::NOT_FOUND,
-                axum::Json(json!({"message": format!("unknown fault {fault:?}; expected close, drop, reconnect, invalidate or acks"), "code": 0})),
+                axum::Json(json!({"message": format!("unknown fault {kind:?}; expected close, drop, reconnect, invalidate or acks"), "code": 0})),
             )
                 .into_response();
         }

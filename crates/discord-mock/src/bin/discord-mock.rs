@@ -48,7 +48,7 @@ struct Args {
     /// Guilds one shard may hold before identify fails with 4011.
     #[arg(long, default_value_t = 2500)]
     max_guilds_per_shard: usize,
-    /// Enforce the large-bot rule: shard totals must be a multiple of max_concurrency.
+    /// Enforce the large-bot rule: shard totals must be a multiple of --max-concurrency.
     #[arg(long)]
     large_bot: bool,
     /// Deny the privileged intents (identify with them fails with 4014).

@@ -499,20 +499,20 @@ fn exhausting_the_session_budget_ends_every_session_and_resets_the_token() {
             .identify_interval(ms(10))
             .session_limit_reset(ms(60_000))
     });
-    let (a, _) = h.session(Duration::ZERO, [0, 1]);
-    let (b, _) = h.session(ms(100), [0, 1]);
+    let (first, _) = h.session(Duration::ZERO, [0, 1]);
+    let (second, _) = h.session(ms(100), [0, 1]);
     assert_eq!(h.g.session_budget(ms(100)).1, 0);
-    let c = h.open(ms(200));
-    h.identify(c, ms(200), [0, 1]);
-    for conn in [a, b, c] {
+    let third = h.open(ms(200));
+    h.identify(third, ms(200), [0, 1]);
+    for conn in [first, second, third] {
         assert_eq!(h.closed(conn), Some(4004));
     }
     assert!(h.g.sessions().is_empty());
     assert!(h.g.token_reset());
     assert_eq!(h.violations(Violation::SessionLimitExhausted), 1);
-    let d = h.open(ms(300));
-    h.identify(d, ms(300), [0, 1]);
-    assert_eq!(h.closed(d), Some(4004));
+    let fourth = h.open(ms(300));
+    h.identify(fourth, ms(300), [0, 1]);
+    assert_eq!(h.closed(fourth), Some(4004));
     h.g.restore_token();
     let (_, _) = h.session(ms(400), [0, 1]);
 }

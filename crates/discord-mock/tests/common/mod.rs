@@ -150,7 +150,9 @@ pub async fn http(
         body.len()
     );
     if let Some(auth) = auth {
-        request.push_str(&format!("Authorization: {auth}\r\n"));
+        request.push_str("Authorization: ");
+        request.push_str(auth);
+        request.push_str("\r\n");
     }
     if !body.is_empty() {
         request.push_str("Content-Type: application/json\r\n");
