@@ -1,0 +1,462 @@
+//! The admiral's worker lifecycle, sans I/O: every worker's state in one place, moved by
+//! [`Input`]s (a hello, a ready report, an exit, a timer) and answering with [`Command`]s (spawn,
+//! stop, kill, arm a timer, emit an event) that the admiral carries out.
+//!
+//! Launch: services first, all at once; each must report ready or fail within its timeout. Then
+//! the clusters, all at once (the identify queue paces their shards). A failure never stalls the
+//! launch: the worker is marked failed, routing answers "unavailable" for it, and an event says so.
+//! Shutdown: clusters drain first, then services; each is killed if it outlives its grace period.
+//!
+//! Each worker incarnation has its own [`ProcessId`], so an old process and its replacement of the
+//! same worker can coexist: that is where restarts and session handover attach.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ipc::proto::Target;
+
+/// Number of one worker process incarnation, unique within a fleet run.
+pub type ProcessId = u64;
+
+/// A worker: a cluster by id or a service by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum WorkerId {
+    /// A cluster.
+    Cluster(u32),
+    /// A service.
+    Service(String),
+}
+
+impl WorkerId {
+    /// The IPC target of this worker.
+    #[must_use]
+    pub fn target(&self) -> Target {
+        match self {
+            Self::Cluster(id) => Target::Cluster(*id),
+            Self::Service(name) => Target::Service(name.clone()),
+        }
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cluster(id) => write!(f, "cluster-{id}"),
+            Self::Service(name) => write!(f, "service-{name}"),
+        }
+    }
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// Not spawned yet (waiting for its launch phase).
+    Pending,
+    /// Process spawned; waiting for its IPC hello.
+    Spawned,
+    /// Connected and assigned; starting (a service initialising, a cluster's shards connecting).
+    Starting,
+    /// Ready and serving.
+    Live,
+    /// Asked to stop; waiting for the process to exit.
+    Draining,
+    /// Exited after a requested stop.
+    Stopped,
+    /// Failed to start, crashed, or timed out; unavailable.
+    Failed(String),
+}
+
+impl State {
+    /// Whether the worker is done (stopped or failed).
+    #[must_use]
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Stopped | Self::Failed(_))
+    }
+}
+
+/// A worker and its current process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Which worker.
+    pub id: WorkerId,
+    /// Its state.
+    pub state: State,
+    /// Its current process, once spawned.
+    pub process: Option<ProcessId>,
+}
+
+/// Something that happened to a worker process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Start launching.
+    Launch,
+    /// The process could not be spawned.
+    SpawnFailed(ProcessId, String),
+    /// The process proved itself over IPC.
+    Hello(ProcessId),
+    /// The process reported ready.
+    Ready(ProcessId),
+    /// The process reported that it could not start.
+    StartFailed(ProcessId, String),
+    /// The process did not become ready in time.
+    StartTimedOut(ProcessId),
+    /// The process exited (with its code, if it had one).
+    Exited(ProcessId, Option<i32>),
+    /// Shut everything down.
+    Shutdown,
+    /// A draining process outlived its grace period.
+    KillTimedOut(ProcessId),
+}
+
+/// What the admiral must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Spawn a process for a worker.
+    Spawn {
+        /// The worker.
+        worker: WorkerId,
+        /// The process number to give it.
+        process: ProcessId,
+    },
+    /// Feed [`Input::StartTimedOut`] after this long unless the process is ready by then.
+    ArmStartTimer {
+        /// The process.
+        process: ProcessId,
+        /// Timeout.
+        after: Duration,
+    },
+    /// Ask a process to shut down gracefully, and feed [`Input::KillTimedOut`] after `grace`.
+    Stop {
+        /// The process.
+        process: ProcessId,
+        /// Grace period.
+        grace: Duration,
+    },
+    /// Kill a process.
+    Kill(ProcessId),
+    /// Tell the user.
+    Emit(LifecycleEvent),
+}
+
+/// Lifecycle events for the admiral's event stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LifecycleEvent {
+    /// A worker became ready.
+    Ready(WorkerId),
+    /// A worker failed; routing answers "unavailable" for it.
+    Failed {
+        /// Which worker.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+    /// Every service has started or failed; clusters launch next.
+    ServicesLaunched,
+    /// Every worker has started or failed.
+    AllReady {
+        /// Workers live.
+        live: usize,
+        /// Workers failed.
+        failed: usize,
+    },
+    /// Every process has exited after a shutdown.
+    Stopped,
+}
+
+/// Timeouts the lifecycle applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A service must be ready within this.
+    pub service_ready: Duration,
+    /// A cluster must be ready within this.
+    pub cluster_ready: Duration,
+    /// A stopping worker is killed after this.
+    pub kill: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Services,
+    Clusters,
+    Running,
+    StoppingClusters,
+    StoppingServices,
+    Stopped,
+}
+
+/// The lifecycle of every worker of a fleet.
+#[derive(Debug)]
+pub struct Lifecycle {
+    workers: BTreeMap<WorkerId, Worker>,
+    processes: BTreeMap<ProcessId, WorkerId>,
+    next_process: ProcessId,
+    phase: Phase,
+    timeouts: Timeouts,
+}
+
+impl Lifecycle {
+    /// A fleet of these services and clusters, not launched yet.
+    pub fn new(
+        services: impl IntoIterator<Item = String>,
+        clusters: impl IntoIterator<Item = u32>,
+        timeouts: Timeouts,
+    ) -> Self {
+        let workers = services
+            .into_iter()
+            .map(WorkerId::Service)
+            .chain(clusters.into_iter().map(WorkerId::Cluster))
+            .map(|id| {
+                (
+                    id.clone(),
+                    Worker {
+                        id,
+                        state: State::Pending,
+                        process: None,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            workers,
+            processes: BTreeMap::new(),
+            next_process: 1,
+            phase: Phase::Idle,
+            timeouts,
+        }
+    }
+
+    /// A worker's state.
+    #[must_use]
+    pub fn worker(&self, id: &WorkerId) -> Option<&Worker> {
+        self.workers.get(id)
+    }
+
+    /// Every worker.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// The worker a process belongs to (any incarnation).
+    #[must_use]
+    pub fn worker_of(&self, process: ProcessId) -> Option<&WorkerId> {
+        self.processes.get(&process)
+    }
+
+    /// The process that serves a worker's traffic now: its current process, once live.
+    #[must_use]
+    pub fn live_process(&self, id: &WorkerId) -> Option<ProcessId> {
+        self.workers
+            .get(id)
+            .filter(|w| w.state == State::Live)
+            .and_then(|w| w.process)
+    }
+
+    /// Whether the fleet finished shutting down.
+    #[must_use]
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    /// Feeds one input; returns what to do.
+    pub fn handle(&mut self, input: Input) -> Vec<Command> {
+        let mut out = Vec::new();
+        match input {
+            Input::Launch => {
+                if self.phase == Phase::Idle {
+                    self.phase = Phase::Services;
+                    self.spawn_all(|w| matches!(w, WorkerId::Service(_)), &mut out);
+                    self.advance(&mut out);
+                }
+            }
+            Input::SpawnFailed(process, reason) => {
+                self.fail(process, format!("could not spawn: {reason}"), &mut out)
+            }
+            Input::Hello(process) => {
+                if let Some(worker) = self.current_mut(process)
+                    && worker.state == State::Spawned
+                {
+                    worker.state = State::Starting;
+                }
+            }
+            Input::Ready(process) => {
+                if let Some(worker) = self.current_mut(process)
+                    && matches!(worker.state, State::Spawned | State::Starting)
+                {
+                    worker.state = State::Live;
+                    out.push(Command::Emit(LifecycleEvent::Ready(worker.id.clone())));
+                    self.advance(&mut out);
+                }
+            }
+            Input::StartFailed(process, reason) => {
+                if self
+                    .current(process)
+                    .is_some_and(|w| matches!(w.state, State::Spawned | State::Starting))
+                {
+                    out.push(Command::Kill(process));
+                    self.fail(process, format!("failed to start: {reason}"), &mut out);
+                }
+            }
+            Input::StartTimedOut(process) => {
+                if let Some(worker) = self.current(process)
+                    && matches!(worker.state, State::Spawned | State::Starting)
+                {
+                    let limit = if matches!(worker.id, WorkerId::Cluster(_)) {
+                        self.timeouts.cluster_ready
+                    } else {
+                        self.timeouts.service_ready
+                    };
+                    out.push(Command::Kill(process));
+                    self.fail(process, format!("not ready within {limit:?}"), &mut out);
+                }
+            }
+            Input::Exited(process, code) => {
+                if let Some(worker) = self.current_mut(process) {
+                    if worker.state == State::Draining {
+                        worker.state = State::Stopped;
+                        self.advance(&mut out);
+                    } else if !worker.state.is_terminal() {
+                        let reason = code.map_or_else(
+                            || "killed by a signal".to_owned(),
+                            |c| format!("exited with code {c}"),
+                        );
+                        self.fail(process, format!("process {reason}"), &mut out);
+                    }
+                }
+            }
+            Input::Shutdown => {
+                if !matches!(
+                    self.phase,
+                    Phase::StoppingClusters | Phase::StoppingServices | Phase::Stopped
+                ) {
+                    self.phase = Phase::StoppingClusters;
+                    self.stop_all(|w| matches!(w, WorkerId::Cluster(_)), &mut out);
+                    self.advance(&mut out);
+                }
+            }
+            Input::KillTimedOut(process) => {
+                if self
+                    .current(process)
+                    .is_some_and(|w| w.state == State::Draining)
+                {
+                    out.push(Command::Kill(process));
+                }
+            }
+        }
+        out
+    }
+
+    fn current(&self, process: ProcessId) -> Option<&Worker> {
+        let id = self.processes.get(&process)?;
+        self.workers.get(id).filter(|w| w.process == Some(process))
+    }
+
+    fn current_mut(&mut self, process: ProcessId) -> Option<&mut Worker> {
+        let id = self.processes.get(&process)?;
+        self.workers
+            .get_mut(id)
+            .filter(|w| w.process == Some(process))
+    }
+
+    fn spawn_all(&mut self, which: impl Fn(&WorkerId) -> bool, out: &mut Vec<Command>) {
+        let ids: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| which(&w.id) && w.state == State::Pending)
+            .map(|w| w.id.clone())
+            .collect();
+        for id in ids {
+            let process = self.next_process;
+            self.next_process += 1;
+            self.processes.insert(process, id.clone());
+            let after = if matches!(id, WorkerId::Cluster(_)) {
+                self.timeouts.cluster_ready
+            } else {
+                self.timeouts.service_ready
+            };
+            let worker = self.workers.get_mut(&id).expect("listed above");
+            worker.state = State::Spawned;
+            worker.process = Some(process);
+            out.push(Command::Spawn {
+                worker: id,
+                process,
+            });
+            out.push(Command::ArmStartTimer { process, after });
+        }
+    }
+
+    fn stop_all(&mut self, which: impl Fn(&WorkerId) -> bool, out: &mut Vec<Command>) {
+        let grace = self.timeouts.kill;
+        for worker in self.workers.values_mut().filter(|w| which(&w.id)) {
+            match (&worker.state, worker.process) {
+                (State::Spawned | State::Starting | State::Live, Some(process)) => {
+                    worker.state = State::Draining;
+                    out.push(Command::Stop { process, grace });
+                }
+                (State::Pending, _) => worker.state = State::Stopped,
+                _ => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, process: ProcessId, reason: String, out: &mut Vec<Command>) {
+        let Some(worker) = self.current_mut(process) else {
+            return;
+        };
+        if worker.state.is_terminal() {
+            return;
+        }
+        tracing::warn!(target: "fleet::lifecycle", worker = %worker.id, %reason, "worker failed");
+        worker.state = State::Failed(reason.clone());
+        out.push(Command::Emit(LifecycleEvent::Failed {
+            worker: worker.id.clone(),
+            reason,
+        }));
+        self.advance(out);
+    }
+
+    /// Moves to the next phase once the current one has settled.
+    fn advance(&mut self, out: &mut Vec<Command>) {
+        let settled = |which: fn(&WorkerId) -> bool, this: &Self, done: fn(&State) -> bool| {
+            this.workers
+                .values()
+                .filter(|w| which(&w.id))
+                .all(|w| done(&w.state))
+        };
+        let is_service = |w: &WorkerId| matches!(w, WorkerId::Service(_));
+        let is_cluster = |w: &WorkerId| matches!(w, WorkerId::Cluster(_));
+        let started = |s: &State| matches!(s, State::Live | State::Failed(_));
+        if self.phase == Phase::Services && settled(is_service, self, started) {
+            self.phase = Phase::Clusters;
+            out.push(Command::Emit(LifecycleEvent::ServicesLaunched));
+            self.spawn_all(is_cluster, out);
+        }
+        if self.phase == Phase::Clusters && settled(is_cluster, self, started) {
+            self.phase = Phase::Running;
+            let live = self
+                .workers
+                .values()
+                .filter(|w| w.state == State::Live)
+                .count();
+            out.push(Command::Emit(LifecycleEvent::AllReady {
+                live,
+                failed: self.workers.len() - live,
+            }));
+        }
+        if self.phase == Phase::StoppingClusters && settled(is_cluster, self, State::is_terminal) {
+            self.phase = Phase::StoppingServices;
+            self.stop_all(is_service, out);
+        }
+        if self.phase == Phase::StoppingServices && settled(is_service, self, State::is_terminal) {
+            self.phase = Phase::Stopped;
+            out.push(Command::Emit(LifecycleEvent::Stopped));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! Every lifecycle transition, without processes.
+
+use super::*;
+
+const TIMEOUTS: Timeouts = Timeouts {
+    service_ready: Duration::from_secs(10),
+    cluster_ready: Duration::from_secs(60),
+    kill: Duration::from_secs(5),
+};
+
+fn fleet(services: &[&str], clusters: u32) -> Lifecycle {
+    Lifecycle::new(
+        services.iter().map(|s| (*s).to_owned()),
+        0..clusters,
+        TIMEOUTS,
+    )
+}
+
+fn spawned(commands: &[Command]) -> Vec<(WorkerId, ProcessId)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Spawn { worker, process } => Some((worker.clone(), *process)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(commands: &[Command]) -> Vec<LifecycleEvent> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Emit(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn service(name: &str) -> WorkerId {
+    WorkerId::Service(name.to_owned())
+}
+
+#[test]
+fn services_launch_first_then_clusters() {
+    let mut l = fleet(&["cache", "jobs"], 2);
+    let out = l.handle(Input::Launch);
+    let first = spawned(&out);
+    assert_eq!(
+        first.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
+        [service("cache"), service("jobs")]
+    );
+    assert!(out.contains(&Command::ArmStartTimer {
+        process: first[0].1,
+        after: TIMEOUTS.service_ready
+    }));
+    assert_eq!(
+        l.worker(&WorkerId::Cluster(0)).unwrap().state,
+        State::Pending
+    );
+
+    l.handle(Input::Hello(first[0].1));
+    assert_eq!(l.worker(&service("cache")).unwrap().state, State::Starting);
+    let out = l.handle(Input::Ready(first[0].1));
+    assert_eq!(events(&out), [LifecycleEvent::Ready(service("cache"))]);
+    assert!(spawned(&out).is_empty(), "clusters wait for every service");
+
+    let out = l.handle(Input::Ready(first[1].1));
+    assert_eq!(
+        events(&out),
+        [
+            LifecycleEvent::Ready(service("jobs")),
+            LifecycleEvent::ServicesLaunched
+        ]
+    );
+    let clusters = spawned(&out);
+    assert_eq!(
+        clusters.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
+        [WorkerId::Cluster(0), WorkerId::Cluster(1)]
+    );
+    assert!(out.contains(&Command::ArmStartTimer {
+        process: clusters[0].1,
+        after: TIMEOUTS.cluster_ready
+    }));
+    assert_eq!(
+        l.live_process(&WorkerId::Cluster(0)),
+        None,
+        "not live until ready"
+    );
+
+    l.handle(Input::Ready(clusters[0].1));
+    assert_eq!(l.live_process(&WorkerId::Cluster(0)), Some(clusters[0].1));
+    let out = l.handle(Input::Ready(clusters[1].1));
+    assert_eq!(
+        events(&out),
+        [
+            LifecycleEvent::Ready(WorkerId::Cluster(1)),
+            LifecycleEvent::AllReady { live: 4, failed: 0 }
+        ]
+    );
+}
+
+#[test]
+fn without_services_clusters_launch_at_once() {
+    let mut l = fleet(&[], 3);
+    let out = l.handle(Input::Launch);
+    assert_eq!(events(&out), [LifecycleEvent::ServicesLaunched]);
+    assert_eq!(spawned(&out).len(), 3);
+}
+
+#[test]
+fn a_service_that_fails_to_start_is_marked_failed_and_the_launch_goes_on() {
+    let mut l = fleet(&["bad"], 1);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Hello(p));
+    let out = l.handle(Input::StartFailed(p, "no database".into()));
+    assert!(out.contains(&Command::Kill(p)));
+    assert_eq!(
+        events(&out)[0],
+        LifecycleEvent::Failed {
+            worker: service("bad"),
+            reason: "failed to start: no database".into()
+        }
+    );
+    assert_eq!(spawned(&out).len(), 1, "the cluster launches anyway");
+    assert!(matches!(
+        l.worker(&service("bad")).unwrap().state,
+        State::Failed(_)
+    ));
+    assert_eq!(l.live_process(&service("bad")), None);
+}
+
+#[test]
+fn a_start_timeout_kills_and_fails_the_worker() {
+    let mut l = fleet(&["slow"], 0);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    let out = l.handle(Input::StartTimedOut(p));
+    assert!(out.contains(&Command::Kill(p)));
+    assert_eq!(
+        events(&out),
+        [
+            LifecycleEvent::Failed {
+                worker: service("slow"),
+                reason: "not ready within 10s".into()
+            },
+            LifecycleEvent::ServicesLaunched,
+            LifecycleEvent::AllReady { live: 0, failed: 1 },
+        ]
+    );
+    // A timer that fires after the worker became ready does nothing.
+    let mut l = fleet(&["ok"], 0);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Ready(p));
+    assert!(l.handle(Input::StartTimedOut(p)).is_empty());
+}
+
+#[test]
+fn a_crash_during_launch_does_not_stall_it() {
+    let mut l = fleet(&[], 2);
+    let ps = spawned(&l.handle(Input::Launch));
+    l.handle(Input::Ready(ps[0].1));
+    let out = l.handle(Input::Exited(ps[1].1, Some(101)));
+    assert_eq!(
+        events(&out),
+        [
+            LifecycleEvent::Failed {
+                worker: WorkerId::Cluster(1),
+                reason: "process exited with code 101".into()
+            },
+            LifecycleEvent::AllReady { live: 1, failed: 1 },
+        ]
+    );
+}
+
+#[test]
+fn a_crash_of_a_live_worker_makes_it_unavailable() {
+    let mut l = fleet(&[], 1);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Ready(p));
+    let out = l.handle(Input::Exited(p, None));
+    assert_eq!(
+        events(&out),
+        [LifecycleEvent::Failed {
+            worker: WorkerId::Cluster(0),
+            reason: "process killed by a signal".into()
+        }]
+    );
+    assert_eq!(l.live_process(&WorkerId::Cluster(0)), None);
+    assert_eq!(l.worker_of(p), Some(&WorkerId::Cluster(0)));
+}
+
+#[test]
+fn spawn_failures_fail_the_worker() {
+    let mut l = fleet(&["svc"], 0);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    let out = l.handle(Input::SpawnFailed(p, "ENOENT".into()));
+    assert!(
+        matches!(&events(&out)[0], LifecycleEvent::Failed { reason, .. } if reason == "could not spawn: ENOENT")
+    );
+}
+
+#[test]
+fn shutdown_drains_clusters_then_services_and_kills_stragglers() {
+    let mut l = fleet(&["svc"], 2);
+    let svc = spawned(&l.handle(Input::Launch))[0].1;
+    let clusters = spawned(&l.handle(Input::Ready(svc)));
+    l.handle(Input::Ready(clusters[0].1));
+    l.handle(Input::Ready(clusters[1].1));
+
+    let out = l.handle(Input::Shutdown);
+    let stops: Vec<&Command> = out
+        .iter()
+        .filter(|c| matches!(c, Command::Stop { .. }))
+        .collect();
+    assert_eq!(stops.len(), 2, "clusters first: {out:?}");
+    assert!(out.contains(&Command::Stop {
+        process: clusters[0].1,
+        grace: TIMEOUTS.kill
+    }));
+    assert_eq!(l.worker(&service("svc")).unwrap().state, State::Live);
+    assert!(
+        l.handle(Input::Shutdown).is_empty(),
+        "a second shutdown is a no-op"
+    );
+
+    l.handle(Input::Exited(clusters[0].1, Some(0)));
+    assert_eq!(
+        l.handle(Input::KillTimedOut(clusters[1].1)),
+        [Command::Kill(clusters[1].1)]
+    );
+    let out = l.handle(Input::Exited(clusters[1].1, None));
+    assert_eq!(
+        out,
+        [Command::Stop {
+            process: svc,
+            grace: TIMEOUTS.kill
+        }]
+    );
+    let out = l.handle(Input::Exited(svc, Some(0)));
+    assert_eq!(events(&out), [LifecycleEvent::Stopped]);
+    assert!(l.is_stopped());
+    assert_eq!(
+        l.worker(&WorkerId::Cluster(1)).unwrap().state,
+        State::Stopped
+    );
+}
+
+#[test]
+fn shutdown_before_launch_finishes_stops_what_runs_and_spawns_nothing_more() {
+    let mut l = fleet(&["svc"], 2);
+    let svc = spawned(&l.handle(Input::Launch))[0].1;
+    let out = l.handle(Input::Shutdown);
+    assert!(spawned(&out).is_empty());
+    assert!(out.contains(&Command::Stop {
+        process: svc,
+        grace: TIMEOUTS.kill
+    }));
+    let out = l.handle(Input::Ready(svc));
+    assert!(
+        spawned(&out).is_empty(),
+        "no cluster launches during shutdown"
+    );
+    let out = l.handle(Input::Exited(svc, Some(0)));
+    assert_eq!(events(&out), [LifecycleEvent::Stopped]);
+}
+
+#[test]
+fn inputs_for_unknown_or_stale_processes_are_ignored() {
+    let mut l = fleet(&[], 1);
+    l.handle(Input::Launch);
+    assert!(l.handle(Input::Ready(999)).is_empty());
+    assert!(l.handle(Input::Exited(999, Some(1))).is_empty());
+}

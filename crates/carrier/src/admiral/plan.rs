@@ -1,0 +1,281 @@
+//! Shard planning: how many shards, and which contiguous range each cluster runs. Pure functions.
+
+use std::ops::RangeInclusive;
+
+use serde::{Deserialize, Serialize};
+
+/// How the shard total is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ShardCount {
+    /// Discord's recommendation from `/gateway/bot`.
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Exact(u32),
+    /// Enough shards for this many guilds each, from the recommendation (which assumes 1000).
+    GuildsPerShard(u32),
+}
+
+/// One cluster's share of the shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPlan {
+    /// Cluster id, from 0.
+    pub id: u32,
+    /// First shard (inclusive).
+    pub first_shard: u32,
+    /// Last shard (inclusive).
+    pub last_shard: u32,
+}
+
+impl ClusterPlan {
+    /// The shard ids.
+    #[must_use]
+    pub fn shards(&self) -> RangeInclusive<u32> {
+        self.first_shard..=self.last_shard
+    }
+}
+
+/// The shard plan of a fleet (or of this host's part of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlan {
+    /// Shards in the whole bot.
+    pub shard_total: u32,
+    /// Identify buckets.
+    pub max_concurrency: u32,
+    /// Clusters, in order, covering `first..=last` of this host.
+    pub clusters: Vec<ClusterPlan>,
+}
+
+impl ShardPlan {
+    /// Shards this plan runs.
+    #[must_use]
+    pub fn shard_count(&self) -> u32 {
+        self.clusters
+            .iter()
+            .map(|c| c.last_shard - c.first_shard + 1)
+            .sum()
+    }
+
+    /// The cluster that runs a shard, if this plan runs it.
+    #[must_use]
+    pub fn cluster_of_shard(&self, shard: u32) -> Option<u32> {
+        self.clusters
+            .iter()
+            .find(|c| c.shards().contains(&shard))
+            .map(|c| c.id)
+    }
+}
+
+/// Why no plan can be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The shard total came out as zero.
+    #[error("the shard total is zero")]
+    NoShards,
+    /// Zero clusters asked for.
+    #[error("at least one cluster is needed")]
+    NoClusters,
+    /// `guilds_per_shard` of zero.
+    #[error("guilds per shard must be above zero")]
+    NoGuildsPerShard,
+    /// The first shard is after the last.
+    #[error("first shard {first} is after last shard {last}")]
+    FirstAfterLast {
+        /// First shard asked for.
+        first: u32,
+        /// Last shard asked for.
+        last: u32,
+    },
+    /// The last shard is not below the total.
+    #[error("last shard {last} is not below the shard total {total}")]
+    LastBeyondTotal {
+        /// Last shard asked for.
+        last: u32,
+        /// The total.
+        total: u32,
+    },
+}
+
+/// The inputs of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanInput {
+    /// How to choose the total.
+    pub count: ShardCount,
+    /// Discord's recommended total (`/gateway/bot` `shards`).
+    pub recommended: u32,
+    /// Identify buckets (`session_start_limit.max_concurrency`).
+    pub max_concurrency: u32,
+    /// Clusters wanted; fewer are made when there are fewer shards.
+    pub clusters: u32,
+    /// First shard this host runs (default 0).
+    pub first_shard: Option<u32>,
+    /// Last shard this host runs (default total − 1).
+    pub last_shard: Option<u32>,
+}
+
+/// The shard total for a count policy. Automatic totals are rounded up to a multiple of
+/// `max_concurrency` when it is above 1, as large bots must run.
+pub fn shard_total(
+    count: ShardCount,
+    recommended: u32,
+    max_concurrency: u32,
+) -> Result<u32, PlanError> {
+    let round = |n: u32| {
+        if max_concurrency > 1 {
+            n.div_ceil(max_concurrency) * max_concurrency
+        } else {
+            n
+        }
+    };
+    let total = match count {
+        ShardCount::Auto => round(recommended.max(1)),
+        ShardCount::Exact(n) => n,
+        ShardCount::GuildsPerShard(0) => return Err(PlanError::NoGuildsPerShard),
+        ShardCount::GuildsPerShard(g) => {
+            round((u64::from(recommended.max(1)) * 1000).div_ceil(u64::from(g)) as u32)
+        }
+    };
+    if total == 0 {
+        return Err(PlanError::NoShards);
+    }
+    Ok(total)
+}
+
+/// Plans a fleet: the total, then contiguous ranges, larger ranges first when they do not divide
+/// evenly.
+pub fn plan(input: PlanInput) -> Result<ShardPlan, PlanError> {
+    if input.clusters == 0 {
+        return Err(PlanError::NoClusters);
+    }
+    let total = shard_total(input.count, input.recommended, input.max_concurrency)?;
+    let first = input.first_shard.unwrap_or(0);
+    let last = input.last_shard.unwrap_or(total - 1);
+    if first > last {
+        return Err(PlanError::FirstAfterLast { first, last });
+    }
+    if last >= total {
+        return Err(PlanError::LastBeyondTotal { last, total });
+    }
+    let shards = last - first + 1;
+    let clusters = input.clusters.min(shards);
+    let mut plans = Vec::with_capacity(clusters as usize);
+    let mut next = first;
+    for id in 0..clusters {
+        let left = last - next + 1;
+        let size = left.div_ceil(clusters - id);
+        plans.push(ClusterPlan {
+            id,
+            first_shard: next,
+            last_shard: next + size - 1,
+        });
+        next += size;
+    }
+    Ok(ShardPlan {
+        shard_total: total,
+        max_concurrency: input.max_concurrency.max(1),
+        clusters: plans,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(
+        count: ShardCount,
+        recommended: u32,
+        max_concurrency: u32,
+        clusters: u32,
+    ) -> PlanInput {
+        PlanInput {
+            count,
+            recommended,
+            max_concurrency,
+            clusters,
+            first_shard: None,
+            last_shard: None,
+        }
+    }
+
+    fn ranges(plan: &ShardPlan) -> Vec<(u32, u32)> {
+        plan.clusters
+            .iter()
+            .map(|c| (c.first_shard, c.last_shard))
+            .collect()
+    }
+
+    #[test]
+    fn totals_follow_the_policy_and_round_to_max_concurrency() {
+        assert_eq!(shard_total(ShardCount::Auto, 9, 1), Ok(9));
+        assert_eq!(shard_total(ShardCount::Auto, 9, 16), Ok(16));
+        assert_eq!(shard_total(ShardCount::Auto, 33, 16), Ok(48));
+        assert_eq!(shard_total(ShardCount::Exact(7), 9, 16), Ok(7));
+        assert_eq!(shard_total(ShardCount::GuildsPerShard(500), 4, 1), Ok(8));
+        assert_eq!(shard_total(ShardCount::GuildsPerShard(1500), 4, 1), Ok(3));
+        assert_eq!(
+            shard_total(ShardCount::GuildsPerShard(0), 4, 1),
+            Err(PlanError::NoGuildsPerShard)
+        );
+        assert_eq!(
+            shard_total(ShardCount::Exact(0), 4, 1),
+            Err(PlanError::NoShards)
+        );
+    }
+
+    #[test]
+    fn ranges_are_contiguous_and_front_loaded() {
+        let p = plan(input(ShardCount::Exact(16), 1, 1, 4)).unwrap();
+        assert_eq!(ranges(&p), [(0, 3), (4, 7), (8, 11), (12, 15)]);
+        let p = plan(input(ShardCount::Exact(10), 1, 1, 4)).unwrap();
+        assert_eq!(ranges(&p), [(0, 2), (3, 5), (6, 7), (8, 9)]);
+        assert_eq!(p.shard_count(), 10);
+        assert_eq!(p.cluster_of_shard(6), Some(2));
+        assert_eq!(p.cluster_of_shard(10), None);
+    }
+
+    #[test]
+    fn more_clusters_than_shards_makes_fewer_clusters() {
+        let p = plan(input(ShardCount::Exact(3), 1, 1, 8)).unwrap();
+        assert_eq!(ranges(&p), [(0, 0), (1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn a_host_can_run_a_slice_of_the_bot() {
+        let p = plan(PlanInput {
+            first_shard: Some(8),
+            last_shard: Some(15),
+            ..input(ShardCount::Exact(32), 1, 1, 2)
+        })
+        .unwrap();
+        assert_eq!(p.shard_total, 32);
+        assert_eq!(ranges(&p), [(8, 11), (12, 15)]);
+    }
+
+    #[test]
+    fn impossible_plans_say_why() {
+        let bad = |first, last| {
+            plan(PlanInput {
+                first_shard: Some(first),
+                last_shard: Some(last),
+                ..input(ShardCount::Exact(8), 1, 1, 2)
+            })
+        };
+        assert_eq!(
+            bad(5, 2),
+            Err(PlanError::FirstAfterLast { first: 5, last: 2 })
+        );
+        assert_eq!(
+            bad(0, 8),
+            Err(PlanError::LastBeyondTotal { last: 8, total: 8 })
+        );
+        assert_eq!(
+            plan(input(ShardCount::Exact(8), 1, 1, 0)),
+            Err(PlanError::NoClusters)
+        );
+        assert_eq!(
+            PlanError::FirstAfterLast { first: 5, last: 2 }.to_string(),
+            "first shard 5 is after last shard 2"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! The identify queue: one identify per bucket (`shard_id % max_concurrency`) per interval, for
+//! every shard of every cluster, within the daily session budget.
+//!
+//! It owns only pacing. It knows nothing of processes or sockets: the admiral's IPC router calls
+//! [`IdentifyQueue::acquire`] when a worker asks to identify a shard and answers when it resolves.
+//! Other implementations (one shared across hosts, say) plug in through the trait.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// Discord's identify interval per bucket: 5 s (Gateway › Identifying › Sharding).
+pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Paces identifies. `acquire` resolves when `shard` may identify; dropping the future gives up the
+/// place without spending a slot.
+pub trait IdentifyQueue: Send + Sync + 'static {
+    /// Waits for permission to identify `shard`.
+    fn acquire(&self, shard: u32) -> BoxFuture<'static, ()>;
+}
+
+/// The daily session budget (`session_start_limit` of `/gateway/bot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBudget {
+    /// Identifies per period.
+    pub total: u32,
+    /// Identifies left now.
+    pub remaining: u32,
+    /// Time until the budget refills.
+    pub reset_after: Duration,
+}
+
+#[derive(Debug)]
+struct Budget {
+    total: u32,
+    remaining: u32,
+    resets_at: Instant,
+    period: Duration,
+}
+
+/// The in-admiral identify queue: a FIFO per bucket, spaced by `interval` measured between actual
+/// grants (a late wake-up never squeezes the next grant closer).
+#[derive(Debug, Clone)]
+pub struct LocalIdentifyQueue {
+    max_concurrency: u32,
+    interval: Duration,
+    buckets: Arc<std::sync::Mutex<HashMap<u32, Arc<Mutex<Option<Instant>>>>>>,
+    budget: Arc<Mutex<Option<Budget>>>,
+}
+
+impl LocalIdentifyQueue {
+    /// A queue with `max_concurrency` buckets (at least 1), one identify each per `interval`.
+    #[must_use]
+    pub fn new(max_concurrency: u32, interval: Duration) -> Self {
+        Self {
+            max_concurrency: max_concurrency.max(1),
+            interval,
+            buckets: Arc::default(),
+            budget: Arc::default(),
+        }
+    }
+
+    /// Also respects the daily session budget: when it is spent, grants wait for the reset
+    /// instead of identifying (which would end every session and reset the token).
+    #[must_use]
+    pub fn with_budget(self, budget: SessionBudget) -> Self {
+        let period = Duration::from_hours(24);
+        *self
+            .budget
+            .try_lock()
+            .expect("a new queue is not shared yet") = Some(Budget {
+            total: budget.total,
+            remaining: budget.remaining,
+            resets_at: Instant::now() + budget.reset_after,
+            period,
+        });
+        self
+    }
+
+    /// Buckets.
+    #[must_use]
+    pub fn max_concurrency(&self) -> u32 {
+        self.max_concurrency
+    }
+
+    /// Interval per bucket.
+    #[must_use]
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn bucket(&self, shard: u32) -> Arc<Mutex<Option<Instant>>> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buckets
+            .entry(shard % self.max_concurrency)
+            .or_default()
+            .clone()
+    }
+}
+
+impl IdentifyQueue for LocalIdentifyQueue {
+    fn acquire(&self, shard: u32) -> BoxFuture<'static, ()> {
+        let bucket = self.bucket(shard);
+        let budget = self.budget.clone();
+        let interval = self.interval;
+        Box::pin(async move {
+            // Tokio's mutex is fair: waiters of a bucket are served in arrival order.
+            let mut last = bucket.lock().await;
+            if let Some(last) = *last {
+                tokio::time::sleep_until(last + interval).await;
+            }
+            let mut budget = budget.lock().await;
+            if let Some(budget) = budget.as_mut() {
+                if Instant::now() >= budget.resets_at {
+                    budget.remaining = budget.total;
+                    budget.resets_at = Instant::now() + budget.period;
+                }
+                if budget.remaining == 0 {
+                    tracing::warn!(target: "fleet::identify", shard, wait = ?budget.resets_at.saturating_duration_since(Instant::now()), "session budget spent; waiting for its reset");
+                    tokio::time::sleep_until(budget.resets_at).await;
+                    budget.remaining = budget.total;
+                    budget.resets_at = Instant::now() + budget.period;
+                }
+                budget.remaining -= 1;
+            }
+            *last = Some(Instant::now());
+            tracing::debug!(target: "fleet::identify", shard, "identify granted");
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn grant_times(
+        queue: &LocalIdentifyQueue,
+        shards: impl IntoIterator<Item = u32>,
+    ) -> Vec<(u32, Duration)> {
+        let start = Instant::now();
+        let tasks: Vec<_> = shards
+            .into_iter()
+            .map(|shard| {
+                let grant = queue.acquire(shard);
+                tokio::spawn(async move {
+                    grant.await;
+                    (shard, start.elapsed())
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for task in tasks {
+            times.push(task.await.unwrap());
+        }
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_bucket_grants_one_per_interval_in_order() {
+        let queue = LocalIdentifyQueue::new(1, IDENTIFY_INTERVAL);
+        let times = grant_times(&queue, 0..4).await;
+        let secs: Vec<u64> = times.iter().map(|(_, t)| t.as_secs()).collect();
+        assert_eq!(secs, [0, 5, 10, 15]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buckets_run_side_by_side() {
+        let queue = LocalIdentifyQueue::new(4, IDENTIFY_INTERVAL);
+        let times = grant_times(&queue, 0..16).await;
+        for (shard, time) in times {
+            assert_eq!(time.as_secs(), u64::from(shard / 4) * 5, "shard {shard}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spacing_is_measured_from_the_last_grant() {
+        let queue = LocalIdentifyQueue::new(1, IDENTIFY_INTERVAL);
+        queue.acquire(0).await;
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let start = Instant::now();
+        queue.acquire(1).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let start = Instant::now();
+        queue.acquire(2).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_request_spends_no_slot() {
+        let queue = LocalIdentifyQueue::new(1, IDENTIFY_INTERVAL);
+        queue.acquire(0).await;
+        let abandoned = queue.acquire(1);
+        drop(abandoned);
+        let start = Instant::now();
+        queue.acquire(2).await;
+        assert_eq!(start.elapsed(), IDENTIFY_INTERVAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_waits_for_its_reset() {
+        let queue =
+            LocalIdentifyQueue::new(1, Duration::from_millis(10)).with_budget(SessionBudget {
+                total: 1000,
+                remaining: 2,
+                reset_after: Duration::from_secs(600),
+            });
+        let times = grant_times(&queue, 0..3).await;
+        assert_eq!(times[1].1, Duration::from_millis(10));
+        assert_eq!(times[2].1, Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,438 @@
+//! The IPC wire protocol: plain data, no I/O.
+//!
+//! Every frame (see [`frame`](super::frame)) holds one [`Up`] (worker → admiral) or [`Down`]
+//! (admiral → worker) message, MessagePack-encoded with named fields; enums are externally tagged
+//! (`{"Request": {...}}`), unit variants are strings. A worker in any language can join a fleet:
+//!
+//! 1. Connect to the Unix socket named by `FLEET_IPC_SOCKET` and send
+//!    `Up::Hello { secret: $FLEET_IPC_SECRET, process: $FLEET_PROCESS }`.
+//! 2. Receive `Down::Welcome` with the worker's [`Assignment`]; a wrong secret or unknown process
+//!    is disconnected.
+//! 3. Send `Up::Status(Ready)` when ready to serve (or `StartFailed`).
+//! 4. Send `Up::Request { id, timeout_ms, request }` and match `Down::Reply { id, reply }`; answer
+//!    each `Down::Command { id, .. }` with `Up::Reply { id, outcome }` within its `timeout_ms`;
+//!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`.
+//!
+//! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Opaque user bytes carried by commands, replies and messages. [`Payload::encode`] and
+/// [`Payload::decode`] use MessagePack with named fields; any other encoding works as well.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload(pub Bytes);
+
+impl Payload {
+    /// An empty payload.
+    #[must_use]
+    pub const fn empty() -> Self {
+        Self(Bytes::new())
+    }
+
+    /// Encodes a value with MessagePack (named fields).
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, PayloadError> {
+        Ok(Self(Bytes::from(
+            rmp_serde::to_vec_named(value).map_err(|e| PayloadError(e.to_string()))?,
+        )))
+    }
+
+    /// Decodes a value encoded with [`Payload::encode`].
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        rmp_serde::from_slice(&self.0).map_err(|e| PayloadError(e.to_string()))
+    }
+
+    /// The raw bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(Bytes::from(bytes))
+    }
+}
+
+impl From<&'static str> for Payload {
+    fn from(text: &'static str) -> Self {
+        Self(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+/// A payload could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("payload codec: {0}")]
+pub struct PayloadError(pub String);
+
+/// Who sends or receives: the admiral, a cluster by id, or a service by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Target {
+    /// The admiral process.
+    Admiral,
+    /// A cluster.
+    Cluster(u32),
+    /// A service.
+    Service(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Admiral => f.write_str("admiral"),
+            Self::Cluster(id) => write!(f, "cluster {id}"),
+            Self::Service(name) => write!(f, "service {name:?}"),
+        }
+    }
+}
+
+/// Which workers a fan-out reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Group {
+    /// Every cluster.
+    Clusters,
+    /// Every service.
+    Services,
+}
+
+/// The result of a command on one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The handler answered.
+    Ok(Payload),
+    /// The handler failed with this message.
+    Error(String),
+    /// No answer within the timeout.
+    TimedOut,
+    /// The target is not running (dead, failed, not started, or shutting down).
+    Unavailable,
+}
+
+/// A worker's log record sent with [`Up::Log`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: LogLevel,
+    /// The message.
+    pub message: String,
+}
+
+/// Log severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Debug.
+    Debug,
+    /// Info.
+    Info,
+    /// Warning.
+    Warn,
+    /// Error.
+    Error,
+}
+
+/// What the admiral assigns a worker in [`Down::Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Assignment {
+    /// Run a cluster.
+    Cluster(ClusterAssignment),
+    /// Run a service.
+    Service {
+        /// The service's name.
+        name: String,
+    },
+}
+
+/// Everything a cluster needs to start its shards.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterAssignment {
+    /// Cluster id.
+    pub id: u32,
+    /// First shard id (inclusive).
+    pub first_shard: u32,
+    /// Last shard id (inclusive).
+    pub last_shard: u32,
+    /// Shards in the whole bot.
+    pub shard_total: u32,
+    /// Identify buckets.
+    pub max_concurrency: u32,
+    /// The bot token (sent over IPC, never on a command line).
+    pub token: String,
+    /// Gateway URL (`wss://gateway.discord.gg` or a mock's `ws://127.0.0.1:PORT`).
+    pub gateway_url: String,
+    /// REST base (`https://discord.com` or a mock's `http://127.0.0.1:PORT`), without `/api/v10`.
+    pub rest_url: String,
+}
+
+impl fmt::Debug for ClusterAssignment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterAssignment")
+            .field("id", &self.id)
+            .field("shards", &(self.first_shard..=self.last_shard))
+            .field("shard_total", &self.shard_total)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("token", &"<redacted>")
+            .field("gateway_url", &self.gateway_url)
+            .field("rest_url", &self.rest_url)
+            .finish()
+    }
+}
+
+/// What a shard went through, reported with [`Status::Shard`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardEvent {
+    /// Connecting to the gateway.
+    Connecting,
+    /// READY received.
+    Ready,
+    /// RESUMED received.
+    Resumed,
+    /// The connection closed (with the close code, if any).
+    Disconnected(Option<u16>),
+}
+
+/// Lifecycle reports from a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// The worker is ready: a service started, or every shard of a cluster is READY.
+    Ready,
+    /// The worker could not start.
+    StartFailed(String),
+    /// A shard's progress.
+    Shard {
+        /// Shard id.
+        shard: u32,
+        /// What happened.
+        event: ShardEvent,
+    },
+}
+
+/// Store operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreRequest {
+    /// Read a key.
+    Get(String),
+    /// Write a key.
+    Set(String, Payload),
+    /// Whether a key exists.
+    Has(String),
+    /// Remove a key.
+    Delete(String),
+    /// Remove every key.
+    Clear,
+}
+
+/// Requests a worker (or the admiral's own handle) makes of the admiral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Deliver `event` to every worker and the admiral (the sender included).
+    Broadcast {
+        /// Event name.
+        event: String,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Deliver `event` to one target.
+    SendTo {
+        /// Receiver.
+        target: Target,
+        /// Event name.
+        event: String,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Run a target's command handler and return its answer.
+    Command {
+        /// Receiver.
+        target: Target,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Run the command handler of every worker of a group; one outcome per target.
+    CommandAll {
+        /// Receivers.
+        group: Group,
+        /// Payload.
+        payload: Payload,
+    },
+    /// A central store operation.
+    Store(StoreRequest),
+    /// Wait for permission to identify shard `shard`.
+    Identify {
+        /// Shard id.
+        shard: u32,
+    },
+}
+
+/// Answers to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Accepted (broadcast, send, identify granted, store write done).
+    Done,
+    /// The outcome of a single command.
+    Outcome(Outcome),
+    /// One outcome per target of a fan-out.
+    Outcomes(Vec<(Target, Outcome)>),
+    /// A store value (`None`: absent).
+    Value(Option<Payload>),
+    /// A store answer (has / delete).
+    Flag(bool),
+    /// The request was refused.
+    Refused(Refusal),
+}
+
+/// Why the admiral refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// No such target exists in the fleet.
+    #[error("no {0} in this fleet")]
+    UnknownTarget(Target),
+    /// The target exists but is not running.
+    #[error("{0} is unavailable")]
+    Unavailable(Target),
+    /// The target's queue is full.
+    #[error("{0} is overloaded")]
+    Overloaded(Target),
+    /// The request is not valid here.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Worker → admiral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Up {
+    /// First frame: proves the worker belongs to this fleet.
+    Hello {
+        /// The per-fleet secret.
+        secret: String,
+        /// The process number the admiral gave this worker.
+        process: u64,
+    },
+    /// A request; answered by [`Down::Reply`] with the same id.
+    Request {
+        /// Correlation id (random).
+        id: u64,
+        /// The requester gives up after this long.
+        timeout_ms: u64,
+        /// The request.
+        request: Request,
+    },
+    /// The answer to a [`Down::Command`].
+    Reply {
+        /// The command's id.
+        id: u64,
+        /// Its outcome.
+        outcome: Outcome,
+    },
+    /// A lifecycle report.
+    Status(Status),
+    /// A log record for the admiral.
+    Log(LogRecord),
+}
+
+/// Admiral → worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Down {
+    /// The handshake succeeded; here is the worker's assignment.
+    Welcome(Assignment),
+    /// The answer to an [`Up::Request`].
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// Its answer.
+        reply: Reply,
+    },
+    /// Run the command handler; answer with [`Up::Reply`].
+    Command {
+        /// Correlation id.
+        id: u64,
+        /// Who asked.
+        from: Target,
+        /// Payload.
+        payload: Payload,
+        /// The asker gives up after this long.
+        timeout_ms: u64,
+    },
+    /// A broadcast or direct message.
+    Message {
+        /// Who sent it.
+        from: Target,
+        /// Event name.
+        event: String,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Shut down gracefully within `grace_ms`, then exit.
+    Shutdown {
+        /// Grace period.
+        grace_ms: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_typed_values_and_keep_u64_exact() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Echo {
+            id: u64,
+            text: String,
+        }
+        let value = Echo {
+            id: u64::MAX - 1,
+            text: "x".into(),
+        };
+        let payload = Payload::encode(&value).unwrap();
+        assert_eq!(payload.decode::<Echo>().unwrap(), value);
+        assert!(payload.decode::<Vec<String>>().is_err());
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let up = Up::Request {
+            id: 7,
+            timeout_ms: 100,
+            request: Request::CommandAll {
+                group: Group::Clusters,
+                payload: Payload::from("hi"),
+            },
+        };
+        let body = super::super::frame::encode(&up, 1024).unwrap();
+        assert_eq!(super::super::frame::decode::<Up>(&body).unwrap(), up);
+        let down = Down::Reply {
+            id: 7,
+            reply: Reply::Outcomes(vec![
+                (Target::Cluster(1), Outcome::TimedOut),
+                (Target::Service("a".into()), Outcome::Unavailable),
+            ]),
+        };
+        let body = super::super::frame::encode(&down, 1024).unwrap();
+        assert_eq!(super::super::frame::decode::<Down>(&body).unwrap(), down);
+    }
+
+    #[test]
+    fn assignments_never_print_the_token() {
+        let assignment = ClusterAssignment {
+            id: 0,
+            first_shard: 0,
+            last_shard: 1,
+            shard_total: 2,
+            max_concurrency: 1,
+            token: "secret-token".into(),
+            gateway_url: String::new(),
+            rest_url: String::new(),
+        };
+        assert!(!format!("{assignment:?}").contains("secret-token"));
+    }
+}
