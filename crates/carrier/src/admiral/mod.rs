@@ -1,4 +1,316 @@
-//! The admiral: plans shards, spawns and supervises workers, routes IPC.
+//! The admiral: plans shards ([`plan`]), spawns and supervises workers ([`lifecycle`],
+//! `process`), and routes IPC between them (`router`). It may not know any Discord library.
 
 pub mod lifecycle;
 pub mod plan;
+pub(crate) mod process;
+pub(crate) mod router;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+pub use self::lifecycle::{LifecycleEvent, ProcessId, State, Timeouts, WorkerId};
+pub use self::plan::ShardPlan;
+pub use self::process::WorkerCommand;
+use crate::identify::IdentifyQueue;
+use crate::ipc::client::{Ipc, Transport};
+use crate::ipc::proto::{LogLevel, LogRecord, ShardEvent, Target};
+
+/// Events the admiral publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FleetEvent {
+    /// A lifecycle step: a worker ready or failed, all ready, stopped.
+    Lifecycle(LifecycleEvent),
+    /// A shard's progress in a cluster.
+    Shard {
+        /// Cluster id.
+        cluster: u32,
+        /// Shard id.
+        shard: u32,
+        /// What happened.
+        event: ShardEvent,
+    },
+    /// A log record a worker sent with `Ipc::log`.
+    Log {
+        /// Which worker.
+        worker: WorkerId,
+        /// The record.
+        record: LogRecord,
+    },
+    /// A line a worker wrote to stdout or stderr (its tracing output, a panic message).
+    Output {
+        /// Which worker.
+        worker: WorkerId,
+        /// Which stream.
+        stream: OutputStream,
+        /// The line, without its newline, cut at 16 KiB.
+        line: String,
+    },
+    /// A worker process exited.
+    Exited {
+        /// Which worker.
+        worker: WorkerId,
+        /// Which process of it.
+        process: ProcessId,
+        /// Exit code; `None` when killed by a signal.
+        code: Option<i32>,
+    },
+    /// A worker broke the IPC protocol and was disconnected (or a stranger was refused).
+    ProtocolError {
+        /// The worker, if it had identified itself.
+        worker: Option<WorkerId>,
+        /// What went wrong.
+        error: String,
+    },
+    /// A total shutdown began.
+    ShuttingDown,
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A worker as the admiral sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// Which worker.
+    pub id: WorkerId,
+    /// Its state.
+    pub state: State,
+    /// Its current process number.
+    pub process: Option<ProcessId>,
+    /// Its operating-system process id.
+    pub pid: Option<u32>,
+}
+
+/// Everything the admiral runs with. Built by `Fleet`.
+pub struct AdmiralConfig {
+    /// The shard plan.
+    pub plan: ShardPlan,
+    /// Service names, in launch order.
+    pub services: Vec<String>,
+    /// The bot token.
+    pub token: String,
+    /// Gateway URL handed to clusters.
+    pub gateway_url: String,
+    /// REST base handed to clusters.
+    pub rest_url: String,
+    /// Lifecycle timeouts.
+    pub timeouts: Timeouts,
+    /// Default IPC request timeout.
+    pub request_timeout: Duration,
+    /// Maximum IPC frame size.
+    pub max_frame: usize,
+    /// The identify queue every shard goes through.
+    pub identify: Arc<dyn IdentifyQueue>,
+    /// How worker processes are started.
+    pub worker_command: WorkerCommand,
+    /// Whether worker output lines are echoed to the admiral's stderr as `[worker] line`.
+    pub echo_output: bool,
+}
+
+impl std::fmt::Debug for AdmiralConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmiralConfig")
+            .field("plan", &self.plan)
+            .field("services", &self.services)
+            .field("token", &"<redacted>")
+            .field("gateway_url", &self.gateway_url)
+            .field("rest_url", &self.rest_url)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the admiral could not start or wait.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmiralError {
+    /// The private IPC directory or socket could not be made.
+    #[error("cannot set up IPC at {path}: {source}")]
+    Ipc {
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The fleet was not ready in time.
+    #[error("the fleet was not ready within {0:?}")]
+    NotReady(Duration),
+    /// The admiral stopped.
+    #[error("the admiral has stopped")]
+    Stopped,
+}
+
+/// The admiral's handle: its own IPC, its events, and control of the fleet.
+#[derive(Debug)]
+pub struct AdmiralHandle {
+    ipc: Ipc,
+    inbox: mpsc::Sender<router::Inbox>,
+    events: broadcast::Sender<FleetEvent>,
+    first_events: Mutex<Option<broadcast::Receiver<FleetEvent>>>,
+    ready: watch::Receiver<Option<(usize, usize)>>,
+    stopped: watch::Receiver<bool>,
+    plan: ShardPlan,
+}
+
+/// How a launch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launched {
+    /// Workers live.
+    pub live: usize,
+    /// Workers that failed.
+    pub failed: usize,
+}
+
+impl AdmiralHandle {
+    /// The admiral's own IPC: the same calls a worker has.
+    #[must_use]
+    pub fn ipc(&self) -> &Ipc {
+        &self.ipc
+    }
+
+    /// The shard plan.
+    #[must_use]
+    pub fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    /// The event stream. The first call gets every event since the launch began; later calls
+    /// get events from then on. A receiver that falls more than 8192 events behind skips ahead.
+    #[must_use]
+    pub fn events(&self) -> broadcast::Receiver<FleetEvent> {
+        self.first_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(|| self.events.subscribe())
+    }
+
+    /// Waits until every worker has started or failed.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Launched, AdmiralError> {
+        let mut ready = self.ready.clone();
+        let waited = tokio::time::timeout(timeout, ready.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(value)) => {
+                let (live, failed) = value.expect("waited for Some");
+                Ok(Launched { live, failed })
+            }
+            Ok(Err(_)) => Err(AdmiralError::Stopped),
+            Err(_) => Err(AdmiralError::NotReady(timeout)),
+        }
+    }
+
+    /// Every worker's state now.
+    pub async fn workers(&self) -> Result<Vec<WorkerStatus>, AdmiralError> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox
+            .send(router::Inbox::Workers(tx))
+            .await
+            .map_err(|_| AdmiralError::Stopped)?;
+        rx.await.map_err(|_| AdmiralError::Stopped)
+    }
+
+    /// Shuts the whole fleet down gracefully and waits until every worker has exited.
+    pub async fn shutdown(&self) {
+        let _ = self.inbox.send(router::Inbox::Shutdown).await;
+        self.wait_stopped().await;
+    }
+
+    /// Waits until the fleet has stopped.
+    pub async fn wait_stopped(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+}
+
+/// Starts an admiral: a private IPC socket, the router, and the launch of every worker.
+pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError> {
+    let dir = private_dir()?;
+    let socket = dir.join("admiral.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|source| AdmiralError::Ipc {
+        path: socket.clone(),
+        source,
+    })?;
+    let secret = format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(..)
+    );
+    let config = Arc::new(config);
+    let (inbox_tx, inbox_rx) = mpsc::channel(65_536);
+    let (local_tx, local_rx) = mpsc::channel(1024);
+    let (events, first) = broadcast::channel(8192);
+    let (ready_tx, ready) = watch::channel(None);
+    let (stopped_tx, stopped) = watch::channel(false);
+    let ipc = Ipc::new(
+        Target::Admiral,
+        Transport::Local(local_tx),
+        config.request_timeout,
+    );
+    tokio::spawn(router::accept(listener, inbox_tx.clone(), config.max_frame));
+    let router = router::Router::new(
+        config.clone(),
+        socket,
+        secret,
+        ipc.clone(),
+        inbox_tx.clone(),
+        events.clone(),
+        ready_tx,
+    );
+    tokio::spawn(async move {
+        router.run(inbox_rx, local_rx).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = stopped_tx.send(true);
+    });
+    Ok(AdmiralHandle {
+        ipc,
+        inbox: inbox_tx,
+        events,
+        first_events: Mutex::new(Some(first)),
+        ready,
+        stopped,
+        plan: config.plan.clone(),
+    })
+}
+
+/// A new directory only this user can enter, for the IPC socket.
+fn private_dir() -> Result<PathBuf, AdmiralError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::temp_dir();
+    for _ in 0..16 {
+        let path = base.join(format!("fleet-{:016x}", fastrand::u64(..)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => return Ok(path),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(AdmiralError::Ipc { path, source }),
+        }
+    }
+    Err(AdmiralError::Ipc {
+        path: base,
+        source: std::io::Error::other("no free directory name"),
+    })
+}
+
+/// Logs a worker's record through `tracing`, tagged with the worker.
+pub(crate) fn log_record(worker: &Target, record: &LogRecord) {
+    let worker = worker.to_string();
+    match record.level {
+        LogLevel::Debug => tracing::debug!(target: "fleet::worker", %worker, "{}", record.message),
+        LogLevel::Info => tracing::info!(target: "fleet::worker", %worker, "{}", record.message),
+        LogLevel::Warn => tracing::warn!(target: "fleet::worker", %worker, "{}", record.message),
+        LogLevel::Error => tracing::error!(target: "fleet::worker", %worker, "{}", record.message),
+    }
+}

@@ -102,6 +102,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
+    /// The maximum frame size.
+    #[must_use]
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
     /// Encodes and writes one message, flushing.
     pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
         let body = encode(message, self.max_frame)?;

@@ -1,7 +1,13 @@
 //! IPC between the admiral and its workers: a star over a Unix socket in a private directory.
 //!
-//! [`frame`] is the framing, [`proto`] the messages. This module owns the wire; it may not know
-//! about processes or the lifecycle.
+//! [`frame`] is the framing, [`proto`] the messages, [`client`] the [`Ipc`] handle both sides use,
+//! [`link`] a worker's connection. This module owns the wire; it may not know about processes or
+//! the lifecycle.
 
+pub mod client;
 pub mod frame;
+pub mod link;
 pub mod proto;
+
+pub use client::{CommandHandler, HandlerId, Ipc, IpcError, Message};
+pub use proto::{Outcome, Payload, Target};

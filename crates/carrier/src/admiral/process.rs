@@ -1,0 +1,185 @@
+//! Worker processes: spawn a copy of the program with its role in the environment, capture its
+//! stdout and stderr line by line (bounded), report its exit, and kill it on request.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::lifecycle::{ProcessId, WorkerId};
+use super::{FleetEvent, OutputStream};
+use crate::admiral::router::Inbox;
+
+/// Longest output line passed on; the rest of a longer line is cut.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// How worker processes are started.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// Program to run (default: this executable).
+    pub program: PathBuf,
+    /// Its arguments (default: this process's arguments).
+    pub args: Vec<OsString>,
+    /// Extra environment.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl WorkerCommand {
+    /// This executable with this process's arguments: one binary is both admiral and worker.
+    pub fn current() -> std::io::Result<Self> {
+        Ok(Self {
+            program: std::env::current_exe()?,
+            args: std::env::args_os().skip(1).collect(),
+            env: Vec::new(),
+        })
+    }
+}
+
+/// Everything needed to spawn one worker.
+pub(crate) struct SpawnRequest<'a> {
+    pub command: &'a WorkerCommand,
+    pub worker: &'a WorkerId,
+    pub process: ProcessId,
+    pub env: Vec<(&'static str, String)>,
+    pub echo: bool,
+}
+
+/// Spawns a worker; its output and exit are reported through `inbox` and `events`.
+pub(crate) fn spawn(
+    request: &SpawnRequest<'_>,
+    inbox: mpsc::Sender<Inbox>,
+    events: broadcast::Sender<FleetEvent>,
+) -> std::io::Result<()> {
+    let mut command = tokio::process::Command::new(&request.command.program);
+    command
+        .args(&request.command.args)
+        .envs(request.command.env.iter().map(|(k, v)| (k, v)))
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .env("FLEET_WORKER", request.worker.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    let process = request.process;
+    for (stream, pipe) in [
+        (
+            OutputStream::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        ),
+        (
+            OutputStream::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            tokio::spawn(forward_output(
+                pipe,
+                request.worker.clone(),
+                stream,
+                request.echo,
+                events.clone(),
+            ));
+        }
+    }
+    let (kill, killed) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = inbox.send(Inbox::Spawned { process, pid, kill }).await;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = killed => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        let code = status.ok().and_then(|s| s.code());
+        let _ = inbox.send(Inbox::Exited { process, code }).await;
+    });
+    Ok(())
+}
+
+async fn forward_output(
+    pipe: Box<dyn AsyncRead + Send + Unpin>,
+    worker: WorkerId,
+    stream: OutputStream,
+    echo: bool,
+    events: broadcast::Sender<FleetEvent>,
+) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line_bounded(&mut reader, &mut line).await {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(_) => return,
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        if echo {
+            eprintln!("[{worker}] {text}");
+        }
+        let _ = events.send(FleetEvent::Output {
+            worker: worker.clone(),
+            stream,
+            line: text,
+        });
+    }
+}
+
+/// Reads one line into `line`, keeping at most [`MAX_LINE`] bytes of it. `Ok(false)` at the end.
+async fn read_line_bounded(
+    reader: &mut BufReader<Box<dyn AsyncRead + Send + Unpin>>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    let mut read_any = false;
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(read_any);
+        }
+        read_any = true;
+        let (chunk, done) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(end) => (&buffer[..end], Some(end + 1)),
+            None => (buffer, None),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let consumed = done.unwrap_or(buffer.len());
+        reader.consume(consumed);
+        if done.is_some() {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_split_and_bounded() {
+        let long = "x".repeat(MAX_LINE + 100);
+        let text = format!("one\n{long}\nthree");
+        let pipe: Box<dyn AsyncRead + Send + Unpin> =
+            Box::new(std::io::Cursor::new(text.into_bytes()));
+        let mut reader = BufReader::with_capacity(64, pipe);
+        let mut lines = Vec::new();
+        let mut line = Vec::new();
+        while read_line_bounded(&mut reader, &mut line).await.unwrap() {
+            lines.push(String::from_utf8(std::mem::take(&mut line)).unwrap());
+        }
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], "one");
+        assert_eq!(lines[1].len(), MAX_LINE);
+        assert_eq!(lines[2], "three");
+    }
+}

@@ -1,0 +1,926 @@
+//! The admiral's actor: one task that owns the connections, the routing table, pending commands
+//! and their deadlines, the central store, identify grants and the [`Lifecycle`]. Socket reader
+//! tasks, process watchers and the admiral's own [`Ipc`] feed it through channels; it never blocks
+//! on a worker (each connection has a bounded queue, and a full queue is answered with
+//! [`Refusal::Overloaded`] rather than waited on).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio_util::time::{DelayQueue, delay_queue};
+
+use super::lifecycle::{Command, Input, Lifecycle, LifecycleEvent, ProcessId, State, WorkerId};
+use super::process::{self, SpawnRequest};
+use super::{AdmiralConfig, FleetEvent, WorkerStatus};
+use crate::identify::IdentifyQueue;
+use crate::ipc::client::{Ipc, LocalRequest, Message};
+use crate::ipc::frame::{self, FrameError, FrameReader, FrameWriter};
+use crate::ipc::link::{ENV_MAX_FRAME, ENV_PROCESS, ENV_SECRET, ENV_SOCKET, ENV_TIMEOUT};
+use crate::ipc::proto::{
+    Assignment, ClusterAssignment, Down, Group, Outcome, Payload, Refusal, Reply, Request, Status,
+    StoreRequest, Target, Up,
+};
+
+/// Frames queued per connection before the admiral answers "overloaded".
+pub const CONNECTION_QUEUE: usize = 8192;
+
+/// How long a new connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Process number standing for the admiral itself when it answers commands.
+const ADMIRAL_PROCESS: ProcessId = 0;
+
+pub(crate) type ConnId = u64;
+
+/// Everything that reaches the actor.
+#[derive(Debug)]
+pub(crate) enum Inbox {
+    Connected {
+        conn: ConnId,
+        writer: mpsc::Sender<Bytes>,
+    },
+    Hello {
+        conn: ConnId,
+        secret: String,
+        process: ProcessId,
+    },
+    Up {
+        conn: ConnId,
+        up: Up,
+    },
+    Closed {
+        conn: ConnId,
+        error: Option<String>,
+    },
+    Granted {
+        waiter: Waiter,
+    },
+    Answer {
+        forward: u64,
+        outcome: Outcome,
+    },
+    Spawned {
+        process: ProcessId,
+        pid: Option<u32>,
+        kill: oneshot::Sender<()>,
+    },
+    Exited {
+        process: ProcessId,
+        code: Option<i32>,
+    },
+    Shutdown,
+    Workers(oneshot::Sender<Vec<WorkerStatus>>),
+}
+
+/// Who waits for a reply.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    Conn(ConnId, u64),
+    Local(oneshot::Sender<Reply>),
+}
+
+#[derive(Debug)]
+enum Timer {
+    Forward(u64),
+    Start(ProcessId),
+    Kill(ProcessId),
+}
+
+#[derive(Debug)]
+struct Conn {
+    process: Option<ProcessId>,
+    writer: mpsc::Sender<Bytes>,
+    identifies: Vec<AbortHandle>,
+}
+
+#[derive(Debug)]
+enum Route {
+    Single(Waiter),
+    Part(u64),
+}
+
+#[derive(Debug)]
+struct Forward {
+    process: ProcessId,
+    target: Target,
+    route: Route,
+    timer: delay_queue::Key,
+}
+
+#[derive(Debug)]
+struct Fanout {
+    waiter: Waiter,
+    remaining: usize,
+    outcomes: BTreeMap<Target, Outcome>,
+}
+
+#[derive(Debug, Default)]
+struct ProcessInfo {
+    pid: Option<u32>,
+    kill: Option<oneshot::Sender<()>>,
+    conn: Option<ConnId>,
+}
+
+pub(crate) struct Router {
+    config: Arc<AdmiralConfig>,
+    socket: PathBuf,
+    secret: String,
+    lifecycle: Lifecycle,
+    conns: HashMap<ConnId, Conn>,
+    processes: HashMap<ProcessId, ProcessInfo>,
+    forwards: HashMap<u64, Forward>,
+    fanouts: HashMap<u64, Fanout>,
+    next_id: u64,
+    timers: DelayQueue<Timer>,
+    store: HashMap<String, Payload>,
+    identify: Arc<dyn IdentifyQueue>,
+    ipc: Ipc,
+    inbox: mpsc::Sender<Inbox>,
+    events: broadcast::Sender<FleetEvent>,
+    ready: watch::Sender<Option<(usize, usize)>>,
+}
+
+impl Router {
+    #[allow(clippy::too_many_arguments, reason = "wired once, by `admiral::start`")]
+    pub(crate) fn new(
+        config: Arc<AdmiralConfig>,
+        socket: PathBuf,
+        secret: String,
+        ipc: Ipc,
+        inbox: mpsc::Sender<Inbox>,
+        events: broadcast::Sender<FleetEvent>,
+        ready: watch::Sender<Option<(usize, usize)>>,
+    ) -> Self {
+        let lifecycle = Lifecycle::new(
+            config.services.iter().cloned(),
+            config.plan.clusters.iter().map(|c| c.id),
+            config.timeouts,
+        );
+        Self {
+            identify: config.identify.clone(),
+            config,
+            socket,
+            secret,
+            lifecycle,
+            conns: HashMap::new(),
+            processes: HashMap::new(),
+            forwards: HashMap::new(),
+            fanouts: HashMap::new(),
+            next_id: 1,
+            timers: DelayQueue::new(),
+            store: HashMap::new(),
+            ipc,
+            inbox,
+            events,
+            ready,
+        }
+    }
+
+    /// Runs until every worker has stopped after a shutdown.
+    pub(crate) async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Inbox>,
+        mut local: mpsc::Receiver<LocalRequest>,
+    ) {
+        self.lifecycle_input(Input::Launch);
+        while !self.lifecycle.is_stopped() {
+            tokio::select! {
+                message = inbox.recv() => match message {
+                    Some(message) => self.on_inbox(message),
+                    None => break,
+                },
+                Some(request) = local.recv() => {
+                    let me = Target::Admiral;
+                    self.on_request(&me, Waiter::Local(request.reply), request.request, request.timeout);
+                }
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => self.on_timer(expired.into_inner()),
+            }
+        }
+        tracing::info!(target: "fleet::admiral", "every worker has stopped");
+    }
+
+    fn on_inbox(&mut self, message: Inbox) {
+        match message {
+            Inbox::Connected { conn, writer } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        process: None,
+                        writer,
+                        identifies: Vec::new(),
+                    },
+                );
+            }
+            Inbox::Hello {
+                conn,
+                secret,
+                process,
+            } => self.on_hello(conn, &secret, process),
+            Inbox::Up { conn, up } => self.on_up(conn, up),
+            Inbox::Closed { conn, error } => self.on_closed(conn, error),
+            Inbox::Granted { waiter } => self.answer(waiter, Reply::Done),
+            Inbox::Answer { forward, outcome } => self.resolve(forward, outcome, false),
+            Inbox::Spawned { process, pid, kill } => {
+                let info = self.processes.entry(process).or_default();
+                info.pid = pid;
+                info.kill = Some(kill);
+            }
+            Inbox::Exited { process, code } => {
+                if let Some(worker) = self.lifecycle.worker_of(process).cloned() {
+                    tracing::info!(target: "fleet::admiral", %worker, process, ?code, "worker process exited");
+                    let _ = self.events.send(FleetEvent::Exited {
+                        worker,
+                        process,
+                        code,
+                    });
+                }
+                if let Some(info) = self.processes.remove(&process)
+                    && let Some(conn) = info.conn
+                {
+                    self.on_closed(conn, None);
+                }
+                self.lifecycle_input(Input::Exited(process, code));
+            }
+            Inbox::Shutdown => {
+                let _ = self.events.send(FleetEvent::ShuttingDown);
+                self.lifecycle_input(Input::Shutdown);
+            }
+            Inbox::Workers(reply) => {
+                let workers = self
+                    .lifecycle
+                    .workers()
+                    .map(|w| WorkerStatus {
+                        id: w.id.clone(),
+                        state: w.state.clone(),
+                        process: w.process,
+                        pid: w
+                            .process
+                            .and_then(|p| self.processes.get(&p))
+                            .and_then(|i| i.pid),
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+        }
+    }
+
+    fn on_hello(&mut self, conn: ConnId, secret: &str, process: ProcessId) {
+        let worker = self
+            .lifecycle
+            .worker_of(process)
+            .and_then(|id| self.lifecycle.worker(id))
+            .cloned();
+        let taken = self
+            .processes
+            .get(&process)
+            .is_some_and(|i| i.conn.is_some());
+        let problem = if secret != self.secret {
+            Some("wrong secret")
+        } else if worker
+            .as_ref()
+            .is_none_or(|w| w.process != Some(process) || w.state != State::Spawned)
+        {
+            Some("unknown or stale process")
+        } else if taken {
+            Some("process already connected")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            tracing::error!(target: "fleet::ipc", conn, process, problem, "refusing an IPC connection");
+            let _ = self.events.send(FleetEvent::ProtocolError {
+                worker: None,
+                error: format!("refused a connection claiming process {process}: {problem}"),
+            });
+            self.conns.remove(&conn);
+            return;
+        }
+        let worker = worker.expect("checked above").id;
+        let assignment = match &worker {
+            WorkerId::Service(name) => Assignment::Service { name: name.clone() },
+            WorkerId::Cluster(id) => {
+                let plan = self
+                    .config
+                    .plan
+                    .clusters
+                    .iter()
+                    .find(|c| c.id == *id)
+                    .expect("clusters come from the plan");
+                Assignment::Cluster(ClusterAssignment {
+                    id: *id,
+                    first_shard: plan.first_shard,
+                    last_shard: plan.last_shard,
+                    shard_total: self.config.plan.shard_total,
+                    max_concurrency: self.config.plan.max_concurrency,
+                    token: self.config.token.clone(),
+                    gateway_url: self.config.gateway_url.clone(),
+                    rest_url: self.config.rest_url.clone(),
+                })
+            }
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.process = Some(process);
+        }
+        self.processes.entry(process).or_default().conn = Some(conn);
+        self.send(conn, &Down::Welcome(assignment));
+        tracing::debug!(target: "fleet::ipc", %worker, process, "worker connected");
+        self.lifecycle_input(Input::Hello(process));
+    }
+
+    fn on_up(&mut self, conn: ConnId, up: Up) {
+        let Some(process) = self.conns.get(&conn).and_then(|c| c.process) else {
+            return;
+        };
+        let Some(worker) = self.lifecycle.worker_of(process).cloned() else {
+            return;
+        };
+        match up {
+            Up::Hello { .. } => {
+                tracing::warn!(target: "fleet::ipc", %worker, "ignoring a second hello")
+            }
+            Up::Request {
+                id,
+                timeout_ms,
+                request,
+            } => {
+                let timeout = Duration::from_millis(timeout_ms);
+                self.on_request(&worker.target(), Waiter::Conn(conn, id), request, timeout);
+            }
+            Up::Reply { id, outcome } => {
+                if self.forwards.get(&id).is_some_and(|f| f.process == process) {
+                    self.resolve(id, outcome, false);
+                }
+            }
+            Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
+            Up::Status(Status::StartFailed(reason)) => {
+                self.lifecycle_input(Input::StartFailed(process, reason))
+            }
+            Up::Status(Status::Shard { shard, event }) => {
+                if let WorkerId::Cluster(cluster) = worker {
+                    tracing::debug!(target: "fleet::shard", cluster, shard, ?event);
+                    let _ = self.events.send(FleetEvent::Shard {
+                        cluster,
+                        shard,
+                        event,
+                    });
+                }
+            }
+            Up::Log(record) => {
+                super::log_record(&worker.target(), &record);
+                let _ = self.events.send(FleetEvent::Log { worker, record });
+            }
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, error: Option<String>) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        for task in state.identifies {
+            task.abort();
+        }
+        let Some(process) = state.process else { return };
+        if let Some(info) = self.processes.get_mut(&process) {
+            info.conn = None;
+        }
+        let worker = self.lifecycle.worker_of(process).cloned();
+        if let Some(error) = error {
+            tracing::error!(target: "fleet::ipc", worker = ?worker, process, %error, "disconnected a worker over a protocol error");
+            let _ = self
+                .events
+                .send(FleetEvent::ProtocolError { worker, error });
+        }
+        let orphaned: Vec<u64> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.process == process)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            self.resolve(id, Outcome::Unavailable, false);
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Forward(id) => self.resolve(id, Outcome::TimedOut, true),
+            Timer::Start(process) => self.lifecycle_input(Input::StartTimedOut(process)),
+            Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
+        }
+    }
+
+    // ---- requests ----------------------------------------------------------------------------
+
+    fn on_request(&mut self, from: &Target, waiter: Waiter, request: Request, timeout: Duration) {
+        match request {
+            Request::Broadcast { event, payload } => {
+                let down = Down::Message {
+                    from: from.clone(),
+                    event,
+                    payload,
+                };
+                let reply = match self.encode(&down) {
+                    Ok(body) => {
+                        let targets: Vec<ConnId> = self.serving_conns().collect();
+                        let mut refused = None;
+                        for conn in targets {
+                            if let Err(refusal) = self.send_body(conn, body.clone()) {
+                                refused.get_or_insert(refusal);
+                            }
+                        }
+                        if let Down::Message {
+                            from,
+                            event,
+                            payload,
+                        } = down
+                        {
+                            self.ipc.deliver(&Message {
+                                from,
+                                event,
+                                payload,
+                            });
+                        }
+                        refused.map_or(Reply::Done, Reply::Refused)
+                    }
+                    Err(refusal) => Reply::Refused(refusal),
+                };
+                self.answer(waiter, reply);
+            }
+            Request::SendTo {
+                target,
+                event,
+                payload,
+            } => {
+                let reply = if target == Target::Admiral {
+                    self.ipc.deliver(&Message {
+                        from: from.clone(),
+                        event,
+                        payload,
+                    });
+                    Reply::Done
+                } else {
+                    match self.live_conn(&target) {
+                        Ok(conn) => {
+                            let down = Down::Message {
+                                from: from.clone(),
+                                event,
+                                payload,
+                            };
+                            match self
+                                .encode(&down)
+                                .and_then(|body| self.send_body(conn, body))
+                            {
+                                Ok(()) => Reply::Done,
+                                Err(refusal) => Reply::Refused(refusal),
+                            }
+                        }
+                        Err(refusal) => Reply::Refused(refusal),
+                    }
+                };
+                self.answer(waiter, reply);
+            }
+            Request::Command { target, payload } => {
+                if let Err(refusal) = self.known(&target) {
+                    self.answer(waiter, Reply::Refused(refusal));
+                    return;
+                }
+                self.forward(from, target, payload, timeout, Route::Single(waiter));
+            }
+            Request::CommandAll { group, payload } => {
+                let targets: Vec<Target> = self
+                    .lifecycle
+                    .workers()
+                    .filter(|w| match group {
+                        Group::Clusters => matches!(w.id, WorkerId::Cluster(_)),
+                        Group::Services => matches!(w.id, WorkerId::Service(_)),
+                    })
+                    .map(|w| w.id.target())
+                    .collect();
+                let fanout = self.next_id();
+                self.fanouts.insert(
+                    fanout,
+                    Fanout {
+                        waiter,
+                        remaining: targets.len(),
+                        outcomes: BTreeMap::new(),
+                    },
+                );
+                if targets.is_empty() {
+                    self.finish_fanout(fanout);
+                }
+                for target in targets {
+                    self.forward(from, target, payload.clone(), timeout, Route::Part(fanout));
+                }
+            }
+            Request::Store(operation) => {
+                let reply = match operation {
+                    StoreRequest::Get(key) => Reply::Value(self.store.get(&key).cloned()),
+                    StoreRequest::Set(key, value) => {
+                        self.store.insert(key, value);
+                        Reply::Done
+                    }
+                    StoreRequest::Has(key) => Reply::Flag(self.store.contains_key(&key)),
+                    StoreRequest::Delete(key) => Reply::Flag(self.store.remove(&key).is_some()),
+                    StoreRequest::Clear => {
+                        self.store.clear();
+                        Reply::Done
+                    }
+                };
+                self.answer(waiter, reply);
+            }
+            Request::Identify { shard } => {
+                if shard >= self.config.plan.shard_total {
+                    let refusal = Refusal::Invalid(format!(
+                        "shard {shard} is not below the total {}",
+                        self.config.plan.shard_total
+                    ));
+                    self.answer(waiter, Reply::Refused(refusal));
+                    return;
+                }
+                let conn = match &waiter {
+                    Waiter::Conn(conn, _) => Some(*conn),
+                    Waiter::Local(_) => None,
+                };
+                let grant = self.identify.acquire(shard);
+                let inbox = self.inbox.clone();
+                let task = tokio::spawn(async move {
+                    grant.await;
+                    let _ = inbox.send(Inbox::Granted { waiter }).await;
+                });
+                if let Some(c) = conn.and_then(|c| self.conns.get_mut(&c)) {
+                    c.identifies.retain(|t| !t.is_finished());
+                    c.identifies.push(task.abort_handle());
+                }
+            }
+        }
+    }
+
+    /// Sends a command to one target's live process (or runs the admiral's own handler).
+    fn forward(
+        &mut self,
+        from: &Target,
+        target: Target,
+        payload: Payload,
+        timeout: Duration,
+        route: Route,
+    ) {
+        let id = self.next_id();
+        // Answer a little before the asker gives up, so it hears "timed out" from us.
+        let deadline = timeout.saturating_sub(timeout / 20);
+        if target == Target::Admiral {
+            let timer = self.timers.insert(Timer::Forward(id), deadline);
+            self.forwards.insert(
+                id,
+                Forward {
+                    process: ADMIRAL_PROCESS,
+                    target: target.clone(),
+                    route,
+                    timer,
+                },
+            );
+            let run = self.ipc.run_command(from.clone(), payload, deadline);
+            let inbox = self.inbox.clone();
+            tokio::spawn(async move {
+                let outcome = run.await;
+                let _ = inbox
+                    .send(Inbox::Answer {
+                        forward: id,
+                        outcome,
+                    })
+                    .await;
+            });
+            return;
+        }
+        let process = match self.live_conn(&target) {
+            Ok(conn) => self.conns[&conn]
+                .process
+                .expect("live connections have a process"),
+            Err(_) => {
+                self.complete(route, target, Outcome::Unavailable);
+                return;
+            }
+        };
+        let conn = self.processes[&process].conn.expect("live_conn found it");
+        let down = Down::Command {
+            id,
+            from: from.clone(),
+            payload,
+            timeout_ms: deadline.as_millis() as u64,
+        };
+        if let Err(refusal) = self
+            .encode(&down)
+            .and_then(|body| self.send_body(conn, body))
+        {
+            tracing::warn!(target: "fleet::ipc", %target, %refusal, "command not delivered");
+            self.complete(route, target, Outcome::Unavailable);
+            return;
+        }
+        let timer = self.timers.insert(Timer::Forward(id), deadline);
+        self.forwards.insert(
+            id,
+            Forward {
+                process,
+                target,
+                route,
+                timer,
+            },
+        );
+    }
+
+    /// A forwarded command finished (answer, timeout, or its worker went away).
+    fn resolve(&mut self, id: u64, outcome: Outcome, expired: bool) {
+        let Some(forward) = self.forwards.remove(&id) else {
+            return;
+        };
+        if !expired {
+            self.timers.remove(&forward.timer);
+        }
+        self.complete(forward.route, forward.target, outcome);
+    }
+
+    fn complete(&mut self, route: Route, target: Target, outcome: Outcome) {
+        match route {
+            Route::Single(waiter) => self.answer(waiter, Reply::Outcome(outcome)),
+            Route::Part(fanout) => {
+                if let Some(f) = self.fanouts.get_mut(&fanout) {
+                    f.outcomes.insert(target, outcome);
+                    f.remaining -= 1;
+                    if f.remaining == 0 {
+                        self.finish_fanout(fanout);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_fanout(&mut self, fanout: u64) {
+        if let Some(f) = self.fanouts.remove(&fanout) {
+            self.answer(f.waiter, Reply::Outcomes(f.outcomes.into_iter().collect()));
+        }
+    }
+
+    fn answer(&mut self, waiter: Waiter, reply: Reply) {
+        match waiter {
+            Waiter::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+            Waiter::Conn(conn, id) => self.send(conn, &Down::Reply { id, reply }),
+        }
+    }
+
+    // ---- routing helpers ---------------------------------------------------------------------
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn known(&self, target: &Target) -> Result<(), Refusal> {
+        let exists = match target {
+            Target::Admiral => true,
+            Target::Cluster(id) => self.lifecycle.worker(&WorkerId::Cluster(*id)).is_some(),
+            Target::Service(name) => self
+                .lifecycle
+                .worker(&WorkerId::Service(name.clone()))
+                .is_some(),
+        };
+        if exists {
+            Ok(())
+        } else {
+            Err(Refusal::UnknownTarget(target.clone()))
+        }
+    }
+
+    /// The connection serving a worker's traffic now.
+    fn live_conn(&self, target: &Target) -> Result<ConnId, Refusal> {
+        self.known(target)?;
+        let id = match target {
+            Target::Admiral => {
+                return Err(Refusal::Invalid("the admiral has no connection".into()));
+            }
+            Target::Cluster(id) => WorkerId::Cluster(*id),
+            Target::Service(name) => WorkerId::Service(name.clone()),
+        };
+        self.lifecycle
+            .live_process(&id)
+            .and_then(|p| self.processes.get(&p))
+            .and_then(|i| i.conn)
+            .ok_or_else(|| Refusal::Unavailable(target.clone()))
+    }
+
+    /// Connections of workers that receive broadcasts: the current process of each starting or
+    /// live worker.
+    fn serving_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.lifecycle
+            .workers()
+            .filter(|w| matches!(w.state, State::Starting | State::Live))
+            .filter_map(|w| w.process)
+            .filter_map(|p| self.processes.get(&p).and_then(|i| i.conn))
+    }
+
+    fn encode(&self, down: &Down) -> Result<Bytes, Refusal> {
+        frame::encode(down, self.config.max_frame).map_err(|e| Refusal::Invalid(e.to_string()))
+    }
+
+    fn send(&mut self, conn: ConnId, down: &Down) {
+        match self.encode(down) {
+            Ok(body) => {
+                if let Err(refusal) = self.send_body(conn, body) {
+                    tracing::warn!(target: "fleet::ipc", conn, %refusal, "reply not delivered");
+                }
+            }
+            Err(refusal) => {
+                tracing::error!(target: "fleet::ipc", conn, %refusal, "reply not encodable")
+            }
+        }
+    }
+
+    fn send_body(&self, conn: ConnId, body: Bytes) -> Result<(), Refusal> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(()); // Gone: its process's exit is handled separately.
+        };
+        c.writer.try_send(body).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                let target = c
+                    .process
+                    .and_then(|p| self.lifecycle.worker_of(p))
+                    .map_or(Target::Admiral, WorkerId::target);
+                Refusal::Overloaded(target)
+            }
+            mpsc::error::TrySendError::Closed(_) => Refusal::Invalid("connection closing".into()),
+        })
+    }
+
+    // ---- lifecycle ---------------------------------------------------------------------------
+
+    fn lifecycle_input(&mut self, input: Input) {
+        let commands = self.lifecycle.handle(input);
+        for command in commands {
+            self.execute(command);
+        }
+    }
+
+    fn execute(&mut self, command: Command) {
+        match command {
+            Command::Spawn { worker, process } => {
+                let env = vec![
+                    (ENV_SOCKET, self.socket.display().to_string()),
+                    (ENV_SECRET, self.secret.clone()),
+                    (ENV_PROCESS, process.to_string()),
+                    (ENV_MAX_FRAME, self.config.max_frame.to_string()),
+                    (
+                        ENV_TIMEOUT,
+                        self.config.request_timeout.as_millis().to_string(),
+                    ),
+                ];
+                let request = SpawnRequest {
+                    command: &self.config.worker_command,
+                    worker: &worker,
+                    process,
+                    env,
+                    echo: self.config.echo_output,
+                };
+                tracing::debug!(target: "fleet::admiral", %worker, process, "spawning");
+                if let Err(error) =
+                    process::spawn(&request, self.inbox.clone(), self.events.clone())
+                {
+                    self.lifecycle_input(Input::SpawnFailed(process, error.to_string()));
+                }
+            }
+            Command::ArmStartTimer { process, after } => {
+                self.timers.insert(Timer::Start(process), after);
+            }
+            Command::Stop { process, grace } => {
+                match self.processes.get(&process).and_then(|i| i.conn) {
+                    Some(conn) => self.send(
+                        conn,
+                        &Down::Shutdown {
+                            grace_ms: grace.as_millis() as u64,
+                        },
+                    ),
+                    None => self.kill(process),
+                }
+                self.timers.insert(Timer::Kill(process), grace);
+            }
+            Command::Kill(process) => self.kill(process),
+            Command::Emit(event) => {
+                match &event {
+                    LifecycleEvent::AllReady { live, failed } => {
+                        tracing::info!(target: "fleet::admiral", live, failed, "fleet launched");
+                        let _ = self.ready.send(Some((*live, *failed)));
+                    }
+                    LifecycleEvent::Ready(worker) => {
+                        tracing::info!(target: "fleet::admiral", %worker, "ready")
+                    }
+                    LifecycleEvent::Failed { worker, reason } => {
+                        tracing::warn!(target: "fleet::admiral", %worker, %reason, "failed")
+                    }
+                    _ => {}
+                }
+                let _ = self.events.send(FleetEvent::Lifecycle(event));
+            }
+        }
+    }
+
+    fn kill(&mut self, process: ProcessId) {
+        if let Some(kill) = self.processes.get_mut(&process).and_then(|i| i.kill.take()) {
+            let _ = kill.send(());
+        }
+    }
+}
+
+/// Accepts worker connections and runs a reader and a writer task for each.
+pub(crate) async fn accept(listener: UnixListener, inbox: mpsc::Sender<Inbox>, max_frame: usize) {
+    let mut next_conn: ConnId = 0;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        next_conn += 1;
+        let conn = next_conn;
+        let (read, write) = stream.into_split();
+        let (writer_tx, mut writer_rx) = mpsc::channel::<Bytes>(CONNECTION_QUEUE);
+        if inbox
+            .send(Inbox::Connected {
+                conn,
+                writer: writer_tx,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut writer = FrameWriter::new(write, max_frame);
+            while let Some(body) = writer_rx.recv().await {
+                let mut next = Some(body);
+                while let Some(body) = next.take() {
+                    if writer.feed(body).await.is_err() {
+                        return;
+                    }
+                    next = writer_rx.try_recv().ok();
+                }
+                if writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(read, max_frame);
+            let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Up>()).await;
+            let (secret, process) = match hello {
+                Ok(Ok(Up::Hello { secret, process })) => (secret, process),
+                other => {
+                    let error = match other {
+                        Err(_) => "no hello in time".to_owned(),
+                        Ok(Err(e)) => format!("bad hello: {e}"),
+                        Ok(Ok(_)) => "first frame was not a hello".to_owned(),
+                    };
+                    let _ = inbox
+                        .send(Inbox::Closed {
+                            conn,
+                            error: Some(error),
+                        })
+                        .await;
+                    return;
+                }
+            };
+            if inbox
+                .send(Inbox::Hello {
+                    conn,
+                    secret,
+                    process,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                match reader.next::<Up>().await {
+                    Ok(up) => {
+                        if inbox.send(Inbox::Up { conn, up }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        let error = match error {
+                            FrameError::Closed => None,
+                            other => Some(format!("malformed frame: {other}")),
+                        };
+                        let _ = inbox.send(Inbox::Closed { conn, error }).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,603 @@
+//! The [`Ipc`] handle: what workers and the admiral use to talk to the fleet.
+//!
+//! Every request carries a random correlation id and a timeout, and resolves or fails: an answer,
+//! a refusal, a timeout, or [`IpcError::Disconnected`] the moment the admiral is gone. In a worker
+//! the handle speaks over the Unix socket; in the admiral it talks to the router directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::frame::FrameError;
+use super::proto::{
+    Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Refusal, Reply, Request, Status,
+    StoreRequest, Target, Up,
+};
+
+/// Requests one handle may have in flight; more wait (back-pressure).
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Default request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a worker waits for an identify slot before giving up (a full startup of a large bot).
+pub const IDENTIFY_TIMEOUT: Duration = Duration::from_hours(1);
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpcError {
+    /// No answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The admiral refused the request.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The target's command handler returned an error.
+    #[error("{target} answered with an error: {message}")]
+    Remote {
+        /// Who answered.
+        target: Target,
+        /// Its error.
+        message: String,
+    },
+    /// The target did not answer in time.
+    #[error("{0} did not answer in time")]
+    TargetTimedOut(Target),
+    /// The connection to the admiral is gone.
+    #[error("the connection to the admiral is gone")]
+    Disconnected,
+    /// The answer was not of the expected kind.
+    #[error("unexpected reply: {0:?}")]
+    Unexpected(Box<Reply>),
+    /// A payload could not be encoded or decoded.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// A frame could not be written.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A message delivered to registered handlers: a broadcast or a direct send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Who sent it.
+    pub from: Target,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    pub payload: Payload,
+}
+
+/// Identifies one registered handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandlerId(u64);
+
+type Handler = Arc<dyn Fn(&Message) + Send + Sync>;
+
+/// Runs incoming commands: `(from, payload) -> answer or error message`.
+pub type CommandHandler =
+    Arc<dyn Fn(Target, Payload) -> BoxFuture<'static, Result<Payload, String>> + Send + Sync>;
+
+/// A request for the admiral's router from its own process.
+#[derive(Debug)]
+pub(crate) struct LocalRequest {
+    pub request: Request,
+    pub timeout: Duration,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// Frames to the writer task of a worker's socket.
+    Socket(mpsc::Sender<Up>),
+    /// Requests straight to the admiral's router; logs and status are local.
+    Local(mpsc::Sender<LocalRequest>),
+}
+
+struct Inner {
+    me: Target,
+    transport: Transport,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    handlers: RwLock<HashMap<String, Vec<(HandlerId, Handler)>>>,
+    next_handler: AtomicU64,
+    commands: RwLock<Option<CommandHandler>>,
+    timeout: Duration,
+    in_flight: Semaphore,
+}
+
+/// A handle on the fleet's IPC. Cheap to clone.
+#[derive(Clone)]
+pub struct Ipc {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ipc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipc")
+            .field("me", &self.inner.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ipc {
+    pub(crate) fn new(me: Target, transport: Transport, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                me,
+                transport,
+                pending: Mutex::default(),
+                handlers: RwLock::default(),
+                next_handler: AtomicU64::new(1),
+                commands: RwLock::default(),
+                timeout,
+                in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            }),
+        }
+    }
+
+    /// Who this handle speaks for.
+    #[must_use]
+    pub fn me(&self) -> &Target {
+        &self.inner.me
+    }
+
+    /// The default request timeout.
+    #[must_use]
+    pub fn default_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    // ---- messaging ---------------------------------------------------------------------------
+
+    /// Delivers `event` to every worker and the admiral, this sender included.
+    pub async fn broadcast(&self, event: &str, payload: Payload) -> Result<(), IpcError> {
+        let request = Request::Broadcast {
+            event: event.to_owned(),
+            payload,
+        };
+        self.expect_done(request).await
+    }
+
+    /// Delivers `event` to one target (a cluster, a service or the admiral).
+    pub async fn send_to(
+        &self,
+        target: Target,
+        event: &str,
+        payload: Payload,
+    ) -> Result<(), IpcError> {
+        let request = Request::SendTo {
+            target,
+            event: event.to_owned(),
+            payload,
+        };
+        self.expect_done(request).await
+    }
+
+    /// Delivers `event` to one cluster.
+    pub async fn send_to_cluster(
+        &self,
+        cluster: u32,
+        event: &str,
+        payload: Payload,
+    ) -> Result<(), IpcError> {
+        self.send_to(Target::Cluster(cluster), event, payload).await
+    }
+
+    /// Delivers `event` to the admiral.
+    pub async fn send_to_admiral(&self, event: &str, payload: Payload) -> Result<(), IpcError> {
+        self.send_to(Target::Admiral, event, payload).await
+    }
+
+    /// Calls `handler` for every message named `event` this process receives. Handlers run on the
+    /// IPC reader: hand heavy work to a task.
+    pub fn register(
+        &self,
+        event: &str,
+        handler: impl Fn(&Message) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let id = HandlerId(self.inner.next_handler.fetch_add(1, Ordering::Relaxed));
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(event.to_owned())
+            .or_default()
+            .push((id, Arc::new(handler)));
+        id
+    }
+
+    /// Removes every handler of `event`; returns how many there were.
+    pub fn unregister(&self, event: &str) -> usize {
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(event)
+            .map_or(0, |h| h.len())
+    }
+
+    /// Removes one handler; returns whether it was registered.
+    pub fn unregister_handler(&self, id: HandlerId) -> bool {
+        let mut handlers = self
+            .inner
+            .handlers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut found = false;
+        handlers.retain(|_, list| {
+            let before = list.len();
+            list.retain(|(h, _)| *h != id);
+            found |= list.len() != before;
+            !list.is_empty()
+        });
+        found
+    }
+
+    /// Runs the handlers registered for a message's event; returns how many ran.
+    pub(crate) fn deliver(&self, message: &Message) -> usize {
+        let handlers: Vec<Handler> = self
+            .inner
+            .handlers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&message.event)
+            .map(|list| list.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default();
+        for handler in &handlers {
+            handler(message);
+        }
+        handlers.len()
+    }
+
+    // ---- commands ----------------------------------------------------------------------------
+
+    /// Sets what answers commands sent to this process (adapters and worker runtimes do this).
+    pub fn set_command_handler(&self, handler: CommandHandler) {
+        *self
+            .inner
+            .commands
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(handler);
+    }
+
+    /// Runs this process's command handler on an incoming command, within `timeout`.
+    pub(crate) fn run_command(
+        &self,
+        from: Target,
+        payload: Payload,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Outcome> {
+        let handler = self
+            .inner
+            .commands
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Box::pin(async move {
+            let Some(handler) = handler else {
+                return Outcome::Error("this worker has no command handler".to_owned());
+            };
+            match tokio::time::timeout(timeout, handler(from, payload)).await {
+                Ok(Ok(payload)) => Outcome::Ok(payload),
+                Ok(Err(message)) => Outcome::Error(message),
+                Err(_) => Outcome::TimedOut,
+            }
+        })
+    }
+
+    /// Runs `target`'s command handler and returns its answer, within the default timeout.
+    pub async fn command(&self, target: Target, payload: Payload) -> Result<Payload, IpcError> {
+        self.command_within(target, payload, self.inner.timeout)
+            .await
+    }
+
+    /// [`command`](Self::command) with its own timeout.
+    pub async fn command_within(
+        &self,
+        target: Target,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Payload, IpcError> {
+        let reply = self
+            .request(
+                Request::Command {
+                    target: target.clone(),
+                    payload,
+                },
+                timeout,
+            )
+            .await?;
+        match reply {
+            Reply::Outcome(outcome) => outcome_result(target, outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a service's command handler.
+    pub async fn service_command(
+        &self,
+        service: &str,
+        payload: Payload,
+    ) -> Result<Payload, IpcError> {
+        self.command(Target::Service(service.to_owned()), payload)
+            .await
+    }
+
+    /// Runs a cluster's command handler.
+    pub async fn cluster_command(
+        &self,
+        cluster: u32,
+        payload: Payload,
+    ) -> Result<Payload, IpcError> {
+        self.command(Target::Cluster(cluster), payload).await
+    }
+
+    /// Runs every cluster's command handler: one outcome per cluster (ok, error, timed out, or
+    /// unavailable), never failing because one cluster did.
+    pub async fn all_clusters_command(
+        &self,
+        payload: Payload,
+    ) -> Result<BTreeMap<u32, Outcome>, IpcError> {
+        let outcomes = self.command_all(Group::Clusters, payload).await?;
+        Ok(outcomes
+            .into_iter()
+            .filter_map(|(t, o)| match t {
+                Target::Cluster(id) => Some((id, o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Runs every service's command handler: one outcome per service.
+    pub async fn all_services_command(
+        &self,
+        payload: Payload,
+    ) -> Result<BTreeMap<String, Outcome>, IpcError> {
+        let outcomes = self.command_all(Group::Services, payload).await?;
+        Ok(outcomes
+            .into_iter()
+            .filter_map(|(t, o)| match t {
+                Target::Service(name) => Some((name, o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn command_all(
+        &self,
+        group: Group,
+        payload: Payload,
+    ) -> Result<Vec<(Target, Outcome)>, IpcError> {
+        match self
+            .request(Request::CommandAll { group, payload }, self.inner.timeout)
+            .await?
+        {
+            Reply::Outcomes(outcomes) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ---- store -------------------------------------------------------------------------------
+
+    /// Reads a key of the central store.
+    pub async fn store_get(&self, key: &str) -> Result<Option<Payload>, IpcError> {
+        match self
+            .request(
+                Request::Store(StoreRequest::Get(key.to_owned())),
+                self.inner.timeout,
+            )
+            .await?
+        {
+            Reply::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes a key of the central store.
+    pub async fn store_set(&self, key: &str, value: Payload) -> Result<(), IpcError> {
+        self.expect_done(Request::Store(StoreRequest::Set(key.to_owned(), value)))
+            .await
+    }
+
+    /// Whether the central store holds a key.
+    pub async fn store_has(&self, key: &str) -> Result<bool, IpcError> {
+        self.expect_flag(Request::Store(StoreRequest::Has(key.to_owned())))
+            .await
+    }
+
+    /// Removes a key; returns whether it was there.
+    pub async fn store_delete(&self, key: &str) -> Result<bool, IpcError> {
+        self.expect_flag(Request::Store(StoreRequest::Delete(key.to_owned())))
+            .await
+    }
+
+    /// Removes every key.
+    pub async fn store_clear(&self) -> Result<(), IpcError> {
+        self.expect_done(Request::Store(StoreRequest::Clear)).await
+    }
+
+    // ---- adapters ----------------------------------------------------------------------------
+
+    /// Waits until the admiral's identify queue lets `shard` identify.
+    pub async fn identify(&self, shard: u32) -> Result<(), IpcError> {
+        match self
+            .request(Request::Identify { shard }, IDENTIFY_TIMEOUT)
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reports a lifecycle status to the admiral (ready, start failure, shard progress).
+    pub async fn report(&self, status: Status) -> Result<(), IpcError> {
+        match &self.inner.transport {
+            Transport::Socket(tx) => tx
+                .send(Up::Status(status))
+                .await
+                .map_err(|_| IpcError::Disconnected),
+            Transport::Local(_) => Ok(()),
+        }
+    }
+
+    /// Sends a log record to the admiral, which logs it tagged with this worker.
+    pub async fn log(&self, level: LogLevel, message: impl Into<String>) -> Result<(), IpcError> {
+        let record = LogRecord {
+            level,
+            message: message.into(),
+        };
+        match &self.inner.transport {
+            Transport::Socket(tx) => tx
+                .send(Up::Log(record))
+                .await
+                .map_err(|_| IpcError::Disconnected),
+            Transport::Local(_) => {
+                crate::admiral::log_record(&self.inner.me, &record);
+                Ok(())
+            }
+        }
+    }
+
+    // ---- plumbing ----------------------------------------------------------------------------
+
+    async fn expect_done(&self, request: Request) -> Result<(), IpcError> {
+        match self.request(request, self.inner.timeout).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn expect_flag(&self, request: Request) -> Result<bool, IpcError> {
+        match self.request(request, self.inner.timeout).await? {
+            Reply::Flag(flag) => Ok(flag),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a request and waits for its reply within `timeout`. Refusals become errors.
+    pub(crate) async fn request(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Reply, IpcError> {
+        let _permit = self
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| IpcError::Disconnected)?;
+        let (tx, rx) = oneshot::channel();
+        let id = match &self.inner.transport {
+            Transport::Socket(out) => {
+                let id = {
+                    let mut pending = self
+                        .inner
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let mut id = fastrand::u64(1..);
+                    while pending.contains_key(&id) {
+                        id = fastrand::u64(1..);
+                    }
+                    pending.insert(id, tx);
+                    id
+                };
+                let up = Up::Request {
+                    id,
+                    timeout_ms: timeout.as_millis() as u64,
+                    request,
+                };
+                if out.send(up).await.is_err() {
+                    self.forget(id);
+                    return Err(IpcError::Disconnected);
+                }
+                Some(id)
+            }
+            Transport::Local(router) => {
+                let local = LocalRequest {
+                    request,
+                    timeout,
+                    reply: tx,
+                };
+                router
+                    .send(local)
+                    .await
+                    .map_err(|_| IpcError::Disconnected)?;
+                None
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Err(IpcError::Disconnected),
+            Err(_) => {
+                if let Some(id) = id {
+                    self.forget(id);
+                }
+                return Err(IpcError::Timeout(timeout));
+            }
+        };
+        match reply {
+            Reply::Refused(refusal) => Err(IpcError::Refused(refusal)),
+            reply => Ok(reply),
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// Hands a reply from the admiral to its waiting request.
+    pub(crate) fn resolve(&self, id: u64, reply: Reply) {
+        let waiter = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(reply);
+        }
+    }
+
+    /// Fails every waiting request at once (the admiral is gone).
+    pub(crate) fn disconnect(&self) {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Sends a frame to the admiral (worker side only).
+    pub(crate) async fn send_up(&self, up: Up) -> Result<(), IpcError> {
+        match &self.inner.transport {
+            Transport::Socket(tx) => tx.send(up).await.map_err(|_| IpcError::Disconnected),
+            Transport::Local(_) => Ok(()),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> IpcError {
+    match reply {
+        Reply::Refused(refusal) => IpcError::Refused(refusal),
+        other => IpcError::Unexpected(Box::new(other)),
+    }
+}
+
+fn outcome_result(target: Target, outcome: Outcome) -> Result<Payload, IpcError> {
+    match outcome {
+        Outcome::Ok(payload) => Ok(payload),
+        Outcome::Error(message) => Err(IpcError::Remote { target, message }),
+        Outcome::TimedOut => Err(IpcError::TargetTimedOut(target)),
+        Outcome::Unavailable => Err(IpcError::Refused(Refusal::Unavailable(target))),
+    }
+}

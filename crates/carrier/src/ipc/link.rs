@@ -1,0 +1,263 @@
+//! A worker's link to the admiral: connect, prove membership, receive the assignment, then run
+//! the reader and writer tasks behind an [`Ipc`] handle.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
+
+use super::client::{Ipc, Message, Transport};
+use super::frame::{DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter};
+use super::proto::{Assignment, Down, Target, Up};
+
+/// Environment variable: path of the admiral's IPC socket.
+pub const ENV_SOCKET: &str = "FLEET_IPC_SOCKET";
+/// Environment variable: the per-fleet secret.
+pub const ENV_SECRET: &str = "FLEET_IPC_SECRET";
+/// Environment variable: this worker's process number.
+pub const ENV_PROCESS: &str = "FLEET_PROCESS";
+/// Environment variable: maximum IPC frame size in bytes.
+pub const ENV_MAX_FRAME: &str = "FLEET_MAX_FRAME";
+/// Environment variable: default request timeout in milliseconds.
+pub const ENV_TIMEOUT: &str = "FLEET_REQUEST_TIMEOUT_MS";
+
+/// How long the admiral has to answer the hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how a worker joins its fleet, read from the environment the admiral set.
+#[derive(Clone)]
+pub struct WorkerEnv {
+    /// The admiral's socket.
+    pub socket: PathBuf,
+    /// The per-fleet secret.
+    pub secret: String,
+    /// This worker's process number.
+    pub process: u64,
+    /// Maximum frame size.
+    pub max_frame: usize,
+    /// Default request timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for WorkerEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerEnv")
+            .field("socket", &self.socket)
+            .field("secret", &"<redacted>")
+            .field("process", &self.process)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerEnv {
+    /// The environment of a worker process, or `None` in the admiral (no socket variable).
+    ///
+    /// # Panics
+    /// If the socket variable is set but the others are missing or malformed: the process was
+    /// started wrongly and cannot join.
+    #[must_use]
+    pub fn from_env() -> Option<Self> {
+        let socket = std::env::var_os(ENV_SOCKET)?;
+        let secret = std::env::var(ENV_SECRET).expect("FLEET_IPC_SECRET is set for workers");
+        let process = std::env::var(ENV_PROCESS)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .expect("FLEET_PROCESS is a number for workers");
+        let max_frame = std::env::var(ENV_MAX_FRAME)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_FRAME);
+        let timeout = std::env::var(ENV_TIMEOUT)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(super::client::DEFAULT_TIMEOUT, Duration::from_millis);
+        Some(Self {
+            socket: socket.into(),
+            secret,
+            process,
+            max_frame,
+            timeout,
+        })
+    }
+}
+
+/// Why a worker could not join its fleet.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The socket could not be reached.
+    #[error("cannot reach the admiral at {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The handshake failed.
+    #[error("handshake with the admiral failed: {0}")]
+    Handshake(#[from] FrameError),
+    /// The admiral did not welcome this worker.
+    #[error("the admiral did not welcome this worker: {0}")]
+    NotWelcome(String),
+}
+
+/// What the admiral asks of the worker's lifetime.
+#[derive(Debug, Clone)]
+pub struct WorkerControl {
+    stop: watch::Receiver<Option<Stop>>,
+}
+
+/// Why a worker must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The admiral asked for a graceful shutdown within this grace period.
+    Shutdown(Duration),
+    /// The link to the admiral broke: the admiral is gone or disconnected this worker.
+    Disconnected,
+}
+
+impl WorkerControl {
+    /// Resolves when the worker must stop.
+    pub async fn stopped(&mut self) -> Stop {
+        loop {
+            if let Some(stop) = *self.stop.borrow_and_update() {
+                return stop;
+            }
+            if self.stop.changed().await.is_err() {
+                return Stop::Disconnected;
+            }
+        }
+    }
+}
+
+/// A joined worker: its handle, its assignment and its lifetime control.
+#[derive(Debug)]
+pub struct WorkerLink {
+    /// The IPC handle.
+    pub ipc: Ipc,
+    /// What to run.
+    pub assignment: Assignment,
+    /// When to stop.
+    pub control: WorkerControl,
+}
+
+/// Joins the fleet described by `env`.
+pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
+    let stream = UnixStream::connect(&env.socket)
+        .await
+        .map_err(|source| LinkError::Connect {
+            path: env.socket.clone(),
+            source,
+        })?;
+    let (read, write) = stream.into_split();
+    let mut reader = FrameReader::new(read, env.max_frame);
+    let mut writer = FrameWriter::new(write, env.max_frame);
+    writer
+        .send(&Up::Hello {
+            secret: env.secret.clone(),
+            process: env.process,
+        })
+        .await?;
+    let welcome = tokio::time::timeout(WELCOME_TIMEOUT, reader.next::<Down>())
+        .await
+        .map_err(|_| LinkError::NotWelcome(format!("no answer within {WELCOME_TIMEOUT:?}")))?;
+    let assignment = match welcome {
+        Ok(Down::Welcome(assignment)) => assignment,
+        Ok(other) => {
+            return Err(LinkError::NotWelcome(format!(
+                "unexpected first message {other:?}"
+            )));
+        }
+        Err(FrameError::Closed) => {
+            return Err(LinkError::NotWelcome(
+                "the admiral closed the connection".into(),
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let me = match &assignment {
+        Assignment::Cluster(c) => Target::Cluster(c.id),
+        Assignment::Service { name } => Target::Service(name.clone()),
+    };
+    let (tx, mut rx) = mpsc::channel::<Up>(1024);
+    let ipc = Ipc::new(me, Transport::Socket(tx), env.timeout);
+    let (stop_tx, stop) = watch::channel(None);
+
+    tokio::spawn(async move {
+        while let Some(up) = rx.recv().await {
+            let mut next = Some(up);
+            while let Some(up) = next.take() {
+                let body = match super::frame::encode(&up, writer.max_frame()) {
+                    Ok(body) => body,
+                    Err(error) => {
+                        tracing::error!(target: "fleet::ipc", %error, "dropping an unencodable message");
+                        next = rx.try_recv().ok();
+                        continue;
+                    }
+                };
+                if writer.feed(body).await.is_err() {
+                    return;
+                }
+                next = rx.try_recv().ok();
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let reader_ipc = ipc.clone();
+    tokio::spawn(async move {
+        loop {
+            match reader.next::<Down>().await {
+                Ok(Down::Reply { id, reply }) => reader_ipc.resolve(id, reply),
+                Ok(Down::Message {
+                    from,
+                    event,
+                    payload,
+                }) => {
+                    reader_ipc.deliver(&Message {
+                        from,
+                        event,
+                        payload,
+                    });
+                }
+                Ok(Down::Command {
+                    id,
+                    from,
+                    payload,
+                    timeout_ms,
+                }) => {
+                    let ipc = reader_ipc.clone();
+                    tokio::spawn(async move {
+                        let outcome = ipc
+                            .run_command(from, payload, Duration::from_millis(timeout_ms))
+                            .await;
+                        let _ = ipc.send_up(Up::Reply { id, outcome }).await;
+                    });
+                }
+                Ok(Down::Shutdown { grace_ms }) => {
+                    let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
+                }
+                Ok(Down::Welcome(_)) => {
+                    tracing::warn!(target: "fleet::ipc", "ignoring a second welcome")
+                }
+                Err(error) => {
+                    if !matches!(error, FrameError::Closed) {
+                        tracing::error!(target: "fleet::ipc", %error, "IPC link to the admiral failed");
+                    }
+                    reader_ipc.disconnect();
+                    let _ = stop_tx.send(Some(Stop::Disconnected));
+                    return;
+                }
+            }
+        }
+    });
+
+    Ok(WorkerLink {
+        ipc,
+        assignment,
+        control: WorkerControl { stop },
+    })
+}
