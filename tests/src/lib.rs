@@ -1,1 +1,166 @@
-//! Multi-process integration tests of fleet against discord-mock live in `tests/`.
+//! The test bot: worker types shared by the integration tests (which run the admiral in the test
+//! process) and the `testbot` binary (which the admiral spawns as its workers).
+//!
+//! Commands are plain text payloads:
+//! - services and clusters: `sleep` (never answers in time; a cluster first sends `sleeping` with
+//!   its id to the admiral), `fail` (answers with an error),
+//!   anything else is echoed back;
+//! - clusters also: `status` ([`ClusterStatus`]), `store-get:KEY` (reads the central store),
+//!   `log:TEXT` (logs through IPC).
+//!
+//! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use carrier::worker::BoxError;
+use carrier::{Fleet, FleetOptions, LogLevel, Payload, Service, ServiceContext, Target};
+use fleet_twilight::{ClusterContext, ClusterWorker, Settings};
+use serde::{Deserialize, Serialize};
+use twilight_gateway::{Event, Intents, ShardId};
+
+/// The fleet every test and the testbot build: services `echo` and `broken`, twilight clusters
+/// running [`TestCluster`].
+#[must_use]
+pub fn fleet(options: FleetOptions) -> Fleet {
+    fleet_twilight::fleet::<TestCluster>(
+        options,
+        Settings::new(Intents::GUILDS | Intents::GUILD_MESSAGES | Intents::GUILD_MEMBERS),
+    )
+    .service::<Echo>("echo")
+    .service::<Broken>("broken")
+}
+
+async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
+    match payload.as_bytes() {
+        b"sleep" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Some(Ok(Payload::empty()))
+        }
+        b"fail" => Some(Err("failed on request".to_owned())),
+        _ => None,
+    }
+}
+
+/// Echoes commands.
+#[derive(Debug)]
+pub struct Echo;
+
+impl Service for Echo {
+    async fn start(_: ServiceContext) -> Result<Self, BoxError> {
+        Ok(Self)
+    }
+
+    async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        match common_command(&payload).await {
+            Some(answer) => answer,
+            None => Ok(payload),
+        }
+    }
+}
+
+/// Fails to start.
+#[derive(Debug)]
+pub struct Broken;
+
+impl Service for Broken {
+    async fn start(_: ServiceContext) -> Result<Self, BoxError> {
+        Err("broken on purpose".into())
+    }
+}
+
+/// What a cluster reports for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Cluster id.
+    pub id: u32,
+    /// Its shard ids.
+    pub shards: Vec<u32>,
+    /// Guilds received in `GUILD_CREATE`.
+    pub guilds: u64,
+    /// `MESSAGE_CREATE` and `GUILD_MEMBER_ADD` events handled.
+    pub events: u64,
+}
+
+/// A cluster that counts what it sees and answers test commands.
+#[derive(Debug)]
+pub struct TestCluster {
+    context: ClusterContext,
+    guilds: AtomicU64,
+    events: AtomicU64,
+}
+
+impl ClusterWorker for TestCluster {
+    async fn start(context: ClusterContext) -> Result<Self, BoxError> {
+        let ipc = context.ipc.clone();
+        let id = context.id;
+        context.ipc.register("hello", move |_| {
+            let ipc = ipc.clone();
+            tokio::spawn(async move {
+                let _ = ipc
+                    .send_to_admiral("ack", Payload::encode(&id).expect("u32 encodes"))
+                    .await;
+            });
+        });
+        Ok(Self {
+            context,
+            guilds: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+        })
+    }
+
+    async fn handle_event(&self, _: ShardId, event: Event) {
+        match event {
+            Event::GuildCreate(_) => {
+                self.guilds.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::MessageCreate(_) | Event::MemberAdd(_) => {
+                self.events.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"sleep" {
+            // Say so first, so a test knows the command is in flight.
+            let id = Payload::encode(&self.context.id).map_err(|e| e.to_string())?;
+            self.context
+                .ipc
+                .send_to_admiral("sleeping", id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(answer) = common_command(&payload).await {
+            return answer;
+        }
+        let text = String::from_utf8_lossy(payload.as_bytes()).into_owned();
+        if text == "status" {
+            let status = ClusterStatus {
+                id: self.context.id,
+                shards: self.context.shards.clone().collect(),
+                guilds: self.guilds.load(Ordering::Relaxed),
+                events: self.events.load(Ordering::Relaxed),
+            };
+            return Payload::encode(&status).map_err(|e| e.to_string());
+        }
+        if let Some(key) = text.strip_prefix("store-get:") {
+            let value = self
+                .context
+                .ipc
+                .store_get(key)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(value.unwrap_or_default());
+        }
+        if let Some(message) = text.strip_prefix("log:") {
+            self.context
+                .ipc
+                .log(LogLevel::Info, message)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(Payload::empty());
+        }
+        Ok(payload)
+    }
+}

@@ -2,12 +2,65 @@
 //!
 //! # Theory of operation
 //!
-//! One process, the admiral, plans shards ([`admiral::plan`]), spawns worker processes (clusters
-//! that run gateway shards with a Discord library through an adapter, and services that run none),
-//! routes IPC between them ([`ipc`]), paces every identify in the fleet through one queue
-//! ([`identify`]), and supervises their lifecycle ([`admiral::lifecycle`]). It knows no Discord
-//! library: adapters such as `fleet-twilight` and `fleet-serenity` plug one in.
+//! One binary is both admiral and worker. The user's `main` builds a [`Fleet`] (options, an
+//! adapter's [`ClusterRunner`], services) and calls [`Fleet::run`]. In the process the user
+//! started, that is the admiral: it asks Discord for `/gateway/bot`, plans shards
+//! ([`admiral::plan`]), and spawns copies of the executable with their role in the environment.
+//! In those copies the same call joins the fleet over IPC and runs the assigned worker: a service
+//! (user code through [`Service`]) or a cluster (a range of shards run by the adapter).
+//!
+//! The admiral is one actor that owns the worker lifecycle ([`admiral::lifecycle`], a pure state
+//! machine), the IPC router, the central store and the identify queue ([`identify`]). Workers talk
+//! through an [`Ipc`] handle: every request has a random correlation id and a timeout, fan-outs
+//! return one [`Outcome`] per target, and a dead worker fails its pending requests at once. IPC
+//! frames are length-prefixed MessagePack over a Unix socket in a private directory; user
+//! payloads are opaque bytes the router forwards without decoding ([`ipc::proto`] documents the
+//! wire protocol).
+//!
+//! carrier knows no Discord library: `fleet-twilight` and `fleet-serenity` plug one in, and
+//! any other adapter can implement [`ClusterRunner`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! use carrier::{Fleet, FleetOptions, Payload, Service, ServiceContext, Target};
+//! use carrier::worker::BoxError;
+//!
+//! struct Echo;
+//!
+//! impl Service for Echo {
+//!     async fn start(_: ServiceContext) -> Result<Self, BoxError> {
+//!         Ok(Echo)
+//!     }
+//!     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+//!         Ok(payload)
+//!     }
+//! }
+//!
+//! # async fn demo(runner: std::sync::Arc<dyn carrier::ClusterRunner>) -> Result<(), carrier::FleetError> {
+//! let fleet = Fleet::new(FleetOptions::new("token"), runner).service::<Echo>("echo");
+//! if let Some(admiral) = fleet.run().await? {
+//!     let answer = admiral.ipc().service_command("echo", Payload::from("hi")).await;
+//!     admiral.shutdown().await;
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod admiral;
+mod fleet;
 pub mod identify;
 pub mod ipc;
+pub mod worker;
+
+pub use admiral::{AdmiralHandle, FleetEvent, WorkerId};
+pub use fleet::{DISCORD_REST_URL, Fleet, FleetError, FleetOptions};
+pub use ipc::proto::{ClusterAssignment, LogLevel, Outcome, Payload, ShardEvent, Status, Target};
+pub use ipc::{Ipc, IpcError, Message};
+pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};
+
+/// Whether this process was started by an admiral as one of its workers. Code before
+/// [`Fleet::run`] runs in every process; use this to do admiral-only setup.
+#[must_use]
+pub fn is_worker() -> bool {
+    std::env::var_os(ipc::link::ENV_SOCKET).is_some()
+}

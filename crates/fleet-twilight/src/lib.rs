@@ -1,8 +1,402 @@
-//! fleet-twilight: runs a fleet cluster's shards with twilight-gateway.
+//! fleet-twilight: runs a fleet's clusters with twilight.
 //!
 //! # Theory of operation
 //!
-//! The adapter gives carrier what it needs from twilight: shards started for a cluster's range
-//! with carrier's identify queue (twilight's `Queue` trait), an HTTP client pointed at the
-//! configured REST base, cache lookups for cross-cluster fetches, and session handover for
-//! resumable restarts. It currently holds no public items.
+//! The bot author implements [`ClusterWorker`] (and any carrier [`Service`]s) and builds a fleet
+//! with [`fleet`]. In each cluster process, the adapter:
+//!
+//! 1. builds a `twilight_http::Client` on the fleet's REST base and the cluster's shards with
+//!    twilight-gateway, all sharing an identify queue ([`IpcQueue`]) that asks the admiral for
+//!    every identify, so shards of every cluster together keep Discord's pacing;
+//! 2. starts the user's worker with the HTTP client, the shards' message senders and its IPC
+//!    handle, before any shard connects, so no event arrives before user code is there;
+//! 3. drives each shard on its own task, passing every event to
+//!    [`ClusterWorker::handle_event`] in order, and reports READY, RESUMED and closes to the
+//!    admiral; once every shard is READY it reports the cluster ready;
+//! 4. on shutdown, runs [`ClusterWorker::shutdown`], closes every shard with 1000 and drains what
+//!    is left of their events.
+//!
+//! Everything that is not twilight-specific lives in carrier.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use fleet_twilight::{ClusterContext, ClusterWorker, FleetOptions, Settings, BoxError};
+//! use twilight_gateway::{Event, Intents, ShardId};
+//!
+//! struct Bot;
+//!
+//! impl ClusterWorker for Bot {
+//!     async fn start(_: ClusterContext) -> Result<Self, BoxError> {
+//!         Ok(Bot)
+//!     }
+//!     async fn handle_event(&self, shard: ShardId, event: Event) {
+//!         if let Event::MessageCreate(message) = event {
+//!             println!("shard {shard}: {}", message.content);
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let options = FleetOptions::new(std::env::var("DISCORD_TOKEN").unwrap_or_default());
+//!     let fleet = fleet_twilight::fleet::<Bot>(options, Settings::new(Intents::GUILDS | Intents::GUILD_MESSAGES));
+//!     if let Some(admiral) = fleet.run().await? {
+//!         admiral.wait_ready(std::time::Duration::from_secs(600)).await?;
+//!         tokio::signal::ctrl_c().await?;
+//!         admiral.shutdown().await;
+//!     }
+//!     Ok(())
+//! }
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use carrier::ipc::link::Stop;
+pub use carrier::worker::BoxError;
+pub use carrier::{
+    AdmiralHandle, Fleet, FleetEvent, FleetOptions, Ipc, Payload, Service, ServiceContext, Target,
+};
+use carrier::{BotGateway, ClusterContext as CarrierContext, ClusterRunner, ShardEvent, Status};
+use futures::future::BoxFuture;
+use tokio::sync::{oneshot, watch};
+use twilight_gateway::queue::Queue;
+use twilight_gateway::{
+    CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, MessageSender, Shard, ShardId,
+    StreamExt as _,
+};
+use twilight_model::gateway::payload::outgoing::update_presence::UpdatePresencePayload;
+
+/// Discord's gateway; twilight's default when no other URL is configured.
+const DISCORD_GATEWAY: &str = "wss://gateway.discord.gg";
+
+/// What a cluster's worker gets when it starts.
+#[derive(Debug, Clone)]
+pub struct ClusterContext {
+    /// Its IPC handle.
+    pub ipc: Ipc,
+    /// Cluster id.
+    pub id: u32,
+    /// Its shards.
+    pub shards: RangeInclusive<u32>,
+    /// Shards in the whole bot.
+    pub shard_total: u32,
+    /// An HTTP client on the fleet's REST base.
+    pub http: Arc<twilight_http::Client>,
+    /// A sender per shard, for gateway commands (presence, member requests).
+    pub senders: BTreeMap<u32, MessageSender>,
+}
+
+/// The user's code in a cluster process.
+pub trait ClusterWorker: Send + Sync + Sized + 'static {
+    /// Starts the worker, before the shards connect. An error fails the cluster's start.
+    fn start(context: ClusterContext) -> impl Future<Output = Result<Self, BoxError>> + Send;
+
+    /// Handles one gateway event. Events of one shard arrive in order, one at a time: hand long
+    /// work to a task.
+    fn handle_event(&self, shard: ShardId, event: Event) -> impl Future<Output = ()> + Send;
+
+    /// Answers a command sent to this cluster. The default refuses.
+    fn handle_command(
+        &self,
+        from: Target,
+        payload: Payload,
+    ) -> impl Future<Output = Result<Payload, String>> + Send {
+        let _ = (from, payload);
+        async { Err("this cluster takes no commands".to_owned()) }
+    }
+
+    /// Runs on a graceful shutdown, before the shards close.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// twilight settings of every cluster.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Gateway intents.
+    pub intents: Intents,
+    /// Events the shards deserialize (others are skipped cheaply). Default: all.
+    pub event_types: EventTypeFlags,
+    /// Presence set when identifying.
+    pub presence: Option<UpdatePresencePayload>,
+}
+
+impl Settings {
+    /// Settings with these intents and every event type.
+    #[must_use]
+    pub fn new(intents: Intents) -> Self {
+        Self {
+            intents,
+            event_types: EventTypeFlags::all(),
+            presence: None,
+        }
+    }
+}
+
+/// Builds a fleet whose clusters run `W` with twilight.
+#[must_use]
+pub fn fleet<W: ClusterWorker>(options: FleetOptions, settings: Settings) -> Fleet {
+    Fleet::new(options, Arc::new(TwilightRunner::<W>::new(settings)))
+}
+
+/// The [`ClusterRunner`] for twilight clusters running `W`.
+pub struct TwilightRunner<W> {
+    settings: Settings,
+    worker: PhantomData<fn() -> W>,
+}
+
+impl<W> std::fmt::Debug for TwilightRunner<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilightRunner")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<W: ClusterWorker> TwilightRunner<W> {
+    /// A runner with these settings.
+    #[must_use]
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            worker: PhantomData,
+        }
+    }
+}
+
+/// twilight's identify queue for fleet shards: every identify waits for the admiral's queue.
+#[derive(Debug, Clone)]
+pub struct IpcQueue {
+    ipc: Ipc,
+}
+
+impl IpcQueue {
+    /// A queue that asks the admiral through `ipc`.
+    #[must_use]
+    pub fn new(ipc: Ipc) -> Self {
+        Self { ipc }
+    }
+}
+
+impl Queue for IpcQueue {
+    fn enqueue(&self, shard: u32) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let ipc = self.ipc.clone();
+        tokio::spawn(async move {
+            match ipc.identify(shard).await {
+                Ok(()) => {
+                    let _ = tx.send(());
+                }
+                // Dropping `tx` makes the shard ask again.
+                Err(error) => {
+                    tracing::warn!(target: "fleet::identify", shard, %error, "identify permission failed")
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client on a REST base: Discord's (`https://discord.com`) or a plain-HTTP one such as a
+/// local Discord (`http://127.0.0.1:PORT`).
+#[must_use]
+pub fn http_client(token: &str, rest_url: &str) -> twilight_http::Client {
+    install_crypto();
+    let mut builder =
+        twilight_http::Client::builder().token(format!("Bot {}", token.trim_start_matches("Bot ")));
+    if let Some(host) = rest_url.strip_prefix("http://") {
+        builder = builder.proxy(host.trim_end_matches('/').to_owned(), true);
+    } else if let Some(host) = rest_url.strip_prefix("https://")
+        && host.trim_end_matches('/') != "discord.com"
+    {
+        builder = builder.proxy(host.trim_end_matches('/').to_owned(), false);
+    }
+    builder.build()
+}
+
+impl<W: ClusterWorker> ClusterRunner for TwilightRunner<W> {
+    fn bot_gateway(
+        &self,
+        token: &str,
+        rest_url: &str,
+    ) -> BoxFuture<'static, Result<BotGateway, BoxError>> {
+        let http = http_client(token, rest_url);
+        Box::pin(async move {
+            let info = http.gateway().authed().await?.model().await?;
+            Ok(BotGateway {
+                url: info.url,
+                shards: info.shards,
+                max_concurrency: u32::from(info.session_start_limit.max_concurrency),
+                total: info.session_start_limit.total,
+                remaining: info.session_start_limit.remaining,
+                reset_after_ms: info.session_start_limit.reset_after,
+            })
+        })
+    }
+
+    fn run(&self, context: CarrierContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        let settings = self.settings.clone();
+        Box::pin(run_cluster::<W>(settings, context))
+    }
+}
+
+async fn run_cluster<W: ClusterWorker>(
+    settings: Settings,
+    context: CarrierContext,
+) -> Result<(), BoxError> {
+    install_crypto();
+    let CarrierContext {
+        ipc,
+        assignment,
+        mut control,
+    } = context;
+    let http = Arc::new(http_client(&assignment.token, &assignment.rest_url));
+    let mut config = ConfigBuilder::new(assignment.token.clone(), settings.intents)
+        .queue(IpcQueue::new(ipc.clone()));
+    let gateway_url = assignment.gateway_url.trim_end_matches('/');
+    if gateway_url != DISCORD_GATEWAY {
+        config = config.proxy_url(gateway_url.to_owned());
+    }
+    if let Some(presence) = settings.presence.clone() {
+        config = config.presence(presence);
+    }
+    let config = config.build();
+    let shard_ids = assignment.first_shard..=assignment.last_shard;
+    let shards: Vec<Shard<IpcQueue>> = shard_ids
+        .clone()
+        .map(|id| Shard::with_config(ShardId::new(id, assignment.shard_total), config.clone()))
+        .collect();
+    let senders: BTreeMap<u32, MessageSender> = shards
+        .iter()
+        .map(|s| (s.id().number(), s.sender()))
+        .collect();
+
+    let user_context = ClusterContext {
+        ipc: ipc.clone(),
+        id: assignment.id,
+        shards: shard_ids.clone(),
+        shard_total: assignment.shard_total,
+        http,
+        senders: senders.clone(),
+    };
+    let worker = match W::start(user_context).await {
+        Ok(worker) => Arc::new(worker),
+        Err(error) => {
+            let _ = ipc.report(Status::StartFailed(error.to_string())).await;
+            return Err(error);
+        }
+    };
+    let for_commands = worker.clone();
+    ipc.set_command_handler(Arc::new(move |from, payload| {
+        let worker = for_commands.clone();
+        Box::pin(async move { worker.handle_command(from, payload).await })
+    }));
+
+    let (stopping_tx, stopping) = watch::channel(false);
+    let ready = Arc::new(Mutex::new(HashSet::new()));
+    let all = shard_ids.clone().count();
+    let mut tasks = Vec::with_capacity(all);
+    for shard in shards {
+        tasks.push(tokio::spawn(drive_shard(
+            shard,
+            settings.event_types,
+            worker.clone(),
+            ipc.clone(),
+            stopping.clone(),
+            ready.clone(),
+            all,
+        )));
+    }
+
+    let grace = match control.stopped().await {
+        Stop::Shutdown(grace) => {
+            let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+            grace
+        }
+        Stop::Disconnected => Duration::from_secs(5),
+    };
+    let _ = stopping_tx.send(true);
+    for sender in senders.values() {
+        let _ = sender.close(CloseFrame::NORMAL);
+    }
+    let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
+    Ok(())
+}
+
+async fn drive_shard<W: ClusterWorker>(
+    mut shard: Shard<IpcQueue>,
+    event_types: EventTypeFlags,
+    worker: Arc<W>,
+    ipc: Ipc,
+    mut stopping: watch::Receiver<bool>,
+    ready: Arc<Mutex<HashSet<u32>>>,
+    all: usize,
+) {
+    let id = shard.id();
+    let number = id.number();
+    let flags = event_types | EventTypeFlags::READY | EventTypeFlags::RESUMED;
+    let _ = ipc
+        .report(Status::Shard {
+            shard: number,
+            event: ShardEvent::Connecting,
+        })
+        .await;
+    loop {
+        let item = tokio::select! {
+            item = shard.next_event(flags) => item,
+            // Keep reading after a stop: the close frame is queued and events still drain.
+            _ = stopping.changed(), if !*stopping.borrow() => continue,
+        };
+        let Some(item) = item else { break };
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(target: "fleet::shard", shard = number, %error, "gateway error");
+                continue;
+            }
+        };
+        let report = match &event {
+            Event::Ready(_) => Some(ShardEvent::Ready),
+            Event::Resumed => Some(ShardEvent::Resumed),
+            Event::GatewayClose(frame) => {
+                Some(ShardEvent::Disconnected(frame.as_ref().map(|f| f.code)))
+            }
+            _ => None,
+        };
+        if let Some(report) = report {
+            let _ = ipc
+                .report(Status::Shard {
+                    shard: number,
+                    event: report.clone(),
+                })
+                .await;
+            if report == ShardEvent::Ready {
+                let now_ready = {
+                    let mut ready = ready.lock().unwrap_or_else(PoisonError::into_inner);
+                    ready.insert(number) && ready.len() == all
+                };
+                if now_ready {
+                    let _ = ipc.report(Status::Ready).await;
+                }
+            }
+        }
+        let closed = matches!(event, Event::GatewayClose(_));
+        if event_types.contains(EventTypeFlags::from(event.kind())) {
+            worker.handle_event(id, event).await;
+        }
+        if closed && *stopping.borrow() {
+            break;
+        }
+    }
+}

@@ -126,6 +126,8 @@ struct ProcessInfo {
     pid: Option<u32>,
     kill: Option<oneshot::Sender<()>>,
     conn: Option<ConnId>,
+    /// The process exited (with this code) while its connection still had frames to read.
+    exited: Option<Option<i32>>,
 }
 
 pub(crate) struct Router {
@@ -233,20 +235,12 @@ impl Router {
                 info.kill = Some(kill);
             }
             Inbox::Exited { process, code } => {
-                if let Some(worker) = self.lifecycle.worker_of(process).cloned() {
-                    tracing::info!(target: "fleet::admiral", %worker, process, ?code, "worker process exited");
-                    let _ = self.events.send(FleetEvent::Exited {
-                        worker,
-                        process,
-                        code,
-                    });
+                // Read what the process sent before it died (a start failure, say) first: its
+                // connection closes once the reader has drained it.
+                match self.processes.get_mut(&process) {
+                    Some(info) if info.conn.is_some() => info.exited = Some(code),
+                    _ => self.exited(process, code),
                 }
-                if let Some(info) = self.processes.remove(&process)
-                    && let Some(conn) = info.conn
-                {
-                    self.on_closed(conn, None);
-                }
-                self.lifecycle_input(Input::Exited(process, code));
             }
             Inbox::Shutdown => {
                 let _ = self.events.send(FleetEvent::ShuttingDown);
@@ -379,6 +373,19 @@ impl Router {
         }
     }
 
+    fn exited(&mut self, process: ProcessId, code: Option<i32>) {
+        if let Some(worker) = self.lifecycle.worker_of(process).cloned() {
+            tracing::info!(target: "fleet::admiral", %worker, process, ?code, "worker process exited");
+            let _ = self.events.send(FleetEvent::Exited {
+                worker,
+                process,
+                code,
+            });
+        }
+        self.processes.remove(&process);
+        self.lifecycle_input(Input::Exited(process, code));
+    }
+
     fn on_closed(&mut self, conn: ConnId, error: Option<String>) {
         let Some(state) = self.conns.remove(&conn) else {
             return;
@@ -387,8 +394,10 @@ impl Router {
             task.abort();
         }
         let Some(process) = state.process else { return };
+        let mut exited = None;
         if let Some(info) = self.processes.get_mut(&process) {
             info.conn = None;
+            exited = info.exited.take();
         }
         let worker = self.lifecycle.worker_of(process).cloned();
         if let Some(error) = error {
@@ -405,6 +414,9 @@ impl Router {
             .collect();
         for id in orphaned {
             self.resolve(id, Outcome::Unavailable, false);
+        }
+        if let Some(code) = exited {
+            self.exited(process, code);
         }
     }
 

@@ -91,10 +91,19 @@ pub(crate) struct LocalRequest {
     pub reply: oneshot::Sender<Reply>,
 }
 
+/// What a worker's writer task takes.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame to send.
+    Frame(Up),
+    /// Flush everything before this, then acknowledge.
+    Flush(oneshot::Sender<()>),
+}
+
 #[derive(Debug)]
 pub(crate) enum Transport {
     /// Frames to the writer task of a worker's socket.
-    Socket(mpsc::Sender<Up>),
+    Socket(mpsc::Sender<Outbound>),
     /// Requests straight to the admiral's router; logs and status are local.
     Local(mpsc::Sender<LocalRequest>),
 }
@@ -438,7 +447,7 @@ impl Ipc {
     pub async fn report(&self, status: Status) -> Result<(), IpcError> {
         match &self.inner.transport {
             Transport::Socket(tx) => tx
-                .send(Up::Status(status))
+                .send(Outbound::Frame(Up::Status(status)))
                 .await
                 .map_err(|_| IpcError::Disconnected),
             Transport::Local(_) => Ok(()),
@@ -453,7 +462,7 @@ impl Ipc {
         };
         match &self.inner.transport {
             Transport::Socket(tx) => tx
-                .send(Up::Log(record))
+                .send(Outbound::Frame(Up::Log(record)))
                 .await
                 .map_err(|_| IpcError::Disconnected),
             Transport::Local(_) => {
@@ -512,7 +521,7 @@ impl Ipc {
                     timeout_ms: timeout.as_millis() as u64,
                     request,
                 };
-                if out.send(up).await.is_err() {
+                if out.send(Outbound::Frame(up)).await.is_err() {
                     self.forget(id);
                     return Err(IpcError::Disconnected);
                 }
@@ -580,8 +589,22 @@ impl Ipc {
     /// Sends a frame to the admiral (worker side only).
     pub(crate) async fn send_up(&self, up: Up) -> Result<(), IpcError> {
         match &self.inner.transport {
-            Transport::Socket(tx) => tx.send(up).await.map_err(|_| IpcError::Disconnected),
+            Transport::Socket(tx) => tx
+                .send(Outbound::Frame(up))
+                .await
+                .map_err(|_| IpcError::Disconnected),
             Transport::Local(_) => Ok(()),
+        }
+    }
+
+    /// Waits until everything sent so far is written to the socket (call before exiting, so a
+    /// last report is not lost). Gives up after two seconds.
+    pub async fn flush(&self) {
+        if let Transport::Socket(tx) = &self.inner.transport {
+            let (done, flushed) = oneshot::channel();
+            if tx.send(Outbound::Flush(done)).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
+            }
         }
     }
 }

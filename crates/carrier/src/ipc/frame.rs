@@ -115,6 +115,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// The underlying writer (frames written but not flushed are lost).
+    pub fn into_inner(self) -> W {
+        self.inner.into_inner()
+    }
+
     /// Writes an encoded body without flushing; call [`flush`](Self::flush) after a batch.
     pub async fn feed(&mut self, body: Bytes) -> Result<(), FrameError> {
         self.inner.feed(body).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
-use super::client::{Ipc, Message, Transport};
+use super::client::{Ipc, Message, Outbound, Transport};
 use super::frame::{DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter};
 use super::proto::{Assignment, Down, Target, Up};
 
@@ -180,29 +180,35 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
         Assignment::Cluster(c) => Target::Cluster(c.id),
         Assignment::Service { name } => Target::Service(name.clone()),
     };
-    let (tx, mut rx) = mpsc::channel::<Up>(1024);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(1024);
     let ipc = Ipc::new(me, Transport::Socket(tx), env.timeout);
     let (stop_tx, stop) = watch::channel(None);
 
     tokio::spawn(async move {
-        while let Some(up) = rx.recv().await {
-            let mut next = Some(up);
-            while let Some(up) = next.take() {
-                let body = match super::frame::encode(&up, writer.max_frame()) {
-                    Ok(body) => body,
-                    Err(error) => {
-                        tracing::error!(target: "fleet::ipc", %error, "dropping an unencodable message");
-                        next = rx.try_recv().ok();
-                        continue;
-                    }
-                };
-                if writer.feed(body).await.is_err() {
-                    return;
+        while let Some(first) = rx.recv().await {
+            let mut acks = Vec::new();
+            let mut next = Some(first);
+            while let Some(outbound) = next.take() {
+                match outbound {
+                    Outbound::Flush(ack) => acks.push(ack),
+                    Outbound::Frame(up) => match super::frame::encode(&up, writer.max_frame()) {
+                        Ok(body) => {
+                            if writer.feed(body).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(target: "fleet::ipc", %error, "dropping an unencodable message")
+                        }
+                    },
                 }
                 next = rx.try_recv().ok();
             }
             if writer.flush().await.is_err() {
                 return;
+            }
+            for ack in acks {
+                let _ = ack.send(());
             }
         }
     });

@@ -1,0 +1,251 @@
+//! [`Fleet`]: the one entry point. The same binary is admiral and worker: `run` launches the fleet
+//! in the process started by the user, and runs the assigned worker in the processes the admiral
+//! spawns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admiral::plan::{self, PlanInput, ShardCount};
+use crate::admiral::{self, AdmiralConfig, AdmiralHandle, Timeouts, WorkerCommand};
+use crate::identify::{IDENTIFY_INTERVAL, LocalIdentifyQueue};
+use crate::ipc::frame::DEFAULT_MAX_FRAME;
+use crate::ipc::link::WorkerEnv;
+use crate::worker::{self, BoxError, ClusterRunner, Service, ServiceFactory};
+
+/// Discord's REST base.
+pub const DISCORD_REST_URL: &str = "https://discord.com";
+
+/// Options of a fleet. Every field has a documented default; see [`FleetOptions::new`].
+#[derive(Clone)]
+pub struct FleetOptions {
+    /// The bot token. Required.
+    pub token: String,
+    /// How many shards. Default: Discord's recommendation.
+    pub shards: ShardCount,
+    /// How many cluster processes. Default: the machine's CPU count (fewer if there are fewer
+    /// shards).
+    pub clusters: Option<u32>,
+    /// First shard this host runs, for splitting a bot over machines. Default 0.
+    pub first_shard: Option<u32>,
+    /// Last shard this host runs. Default: the last one.
+    pub last_shard: Option<u32>,
+    /// Identify buckets. Default: `max_concurrency` from `/gateway/bot`.
+    pub max_concurrency: Option<u32>,
+    /// One identify per bucket per this interval. Default 5 s, Discord's; a local Discord may
+    /// use less.
+    pub identify_interval: Duration,
+    /// A service must be ready within this. Default 30 s.
+    pub service_ready_timeout: Duration,
+    /// A cluster must be ready within this. Default: the identify queue's time for every shard
+    /// plus 60 s.
+    pub cluster_ready_timeout: Option<Duration>,
+    /// Default timeout of IPC requests (commands, store, sends). Default 10 s.
+    pub request_timeout: Duration,
+    /// A worker asked to stop is killed after this. Default 10 s.
+    pub kill_timeout: Duration,
+    /// REST base, without `/api/v10`. Default `https://discord.com`.
+    pub rest_url: String,
+    /// Gateway URL. Default: the one `/gateway/bot` returns.
+    pub gateway_url: Option<String>,
+    /// Maximum IPC frame size. Default 16 MiB.
+    pub max_frame: usize,
+    /// How workers are started. Default: this executable with its arguments.
+    pub worker_command: Option<WorkerCommand>,
+    /// Echo worker output to the admiral's stderr as `[cluster-0] line`. Default on.
+    pub echo_output: bool,
+}
+
+impl std::fmt::Debug for FleetOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetOptions")
+            .field("token", &"<redacted>")
+            .field("shards", &self.shards)
+            .field("clusters", &self.clusters)
+            .field("first_shard", &self.first_shard)
+            .field("last_shard", &self.last_shard)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("identify_interval", &self.identify_interval)
+            .field("rest_url", &self.rest_url)
+            .field("gateway_url", &self.gateway_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetOptions {
+    /// Options with every default and this token.
+    #[must_use]
+    pub fn new(token: impl Into<String>) -> Self {
+        Self {
+            token: token.into(),
+            shards: ShardCount::Auto,
+            clusters: None,
+            first_shard: None,
+            last_shard: None,
+            max_concurrency: None,
+            identify_interval: IDENTIFY_INTERVAL,
+            service_ready_timeout: Duration::from_secs(30),
+            cluster_ready_timeout: None,
+            request_timeout: Duration::from_secs(10),
+            kill_timeout: Duration::from_secs(10),
+            rest_url: DISCORD_REST_URL.to_owned(),
+            gateway_url: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            worker_command: None,
+            echo_output: true,
+        }
+    }
+}
+
+/// Why a fleet could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// No token was given.
+    #[error("no bot token given")]
+    NoToken,
+    /// `/gateway/bot` failed (often a bad token).
+    #[error("GET /gateway/bot failed (is the token right?): {0}")]
+    Gateway(BoxError),
+    /// No shard plan could be made.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Two services share a name.
+    #[error("two services are named {0:?}")]
+    DuplicateService(String),
+    /// The admiral could not start.
+    #[error(transparent)]
+    Admiral(#[from] admiral::AdmiralError),
+    /// The worker command could not be determined.
+    #[error("cannot find this executable to start workers: {0}")]
+    WorkerCommand(std::io::Error),
+    /// This process ran as a worker and failed.
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+}
+
+/// A fleet: options, a cluster runner from an adapter, and services.
+pub struct Fleet {
+    options: FleetOptions,
+    cluster: Arc<dyn ClusterRunner>,
+    services: Vec<(String, ServiceFactory)>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("options", &self.options)
+            .field(
+                "services",
+                &self.services.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// A fleet whose clusters run with `cluster` (an adapter's runner).
+    #[must_use]
+    pub fn new(options: FleetOptions, cluster: Arc<dyn ClusterRunner>) -> Self {
+        Self {
+            options,
+            cluster,
+            services: Vec::new(),
+        }
+    }
+
+    /// Adds a service of type `S` named `name`.
+    #[must_use]
+    pub fn service<S: Service>(mut self, name: impl Into<String>) -> Self {
+        self.services
+            .push((name.into(), worker::service_factory::<S>()));
+        self
+    }
+
+    /// The options.
+    #[must_use]
+    pub fn options(&self) -> &FleetOptions {
+        &self.options
+    }
+
+    /// In the admiral (the process the user started): plans the shards, launches every worker
+    /// and returns `Some(handle)`. In a worker process: runs the worker until it must stop and
+    /// returns `None`; the caller should then return from `main`.
+    pub async fn run(self) -> Result<Option<AdmiralHandle>, FleetError> {
+        let mut names = std::collections::HashSet::new();
+        for (name, _) in &self.services {
+            if !names.insert(name.clone()) {
+                return Err(FleetError::DuplicateService(name.clone()));
+            }
+        }
+        if let Some(env) = WorkerEnv::from_env() {
+            let services: HashMap<String, ServiceFactory> = self.services.into_iter().collect();
+            worker::run(&env, &services, &self.cluster).await?;
+            return Ok(None);
+        }
+        self.launch().await.map(Some)
+    }
+
+    async fn launch(self) -> Result<AdmiralHandle, FleetError> {
+        let options = self.options;
+        if options.token.is_empty() {
+            return Err(FleetError::NoToken);
+        }
+        let gateway = self
+            .cluster
+            .bot_gateway(&options.token, &options.rest_url)
+            .await
+            .map_err(FleetError::Gateway)?;
+        let max_concurrency = options
+            .max_concurrency
+            .unwrap_or(gateway.max_concurrency)
+            .max(1);
+        let clusters = options
+            .clusters
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        let plan = plan::plan(PlanInput {
+            count: options.shards,
+            recommended: gateway.shards,
+            max_concurrency,
+            clusters,
+            first_shard: options.first_shard,
+            last_shard: options.last_shard,
+        })?;
+        let identify = LocalIdentifyQueue::new(max_concurrency, options.identify_interval)
+            .with_budget(gateway.budget());
+        let startup = options.identify_interval * plan.shard_count().div_ceil(max_concurrency);
+        let timeouts = Timeouts {
+            service_ready: options.service_ready_timeout,
+            cluster_ready: options
+                .cluster_ready_timeout
+                .unwrap_or(startup + Duration::from_mins(1)),
+            kill: options.kill_timeout,
+        };
+        let worker_command = match options.worker_command {
+            Some(command) => command,
+            None => WorkerCommand::current().map_err(FleetError::WorkerCommand)?,
+        };
+        tracing::info!(
+            target: "fleet::admiral",
+            shards = plan.shard_total,
+            clusters = plan.clusters.len(),
+            max_concurrency,
+            services = self.services.len(),
+            "launching"
+        );
+        let config = AdmiralConfig {
+            plan,
+            services: self.services.into_iter().map(|(name, _)| name).collect(),
+            token: options.token,
+            gateway_url: options.gateway_url.unwrap_or(gateway.url),
+            rest_url: options.rest_url,
+            timeouts,
+            request_timeout: options.request_timeout,
+            max_frame: options.max_frame,
+            identify: Arc::new(identify),
+            worker_command,
+            echo_output: options.echo_output,
+        };
+        Ok(admiral::start(config).await?)
+    }
+}

@@ -1,0 +1,194 @@
+//! The worker side: join the fleet, then run the assigned service (user code through [`Service`])
+//! or cluster (an adapter through [`ClusterRunner`]) until told to stop. It may not spawn
+//! processes or route messages.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::identify::SessionBudget;
+use crate::ipc::client::{CommandHandler, Ipc};
+use crate::ipc::link::{self, Stop, WorkerControl, WorkerEnv};
+use crate::ipc::proto::{Assignment, ClusterAssignment, Payload, Status, Target};
+
+/// A boxed error from user or adapter code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a service gets when it starts.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// Its IPC handle.
+    pub ipc: Ipc,
+    /// Its name.
+    pub name: String,
+}
+
+/// A service: a worker process that runs no shards and answers commands (a central cache, a job
+/// runner, an API).
+pub trait Service: Send + Sync + Sized + 'static {
+    /// Starts the service. Returning an error fails its start: the admiral marks it failed and
+    /// routes nothing to it.
+    fn start(context: ServiceContext) -> impl Future<Output = Result<Self, BoxError>> + Send;
+
+    /// Answers a command from `from`. The default refuses.
+    fn handle_command(
+        &self,
+        from: Target,
+        payload: Payload,
+    ) -> impl Future<Output = Result<Payload, String>> + Send {
+        let _ = (from, payload);
+        async { Err("this service takes no commands".to_owned()) }
+    }
+
+    /// Runs on a graceful shutdown, before the process exits (bounded by the kill timeout).
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// A started service, type-erased.
+pub(crate) struct RunningService {
+    commands: CommandHandler,
+    shutdown: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
+}
+
+/// Starts a service of some type.
+pub(crate) type ServiceFactory = Arc<
+    dyn Fn(ServiceContext) -> BoxFuture<'static, Result<RunningService, BoxError>> + Send + Sync,
+>;
+
+pub(crate) fn service_factory<S: Service>() -> ServiceFactory {
+    Arc::new(|context| {
+        Box::pin(async move {
+            let service = Arc::new(S::start(context).await?);
+            let for_commands = service.clone();
+            let commands: CommandHandler = Arc::new(move |from, payload| {
+                let service = for_commands.clone();
+                Box::pin(async move { service.handle_command(from, payload).await })
+            });
+            let shutdown: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send> =
+                Box::new(move || Box::pin(async move { service.shutdown().await }));
+            Ok(RunningService { commands, shutdown })
+        })
+    })
+}
+
+/// Discord's answer to `GET /gateway/bot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotGateway {
+    /// Gateway URL.
+    pub url: String,
+    /// Recommended shard total.
+    pub shards: u32,
+    /// Identify buckets.
+    pub max_concurrency: u32,
+    /// The daily session budget.
+    pub total: u32,
+    /// Identifies left today.
+    pub remaining: u32,
+    /// Milliseconds until the budget refills.
+    pub reset_after_ms: u64,
+}
+
+impl BotGateway {
+    /// The session budget part.
+    #[must_use]
+    pub fn budget(&self) -> SessionBudget {
+        SessionBudget {
+            total: self.total,
+            remaining: self.remaining,
+            reset_after: std::time::Duration::from_millis(self.reset_after_ms),
+        }
+    }
+}
+
+/// What a cluster gets when it starts.
+#[derive(Debug)]
+pub struct ClusterContext {
+    /// Its IPC handle. Shards identify through [`Ipc::identify`] and report through
+    /// [`Ipc::report`]: each shard's progress, then [`Status::Ready`] once every shard is ready.
+    pub ipc: Ipc,
+    /// Its shards and credentials.
+    pub assignment: ClusterAssignment,
+    /// Resolves when the cluster must stop.
+    pub control: WorkerControl,
+}
+
+/// What an adapter provides: how to run a cluster with one Discord library.
+pub trait ClusterRunner: Send + Sync + 'static {
+    /// Runs the cluster until `context.control` says stop, then closes its shards and returns.
+    fn run(&self, context: ClusterContext) -> BoxFuture<'static, Result<(), BoxError>>;
+
+    /// Fetches `GET /gateway/bot` (in the admiral, before planning).
+    fn bot_gateway(
+        &self,
+        token: &str,
+        rest_url: &str,
+    ) -> BoxFuture<'static, Result<BotGateway, BoxError>>;
+}
+
+/// Why a worker ended badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// It could not join the fleet.
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+    /// The admiral assigned a service this binary does not have.
+    #[error("this binary has no service named {0:?}")]
+    UnknownService(String),
+    /// The service or cluster failed to start or run.
+    #[error("{0}")]
+    Failed(BoxError),
+}
+
+/// Runs this process as the worker `env` describes, until it must stop.
+pub(crate) async fn run(
+    env: &WorkerEnv,
+    services: &HashMap<String, ServiceFactory>,
+    cluster: &Arc<dyn ClusterRunner>,
+) -> Result<(), WorkerError> {
+    let link = link::connect(env).await?;
+    let ipc = link.ipc;
+    let mut control = link.control;
+    match link.assignment {
+        Assignment::Service { name } => {
+            let Some(factory) = services.get(&name) else {
+                let error = WorkerError::UnknownService(name);
+                let _ = ipc.report(Status::StartFailed(error.to_string())).await;
+                ipc.flush().await;
+                return Err(error);
+            };
+            let context = ServiceContext {
+                ipc: ipc.clone(),
+                name,
+            };
+            let service = match factory(context).await {
+                Ok(service) => service,
+                Err(error) => {
+                    let _ = ipc.report(Status::StartFailed(error.to_string())).await;
+                    ipc.flush().await;
+                    return Err(WorkerError::Failed(error));
+                }
+            };
+            ipc.set_command_handler(service.commands);
+            let _ = ipc.report(Status::Ready).await;
+            if let Stop::Shutdown(grace) = control.stopped().await {
+                let _ = tokio::time::timeout(grace, (service.shutdown)()).await;
+            }
+            ipc.flush().await;
+            Ok(())
+        }
+        Assignment::Cluster(assignment) => {
+            let context = ClusterContext {
+                ipc,
+                assignment,
+                control,
+            };
+            cluster.run(context).await.map_err(WorkerError::Failed)
+        }
+    }
+}

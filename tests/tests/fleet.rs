@@ -1,0 +1,377 @@
+//! A real fleet: the admiral in this process, worker processes of the `testbot` binary, twilight
+//! shards against discord-mock on loopback.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use carrier::admiral::{LifecycleEvent, State, WorkerCommand};
+use carrier::ipc::proto::Refusal;
+use carrier::{
+    AdmiralHandle, FleetEvent, FleetOptions, IpcError, Outcome, Payload, ShardEvent, WorkerId,
+};
+use discord_mock::{MockConfig, MockDiscord};
+use fleet_tests::ClusterStatus;
+use tokio::sync::broadcast;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn mock_config(guilds: usize, shards: u32, max_concurrency: u32) -> MockConfig {
+    MockConfig::builder()
+        .guilds(guilds)
+        .recommended_shards(shards)
+        .max_concurrency(max_concurrency)
+        .identify_interval(Duration::from_millis(300))
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()
+}
+
+fn options(mock: &MockDiscord, clusters: u32) -> FleetOptions {
+    let mut options = FleetOptions::new("mock-token");
+    options.rest_url = mock.http_url();
+    options.clusters = Some(clusters);
+    options.identify_interval = mock.config().identify_interval;
+    options.request_timeout = Duration::from_secs(5);
+    options.kill_timeout = Duration::from_secs(5);
+    options.echo_output = false;
+    options.worker_command = Some(WorkerCommand {
+        program: env!("CARGO_BIN_EXE_testbot").into(),
+        args: Vec::new(),
+        env: Vec::new(),
+    });
+    options
+}
+
+async fn launch(fleet: carrier::Fleet) -> (AdmiralHandle, broadcast::Receiver<FleetEvent>) {
+    let admiral = fleet
+        .run()
+        .await
+        .expect("the fleet launches")
+        .expect("this process is the admiral");
+    let events = admiral.events();
+    (admiral, events)
+}
+
+/// Collects events until `done` says so, failing after [`WAIT`].
+async fn until(
+    events: &mut broadcast::Receiver<FleetEvent>,
+    mut done: impl FnMut(&FleetEvent) -> bool,
+) -> Vec<FleetEvent> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("event not seen within {WAIT:?}; saw {seen:#?}"))
+            .expect("event stream open");
+        let stop = done(&event);
+        seen.push(event);
+        if stop {
+            return seen;
+        }
+    }
+}
+
+fn status(payload: &Payload) -> ClusterStatus {
+    payload.decode().expect("a cluster status")
+}
+
+async fn kill(admiral: &AdmiralHandle, worker: &WorkerId) {
+    let workers = admiral.workers().await.unwrap();
+    let pid = workers
+        .iter()
+        .find(|w| &w.id == worker)
+        .and_then(|w| w.pid)
+        .expect("worker has a pid");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_three_clusters_answer_every_ipc_call() {
+    let mock = MockDiscord::start(mock_config(24, 6, 1)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 3))).await;
+    let launched = admiral.wait_ready(WAIT).await.unwrap();
+    assert_eq!(
+        (launched.live, launched.failed),
+        (4, 1),
+        "echo and three clusters live, broken failed"
+    );
+    let plan = admiral.plan();
+    assert_eq!((plan.shard_total, plan.clusters.len()), (6, 3));
+
+    // Lifecycle and shard events were published.
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
+    })
+    .await;
+    let ready_shards: BTreeSet<u32> = seen
+        .iter()
+        .filter_map(|e| match e {
+            FleetEvent::Shard {
+                shard,
+                event: ShardEvent::Ready,
+                ..
+            } => Some(*shard),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ready_shards, (0..6).collect());
+    assert!(seen.iter().any(|e| matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Failed { worker: WorkerId::Service(name), reason }) if name == "broken" && reason.contains("broken on purpose"))));
+
+    let ipc = admiral.ipc();
+    // Service commands: echo, handler error, timeout, unknown and failed services.
+    assert_eq!(
+        ipc.service_command("echo", Payload::from("ping"))
+            .await
+            .unwrap(),
+        Payload::from("ping")
+    );
+    assert!(
+        matches!(ipc.service_command("echo", Payload::from("fail")).await, Err(IpcError::Remote { message, .. }) if message == "failed on request")
+    );
+    let slow = ipc
+        .command_within(
+            carrier::Target::Service("echo".into()),
+            Payload::from("sleep"),
+            Duration::from_millis(400),
+        )
+        .await;
+    assert!(matches!(slow, Err(IpcError::TargetTimedOut(_))), "{slow:?}");
+    assert!(matches!(
+        ipc.service_command("nope", Payload::empty()).await,
+        Err(IpcError::Refused(Refusal::UnknownTarget(_)))
+    ));
+    assert!(matches!(
+        ipc.service_command("broken", Payload::empty()).await,
+        Err(IpcError::Refused(Refusal::Unavailable(_)))
+    ));
+    assert!(matches!(
+        ipc.cluster_command(9, Payload::empty()).await,
+        Err(IpcError::Refused(Refusal::UnknownTarget(_)))
+    ));
+
+    // Cluster commands: each cluster runs two shards of 4 guilds each.
+    let one = status(
+        &ipc.cluster_command(1, Payload::from("status"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((one.id, one.shards.clone(), one.guilds), (1, vec![2, 3], 8));
+    let all = ipc
+        .all_clusters_command(Payload::from("status"))
+        .await
+        .unwrap();
+    assert_eq!(all.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+    for (id, outcome) in &all {
+        let Outcome::Ok(payload) = outcome else {
+            panic!("cluster {id}: {outcome:?}")
+        };
+        assert_eq!(status(payload).guilds, 8);
+    }
+    let services = ipc
+        .all_services_command(Payload::from("ping"))
+        .await
+        .unwrap();
+    assert_eq!(
+        services.get("echo"),
+        Some(&Outcome::Ok(Payload::from("ping")))
+    );
+    assert_eq!(services.get("broken"), Some(&Outcome::Unavailable));
+
+    // Broadcast reaches every cluster (and the admiral itself); send_to reaches one.
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    ipc.register("ack", move |m| {
+        let _ = ack_tx.send(m.payload.decode::<u32>().unwrap());
+    });
+    let (self_tx, mut own) = tokio::sync::mpsc::unbounded_channel();
+    ipc.register("hello", move |m| {
+        let _ = self_tx.send(m.from.clone());
+    });
+    ipc.broadcast("hello", Payload::empty()).await.unwrap();
+    let mut acked = BTreeSet::new();
+    while acked.len() < 3 {
+        acked.insert(
+            tokio::time::timeout(WAIT, acks.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(acked, BTreeSet::from([0, 1, 2]));
+    assert_eq!(
+        tokio::time::timeout(WAIT, own.recv()).await.unwrap(),
+        Some(carrier::Target::Admiral)
+    );
+    ipc.send_to_cluster(2, "hello", Payload::empty())
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, acks.recv()).await.unwrap(),
+        Some(2)
+    );
+    assert!(matches!(
+        ipc.send_to_cluster(7, "hello", Payload::empty()).await,
+        Err(IpcError::Refused(Refusal::UnknownTarget(_)))
+    ));
+    assert_eq!(ipc.unregister("ack"), 1);
+
+    // The central store, seen from the admiral and from a cluster.
+    ipc.store_set("answer", Payload::from("42")).await.unwrap();
+    assert!(ipc.store_has("answer").await.unwrap());
+    assert_eq!(
+        ipc.cluster_command(0, Payload::from("store-get:answer"))
+            .await
+            .unwrap(),
+        Payload::from("42")
+    );
+    assert!(ipc.store_delete("answer").await.unwrap());
+    assert!(!ipc.store_delete("answer").await.unwrap());
+    ipc.store_set("a", Payload::from("1")).await.unwrap();
+    ipc.store_clear().await.unwrap();
+    assert_eq!(ipc.store_get("a").await.unwrap(), None);
+
+    // Worker logs reach the admiral tagged with the worker.
+    ipc.cluster_command(2, Payload::from("log:hello from a cluster"))
+        .await
+        .unwrap();
+    until(&mut events, |e| matches!(e, FleetEvent::Log { worker: WorkerId::Cluster(2), record } if record.message == "hello from a cluster")).await;
+
+    // Discord's rules held: one identify per shard, no violation.
+    let stats = mock.stats();
+    assert_eq!(stats.identifies, 6);
+    assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
+
+    admiral.shutdown().await;
+    for worker in admiral.workers().await.unwrap_or_default() {
+        assert!(worker.state.is_terminal(), "{worker:?}");
+    }
+    mock.wait_until(WAIT, "every session closed", |m| {
+        m.stats().open_connections == 0
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_answers_unavailable_and_nothing_hangs() {
+    let mock = MockDiscord::start(mock_config(12, 3, 1)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 3))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc().clone();
+
+    // A command in flight to a cluster that dies fails at once, not at its timeout.
+    let (sleeping_tx, mut sleeping) = tokio::sync::mpsc::unbounded_channel();
+    ipc.register("sleeping", move |m| {
+        let _ = sleeping_tx.send(m.payload.decode::<u32>().unwrap());
+    });
+    let pending = tokio::spawn({
+        let ipc = ipc.clone();
+        async move {
+            let started = tokio::time::Instant::now();
+            let result = ipc
+                .command_within(
+                    carrier::Target::Cluster(1),
+                    Payload::from("sleep"),
+                    Duration::from_secs(30),
+                )
+                .await;
+            (result, started.elapsed())
+        }
+    });
+    assert_eq!(
+        tokio::time::timeout(WAIT, sleeping.recv()).await.unwrap(),
+        Some(1)
+    );
+    kill(&admiral, &WorkerId::Cluster(1)).await;
+    let (result, took) = pending.await.unwrap();
+    assert!(
+        matches!(result, Err(IpcError::Refused(Refusal::Unavailable(_)))),
+        "{result:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "failed at once, not at the timeout: {took:?}"
+    );
+    until(&mut events, |e| {
+        matches!(
+            e,
+            FleetEvent::Lifecycle(LifecycleEvent::Failed {
+                worker: WorkerId::Cluster(1),
+                ..
+            })
+        )
+    })
+    .await;
+
+    let all = ipc
+        .all_clusters_command(Payload::from("status"))
+        .await
+        .unwrap();
+    assert!(matches!(all[&0], Outcome::Ok(_)));
+    assert_eq!(all[&1], Outcome::Unavailable);
+    assert!(matches!(all[&2], Outcome::Ok(_)));
+    assert!(matches!(
+        ipc.cluster_command(1, Payload::empty()).await,
+        Err(IpcError::Refused(Refusal::Unavailable(_)))
+    ));
+
+    admiral.shutdown().await;
+    let workers = admiral.workers().await.unwrap_or_default();
+    assert!(workers.iter().all(|w| w.state.is_terminal()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_disconnects_only_its_sender() {
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let fleet = fleet_tests::fleet(options(&mock, 1)).service::<fleet_tests::Echo>("rogue");
+    let (admiral, mut events) = launch(fleet).await;
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::ProtocolError { .. })
+    })
+    .await;
+    let error = seen.iter().find_map(|e| match e {
+        FleetEvent::ProtocolError { worker, error } => Some((worker.clone(), error.clone())),
+        _ => None,
+    });
+    let (worker, error) = error.unwrap();
+    assert_eq!(worker, Some(WorkerId::Service("rogue".into())));
+    assert!(error.contains("malformed frame"), "{error}");
+    until(&mut events, |e| matches!(e, FleetEvent::Exited { worker: WorkerId::Service(name), code: Some(7), .. } if name == "rogue")).await;
+
+    let launched = admiral.wait_ready(WAIT).await.unwrap();
+    assert_eq!(
+        (launched.live, launched.failed),
+        (2, 2),
+        "echo and the cluster live; broken and rogue failed"
+    );
+    assert_eq!(
+        admiral
+            .ipc()
+            .service_command("echo", Payload::from("still here"))
+            .await
+            .unwrap(),
+        Payload::from("still here")
+    );
+    let workers = admiral.workers().await.unwrap();
+    let rogue = workers
+        .iter()
+        .find(|w| w.id == WorkerId::Service("rogue".into()))
+        .unwrap();
+    assert!(matches!(rogue.state, State::Failed(_)));
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifies_keep_discords_pace_at_max_concurrency_4() {
+    let mock = MockDiscord::start(mock_config(32, 8, 4)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    let launched = admiral.wait_ready(WAIT).await.unwrap();
+    assert_eq!(launched.live, 3);
+    let stats = mock.stats();
+    assert_eq!(stats.identifies, 8);
+    assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
+    admiral.shutdown().await;
+}
