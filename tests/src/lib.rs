@@ -34,7 +34,7 @@ pub fn fleet(options: FleetOptions) -> Fleet {
 async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
     match payload.as_bytes() {
         b"sleep" => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            tokio::time::sleep(Duration::from_hours(1)).await;
             Some(Ok(Payload::empty()))
         }
         b"fail" => Some(Err("failed on request".to_owned())),

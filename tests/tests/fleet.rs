@@ -13,7 +13,7 @@ use discord_mock::{MockConfig, MockDiscord};
 use fleet_tests::ClusterStatus;
 use tokio::sync::broadcast;
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_mins(1);
 
 fn mock_config(guilds: usize, shards: u32, max_concurrency: u32) -> MockConfig {
     MockConfig::builder()

@@ -13,7 +13,7 @@
 //! machine), the IPC router, the central store and the identify queue ([`identify`]). Workers talk
 //! through an [`Ipc`] handle: every request has a random correlation id and a timeout, fan-outs
 //! return one [`Outcome`] per target, and a dead worker fails its pending requests at once. IPC
-//! frames are length-prefixed MessagePack over a Unix socket in a private directory; user
+//! frames are length-prefixed `MessagePack` over a Unix socket in a private directory; user
 //! payloads are opaque bytes the router forwards without decoding ([`ipc::proto`] documents the
 //! wire protocol).
 //!

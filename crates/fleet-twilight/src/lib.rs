@@ -196,7 +196,7 @@ impl Queue for IpcQueue {
                 }
                 // Dropping `tx` makes the shard ask again.
                 Err(error) => {
-                    tracing::warn!(target: "fleet::identify", shard, %error, "identify permission failed")
+                    tracing::warn!(target: "fleet::identify", shard, %error, "identify permission failed");
                 }
             }
         });

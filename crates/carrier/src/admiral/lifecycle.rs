@@ -274,7 +274,7 @@ impl Lifecycle {
                 }
             }
             Input::SpawnFailed(process, reason) => {
-                self.fail(process, format!("could not spawn: {reason}"), &mut out)
+                self.fail(process, format!("could not spawn: {reason}"), &mut out);
             }
             Input::Hello(process) => {
                 if let Some(worker) = self.current_mut(process)

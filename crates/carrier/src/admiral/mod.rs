@@ -235,6 +235,10 @@ impl AdmiralHandle {
 }
 
 /// Starts an admiral: a private IPC socket, the router, and the launch of every worker.
+#[allow(
+    clippy::unused_async,
+    reason = "it spawns the admiral's tasks, so it must run inside their runtime"
+)]
 pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError> {
     let dir = private_dir()?;
     let socket = dir.join("admiral.sock");

@@ -50,7 +50,7 @@ pub(crate) struct SpawnRequest<'a> {
 pub(crate) fn spawn(
     request: &SpawnRequest<'_>,
     inbox: mpsc::Sender<Inbox>,
-    events: broadcast::Sender<FleetEvent>,
+    events: &broadcast::Sender<FleetEvent>,
 ) -> std::io::Result<()> {
     let mut command = tokio::process::Command::new(&request.command.program);
     command
@@ -119,9 +119,8 @@ async fn forward_output(
     loop {
         line.clear();
         match read_line_bounded(&mut reader, &mut line).await {
-            Ok(false) => return,
+            Ok(false) | Err(_) => return,
             Ok(true) => {}
-            Err(_) => return,
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
         if echo {

@@ -86,7 +86,7 @@ pub(crate) enum Waiter {
     Local(oneshot::Sender<Reply>),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Timer {
     Forward(u64),
     Start(ProcessId),
@@ -121,13 +121,17 @@ struct Fanout {
     outcomes: BTreeMap<Target, Outcome>,
 }
 
+/// A process's exit code (`None`: killed by a signal).
+#[derive(Debug, Clone, Copy)]
+struct Exit(Option<i32>);
+
 #[derive(Debug, Default)]
 struct ProcessInfo {
     pid: Option<u32>,
     kill: Option<oneshot::Sender<()>>,
     conn: Option<ConnId>,
-    /// The process exited (with this code) while its connection still had frames to read.
-    exited: Option<Option<i32>>,
+    /// The process exited while its connection still had frames to read.
+    exited: Option<Exit>,
 }
 
 pub(crate) struct Router {
@@ -238,7 +242,7 @@ impl Router {
                 // Read what the process sent before it died (a start failure, say) first: its
                 // connection closes once the reader has drained it.
                 match self.processes.get_mut(&process) {
-                    Some(info) if info.conn.is_some() => info.exited = Some(code),
+                    Some(info) if info.conn.is_some() => info.exited = Some(Exit(code)),
                     _ => self.exited(process, code),
                 }
             }
@@ -337,7 +341,7 @@ impl Router {
         };
         match up {
             Up::Hello { .. } => {
-                tracing::warn!(target: "fleet::ipc", %worker, "ignoring a second hello")
+                tracing::warn!(target: "fleet::ipc", %worker, "ignoring a second hello");
             }
             Up::Request {
                 id,
@@ -354,7 +358,7 @@ impl Router {
             }
             Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
             Up::Status(Status::StartFailed(reason)) => {
-                self.lifecycle_input(Input::StartFailed(process, reason))
+                self.lifecycle_input(Input::StartFailed(process, reason));
             }
             Up::Status(Status::Shard { shard, event }) => {
                 if let WorkerId::Cluster(cluster) = worker {
@@ -415,7 +419,7 @@ impl Router {
         for id in orphaned {
             self.resolve(id, Outcome::Unavailable, false);
         }
-        if let Some(code) = exited {
+        if let Some(Exit(code)) = exited {
             self.exited(process, code);
         }
     }
@@ -610,14 +614,13 @@ impl Router {
             });
             return;
         }
-        let process = match self.live_conn(&target) {
-            Ok(conn) => self.conns[&conn]
+        let process = if let Ok(conn) = self.live_conn(&target) {
+            self.conns[&conn]
                 .process
-                .expect("live connections have a process"),
-            Err(_) => {
-                self.complete(route, target, Outcome::Unavailable);
-                return;
-            }
+                .expect("live connections have a process")
+        } else {
+            self.complete(route, target, Outcome::Unavailable);
+            return;
         };
         let conn = self.processes[&process].conn.expect("live_conn found it");
         let down = Down::Command {
@@ -749,7 +752,7 @@ impl Router {
                 }
             }
             Err(refusal) => {
-                tracing::error!(target: "fleet::ipc", conn, %refusal, "reply not encodable")
+                tracing::error!(target: "fleet::ipc", conn, %refusal, "reply not encodable");
             }
         }
     }
@@ -800,9 +803,7 @@ impl Router {
                     echo: self.config.echo_output,
                 };
                 tracing::debug!(target: "fleet::admiral", %worker, process, "spawning");
-                if let Err(error) =
-                    process::spawn(&request, self.inbox.clone(), self.events.clone())
-                {
+                if let Err(error) = process::spawn(&request, self.inbox.clone(), &self.events) {
                     self.lifecycle_input(Input::SpawnFailed(process, error.to_string()));
                 }
             }
@@ -829,10 +830,10 @@ impl Router {
                         let _ = self.ready.send(Some((*live, *failed)));
                     }
                     LifecycleEvent::Ready(worker) => {
-                        tracing::info!(target: "fleet::admiral", %worker, "ready")
+                        tracing::info!(target: "fleet::admiral", %worker, "ready");
                     }
                     LifecycleEvent::Failed { worker, reason } => {
-                        tracing::warn!(target: "fleet::admiral", %worker, %reason, "failed")
+                        tracing::warn!(target: "fleet::admiral", %worker, %reason, "failed");
                     }
                     _ => {}
                 }

@@ -42,13 +42,16 @@ struct Budget {
     period: Duration,
 }
 
+/// One bucket: the time of its last grant, behind a fair lock that orders its waiters.
+type Bucket = Arc<Mutex<Option<Instant>>>;
+
 /// The in-admiral identify queue: a FIFO per bucket, spaced by `interval` measured between actual
 /// grants (a late wake-up never squeezes the next grant closer).
 #[derive(Debug, Clone)]
 pub struct LocalIdentifyQueue {
     max_concurrency: u32,
     interval: Duration,
-    buckets: Arc<std::sync::Mutex<HashMap<u32, Arc<Mutex<Option<Instant>>>>>>,
+    buckets: Arc<std::sync::Mutex<HashMap<u32, Bucket>>>,
     budget: Arc<Mutex<Option<Budget>>>,
 }
 
@@ -68,17 +71,16 @@ impl LocalIdentifyQueue {
     /// instead of identifying (which would end every session and reset the token).
     #[must_use]
     pub fn with_budget(self, budget: SessionBudget) -> Self {
-        let period = Duration::from_hours(24);
-        *self
-            .budget
-            .try_lock()
-            .expect("a new queue is not shared yet") = Some(Budget {
+        let budget = Budget {
             total: budget.total,
             remaining: budget.remaining,
             resets_at: Instant::now() + budget.reset_after,
-            period,
-        });
-        self
+            period: Duration::from_hours(24),
+        };
+        Self {
+            budget: Arc::new(Mutex::new(Some(budget))),
+            ..self
+        }
     }
 
     /// Buckets.
@@ -93,7 +95,7 @@ impl LocalIdentifyQueue {
         self.interval
     }
 
-    fn bucket(&self, shard: u32) -> Arc<Mutex<Option<Instant>>> {
+    fn bucket(&self, shard: u32) -> Bucket {
         let mut buckets = self
             .buckets
             .lock()
@@ -187,7 +189,7 @@ mod tests {
         let start = Instant::now();
         queue.acquire(1).await;
         assert_eq!(start.elapsed(), Duration::from_secs(2));
-        tokio::time::advance(Duration::from_secs(60)).await;
+        tokio::time::advance(Duration::from_mins(1)).await;
         let start = Instant::now();
         queue.acquire(2).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -210,10 +212,10 @@ mod tests {
             LocalIdentifyQueue::new(1, Duration::from_millis(10)).with_budget(SessionBudget {
                 total: 1000,
                 remaining: 2,
-                reset_after: Duration::from_secs(600),
+                reset_after: Duration::from_mins(10),
             });
         let times = grant_times(&queue, 0..3).await;
         assert_eq!(times[1].1, Duration::from_millis(10));
-        assert_eq!(times[2].1, Duration::from_secs(600));
+        assert_eq!(times[2].1, Duration::from_mins(10));
     }
 }

@@ -1,4 +1,4 @@
-//! Framing: each frame is a 4-byte big-endian length followed by a MessagePack body with named
+//! Framing: each frame is a 4-byte big-endian length followed by a `MessagePack` body with named
 //! fields (`rmp_serde::to_vec_named`), so fields can be added without breaking older peers. Frames
 //! over the configured maximum are refused on both ends.
 

@@ -198,7 +198,7 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                             }
                         }
                         Err(error) => {
-                            tracing::error!(target: "fleet::ipc", %error, "dropping an unencodable message")
+                            tracing::error!(target: "fleet::ipc", %error, "dropping an unencodable message");
                         }
                     },
                 }
@@ -247,7 +247,7 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                     let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
                 }
                 Ok(Down::Welcome(_)) => {
-                    tracing::warn!(target: "fleet::ipc", "ignoring a second welcome")
+                    tracing::warn!(target: "fleet::ipc", "ignoring a second welcome");
                 }
                 Err(error) => {
                     if !matches!(error, FrameError::Closed) {

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Opaque user bytes carried by commands, replies and messages. [`Payload::encode`] and
-/// [`Payload::decode`] use MessagePack with named fields; any other encoding works as well.
+/// [`Payload::decode`] use `MessagePack` with named fields; any other encoding works as well.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload(pub Bytes);
 
@@ -33,7 +33,7 @@ impl Payload {
         Self(Bytes::new())
     }
 
-    /// Encodes a value with MessagePack (named fields).
+    /// Encodes a value with `MessagePack` (named fields).
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, PayloadError> {
         Ok(Self(Bytes::from(
             rmp_serde::to_vec_named(value).map_err(|e| PayloadError(e.to_string()))?,

@@ -4,7 +4,7 @@ use super::*;
 
 const TIMEOUTS: Timeouts = Timeouts {
     service_ready: Duration::from_secs(10),
-    cluster_ready: Duration::from_secs(60),
+    cluster_ready: Duration::from_mins(1),
     kill: Duration::from_secs(5),
 };
 
