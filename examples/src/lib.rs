@@ -1,119 +1,134 @@
-//! Pieces the example and the benchmark share: a bucketed identify queue and a shard loop that
-//! reports what each shard sees.
+//! The example bot, shared by `fleet-example` and `fleet-bench`: both binaries are admiral and
+//! worker at once, so both must build the very same fleet.
+//!
+//! Clusters ([`ExampleBot`]) count guilds and events, answer `status` with a [`ClusterReport`],
+//! count `tick` messages, and answer a `hello` message by sending `ack` (their id) to the admiral.
+//! The `echo` service ([`Echo`]) answers every command with its payload.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
-use twilight_gateway::queue::Queue;
-use twilight_gateway::{Event, EventTypeFlags, Shard, StreamExt as _};
+use carrier::worker::BoxError;
+use carrier::{Fleet, FleetOptions, Payload, Service, ServiceContext, Target};
+use fleet_twilight::{ClusterContext, ClusterWorker, Settings};
+use serde::{Deserialize, Serialize};
+use twilight_gateway::{Event, Intents, ShardId};
 
-/// One identify per bucket (`shard_id % max_concurrency`) per interval: Discord's limit.
-#[derive(Clone, Debug)]
-pub struct BucketQueue {
-    next: Arc<Mutex<BTreeMap<u32, tokio::time::Instant>>>,
-    buckets: u32,
-    interval: Duration,
+/// The example fleet.
+#[must_use]
+pub fn fleet(options: FleetOptions) -> Fleet {
+    fleet_twilight::fleet::<ExampleBot>(
+        options,
+        Settings::new(Intents::GUILDS | Intents::GUILD_MESSAGES | Intents::GUILD_MEMBERS),
+    )
+    .service::<Echo>("echo")
 }
 
-impl Queue for BucketQueue {
-    fn enqueue(&self, shard: u32) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let (next, bucket, interval) = (self.next.clone(), shard % self.buckets, self.interval);
-        tokio::spawn(async move {
-            let slot = {
-                let mut next = next.lock().await;
-                let now = tokio::time::Instant::now();
-                let slot = next.get(&bucket).copied().unwrap_or(now).max(now);
-                next.insert(bucket, slot + interval);
-                slot
-            };
-            tokio::time::sleep_until(slot).await;
-            let _ = tx.send(());
-        });
-        rx
-    }
-}
-
-impl BucketQueue {
-    /// A queue for `buckets` identify buckets, one identify each per `interval`.
-    #[must_use]
-    pub fn new(buckets: u32, interval: Duration) -> Self {
-        Self {
-            next: Arc::default(),
-            buckets: buckets.max(1),
-            interval,
-        }
-    }
-}
-
-/// What a shard saw.
+/// Answers every command with its payload; counts `tick` messages.
 #[derive(Debug)]
-pub enum Seen {
-    /// READY with this many guilds.
-    Ready {
-        /// Shard id.
-        shard: u32,
-        /// Guilds listed in READY.
-        guilds: usize,
-    },
-    /// A guild became available.
-    Guild {
-        /// Shard id.
-        shard: u32,
-    },
-    /// An event-source event (message or member join) with its id.
-    Event {
-        /// Shard id.
-        shard: u32,
-        /// Message id or joining user id.
-        id: u64,
-    },
-    /// The session was resumed.
-    Resumed {
-        /// Shard id.
-        shard: u32,
-    },
-    /// The shard reported an error.
-    Error {
-        /// Shard id.
-        shard: u32,
-        /// The error.
-        error: String,
-    },
+pub struct Echo {
+    ticks: Arc<AtomicU64>,
 }
 
-/// Drives a shard and reports what it sees until the receiver goes away or the shard ends.
-pub async fn run_shard(
-    mut shard: Shard<impl Queue + Send + Sync + Unpin + 'static>,
-    tx: mpsc::UnboundedSender<Seen>,
-) {
-    let id = shard.id().number();
-    while let Some(item) = shard.next_event(EventTypeFlags::all()).await {
-        let seen = match item {
-            Ok(Event::Ready(ready)) => Seen::Ready {
-                shard: id,
-                guilds: ready.guilds.len(),
-            },
-            Ok(Event::GuildCreate(_)) => Seen::Guild { shard: id },
-            Ok(Event::MessageCreate(m)) => Seen::Event {
-                shard: id,
-                id: m.id.get(),
-            },
-            Ok(Event::MemberAdd(m)) => Seen::Event {
-                shard: id,
-                id: m.user.id.get(),
-            },
-            Ok(Event::Resumed) => Seen::Resumed { shard: id },
-            Ok(_) => continue,
-            Err(error) => Seen::Error {
-                shard: id,
-                error: error.to_string(),
-            },
-        };
-        if tx.send(seen).is_err() {
-            break;
+impl Service for Echo {
+    async fn start(context: ServiceContext) -> Result<Self, BoxError> {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        context.ipc.register("tick", move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        Ok(Self { ticks })
+    }
+
+    async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"ticks" {
+            return Payload::encode(&self.ticks.load(Ordering::Relaxed)).map_err(|e| e.to_string());
+        }
+        Ok(payload)
+    }
+}
+
+/// What a cluster reports for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// Cluster id.
+    pub id: u32,
+    /// First and last shard.
+    pub shards: (u32, u32),
+    /// Guilds received.
+    pub guilds: u64,
+    /// Messages and member joins handled.
+    pub events: u64,
+    /// `tick` messages received.
+    pub ticks: u64,
+}
+
+/// The example's cluster worker.
+#[derive(Debug)]
+pub struct ExampleBot {
+    context: ClusterContext,
+    guilds: AtomicU64,
+    events: AtomicU64,
+    ticks: Arc<AtomicU64>,
+}
+
+impl ClusterWorker for ExampleBot {
+    async fn start(context: ClusterContext) -> Result<Self, BoxError> {
+        let ipc = context.ipc.clone();
+        let id = context.id;
+        context.ipc.register("hello", move |_| {
+            let ipc = ipc.clone();
+            tokio::spawn(async move {
+                let _ = ipc
+                    .send_to_admiral("ack", Payload::encode(&id).expect("u32 encodes"))
+                    .await;
+            });
+        });
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        context.ipc.register("tick", move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        Ok(Self {
+            context,
+            guilds: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            ticks,
+        })
+    }
+
+    async fn handle_event(&self, _: ShardId, event: Event) {
+        match event {
+            Event::GuildCreate(_) => {
+                self.guilds.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::MessageCreate(_) | Event::MemberAdd(_) => {
+                self.events.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
+
+    async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"status" {
+            let report = ClusterReport {
+                id: self.context.id,
+                shards: (*self.context.shards.start(), *self.context.shards.end()),
+                guilds: self.guilds.load(Ordering::Relaxed),
+                events: self.events.load(Ordering::Relaxed),
+                ticks: self.ticks.load(Ordering::Relaxed),
+            };
+            return Payload::encode(&report).map_err(|e| e.to_string());
+        }
+        Ok(payload)
+    }
+}
+
+/// Resident memory of a process in MiB, from `/proc` (Linux).
+#[must_use]
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

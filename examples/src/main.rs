@@ -1,227 +1,259 @@
-//! The fleet example: twilight shards on an embedded discord-mock (or on Discord when
-//! `DISCORD_TOKEN` is set), paced by one identify queue, with events flowing and a resume shown.
+//! The fleet example: an admiral, cluster processes running twilight shards, and an `echo`
+//! service, on an embedded discord-mock (or on Discord when `DISCORD_TOKEN` is set).
 //!
-//! `cargo xtask example` runs it until Ctrl-C; `cargo xtask example --once` exits after the tour,
-//! 0 if every step held (no rule broken, no event lost) and 1 otherwise.
+//! `cargo xtask example` tours the fleet and then runs until Ctrl-C, when it shuts down
+//! gracefully; `cargo xtask example --once` exits after the tour: 0 if every step held (no rule of
+//! Discord's broken, no event lost, every call answered), 1 otherwise.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
+use carrier::admiral::LifecycleEvent;
+use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Outcome, Payload, ShardEvent};
 use clap::Parser;
 use discord_mock::{MockConfig, MockDiscord};
-use fleet_examples::{BucketQueue, Seen, run_shard};
-use tokio::sync::mpsc;
-use twilight_gateway::{CloseFrame, ConfigBuilder, Intents, Shard, ShardId};
+use fleet_examples::ClusterReport;
 
-/// Run a small fleet of shards against discord-mock (or Discord with `DISCORD_TOKEN`).
+/// Run a fleet on discord-mock (or on Discord with `DISCORD_TOKEN`).
 #[derive(Debug, Parser)]
 struct Args {
     /// Exit after the tour: 0 if every step held, 1 otherwise.
     #[arg(long)]
     once: bool,
-    /// Discord library to run the shards with.
+    /// Discord library the clusters run.
     #[arg(long, default_value = "twilight", value_parser = ["twilight"])]
     lib: String,
-    /// Shards to run on the mock.
-    #[arg(long, default_value_t = 4)]
+    /// Shards the mock recommends.
+    #[arg(long, default_value_t = 8)]
     shards: u32,
+    /// Cluster processes.
+    #[arg(long, default_value_t = 3)]
+    clusters: u32,
     /// The mock's identify buckets (`max_concurrency`).
     #[arg(long, default_value_t = 2)]
     max_concurrency: u32,
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ok = match std::env::var("DISCORD_TOKEN") {
-        Ok(token) => run_on_discord(token, &args).await?,
-        Err(_) => run_on_mock(&args).await?,
-    };
-    if args.once && !ok {
-        std::process::exit(1);
+    if carrier::is_worker() {
+        // This process is one of the admiral's workers: run it and leave.
+        fleet_examples::fleet(FleetOptions::new("")).run().await?;
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(())
+    let token = std::env::var("DISCORD_TOKEN").ok();
+    let mock = match token {
+        Some(_) => None,
+        None => Some(start_mock(&args).await?),
+    };
+    let mut options = FleetOptions::new(token.clone().unwrap_or_else(|| "mock-token".to_owned()));
+    options.clusters = Some(args.clusters);
+    if let Some(mock) = &mock {
+        options.rest_url = mock.http_url();
+        options.identify_interval = mock.config().identify_interval;
+        println!("discord-mock on {} (no token needed)", mock.addr());
+    } else {
+        println!("DISCORD_TOKEN set: running on Discord");
+    }
+    let started = Instant::now();
+    let admiral = fleet_examples::fleet(options)
+        .run()
+        .await?
+        .context("this process is the admiral")?;
+    let ok = tour(&admiral, mock.as_ref(), started, args.once).await;
+    let ok = match ok {
+        Ok(ok) => ok,
+        Err(error) => {
+            println!("tour failed: {error:#}");
+            false
+        }
+    };
+    if !args.once {
+        println!("running; Ctrl-C to stop");
+        tokio::signal::ctrl_c().await?;
+    }
+    println!("shutting down");
+    admiral.shutdown().await;
+    println!("every worker has stopped");
+    Ok(if ok || !args.once {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-async fn run_on_mock(args: &Args) -> Result<bool> {
-    let interval = Duration::from_millis(500);
+async fn start_mock(args: &Args) -> Result<MockDiscord> {
     let mock = MockDiscord::start(
         MockConfig::builder()
-            .guilds(10 * args.shards as usize)
+            .guilds(25 * args.shards as usize)
             .recommended_shards(args.shards)
             .max_concurrency(args.max_concurrency)
-            .identify_interval(interval)
+            .identify_interval(Duration::from_millis(500))
             .heartbeat_interval(Duration::from_secs(1))
-            .event_rate(2.0)
+            .event_rate(1.0)
             .build(),
     )
     .await?;
-    println!("discord-mock on {} (no token needed)", mock.addr());
-    let http = twilight_http::Client::builder()
-        .proxy(mock.addr().to_string(), true)
-        .token("Bot mock-token".to_owned())
-        .build();
-    let info = http.gateway().authed().await?.model().await?;
-    let buckets = u32::from(info.session_start_limit.max_concurrency);
-    println!(
-        "/gateway/bot: {} shards, max_concurrency {buckets}; identify limit: {} intervals of {interval:?}",
-        info.shards,
-        info.shards.div_ceil(buckets)
-    );
-    let queue = BucketQueue::new(buckets, interval);
-    let config = ConfigBuilder::new(
-        "mock-token".to_owned(),
-        Intents::GUILDS | Intents::GUILD_MESSAGES,
-    )
-    .proxy_url(info.url.clone())
-    .queue(queue)
-    .build();
-    let (tx, mut seen) = mpsc::unbounded_channel();
-    let mut closers = Vec::new();
-    let started = tokio::time::Instant::now();
-    for id in 0..info.shards {
-        let shard = Shard::with_config(ShardId::new(id, info.shards), config.clone());
-        closers.push(shard.sender());
-        tokio::spawn(run_shard(shard, tx.clone()));
-    }
+    Ok(mock)
+}
 
-    let mut ready = 0;
-    let mut events: BTreeMap<u32, u64> = BTreeMap::new();
-    while ready < info.shards {
-        match recv(&mut seen).await? {
-            Seen::Ready { shard, guilds } => {
-                ready += 1;
+/// Shows launch progress, a service command, a broadcast and the fleet's status. Returns whether
+/// every step held.
+async fn tour(
+    admiral: &AdmiralHandle,
+    mock: Option<&MockDiscord>,
+    started: Instant,
+    once: bool,
+) -> Result<bool> {
+    let plan = admiral.plan().clone();
+    let total = plan.shard_count();
+    println!(
+        "plan: {} shards in {} clusters (max_concurrency {}); identify limit about {:.1?}",
+        plan.shard_total,
+        plan.clusters.len(),
+        plan.max_concurrency,
+        Duration::from_millis(500) * (total.div_ceil(plan.max_concurrency) - 1)
+    );
+    let mut events = admiral.events();
+    let mut ready = BTreeSet::new();
+    let mut ok = true;
+    loop {
+        let event = tokio::time::timeout(Duration::from_mins(5), events.recv())
+            .await
+            .context("launch stalled")??;
+        match event {
+            FleetEvent::Shard {
+                shard,
+                event: ShardEvent::Ready,
+                cluster,
+            } => {
+                ready.insert(shard);
                 println!(
-                    "  shard {shard} ready with {guilds} guilds ({ready}/{} ready, {:.2?})",
-                    info.shards,
+                    "  shards ready {}/{total} (shard {shard} in cluster {cluster}, {:.2?})",
+                    ready.len(),
                     started.elapsed()
                 );
             }
-            Seen::Error { shard, error } => bail!("shard {shard}: {error}"),
-            _ => {}
-        }
-    }
-    println!(
-        "all {} shards ready in {:.2?}",
-        info.shards,
-        started.elapsed()
-    );
-
-    mock.start_events(None);
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::time::Instant::now() < until {
-        if let Ok(Some(Seen::Event { shard, .. })) =
-            tokio::time::timeout_at(until, seen.recv()).await
-        {
-            *events.entry(shard).or_default() += 1;
-        }
-    }
-    println!("events in 2 s per shard: {events:?}");
-
-    println!("closing shard 0's connection with 4000: it must resume, not identify");
-    mock.close_shard(0, 4000);
-    loop {
-        match recv(&mut seen).await? {
-            Seen::Resumed { shard: 0 } => break,
-            Seen::Error { shard, error } => bail!("shard {shard}: {error}"),
-            _ => {}
-        }
-    }
-    println!("shard 0 resumed");
-
-    if !args.once {
-        println!("running; Ctrl-C to stop");
-        let mut status = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = status.tick() => {
-                    let report = mock.event_report();
-                    println!("status: {} events produced, {} delivered, {} lost", report.produced, report.delivered, report.lost);
-                }
-                Some(_) = seen.recv() => {}
+            FleetEvent::Lifecycle(LifecycleEvent::Ready(worker)) => println!("  {worker} ready"),
+            FleetEvent::Lifecycle(LifecycleEvent::Failed { worker, reason }) => {
+                println!("  {worker} FAILED: {reason}");
+                ok = false;
             }
+            FleetEvent::Lifecycle(LifecycleEvent::AllReady { live, failed }) => {
+                println!(
+                    "fleet ready in {:.2?}: {live} workers live, {failed} failed",
+                    started.elapsed()
+                );
+                break;
+            }
+            _ => {}
         }
     }
-    mock.stop_events();
-    let confirmed = mock
-        .wait_until(Duration::from_secs(10), "events confirmed", |m| {
-            m.event_report().in_flight == 0
-        })
-        .await;
-    for closer in &closers {
-        let _ = closer.close(CloseFrame::NORMAL);
+    if let Some(mock) = mock {
+        mock.start_events(None);
     }
-    let stats = mock.stats();
-    let report = mock.event_report();
+    let ipc = admiral.ipc();
+
+    let sent = Instant::now();
+    let answer = ipc.service_command("echo", Payload::from("ping")).await?;
     println!(
-        "mock counters: identifies {}, resumes {}, violations {}, events produced {}, delivered {}, lost {}, duplicates {}",
-        stats.identifies,
-        stats.resumes,
-        stats.total_violations(),
-        report.produced,
-        report.delivered,
-        report.lost,
-        report.duplicates
+        "service command round trip: echo answered {:?} in {:.2?}",
+        String::from_utf8_lossy(answer.as_bytes()),
+        sent.elapsed()
     );
-    let ok = confirmed.is_ok()
-        && stats.total_violations() == 0
-        && report.lost == 0
-        && stats.identifies == u64::from(info.shards);
+    ok &= answer == Payload::from("ping");
+
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    ipc.register("ack", move |m| {
+        let _ = ack_tx.send(m.payload.decode::<u32>().unwrap_or(u32::MAX));
+    });
+    let sent = Instant::now();
+    ipc.broadcast("hello", Payload::empty()).await?;
+    let mut acked = BTreeSet::new();
+    while acked.len() < plan.clusters.len() {
+        let Ok(Some(id)) = tokio::time::timeout(Duration::from_secs(10), acks.recv()).await else {
+            println!("broadcast: only clusters {acked:?} answered");
+            ok = false;
+            break;
+        };
+        acked.insert(id);
+    }
+    println!(
+        "broadcast: every cluster answered in {:.2?}",
+        sent.elapsed()
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await; // let events flow for the status below
+    ok &= print_status(admiral).await?;
+
+    if let Some(mock) = mock {
+        if once {
+            mock.stop_events();
+        }
+        let confirmed = mock
+            .wait_until(Duration::from_secs(10), "events confirmed", |m| {
+                m.event_report().in_flight == 0
+            })
+            .await
+            .is_ok();
+        let stats = mock.stats();
+        let report = mock.event_report();
+        println!(
+            "discord-mock: {} identifies for {} shards, {} rule violations; events produced {}, delivered {}, lost {}",
+            stats.identifies,
+            total,
+            stats.total_violations(),
+            report.produced,
+            report.delivered,
+            report.lost
+        );
+        ok &= (!once || confirmed)
+            && stats.total_violations() == 0
+            && report.lost == 0
+            && stats.identifies == u64::from(total);
+    }
     println!("{}", if ok { "tour passed" } else { "tour FAILED" });
     Ok(ok)
 }
 
-async fn run_on_discord(token: String, args: &Args) -> Result<bool> {
-    let http = twilight_http::Client::new(token.clone());
-    let info = http
-        .gateway()
-        .authed()
-        .await
-        .context("GET /gateway/bot")?
-        .model()
-        .await?;
-    println!(
-        "Discord recommends {} shards (max_concurrency {})",
-        info.shards, info.session_start_limit.max_concurrency
-    );
-    let config = ConfigBuilder::new(token, Intents::GUILDS).build();
-    let (tx, mut seen) = mpsc::unbounded_channel();
-    let mut closers = Vec::new();
-    for id in 0..info.shards {
-        let shard = Shard::with_config(ShardId::new(id, info.shards), config.clone());
-        closers.push(shard.sender());
-        tokio::spawn(run_shard(shard, tx.clone()));
+async fn print_status(admiral: &AdmiralHandle) -> Result<bool> {
+    let mut ok = true;
+    println!("fleet status:");
+    for worker in admiral.workers().await? {
+        println!(
+            "  {:<14} {:?} (pid {})",
+            worker.id.to_string(),
+            worker.state,
+            worker.pid.map_or("-".into(), |p| p.to_string())
+        );
     }
-    let mut ready = 0;
-    while ready < info.shards {
-        if let Seen::Ready { shard, guilds } = recv(&mut seen).await? {
-            ready += 1;
-            println!(
-                "  shard {shard} ready with {guilds} guilds ({ready}/{})",
-                info.shards
-            );
+    for (id, outcome) in admiral
+        .ipc()
+        .all_clusters_command(Payload::from("status"))
+        .await?
+    {
+        match outcome {
+            Outcome::Ok(payload) => {
+                let report: ClusterReport = payload.decode()?;
+                println!(
+                    "  cluster {id}: shards {}..={}, {} guilds, {} events handled",
+                    report.shards.0, report.shards.1, report.guilds, report.events
+                );
+            }
+            other => {
+                println!("  cluster {id}: {other:?}");
+                ok = false;
+            }
         }
     }
-    if !args.once {
-        tokio::signal::ctrl_c().await?;
-    }
-    for closer in &closers {
-        let _ = closer.close(CloseFrame::NORMAL);
-    }
-    Ok(true)
-}
-
-async fn recv(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Result<Seen> {
-    tokio::time::timeout(Duration::from_mins(1), seen.recv())
-        .await
-        .context("no shard reported anything for 60 s")?
-        .context("every shard stopped")
+    Ok(ok)
 }

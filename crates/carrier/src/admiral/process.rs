@@ -61,6 +61,9 @@ pub(crate) fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own: a terminal's Ctrl-C reaches only the admiral, which then shuts the
+        // workers down gracefully instead of having them killed mid-flight.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn()?;
     let pid = child.id();
