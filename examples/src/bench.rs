@@ -1,0 +1,320 @@
+//! `cargo xtask bench`: fleet's figures on this machine, against discord-mock. Compare ratios
+//! within one run; absolute times vary with the machine's load.
+//!
+//! The reference scenario of DESIGN.md: 16 shards in 4 clusters, 100 guilds per shard, one echo
+//! service. discord-mock runs as a process of its own (this binary with `serve-mock`), so the
+//! admiral's memory is the admiral's alone.
+//!
+//! 1. Startup against the identify limit, `(ceil(S / max_concurrency) - 1)` intervals plus the
+//!    first READY, at max_concurrency 16 (Discord's 5 s interval), 4 and 1 (shorter intervals, so
+//!    the run stays short; the ratio is what counts).
+//! 2. Service command round trips: sequential p50/p99, and throughput with 100 in flight.
+//! 3. Broadcasts from the admiral to every worker, 100 in flight: messages delivered per second.
+//! 4. Resident memory of the admiral and of each worker.
+
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use carrier::admiral::LifecycleEvent;
+use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Payload, ShardEvent};
+use clap::Parser;
+use discord_mock::{MockConfig, MockDiscord};
+use fleet_examples::rss_mib;
+use tokio::io::AsyncBufReadExt as _;
+
+const SHARDS: u32 = 16;
+const CLUSTERS: u32 = 4;
+const GUILDS_PER_SHARD: usize = 100;
+
+#[derive(Debug, Parser)]
+enum Mode {
+    /// Run the benchmark (default).
+    Run,
+    /// Serve a discord-mock for the benchmark and print its address.
+    ServeMock {
+        #[arg(long)]
+        max_concurrency: u32,
+        #[arg(long)]
+        interval_ms: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if carrier::is_worker() {
+        fleet_examples::fleet(FleetOptions::new("")).run().await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mode = if std::env::args().len() > 1 {
+        Mode::parse()
+    } else {
+        Mode::Run
+    };
+    match mode {
+        Mode::ServeMock {
+            max_concurrency,
+            interval_ms,
+        } => serve_mock(max_concurrency, interval_ms).await,
+        Mode::Run => run().await,
+    }
+}
+
+async fn serve_mock(max_concurrency: u32, interval_ms: u64) -> Result<ExitCode> {
+    let mock = MockDiscord::start(
+        MockConfig::builder()
+            .guilds(SHARDS as usize * GUILDS_PER_SHARD)
+            .recommended_shards(SHARDS)
+            .max_concurrency(max_concurrency)
+            .identify_interval(Duration::from_millis(interval_ms))
+            .heartbeat_interval(Duration::from_secs(5))
+            .build(),
+    )
+    .await?;
+    println!("{}", mock.addr());
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while stdin.next_line().await?.is_some() {}
+    let stats = mock.stats();
+    eprintln!(
+        "mock: identifies {}, violations {}",
+        stats.identifies,
+        stats.total_violations()
+    );
+    Ok(if stats.total_violations() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A mock in its own process; closing its stdin stops it.
+struct MockProcess {
+    child: tokio::process::Child,
+    url: String,
+}
+
+async fn start_mock(max_concurrency: u32, interval: Duration) -> Result<MockProcess> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "serve-mock",
+            "--max-concurrency",
+            &max_concurrency.to_string(),
+            "--interval-ms",
+            &interval.as_millis().to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("mock stdout")?;
+    let addr = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await?
+        .context("mock address")?;
+    Ok(MockProcess {
+        child,
+        url: format!("http://{addr}"),
+    })
+}
+
+impl MockProcess {
+    async fn stop(mut self) -> Result<bool> {
+        drop(self.child.stdin.take());
+        Ok(self.child.wait().await?.success())
+    }
+}
+
+async fn launch(
+    mock: &MockProcess,
+    interval: Duration,
+) -> Result<(AdmiralHandle, Duration, Duration)> {
+    let mut options = FleetOptions::new("mock-token");
+    options.rest_url = mock.url.clone();
+    options.clusters = Some(CLUSTERS);
+    options.identify_interval = interval;
+    options.echo_output = false;
+    let started = Instant::now();
+    let admiral = fleet_examples::fleet(options)
+        .run()
+        .await?
+        .context("admiral")?;
+    let mut events = admiral.events();
+    let mut first_ready = None;
+    loop {
+        match tokio::time::timeout(Duration::from_mins(5), events.recv())
+            .await
+            .context("launch stalled")??
+        {
+            FleetEvent::Shard {
+                event: ShardEvent::Ready,
+                ..
+            } => {
+                first_ready.get_or_insert_with(|| started.elapsed());
+            }
+            FleetEvent::Lifecycle(LifecycleEvent::AllReady { failed, .. }) => {
+                if failed > 0 {
+                    bail!("{failed} workers failed to start");
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok((admiral, started.elapsed(), first_ready.unwrap_or_default()))
+}
+
+async fn run() -> Result<ExitCode> {
+    println!(
+        "fleet bench: {SHARDS} shards in {CLUSTERS} clusters, {GUILDS_PER_SHARD} guilds per shard, one echo service"
+    );
+    let mut all_ok = true;
+    for (max_concurrency, interval) in [
+        (16, Duration::from_secs(5)),
+        (4, Duration::from_secs(1)),
+        (1, Duration::from_millis(250)),
+    ] {
+        let mock = start_mock(max_concurrency, interval).await?;
+        let (admiral, startup, first_ready) = launch(&mock, interval).await?;
+        let waits = SHARDS.div_ceil(max_concurrency) - 1;
+        let limit = interval * waits + first_ready;
+        println!(
+            "startup, max_concurrency {max_concurrency:>2}, interval {interval:>6.2?}: ready in {startup:>8.3?}; limit {waits:>2} x {interval:.2?} + first READY {first_ready:.3?} = {limit:>8.3?}; ratio {:.3}",
+            startup.as_secs_f64() / limit.as_secs_f64()
+        );
+        if max_concurrency == 16 {
+            ipc_figures(&admiral).await?;
+            memory(&admiral).await?;
+        }
+        admiral.shutdown().await;
+        let clean = mock.stop().await?;
+        if !clean {
+            println!("  discord-mock counted rule violations in this run");
+            all_ok = false;
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn ipc_figures(admiral: &AdmiralHandle) -> Result<()> {
+    let ipc = admiral.ipc().clone();
+    let payload = Payload::from("ping");
+    for _ in 0..1000 {
+        ipc.service_command("echo", payload.clone()).await?;
+    }
+    let rounds = 20_000;
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let sent = Instant::now();
+        ipc.service_command("echo", payload.clone()).await?;
+        times.push(sent.elapsed());
+    }
+    times.sort_unstable();
+    println!(
+        "service command round trip (admiral -> echo -> admiral), {rounds} sequential: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        percentile(&times, 0.50),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+
+    let total = 200_000usize;
+    let in_flight = 100;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let ipc = ipc.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                for _ in 0..total / in_flight {
+                    ipc.service_command("echo", payload.clone()).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "service command throughput, {in_flight} in flight: {total} in {elapsed:.2?} = {:.0} requests/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+
+    // Broadcasts: every worker counts `tick`s; wait until all have them all.
+    let receivers = CLUSTERS as u64 + 1;
+    let broadcasts = 100_000u64;
+    let started = Instant::now();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let ipc = ipc.clone();
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                while sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < broadcasts {
+                    ipc.broadcast("tick", Payload::empty()).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let accepted = started.elapsed();
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let echo: u64 = ipc
+            .service_command("echo", Payload::from("ticks"))
+            .await?
+            .decode()?;
+        let clusters = ipc.all_clusters_command(Payload::from("status")).await?;
+        let mut delivered = echo;
+        for outcome in clusters.values() {
+            if let carrier::Outcome::Ok(payload) = outcome {
+                delivered += payload.decode::<fleet_examples::ClusterReport>()?.ticks;
+            }
+        }
+        if delivered >= broadcasts * receivers || Instant::now() > deadline {
+            let elapsed = started.elapsed();
+            println!(
+                "broadcast, {in_flight} in flight: {broadcasts} broadcasts accepted in {accepted:.2?}; {delivered} of {} deliveries done in {elapsed:.2?} = {:.0} messages/s",
+                broadcasts * receivers,
+                delivered as f64 / elapsed.as_secs_f64()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn memory(admiral: &AdmiralHandle) -> Result<()> {
+    use std::fmt::Write as _;
+    let admiral_rss = rss_mib(std::process::id()).unwrap_or(f64::NAN);
+    let mut total = admiral_rss;
+    let mut line = format!("memory (RSS): admiral {admiral_rss:.1} MiB");
+    for worker in admiral.workers().await? {
+        if let Some(rss) = worker.pid.and_then(rss_mib) {
+            total += rss;
+            write!(line, ", {} {rss:.1}", worker.id)?;
+        }
+    }
+    println!("{line}; fleet total {total:.1} MiB (discord-mock not included)");
+    Ok(())
+}
