@@ -364,6 +364,64 @@ async fn a_malformed_frame_disconnects_only_its_sender() {
     admiral.shutdown().await;
 }
 
+/// Whether a process is still running (zombies, awaiting their parent, count as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .chars()
+            .next();
+        state != Some('Z')
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_never_see_the_token_in_argv_or_env_and_exit_when_the_admiral_dies() {
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let running: Vec<u32> = admiral
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|w| w.state == State::Live)
+        .filter_map(|w| w.pid)
+        .collect();
+    assert_eq!(running.len(), 3, "echo and two clusters");
+    assert!(running.iter().all(|p| alive(*p)));
+    for pid in &running {
+        for file in ["cmdline", "environ"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains("mock-token"),
+                "the token is in /proc/{pid}/{file}"
+            );
+        }
+    }
+
+    // The admiral vanishes without a word: every worker notices and exits by itself.
+    admiral.abort();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while running.iter().any(|p| alive(*p)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers outlived their admiral"
+        );
+        // Waiting on other processes' exits has no event to await here; poll /proc.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mock.wait_until(WAIT, "every session closed", |m| {
+        m.stats().open_connections == 0
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identifies_keep_discords_pace_at_max_concurrency_4() {
     let mock = MockDiscord::start(mock_config(32, 8, 4)).await.unwrap();

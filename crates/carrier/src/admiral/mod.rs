@@ -162,6 +162,7 @@ pub struct AdmiralHandle {
     ready: watch::Receiver<Option<(usize, usize)>>,
     stopped: watch::Receiver<bool>,
     plan: ShardPlan,
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 /// How a launch ended.
@@ -227,6 +228,14 @@ impl AdmiralHandle {
         self.wait_stopped().await;
     }
 
+    /// Stops the admiral at once, without a graceful shutdown, as if its process had died: the
+    /// workers lose their connection and exit on their own.
+    pub fn abort(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
     /// Waits until the fleet has stopped.
     pub async fn wait_stopped(&self) {
         let mut stopped = self.stopped.clone();
@@ -264,7 +273,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         Transport::Local(local_tx),
         config.request_timeout,
     );
-    tokio::spawn(router::accept(listener, inbox_tx.clone(), config.max_frame));
+    let accept = tokio::spawn(router::accept(listener, inbox_tx.clone(), config.max_frame));
     let router = router::Router::new(
         config.clone(),
         socket,
@@ -274,9 +283,10 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         events.clone(),
         ready_tx,
     );
-    tokio::spawn(async move {
+    let cleanup = DirGuard(dir);
+    let run = tokio::spawn(async move {
         router.run(inbox_rx, local_rx).await;
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(cleanup);
         let _ = stopped_tx.send(true);
     });
     Ok(AdmiralHandle {
@@ -287,7 +297,17 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         ready,
         stopped,
         plan: config.plan.clone(),
+        tasks: vec![accept.abort_handle(), run.abort_handle()],
     })
+}
+
+/// Removes the private IPC directory when the admiral's task ends, however it ends.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A new directory only this user can enter, for the IPC socket.
