@@ -6,7 +6,7 @@
 //! admiral's memory is the admiral's alone.
 //!
 //! 1. Startup against the identify limit, `(ceil(S / max_concurrency) - 1)` intervals plus the
-//!    first READY, at max_concurrency 16 (Discord's 5 s interval), 4 and 1 (shorter intervals, so
+//!    first READY, at `max_concurrency` 16 (Discord's 5 s interval), 4 and 1 (shorter intervals, so
 //!    the run stays short; the ratio is what counts).
 //! 2. Service command round trips: sequential p50/p99, and throughput with 100 in flight.
 //! 3. Broadcasts from the admiral to every worker, 100 in flight: messages delivered per second.
@@ -257,7 +257,7 @@ async fn ipc_figures(admiral: &AdmiralHandle) -> Result<()> {
     );
 
     // Broadcasts: every worker counts `tick`s; wait until all have them all.
-    let receivers = CLUSTERS as u64 + 1;
+    let receivers = u64::from(CLUSTERS) + 1;
     let broadcasts = 100_000u64;
     let started = Instant::now();
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
