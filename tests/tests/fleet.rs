@@ -121,6 +121,15 @@ async fn services_and_three_clusters_answer_every_ipc_call() {
     assert_eq!(ready_shards, (0..6).collect());
     assert!(seen.iter().any(|e| matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Failed { worker: WorkerId::Service(name), reason }) if name == "broken" && reason.contains("broken on purpose"))));
 
+    // A worker's stderr reaches the admiral, tagged with the worker.
+    let failed_line = |e: &FleetEvent| {
+        matches!(e, FleetEvent::Output { worker: WorkerId::Service(name), stream: carrier::admiral::OutputStream::Stderr, line }
+            if name == "broken" && line.contains("worker failed: broken on purpose"))
+    };
+    if !seen.iter().any(failed_line) {
+        until(&mut events, failed_line).await;
+    }
+
     let ipc = admiral.ipc();
     // Service commands: echo, handler error, timeout, unknown and failed services.
     assert_eq!(

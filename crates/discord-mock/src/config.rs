@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::protocol::{CloseCode, MAX_GUILDS_PER_SHARD, intents};
+use crate::protocol::{CloseCode, MAX_GUILDS_PER_SHARD, SEND_LIMIT, intents};
 
 /// A fixed-window REST limit: `limit` requests per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,11 @@ pub struct MockConfig {
     pub identify_tolerance: Duration,
     /// `heartbeat_interval` sent in Hello. Default 41.25 s, the value Discord sends.
     pub heartbeat_interval: Duration,
+    /// Payloads one connection may send per 60 s before it is closed with 4008. Default 120,
+    /// Discord's limit, plus room for the extra heartbeats a `heartbeat_interval` shorter than
+    /// Discord's brings (`max(0, ceil(60 s / heartbeat_interval) - 2)`), so that clients keep
+    /// Discord's budget for everything else.
+    pub send_limit: usize,
     /// A connection that sends no heartbeat for this long is closed as a zombie.
     /// Default `1.5 × heartbeat_interval + 1 s`.
     pub heartbeat_timeout: Duration,
@@ -104,6 +109,7 @@ pub struct MockConfigBuilder {
     recommended_shards: Option<u32>,
     heartbeat_timeout: Option<Duration>,
     identify_tolerance: Option<Duration>,
+    send_limit: Option<usize>,
 }
 
 impl Default for MockConfigBuilder {
@@ -119,6 +125,7 @@ impl Default for MockConfigBuilder {
                 identify_tolerance: Duration::ZERO,
                 heartbeat_interval,
                 heartbeat_timeout: Duration::ZERO,
+                send_limit: 0,
                 zombie_close_code: CloseCode::UnknownError,
                 session_limit: 1000,
                 session_limit_reset: Duration::from_hours(24),
@@ -149,6 +156,7 @@ impl Default for MockConfigBuilder {
             recommended_shards: None,
             heartbeat_timeout: None,
             identify_tolerance: None,
+            send_limit: None,
         }
     }
 }
@@ -229,6 +237,12 @@ impl MockConfigBuilder {
         self
     }
 
+    /// See [`MockConfig::send_limit`].
+    pub fn send_limit(mut self, limit: usize) -> Self {
+        self.send_limit = Some(limit);
+        self
+    }
+
     /// See [`MockConfig::heartbeat_timeout`].
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.heartbeat_timeout = Some(timeout);
@@ -244,6 +258,13 @@ impl MockConfigBuilder {
             .recommended_shards
             .unwrap_or_else(|| config.guilds.div_ceil(1000).max(1) as u32)
             .max(1);
+        let beats_per_window = crate::protocol::SEND_WINDOW
+            .as_millis()
+            .div_ceil(config.heartbeat_interval.as_millis().max(1))
+            as usize;
+        config.send_limit = self
+            .send_limit
+            .unwrap_or(SEND_LIMIT + beats_per_window.saturating_sub(2));
         config.identify_tolerance = self
             .identify_tolerance
             .unwrap_or(config.identify_interval / 20);
@@ -267,6 +288,7 @@ mod tests {
         assert_eq!(c.max_concurrency, 1);
         assert_eq!(c.recommended_shards, 1);
         assert_eq!(c.global_limit.limit, 50);
+        assert_eq!(c.send_limit, 120);
     }
 
     #[test]
@@ -286,6 +308,20 @@ mod tests {
                 .recommended_shards,
             8
         );
+    }
+
+    #[test]
+    fn short_heartbeats_get_room_in_the_send_limit() {
+        let c = MockConfig::builder()
+            .heartbeat_interval(Duration::from_millis(500))
+            .build();
+        assert_eq!(c.send_limit, 120 + 118);
+        let c = MockConfig::builder()
+            .heartbeat_interval(Duration::from_secs(30))
+            .build();
+        assert_eq!(c.send_limit, 120);
+        let c = MockConfig::builder().send_limit(10).build();
+        assert_eq!(c.send_limit, 10);
     }
 
     #[test]

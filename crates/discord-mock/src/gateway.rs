@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 
 use crate::config::MockConfig;
 use crate::protocol::{
-    API_VERSION, CloseCode, Envelope, MAX_CLIENT_PAYLOAD, OpCode, SEND_LIMIT, SEND_WINDOW, intents,
-    raw,
+    API_VERSION, CloseCode, Envelope, MAX_CLIENT_PAYLOAD, OpCode, SEND_WINDOW, intents, raw,
 };
 use crate::stats::{EventReport, SessionReport, Stats, Violation};
 use crate::world::{self, BOT_USER_ID, World};
@@ -674,7 +673,7 @@ impl Gateway {
             c.received.pop_front();
         }
         c.received.push_back(now);
-        if c.received.len() > SEND_LIMIT {
+        if c.received.len() > self.config.send_limit {
             self.violate(
                 conn,
                 now,

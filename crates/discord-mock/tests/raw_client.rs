@@ -210,7 +210,14 @@ async fn a_client_that_stops_heartbeating_is_closed_as_a_zombie() {
 
 #[tokio::test]
 async fn more_than_120_payloads_a_minute_close_4008() {
-    let mock = MockDiscord::start(quick().build()).await.unwrap();
+    // Discord's own heartbeat interval: the limit is exactly 120.
+    let mock = MockDiscord::start(
+        quick()
+            .heartbeat_interval(Duration::from_millis(41_250))
+            .build(),
+    )
+    .await
+    .unwrap();
     let (mut client, _) = RawClient::connect(&format!("{}/?v=10", mock.gateway_url())).await;
     for _ in 0..121 {
         client.send(&json!({"op": 1, "d": null})).await;

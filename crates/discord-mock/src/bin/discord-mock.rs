@@ -60,6 +60,10 @@ struct Args {
     /// Start the event source at this many events per guild per second.
     #[arg(long)]
     events_per_guild_per_sec: Option<f64>,
+    /// Payloads per connection per 60 s before 4008 [default: 120, plus room for heartbeats
+    /// faster than Discord's].
+    #[arg(long)]
+    send_limit: Option<usize>,
     /// Close code for connections that stop heartbeating.
     #[arg(long, default_value_t = 4000)]
     zombie_close_code: u16,
@@ -95,6 +99,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .zombie_close_code(zombie_close_code);
     if let Some(shards) = args.recommended_shards {
         builder = builder.recommended_shards(shards);
+    }
+    if let Some(limit) = args.send_limit {
+        builder = builder.send_limit(limit);
     }
     if args.no_privileged_intents {
         builder = builder.privileged_intents(0);
