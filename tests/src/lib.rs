@@ -19,6 +19,30 @@ use fleet_twilight::{ClusterContext, ClusterWorker, Settings};
 use serde::{Deserialize, Serialize};
 use twilight_gateway::{Event, Intents, ShardId};
 
+/// Environment variable naming the clusters' library for the testbot: `serenity` or (default)
+/// `twilight`.
+pub const LIB_ENV: &str = "TESTBOT_LIB";
+
+/// The fleet for the library named in [`LIB_ENV`].
+#[must_use]
+pub fn fleet_from_env(options: FleetOptions) -> Fleet {
+    match std::env::var(LIB_ENV).as_deref() {
+        Ok("serenity") => serenity_fleet(options),
+        _ => fleet(options),
+    }
+}
+
+/// Like [`fleet`], with serenity clusters running [`SerenityCluster`].
+#[must_use]
+pub fn serenity_fleet(options: FleetOptions) -> Fleet {
+    use serenity::all::GatewayIntents;
+    let intents =
+        GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::GUILD_MEMBERS;
+    fleet_serenity::fleet::<SerenityCluster>(options, fleet_serenity::Settings::new(intents))
+        .service::<Echo>("echo")
+        .service::<Broken>("broken")
+}
+
 /// The fleet every test and the testbot build: services `echo` and `broken`, twilight clusters
 /// running [`TestCluster`].
 #[must_use]
@@ -160,6 +184,66 @@ impl ClusterWorker for TestCluster {
                 .await
                 .map_err(|e| e.to_string())?;
             return Ok(Payload::empty());
+        }
+        Ok(payload)
+    }
+}
+
+/// Counts what serenity's handlers see.
+#[derive(Debug, Default)]
+struct Counts {
+    guilds: AtomicU64,
+    events: AtomicU64,
+}
+
+#[serenity::async_trait]
+impl serenity::all::EventHandler for Counts {
+    async fn guild_create(
+        &self,
+        _: serenity::all::Context,
+        _: serenity::all::Guild,
+        _: Option<bool>,
+    ) {
+        self.guilds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn message(&self, _: serenity::all::Context, _: serenity::all::Message) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn guild_member_addition(&self, _: serenity::all::Context, _: serenity::all::Member) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A serenity cluster that counts what its handlers see and answers `status`.
+#[derive(Debug)]
+pub struct SerenityCluster {
+    context: fleet_serenity::ClusterContext,
+    counts: std::sync::Arc<Counts>,
+}
+
+impl fleet_serenity::ClusterWorker for SerenityCluster {
+    async fn start(context: fleet_serenity::ClusterContext) -> Result<Self, BoxError> {
+        Ok(Self {
+            context,
+            counts: std::sync::Arc::default(),
+        })
+    }
+
+    fn event_handlers(&self) -> Vec<std::sync::Arc<dyn serenity::all::EventHandler>> {
+        vec![self.counts.clone()]
+    }
+
+    async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"status" {
+            let status = ClusterStatus {
+                id: self.context.id,
+                shards: self.context.shards.clone().collect(),
+                guilds: self.counts.guilds.load(Ordering::Relaxed),
+                events: self.counts.events.load(Ordering::Relaxed),
+            };
+            return Payload::encode(&status).map_err(|e| e.to_string());
         }
         Ok(payload)
     }

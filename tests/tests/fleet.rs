@@ -442,3 +442,98 @@ async fn identifies_keep_discords_pace_at_max_concurrency_4() {
     assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serenity_clusters_obey_the_identify_queue_and_their_handlers_fire() {
+    let mock = MockDiscord::start(mock_config(16, 4, 1)).await.unwrap();
+    let mut options = options(&mock, 2);
+    if let Some(command) = options.worker_command.as_mut() {
+        command
+            .env
+            .push((fleet_tests::LIB_ENV.into(), "serenity".into()));
+    }
+    let (admiral, mut events) = launch(fleet_tests::serenity_fleet(options)).await;
+    let launched = admiral.wait_ready(WAIT).await.unwrap();
+    assert_eq!(
+        (launched.live, launched.failed),
+        (3, 1),
+        "echo and two serenity clusters live"
+    );
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
+    })
+    .await;
+    let ready: BTreeSet<u32> = seen
+        .iter()
+        .filter_map(|e| match e {
+            FleetEvent::Shard {
+                shard,
+                event: ShardEvent::Ready,
+                ..
+            } => Some(*shard),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ready, (0..4).collect());
+    // Every identify went through the fleet's queue: one per shard, none early.
+    let stats = mock.stats();
+    assert_eq!(stats.identifies, 4);
+    assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
+
+    // serenity's own handlers fire: guilds cached and events handled.
+    let ipc = admiral.ipc();
+    let mut guilds = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while guilds < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "guild_create handlers did not all fire"
+        );
+        guilds = 0;
+        for outcome in ipc
+            .all_clusters_command(Payload::from("status"))
+            .await
+            .unwrap()
+            .values()
+        {
+            let Outcome::Ok(payload) = outcome else {
+                panic!("{outcome:?}")
+            };
+            guilds += status(payload).guilds;
+        }
+        // Handlers run on serenity's tasks after READY; poll the clusters until they report.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for guild in 0..4 {
+        mock.produce_event(guild);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut handled = 0;
+        for outcome in ipc
+            .all_clusters_command(Payload::from("status"))
+            .await
+            .unwrap()
+            .values()
+        {
+            let Outcome::Ok(payload) = outcome else {
+                panic!("{outcome:?}")
+            };
+            handled += status(payload).events;
+        }
+        if handled == 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message handlers did not fire"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admiral.shutdown().await;
+    mock.wait_until(WAIT, "every session closed", |m| {
+        m.stats().open_connections == 0
+    })
+    .await
+    .unwrap();
+}

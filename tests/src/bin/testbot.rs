@@ -22,7 +22,10 @@ async fn main() -> ExitCode {
     if std::env::var("FLEET_WORKER").as_deref() == Ok("service-rogue") {
         return rogue().await;
     }
-    match fleet_tests::fleet(FleetOptions::new("")).run().await {
+    match fleet_tests::fleet_from_env(FleetOptions::new(""))
+        .run()
+        .await
+    {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(_)) => {
             eprintln!("testbot runs only as a worker of a test's admiral");

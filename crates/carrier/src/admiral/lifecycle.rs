@@ -137,6 +137,14 @@ pub enum Command {
     },
     /// Kill a process.
     Kill(ProcessId),
+    /// Feed [`Input::KillTimedOut`] after this long: a process that should exit by itself is
+    /// killed if it has not.
+    KillAfter {
+        /// The process.
+        process: ProcessId,
+        /// How long it has.
+        after: Duration,
+    },
     /// Tell the user.
     Emit(LifecycleEvent),
 }
@@ -297,7 +305,11 @@ impl Lifecycle {
                     .current(process)
                     .is_some_and(|w| matches!(w.state, State::Spawned | State::Starting))
                 {
-                    out.push(Command::Kill(process));
+                    // It exits by itself; let it, so its last output reaches us.
+                    out.push(Command::KillAfter {
+                        process,
+                        after: self.timeouts.kill,
+                    });
                     self.fail(process, format!("failed to start: {reason}"), &mut out);
                 }
             }
@@ -339,10 +351,10 @@ impl Lifecycle {
                 }
             }
             Input::KillTimedOut(process) => {
-                if self
-                    .current(process)
-                    .is_some_and(|w| w.state == State::Draining)
-                {
+                let wanted = self.current(process).is_some_and(|w| {
+                    matches!(w.state, State::Spawned | State::Starting | State::Live)
+                });
+                if self.processes.contains_key(&process) && !wanted {
                     out.push(Command::Kill(process));
                 }
             }

@@ -823,6 +823,9 @@ impl Router {
                 self.timers.insert(Timer::Kill(process), grace);
             }
             Command::Kill(process) => self.kill(process),
+            Command::KillAfter { process, after } => {
+                self.timers.insert(Timer::Kill(process), after);
+            }
             Command::Emit(event) => {
                 match &event {
                     LifecycleEvent::AllReady { live, failed } => {

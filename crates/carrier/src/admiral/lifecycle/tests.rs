@@ -113,7 +113,14 @@ fn a_service_that_fails_to_start_is_marked_failed_and_the_launch_goes_on() {
     let p = spawned(&l.handle(Input::Launch))[0].1;
     l.handle(Input::Hello(p));
     let out = l.handle(Input::StartFailed(p, "no database".into()));
-    assert!(out.contains(&Command::Kill(p)));
+    assert!(
+        out.contains(&Command::KillAfter {
+            process: p,
+            after: TIMEOUTS.kill
+        }),
+        "it may exit by itself first"
+    );
+    assert!(!out.contains(&Command::Kill(p)));
     assert_eq!(
         events(&out)[0],
         LifecycleEvent::Failed {
@@ -127,6 +134,11 @@ fn a_service_that_fails_to_start_is_marked_failed_and_the_launch_goes_on() {
         State::Failed(_)
     ));
     assert_eq!(l.live_process(&service("bad")), None);
+    assert_eq!(
+        l.handle(Input::KillTimedOut(p)),
+        [Command::Kill(p)],
+        "killed if it lingers"
+    );
 }
 
 #[test]
@@ -226,6 +238,10 @@ fn shutdown_drains_clusters_then_services_and_kills_stragglers() {
     assert_eq!(
         l.handle(Input::KillTimedOut(clusters[1].1)),
         [Command::Kill(clusters[1].1)]
+    );
+    assert!(
+        l.handle(Input::KillTimedOut(svc)).is_empty(),
+        "a live worker is never killed by a stale timer"
     );
     let out = l.handle(Input::Exited(clusters[1].1, None));
     assert_eq!(
