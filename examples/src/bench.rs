@@ -5,7 +5,7 @@
 //! service. discord-mock runs as a process of its own (this binary with `serve-mock`), so the
 //! admiral's memory is the admiral's alone.
 //!
-//! 1. Startup against the identify limit, `(ceil(S / max_concurrency) - 1)` intervals plus the
+//! 1. Startup (twilight clusters, and serenity clusters once) against the identify limit, `(ceil(S / max_concurrency) - 1)` intervals plus the
 //!    first READY, at `max_concurrency` 16 (Discord's 5 s interval), 4 and 1 (shorter intervals, so
 //!    the run stays short; the ratio is what counts).
 //! 2. Service command round trips: sequential p50/p99, and throughput with 100 in flight.
@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use carrier::admiral::LifecycleEvent;
+use carrier::admiral::WorkerCommand;
 use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Payload, ShardEvent};
 use clap::Parser;
 use discord_mock::{MockConfig, MockDiscord};
-use fleet_examples::rss_mib;
+use fleet_examples::{LIB_ENV, Lib, rss_mib};
 use tokio::io::AsyncBufReadExt as _;
 
 const SHARDS: u32 = 16;
@@ -50,7 +51,9 @@ async fn main() -> Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     if carrier::is_worker() {
-        fleet_examples::fleet(FleetOptions::new("")).run().await?;
+        fleet_examples::fleet_from_env(FleetOptions::new(""))
+            .run()
+            .await?;
         return Ok(ExitCode::SUCCESS);
     }
     let mode = if std::env::args().len() > 1 {
@@ -135,14 +138,23 @@ impl MockProcess {
 async fn launch(
     mock: &MockProcess,
     interval: Duration,
+    lib: Lib,
 ) -> Result<(AdmiralHandle, Duration, Duration)> {
     let mut options = FleetOptions::new("mock-token");
     options.rest_url = mock.url.clone();
     options.clusters = Some(CLUSTERS);
     options.identify_interval = interval;
     options.echo_output = false;
+    let mut command = WorkerCommand::current()?;
+    let name = if lib == Lib::Serenity {
+        "serenity"
+    } else {
+        "twilight"
+    };
+    command.env.push((LIB_ENV.into(), name.into()));
+    options.worker_command = Some(command);
     let started = Instant::now();
-    let admiral = fleet_examples::fleet(options)
+    let admiral = fleet_examples::fleet_for(lib, options)
         .run()
         .await?
         .context("admiral")?;
@@ -176,17 +188,19 @@ async fn run() -> Result<ExitCode> {
         "fleet bench: {SHARDS} shards in {CLUSTERS} clusters, {GUILDS_PER_SHARD} guilds per shard, one echo service"
     );
     let mut all_ok = true;
-    for (max_concurrency, interval) in [
-        (16, Duration::from_secs(5)),
-        (4, Duration::from_secs(1)),
-        (1, Duration::from_millis(250)),
-    ] {
+    let scenarios = [
+        (Lib::Twilight, 16, Duration::from_secs(5)),
+        (Lib::Twilight, 4, Duration::from_secs(1)),
+        (Lib::Serenity, 4, Duration::from_secs(1)),
+        (Lib::Twilight, 1, Duration::from_millis(250)),
+    ];
+    for (lib, max_concurrency, interval) in scenarios {
         let mock = start_mock(max_concurrency, interval).await?;
-        let (admiral, startup, first_ready) = launch(&mock, interval).await?;
+        let (admiral, startup, first_ready) = launch(&mock, interval, lib).await?;
         let waits = SHARDS.div_ceil(max_concurrency) - 1;
         let limit = interval * waits + first_ready;
         println!(
-            "startup, max_concurrency {max_concurrency:>2}, interval {interval:>6.2?}: ready in {startup:>8.3?}; limit {waits:>2} x {interval:.2?} + first READY {first_ready:.3?} = {limit:>8.3?}; ratio {:.3}",
+            "startup, {lib:?}, max_concurrency {max_concurrency:>2}, interval {interval:>6.2?}: ready in {startup:>8.3?}; limit {waits:>2} x {interval:.2?} + first READY {first_ready:.3?} = {limit:>8.3?}; ratio {:.3}",
             startup.as_secs_f64() / limit.as_secs_f64()
         );
         if max_concurrency == 16 {

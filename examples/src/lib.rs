@@ -14,7 +14,62 @@ use fleet_twilight::{ClusterContext, ClusterWorker, Settings};
 use serde::{Deserialize, Serialize};
 use twilight_gateway::{Event, Intents, ShardId};
 
-/// The example fleet.
+/// Which Discord library the clusters run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lib {
+    /// twilight 0.18.
+    Twilight,
+    /// serenity 0.12.
+    Serenity,
+}
+
+impl std::str::FromStr for Lib {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "twilight" => Ok(Self::Twilight),
+            "serenity" => Ok(Self::Serenity),
+            other => Err(format!(
+                "unknown library {other:?}; expected twilight or serenity"
+            )),
+        }
+    }
+}
+
+/// Environment variable naming the library, for workers started without the admiral's arguments.
+pub const LIB_ENV: &str = "FLEET_EXAMPLE_LIB";
+
+/// The example fleet for the library named in [`LIB_ENV`] (twilight when unset).
+#[must_use]
+pub fn fleet_from_env(options: FleetOptions) -> Fleet {
+    let lib = std::env::var(LIB_ENV)
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(Lib::Twilight);
+    fleet_for(lib, options)
+}
+
+/// The example fleet on either library.
+#[must_use]
+pub fn fleet_for(lib: Lib, options: FleetOptions) -> Fleet {
+    match lib {
+        Lib::Twilight => fleet(options),
+        Lib::Serenity => serenity_fleet(options),
+    }
+}
+
+/// The example fleet with serenity clusters.
+#[must_use]
+pub fn serenity_fleet(options: FleetOptions) -> Fleet {
+    use serenity::all::GatewayIntents;
+    let intents =
+        GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::GUILD_MEMBERS;
+    fleet_serenity::fleet::<SerenityBot>(options, fleet_serenity::Settings::new(intents))
+        .service::<Echo>("echo")
+}
+
+/// The example fleet with twilight clusters.
 #[must_use]
 pub fn fleet(options: FleetOptions) -> Fleet {
     fleet_twilight::fleet::<ExampleBot>(
@@ -116,6 +171,85 @@ impl ClusterWorker for ExampleBot {
                 shards: (*self.context.shards.start(), *self.context.shards.end()),
                 guilds: self.guilds.load(Ordering::Relaxed),
                 events: self.events.load(Ordering::Relaxed),
+                ticks: self.ticks.load(Ordering::Relaxed),
+            };
+            return Payload::encode(&report).map_err(|e| e.to_string());
+        }
+        Ok(payload)
+    }
+}
+
+/// Counts what serenity's handlers see.
+#[derive(Debug, Default)]
+struct Counts {
+    guilds: AtomicU64,
+    events: AtomicU64,
+}
+
+#[serenity::async_trait]
+impl serenity::all::EventHandler for Counts {
+    async fn guild_create(
+        &self,
+        _: serenity::all::Context,
+        _: serenity::all::Guild,
+        _: Option<bool>,
+    ) {
+        self.guilds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn message(&self, _: serenity::all::Context, _: serenity::all::Message) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn guild_member_addition(&self, _: serenity::all::Context, _: serenity::all::Member) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The example's cluster worker on serenity: the same behaviour as [`ExampleBot`], through
+/// serenity's event handlers.
+#[derive(Debug)]
+pub struct SerenityBot {
+    context: fleet_serenity::ClusterContext,
+    counts: Arc<Counts>,
+    ticks: Arc<AtomicU64>,
+}
+
+impl fleet_serenity::ClusterWorker for SerenityBot {
+    async fn start(context: fleet_serenity::ClusterContext) -> Result<Self, BoxError> {
+        let ipc = context.ipc.clone();
+        let id = context.id;
+        context.ipc.register("hello", move |_| {
+            let ipc = ipc.clone();
+            tokio::spawn(async move {
+                let _ = ipc
+                    .send_to_admiral("ack", Payload::encode(&id).expect("u32 encodes"))
+                    .await;
+            });
+        });
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        context.ipc.register("tick", move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        Ok(Self {
+            context,
+            counts: Arc::default(),
+            ticks,
+        })
+    }
+
+    fn event_handlers(&self) -> Vec<Arc<dyn serenity::all::EventHandler>> {
+        vec![self.counts.clone()]
+    }
+
+    async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"status" {
+            let report = ClusterReport {
+                id: self.context.id,
+                shards: (*self.context.shards.start(), *self.context.shards.end()),
+                guilds: self.counts.guilds.load(Ordering::Relaxed),
+                events: self.counts.events.load(Ordering::Relaxed),
                 ticks: self.ticks.load(Ordering::Relaxed),
             };
             return Payload::encode(&report).map_err(|e| e.to_string());

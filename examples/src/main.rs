@@ -14,7 +14,7 @@ use carrier::admiral::LifecycleEvent;
 use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Outcome, Payload, ShardEvent};
 use clap::Parser;
 use discord_mock::{MockConfig, MockDiscord};
-use fleet_examples::ClusterReport;
+use fleet_examples::{ClusterReport, Lib};
 
 /// Run a fleet on discord-mock (or on Discord with `DISCORD_TOKEN`).
 #[derive(Debug, Parser)]
@@ -22,9 +22,9 @@ struct Args {
     /// Exit after the tour: 0 if every step held, 1 otherwise.
     #[arg(long)]
     once: bool,
-    /// Discord library the clusters run.
-    #[arg(long, default_value = "twilight", value_parser = ["twilight"])]
-    lib: String,
+    /// Discord library the clusters run: twilight or serenity.
+    #[arg(long, default_value = "twilight")]
+    lib: Lib,
     /// Shards the mock recommends.
     #[arg(long, default_value_t = 8)]
     shards: u32,
@@ -46,8 +46,11 @@ async fn main() -> Result<ExitCode> {
         .init();
     let args = Args::parse();
     if carrier::is_worker() {
-        // This process is one of the admiral's workers: run it and leave.
-        fleet_examples::fleet(FleetOptions::new("")).run().await?;
+        // This process is one of the admiral's workers (started with the admiral's arguments):
+        // run it and leave.
+        fleet_examples::fleet_for(args.lib, FleetOptions::new(""))
+            .run()
+            .await?;
         return Ok(ExitCode::SUCCESS);
     }
     let token = std::env::var("DISCORD_TOKEN").ok();
