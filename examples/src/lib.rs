@@ -118,6 +118,26 @@ pub struct ClusterReport {
     pub ticks: u64,
 }
 
+/// What every example cluster does with messages: answer `hello` with `ack` (its id) to the
+/// admiral, and count `tick`s (the returned counter).
+fn register_handlers(ipc: &carrier::Ipc, id: u32) -> Arc<AtomicU64> {
+    let answer = ipc.clone();
+    ipc.register("hello", move |_| {
+        let ipc = answer.clone();
+        tokio::spawn(async move {
+            let _ = ipc
+                .send_to_admiral("ack", Payload::encode(&id).expect("u32 encodes"))
+                .await;
+        });
+    });
+    let ticks = Arc::new(AtomicU64::new(0));
+    let counter = ticks.clone();
+    ipc.register("tick", move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    ticks
+}
+
 /// The example's cluster worker.
 #[derive(Debug)]
 pub struct ExampleBot {
@@ -129,21 +149,7 @@ pub struct ExampleBot {
 
 impl ClusterWorker for ExampleBot {
     async fn start(context: ClusterContext) -> Result<Self, BoxError> {
-        let ipc = context.ipc.clone();
-        let id = context.id;
-        context.ipc.register("hello", move |_| {
-            let ipc = ipc.clone();
-            tokio::spawn(async move {
-                let _ = ipc
-                    .send_to_admiral("ack", Payload::encode(&id).expect("u32 encodes"))
-                    .await;
-            });
-        });
-        let ticks = Arc::new(AtomicU64::new(0));
-        let counter = ticks.clone();
-        context.ipc.register("tick", move |_| {
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
+        let ticks = register_handlers(&context.ipc, context.id);
         Ok(Self {
             context,
             guilds: AtomicU64::new(0),
@@ -217,21 +223,7 @@ pub struct SerenityBot {
 
 impl fleet_serenity::ClusterWorker for SerenityBot {
     async fn start(context: fleet_serenity::ClusterContext) -> Result<Self, BoxError> {
-        let ipc = context.ipc.clone();
-        let id = context.id;
-        context.ipc.register("hello", move |_| {
-            let ipc = ipc.clone();
-            tokio::spawn(async move {
-                let _ = ipc
-                    .send_to_admiral("ack", Payload::encode(&id).expect("u32 encodes"))
-                    .await;
-            });
-        });
-        let ticks = Arc::new(AtomicU64::new(0));
-        let counter = ticks.clone();
-        context.ipc.register("tick", move |_| {
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
+        let ticks = register_handlers(&context.ipc, context.id);
         Ok(Self {
             context,
             counts: Arc::default(),

@@ -71,6 +71,20 @@ async fn until(
     }
 }
 
+/// Shards whose READY an event list reports.
+fn ready_shards(seen: &[FleetEvent]) -> BTreeSet<u32> {
+    seen.iter()
+        .filter_map(|e| match e {
+            FleetEvent::Shard {
+                shard,
+                event: ShardEvent::Ready,
+                ..
+            } => Some(*shard),
+            _ => None,
+        })
+        .collect()
+}
+
 fn status(payload: &Payload) -> ClusterStatus {
     payload.decode().expect("a cluster status")
 }
@@ -107,18 +121,7 @@ async fn services_and_three_clusters_answer_every_ipc_call() {
         matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
     })
     .await;
-    let ready_shards: BTreeSet<u32> = seen
-        .iter()
-        .filter_map(|e| match e {
-            FleetEvent::Shard {
-                shard,
-                event: ShardEvent::Ready,
-                ..
-            } => Some(*shard),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(ready_shards, (0..6).collect());
+    assert_eq!(ready_shards(&seen), (0..6).collect());
     assert!(seen.iter().any(|e| matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Failed { worker: WorkerId::Service(name), reason }) if name == "broken" && reason.contains("broken on purpose"))));
 
     // A worker's stderr reaches the admiral, tagged with the worker.
@@ -463,17 +466,7 @@ async fn serenity_clusters_obey_the_identify_queue_and_their_handlers_fire() {
         matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
     })
     .await;
-    let ready: BTreeSet<u32> = seen
-        .iter()
-        .filter_map(|e| match e {
-            FleetEvent::Shard {
-                shard,
-                event: ShardEvent::Ready,
-                ..
-            } => Some(*shard),
-            _ => None,
-        })
-        .collect();
+    let ready = ready_shards(&seen);
     assert_eq!(ready, (0..4).collect());
     // Every identify went through the fleet's queue: one per shard, none early.
     let stats = mock.stats();

@@ -714,7 +714,15 @@ impl Gateway {
         }
     }
 
-    fn on_identify(&mut self, conn: ConnId, now: Duration, d: &Value, out: &mut Vec<Action>) {
+    /// Checks what identify and resume share: an object payload (else 4001) with the right token
+    /// (else 4004). Returns whether the connection may go on.
+    fn authenticate(
+        &mut self,
+        conn: ConnId,
+        now: Duration,
+        d: &Value,
+        out: &mut Vec<Action>,
+    ) -> bool {
         if !d.is_object() {
             self.violate(
                 conn,
@@ -723,7 +731,7 @@ impl Gateway {
                 CloseCode::UnknownOpcode,
                 out,
             );
-            return;
+            return false;
         }
         let token_ok = d["token"]
             .as_str()
@@ -736,6 +744,13 @@ impl Gateway {
                 CloseCode::AuthenticationFailed,
                 out,
             );
+            return false;
+        }
+        true
+    }
+
+    fn on_identify(&mut self, conn: ConnId, now: Duration, d: &Value, out: &mut Vec<Action>) {
+        if !self.authenticate(conn, now, d, out) {
             return;
         }
         let Some(intents) = d["intents"].as_u64() else {
@@ -901,28 +916,7 @@ impl Gateway {
     }
 
     fn on_resume(&mut self, conn: ConnId, now: Duration, d: &Value, out: &mut Vec<Action>) {
-        if !d.is_object() {
-            self.violate(
-                conn,
-                now,
-                Violation::UnknownOpcode,
-                CloseCode::UnknownOpcode,
-                out,
-            );
-            return;
-        }
-        if !d["token"]
-            .as_str()
-            .is_some_and(|t| self.config.token_matches(t))
-            || self.stats.token_reset
-        {
-            self.violate(
-                conn,
-                now,
-                Violation::AuthenticationFailed,
-                CloseCode::AuthenticationFailed,
-                out,
-            );
+        if !self.authenticate(conn, now, d, out) {
             return;
         }
         let session_id = d["session_id"].as_str().unwrap_or_default().to_owned();

@@ -233,50 +233,47 @@ pub fn handle(
     match limiter.check(now, &key, limit) {
         Verdict::Allowed => {}
         Verdict::Global(retry) => {
-            gateway.record(|s| {
-                s.rest_429s += 1;
-                *s.violations
-                    .entry(Violation::RestGlobalRateLimit)
-                    .or_default() += 1;
-            });
-            let mut response = Response::json(
-                429,
-                json!({"message": "You are being rate limited.", "retry_after": round3(retry), "global": true}),
-            );
-            response.headers = vec![
-                (
-                    "retry-after",
-                    retry.as_secs_f64().ceil().max(1.0).to_string(),
-                ),
-                ("x-ratelimit-global", "true".to_owned()),
-                ("x-ratelimit-scope", "global".to_owned()),
-            ];
+            let mut response = rate_limited(gateway, retry, true);
+            response
+                .headers
+                .push(("x-ratelimit-global", "true".to_owned()));
+            response
+                .headers
+                .push(("x-ratelimit-scope", "global".to_owned()));
             return response;
         }
         Verdict::Route(retry) => {
-            gateway.record(|s| {
-                s.rest_429s += 1;
-                *s.violations
-                    .entry(Violation::RestRouteRateLimit)
-                    .or_default() += 1;
-            });
-            let mut response = Response::json(
-                429,
-                json!({"message": "You are being rate limited.", "retry_after": round3(retry), "global": false}),
-            );
-            response.headers = bucket_headers(limiter, &key, bucket_id, now, unix_now);
-            response.headers.push((
-                "retry-after",
-                retry.as_secs_f64().ceil().max(1.0).to_string(),
-            ));
+            let mut response = rate_limited(gateway, retry, false);
             response
                 .headers
-                .push(("x-ratelimit-scope", "user".to_owned()));
+                .extend(bucket_headers(limiter, &key, bucket_id, now, unix_now));
             return response;
         }
     }
     let mut response = serve(gateway, now, &route, request.body);
     response.headers = bucket_headers(limiter, &key, bucket_id, now, unix_now);
+    response
+}
+
+/// A 429, counted: `retry_after` in the body, `Retry-After` in whole seconds.
+fn rate_limited(gateway: &mut Gateway, retry: Duration, global: bool) -> Response {
+    let kind = if global {
+        Violation::RestGlobalRateLimit
+    } else {
+        Violation::RestRouteRateLimit
+    };
+    gateway.record(|s| {
+        s.rest_429s += 1;
+        *s.violations.entry(kind).or_default() += 1;
+    });
+    let mut response = Response::json(
+        429,
+        json!({"message": "You are being rate limited.", "retry_after": round3(retry), "global": global}),
+    );
+    response.headers.push((
+        "retry-after",
+        retry.as_secs_f64().ceil().max(1.0).to_string(),
+    ));
     response
 }
 
