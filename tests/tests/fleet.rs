@@ -33,6 +33,8 @@ fn options(mock: &MockDiscord, clusters: u32) -> FleetOptions {
     options.request_timeout = Duration::from_secs(5);
     options.kill_timeout = Duration::from_secs(5);
     options.echo_output = false;
+    // Failures stay failures unless a test asks for restarts.
+    options.max_restarts = 0;
     options.worker_command = Some(WorkerCommand {
         program: env!("CARGO_BIN_EXE_testbot").into(),
         args: Vec::new(),
@@ -529,4 +531,52 @@ async fn serenity_clusters_obey_the_identify_queue_and_their_handlers_fire() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_is_restarted_and_its_shard_comes_back() {
+    let mock = MockDiscord::start(mock_config(12, 3, 1)).await.unwrap();
+    let mut options = options(&mock, 3);
+    options.max_restarts = 3;
+    options.restart_backoff = Duration::from_millis(100);
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    until(&mut events, |e| matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))).await;
+    kill(&admiral, &WorkerId::Cluster(1)).await;
+    let seen = until(&mut events, |e| {
+        matches!(
+            e,
+            FleetEvent::Lifecycle(LifecycleEvent::Ready(WorkerId::Cluster(1)))
+        )
+    })
+    .await;
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        FleetEvent::Lifecycle(LifecycleEvent::Restarting {
+            worker: WorkerId::Cluster(1),
+            attempt: 1,
+            ..
+        })
+    )));
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        FleetEvent::Shard {
+            cluster: 1,
+            shard: 1,
+            event: ShardEvent::Ready
+        }
+    )));
+    let back = status(
+        &admiral
+            .ipc()
+            .cluster_command(1, Payload::from("status"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((back.shards, back.guilds), (vec![1], 4));
+    // The replacement identified once more, through the queue.
+    let stats = mock.stats();
+    assert_eq!(stats.identifies, 4);
+    assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
+    admiral.shutdown().await;
 }

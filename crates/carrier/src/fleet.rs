@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admiral::plan::{self, PlanInput, ShardCount};
-use crate::admiral::{self, AdmiralConfig, AdmiralHandle, Timeouts, WorkerCommand};
+use crate::admiral::{self, AdmiralConfig, AdmiralHandle, RestartPolicy, Timeouts, WorkerCommand};
 use crate::identify::{IDENTIFY_INTERVAL, LocalIdentifyQueue};
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::ipc::link::WorkerEnv;
@@ -44,6 +44,14 @@ pub struct FleetOptions {
     pub request_timeout: Duration,
     /// A worker asked to stop is killed after this. Default 10 s.
     pub kill_timeout: Duration,
+    /// A crashed worker (or one that fails to start) is restarted at most this many times within
+    /// [`restart_window`](Self::restart_window), then marked failed. Default 5; 0 never restarts.
+    pub max_restarts: u32,
+    /// The window restarts are counted in. Default 10 minutes.
+    pub restart_window: Duration,
+    /// Backoff before the first restart, doubling for each further one within the window (at
+    /// most a minute). Default 1 s.
+    pub restart_backoff: Duration,
     /// REST base, without `/api/v10`. Default `https://discord.com`.
     pub rest_url: String,
     /// Gateway URL. Default: the one `/gateway/bot` returns.
@@ -88,6 +96,9 @@ impl FleetOptions {
             cluster_ready_timeout: None,
             request_timeout: Duration::from_secs(10),
             kill_timeout: Duration::from_secs(10),
+            max_restarts: 5,
+            restart_window: Duration::from_mins(10),
+            restart_backoff: Duration::from_secs(1),
             rest_url: DISCORD_REST_URL.to_owned(),
             gateway_url: None,
             max_frame: DEFAULT_MAX_FRAME,
@@ -240,6 +251,12 @@ impl Fleet {
             gateway_url: options.gateway_url.unwrap_or(gateway.url),
             rest_url: options.rest_url,
             timeouts,
+            restart: RestartPolicy {
+                max_restarts: options.max_restarts,
+                window: options.restart_window,
+                backoff: options.restart_backoff,
+                max_backoff: Duration::from_mins(1).max(options.restart_backoff),
+            },
             request_timeout: options.request_timeout,
             max_frame: options.max_frame,
             identify: Arc::new(identify),

@@ -7,6 +7,12 @@
 //! launch: the worker is marked failed, routing answers "unavailable" for it, and an event says so.
 //! Shutdown: clusters drain first, then services; each is killed if it outlives its grace period.
 //!
+//! Crash recovery: a worker that exits unexpectedly, fails to start or times out waits in
+//! [`State::Backoff`] and is started again after an exponential backoff, up to
+//! [`RestartPolicy::max_restarts`] restarts within [`RestartPolicy::window`]; past that it is
+//! failed for good. A crash during the launch is recovered the same way, and the launch waits for
+//! it.
+//!
 //! Each worker incarnation has its own [`ProcessId`], so an old process and its replacement of the
 //! same worker can coexist: that is where restarts and session handover attach.
 
@@ -61,6 +67,8 @@ pub enum State {
     Starting,
     /// Ready and serving.
     Live,
+    /// Crashed; waiting to be started again.
+    Backoff,
     /// Asked to stop; waiting for the process to exit.
     Draining,
     /// Exited after a requested stop.
@@ -109,6 +117,8 @@ pub enum Input {
     Shutdown,
     /// A draining process outlived its grace period.
     KillTimedOut(ProcessId),
+    /// A worker's restart backoff is over.
+    RestartDue(WorkerId),
 }
 
 /// What the admiral must do.
@@ -145,6 +155,13 @@ pub enum Command {
         /// How long it has.
         after: Duration,
     },
+    /// Feed [`Input::RestartDue`] for this worker after this long.
+    ArmRestartTimer {
+        /// The worker.
+        worker: WorkerId,
+        /// The backoff.
+        after: Duration,
+    },
     /// Tell the user.
     Emit(LifecycleEvent),
 }
@@ -160,6 +177,17 @@ pub enum LifecycleEvent {
         /// Which worker.
         worker: WorkerId,
         /// Why.
+        reason: String,
+    },
+    /// A worker crashed and will be started again after a backoff.
+    Restarting {
+        /// Which worker.
+        worker: WorkerId,
+        /// Restarts within the window, this one included.
+        attempt: u32,
+        /// The backoff before it starts again.
+        after: Duration,
+        /// Why it is restarted.
         reason: String,
     },
     /// Every service has started or failed; clusters launch next.
@@ -186,6 +214,39 @@ pub struct Timeouts {
     pub kill: Duration,
 }
 
+/// How crashed workers are restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within [`window`](Self::window); 0 never restarts.
+    pub max_restarts: u32,
+    /// The window restarts are counted in.
+    pub window: Duration,
+    /// The first backoff; each further restart within the window doubles it.
+    pub backoff: Duration,
+    /// The longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl RestartPolicy {
+    /// Never restart: a crash fails the worker.
+    pub const NEVER: Self = Self {
+        max_restarts: 0,
+        window: Duration::ZERO,
+        backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+    };
+
+    /// The backoff before restart number `attempt` (1-based) within the window.
+    #[must_use]
+    pub fn backoff_for(&self, attempt: u32) -> Duration {
+        let doubled = self.backoff.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        doubled.min(self.max_backoff)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
@@ -205,6 +266,9 @@ pub struct Lifecycle {
     next_process: ProcessId,
     phase: Phase,
     timeouts: Timeouts,
+    restart: RestartPolicy,
+    now: Duration,
+    restarts: BTreeMap<WorkerId, std::collections::VecDeque<Duration>>,
 }
 
 impl Lifecycle {
@@ -235,7 +299,23 @@ impl Lifecycle {
             next_process: 1,
             phase: Phase::Idle,
             timeouts,
+            restart: RestartPolicy::NEVER,
+            now: Duration::ZERO,
+            restarts: BTreeMap::new(),
         }
+    }
+
+    /// Restarts crashed workers by this policy (the default never restarts).
+    #[must_use]
+    pub fn with_restarts(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Sets the time (since the fleet started) for the inputs that follow; restarts are counted
+    /// within a window of it.
+    pub fn advance_clock(&mut self, now: Duration) {
+        self.now = self.now.max(now);
     }
 
     /// A worker's state.
@@ -350,6 +430,24 @@ impl Lifecycle {
                     self.advance(&mut out);
                 }
             }
+            Input::RestartDue(worker) => {
+                let stopping = matches!(
+                    self.phase,
+                    Phase::StoppingClusters | Phase::StoppingServices | Phase::Stopped
+                );
+                if !stopping
+                    && self
+                        .workers
+                        .get(&worker)
+                        .is_some_and(|w| w.state == State::Backoff)
+                {
+                    self.restarts
+                        .entry(worker.clone())
+                        .or_default()
+                        .push_back(self.now);
+                    self.spawn_one(worker, &mut out);
+                }
+            }
             Input::KillTimedOut(process) => {
                 let wanted = self.current(process).is_some_and(|w| {
                     matches!(w.state, State::Spawned | State::Starting | State::Live)
@@ -382,23 +480,27 @@ impl Lifecycle {
             .map(|w| w.id.clone())
             .collect();
         for id in ids {
-            let process = self.next_process;
-            self.next_process += 1;
-            self.processes.insert(process, id.clone());
-            let after = if matches!(id, WorkerId::Cluster(_)) {
-                self.timeouts.cluster_ready
-            } else {
-                self.timeouts.service_ready
-            };
-            let worker = self.workers.get_mut(&id).expect("listed above");
-            worker.state = State::Spawned;
-            worker.process = Some(process);
-            out.push(Command::Spawn {
-                worker: id,
-                process,
-            });
-            out.push(Command::ArmStartTimer { process, after });
+            self.spawn_one(id, out);
         }
+    }
+
+    fn spawn_one(&mut self, id: WorkerId, out: &mut Vec<Command>) {
+        let process = self.next_process;
+        self.next_process += 1;
+        self.processes.insert(process, id.clone());
+        let after = if matches!(id, WorkerId::Cluster(_)) {
+            self.timeouts.cluster_ready
+        } else {
+            self.timeouts.service_ready
+        };
+        let worker = self.workers.get_mut(&id).expect("a known worker");
+        worker.state = State::Spawned;
+        worker.process = Some(process);
+        out.push(Command::Spawn {
+            worker: id,
+            process,
+        });
+        out.push(Command::ArmStartTimer { process, after });
     }
 
     fn stop_all(&mut self, which: impl Fn(&WorkerId) -> bool, out: &mut Vec<Command>) {
@@ -409,25 +511,64 @@ impl Lifecycle {
                     worker.state = State::Draining;
                     out.push(Command::Stop { process, grace });
                 }
-                (State::Pending, _) => worker.state = State::Stopped,
+                (State::Pending | State::Backoff, _) => worker.state = State::Stopped,
                 _ => {}
             }
         }
     }
 
+    /// A worker's current process crashed, failed to start or timed out: restart it after a
+    /// backoff if the policy allows, else fail it for good.
     fn fail(&mut self, process: ProcessId, reason: String, out: &mut Vec<Command>) {
+        let stopping = matches!(
+            self.phase,
+            Phase::StoppingClusters | Phase::StoppingServices | Phase::Stopped
+        );
+        let (now, policy) = (self.now, self.restart);
         let Some(worker) = self.current_mut(process) else {
             return;
         };
-        if worker.state.is_terminal() {
+        if worker.state.is_terminal() || worker.state == State::Backoff {
             return;
         }
-        tracing::warn!(target: "fleet::lifecycle", worker = %worker.id, %reason, "worker failed");
+        let id = worker.id.clone();
+        let history = self.restarts.entry(id.clone()).or_default();
+        while history
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) > policy.window)
+        {
+            history.pop_front();
+        }
+        let done = history.len() as u32;
+        let worker = self.workers.get_mut(&id).expect("found above");
+        if !stopping && done < policy.max_restarts {
+            let attempt = done + 1;
+            let after = policy.backoff_for(attempt);
+            tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, attempt, ?after, "worker crashed; restarting");
+            worker.state = State::Backoff;
+            out.push(Command::ArmRestartTimer {
+                worker: id.clone(),
+                after,
+            });
+            out.push(Command::Emit(LifecycleEvent::Restarting {
+                worker: id,
+                attempt,
+                after,
+                reason,
+            }));
+            return;
+        }
+        let reason = if policy.max_restarts > 0 && !stopping {
+            format!(
+                "{reason} (gave up after {done} restarts within {:?})",
+                policy.window
+            )
+        } else {
+            reason
+        };
+        tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, "worker failed");
         worker.state = State::Failed(reason.clone());
-        out.push(Command::Emit(LifecycleEvent::Failed {
-            worker: worker.id.clone(),
-            reason,
-        }));
+        out.push(Command::Emit(LifecycleEvent::Failed { worker: id, reason }));
         self.advance(out);
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub use self::lifecycle::{LifecycleEvent, ProcessId, State, Timeouts, WorkerId};
+pub use self::lifecycle::{LifecycleEvent, ProcessId, RestartPolicy, State, Timeouts, WorkerId};
 pub use self::plan::ShardPlan;
 pub use self::process::WorkerCommand;
 use crate::identify::IdentifyQueue;
@@ -107,6 +107,8 @@ pub struct AdmiralConfig {
     pub rest_url: String,
     /// Lifecycle timeouts.
     pub timeouts: Timeouts,
+    /// How crashed workers are restarted.
+    pub restart: RestartPolicy,
     /// Default IPC request timeout.
     pub request_timeout: Duration,
     /// Maximum IPC frame size.

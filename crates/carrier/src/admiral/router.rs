@@ -86,8 +86,9 @@ pub(crate) enum Waiter {
     Local(oneshot::Sender<Reply>),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Timer {
+    Restart(WorkerId),
     Forward(u64),
     Start(ProcessId),
     Kill(ProcessId),
@@ -151,6 +152,7 @@ pub(crate) struct Router {
     inbox: mpsc::Sender<Inbox>,
     events: broadcast::Sender<FleetEvent>,
     ready: watch::Sender<Option<(usize, usize)>>,
+    started: tokio::time::Instant,
 }
 
 impl Router {
@@ -168,7 +170,8 @@ impl Router {
             config.services.iter().cloned(),
             config.plan.clusters.iter().map(|c| c.id),
             config.timeouts,
-        );
+        )
+        .with_restarts(config.restart);
         Self {
             identify: config.identify.clone(),
             config,
@@ -186,6 +189,7 @@ impl Router {
             inbox,
             events,
             ready,
+            started: tokio::time::Instant::now(),
         }
     }
 
@@ -426,6 +430,7 @@ impl Router {
 
     fn on_timer(&mut self, timer: Timer) {
         match timer {
+            Timer::Restart(worker) => self.lifecycle_input(Input::RestartDue(worker)),
             Timer::Forward(id) => self.resolve(id, Outcome::TimedOut, true),
             Timer::Start(process) => self.lifecycle_input(Input::StartTimedOut(process)),
             Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
@@ -776,6 +781,7 @@ impl Router {
     // ---- lifecycle ---------------------------------------------------------------------------
 
     fn lifecycle_input(&mut self, input: Input) {
+        self.lifecycle.advance_clock(self.started.elapsed());
         let commands = self.lifecycle.handle(input);
         for command in commands {
             self.execute(command);
@@ -823,6 +829,9 @@ impl Router {
                 self.timers.insert(Timer::Kill(process), grace);
             }
             Command::Kill(process) => self.kill(process),
+            Command::ArmRestartTimer { worker, after } => {
+                self.timers.insert(Timer::Restart(worker), after);
+            }
             Command::KillAfter { process, after } => {
                 self.timers.insert(Timer::Kill(process), after);
             }

@@ -286,3 +286,116 @@ fn inputs_for_unknown_or_stale_processes_are_ignored() {
     assert!(l.handle(Input::Ready(999)).is_empty());
     assert!(l.handle(Input::Exited(999, Some(1))).is_empty());
 }
+
+const POLICY: RestartPolicy = RestartPolicy {
+    max_restarts: 3,
+    window: Duration::from_secs(60),
+    backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(3),
+};
+
+fn restart_timer(commands: &[Command]) -> Option<Duration> {
+    commands.iter().find_map(|c| match c {
+        Command::ArmRestartTimer { after, .. } => Some(*after),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_crashed_worker_is_restarted_with_a_doubling_backoff_then_given_up() {
+    let mut l = fleet(&[], 1).with_restarts(POLICY);
+    let mut p = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Ready(p));
+    let cluster = WorkerId::Cluster(0);
+    for (attempt, backoff) in [(1, 1), (2, 2), (3, 3)] {
+        let out = l.handle(Input::Exited(p, Some(101)));
+        assert_eq!(
+            restart_timer(&out),
+            Some(Duration::from_secs(backoff)),
+            "attempt {attempt}"
+        );
+        assert!(
+            matches!(&events(&out)[0], LifecycleEvent::Restarting { attempt: a, .. } if *a == attempt)
+        );
+        assert_eq!(l.worker(&cluster).unwrap().state, State::Backoff);
+        assert_eq!(l.live_process(&cluster), None, "unavailable while it waits");
+        let out = l.handle(Input::RestartDue(cluster.clone()));
+        let respawned = spawned(&out);
+        assert_eq!(respawned.len(), 1);
+        assert_ne!(respawned[0].1, p, "a new process");
+        p = respawned[0].1;
+        let out = l.handle(Input::Ready(p));
+        assert_eq!(events(&out), [LifecycleEvent::Ready(cluster.clone())]);
+        assert_eq!(l.live_process(&cluster), Some(p));
+    }
+    let out = l.handle(Input::Exited(p, Some(101)));
+    assert!(restart_timer(&out).is_none());
+    assert!(
+        matches!(&events(&out)[0], LifecycleEvent::Failed { reason, .. } if reason.contains("gave up after 3 restarts"))
+    );
+}
+
+#[test]
+fn restarts_older_than_the_window_are_forgotten() {
+    let mut l = fleet(&[], 1).with_restarts(RestartPolicy {
+        max_restarts: 1,
+        ..POLICY
+    });
+    let mut p = spawned(&l.handle(Input::Launch))[0].1;
+    for minute in 1..=3 {
+        l.advance_clock(Duration::from_secs(61 * minute));
+        let out = l.handle(Input::Exited(p, None));
+        assert_eq!(
+            restart_timer(&out),
+            Some(Duration::from_secs(1)),
+            "crash {minute} is the first in its window"
+        );
+        p = spawned(&l.handle(Input::RestartDue(WorkerId::Cluster(0))))[0].1;
+    }
+}
+
+#[test]
+fn a_service_that_crashes_during_launch_is_restarted_and_clusters_wait_for_it() {
+    let mut l = fleet(&["cache"], 1).with_restarts(POLICY);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    let out = l.handle(Input::StartFailed(p, "database down".into()));
+    assert_eq!(restart_timer(&out), Some(Duration::from_secs(1)));
+    assert!(spawned(&out).is_empty(), "clusters wait for the service");
+    let p = spawned(&l.handle(Input::RestartDue(service("cache"))))[0].1;
+    let out = l.handle(Input::Ready(p));
+    assert_eq!(
+        events(&out)[..2],
+        [
+            LifecycleEvent::Ready(service("cache")),
+            LifecycleEvent::ServicesLaunched
+        ]
+    );
+    assert_eq!(spawned(&out).len(), 1);
+}
+
+#[test]
+fn shutdown_cancels_pending_restarts_and_never_restarts() {
+    let mut l = fleet(&[], 2).with_restarts(POLICY);
+    let ps = spawned(&l.handle(Input::Launch));
+    l.handle(Input::Ready(ps[0].1));
+    l.handle(Input::Ready(ps[1].1));
+    l.handle(Input::Exited(ps[0].1, Some(1)));
+    l.handle(Input::Shutdown);
+    assert_eq!(
+        l.worker(&WorkerId::Cluster(0)).unwrap().state,
+        State::Stopped
+    );
+    assert!(spawned(&l.handle(Input::RestartDue(WorkerId::Cluster(0)))).is_empty());
+    // A worker that dies while draining is stopped, not restarted.
+    let out = l.handle(Input::Exited(ps[1].1, Some(1)));
+    assert!(restart_timer(&out).is_none());
+    assert!(l.is_stopped());
+}
+
+#[test]
+fn backoff_doubles_up_to_its_ceiling() {
+    assert_eq!(POLICY.backoff_for(1), Duration::from_secs(1));
+    assert_eq!(POLICY.backoff_for(2), Duration::from_secs(2));
+    assert_eq!(POLICY.backoff_for(3), Duration::from_secs(3));
+    assert_eq!(POLICY.backoff_for(40), Duration::from_secs(3));
+}
