@@ -289,7 +289,7 @@ fn inputs_for_unknown_or_stale_processes_are_ignored() {
 
 const POLICY: RestartPolicy = RestartPolicy {
     max_restarts: 3,
-    window: Duration::from_secs(60),
+    window: Duration::from_mins(1),
     backoff: Duration::from_secs(1),
     max_backoff: Duration::from_secs(3),
 };
