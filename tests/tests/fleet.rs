@@ -35,6 +35,8 @@ fn options(mock: &MockDiscord, clusters: u32) -> FleetOptions {
     options.echo_output = false;
     // Failures stay failures unless a test asks for restarts.
     options.max_restarts = 0;
+    // The test process's signals are not the fleet's.
+    options.handle_signals = false;
     options.worker_command = Some(WorkerCommand {
         program: env!("CARGO_BIN_EXE_testbot").into(),
         args: Vec::new(),
@@ -541,7 +543,10 @@ async fn a_killed_cluster_is_restarted_and_its_shard_comes_back() {
     options.restart_backoff = Duration::from_millis(100);
     let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
     admiral.wait_ready(WAIT).await.unwrap();
-    until(&mut events, |e| matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))).await;
+    until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
+    })
+    .await;
     kill(&admiral, &WorkerId::Cluster(1)).await;
     let seen = until(&mut events, |e| {
         matches!(
@@ -579,4 +584,62 @@ async fn a_killed_cluster_is_restarted_and_its_shard_comes_back() {
     assert_eq!(stats.identifies, 4);
     assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
     admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_admiral_shuts_the_fleet_down_and_leaves_no_process() {
+    use tokio::io::AsyncBufReadExt as _;
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let mut admiral = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"))
+        .args(["admiral", &mock.http_url(), "300", "2"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(admiral.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let workers: Vec<u32> = ready
+        .strip_prefix("ready ")
+        .expect("a ready line")
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 3, "echo and two clusters");
+    assert!(workers.iter().all(|p| alive(*p)));
+
+    let pid = admiral.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(WAIT, admiral.wait())
+        .await
+        .expect("the admiral exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .as_deref(),
+        Some("stopped")
+    );
+    assert!(
+        workers.iter().all(|p| !alive(*p)),
+        "no worker outlives a graceful shutdown"
+    );
+    // Clusters closed their sessions (1000), so Discord sees them go.
+    mock.wait_until(WAIT, "every session ended", |m| {
+        m.sessions().is_empty() && m.stats().open_connections == 0
+    })
+    .await
+    .unwrap();
 }

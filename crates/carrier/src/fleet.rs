@@ -62,6 +62,9 @@ pub struct FleetOptions {
     pub worker_command: Option<WorkerCommand>,
     /// Echo worker output to the admiral's stderr as `[cluster-0] line`. Default on.
     pub echo_output: bool,
+    /// SIGINT and SIGTERM on the admiral start a graceful total shutdown (then
+    /// `AdmiralHandle::wait_stopped` returns). Default on.
+    pub handle_signals: bool,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -104,6 +107,7 @@ impl FleetOptions {
             max_frame: DEFAULT_MAX_FRAME,
             worker_command: None,
             echo_output: true,
+            handle_signals: true,
         }
     }
 }
@@ -262,6 +266,7 @@ impl Fleet {
             identify: Arc::new(identify),
             worker_command,
             echo_output: options.echo_output,
+            handle_signals: options.handle_signals,
         };
         Ok(admiral::start(config).await?)
     }

@@ -22,6 +22,10 @@ async fn main() -> ExitCode {
     if std::env::var("FLEET_WORKER").as_deref() == Ok("service-rogue") {
         return rogue().await;
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !carrier::is_worker() && args.first().map(String::as_str) == Some("admiral") {
+        return admiral(&args[1..]).await;
+    }
     match fleet_tests::fleet_from_env(FleetOptions::new(""))
         .run()
         .await
@@ -36,6 +40,56 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `testbot admiral REST_URL IDENTIFY_INTERVAL_MS CLUSTERS`: an admiral process of its own, for
+/// tests of signals. Prints `ready PID...` once launched and `stopped` at the end.
+async fn admiral(args: &[String]) -> ExitCode {
+    let [rest_url, interval_ms, clusters] = args else {
+        eprintln!("usage: testbot admiral REST_URL IDENTIFY_INTERVAL_MS CLUSTERS");
+        return ExitCode::FAILURE;
+    };
+    let mut options = FleetOptions::new("mock-token");
+    options.rest_url.clone_from(rest_url);
+    options.identify_interval =
+        std::time::Duration::from_millis(interval_ms.parse().unwrap_or(300));
+    options.clusters = clusters.parse().ok();
+    options.echo_output = false;
+    // The `broken` service never starts; failing it at once keeps the launch short.
+    options.max_restarts = 0;
+    options.worker_command = Some(carrier::admiral::WorkerCommand {
+        program: std::env::current_exe().expect("own path"),
+        args: Vec::new(),
+        env: Vec::new(),
+    });
+    let admiral = match fleet_tests::fleet(options).run().await {
+        Ok(Some(admiral)) => admiral,
+        Ok(None) => return ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if admiral
+        .wait_ready(std::time::Duration::from_mins(1))
+        .await
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    let pids: Vec<String> = admiral
+        .workers()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|w| w.state == carrier::admiral::State::Live)
+        .filter_map(|w| w.pid)
+        .map(|p| p.to_string())
+        .collect();
+    println!("ready {}", pids.join(" "));
+    admiral.wait_stopped().await;
+    println!("stopped");
+    ExitCode::SUCCESS
 }
 
 /// Says a proper hello, then sends a frame that is not a message.

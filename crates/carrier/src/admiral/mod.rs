@@ -119,6 +119,8 @@ pub struct AdmiralConfig {
     pub worker_command: WorkerCommand,
     /// Whether worker output lines are echoed to the admiral's stderr as `[worker] line`.
     pub echo_output: bool,
+    /// Whether SIGINT and SIGTERM start a graceful total shutdown.
+    pub handle_signals: bool,
 }
 
 impl std::fmt::Debug for AdmiralConfig {
@@ -285,6 +287,16 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         events.clone(),
         ready_tx,
     );
+    let mut tasks = vec![accept.abort_handle()];
+    if config.handle_signals {
+        let inbox = inbox_tx.clone();
+        let signals = tokio::spawn(async move {
+            let signal = shutdown_signal().await;
+            tracing::info!(target: "fleet::admiral", signal, "shutting the fleet down");
+            let _ = inbox.send(router::Inbox::Shutdown).await;
+        });
+        tasks.push(signals.abort_handle());
+    }
     let cleanup = DirGuard(dir);
     let run = tokio::spawn(async move {
         router.run(inbox_rx, local_rx).await;
@@ -299,8 +311,26 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         ready,
         stopped,
         plan: config.plan.clone(),
-        tasks: vec![accept.abort_handle(), run.abort_handle()],
+        tasks: {
+            tasks.push(run.abort_handle());
+            tasks
+        },
     })
+}
+
+/// Resolves with the name of the first SIGINT or SIGTERM.
+async fn shutdown_signal() -> &'static str {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = async {
+            match terminate.as_mut() {
+                Some(term) => { term.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => "SIGTERM",
+    }
 }
 
 /// Removes the private IPC directory when the admiral's task ends, however it ends.
