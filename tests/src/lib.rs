@@ -189,11 +189,28 @@ impl ClusterWorker for TestCluster {
     }
 }
 
-/// Counts what serenity's handlers see.
-#[derive(Debug, Default)]
+/// Counts what serenity's handlers see and reports each count to the admiral as `counted`:
+/// `(cluster, guilds, events)`, cumulative, so a late listener loses nothing.
+#[derive(Debug)]
 struct Counts {
+    ipc: carrier::Ipc,
+    cluster: u32,
     guilds: AtomicU64,
     events: AtomicU64,
+}
+
+impl Counts {
+    async fn report(&self) {
+        let counts = (
+            self.cluster,
+            self.guilds.load(Ordering::Relaxed),
+            self.events.load(Ordering::Relaxed),
+        );
+        let _ = self
+            .ipc
+            .send_to_admiral("counted", Payload::encode(&counts).expect("numbers encode"))
+            .await;
+    }
 }
 
 #[serenity::async_trait]
@@ -205,14 +222,17 @@ impl serenity::all::EventHandler for Counts {
         _: Option<bool>,
     ) {
         self.guilds.fetch_add(1, Ordering::Relaxed);
+        self.report().await;
     }
 
     async fn message(&self, _: serenity::all::Context, _: serenity::all::Message) {
         self.events.fetch_add(1, Ordering::Relaxed);
+        self.report().await;
     }
 
     async fn guild_member_addition(&self, _: serenity::all::Context, _: serenity::all::Member) {
         self.events.fetch_add(1, Ordering::Relaxed);
+        self.report().await;
     }
 }
 
@@ -225,10 +245,13 @@ pub struct SerenityCluster {
 
 impl fleet_serenity::ClusterWorker for SerenityCluster {
     async fn start(context: fleet_serenity::ClusterContext) -> Result<Self, BoxError> {
-        Ok(Self {
-            context,
-            counts: std::sync::Arc::default(),
-        })
+        let counts = std::sync::Arc::new(Counts {
+            ipc: context.ipc.clone(),
+            cluster: context.id,
+            guilds: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+        });
+        Ok(Self { context, counts })
     }
 
     fn event_handlers(&self) -> Vec<std::sync::Arc<dyn serenity::all::EventHandler>> {

@@ -477,56 +477,46 @@ async fn serenity_clusters_obey_the_identify_queue_and_their_handlers_fire() {
     assert_eq!(stats.identifies, 4);
     assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
 
-    // serenity's own handlers fire: guilds cached and events handled.
+    // serenity's own handlers fire: guilds cached and events handled. Clusters report cumulative
+    // counts as they change; one status query covers what happened before we listened.
     let ipc = admiral.ipc();
-    let mut guilds = 0;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while guilds < 16 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "guild_create handlers did not all fire"
-        );
-        guilds = 0;
-        for outcome in ipc
-            .all_clusters_command(Payload::from("status"))
-            .await
-            .unwrap()
-            .values()
-        {
-            let Outcome::Ok(payload) = outcome else {
-                panic!("{outcome:?}")
-            };
-            guilds += status(payload).guilds;
-        }
-        // Handlers run on serenity's tasks after READY; poll the clusters until they report.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let (counted_tx, mut counted) = tokio::sync::mpsc::unbounded_channel();
+    ipc.register("counted", move |m| {
+        let _ = counted_tx.send(m.payload.decode::<(u32, u64, u64)>().unwrap());
+    });
+    let mut totals: std::collections::BTreeMap<u32, (u64, u64)> = std::collections::BTreeMap::new();
+    for (id, outcome) in ipc
+        .all_clusters_command(Payload::from("status"))
+        .await
+        .unwrap()
+    {
+        let Outcome::Ok(payload) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let report = status(&payload);
+        totals.insert(id, (report.guilds, report.events));
     }
+    let sum = |totals: &std::collections::BTreeMap<u32, (u64, u64)>| {
+        totals
+            .values()
+            .fold((0, 0), |(g, e), (tg, te)| (g + tg, e + te))
+    };
+    let mut wait_for =
+        async |want: (u64, u64), totals: &mut std::collections::BTreeMap<u32, (u64, u64)>| {
+            while sum(totals) != want {
+                let (id, guilds, events) = tokio::time::timeout(WAIT, counted.recv())
+                    .await
+                    .expect("handlers fire")
+                    .unwrap();
+                let entry = totals.entry(id).or_default();
+                *entry = (entry.0.max(guilds), entry.1.max(events));
+            }
+        };
+    wait_for((16, 0), &mut totals).await;
     for guild in 0..4 {
         mock.produce_event(guild);
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut handled = 0;
-        for outcome in ipc
-            .all_clusters_command(Payload::from("status"))
-            .await
-            .unwrap()
-            .values()
-        {
-            let Outcome::Ok(payload) = outcome else {
-                panic!("{outcome:?}")
-            };
-            handled += status(payload).events;
-        }
-        if handled == 4 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "message handlers did not fire"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for((16, 4), &mut totals).await;
     admiral.shutdown().await;
     mock.wait_until(WAIT, "every session closed", |m| {
         m.stats().open_connections == 0
