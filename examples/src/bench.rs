@@ -11,6 +11,7 @@
 //! 2. Service command round trips: sequential p50/p99, and throughput with 100 in flight.
 //! 3. Broadcasts from the admiral to every worker, 100 in flight: messages delivered per second.
 //! 4. Resident memory of the admiral and of each worker.
+//! 5. Events from the mock's source through the shards to the clusters' handlers, per second.
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -206,6 +207,7 @@ async fn run() -> Result<ExitCode> {
         if max_concurrency == 16 {
             ipc_figures(&admiral).await?;
             memory(&admiral).await?;
+            event_throughput(&admiral, &mock).await?;
         }
         admiral.shutdown().await;
         let clean = mock.stop().await?;
@@ -219,6 +221,66 @@ async fn run() -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One plain HTTP/1.1 request to the mock's control routes; returns the body.
+async fn control(mock: &MockProcess, method: &str, path: &str) -> Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = mock.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok(serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Events from discord-mock's source through the shards to the clusters' handlers.
+async fn event_throughput(admiral: &AdmiralHandle, mock: &MockProcess) -> Result<()> {
+    let rate = 20; // per guild per second: 32 000 events/s over 1600 guilds
+    let window = Duration::from_secs(3);
+    let handled = async || -> Result<u64> {
+        let mut total = 0;
+        for outcome in admiral
+            .ipc()
+            .all_clusters_command(Payload::from("status"))
+            .await?
+            .values()
+        {
+            if let carrier::Outcome::Ok(payload) = outcome {
+                total += payload.decode::<fleet_examples::ClusterReport>()?.events;
+            }
+        }
+        Ok(total)
+    };
+    let before = handled().await?;
+    let started = Instant::now();
+    control(mock, "POST", &format!("/_mock/events/start?rate={rate}")).await?;
+    tokio::time::sleep(window).await;
+    control(mock, "POST", "/_mock/events/stop").await?;
+    let produced = control(mock, "GET", "/_mock/events").await?["produced"]
+        .as_u64()
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut done = handled().await? - before;
+    while done < produced && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        done = handled().await? - before;
+    }
+    let elapsed = started.elapsed();
+    let report = control(mock, "GET", "/_mock/events").await?;
+    println!(
+        "events through the fleet: {produced} produced in {window:?} ({:.0}/s asked {}/s); {done} handled by the clusters after {elapsed:.2?} ({:.0}/s end to end); lost {}, handled twice {}",
+        produced as f64 / window.as_secs_f64(),
+        rate * SHARDS as usize * GUILDS_PER_SHARD,
+        done as f64 / elapsed.as_secs_f64(),
+        report["lost"],
+        report["duplicates"]
+    );
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
