@@ -86,9 +86,13 @@ pub(crate) enum Waiter {
     Local(oneshot::Sender<Reply>),
 }
 
+/// How long an exited process's connection may take to drain before the exit is handled anyway.
+const EXIT_DRAIN: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 enum Timer {
     Restart(WorkerId),
+    ExitDrain(ProcessId),
     Forward(u64),
     Start(ProcessId),
     Kill(ProcessId),
@@ -246,7 +250,10 @@ impl Router {
                 // Read what the process sent before it died (a start failure, say) first: its
                 // connection closes once the reader has drained it.
                 match self.processes.get_mut(&process) {
-                    Some(info) if info.conn.is_some() => info.exited = Some(Exit(code)),
+                    Some(info) if info.conn.is_some() => {
+                        info.exited = Some(Exit(code));
+                        self.timers.insert(Timer::ExitDrain(process), EXIT_DRAIN);
+                    }
                     _ => self.exited(process, code),
                 }
             }
@@ -431,6 +438,14 @@ impl Router {
     fn on_timer(&mut self, timer: Timer) {
         match timer {
             Timer::Restart(worker) => self.lifecycle_input(Input::RestartDue(worker)),
+            Timer::ExitDrain(process) => {
+                // The connection of a dead process did not close (something inherited its
+                // socket): handle the exit now.
+                if let Some(conn) = self.processes.get(&process).and_then(|i| i.conn) {
+                    tracing::warn!(target: "fleet::ipc", process, "a dead worker's connection stayed open; closing it");
+                    self.on_closed(conn, None);
+                }
+            }
             Timer::Forward(id) => self.resolve(id, Outcome::TimedOut, true),
             Timer::Start(process) => self.lifecycle_input(Input::StartTimedOut(process)),
             Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
