@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use carrier::ipc::link::Stop;
 pub use carrier::worker::BoxError;
+use carrier::worker::start_cluster_worker;
 pub use carrier::{
     AdmiralHandle, Fleet, FleetEvent, FleetOptions, Ipc, Payload, Service, ServiceContext, Target,
 };
@@ -304,18 +305,12 @@ async fn run_cluster<W: ClusterWorker>(
         cache: cache.clone(),
         data: data.clone(),
     };
-    let worker = match W::start(user_context).await {
-        Ok(worker) => Arc::new(worker),
-        Err(error) => {
-            let _ = ipc.report(Status::StartFailed(error.to_string())).await;
-            return Err(error);
-        }
-    };
-    let for_commands = worker.clone();
-    ipc.set_command_handler(Arc::new(move |from, payload| {
-        let worker = for_commands.clone();
-        Box::pin(async move { worker.handle_command(from, payload).await })
-    }));
+    let worker = start_cluster_worker(
+        &ipc,
+        W::start(user_context),
+        |worker: Arc<W>, from, payload| async move { worker.handle_command(from, payload).await },
+    )
+    .await?;
 
     let gate = relay::start(
         assignment.gateway_url.trim_end_matches('/').to_owned(),

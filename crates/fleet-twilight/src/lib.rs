@@ -59,6 +59,7 @@ use std::time::Duration;
 
 use carrier::ipc::link::Stop;
 pub use carrier::worker::BoxError;
+use carrier::worker::start_cluster_worker;
 pub use carrier::{
     AdmiralHandle, Fleet, FleetEvent, FleetOptions, Ipc, Payload, Service, ServiceContext, Target,
 };
@@ -290,18 +291,12 @@ async fn run_cluster<W: ClusterWorker>(
         http,
         senders: senders.clone(),
     };
-    let worker = match W::start(user_context).await {
-        Ok(worker) => Arc::new(worker),
-        Err(error) => {
-            let _ = ipc.report(Status::StartFailed(error.to_string())).await;
-            return Err(error);
-        }
-    };
-    let for_commands = worker.clone();
-    ipc.set_command_handler(Arc::new(move |from, payload| {
-        let worker = for_commands.clone();
-        Box::pin(async move { worker.handle_command(from, payload).await })
-    }));
+    let worker = start_cluster_worker(
+        &ipc,
+        W::start(user_context),
+        |worker: Arc<W>, from, payload| async move { worker.handle_command(from, payload).await },
+    )
+    .await?;
 
     let (stopping_tx, stopping) = watch::channel(false);
     let ready = Arc::new(Mutex::new(HashSet::new()));

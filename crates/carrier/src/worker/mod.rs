@@ -130,6 +130,34 @@ pub trait ClusterRunner: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<BotGateway, BoxError>>;
 }
 
+/// Starts an adapter's user worker: a failure is reported to the admiral (`StartFailed`) before
+/// it is returned; once started, commands sent to this cluster go to `handle`.
+///
+/// Every adapter does this the same way; only the worker's type differs.
+pub async fn start_cluster_worker<W, F, Fut>(
+    ipc: &Ipc,
+    start: impl Future<Output = Result<W, BoxError>>,
+    handle: F,
+) -> Result<Arc<W>, BoxError>
+where
+    W: Send + Sync + 'static,
+    F: Fn(Arc<W>, Target, Payload) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Payload, String>> + Send + 'static,
+{
+    let worker = match start.await {
+        Ok(worker) => Arc::new(worker),
+        Err(error) => {
+            let _ = ipc.report(Status::StartFailed(error.to_string())).await;
+            return Err(error);
+        }
+    };
+    let for_commands = worker.clone();
+    ipc.set_command_handler(Arc::new(move |from, payload| {
+        Box::pin(handle(for_commands.clone(), from, payload))
+    }));
+    Ok(worker)
+}
+
 /// Why a worker ended badly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
