@@ -6,7 +6,9 @@
 //!   its id to the admiral), `fail` (answers with an error),
 //!   anything else is echoed back;
 //! - clusters also: `status` ([`ClusterStatus`]), `store-get:KEY` (reads the central store),
-//!   `log:TEXT` (logs through IPC).
+//!   `log:TEXT` (logs through IPC), `post:CHANNEL:N` (creates N messages at once through the
+//!   cluster's HTTP client; answers [`Posted`]), `fetch:KIND:ID[:USER]` (`Ipc::fetch` of a
+//!   `user`, `guild`, `channel` or `member`; answers the JSON, or `none`).
 //!
 //! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral.
 
@@ -53,6 +55,64 @@ pub fn fleet(options: FleetOptions) -> Fleet {
     )
     .service::<Echo>("echo")
     .service::<Broken>("broken")
+}
+
+/// What a cluster answers to `post:CHANNEL:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posted {
+    /// Messages created.
+    pub created: u32,
+    /// Requests that failed.
+    pub failed: u32,
+}
+
+/// Parses `post:CHANNEL:N`.
+fn post_command(text: &str) -> Option<Result<(u64, u32), String>> {
+    let rest = text.strip_prefix("post:")?;
+    let parsed = rest
+        .split_once(':')
+        .and_then(|(channel, n)| Some((channel.parse().ok()?, n.parse().ok()?)));
+    Some(parsed.ok_or_else(|| format!("bad post command {text:?}")))
+}
+
+/// Runs `posts` at once and counts the outcomes.
+async fn post_all<E: std::fmt::Display>(
+    posts: impl IntoIterator<Item = impl Future<Output = Result<(), E>>>,
+) -> Result<Payload, String> {
+    let results = futures::future::join_all(posts).await;
+    let mut posted = Posted {
+        created: 0,
+        failed: 0,
+    };
+    for result in results {
+        match result {
+            Ok(()) => posted.created += 1,
+            Err(error) => {
+                eprintln!("message not created: {error}");
+                posted.failed += 1;
+            }
+        }
+    }
+    Payload::encode(&posted).map_err(|e| e.to_string())
+}
+
+/// Runs `fetch:KIND:ID[:USER]` through the fleet.
+async fn fetch_command(ipc: &carrier::Ipc, text: &str) -> Option<Result<Payload, String>> {
+    let rest = text.strip_prefix("fetch:")?;
+    let parts: Vec<&str> = rest.split(':').collect();
+    let id = |i: usize| parts.get(i).and_then(|p| p.parse::<u64>().ok());
+    let query = match (parts[0], id(1), id(2)) {
+        ("user", Some(id), None) => carrier::Fetch::User(id),
+        ("guild", Some(id), None) => carrier::Fetch::Guild(id),
+        ("channel", Some(id), None) => carrier::Fetch::Channel(id),
+        ("member", Some(guild), Some(user)) => carrier::Fetch::Member { guild, user },
+        _ => return Some(Err(format!("bad fetch command {text:?}"))),
+    };
+    Some(match ipc.fetch(query).await {
+        Ok(Some(json)) => Ok(json),
+        Ok(None) => Ok(Payload::from("none")),
+        Err(error) => Err(error.to_string()),
+    })
 }
 
 async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
@@ -177,6 +237,21 @@ impl ClusterWorker for TestCluster {
                 .map_err(|e| e.to_string())?;
             return Ok(value.unwrap_or_default());
         }
+        if let Some(post) = post_command(&text) {
+            let (channel, n) = post?;
+            let channel = twilight_model::id::Id::new_checked(channel).ok_or("channel 0")?;
+            let http = &self.context.http;
+            return post_all((0..n).map(|i| async move {
+                http.create_message(channel)
+                    .content(&format!("message {i}"))
+                    .await
+                    .map(drop)
+            }))
+            .await;
+        }
+        if let Some(answer) = fetch_command(&self.context.ipc, &text).await {
+            return answer;
+        }
         if let Some(message) = text.strip_prefix("log:") {
             self.context
                 .ipc
@@ -267,6 +342,19 @@ impl fleet_serenity::ClusterWorker for SerenityCluster {
                 events: self.counts.events.load(Ordering::Relaxed),
             };
             return Payload::encode(&status).map_err(|e| e.to_string());
+        }
+        let text = String::from_utf8_lossy(payload.as_bytes()).into_owned();
+        if let Some(post) = post_command(&text) {
+            let (channel, n) = post?;
+            let channel = serenity::all::ChannelId::new(channel.max(1));
+            let http = &self.context.http;
+            return post_all((0..n).map(|i| async move {
+                channel.say(http, format!("message {i}")).await.map(drop)
+            }))
+            .await;
+        }
+        if let Some(answer) = fetch_command(&self.context.ipc, &text).await {
+            return answer;
         }
         Ok(payload)
     }

@@ -11,6 +11,7 @@ use crate::admiral::{self, AdmiralConfig, AdmiralHandle, RestartPolicy, Timeouts
 use crate::identify::{IDENTIFY_INTERVAL, LocalIdentifyQueue};
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::ipc::link::WorkerEnv;
+use crate::proxy::{ProxyConfig, ProxyStartError, RestProxy};
 use crate::worker::{self, BoxError, ClusterRunner, Service, ServiceFactory};
 
 /// Discord's REST base.
@@ -54,6 +55,13 @@ pub struct FleetOptions {
     pub restart_backoff: Duration,
     /// REST base, without `/api/v10`. Default `https://discord.com`.
     pub rest_url: String,
+    /// Route every cluster's REST calls through the admiral's central proxy, which keeps one
+    /// rate-limit state for the whole fleet (see [`crate::proxy`]). Default on; off, each
+    /// cluster's HTTP client limits itself and clusters can race each other into 429s.
+    pub rest_proxy: bool,
+    /// Requests per second the proxy allows across all routes. Default 50, Discord's global
+    /// limit; raise it only if Discord raised yours.
+    pub rest_global_limit: u16,
     /// Gateway URL. Default: the one `/gateway/bot` returns.
     pub gateway_url: Option<String>,
     /// Maximum IPC frame size. Default 16 MiB.
@@ -103,6 +111,8 @@ impl FleetOptions {
             restart_window: Duration::from_mins(10),
             restart_backoff: Duration::from_secs(1),
             rest_url: DISCORD_REST_URL.to_owned(),
+            rest_proxy: true,
+            rest_global_limit: 50,
             gateway_url: None,
             max_frame: DEFAULT_MAX_FRAME,
             worker_command: None,
@@ -131,6 +141,9 @@ pub enum FleetError {
     /// The admiral could not start.
     #[error(transparent)]
     Admiral(#[from] admiral::AdmiralError),
+    /// The central REST proxy could not start.
+    #[error("cannot start the REST proxy: {0}")]
+    RestProxy(#[from] ProxyStartError),
     /// The worker command could not be determined.
     #[error("cannot find this executable to start workers: {0}")]
     WorkerCommand(std::io::Error),
@@ -248,12 +261,20 @@ impl Fleet {
             services = self.services.len(),
             "launching"
         );
+        let rest_proxy = if options.rest_proxy {
+            let mut proxy = ProxyConfig::new(&options.rest_url, &options.token);
+            proxy.global_limit = options.rest_global_limit;
+            Some(RestProxy::start(proxy).await?)
+        } else {
+            None
+        };
         let config = AdmiralConfig {
             plan,
             services: self.services.into_iter().map(|(name, _)| name).collect(),
             token: options.token,
             gateway_url: options.gateway_url.unwrap_or(gateway.url),
             rest_url: options.rest_url,
+            rest_proxy,
             timeouts,
             restart: RestartPolicy {
                 max_restarts: options.max_restarts,

@@ -50,11 +50,15 @@ pub mod admiral;
 mod fleet;
 pub mod identify;
 pub mod ipc;
+pub mod proxy;
 pub mod worker;
 
 pub use admiral::{AdmiralHandle, FleetEvent, WorkerId};
 pub use fleet::{DISCORD_REST_URL, Fleet, FleetError, FleetOptions};
-pub use ipc::proto::{ClusterAssignment, LogLevel, Outcome, Payload, ShardEvent, Status, Target};
+pub use ipc::client::FetchHandler;
+pub use ipc::proto::{
+    ClusterAssignment, Fetch, LogLevel, Outcome, Payload, ShardEvent, Status, Target,
+};
 pub use ipc::{Ipc, IpcError, Message};
 pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};
 

@@ -58,5 +58,5 @@ pub mod world;
 
 pub use config::{MockConfig, MockConfigBuilder, RouteLimit};
 pub use protocol::CloseCode;
-pub use server::{MockDiscord, MockError, TICK};
+pub use server::{GuildFixture, MockDiscord, MockError, TICK};
 pub use stats::{EventReport, SessionReport, Stats, Violation};

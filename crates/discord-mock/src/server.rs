@@ -122,6 +122,19 @@ impl Shared {
     }
 }
 
+/// What a test needs to know of one fixture guild ([`MockDiscord::guild`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuildFixture {
+    /// Guild id.
+    pub id: u64,
+    /// Every channel id, text channels first.
+    pub channels: Vec<u64>,
+    /// The text channels (messages can be created in them).
+    pub text_channels: Vec<u64>,
+    /// Member user ids, the bot first.
+    pub members: Vec<u64>,
+}
+
 /// A running mock Discord. Dropping it stops the server and closes every connection.
 ///
 /// ```no_run
@@ -262,6 +275,19 @@ impl MockDiscord {
             .iter()
             .map(|g| g.id)
             .collect()
+    }
+
+    /// One guild's fixture: its id, channel ids (text first) and member ids (the bot first).
+    #[must_use]
+    pub fn guild(&self, id: u64) -> Option<GuildFixture> {
+        let core = self.shared.lock();
+        let guild = core.gateway.world().guild(id)?;
+        Some(GuildFixture {
+            id: guild.id,
+            text_channels: guild.channels[..guild.text_channels].to_vec(),
+            channels: guild.channels.clone(),
+            members: guild.members.clone(),
+        })
     }
 
     /// Closes every connection of shard `shard` with `code`; returns how many.

@@ -38,7 +38,9 @@ use carrier::worker::start_cluster_worker;
 pub use carrier::{
     AdmiralHandle, Fleet, FleetEvent, FleetOptions, Ipc, Payload, Service, ServiceContext, Target,
 };
-use carrier::{BotGateway, ClusterContext as CarrierContext, ClusterRunner, ShardEvent, Status};
+use carrier::{
+    BotGateway, ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent, Status,
+};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use serenity::all::{
@@ -186,8 +188,10 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// serenity's HTTP client on a REST base: Discord's, or another such as a local Discord. serenity
-/// honours a custom base only with its own rate limiter off.
+/// serenity's HTTP client on a REST base: Discord's, or another such as the admiral's REST proxy
+/// or a local Discord. serenity honours a custom base only with its own rate limiter off, which
+/// is right for the proxy (it keeps the limits for the whole fleet); against any other custom
+/// base nothing limits the client.
 #[must_use]
 pub fn http_client(token: &str, rest_url: &str) -> Http {
     install_crypto();
@@ -281,6 +285,34 @@ impl EventHandler for Reporter {
     }
 }
 
+/// Answers other workers' `Ipc::fetch_*` from the cluster's cache: serenity's models serialised
+/// in Discord's JSON shape (a guild with its channels, members and roles).
+fn fetch_handler(cache: Arc<Cache>) -> carrier::FetchHandler {
+    use serenity::all::{ChannelId, GuildId, UserId};
+    Arc::new(move |query| {
+        let json = match query {
+            Fetch::User(id) => serde_json::to_vec(&*cache.user(UserId::new(nonzero(id)?))?),
+            // Deprecated in 0.12 in favour of a walk over every guild; this is the one lookup
+            // by channel id that costs no walk.
+            #[allow(deprecated)]
+            Fetch::Channel(id) => {
+                serde_json::to_vec(&*cache.channel(ChannelId::new(nonzero(id)?))?)
+            }
+            Fetch::Guild(id) => serde_json::to_vec(&*cache.guild(GuildId::new(nonzero(id)?))?),
+            Fetch::Member { guild, user } => {
+                let guild = cache.guild(GuildId::new(nonzero(guild)?))?;
+                serde_json::to_vec(guild.members.get(&UserId::new(nonzero(user)?))?)
+            }
+        };
+        json.ok()
+    })
+}
+
+/// serenity's ids panic on zero.
+fn nonzero(id: u64) -> Option<u64> {
+    (id != 0).then_some(id)
+}
+
 async fn run_cluster<W: ClusterWorker>(
     settings: Settings,
     context: CarrierContext,
@@ -293,6 +325,7 @@ async fn run_cluster<W: ClusterWorker>(
     } = context;
     let http = Arc::new(http_client(&assignment.token, &assignment.rest_url));
     let cache = Arc::new(Cache::new_with_settings(settings.cache.clone()));
+    ipc.set_fetch_handler(fetch_handler(cache.clone()));
     let data = Arc::new(RwLock::new(TypeMap::new()));
     data.write().await.insert::<FleetIpc>(ipc.clone());
     let shards = assignment.first_shard..=assignment.last_shard;

@@ -63,15 +63,19 @@ use carrier::worker::start_cluster_worker;
 pub use carrier::{
     AdmiralHandle, Fleet, FleetEvent, FleetOptions, Ipc, Payload, Service, ServiceContext, Target,
 };
-use carrier::{BotGateway, ClusterContext as CarrierContext, ClusterRunner, ShardEvent, Status};
+use carrier::{
+    BotGateway, ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent, Status,
+};
 use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
+pub use twilight_cache_inmemory::{DefaultInMemoryCache, ResourceType};
 use twilight_gateway::queue::Queue;
 use twilight_gateway::{
     CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, MessageSender, Shard, ShardId,
     StreamExt as _,
 };
 use twilight_model::gateway::payload::outgoing::update_presence::UpdatePresencePayload;
+use twilight_model::id::Id;
 
 /// Discord's gateway; twilight's default when no other URL is configured.
 const DISCORD_GATEWAY: &str = "wss://gateway.discord.gg";
@@ -91,6 +95,9 @@ pub struct ClusterContext {
     pub http: Arc<twilight_http::Client>,
     /// A sender per shard, for gateway commands (presence, member requests).
     pub senders: BTreeMap<u32, MessageSender>,
+    /// The cluster's cache, filled from every shard's events before the worker sees them (the
+    /// kinds in [`Settings::cache`]). Other workers read it through `Ipc::fetch_*`.
+    pub cache: Arc<DefaultInMemoryCache>,
 }
 
 /// The user's code in a cluster process.
@@ -127,6 +134,9 @@ pub struct Settings {
     pub event_types: EventTypeFlags,
     /// Presence set when identifying.
     pub presence: Option<UpdatePresencePayload>,
+    /// What the cluster's cache keeps. Default: guilds, channels, members, roles and users,
+    /// what `Ipc::fetch_*` answers from. Empty turns the cache off.
+    pub cache: ResourceType,
 }
 
 impl Settings {
@@ -137,6 +147,11 @@ impl Settings {
             intents,
             event_types: EventTypeFlags::all(),
             presence: None,
+            cache: ResourceType::GUILD
+                | ResourceType::CHANNEL
+                | ResourceType::MEMBER
+                | ResourceType::ROLE
+                | ResourceType::USER,
         }
     }
 }
@@ -209,10 +224,11 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// An HTTP client on a REST base: Discord's (`https://discord.com`) or a plain-HTTP one such as a
-/// local Discord (`http://127.0.0.1:PORT`).
+/// An HTTP client on a REST base: Discord's (`https://discord.com`) or a plain-HTTP one such as
+/// the admiral's REST proxy or a local Discord (`http://127.0.0.1:PORT`). With `proxied`, the
+/// base keeps the rate limits for the whole fleet and the client's own limiter is off.
 #[must_use]
-pub fn http_client(token: &str, rest_url: &str) -> twilight_http::Client {
+pub fn http_client(token: &str, rest_url: &str, proxied: bool) -> twilight_http::Client {
     install_crypto();
     let mut builder =
         twilight_http::Client::builder().token(format!("Bot {}", token.trim_start_matches("Bot ")));
@@ -223,6 +239,9 @@ pub fn http_client(token: &str, rest_url: &str) -> twilight_http::Client {
     {
         builder = builder.proxy(host.trim_end_matches('/').to_owned(), false);
     }
+    if proxied {
+        builder = builder.ratelimiter(None);
+    }
     builder.build()
 }
 
@@ -232,7 +251,7 @@ impl<W: ClusterWorker> ClusterRunner for TwilightRunner<W> {
         token: &str,
         rest_url: &str,
     ) -> BoxFuture<'static, Result<BotGateway, BoxError>> {
-        let http = http_client(token, rest_url);
+        let http = http_client(token, rest_url, false);
         Box::pin(async move {
             let info = http.gateway().authed().await?.model().await?;
             Ok(BotGateway {
@@ -262,7 +281,11 @@ async fn run_cluster<W: ClusterWorker>(
         assignment,
         mut control,
     } = context;
-    let http = Arc::new(http_client(&assignment.token, &assignment.rest_url));
+    let http = Arc::new(http_client(
+        &assignment.token,
+        &assignment.rest_url,
+        assignment.rest_proxied,
+    ));
     let mut config = ConfigBuilder::new(assignment.token.clone(), settings.intents)
         .queue(IpcQueue::new(ipc.clone()));
     let gateway_url = assignment.gateway_url.trim_end_matches('/');
@@ -283,6 +306,12 @@ async fn run_cluster<W: ClusterWorker>(
         .map(|s| (s.id().number(), s.sender()))
         .collect();
 
+    let cache = Arc::new(
+        DefaultInMemoryCache::builder()
+            .resource_types(settings.cache)
+            .build(),
+    );
+    ipc.set_fetch_handler(fetch_handler(cache.clone()));
     let user_context = ClusterContext {
         ipc: ipc.clone(),
         id: assignment.id,
@@ -290,6 +319,7 @@ async fn run_cluster<W: ClusterWorker>(
         shard_total: assignment.shard_total,
         http,
         senders: senders.clone(),
+        cache: cache.clone(),
     };
     let worker = start_cluster_worker(
         &ipc,
@@ -303,15 +333,15 @@ async fn run_cluster<W: ClusterWorker>(
     let all = shard_ids.clone().count();
     let mut tasks = Vec::with_capacity(all);
     for shard in shards {
-        tasks.push(tokio::spawn(drive_shard(
-            shard,
-            settings.event_types,
-            worker.clone(),
-            ipc.clone(),
-            stopping.clone(),
-            ready.clone(),
+        let cluster = ClusterShared {
+            event_types: settings.event_types,
+            cache: cache.clone(),
+            worker: worker.clone(),
+            ipc: ipc.clone(),
+            ready: ready.clone(),
             all,
-        )));
+        };
+        tasks.push(tokio::spawn(drive_shard(shard, cluster, stopping.clone())));
     }
 
     let grace = match control.stopped().await {
@@ -329,15 +359,54 @@ async fn run_cluster<W: ClusterWorker>(
     Ok(())
 }
 
-async fn drive_shard<W: ClusterWorker>(
-    mut shard: Shard<IpcQueue>,
+/// Answers other workers' `Ipc::fetch_*` from the cluster's cache, in Discord's JSON shape: users
+/// and channels as twilight's models, guilds as twilight's `CachedGuild` (no member or channel
+/// lists), members with their user object embedded.
+fn fetch_handler(cache: Arc<DefaultInMemoryCache>) -> carrier::FetchHandler {
+    Arc::new(move |query| {
+        let json = match query {
+            Fetch::User(id) => serde_json::to_vec(cache.user(Id::new_checked(id)?)?.value()),
+            Fetch::Channel(id) => serde_json::to_vec(cache.channel(Id::new_checked(id)?)?.value()),
+            Fetch::Guild(id) => serde_json::to_vec(cache.guild(Id::new_checked(id)?)?.value()),
+            Fetch::Member { guild, user } => {
+                let user = Id::new_checked(user)?;
+                let member = cache.member(Id::new_checked(guild)?, user)?;
+                let mut value = serde_json::to_value(member.value()).ok()?;
+                if let (Some(object), Some(user)) = (value.as_object_mut(), cache.user(user)) {
+                    object.insert("user".to_owned(), serde_json::to_value(user.value()).ok()?);
+                }
+                serde_json::to_vec(&value)
+            }
+        };
+        json.ok()
+    })
+}
+
+/// What every shard task of a cluster shares.
+struct ClusterShared<W> {
     event_types: EventTypeFlags,
+    cache: Arc<DefaultInMemoryCache>,
     worker: Arc<W>,
     ipc: Ipc,
-    mut stopping: watch::Receiver<bool>,
+    /// Shards that have been READY.
     ready: Arc<Mutex<HashSet<u32>>>,
+    /// Shards of the cluster.
     all: usize,
+}
+
+async fn drive_shard<W: ClusterWorker>(
+    mut shard: Shard<IpcQueue>,
+    cluster: ClusterShared<W>,
+    mut stopping: watch::Receiver<bool>,
 ) {
+    let ClusterShared {
+        event_types,
+        cache,
+        worker,
+        ipc,
+        ready,
+        all,
+    } = cluster;
     let id = shard.id();
     let number = id.number();
     let flags = event_types | EventTypeFlags::READY | EventTypeFlags::RESUMED;
@@ -386,6 +455,7 @@ async fn drive_shard<W: ClusterWorker>(
                 }
             }
         }
+        cache.update(&event);
         let closed = matches!(event, Event::GatewayClose(_));
         if event_types.contains(EventTypeFlags::from(event.kind())) {
             worker.handle_event(id, event).await;

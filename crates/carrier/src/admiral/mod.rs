@@ -19,6 +19,7 @@ pub use self::process::WorkerCommand;
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, Transport};
 use crate::ipc::proto::{LogLevel, LogRecord, ShardEvent, Target};
+use crate::proxy::{ProxyStats, ProxyStatsHandle, RestProxy};
 
 /// Events the admiral publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +104,11 @@ pub struct AdmiralConfig {
     pub token: String,
     /// Gateway URL handed to clusters.
     pub gateway_url: String,
-    /// REST base handed to clusters.
+    /// REST base: Discord's, or the upstream of `rest_proxy`.
     pub rest_url: String,
+    /// The central REST proxy, if on: clusters get its URL instead of `rest_url`. It runs until
+    /// the admiral stops.
+    pub rest_proxy: Option<RestProxy>,
     /// Lifecycle timeouts.
     pub timeouts: Timeouts,
     /// How crashed workers are restarted.
@@ -166,6 +170,8 @@ pub struct AdmiralHandle {
     ready: watch::Receiver<Option<(usize, usize)>>,
     stopped: watch::Receiver<bool>,
     plan: ShardPlan,
+    proxy: Option<ProxyStatsHandle>,
+    proxy_url: Option<String>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -200,6 +206,18 @@ impl AdmiralHandle {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .unwrap_or_else(|| self.events.subscribe())
+    }
+
+    /// The central REST proxy's figures, if the proxy is on.
+    #[must_use]
+    pub fn rest_proxy_stats(&self) -> Option<ProxyStats> {
+        self.proxy.as_ref().map(ProxyStatsHandle::get)
+    }
+
+    /// The central REST proxy's address, if the proxy is on.
+    #[must_use]
+    pub fn rest_proxy_url(&self) -> Option<&str> {
+        self.proxy_url.as_deref()
     }
 
     /// Waits until every worker has started or failed.
@@ -311,6 +329,8 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         ready,
         stopped,
         plan: config.plan.clone(),
+        proxy: config.rest_proxy.as_ref().map(RestProxy::stats_handle),
+        proxy_url: config.rest_proxy.as_ref().map(RestProxy::url),
         tasks: {
             tasks.push(run.abort_handle());
             tasks

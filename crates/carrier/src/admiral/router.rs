@@ -24,9 +24,10 @@ use crate::ipc::client::{Ipc, LocalRequest, Message};
 use crate::ipc::frame::{self, FrameError, FrameReader, FrameWriter};
 use crate::ipc::link::{ENV_MAX_FRAME, ENV_PROCESS, ENV_SECRET, ENV_SOCKET, ENV_TIMEOUT};
 use crate::ipc::proto::{
-    Assignment, ClusterAssignment, Down, Group, Outcome, Payload, Refusal, Reply, Request, Status,
-    StoreRequest, Target, Up,
+    Assignment, ClusterAssignment, Down, Fetch, Group, Outcome, Payload, Refusal, Reply, Request,
+    Status, StoreRequest, Target, Up,
 };
+use crate::proxy::RestProxy;
 
 /// Frames queued per connection before the admiral answers "overloaded".
 pub const CONNECTION_QUEUE: usize = 8192;
@@ -109,6 +110,24 @@ struct Conn {
 enum Route {
     Single(Waiter),
     Part(u64),
+    Search(u64),
+}
+
+/// What a forward asks of its target.
+#[derive(Debug)]
+enum Ask {
+    Command(Payload),
+    Fetch(Fetch),
+}
+
+/// A fetch waiting for the first hit among its targets.
+#[derive(Debug)]
+struct Search {
+    waiter: Waiter,
+    remaining: usize,
+    /// The one cluster that can know (guild-scoped lookups): its being down is an error, not a
+    /// miss.
+    owner: Option<Target>,
 }
 
 #[derive(Debug)]
@@ -148,6 +167,7 @@ pub(crate) struct Router {
     processes: HashMap<ProcessId, ProcessInfo>,
     forwards: HashMap<u64, Forward>,
     fanouts: HashMap<u64, Fanout>,
+    searches: HashMap<u64, Search>,
     next_id: u64,
     timers: DelayQueue<Timer>,
     store: HashMap<String, Payload>,
@@ -186,6 +206,7 @@ impl Router {
             processes: HashMap::new(),
             forwards: HashMap::new(),
             fanouts: HashMap::new(),
+            searches: HashMap::new(),
             next_id: 1,
             timers: DelayQueue::new(),
             store: HashMap::new(),
@@ -330,7 +351,12 @@ impl Router {
                     max_concurrency: self.config.plan.max_concurrency,
                     token: self.config.token.clone(),
                     gateway_url: self.config.gateway_url.clone(),
-                    rest_url: self.config.rest_url.clone(),
+                    rest_url: self
+                        .config
+                        .rest_proxy
+                        .as_ref()
+                        .map_or_else(|| self.config.rest_url.clone(), RestProxy::url),
+                    rest_proxied: self.config.rest_proxy.is_some(),
                 })
             }
         };
@@ -527,7 +553,8 @@ impl Router {
                     self.answer(waiter, Reply::Refused(refusal));
                     return;
                 }
-                self.forward(from, target, payload, timeout, Route::Single(waiter));
+                let ask = Ask::Command(payload);
+                self.forward(from, target, ask, timeout, Route::Single(waiter));
             }
             Request::CommandAll { group, payload } => {
                 let targets: Vec<Target> = self
@@ -552,7 +579,8 @@ impl Router {
                     self.finish_fanout(fanout);
                 }
                 for target in targets {
-                    self.forward(from, target, payload.clone(), timeout, Route::Part(fanout));
+                    let ask = Ask::Command(payload.clone());
+                    self.forward(from, target, ask, timeout, Route::Part(fanout));
                 }
             }
             Request::Store(operation) => {
@@ -571,6 +599,7 @@ impl Router {
                 };
                 self.answer(waiter, reply);
             }
+            Request::Fetch(query) => self.fetch(from, waiter, query, timeout),
             Request::Identify { shard } => {
                 if shard >= self.config.plan.shard_total {
                     let refusal = Refusal::Invalid(format!(
@@ -598,12 +627,65 @@ impl Router {
         }
     }
 
-    /// Sends a command to one target's live process (or runs the admiral's own handler).
+    /// Starts a cache lookup: at the guild's owner, or at every cluster.
+    fn fetch(&mut self, from: &Target, waiter: Waiter, query: Fetch, timeout: Duration) {
+        let plan = &self.config.plan;
+        let (targets, owner) = match query.guild() {
+            Some(guild) => {
+                let shard = plan_shard(guild, plan.shard_total);
+                let Some(cluster) = plan
+                    .clusters
+                    .iter()
+                    .find(|c| (c.first_shard..=c.last_shard).contains(&shard))
+                else {
+                    let refusal = Refusal::Invalid(format!(
+                        "guild {guild} is on shard {shard}, which this fleet does not run"
+                    ));
+                    self.answer(waiter, Reply::Refused(refusal));
+                    return;
+                };
+                let owner = Target::Cluster(cluster.id);
+                (vec![owner.clone()], Some(owner))
+            }
+            None => (
+                plan.clusters
+                    .iter()
+                    .map(|c| Target::Cluster(c.id))
+                    .collect(),
+                None,
+            ),
+        };
+        if targets.is_empty() {
+            self.answer(waiter, Reply::Found(None));
+            return;
+        }
+        let search = self.next_id();
+        self.searches.insert(
+            search,
+            Search {
+                waiter,
+                remaining: targets.len(),
+                owner,
+            },
+        );
+        for target in targets {
+            self.forward(
+                from,
+                target,
+                Ask::Fetch(query),
+                timeout,
+                Route::Search(search),
+            );
+        }
+    }
+
+    /// Sends a command or lookup to one target's live process (or runs the admiral's own
+    /// command handler).
     fn forward(
         &mut self,
         from: &Target,
         target: Target,
-        payload: Payload,
+        ask: Ask,
         timeout: Duration,
         route: Route,
     ) {
@@ -611,6 +693,10 @@ impl Router {
         // Answer a little before the asker gives up, so it hears "timed out" from us.
         let deadline = timeout.saturating_sub(timeout / 20);
         if target == Target::Admiral {
+            let Ask::Command(payload) = ask else {
+                self.complete(route, target, Outcome::Unavailable);
+                return;
+            };
             let timer = self.timers.insert(Timer::Forward(id), deadline);
             self.forwards.insert(
                 id,
@@ -643,11 +729,14 @@ impl Router {
             return;
         };
         let conn = self.processes[&process].conn.expect("live_conn found it");
-        let down = Down::Command {
-            id,
-            from: from.clone(),
-            payload,
-            timeout_ms: deadline.as_millis() as u64,
+        let down = match ask {
+            Ask::Command(payload) => Down::Command {
+                id,
+                from: from.clone(),
+                payload,
+                timeout_ms: deadline.as_millis() as u64,
+            },
+            Ask::Fetch(query) => Down::Fetch { id, query },
         };
         if let Err(refusal) = self
             .encode(&down)
@@ -683,6 +772,7 @@ impl Router {
     fn complete(&mut self, route: Route, target: Target, outcome: Outcome) {
         match route {
             Route::Single(waiter) => self.answer(waiter, Reply::Outcome(outcome)),
+            Route::Search(search) => self.searched(search, target, outcome),
             Route::Part(fanout) => {
                 if let Some(f) = self.fanouts.get_mut(&fanout) {
                     f.outcomes.insert(target, outcome);
@@ -692,6 +782,33 @@ impl Router {
                     }
                 }
             }
+        }
+    }
+
+    /// One target of a fetch answered: the first hit answers the asker at once.
+    fn searched(&mut self, search: u64, target: Target, outcome: Outcome) {
+        let Some(s) = self.searches.get_mut(&search) else {
+            return; // Already answered by an earlier hit.
+        };
+        s.remaining -= 1;
+        let reply = match outcome {
+            Outcome::Ok(found) if !found.as_bytes().is_empty() => Some(Reply::Found(Some(found))),
+            Outcome::Unavailable if s.owner.is_some() => {
+                Some(Reply::Refused(Refusal::Unavailable(target)))
+            }
+            Outcome::TimedOut if s.owner.is_some() => {
+                Some(Reply::Outcomes(vec![(target, Outcome::TimedOut)]))
+            }
+            Outcome::Error(error) => {
+                tracing::warn!(target: "fleet::ipc", %target, %error, "a cache lookup failed");
+                (s.remaining == 0).then_some(Reply::Found(None))
+            }
+            _ => (s.remaining == 0).then_some(Reply::Found(None)),
+        };
+        if let Some(reply) = reply
+            && let Some(s) = self.searches.remove(&search)
+        {
+            self.answer(s.waiter, reply);
         }
     }
 
@@ -874,6 +991,11 @@ impl Router {
             let _ = kill.send(());
         }
     }
+}
+
+/// The shard that holds `guild`: `(guild_id >> 22) % shard_total`.
+fn plan_shard(guild: u64, shard_total: u32) -> u32 {
+    ((guild >> 22) % u64::from(shard_total.max(1))) as u32
 }
 
 /// Accepts worker connections and runs a reader and a writer task for each.

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::frame::FrameError;
 use super::proto::{
-    Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Refusal, Reply, Request, Status,
-    StoreRequest, Target, Up,
+    Fetch, Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Refusal, Reply, Request,
+    Status, StoreRequest, Target, Up,
 };
 
 /// Requests one handle may have in flight; more wait (back-pressure).
@@ -83,6 +84,10 @@ type Handler = Arc<dyn Fn(&Message) + Send + Sync>;
 pub type CommandHandler =
     Arc<dyn Fn(Target, Payload) -> BoxFuture<'static, Result<Payload, String>> + Send + Sync>;
 
+/// Answers cache lookups in a cluster (adapters set it): the object as JSON with Discord's field
+/// names, or `None` for a miss. Runs on the IPC reader, so it must only read memory.
+pub type FetchHandler = Arc<dyn Fn(Fetch) -> Option<Vec<u8>> + Send + Sync>;
+
 /// A request for the admiral's router from its own process.
 #[derive(Debug)]
 pub(crate) struct LocalRequest {
@@ -115,6 +120,7 @@ struct Inner {
     handlers: RwLock<HashMap<String, Vec<(HandlerId, Handler)>>>,
     next_handler: AtomicU64,
     commands: RwLock<Option<CommandHandler>>,
+    fetcher: RwLock<Option<FetchHandler>>,
     timeout: Duration,
     in_flight: Semaphore,
 }
@@ -141,8 +147,9 @@ impl Ipc {
                 transport,
                 pending: Mutex::default(),
                 handlers: RwLock::default(),
-                next_handler: AtomicU64::new(1),
                 commands: RwLock::default(),
+                fetcher: RwLock::default(),
+                next_handler: AtomicU64::new(1),
                 timeout,
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
             }),
@@ -428,6 +435,91 @@ impl Ipc {
     /// Removes every key.
     pub async fn store_clear(&self) -> Result<(), IpcError> {
         self.expect_done(Request::Store(StoreRequest::Clear)).await
+    }
+
+    // ---- fetches -----------------------------------------------------------------------------
+
+    /// Looks an object up in the clusters' caches: a guild or member in the cluster that owns the
+    /// guild's shard, a user or channel in every cluster (the first hit wins). `None` when no
+    /// cache holds it; clusters that are down are skipped, but a guild-scoped lookup whose owner
+    /// is down fails with [`Refusal::Unavailable`]. Resolves within the default timeout.
+    ///
+    /// The answer is the object as the owning cluster's library serialises it: Discord's JSON
+    /// shape, ids as strings, so they stay exact.
+    pub async fn fetch(&self, query: Fetch) -> Result<Option<Payload>, IpcError> {
+        match self
+            .request(Request::Fetch(query), self.inner.timeout)
+            .await?
+        {
+            Reply::Found(found) => Ok(found),
+            Reply::Outcomes(mut outcomes) if outcomes.len() == 1 => {
+                let (owner, outcome) = outcomes.remove(0);
+                outcome_result(owner, outcome).map(|_| None)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// [`fetch`](Self::fetch), decoded from JSON into `T` (a library's model type, or
+    /// `serde_json::Value`).
+    pub async fn fetch_as<T: DeserializeOwned>(&self, query: Fetch) -> Result<Option<T>, IpcError> {
+        let Some(found) = self.fetch(query).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(found.as_bytes())
+            .map(Some)
+            .map_err(|e| IpcError::Payload(PayloadError(format!("fetched JSON: {e}"))))
+    }
+
+    /// A user from any cluster's cache.
+    pub async fn fetch_user<T: DeserializeOwned>(&self, user: u64) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::User(user)).await
+    }
+
+    /// A guild from the cache of the cluster that owns it.
+    pub async fn fetch_guild<T: DeserializeOwned>(
+        &self,
+        guild: u64,
+    ) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::Guild(guild)).await
+    }
+
+    /// A channel from any cluster's cache.
+    pub async fn fetch_channel<T: DeserializeOwned>(
+        &self,
+        channel: u64,
+    ) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::Channel(channel)).await
+    }
+
+    /// A guild member from the cache of the cluster that owns the guild.
+    pub async fn fetch_member<T: DeserializeOwned>(
+        &self,
+        guild: u64,
+        user: u64,
+    ) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::Member { guild, user }).await
+    }
+
+    /// Sets what answers cache lookups sent to this cluster (adapters do this).
+    pub fn set_fetch_handler(&self, handler: FetchHandler) {
+        *self
+            .inner
+            .fetcher
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(handler);
+    }
+
+    /// Answers a lookup from this process's cache: the JSON, or an empty payload for a miss.
+    pub(crate) fn run_fetch(&self, query: Fetch) -> Outcome {
+        let handler = self
+            .inner
+            .fetcher
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let found = handler.and_then(|handler| handler(query));
+        Outcome::Ok(found.map(Payload::from).unwrap_or_default())
     }
 
     // ---- adapters ----------------------------------------------------------------------------

@@ -243,6 +243,13 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                         let _ = ipc.send_up(Up::Reply { id, outcome }).await;
                     });
                 }
+                Ok(Down::Fetch { id, query }) => {
+                    let outcome = reader_ipc.run_fetch(query);
+                    let ipc = reader_ipc.clone();
+                    tokio::spawn(async move {
+                        let _ = ipc.send_up(Up::Reply { id, outcome }).await;
+                    });
+                }
                 Ok(Down::Shutdown { grace_ms }) => {
                     let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
                 }

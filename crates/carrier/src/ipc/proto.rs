@@ -10,7 +10,8 @@
 //!    is disconnected.
 //! 3. Send `Up::Status(Ready)` when ready to serve (or `StartFailed`).
 //! 4. Send `Up::Request { id, timeout_ms, request }` and match `Down::Reply { id, reply }`; answer
-//!    each `Down::Command { id, .. }` with `Up::Reply { id, outcome }` within its `timeout_ms`;
+//!    each `Down::Command { id, .. }` with `Up::Reply { id, outcome }` within its `timeout_ms`,
+//!    and each `Down::Fetch { id, .. }` (clusters) the same way with the cached object as JSON;
 //!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`.
 //!
 //! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
@@ -169,8 +170,12 @@ pub struct ClusterAssignment {
     pub token: String,
     /// Gateway URL (`wss://gateway.discord.gg` or a mock's `ws://127.0.0.1:PORT`).
     pub gateway_url: String,
-    /// REST base (`https://discord.com` or a mock's `http://127.0.0.1:PORT`), without `/api/v10`.
+    /// REST base (`https://discord.com`, the admiral's REST proxy or a mock's
+    /// `http://127.0.0.1:PORT`), without `/api/v10`.
     pub rest_url: String,
+    /// `rest_url` is the admiral's REST proxy: it keeps the rate limits and adds the token, so
+    /// the cluster's own HTTP client must not limit itself.
+    pub rest_proxied: bool,
 }
 
 impl fmt::Debug for ClusterAssignment {
@@ -183,6 +188,7 @@ impl fmt::Debug for ClusterAssignment {
             .field("token", &"<redacted>")
             .field("gateway_url", &self.gateway_url)
             .field("rest_url", &self.rest_url)
+            .field("rest_proxied", &self.rest_proxied)
             .finish()
     }
 }
@@ -231,6 +237,35 @@ pub enum StoreRequest {
     Clear,
 }
 
+/// A lookup in the clusters' caches ([`Request::Fetch`], [`Down::Fetch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Fetch {
+    /// A user by id.
+    User(u64),
+    /// A guild by id.
+    Guild(u64),
+    /// A channel by id.
+    Channel(u64),
+    /// A guild's member.
+    Member {
+        /// Guild id.
+        guild: u64,
+        /// User id.
+        user: u64,
+    },
+}
+
+impl Fetch {
+    /// The guild whose shard holds the answer, if the lookup names one.
+    #[must_use]
+    pub const fn guild(&self) -> Option<u64> {
+        match *self {
+            Self::Guild(guild) | Self::Member { guild, .. } => Some(guild),
+            Self::User(_) | Self::Channel(_) => None,
+        }
+    }
+}
+
 /// Requests a worker (or the admiral's own handle) makes of the admiral.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -271,6 +306,10 @@ pub enum Request {
         /// Shard id.
         shard: u32,
     },
+    /// Look something up in the clusters' caches: a guild or member in the cluster that owns the
+    /// guild's shard (`(guild_id >> 22) % shard_total`), a user or channel in every cluster,
+    /// the first hit winning. Answered with [`Reply::Found`].
+    Fetch(Fetch),
 }
 
 /// Answers to a [`Request`].
@@ -286,6 +325,9 @@ pub enum Reply {
     Value(Option<Payload>),
     /// A store answer (has / delete).
     Flag(bool),
+    /// A fetch's answer: the object as JSON (Discord's field names, ids as strings), or `None`
+    /// when no cache holds it.
+    Found(Option<Payload>),
     /// The request was refused.
     Refused(Refusal),
 }
@@ -371,6 +413,14 @@ pub enum Down {
         /// Payload.
         payload: Payload,
     },
+    /// Look `query` up in this cluster's cache; answer with [`Up::Reply`]: `Outcome::Ok` with
+    /// the object as JSON, or with an empty payload for a miss.
+    Fetch {
+        /// Correlation id.
+        id: u64,
+        /// What to look up.
+        query: Fetch,
+    },
     /// Shut down gracefully within `grace_ms`, then exit.
     Shutdown {
         /// Grace period.
@@ -432,6 +482,7 @@ mod tests {
             token: "secret-token".into(),
             gateway_url: String::new(),
             rest_url: String::new(),
+            rest_proxied: false,
         };
         assert!(!format!("{assignment:?}").contains("secret-token"));
     }

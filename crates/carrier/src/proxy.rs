@@ -1,0 +1,769 @@
+//! The central REST proxy: one rate-limit state for every process of the fleet.
+//!
+//! # Theory of operation
+//!
+//! Each cluster running its own HTTP client with its own rate limiter races the others into 429s:
+//! none of them knows what the rest spent. The admiral therefore serves one HTTP endpoint on
+//! loopback ([`RestProxy`]) and the adapters point their clients at it with their own limiters
+//! off. Every request waits for a permit from one [`twilight_http_ratelimiting::RateLimiter`]
+//! (per-route buckets learnt from `X-RateLimit-*` headers, the global limit, one request in
+//! flight per unknown bucket), then goes to Discord with its method, headers, query and body
+//! (files included) unchanged; the response comes back whole.
+//!
+//! On top of the bucket logic the proxy
+//! - honours 429s: a global one holds every request until `retry_after` has passed, others wait
+//!   their `retry_after`; the request is retried up to [`ProxyConfig::max_retries`] times before
+//!   the 429 is handed to the caller;
+//! - keeps Discord's invalid-request budget (401, 403 and non-shared 429 answers, 10,000 per
+//!   10 minutes before Discord bans the IP): at the budget it refuses locally with a 503 instead
+//!   of spending more;
+//! - adds `Authorization: Bot <token>` to requests that carry none, so a worker needs no token
+//!   for REST;
+//! - counts what it does ([`ProxyStats`], also served as JSON at `GET /_fleet/stats`).
+//!
+//! Errors of the proxy itself (upstream unreachable, upstream timeout, refused) answer with a
+//! Discord-shaped JSON body (`{"message": ..., "code": 0}`) and an `x-fleet-proxy` header naming
+//! the cause, so a client never hangs and can tell them from Discord's own answers.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use twilight_http_ratelimiting::{Endpoint, RateLimitHeaders, RateLimiter};
+
+/// How long Discord counts invalid requests.
+pub const INVALID_REQUEST_WINDOW: Duration = Duration::from_mins(10);
+
+/// Latency samples kept for percentiles (the most recent ones).
+const LATENCY_SAMPLES: usize = 4096;
+
+/// Settings of the central REST proxy.
+#[derive(Clone)]
+pub struct ProxyConfig {
+    /// Where requests go: `https://discord.com` or a mock's `http://127.0.0.1:PORT`, without
+    /// `/api/v10`.
+    pub upstream: String,
+    /// The bot token, added to requests that carry no `Authorization`.
+    pub token: String,
+    /// Requests per second across all routes (Discord's default is 50; interactions are exempt).
+    pub global_limit: u16,
+    /// Invalid requests (401, 403, non-shared 429) allowed per [`INVALID_REQUEST_WINDOW`];
+    /// Discord bans at 10,000.
+    pub invalid_request_limit: u32,
+    /// How often a 429 is retried before the caller gets it.
+    pub max_retries: u32,
+    /// How long one upstream request may take.
+    pub request_timeout: Duration,
+    /// Largest request body accepted (files included).
+    pub max_body: usize,
+}
+
+impl ProxyConfig {
+    /// Discord's defaults for `upstream` with `token`.
+    pub fn new(upstream: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            token: token.into(),
+            global_limit: 50,
+            invalid_request_limit: 9_000,
+            max_retries: 3,
+            request_timeout: Duration::from_secs(30),
+            max_body: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("upstream", &self.upstream)
+            .field("token", &"<redacted>")
+            .field("global_limit", &self.global_limit)
+            .field("invalid_request_limit", &self.invalid_request_limit)
+            .field("max_retries", &self.max_retries)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_body", &self.max_body)
+            .finish()
+    }
+}
+
+/// What the proxy has done since it started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStats {
+    /// Requests received from the fleet.
+    pub requests: u64,
+    /// Requests answered (whatever the status).
+    pub completed: u64,
+    /// Requests being handled now.
+    pub in_flight: u64,
+    /// Requests waiting for a rate-limit permit now.
+    pub queued: u64,
+    /// Requests sent upstream (retries included).
+    pub upstream_requests: u64,
+    /// 429 answers seen from upstream, of every scope.
+    pub rate_limited: u64,
+    /// Of those, global ones.
+    pub global_rate_limited: u64,
+    /// Of those, shared-resource ones (they do not count as invalid).
+    pub shared_rate_limited: u64,
+    /// 429s retried by the proxy.
+    pub retries: u64,
+    /// Upstream failures: unreachable, broken or timed out.
+    pub upstream_errors: u64,
+    /// Requests refused by the proxy itself (bad method or path, body too large, budget spent).
+    pub refused: u64,
+    /// Invalid requests (401, 403, non-shared 429) within the last ten minutes.
+    pub invalid_requests: u64,
+    /// Median time from receipt to answer over the recent requests, in microseconds.
+    pub latency_p50_us: u64,
+    /// 99th percentile of the same.
+    pub latency_p99_us: u64,
+    /// Slowest of the same.
+    pub latency_max_us: u64,
+    /// Median time spent waiting for a rate-limit permit, in microseconds.
+    pub queue_wait_p50_us: u64,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyStartError {
+    /// The upstream URL is not `http(s)://host[:port]`.
+    #[error("upstream {0:?} is not an http(s) URL")]
+    BadUpstream(String),
+    /// The token cannot be a header value.
+    #[error("the token cannot be sent as a header")]
+    BadToken,
+    /// The loopback listener could not be bound.
+    #[error("cannot listen on loopback: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// A running proxy. Dropping it stops the server.
+#[derive(Debug)]
+pub struct RestProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl RestProxy {
+    /// Starts the proxy on `127.0.0.1` with a free port.
+    pub async fn start(config: ProxyConfig) -> Result<Self, ProxyStartError> {
+        let upstream = config.upstream.trim_end_matches('/').to_owned();
+        let valid = upstream
+            .parse::<Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !valid {
+            return Err(ProxyStartError::BadUpstream(config.upstream));
+        }
+        let auth = HeaderValue::try_from(format!("Bot {}", config.token))
+            .map_err(|_| ProxyStartError::BadToken)?;
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            limiter: RateLimiter::new(config.global_limit.max(1)),
+            client: Client::builder(TokioExecutor::new()).build(connector()),
+            upstream,
+            auth,
+            counters: Counters::default(),
+            latencies: Mutex::new(Samples::default()),
+            queue_waits: Mutex::new(Samples::default()),
+            invalid: Mutex::new(VecDeque::new()),
+            global_until: Mutex::new(None),
+            config,
+        });
+        let (shutdown, mut stop) = watch::channel(false);
+        let app = axum::Router::new()
+            .route("/_fleet/stats", axum::routing::get(serve_stats))
+            .fallback(handle)
+            .with_state(shared.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(target: "fleet::proxy", %error, "the REST proxy stopped");
+            }
+        });
+        tracing::debug!(target: "fleet::proxy", %addr, upstream = %shared.upstream, "REST proxy listening");
+        Ok(Self {
+            addr,
+            shared,
+            shutdown,
+        })
+    }
+
+    /// Where the proxy listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The proxy's base URL (`http://127.0.0.1:PORT`), to use in place of `https://discord.com`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What the proxy has done so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.shared.stats()
+    }
+
+    /// A cheap handle that reads the stats while the proxy runs.
+    pub fn stats_handle(&self) -> ProxyStatsHandle {
+        ProxyStatsHandle(self.shared.clone())
+    }
+}
+
+impl Drop for RestProxy {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Reads a running proxy's [`ProxyStats`].
+#[derive(Debug, Clone)]
+pub struct ProxyStatsHandle(Arc<Shared>);
+
+impl ProxyStatsHandle {
+    /// The proxy's stats now.
+    pub fn get(&self) -> ProxyStats {
+        self.0.stats()
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+fn connector() -> Connector {
+    use hyper_rustls::ConfigBuilderExt as _;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_webpki_roots()
+    .with_no_client_auth();
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    completed: AtomicU64,
+    in_flight: AtomicU64,
+    queued: AtomicU64,
+    upstream_requests: AtomicU64,
+    rate_limited: AtomicU64,
+    global_rate_limited: AtomicU64,
+    shared_rate_limited: AtomicU64,
+    retries: AtomicU64,
+    upstream_errors: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// The most recent samples, for percentiles.
+#[derive(Debug, Default)]
+struct Samples {
+    values: Vec<u64>,
+    next: usize,
+}
+
+impl Samples {
+    fn push(&mut self, value: u64) {
+        if self.values.len() < LATENCY_SAMPLES {
+            self.values.push(value);
+        } else {
+            self.values[self.next] = value;
+            self.next = (self.next + 1) % LATENCY_SAMPLES;
+        }
+    }
+
+    /// `(p50, p99, max)`.
+    fn summary(&self) -> (u64, u64, u64) {
+        if self.values.is_empty() {
+            return (0, 0, 0);
+        }
+        let mut sorted = self.values.clone();
+        sorted.sort_unstable();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.99), sorted[sorted.len() - 1])
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ProxyConfig,
+    limiter: RateLimiter,
+    client: Client<Connector, Full<Bytes>>,
+    upstream: String,
+    auth: HeaderValue,
+    counters: Counters,
+    latencies: Mutex<Samples>,
+    queue_waits: Mutex<Samples>,
+    invalid: Mutex<VecDeque<Instant>>,
+    global_until: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn stats(&self) -> ProxyStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (latency_p50_us, latency_p99_us, latency_max_us) = self
+            .latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .summary();
+        let (queue_wait_p50_us, _, _) = self
+            .queue_waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .summary();
+        ProxyStats {
+            requests: load(&c.requests),
+            completed: load(&c.completed),
+            in_flight: load(&c.in_flight),
+            queued: load(&c.queued),
+            upstream_requests: load(&c.upstream_requests),
+            rate_limited: load(&c.rate_limited),
+            global_rate_limited: load(&c.global_rate_limited),
+            shared_rate_limited: load(&c.shared_rate_limited),
+            retries: load(&c.retries),
+            upstream_errors: load(&c.upstream_errors),
+            refused: load(&c.refused),
+            invalid_requests: self.invalid_count(Instant::now()) as u64,
+            latency_p50_us,
+            latency_p99_us,
+            latency_max_us,
+            queue_wait_p50_us,
+        }
+    }
+
+    fn invalid_count(&self, now: Instant) -> usize {
+        let mut invalid = self.invalid.lock().unwrap_or_else(PoisonError::into_inner);
+        while invalid
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= INVALID_REQUEST_WINDOW)
+        {
+            invalid.pop_front();
+        }
+        invalid.len()
+    }
+
+    fn count_invalid(&self, now: Instant) {
+        let mut invalid = self.invalid.lock().unwrap_or_else(PoisonError::into_inner);
+        invalid.push_back(now);
+        // Never grows past the budget by more than the requests in flight.
+        while invalid.len() > self.config.invalid_request_limit as usize + 1024 {
+            invalid.pop_front();
+        }
+    }
+
+    /// Waits out a global 429.
+    async fn global_pause(&self) {
+        loop {
+            let until = *self
+                .global_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Counts a request in a gauge for as long as it lives.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The proxy's own failures, answered in Discord's error shape.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("{0} is not proxied (Discord's API takes GET, POST, PUT, PATCH and DELETE)")]
+    Method(Method),
+    #[error("{0} is not a Discord API path (expected /api/v10/...)")]
+    Path(String),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(
+        "{0} invalid requests in the last ten minutes: refusing more to stay below Discord's ban"
+    )]
+    Budget(usize),
+    #[error("upstream unreachable: {0}")]
+    Upstream(String),
+    #[error("no upstream answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Path(_) => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Budget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Method(_) => "method",
+            Self::Path(_) => "path",
+            Self::TooLarge(_) => "too-large",
+            Self::Budget(_) => "invalid-request-budget",
+            Self::Upstream(_) => "upstream-unreachable",
+            Self::Timeout(_) => "upstream-timeout",
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "message": self.to_string(), "code": 0 });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            HeaderName::from_static("x-fleet-proxy"),
+            HeaderValue::from_static(self.kind()),
+        );
+        response
+    }
+}
+
+async fn serve_stats(State(shared): State<Arc<Shared>>) -> axum::Json<ProxyStats> {
+    axum::Json(shared.stats())
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let counters = &shared.counters;
+    counters.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = Gauge::enter(&counters.in_flight);
+    let started = Instant::now();
+    let response = match forward(&shared, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            match error {
+                ProxyError::Upstream(_) | ProxyError::Timeout(_) => {
+                    counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tracing::warn!(target: "fleet::proxy", %error, "REST request failed in the proxy");
+            error.into_response()
+        }
+    };
+    shared
+        .latencies
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(started.elapsed().as_micros() as u64);
+    counters.completed.fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+/// The rate-limit route of a request path: `/api/v10/channels/1/messages` → `channels/1/messages`.
+fn route_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/api/")?;
+    let rest = match rest.split_once('/') {
+        Some((version, rest)) if version.starts_with('v') && version[1..].parse::<u8>().is_ok() => {
+            rest
+        }
+        _ => rest,
+    };
+    let rest = rest.trim_end_matches('/');
+    (!rest.is_empty()).then_some(rest)
+}
+
+fn limiter_method(method: &Method) -> Option<twilight_http_ratelimiting::Method> {
+    use twilight_http_ratelimiting::Method as M;
+    Some(match *method {
+        Method::GET => M::Get,
+        Method::POST => M::Post,
+        Method::PUT => M::Put,
+        Method::PATCH => M::Patch,
+        Method::DELETE => M::Delete,
+        _ => return None,
+    })
+}
+
+/// Headers that describe one hop, not the message.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::HOST,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::TE,
+    header::UPGRADE,
+];
+
+async fn forward(shared: &Shared, request: Request) -> Result<Response, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let method = limiter_method(&parts.method).ok_or(ProxyError::Method(parts.method.clone()))?;
+    let route = route_path(parts.uri.path())
+        .ok_or_else(|| ProxyError::Path(parts.uri.path().to_owned()))?
+        .to_owned();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    let uri: Uri = format!("{}{}", shared.upstream, path_and_query)
+        .parse()
+        .map_err(|_| ProxyError::Path(path_and_query.to_owned()))?;
+    let body = axum::body::to_bytes(body, shared.config.max_body)
+        .await
+        .map_err(|_| ProxyError::TooLarge(shared.config.max_body))?;
+    let mut headers = parts.headers;
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !headers.contains_key(header::AUTHORIZATION) {
+        headers.insert(header::AUTHORIZATION, shared.auth.clone());
+    }
+    let endpoint = Endpoint {
+        method,
+        path: route,
+    };
+    let counters = &shared.counters;
+    let mut retries = 0;
+    loop {
+        let invalid = shared.invalid_count(Instant::now());
+        if invalid >= shared.config.invalid_request_limit as usize {
+            return Err(ProxyError::Budget(invalid));
+        }
+        let waiting = Instant::now();
+        let permit = {
+            let _queued = Gauge::enter(&counters.queued);
+            shared.global_pause().await;
+            shared.limiter.acquire(endpoint.clone()).await
+        };
+        shared
+            .queue_waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(waiting.elapsed().as_micros() as u64);
+        let mut upstream = hyper::Request::new(Full::new(body.clone()));
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri.clone();
+        *upstream.headers_mut() = headers.clone();
+        counters.upstream_requests.fetch_add(1, Ordering::Relaxed);
+        let sent = tokio::time::timeout(
+            shared.config.request_timeout,
+            shared.client.request(upstream),
+        )
+        .await;
+        let response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                permit.complete(None);
+                return Err(ProxyError::Upstream(error.to_string()));
+            }
+            Err(_) => {
+                permit.complete(None);
+                return Err(ProxyError::Timeout(shared.config.request_timeout));
+            }
+        };
+        let (mut head, body) = response.into_parts();
+        permit.complete(ratelimit_headers(&head.headers));
+        let timeout = shared.config.request_timeout;
+        let body = match tokio::time::timeout(timeout, body.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) => return Err(ProxyError::Upstream(error.to_string())),
+            Err(_) => return Err(ProxyError::Timeout(timeout)),
+        };
+        let now = Instant::now();
+        match head.status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let scope = head
+                    .headers
+                    .get(RateLimitHeaders::SCOPE)
+                    .map(HeaderValue::as_bytes);
+                let global =
+                    scope == Some(b"global") || head.headers.contains_key("x-ratelimit-global");
+                let retry_after = retry_after(&head.headers, &body);
+                if global {
+                    counters.global_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let mut until = shared
+                        .global_until
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let new = now + retry_after;
+                    if until.is_none_or(|u| u < new) {
+                        *until = Some(new);
+                    }
+                }
+                if scope == Some(b"shared") {
+                    counters.shared_rate_limited.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared.count_invalid(now);
+                }
+                tracing::warn!(target: "fleet::proxy", route = %endpoint.path, ?retry_after, global, "rate limited by upstream");
+                if retries < shared.config.max_retries {
+                    retries += 1;
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
+                    if !global {
+                        tokio::time::sleep(retry_after).await;
+                    }
+                    continue;
+                }
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => shared.count_invalid(now),
+            _ => {}
+        }
+        for name in &HOP_BY_HOP {
+            head.headers.remove(name);
+        }
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        return Ok(response);
+    }
+}
+
+/// How long a 429 asks to wait: the body's `retry_after` (seconds, fractional), else the
+/// `Retry-After` header, else one second.
+fn retry_after(headers: &HeaderMap, body: &[u8]) -> Duration {
+    #[derive(Deserialize)]
+    struct Limited {
+        retry_after: f64,
+    }
+    let seconds = serde_json::from_slice::<Limited>(body)
+        .ok()
+        .map(|l| l.retry_after)
+        .or_else(|| {
+            headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(seconds.clamp(0.0, 3600.0))
+}
+
+/// Parses Discord's rate-limit headers the way twilight-http does: a user bucket, a shared
+/// resource (treated as exhausted until `Retry-After`), or nothing to learn (global or absent).
+fn ratelimit_headers(headers: &HeaderMap) -> Option<RateLimitHeaders> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bucket = || {
+        headers
+            .get(RateLimitHeaders::BUCKET)
+            .map(|v| v.as_bytes().to_vec())
+    };
+    match headers
+        .get(RateLimitHeaders::SCOPE)
+        .map(HeaderValue::as_bytes)
+    {
+        Some(b"shared") => {
+            let retry = text(header::RETRY_AFTER.as_str())?.parse().ok()?;
+            Some(RateLimitHeaders::shared(bucket()?, retry))
+        }
+        Some(b"user") => {
+            let reset_after: f64 = text(RateLimitHeaders::RESET_AFTER)?.parse().ok()?;
+            Some(RateLimitHeaders {
+                bucket: bucket()?,
+                limit: text(RateLimitHeaders::LIMIT)?.parse().ok()?,
+                remaining: text(RateLimitHeaders::REMAINING)?.parse().ok()?,
+                reset_at: std::time::Instant::now()
+                    + Duration::from_secs_f64(reset_after.clamp(0.0, 3600.0)),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_paths_drop_the_api_prefix_and_version() {
+        assert_eq!(
+            route_path("/api/v10/channels/1/messages"),
+            Some("channels/1/messages")
+        );
+        assert_eq!(route_path("/api/v9/users/@me/"), Some("users/@me"));
+        assert_eq!(route_path("/api/gateway/bot"), Some("gateway/bot"));
+        assert_eq!(route_path("/api/v10/"), None);
+        assert_eq!(route_path("/channels/1"), None);
+    }
+
+    #[test]
+    fn user_bucket_headers_parse_and_others_teach_nothing() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-scope", HeaderValue::from_static("user"));
+        headers.insert("x-ratelimit-bucket", HeaderValue::from_static("abc"));
+        headers.insert("x-ratelimit-limit", HeaderValue::from_static("5"));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("4"));
+        headers.insert("x-ratelimit-reset-after", HeaderValue::from_static("2.5"));
+        let parsed = ratelimit_headers(&headers).unwrap();
+        assert_eq!((parsed.limit, parsed.remaining), (5, 4));
+        assert_eq!(parsed.bucket, b"abc");
+        headers.insert("x-ratelimit-scope", HeaderValue::from_static("global"));
+        assert!(ratelimit_headers(&headers).is_none());
+        headers.remove("x-ratelimit-scope");
+        assert!(ratelimit_headers(&headers).is_none());
+    }
+
+    #[test]
+    fn retry_after_prefers_the_precise_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        let body =
+            br#"{"message":"You are being rate limited.","retry_after":0.25,"global":false}"#;
+        assert_eq!(retry_after(&headers, body), Duration::from_millis(250));
+        assert_eq!(retry_after(&headers, b"{}"), Duration::from_secs(3));
+        assert_eq!(retry_after(&HeaderMap::new(), b""), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn samples_give_percentiles_over_the_recent_window() {
+        let mut samples = Samples::default();
+        for v in 1..=100 {
+            samples.push(v);
+        }
+        assert_eq!(samples.summary(), (51, 99, 100));
+        for _ in 0..LATENCY_SAMPLES {
+            samples.push(7);
+        }
+        assert_eq!(samples.summary(), (7, 7, 7));
+    }
+}
