@@ -9,7 +9,7 @@ use std::time::Duration;
 use carrier::admiral::{LifecycleEvent, State};
 use carrier::ipc::proto::Refusal;
 use carrier::{FleetEvent, IpcError, Outcome, Payload, ShardEvent, WorkerId};
-use common::{WAIT, kill, launch, mock_config, options, ready_shards, status, until};
+use common::{WAIT, kill, launch, mock_config, options, ready_shards, signal, status, until};
 use discord_mock::MockDiscord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,4 +537,73 @@ async fn sigterm_on_the_admiral_shuts_the_fleet_down_and_leaves_no_process() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_cluster_misses_heartbeats_and_is_killed_and_restarted() {
+    let mock = MockDiscord::start(mock_config(4, 2, 1)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.max_restarts = 1;
+    options.restart_backoff = Duration::from_millis(100);
+    options.heartbeat_interval = Duration::from_millis(100);
+    options.heartbeat_timeout = Duration::from_secs(1);
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let hung = WorkerId::Cluster(0);
+    let before = admiral.workers().await.unwrap();
+    let old = before.iter().find(|w| w.id == hung).unwrap().process;
+
+    // Stopped, not dead: its socket stays open, it just answers nothing.
+    signal(&admiral, &hung, "-STOP").await;
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::Unresponsive { .. })
+    })
+    .await;
+    let Some(FleetEvent::Unresponsive {
+        worker,
+        process,
+        silent_for,
+    }) = seen.last()
+    else {
+        unreachable!()
+    };
+    assert_eq!((worker, *process), (&hung, old.unwrap()));
+    assert!(*silent_for > Duration::from_secs(1), "{silent_for:?}");
+    let seen = until(&mut events, |e| {
+        matches!(
+            e,
+            FleetEvent::Shard {
+                cluster: 0,
+                event: ShardEvent::Ready,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, FleetEvent::Exited { worker, code: None, .. } if *worker == hung)),
+        "killed by a signal: {seen:#?}"
+    );
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        FleetEvent::Lifecycle(LifecycleEvent::Restarting { worker, .. }) if *worker == hung
+    )));
+    let answer = admiral
+        .ipc()
+        .cluster_command(0, Payload::from("status"))
+        .await
+        .unwrap();
+    assert_eq!(status(&answer).id, 0);
+    let after = admiral.workers().await.unwrap();
+    let new = after.iter().find(|w| w.id == hung).unwrap();
+    assert_eq!(new.state, State::Live);
+    assert_ne!(new.process, old, "a new process serves it");
+    // The other cluster never missed a beat.
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, FleetEvent::Unresponsive { .. }))
+    );
+    admiral.shutdown().await;
 }

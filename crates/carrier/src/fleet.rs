@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admiral::plan::{self, PlanInput, ShardCount};
-use crate::admiral::{self, AdmiralConfig, AdmiralHandle, RestartPolicy, Timeouts, WorkerCommand};
+use crate::admiral::{
+    self, AdmiralConfig, AdmiralHandle, Heartbeat, RestartPolicy, Timeouts, WorkerCommand,
+};
 use crate::identify::{IDENTIFY_INTERVAL, LocalIdentifyQueue};
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::ipc::link::WorkerEnv;
@@ -53,6 +55,11 @@ pub struct FleetOptions {
     /// Backoff before the first restart, doubling for each further one within the window (at
     /// most a minute). Default 1 s.
     pub restart_backoff: Duration,
+    /// How often the admiral pings each worker (application heartbeats). Default 5 s.
+    pub heartbeat_interval: Duration,
+    /// A worker that answers no ping (and sends nothing else) for this long is hung: it is
+    /// killed and restarted like a crashed one. Default 30 s; zero turns heartbeats off.
+    pub heartbeat_timeout: Duration,
     /// REST base, without `/api/v10`. Default `https://discord.com`.
     pub rest_url: String,
     /// Route every cluster's REST calls through the admiral's central proxy, which keeps one
@@ -110,6 +117,8 @@ impl FleetOptions {
             max_restarts: 5,
             restart_window: Duration::from_mins(10),
             restart_backoff: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(30),
             rest_url: DISCORD_REST_URL.to_owned(),
             rest_proxy: true,
             rest_global_limit: 50,
@@ -288,6 +297,12 @@ impl Fleet {
             worker_command,
             echo_output: options.echo_output,
             handle_signals: options.handle_signals,
+            heartbeat: (!options.heartbeat_timeout.is_zero()).then(|| Heartbeat {
+                interval: options
+                    .heartbeat_interval
+                    .clamp(Duration::from_millis(10), options.heartbeat_timeout),
+                timeout: options.heartbeat_timeout,
+            }),
         };
         Ok(admiral::start(config).await?)
     }

@@ -92,7 +92,13 @@ pub fn status(payload: &Payload) -> ClusterStatus {
     payload.decode().expect("a cluster status")
 }
 
+/// `kill -9` a worker's process.
 pub async fn kill(admiral: &AdmiralHandle, worker: &WorkerId) {
+    signal(admiral, worker, "-9").await;
+}
+
+/// Sends `signal` (`-9`, `-STOP`, ...) to a worker's process.
+pub async fn signal(admiral: &AdmiralHandle, worker: &WorkerId, signal: &str) {
     let workers = admiral.workers().await.unwrap();
     let pid = workers
         .iter()
@@ -100,7 +106,7 @@ pub async fn kill(admiral: &AdmiralHandle, worker: &WorkerId) {
         .and_then(|w| w.pid)
         .expect("worker has a pid");
     let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());

@@ -68,6 +68,16 @@ pub enum FleetEvent {
         /// What went wrong.
         error: String,
     },
+    /// A worker stopped answering application heartbeats; it is killed, and restarted like any
+    /// crashed worker.
+    Unresponsive {
+        /// Which worker.
+        worker: WorkerId,
+        /// Which process of it.
+        process: ProcessId,
+        /// How long it had been silent.
+        silent_for: Duration,
+    },
     /// A total shutdown began.
     ShuttingDown,
 }
@@ -125,6 +135,17 @@ pub struct AdmiralConfig {
     pub echo_output: bool,
     /// Whether SIGINT and SIGTERM start a graceful total shutdown.
     pub handle_signals: bool,
+    /// Application heartbeats, if on.
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// Application heartbeats between the admiral and its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// How often each connected worker is pinged.
+    pub interval: Duration,
+    /// A worker that sent nothing for this long is killed and treated as crashed.
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for AdmiralConfig {

@@ -97,6 +97,7 @@ enum Timer {
     Forward(u64),
     Start(ProcessId),
     Kill(ProcessId),
+    Heartbeat,
 }
 
 #[derive(Debug)]
@@ -156,6 +157,8 @@ struct ProcessInfo {
     conn: Option<ConnId>,
     /// The process exited while its connection still had frames to read.
     exited: Option<Exit>,
+    /// When its last frame arrived.
+    last_seen: Option<tokio::time::Instant>,
 }
 
 pub(crate) struct Router {
@@ -225,6 +228,9 @@ impl Router {
         mut local: mpsc::Receiver<LocalRequest>,
     ) {
         self.lifecycle_input(Input::Launch);
+        if let Some(heartbeat) = self.config.heartbeat {
+            self.timers.insert(Timer::Heartbeat, heartbeat.interval);
+        }
         while !self.lifecycle.is_stopped() {
             tokio::select! {
                 message = inbox.recv() => match message {
@@ -363,7 +369,9 @@ impl Router {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.process = Some(process);
         }
-        self.processes.entry(process).or_default().conn = Some(conn);
+        let info = self.processes.entry(process).or_default();
+        info.conn = Some(conn);
+        info.last_seen = Some(tokio::time::Instant::now());
         self.send(conn, &Down::Welcome(assignment));
         tracing::debug!(target: "fleet::ipc", %worker, process, "worker connected");
         self.lifecycle_input(Input::Hello(process));
@@ -376,7 +384,11 @@ impl Router {
         let Some(worker) = self.lifecycle.worker_of(process).cloned() else {
             return;
         };
+        if let Some(info) = self.processes.get_mut(&process) {
+            info.last_seen = Some(tokio::time::Instant::now());
+        }
         match up {
+            Up::Pong { .. } => {}
             Up::Hello { .. } => {
                 tracing::warn!(target: "fleet::ipc", %worker, "ignoring a second hello");
             }
@@ -475,6 +487,46 @@ impl Router {
             Timer::Forward(id) => self.resolve(id, Outcome::TimedOut, true),
             Timer::Start(process) => self.lifecycle_input(Input::StartTimedOut(process)),
             Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
+            Timer::Heartbeat => self.heartbeat(),
+        }
+    }
+
+    /// Pings every serving worker and kills those silent for longer than the timeout.
+    fn heartbeat(&mut self) {
+        let Some(heartbeat) = self.config.heartbeat else {
+            return;
+        };
+        self.timers.insert(Timer::Heartbeat, heartbeat.interval);
+        let now = tokio::time::Instant::now();
+        let serving: Vec<(WorkerId, ProcessId)> = self
+            .lifecycle
+            .workers()
+            .filter(|w| matches!(w.state, State::Starting | State::Live))
+            .filter_map(|w| Some((w.id.clone(), w.process?)))
+            .collect();
+        let seq = self.next_id();
+        for (worker, process) in serving {
+            let Some(info) = self.processes.get(&process) else {
+                continue;
+            };
+            let (Some(conn), Some(last_seen)) = (info.conn, info.last_seen) else {
+                continue;
+            };
+            let silent_for = now.duration_since(last_seen);
+            if silent_for > heartbeat.timeout {
+                tracing::error!(target: "fleet::admiral", %worker, process, ?silent_for, "worker unresponsive; killing it");
+                let _ = self.events.send(FleetEvent::Unresponsive {
+                    worker,
+                    process,
+                    silent_for,
+                });
+                if let Some(info) = self.processes.get_mut(&process) {
+                    info.last_seen = None;
+                }
+                self.kill(process);
+            } else {
+                self.send(conn, &Down::Ping { seq });
+            }
         }
     }
 

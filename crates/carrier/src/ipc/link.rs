@@ -243,6 +243,13 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                         let _ = ipc.send_up(Up::Reply { id, outcome }).await;
                     });
                 }
+                Ok(Down::Ping { seq }) => {
+                    // From a task, not the reader: a stuck runtime must not answer.
+                    let ipc = reader_ipc.clone();
+                    tokio::spawn(async move {
+                        let _ = ipc.send_up(Up::Pong { seq }).await;
+                    });
+                }
                 Ok(Down::Fetch { id, query }) => {
                     let outcome = reader_ipc.run_fetch(query);
                     let ipc = reader_ipc.clone();

@@ -379,6 +379,11 @@ pub enum Up {
     Status(Status),
     /// A log record for the admiral.
     Log(LogRecord),
+    /// The answer to a [`Down::Ping`].
+    Pong {
+        /// The ping's number.
+        seq: u64,
+    },
 }
 
 /// Admiral → worker.
@@ -420,6 +425,13 @@ pub enum Down {
         id: u64,
         /// What to look up.
         query: Fetch,
+    },
+    /// Application heartbeat: answer with [`Up::Pong`] from a task of the worker's runtime, so a
+    /// worker whose runtime is stuck stops answering. A worker silent for longer than the
+    /// fleet's heartbeat timeout is treated as crashed.
+    Ping {
+        /// A number to echo.
+        seq: u64,
     },
     /// Shut down gracefully within `grace_ms`, then exit.
     Shutdown {
