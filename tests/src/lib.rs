@@ -34,10 +34,16 @@ pub fn fleet_from_env(options: FleetOptions) -> Fleet {
     }
 }
 
-/// Like [`fleet`], with serenity clusters running [`SerenityCluster`].
+/// Like [`fleet`], with serenity clusters running [`SerenityCluster`]. A worker command given in
+/// `options` gets [`LIB_ENV`] set, so the spawned testbot workers run serenity too.
 #[must_use]
-pub fn serenity_fleet(options: FleetOptions) -> Fleet {
+pub fn serenity_fleet(mut options: FleetOptions) -> Fleet {
     use serenity::all::GatewayIntents;
+    if let Some(command) = options.worker_command.as_mut()
+        && !command.env.iter().any(|(key, _)| key == LIB_ENV)
+    {
+        command.env.push((LIB_ENV.into(), "serenity".into()));
+    }
     let intents =
         GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::GUILD_MEMBERS;
     fleet_serenity::fleet::<SerenityCluster>(options, fleet_serenity::Settings::new(intents))

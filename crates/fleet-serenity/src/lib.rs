@@ -323,6 +323,14 @@ async fn run_cluster<W: ClusterWorker>(
         assignment,
         mut control,
     } = context;
+    if assignment.handover {
+        // serenity 0.12 opens its sessions itself and offers no way to resume one it did not
+        // open: refuse, and the old process keeps serving.
+        let reason = "serenity clusters cannot resume handed-over sessions; restart them with RestartMode::Overlap";
+        let _ = ipc.report(Status::StartFailed(reason.to_owned())).await;
+        ipc.flush().await;
+        return Err(reason.into());
+    }
     let http = Arc::new(http_client(&assignment.token, &assignment.rest_url));
     let cache = Arc::new(Cache::new_with_settings(settings.cache.clone()));
     ipc.set_fetch_handler(fetch_handler(cache.clone()));

@@ -57,7 +57,8 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use carrier::ipc::link::Stop;
+use carrier::ipc::link::{Handoff, Stop};
+use carrier::ipc::proto::ShardSession;
 pub use carrier::worker::BoxError;
 use carrier::worker::start_cluster_worker;
 pub use carrier::{
@@ -71,8 +72,8 @@ use tokio::sync::{oneshot, watch};
 pub use twilight_cache_inmemory::{DefaultInMemoryCache, ResourceType};
 use twilight_gateway::queue::Queue;
 use twilight_gateway::{
-    CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, MessageSender, Shard, ShardId,
-    StreamExt as _,
+    CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, MessageSender, Session, Shard,
+    ShardId, StreamExt as _,
 };
 use twilight_model::gateway::payload::outgoing::update_presence::UpdatePresencePayload;
 use twilight_model::id::Id;
@@ -94,7 +95,7 @@ pub struct ClusterContext {
     /// An HTTP client on the fleet's REST base.
     pub http: Arc<twilight_http::Client>,
     /// A sender per shard, for gateway commands (presence, member requests).
-    pub senders: BTreeMap<u32, MessageSender>,
+    pub senders: ShardSenders,
     /// The cluster's cache, filled from every shard's events before the worker sees them (the
     /// kinds in [`Settings::cache`]). Other workers read it through `Ipc::fetch_*`.
     pub cache: Arc<DefaultInMemoryCache>,
@@ -297,15 +298,7 @@ async fn run_cluster<W: ClusterWorker>(
     }
     let config = config.build();
     let shard_ids = assignment.first_shard..=assignment.last_shard;
-    let shards: Vec<Shard<IpcQueue>> = shard_ids
-        .clone()
-        .map(|id| Shard::with_config(ShardId::new(id, assignment.shard_total), config.clone()))
-        .collect();
-    let senders: BTreeMap<u32, MessageSender> = shards
-        .iter()
-        .map(|s| (s.id().number(), s.sender()))
-        .collect();
-
+    let senders = ShardSenders::default();
     let cache = Arc::new(
         DefaultInMemoryCache::builder()
             .resource_types(settings.cache)
@@ -328,35 +321,157 @@ async fn run_cluster<W: ClusterWorker>(
     )
     .await?;
 
-    let (stopping_tx, stopping) = watch::channel(false);
-    let ready = Arc::new(Mutex::new(HashSet::new()));
-    let all = shard_ids.clone().count();
-    let mut tasks = Vec::with_capacity(all);
-    for shard in shards {
-        let cluster = ClusterShared {
-            event_types: settings.event_types,
-            cache: cache.clone(),
-            worker: worker.clone(),
-            ipc: ipc.clone(),
-            ready: ready.clone(),
-            all,
-        };
-        tasks.push(tokio::spawn(drive_shard(shard, cluster, stopping.clone())));
+    // A replacement waits for the sessions of the process it replaces.
+    let handoffs = control.clone();
+    let mut sessions = Vec::new();
+    if assignment.handover {
+        let _ = ipc.report(Status::Prepared).await;
+        tokio::select! {
+            handoff = handoffs.handoff() => match handoff {
+                Some(Handoff::Sessions(handed)) => sessions = handed,
+                _ => return Ok(()),
+            },
+            stop = control.stopped() => {
+                if let Stop::Shutdown(grace) = stop {
+                    let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+                }
+                return Ok(());
+            }
+        }
     }
 
-    let grace = match control.stopped().await {
-        Stop::Shutdown(grace) => {
-            let _ = tokio::time::timeout(grace, worker.shutdown()).await;
-            grace
+    let ready = Arc::new(Mutex::new(HashSet::new()));
+    let all = shard_ids.clone().count();
+    loop {
+        // One generation of shards: the first, or the one resuming sessions given back.
+        let (drive_tx, drive) = watch::channel(Drive::Run);
+        let mut tasks = Vec::with_capacity(all);
+        let mut generation = BTreeMap::new();
+        for id in shard_ids.clone() {
+            let mut shard_config = ConfigBuilder::from(config.clone());
+            if let Some(session) = sessions.iter().find(|s| s.shard == id) {
+                shard_config = shard_config
+                    .session(Session::new(session.sequence, session.session_id.clone()));
+                if let Some(url) = &session.resume_url {
+                    shard_config = shard_config.resume_url(url.clone());
+                }
+            }
+            let shard = Shard::with_config(
+                ShardId::new(id, assignment.shard_total),
+                shard_config.build(),
+            );
+            generation.insert(id, shard.sender());
+            let cluster = ClusterShared {
+                event_types: settings.event_types,
+                cache: cache.clone(),
+                worker: worker.clone(),
+                ipc: ipc.clone(),
+                ready: ready.clone(),
+                all,
+            };
+            tasks.push(tokio::spawn(drive_shard(shard, cluster, drive.clone())));
         }
-        Stop::Disconnected => Duration::from_secs(5),
-    };
-    let _ = stopping_tx.send(true);
-    for sender in senders.values() {
-        let _ = sender.close(CloseFrame::NORMAL);
+        senders.replace(generation);
+
+        tokio::select! {
+            stop = control.stopped() => {
+                let grace = match stop {
+                    Stop::Shutdown(grace) => {
+                        let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+                        grace
+                    }
+                    Stop::Disconnected => Duration::from_secs(5),
+                };
+                let _ = drive_tx.send(Drive::Stop);
+                for sender in senders.all().values() {
+                    let _ = sender.close(CloseFrame::NORMAL);
+                }
+                let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
+                return Ok(());
+            }
+            handoff = handoffs.handoff() => {
+                if handoff != Some(Handoff::HandOver) {
+                    continue;
+                }
+                // Close every shard resumably; each task returns its session once closed.
+                let _ = drive_tx.send(Drive::HandOver);
+                for sender in senders.all().values() {
+                    let _ = sender.close(CloseFrame::RESUME);
+                }
+                let mut handed = Vec::new();
+                let closing = futures::future::join_all(tasks.iter_mut());
+                // A shard still waiting to identify has no session to close: it is left to
+                // identify in the replacement.
+                if let Ok(closed) = tokio::time::timeout(HANDOVER_CLOSE, closing).await {
+                    handed.extend(closed.into_iter().filter_map(|t| t.ok().flatten()));
+                }
+                for task in &tasks {
+                    task.abort();
+                }
+                tracing::info!(target: "fleet::shard", shards = handed.len(), "handing sessions over");
+                ipc.hand_over(handed).await?;
+                // Now either the replacement serves and we are told to stop, or it failed and
+                // the sessions come back.
+                tokio::select! {
+                    stop = control.stopped() => {
+                        if let Stop::Shutdown(grace) = stop {
+                            let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+                        }
+                        return Ok(());
+                    }
+                    handoff = handoffs.handoff() => match handoff {
+                        Some(Handoff::Sessions(back)) => {
+                            tracing::warn!(target: "fleet::shard", "the replacement failed; resuming the sessions here");
+                            ready.lock().unwrap_or_else(PoisonError::into_inner).clear();
+                            sessions = back;
+                        }
+                        _ => return Ok(()),
+                    },
+                }
+            }
+        }
     }
-    let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
-    Ok(())
+}
+
+/// How long shards have to close for a handover.
+const HANDOVER_CLOSE: Duration = Duration::from_secs(5);
+
+/// What the shard tasks are told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    Run,
+    Stop,
+    HandOver,
+}
+
+/// The cluster's current shard senders, for gateway commands (presence, member requests). After
+/// a failed handover the shards are rebuilt; this always names the live ones.
+#[derive(Debug, Clone, Default)]
+pub struct ShardSenders(Arc<Mutex<BTreeMap<u32, MessageSender>>>);
+
+impl ShardSenders {
+    /// The sender of shard `shard`, if this cluster runs it.
+    #[must_use]
+    pub fn get(&self, shard: u32) -> Option<MessageSender> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&shard)
+            .cloned()
+    }
+
+    /// Every shard's sender.
+    #[must_use]
+    pub fn all(&self) -> BTreeMap<u32, MessageSender> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, senders: BTreeMap<u32, MessageSender>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = senders;
+    }
 }
 
 /// Answers other workers' `Ipc::fetch_*` from the cluster's cache, in Discord's JSON shape: users
@@ -394,11 +509,12 @@ struct ClusterShared<W> {
     all: usize,
 }
 
+/// Runs one shard until told to stop; after a handover close, returns its session.
 async fn drive_shard<W: ClusterWorker>(
     mut shard: Shard<IpcQueue>,
     cluster: ClusterShared<W>,
-    mut stopping: watch::Receiver<bool>,
-) {
+    mut drive: watch::Receiver<Drive>,
+) -> Option<ShardSession> {
     let ClusterShared {
         event_types,
         cache,
@@ -420,7 +536,7 @@ async fn drive_shard<W: ClusterWorker>(
         let item = tokio::select! {
             item = shard.next_event(flags) => item,
             // Keep reading after a stop: the close frame is queued and events still drain.
-            _ = stopping.changed(), if !*stopping.borrow() => continue,
+            _ = drive.changed(), if *drive.borrow() == Drive::Run => continue,
         };
         let Some(item) = item else { break };
         let event = match item {
@@ -445,7 +561,7 @@ async fn drive_shard<W: ClusterWorker>(
                     event: report.clone(),
                 })
                 .await;
-            if report == ShardEvent::Ready {
+            if matches!(report, ShardEvent::Ready | ShardEvent::Resumed) {
                 let now_ready = {
                     let mut ready = ready.lock().unwrap_or_else(PoisonError::into_inner);
                     ready.insert(number) && ready.len() == all
@@ -460,8 +576,21 @@ async fn drive_shard<W: ClusterWorker>(
         if event_types.contains(EventTypeFlags::from(event.kind())) {
             worker.handle_event(id, event).await;
         }
-        if closed && *stopping.borrow() {
-            break;
+        // Every event received before the close was handled above, so the session's sequence
+        // is exactly what this process handled: the replacement resumes right after it.
+        match *drive.borrow() {
+            Drive::HandOver if closed => {
+                let session = shard.session()?;
+                return Some(ShardSession {
+                    shard: number,
+                    session_id: session.id().to_owned(),
+                    sequence: session.sequence(),
+                    resume_url: shard.resume_url().map(str::to_owned),
+                });
+            }
+            Drive::Stop if closed => break,
+            _ => {}
         }
     }
+    None
 }

@@ -14,7 +14,17 @@
 //! it.
 //!
 //! Each worker incarnation has its own [`ProcessId`], so an old process and its replacement of the
-//! same worker can coexist: that is where restarts and session handover attach.
+//! same worker can coexist. A requested restart ([`Input::Restart`]) uses that:
+//! - [`RestartMode::Handover`]: the replacement starts its user code and says it is prepared;
+//!   then the old process hands its gateway sessions over ([`Command::HandOver`]) and the
+//!   replacement resumes them. Once the replacement is ready it takes the traffic and the old
+//!   process drains.
+//! - [`RestartMode::Overlap`]: the replacement connects fresh sessions beside the old one; once it
+//!   is ready it takes the traffic and the old one drains.
+//! - [`RestartMode::Hard`]: the old process is killed first, then the worker starts afresh.
+//!
+//! Until the swap, the old process keeps serving. If the replacement fails, it is killed and the
+//! old process stays (after a handover it is given its sessions back, [`Command::TakeBack`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ipc::proto::RestartMode;
 use crate::ipc::proto::Target;
 
 /// Number of one worker process incarnation, unique within a fleet run.
@@ -85,6 +96,17 @@ impl State {
     }
 }
 
+/// A replacement process on its way in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// Its process.
+    pub process: ProcessId,
+    /// How it replaces the current one.
+    pub mode: RestartMode,
+    /// Whether the old process has been asked to hand its sessions over.
+    pub handed_over: bool,
+}
+
 /// A worker and its current process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
@@ -94,6 +116,8 @@ pub struct Worker {
     pub state: State,
     /// Its current process, once spawned.
     pub process: Option<ProcessId>,
+    /// A replacement being started by a requested restart.
+    pub replacement: Option<Replacement>,
 }
 
 /// Something that happened to a worker process.
@@ -119,6 +143,10 @@ pub enum Input {
     KillTimedOut(ProcessId),
     /// A worker's restart backoff is over.
     RestartDue(WorkerId),
+    /// Restart a live worker (check [`Lifecycle::can_restart`] first).
+    Restart(WorkerId, RestartMode),
+    /// A handover replacement started its user code and waits for the sessions.
+    Prepared(ProcessId),
 }
 
 /// What the admiral must do.
@@ -162,6 +190,18 @@ pub enum Command {
         /// The backoff.
         after: Duration,
     },
+    /// Ask `from` to close its shards resumably and hand their sessions to `to`.
+    HandOver {
+        /// The old process.
+        from: ProcessId,
+        /// The replacement.
+        to: ProcessId,
+    },
+    /// The replacement failed after a handover: give the sessions back to the old process.
+    TakeBack {
+        /// The old process.
+        process: ProcessId,
+    },
     /// Tell the user.
     Emit(LifecycleEvent),
 }
@@ -188,6 +228,29 @@ pub enum LifecycleEvent {
         /// The backoff before it starts again.
         after: Duration,
         /// Why it is restarted.
+        reason: String,
+    },
+    /// A requested restart began: a replacement process is starting.
+    RestartPending {
+        /// Which worker.
+        worker: WorkerId,
+        /// How.
+        mode: RestartMode,
+    },
+    /// The replacement is ready and took over; the old process drains.
+    Replaced {
+        /// Which worker.
+        worker: WorkerId,
+        /// The old process.
+        old: ProcessId,
+        /// The process serving now.
+        new: ProcessId,
+    },
+    /// A requested restart failed; the old process still serves (unless it was a hard restart).
+    RestartFailed {
+        /// Which worker.
+        worker: WorkerId,
+        /// Why.
         reason: String,
     },
     /// Every service has started or failed; clusters launch next.
@@ -289,6 +352,7 @@ impl Lifecycle {
                         id,
                         state: State::Pending,
                         process: None,
+                        replacement: None,
                     },
                 )
             })
@@ -344,6 +408,40 @@ impl Lifecycle {
             .and_then(|w| w.process)
     }
 
+    /// The worker a process is the replacement of, if it is one.
+    #[must_use]
+    pub fn replacing(&self, process: ProcessId) -> Option<&Worker> {
+        let id = self.processes.get(&process)?;
+        self.workers
+            .get(id)
+            .filter(|w| w.replacement.as_ref().is_some_and(|r| r.process == process))
+    }
+
+    /// Whether `id` can be restarted now: it must be live, with no restart under way, and the
+    /// fleet not shutting down.
+    pub fn can_restart(&self, id: &WorkerId) -> Result<(), String> {
+        let Some(worker) = self.workers.get(id) else {
+            return Err(format!("no {id} in this fleet"));
+        };
+        if self.stopping() {
+            return Err("the fleet is shutting down".to_owned());
+        }
+        if worker.replacement.is_some() {
+            return Err(format!("{id} is already being restarted"));
+        }
+        if worker.state != State::Live {
+            return Err(format!("{id} is not live ({:?})", worker.state));
+        }
+        Ok(())
+    }
+
+    fn stopping(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::StoppingClusters | Phase::StoppingServices | Phase::Stopped
+        )
+    }
+
     /// Whether the fleet finished shutting down.
     #[must_use]
     pub fn is_stopped(&self) -> bool {
@@ -361,8 +459,49 @@ impl Lifecycle {
                     self.advance(&mut out);
                 }
             }
+            Input::Hello(process) if self.replacing(process).is_some() => {}
+            Input::Ready(process) if self.replacing(process).is_some() => {
+                self.swap(process, &mut out);
+            }
+            Input::Prepared(process) => {
+                let current = self.replacing(process).and_then(|w| w.process);
+                if let (Some(from), Some(worker)) = (current, self.replacing_mut(process))
+                    && let Some(replacement) = worker.replacement.as_mut()
+                    && replacement.mode == RestartMode::Handover
+                    && !replacement.handed_over
+                {
+                    replacement.handed_over = true;
+                    out.push(Command::HandOver { from, to: process });
+                }
+            }
+            Input::StartFailed(process, reason) if self.replacing(process).is_some() => {
+                out.push(Command::KillAfter {
+                    process,
+                    after: self.timeouts.kill,
+                });
+                self.replacement_failed(process, format!("failed to start: {reason}"), &mut out);
+            }
+            Input::StartTimedOut(process) if self.replacing(process).is_some() => {
+                out.push(Command::Kill(process));
+                self.replacement_failed(process, "not ready in time".to_owned(), &mut out);
+            }
+            Input::SpawnFailed(process, reason) if self.replacing(process).is_some() => {
+                self.replacement_failed(process, format!("could not spawn: {reason}"), &mut out);
+            }
+            Input::Exited(process, code) if self.replacing(process).is_some() => {
+                let reason = code.map_or_else(
+                    || "killed by a signal".to_owned(),
+                    |c| format!("exited with code {c}"),
+                );
+                self.replacement_failed(process, format!("process {reason}"), &mut out);
+            }
             Input::SpawnFailed(process, reason) => {
                 self.fail(process, format!("could not spawn: {reason}"), &mut out);
+            }
+            Input::Restart(id, mode) => {
+                if self.can_restart(&id).is_ok() {
+                    self.restart(id, mode, &mut out);
+                }
             }
             Input::Hello(process) => {
                 if let Some(worker) = self.current_mut(process)
@@ -460,6 +599,101 @@ impl Lifecycle {
         out
     }
 
+    fn replacing_mut(&mut self, process: ProcessId) -> Option<&mut Worker> {
+        let id = self.processes.get(&process)?;
+        self.workers
+            .get_mut(id)
+            .filter(|w| w.replacement.as_ref().is_some_and(|r| r.process == process))
+    }
+
+    /// Starts a requested restart of a live worker.
+    fn restart(&mut self, id: WorkerId, mode: RestartMode, out: &mut Vec<Command>) {
+        out.push(Command::Emit(LifecycleEvent::RestartPending {
+            worker: id.clone(),
+            mode,
+        }));
+        if mode == RestartMode::Hard {
+            let old = self.workers.get(&id).and_then(|w| w.process);
+            if let Some(old) = old {
+                out.push(Command::Kill(old));
+            }
+            // The old process's exit is no longer the worker's business.
+            self.spawn_one(id, out);
+            return;
+        }
+        let process = self.next_process;
+        self.next_process += 1;
+        self.processes.insert(process, id.clone());
+        let after = if matches!(id, WorkerId::Cluster(_)) {
+            self.timeouts.cluster_ready
+        } else {
+            self.timeouts.service_ready
+        };
+        let mode = if matches!(id, WorkerId::Service(_)) {
+            RestartMode::Overlap
+        } else {
+            mode
+        };
+        let worker = self.workers.get_mut(&id).expect("checked by can_restart");
+        worker.replacement = Some(Replacement {
+            process,
+            mode,
+            handed_over: false,
+        });
+        out.push(Command::Spawn {
+            worker: id,
+            process,
+        });
+        out.push(Command::ArmStartTimer { process, after });
+    }
+
+    /// The replacement is ready: it becomes the worker's process; the old one drains.
+    fn swap(&mut self, process: ProcessId, out: &mut Vec<Command>) {
+        let grace = self.timeouts.kill;
+        let Some(worker) = self.replacing_mut(process) else {
+            return;
+        };
+        worker.replacement = None;
+        let old = worker.process.replace(process);
+        worker.state = State::Live;
+        let id = worker.id.clone();
+        if let Some(old) = old {
+            out.push(Command::Stop {
+                process: old,
+                grace,
+            });
+            out.push(Command::Emit(LifecycleEvent::Replaced {
+                worker: id,
+                old,
+                new: process,
+            }));
+        }
+    }
+
+    /// The replacement failed: it goes, the old process stays (with its sessions back).
+    fn replacement_failed(&mut self, process: ProcessId, reason: String, out: &mut Vec<Command>) {
+        let Some(worker) = self.replacing_mut(process) else {
+            return;
+        };
+        let replacement = worker.replacement.take().expect("found as replacing");
+        let id = worker.id.clone();
+        let old = worker.process;
+        if replacement.handed_over
+            && let Some(old) = old
+        {
+            out.push(Command::TakeBack { process: old });
+        }
+        out.push(Command::KillAfter {
+            process,
+            after: self.timeouts.kill,
+        });
+        tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, "restart failed; the old process stays");
+        out.push(Command::Emit(LifecycleEvent::RestartFailed {
+            worker: id,
+            reason,
+        }));
+    }
+
     fn current(&self, process: ProcessId) -> Option<&Worker> {
         let id = self.processes.get(&process)?;
         self.workers.get(id).filter(|w| w.process == Some(process))
@@ -506,6 +740,16 @@ impl Lifecycle {
     fn stop_all(&mut self, which: impl Fn(&WorkerId) -> bool, out: &mut Vec<Command>) {
         let grace = self.timeouts.kill;
         for worker in self.workers.values_mut().filter(|w| which(&w.id)) {
+            if let Some(replacement) = worker.replacement.take() {
+                out.push(Command::Stop {
+                    process: replacement.process,
+                    grace,
+                });
+                out.push(Command::Emit(LifecycleEvent::RestartFailed {
+                    worker: worker.id.clone(),
+                    reason: "the fleet is shutting down".to_owned(),
+                }));
+            }
             match (&worker.state, worker.process) {
                 (State::Spawned | State::Starting | State::Live, Some(process)) => {
                     worker.state = State::Draining;

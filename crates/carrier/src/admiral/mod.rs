@@ -13,11 +13,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub use self::lifecycle::{LifecycleEvent, ProcessId, RestartPolicy, State, Timeouts, WorkerId};
+pub use self::lifecycle::{
+    LifecycleEvent, ProcessId, RestartMode, RestartPolicy, State, Timeouts, WorkerId,
+};
 pub use self::plan::ShardPlan;
 pub use self::process::WorkerCommand;
 use crate::identify::IdentifyQueue;
-use crate::ipc::client::{Ipc, Transport};
+use crate::ipc::client::{Ipc, IpcError, Transport};
 use crate::ipc::proto::{LogLevel, LogRecord, ShardEvent, Target};
 use crate::proxy::{ProxyStats, ProxyStatsHandle, RestProxy};
 
@@ -193,6 +195,7 @@ pub struct AdmiralHandle {
     plan: ShardPlan,
     proxy: Option<ProxyStatsHandle>,
     proxy_url: Option<String>,
+    restart_timeout: Duration,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -263,6 +266,14 @@ impl AdmiralHandle {
             .await
             .map_err(|_| AdmiralError::Stopped)?;
         rx.await.map_err(|_| AdmiralError::Stopped)
+    }
+
+    /// Restarts one worker and resolves once its replacement serves; see [`RestartMode`]. A
+    /// failed soft restart leaves the old process serving and says why.
+    pub async fn restart(&self, worker: &WorkerId, mode: RestartMode) -> Result<(), IpcError> {
+        self.ipc
+            .restart(worker.target(), mode, self.restart_timeout)
+            .await
     }
 
     /// Shuts the whole fleet down gracefully and waits until every worker has exited.
@@ -352,6 +363,11 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         plan: config.plan.clone(),
         proxy: config.rest_proxy.as_ref().map(RestProxy::stats_handle),
         proxy_url: config.rest_proxy.as_ref().map(RestProxy::url),
+        restart_timeout: config
+            .timeouts
+            .cluster_ready
+            .max(config.timeouts.service_ready)
+            + config.timeouts.kill,
         tasks: {
             tasks.push(run.abort_handle());
             tasks

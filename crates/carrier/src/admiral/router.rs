@@ -16,7 +16,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use super::lifecycle::{Command, Input, Lifecycle, LifecycleEvent, ProcessId, State, WorkerId};
+use super::lifecycle::{
+    Command, Input, Lifecycle, LifecycleEvent, ProcessId, RestartMode, State, WorkerId,
+};
 use super::process::{self, SpawnRequest};
 use super::{AdmiralConfig, FleetEvent, WorkerStatus};
 use crate::identify::IdentifyQueue;
@@ -25,7 +27,7 @@ use crate::ipc::frame::{self, FrameError, FrameReader, FrameWriter};
 use crate::ipc::link::{ENV_MAX_FRAME, ENV_PROCESS, ENV_SECRET, ENV_SOCKET, ENV_TIMEOUT};
 use crate::ipc::proto::{
     Assignment, ClusterAssignment, Down, Fetch, Group, Outcome, Payload, Refusal, Reply, Request,
-    Status, StoreRequest, Target, Up,
+    ShardSession, Status, StoreRequest, Target, Up,
 };
 use crate::proxy::RestProxy;
 
@@ -171,6 +173,11 @@ pub(crate) struct Router {
     forwards: HashMap<u64, Forward>,
     fanouts: HashMap<u64, Fanout>,
     searches: HashMap<u64, Search>,
+    /// Handovers under way: old process → replacement.
+    handovers: HashMap<ProcessId, ProcessId>,
+    /// Sessions an old process handed over, kept until its replacement serves.
+    held_sessions: HashMap<ProcessId, Vec<ShardSession>>,
+    restart_waiters: HashMap<WorkerId, Vec<Waiter>>,
     next_id: u64,
     timers: DelayQueue<Timer>,
     store: HashMap<String, Payload>,
@@ -210,6 +217,9 @@ impl Router {
             forwards: HashMap::new(),
             fanouts: HashMap::new(),
             searches: HashMap::new(),
+            handovers: HashMap::new(),
+            held_sessions: HashMap::new(),
+            restart_waiters: HashMap::new(),
             next_id: 1,
             timers: DelayQueue::new(),
             store: HashMap::new(),
@@ -319,10 +329,10 @@ impl Router {
             .is_some_and(|i| i.conn.is_some());
         let problem = if secret != self.secret {
             Some("wrong secret")
-        } else if worker
-            .as_ref()
-            .is_none_or(|w| w.process != Some(process) || w.state != State::Spawned)
-        {
+        } else if worker.as_ref().is_none_or(|w| {
+            (w.process != Some(process) || w.state != State::Spawned)
+                && w.replacement.as_ref().is_none_or(|r| r.process != process)
+        }) {
             Some("unknown or stale process")
         } else if taken {
             Some("process already connected")
@@ -338,7 +348,12 @@ impl Router {
             self.conns.remove(&conn);
             return;
         }
-        let worker = worker.expect("checked above").id;
+        let worker = worker.expect("checked above");
+        let handover = worker
+            .replacement
+            .as_ref()
+            .is_some_and(|r| r.process == process && r.mode == RestartMode::Handover);
+        let worker = worker.id;
         let assignment = match &worker {
             WorkerId::Service(name) => Assignment::Service { name: name.clone() },
             WorkerId::Cluster(id) => {
@@ -363,6 +378,7 @@ impl Router {
                         .as_ref()
                         .map_or_else(|| self.config.rest_url.clone(), RestProxy::url),
                     rest_proxied: self.config.rest_proxy.is_some(),
+                    handover,
                 })
             }
         };
@@ -406,6 +422,18 @@ impl Router {
                 }
             }
             Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
+            Up::Status(Status::Prepared) => self.lifecycle_input(Input::Prepared(process)),
+            Up::Sessions(sessions) => {
+                let Some(to) = self.handovers.get(&process).copied() else {
+                    tracing::warn!(target: "fleet::admiral", %worker, "sessions nobody asked for");
+                    return;
+                };
+                tracing::info!(target: "fleet::admiral", %worker, from = process, to, shards = sessions.len(), "handing sessions over");
+                if let Some(conn) = self.processes.get(&to).and_then(|i| i.conn) {
+                    self.send(conn, &Down::Sessions(sessions.clone()));
+                }
+                self.held_sessions.insert(process, sessions);
+            }
             Up::Status(Status::StartFailed(reason)) => {
                 self.lifecycle_input(Input::StartFailed(process, reason));
             }
@@ -652,6 +680,26 @@ impl Router {
                 self.answer(waiter, reply);
             }
             Request::Fetch(query) => self.fetch(from, waiter, query, timeout),
+            Request::Restart { worker, mode } => {
+                let id = match worker {
+                    Target::Cluster(id) => WorkerId::Cluster(id),
+                    Target::Service(name) => WorkerId::Service(name),
+                    Target::Admiral => {
+                        let refusal = Refusal::Invalid("the admiral cannot be restarted".into());
+                        self.answer(waiter, Reply::Refused(refusal));
+                        return;
+                    }
+                };
+                if let Err(reason) = self.lifecycle.can_restart(&id) {
+                    self.answer(waiter, Reply::Refused(Refusal::RestartFailed(reason)));
+                    return;
+                }
+                self.restart_waiters
+                    .entry(id.clone())
+                    .or_default()
+                    .push(waiter);
+                self.lifecycle_input(Input::Restart(id, mode));
+            }
             Request::Identify { shard } => {
                 if shard >= self.config.plan.shard_total {
                     let refusal = Refusal::Invalid(format!(
@@ -1019,22 +1067,66 @@ impl Router {
             Command::KillAfter { process, after } => {
                 self.timers.insert(Timer::Kill(process), after);
             }
+            Command::HandOver { from, to } => {
+                self.handovers.insert(from, to);
+                match self.processes.get(&from).and_then(|i| i.conn) {
+                    Some(conn) => self.send(conn, &Down::HandOver),
+                    // Gone already: its own exit fails the worker; the replacement starts fresh.
+                    None => {
+                        if let Some(conn) = self.processes.get(&to).and_then(|i| i.conn) {
+                            self.send(conn, &Down::Sessions(Vec::new()));
+                        }
+                    }
+                }
+            }
+            Command::TakeBack { process } => {
+                self.handovers.remove(&process);
+                if let (Some(sessions), Some(conn)) = (
+                    self.held_sessions.remove(&process),
+                    self.processes.get(&process).and_then(|i| i.conn),
+                ) {
+                    tracing::info!(target: "fleet::admiral", process, "giving the sessions back");
+                    self.send(conn, &Down::Sessions(sessions));
+                }
+            }
             Command::Emit(event) => {
                 match &event {
+                    LifecycleEvent::Replaced { worker, old, .. } => {
+                        self.handovers.remove(old);
+                        self.held_sessions.remove(old);
+                        self.finish_restart(worker, Ok(()));
+                    }
+                    LifecycleEvent::RestartFailed { worker, reason } => {
+                        self.finish_restart(worker, Err(reason));
+                    }
                     LifecycleEvent::AllReady { live, failed } => {
                         tracing::info!(target: "fleet::admiral", live, failed, "fleet launched");
                         let _ = self.ready.send(Some((*live, *failed)));
                     }
                     LifecycleEvent::Ready(worker) => {
                         tracing::info!(target: "fleet::admiral", %worker, "ready");
+                        // The end of a hard restart.
+                        self.finish_restart(worker, Ok(()));
                     }
                     LifecycleEvent::Failed { worker, reason } => {
                         tracing::warn!(target: "fleet::admiral", %worker, %reason, "failed");
+                        self.finish_restart(worker, Err(reason));
                     }
                     _ => {}
                 }
                 let _ = self.events.send(FleetEvent::Lifecycle(event));
             }
+        }
+    }
+
+    /// Answers everyone waiting for a restart of `worker`.
+    fn finish_restart(&mut self, worker: &WorkerId, result: Result<(), &str>) {
+        for waiter in self.restart_waiters.remove(worker).unwrap_or_default() {
+            let reply = match &result {
+                Ok(()) => Reply::Done,
+                Err(reason) => Reply::Refused(Refusal::RestartFailed((*reason).to_owned())),
+            };
+            self.answer(waiter, reply);
         }
     }
 

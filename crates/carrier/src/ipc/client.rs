@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::frame::FrameError;
 use super::proto::{
     Fetch, Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Refusal, Reply, Request,
-    Status, StoreRequest, Target, Up,
+    RestartMode, ShardSession, Status, StoreRequest, Target, Up,
 };
 
 /// Requests one handle may have in flight; more wait (back-pressure).
@@ -528,6 +528,36 @@ impl Ipc {
     pub async fn identify(&self, shard: u32) -> Result<(), IpcError> {
         match self
             .request(Request::Identify { shard }, IDENTIFY_TIMEOUT)
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Hands the sessions of this cluster's shards (closed resumably after a handover request)
+    /// to the admiral, which passes them to the replacement.
+    pub async fn hand_over(&self, sessions: Vec<ShardSession>) -> Result<(), IpcError> {
+        match &self.inner.transport {
+            Transport::Socket(tx) => tx
+                .send(Outbound::Frame(Up::Sessions(sessions)))
+                .await
+                .map_err(|_| IpcError::Disconnected),
+            Transport::Local(_) => Ok(()),
+        }
+    }
+
+    /// Restarts a worker and resolves once the replacement serves (or the restart failed, in
+    /// which case the old process still serves unless the mode was hard). Waits at most
+    /// `timeout`.
+    pub async fn restart(
+        &self,
+        worker: Target,
+        mode: RestartMode,
+        timeout: Duration,
+    ) -> Result<(), IpcError> {
+        match self
+            .request(Request::Restart { worker, mode }, timeout)
             .await?
         {
             Reply::Done => Ok(()),

@@ -2,6 +2,7 @@
 //! the reader and writer tasks behind an [`Ipc`] handle.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
@@ -9,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::client::{Ipc, Message, Outbound, Transport};
 use super::frame::{DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter};
-use super::proto::{Assignment, Down, Target, Up};
+use super::proto::{Assignment, Down, ShardSession, Target, Up};
 
 /// Environment variable: path of the admiral's IPC socket.
 pub const ENV_SOCKET: &str = "FLEET_IPC_SOCKET";
@@ -106,6 +107,16 @@ pub enum LinkError {
 #[derive(Debug, Clone)]
 pub struct WorkerControl {
     stop: watch::Receiver<Option<Stop>>,
+    handoffs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Handoff>>>,
+}
+
+/// A step of a session handover, for cluster adapters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handoff {
+    /// Close every shard resumably and report the sessions with `Ipc::hand_over`.
+    HandOver,
+    /// Connect (or reconnect) the shards, resuming these sessions.
+    Sessions(Vec<ShardSession>),
 }
 
 /// Why a worker must stop.
@@ -118,6 +129,12 @@ pub enum Stop {
 }
 
 impl WorkerControl {
+    /// The next handover step the admiral asks for; `None` once the link is gone. Only a
+    /// cluster adapter should take these.
+    pub async fn handoff(&self) -> Option<Handoff> {
+        self.handoffs.lock().await.recv().await
+    }
+
     /// Resolves when the worker must stop.
     pub async fn stopped(&mut self) -> Stop {
         loop {
@@ -183,6 +200,7 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
     let (tx, mut rx) = mpsc::channel::<Outbound>(1024);
     let ipc = Ipc::new(me, Transport::Socket(tx), env.timeout);
     let (stop_tx, stop) = watch::channel(None);
+    let (handoff_tx, handoffs) = mpsc::unbounded_channel();
 
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -243,6 +261,12 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                         let _ = ipc.send_up(Up::Reply { id, outcome }).await;
                     });
                 }
+                Ok(Down::HandOver) => {
+                    let _ = handoff_tx.send(Handoff::HandOver);
+                }
+                Ok(Down::Sessions(sessions)) => {
+                    let _ = handoff_tx.send(Handoff::Sessions(sessions));
+                }
                 Ok(Down::Ping { seq }) => {
                     // From a task, not the reader: a stuck runtime must not answer.
                     let ipc = reader_ipc.clone();
@@ -278,6 +302,9 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
     Ok(WorkerLink {
         ipc,
         assignment,
-        control: WorkerControl { stop },
+        control: WorkerControl {
+            stop,
+            handoffs: Arc::new(tokio::sync::Mutex::new(handoffs)),
+        },
     })
 }

@@ -170,6 +170,10 @@ pub struct ClusterAssignment {
     pub token: String,
     /// Gateway URL (`wss://gateway.discord.gg` or a mock's `ws://127.0.0.1:PORT`).
     pub gateway_url: String,
+    /// This process replaces a running one that will hand its gateway sessions over: start the
+    /// user's code, report [`Status::Prepared`], and connect the shards only when
+    /// [`Down::Sessions`] arrives, resuming the sessions it holds.
+    pub handover: bool,
     /// REST base (`https://discord.com`, the admiral's REST proxy or a mock's
     /// `http://127.0.0.1:PORT`), without `/api/v10`.
     pub rest_url: String,
@@ -189,6 +193,7 @@ impl fmt::Debug for ClusterAssignment {
             .field("gateway_url", &self.gateway_url)
             .field("rest_url", &self.rest_url)
             .field("rest_proxied", &self.rest_proxied)
+            .field("handover", &self.handover)
             .finish()
     }
 }
@@ -213,6 +218,8 @@ pub enum Status {
     Ready,
     /// The worker could not start.
     StartFailed(String),
+    /// A handover replacement started its user code and waits for [`Down::Sessions`].
+    Prepared,
     /// A shard's progress.
     Shard {
         /// Shard id.
@@ -220,6 +227,31 @@ pub enum Status {
         /// What happened.
         event: ShardEvent,
     },
+}
+
+/// How a requested restart replaces a worker's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RestartMode {
+    /// The replacement resumes the old process's gateway sessions: no identify spent, no event
+    /// lost. Services (no sessions) restart as with [`Overlap`](Self::Overlap).
+    Handover,
+    /// The replacement connects fresh sessions and takes over once ready.
+    Overlap,
+    /// Kill the old process first, then start afresh.
+    Hard,
+}
+
+/// One shard's resumable gateway session, handed from an old cluster process to its replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSession {
+    /// Shard id.
+    pub shard: u32,
+    /// Discord's session id.
+    pub session_id: String,
+    /// The last sequence number the old process handled.
+    pub sequence: u64,
+    /// Where to resume, if Discord named a URL.
+    pub resume_url: Option<String>,
 }
 
 /// Store operations.
@@ -310,6 +342,14 @@ pub enum Request {
     /// guild's shard (`(guild_id >> 22) % shard_total`), a user or channel in every cluster,
     /// the first hit winning. Answered with [`Reply::Found`].
     Fetch(Fetch),
+    /// Restart a worker (answered with `Done` once the replacement serves, or refused with why
+    /// it failed).
+    Restart {
+        /// The worker.
+        worker: Target,
+        /// How.
+        mode: RestartMode,
+    },
 }
 
 /// Answers to a [`Request`].
@@ -347,6 +387,9 @@ pub enum Refusal {
     /// The request is not valid here.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A restart was refused or failed (the old process still serves, unless it was hard).
+    #[error("restart failed: {0}")]
+    RestartFailed(String),
 }
 
 /// Worker → admiral.
@@ -379,6 +422,8 @@ pub enum Up {
     Status(Status),
     /// A log record for the admiral.
     Log(LogRecord),
+    /// The sessions of a cluster's shards, closed resumably after [`Down::HandOver`].
+    Sessions(Vec<ShardSession>),
     /// The answer to a [`Down::Ping`].
     Pong {
         /// The ping's number.
@@ -426,6 +471,12 @@ pub enum Down {
         /// What to look up.
         query: Fetch,
     },
+    /// Close every shard with a resumable close and send their sessions with [`Up::Sessions`];
+    /// then wait: for [`Down::Shutdown`] once the replacement serves, or for the sessions back
+    /// ([`Down::Sessions`]) if it failed.
+    HandOver,
+    /// Connect the shards, resuming these sessions (shards not listed identify).
+    Sessions(Vec<ShardSession>),
     /// Application heartbeat: answer with [`Up::Pong`] from a task of the worker's runtime, so a
     /// worker whose runtime is stuck stops answering. A worker silent for longer than the
     /// fleet's heartbeat timeout is treated as crashed.
@@ -495,6 +546,7 @@ mod tests {
             gateway_url: String::new(),
             rest_url: String::new(),
             rest_proxied: false,
+            handover: false,
         };
         assert!(!format!("{assignment:?}").contains("secret-token"));
     }

@@ -399,3 +399,168 @@ fn backoff_doubles_up_to_its_ceiling() {
     assert_eq!(POLICY.backoff_for(3), Duration::from_secs(3));
     assert_eq!(POLICY.backoff_for(40), Duration::from_secs(3));
 }
+
+// ---- requested restarts ----------------------------------------------------------------------
+
+/// A fleet of one live cluster; returns it and the cluster's process.
+fn live_cluster() -> (Lifecycle, ProcessId) {
+    let mut l = fleet(&[], 1);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Hello(p));
+    l.handle(Input::Ready(p));
+    (l, p)
+}
+
+const C0: WorkerId = WorkerId::Cluster(0);
+
+#[test]
+fn a_handover_restart_swaps_only_once_the_replacement_resumed() {
+    let (mut l, old) = live_cluster();
+    let out = l.handle(Input::Restart(C0, RestartMode::Handover));
+    let new = spawned(&out)[0].1;
+    assert_ne!(new, old);
+    assert_eq!(
+        events(&out),
+        [LifecycleEvent::RestartPending {
+            worker: C0,
+            mode: RestartMode::Handover
+        }]
+    );
+    assert_eq!(
+        l.can_restart(&C0),
+        Err("cluster-0 is already being restarted".into())
+    );
+    // The old process serves throughout.
+    l.handle(Input::Hello(new));
+    assert_eq!(l.live_process(&C0), Some(old));
+    let out = l.handle(Input::Prepared(new));
+    assert_eq!(out, [Command::HandOver { from: old, to: new }]);
+    assert!(l.handle(Input::Prepared(new)).is_empty(), "asked once");
+    assert_eq!(l.live_process(&C0), Some(old));
+    let out = l.handle(Input::Ready(new));
+    assert!(out.contains(&Command::Stop {
+        process: old,
+        grace: TIMEOUTS.kill
+    }));
+    assert_eq!(
+        events(&out),
+        [LifecycleEvent::Replaced {
+            worker: C0,
+            old,
+            new
+        }]
+    );
+    assert_eq!(l.live_process(&C0), Some(new));
+    // The old process's exit is not a crash.
+    assert!(l.handle(Input::Exited(old, Some(0))).is_empty());
+    assert_eq!(l.live_process(&C0), Some(new));
+    assert_eq!(l.can_restart(&C0), Ok(()));
+}
+
+#[test]
+fn a_replacement_failing_after_the_handover_gives_the_sessions_back() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    l.handle(Input::Hello(new));
+    l.handle(Input::Prepared(new));
+    let out = l.handle(Input::Exited(new, Some(101)));
+    assert!(out.contains(&Command::TakeBack { process: old }));
+    assert_eq!(
+        events(&out),
+        [LifecycleEvent::RestartFailed {
+            worker: C0,
+            reason: "process exited with code 101".into()
+        }]
+    );
+    assert_eq!(l.live_process(&C0), Some(old), "the old process stays");
+    assert_eq!(l.worker(&C0).unwrap().replacement, None);
+}
+
+#[test]
+fn a_replacement_failing_before_the_handover_leaves_the_old_untouched() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    let out = l.handle(Input::StartFailed(new, "bad config".into()));
+    assert!(!out.iter().any(|c| matches!(c, Command::TakeBack { .. })));
+    assert!(out.contains(&Command::KillAfter {
+        process: new,
+        after: TIMEOUTS.kill
+    }));
+    assert_eq!(l.live_process(&C0), Some(old));
+    // A late ready from the failed replacement changes nothing.
+    assert!(l.handle(Input::Ready(new)).is_empty());
+    assert_eq!(l.live_process(&C0), Some(old));
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Overlap)))[0].1;
+    let out = l.handle(Input::StartTimedOut(new));
+    assert!(out.contains(&Command::Kill(new)));
+    assert_eq!(l.live_process(&C0), Some(old));
+}
+
+#[test]
+fn overlap_never_hands_over_and_services_always_overlap() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Overlap)))[0].1;
+    assert!(l.handle(Input::Prepared(new)).is_empty());
+    l.handle(Input::Ready(new));
+    assert_eq!(l.live_process(&C0), Some(new));
+    assert!(l.worker_of(old).is_some());
+
+    let mut l = fleet(&["cache"], 0);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Ready(p));
+    let cache = service("cache");
+    l.handle(Input::Restart(cache.clone(), RestartMode::Handover));
+    let replacement = l.worker(&cache).unwrap().replacement.clone().unwrap();
+    assert_eq!(replacement.mode, RestartMode::Overlap);
+}
+
+#[test]
+fn a_hard_restart_kills_first_and_is_unavailable_until_ready() {
+    let (mut l, old) = live_cluster();
+    let out = l.handle(Input::Restart(C0, RestartMode::Hard));
+    assert!(out.contains(&Command::Kill(old)));
+    let new = spawned(&out)[0].1;
+    assert_eq!(l.live_process(&C0), None);
+    assert!(
+        l.handle(Input::Exited(old, None)).is_empty(),
+        "expected exit"
+    );
+    l.handle(Input::Hello(new));
+    let out = l.handle(Input::Ready(new));
+    assert_eq!(events(&out), [LifecycleEvent::Ready(C0)]);
+    assert_eq!(l.live_process(&C0), Some(new));
+}
+
+#[test]
+fn restarts_are_refused_unless_live_and_shutdown_cancels_a_replacement() {
+    let mut l = fleet(&[], 1);
+    assert!(l.can_restart(&C0).is_err(), "pending");
+    assert!(l.handle(Input::Restart(C0, RestartMode::Hard)).is_empty());
+    assert!(l.can_restart(&WorkerId::Cluster(7)).is_err());
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Overlap)))[0].1;
+    let out = l.handle(Input::Shutdown);
+    assert!(out.contains(&Command::Stop {
+        process: new,
+        grace: TIMEOUTS.kill
+    }));
+    assert!(out.contains(&Command::Stop {
+        process: old,
+        grace: TIMEOUTS.kill
+    }));
+    assert!(events(&out).contains(&LifecycleEvent::RestartFailed {
+        worker: C0,
+        reason: "the fleet is shutting down".into()
+    }));
+    assert!(l.can_restart(&C0).is_err());
+}
+
+#[test]
+fn an_old_process_crashing_mid_restart_is_rescued_by_its_replacement() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Overlap)))[0].1;
+    let out = l.handle(Input::Exited(old, None));
+    assert!(matches!(events(&out)[..], [LifecycleEvent::Failed { .. }]));
+    l.handle(Input::Ready(new));
+    assert_eq!(l.live_process(&C0), Some(new));
+}

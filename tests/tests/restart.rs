@@ -1,0 +1,120 @@
+//! Requested restarts with real cluster processes against discord-mock, its event source on.
+
+mod common;
+
+use carrier::admiral::{LifecycleEvent, RestartMode, State};
+use carrier::ipc::proto::Refusal;
+use carrier::{AdmiralHandle, FleetEvent, IpcError, Payload, WorkerId};
+use common::{WAIT, launch, mock_config, options, status, until};
+use discord_mock::MockDiscord;
+
+async fn process_of(admiral: &AdmiralHandle, worker: &WorkerId) -> (Option<u64>, State) {
+    let workers = admiral.workers().await.unwrap();
+    let w = workers.iter().find(|w| &w.id == worker).unwrap();
+    (w.process, w.state.clone())
+}
+
+/// Stops the event source and waits until every produced event is confirmed or lost.
+async fn settle(mock: &MockDiscord) -> discord_mock::EventReport {
+    mock.stop_events();
+    mock.wait_until(WAIT, "every event confirmed", |m| {
+        m.event_report().in_flight == 0
+    })
+    .await
+    .unwrap();
+    mock.event_report()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_restart_resumes_every_session_and_loses_no_event() {
+    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let cluster = WorkerId::Cluster(0);
+    let (old, _) = process_of(&admiral, &cluster).await;
+    mock.start_events(Some(20.0));
+    let before = mock.stats();
+
+    admiral
+        .restart(&cluster, RestartMode::Handover)
+        .await
+        .expect("the restart completes");
+
+    let (new, state) = process_of(&admiral, &cluster).await;
+    assert_ne!(new, old);
+    assert_eq!(state, State::Live);
+    let answer = admiral
+        .ipc()
+        .cluster_command(0, Payload::from("status"))
+        .await
+        .unwrap();
+    assert_eq!(status(&answer).shards, vec![0, 1]);
+    let report = settle(&mock).await;
+    let after = mock.stats();
+    assert_eq!(after.identifies, before.identifies, "no identify spent");
+    assert_eq!(after.resumes - before.resumes, 2, "both shards resumed");
+    assert!(report.produced > 0);
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.duplicates, 0, "{report:?}");
+    assert_eq!(mock.stats().total_violations(), 0);
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Replaced { .. }))
+    })
+    .await;
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        FleetEvent::Lifecycle(LifecycleEvent::RestartPending {
+            mode: RestartMode::Handover,
+            ..
+        })
+    )));
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_and_hard_restarts_identify_anew_and_a_refused_handover_keeps_the_old_process() {
+    let mock = MockDiscord::start(mock_config(4, 2, 2)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::serenity_fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let cluster = WorkerId::Cluster(1);
+
+    // serenity cannot resume a session it did not open: the replacement refuses, the old stays.
+    let (old, _) = process_of(&admiral, &cluster).await;
+    let error = admiral
+        .restart(&cluster, RestartMode::Handover)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, IpcError::Refused(Refusal::RestartFailed(reason)) if reason.contains("Overlap")),
+        "{error}"
+    );
+    assert_eq!(process_of(&admiral, &cluster).await, (old, State::Live));
+
+    let before = mock.stats().identifies;
+    admiral
+        .restart(&cluster, RestartMode::Overlap)
+        .await
+        .unwrap();
+    let (overlapped, state) = process_of(&admiral, &cluster).await;
+    assert_ne!(overlapped, old);
+    assert_eq!(state, State::Live);
+    assert_eq!(mock.stats().identifies - before, 1, "one fresh session");
+
+    admiral.restart(&cluster, RestartMode::Hard).await.unwrap();
+    let (hard, state) = process_of(&admiral, &cluster).await;
+    assert_ne!(hard, overlapped);
+    assert_eq!(state, State::Live);
+    assert_eq!(mock.stats().identifies - before, 2);
+
+    // A restart of what is not there, or twice at once, is refused clearly.
+    let missing = admiral
+        .restart(&WorkerId::Cluster(9), RestartMode::Hard)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, IpcError::Refused(Refusal::RestartFailed(_))),
+        "{missing}"
+    );
+    assert_eq!(mock.stats().total_violations(), 0);
+    admiral.shutdown().await;
+}
