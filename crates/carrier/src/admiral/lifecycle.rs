@@ -621,14 +621,7 @@ impl Lifecycle {
             self.spawn_one(id, out);
             return;
         }
-        let process = self.next_process;
-        self.next_process += 1;
-        self.processes.insert(process, id.clone());
-        let after = if matches!(id, WorkerId::Cluster(_)) {
-            self.timeouts.cluster_ready
-        } else {
-            self.timeouts.service_ready
-        };
+        let (process, after) = self.new_process(&id);
         let mode = if matches!(id, WorkerId::Service(_)) {
             RestartMode::Overlap
         } else {
@@ -718,7 +711,8 @@ impl Lifecycle {
         }
     }
 
-    fn spawn_one(&mut self, id: WorkerId, out: &mut Vec<Command>) {
+    /// Numbers a new process of `id`; returns it and how long it has to become ready.
+    fn new_process(&mut self, id: &WorkerId) -> (ProcessId, Duration) {
         let process = self.next_process;
         self.next_process += 1;
         self.processes.insert(process, id.clone());
@@ -727,6 +721,11 @@ impl Lifecycle {
         } else {
             self.timeouts.service_ready
         };
+        (process, after)
+    }
+
+    fn spawn_one(&mut self, id: WorkerId, out: &mut Vec<Command>) {
+        let (process, after) = self.new_process(&id);
         let worker = self.workers.get_mut(&id).expect("a known worker");
         worker.state = State::Spawned;
         worker.process = Some(process);
