@@ -130,6 +130,16 @@ fn register_handlers(ipc: &carrier::Ipc, id: u32) -> Arc<AtomicU64> {
                 .await;
         });
     });
+    // A restart will take this process away: a real bot would warn its voice users here.
+    let warned = ipc.clone();
+    ipc.register(carrier::admiral::SOFT_KILL_EVENT, move |message| {
+        let notice_ms = message.payload.decode::<u64>().unwrap_or_default();
+        let ipc = warned.clone();
+        tokio::spawn(async move {
+            let heard = Payload::encode(&(id, notice_ms)).expect("numbers encode");
+            let _ = ipc.send_to_admiral("soft-kill-heard", heard).await;
+        });
+    });
     let ticks = Arc::new(AtomicU64::new(0));
     let counter = ticks.clone();
     ipc.register("tick", move |_| {

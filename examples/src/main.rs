@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use carrier::admiral::LifecycleEvent;
-use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Outcome, Payload, ShardEvent};
+use carrier::admiral::{LifecycleEvent, RestartMode};
+use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Outcome, Payload, ShardEvent, WorkerId};
 use clap::Parser;
 use discord_mock::{MockConfig, MockDiscord};
 use fleet_examples::{ClusterReport, Lib};
@@ -60,6 +60,8 @@ async fn main() -> Result<ExitCode> {
     };
     let mut options = FleetOptions::new(token.clone().unwrap_or_else(|| "mock-token".to_owned()));
     options.clusters = Some(args.clusters);
+    // The old process of a restarted cluster is warned this long before it goes.
+    options.soft_kill_notice = admiral_notice();
     if let Some(mock) = &mock {
         options.rest_url = mock.http_url();
         options.identify_interval = mock.config().identify_interval;
@@ -72,7 +74,7 @@ async fn main() -> Result<ExitCode> {
         .run()
         .await?
         .context("this process is the admiral")?;
-    let ok = tour(&admiral, mock.as_ref(), started, args.once).await;
+    let ok = tour(&admiral, mock.as_ref(), started, args.once, args.lib).await;
     let ok = match ok {
         Ok(ok) => ok,
         Err(error) => {
@@ -116,6 +118,7 @@ async fn tour(
     mock: Option<&MockDiscord>,
     started: Instant,
     once: bool,
+    lib: Lib,
 ) -> Result<bool> {
     let plan = admiral.plan().clone();
     let total = plan.shard_count();
@@ -199,6 +202,12 @@ async fn tour(
     ok &= print_status(admiral).await?;
 
     if let Some(mock) = mock {
+        ok &= fetch_step(admiral, mock).await?;
+    }
+    let launch_identifies = mock.map(|m| m.stats().identifies);
+    let restart_identifies = soft_restart_step(admiral, mock, lib, &mut ok).await?;
+
+    if let Some(mock) = mock {
         if once {
             mock.stop_events();
         }
@@ -222,10 +231,89 @@ async fn tour(
         ok &= (!once || confirmed)
             && stats.total_violations() == 0
             && report.lost == 0
-            && stats.identifies == u64::from(total);
+            && launch_identifies == Some(u64::from(total))
+            && stats.identifies == u64::from(total) + restart_identifies;
     }
     println!("{}", if ok { "tour passed" } else { "tour FAILED" });
     Ok(ok)
+}
+
+/// The soft-kill notice the example runs with.
+const fn admiral_notice() -> Duration {
+    Duration::from_millis(1500)
+}
+
+/// Looks a guild up from the admiral: the cluster that owns its shard answers from its cache.
+async fn fetch_step(admiral: &AdmiralHandle, mock: &MockDiscord) -> Result<bool> {
+    let guild = mock.guild_ids()[0];
+    let sent = Instant::now();
+    let found: Option<serde_json::Value> = admiral.ipc().fetch_guild(guild).await?;
+    let shard = (guild >> 22) % u64::from(admiral.plan().shard_total);
+    let Some(found) = found else {
+        println!("fetch_guild({guild}): not cached");
+        return Ok(false);
+    };
+    println!(
+        "fetch_guild({guild}) from shard {shard}'s cluster cache: {:?} in {:.2?}",
+        found["name"].as_str().unwrap_or("?"),
+        sent.elapsed()
+    );
+    Ok(found["id"].as_str() == Some(guild.to_string().as_str()))
+}
+
+/// Restarts cluster 0 while events flow: twilight hands its sessions over (no identify, no
+/// event lost); serenity cannot, so it overlaps. Returns the identifies the restart spent.
+async fn soft_restart_step(
+    admiral: &AdmiralHandle,
+    mock: Option<&MockDiscord>,
+    lib: Lib,
+    ok: &mut bool,
+) -> Result<u64> {
+    let mode = if lib == Lib::Serenity {
+        RestartMode::Overlap
+    } else {
+        RestartMode::Handover
+    };
+    let before = mock.map(|m| (m.stats(), m.event_report()));
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    admiral.ipc().register("soft-kill-heard", move |m| {
+        let _ = heard_tx.send(m.payload.decode::<(u32, u64)>().unwrap_or_default());
+    });
+    let sent = Instant::now();
+    let restarted = admiral.restart(&WorkerId::Cluster(0), mode).await;
+    let took = sent.elapsed();
+    if let Ok((cluster, notice_ms)) = heard.try_recv() {
+        println!("  cluster {cluster}'s old process was warned {notice_ms} ms before it went");
+    } else {
+        println!("  the old process never heard its soft-kill notice");
+        *ok = false;
+    }
+    if let Err(error) = restarted {
+        println!("soft restart of cluster 0 ({mode:?}) FAILED: {error}");
+        *ok = false;
+        return Ok(0);
+    }
+    let Some((stats, report)) = before else {
+        println!("soft restart of cluster 0 ({mode:?}) done in {took:.2?}");
+        return Ok(0);
+    };
+    let mock = mock.expect("before is some only with a mock");
+    let after = mock.stats();
+    let identifies = after.identifies - stats.identifies;
+    let shards = admiral.plan().clusters[0].last_shard - admiral.plan().clusters[0].first_shard + 1;
+    let now = mock.event_report();
+    println!(
+        "soft restart of cluster 0 ({mode:?}, {shards} shards) in {took:.2?} (its {:.1?} notice included): {identifies} identifies spent, {} resumes, {} events lost so far, {} handled twice",
+        admiral_notice(),
+        after.resumes - stats.resumes,
+        now.lost - report.lost,
+        now.duplicates - report.duplicates
+    );
+    if mode == RestartMode::Handover {
+        *ok &= identifies == 0 && now.duplicates == report.duplicates;
+    }
+    *ok &= now.lost == report.lost;
+    Ok(identifies)
 }
 
 async fn print_status(admiral: &AdmiralHandle) -> Result<bool> {

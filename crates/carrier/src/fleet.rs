@@ -60,6 +60,11 @@ pub struct FleetOptions {
     /// A worker that answers no ping (and sends nothing else) for this long is hung: it is
     /// killed and restarted like a crashed one. Default 30 s; zero turns heartbeats off.
     pub heartbeat_timeout: Duration,
+    /// A requested restart warns the worker's old process this long before taking it away
+    /// (the IPC event `fleet:soft-kill`, and `LifecycleEvent::SoftKillPending`), so it can warn
+    /// its users (voice, long commands). With a handover the warning comes before the sessions
+    /// move; with overlap, after the replacement is ready. Default zero: no warning.
+    pub soft_kill_notice: Duration,
     /// REST base, without `/api/v10`. Default `https://discord.com`.
     pub rest_url: String,
     /// Route every cluster's REST calls through the admiral's central proxy, which keeps one
@@ -117,6 +122,7 @@ impl FleetOptions {
             max_restarts: 5,
             restart_window: Duration::from_mins(10),
             restart_backoff: Duration::from_secs(1),
+            soft_kill_notice: Duration::ZERO,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(30),
             rest_url: DISCORD_REST_URL.to_owned(),
@@ -297,6 +303,7 @@ impl Fleet {
             worker_command,
             echo_output: options.echo_output,
             handle_signals: options.handle_signals,
+            soft_kill_notice: options.soft_kill_notice,
             heartbeat: (!options.heartbeat_timeout.is_zero()).then(|| Heartbeat {
                 interval: options
                     .heartbeat_interval

@@ -105,6 +105,10 @@ pub struct Replacement {
     pub mode: RestartMode,
     /// Whether the old process has been asked to hand its sessions over.
     pub handed_over: bool,
+    /// Whether the old process has been warned (soft-kill notice).
+    pub noticed: bool,
+    /// Whether the replacement is ready (waiting for the notice to end).
+    pub ready: bool,
 }
 
 /// A worker and its current process.
@@ -147,6 +151,8 @@ pub enum Input {
     Restart(WorkerId, RestartMode),
     /// A handover replacement started its user code and waits for the sessions.
     Prepared(ProcessId),
+    /// The soft-kill notice of a worker's old process is over.
+    NoticeOver(WorkerId),
 }
 
 /// What the admiral must do.
@@ -197,6 +203,13 @@ pub enum Command {
         /// The replacement.
         to: ProcessId,
     },
+    /// Feed [`Input::NoticeOver`] for this worker after this long.
+    ArmNotice {
+        /// The worker.
+        worker: WorkerId,
+        /// The notice period.
+        after: Duration,
+    },
     /// The replacement failed after a handover: give the sessions back to the old process.
     TakeBack {
         /// The old process.
@@ -236,6 +249,17 @@ pub enum LifecycleEvent {
         worker: WorkerId,
         /// How.
         mode: RestartMode,
+    },
+    /// The old process of a worker being restarted goes when `notice` is over: before its
+    /// sessions are handed over, or (overlap) before it is stopped. The old process is sent the
+    /// same news as the IPC event [`SOFT_KILL_EVENT`](crate::admiral::SOFT_KILL_EVENT).
+    SoftKillPending {
+        /// Which worker.
+        worker: WorkerId,
+        /// Its old process.
+        process: ProcessId,
+        /// How long it has.
+        notice: Duration,
     },
     /// The replacement is ready and took over; the old process drains.
     Replaced {
@@ -332,6 +356,7 @@ pub struct Lifecycle {
     restart: RestartPolicy,
     now: Duration,
     restarts: BTreeMap<WorkerId, std::collections::VecDeque<Duration>>,
+    notice: Duration,
 }
 
 impl Lifecycle {
@@ -366,7 +391,16 @@ impl Lifecycle {
             restart: RestartPolicy::NEVER,
             now: Duration::ZERO,
             restarts: BTreeMap::new(),
+            notice: Duration::ZERO,
         }
+    }
+
+    /// Warns a worker's old process this long before a requested restart takes it away (zero,
+    /// the default, warns nobody).
+    #[must_use]
+    pub fn with_soft_kill_notice(mut self, notice: Duration) -> Self {
+        self.notice = notice;
+        self
     }
 
     /// Restarts crashed workers by this policy (the default never restarts).
@@ -461,17 +495,45 @@ impl Lifecycle {
             }
             Input::Hello(process) if self.replacing(process).is_some() => {}
             Input::Ready(process) if self.replacing(process).is_some() => {
-                self.swap(process, &mut out);
+                let notice = self.notice;
+                let warn = self
+                    .replacing_mut(process)
+                    .and_then(|w| w.replacement.as_mut())
+                    .filter(|r| !notice.is_zero() && !r.noticed);
+                if let Some(replacement) = warn {
+                    // Overlap: the old process is warned, then stopped when the notice is over.
+                    replacement.noticed = true;
+                    replacement.ready = true;
+                    self.notify(process, &mut out);
+                } else {
+                    self.swap(process, &mut out);
+                }
             }
             Input::Prepared(process) => {
-                let current = self.replacing(process).and_then(|w| w.process);
-                if let (Some(from), Some(worker)) = (current, self.replacing_mut(process))
+                let notice = self.notice;
+                if let Some(worker) = self.replacing_mut(process)
                     && let Some(replacement) = worker.replacement.as_mut()
                     && replacement.mode == RestartMode::Handover
                     && !replacement.handed_over
+                    && !replacement.noticed
                 {
-                    replacement.handed_over = true;
-                    out.push(Command::HandOver { from, to: process });
+                    if notice.is_zero() {
+                        self.hand_over(process, &mut out);
+                    } else {
+                        replacement.noticed = true;
+                        self.notify(process, &mut out);
+                    }
+                }
+            }
+            Input::NoticeOver(id) => {
+                let Some(replacement) = self.workers.get(&id).and_then(|w| w.replacement.clone())
+                else {
+                    return out;
+                };
+                if replacement.ready {
+                    self.swap(replacement.process, &mut out);
+                } else if replacement.mode == RestartMode::Handover && !replacement.handed_over {
+                    self.hand_over(replacement.process, &mut out);
                 }
             }
             Input::StartFailed(process, reason) if self.replacing(process).is_some() => {
@@ -599,6 +661,38 @@ impl Lifecycle {
         out
     }
 
+    /// Asks the old process to hand its sessions to the replacement `to`.
+    fn hand_over(&mut self, to: ProcessId, out: &mut Vec<Command>) {
+        let Some(worker) = self.replacing_mut(to) else {
+            return;
+        };
+        let from = worker.process;
+        if let (Some(from), Some(replacement)) = (from, worker.replacement.as_mut()) {
+            replacement.handed_over = true;
+            out.push(Command::HandOver { from, to });
+        }
+    }
+
+    /// Warns the old process that it goes in [`Lifecycle::with_soft_kill_notice`]'s time.
+    fn notify(&mut self, to: ProcessId, out: &mut Vec<Command>) {
+        let notice = self.notice;
+        let Some(worker) = self.replacing(to) else {
+            return;
+        };
+        let id = worker.id.clone();
+        if let Some(process) = worker.process {
+            out.push(Command::Emit(LifecycleEvent::SoftKillPending {
+                worker: id.clone(),
+                process,
+                notice,
+            }));
+        }
+        out.push(Command::ArmNotice {
+            worker: id,
+            after: notice,
+        });
+    }
+
     fn replacing_mut(&mut self, process: ProcessId) -> Option<&mut Worker> {
         let id = self.processes.get(&process)?;
         self.workers
@@ -632,6 +726,8 @@ impl Lifecycle {
             process,
             mode,
             handed_over: false,
+            noticed: false,
+            ready: false,
         });
         out.push(Command::Spawn {
             worker: id,

@@ -139,7 +139,15 @@ pub struct AdmiralConfig {
     pub handle_signals: bool,
     /// Application heartbeats, if on.
     pub heartbeat: Option<Heartbeat>,
+    /// How long a worker's old process is warned before a requested restart takes it away.
+    pub soft_kill_notice: Duration,
 }
+
+/// The IPC event a worker's old process receives when a requested restart will take it away
+/// (register a handler with `Ipc::register`): the payload is the notice in milliseconds
+/// (`u64`, [`Payload::decode`](crate::Payload::decode)). Only sent when
+/// `FleetOptions::soft_kill_notice` is not zero.
+pub const SOFT_KILL_EVENT: &str = "fleet:soft-kill";
 
 /// Application heartbeats between the admiral and its workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -100,6 +100,7 @@ enum Timer {
     Start(ProcessId),
     Kill(ProcessId),
     Heartbeat,
+    Notice(WorkerId),
 }
 
 #[derive(Debug)]
@@ -205,7 +206,8 @@ impl Router {
             config.plan.clusters.iter().map(|c| c.id),
             config.timeouts,
         )
-        .with_restarts(config.restart);
+        .with_restarts(config.restart)
+        .with_soft_kill_notice(config.soft_kill_notice);
         Self {
             identify: config.identify.clone(),
             config,
@@ -516,6 +518,7 @@ impl Router {
             Timer::Start(process) => self.lifecycle_input(Input::StartTimedOut(process)),
             Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
             Timer::Heartbeat => self.heartbeat(),
+            Timer::Notice(worker) => self.lifecycle_input(Input::NoticeOver(worker)),
         }
     }
 
@@ -1079,6 +1082,9 @@ impl Router {
                     }
                 }
             }
+            Command::ArmNotice { worker, after } => {
+                self.timers.insert(Timer::Notice(worker), after);
+            }
             Command::TakeBack { process } => {
                 self.handovers.remove(&process);
                 if let (Some(sessions), Some(conn)) = (
@@ -1095,6 +1101,19 @@ impl Router {
                         self.handovers.remove(old);
                         self.held_sessions.remove(old);
                         self.finish_restart(worker, Ok(()));
+                    }
+                    LifecycleEvent::SoftKillPending {
+                        process, notice, ..
+                    } => {
+                        if let Some(conn) = self.processes.get(process).and_then(|i| i.conn) {
+                            let notice_ms = notice.as_millis() as u64;
+                            let down = Down::Message {
+                                from: Target::Admiral,
+                                event: super::SOFT_KILL_EVENT.to_owned(),
+                                payload: Payload::encode(&notice_ms).unwrap_or_default(),
+                            };
+                            self.send(conn, &down);
+                        }
                     }
                     LifecycleEvent::RestartFailed { worker, reason } => {
                         self.finish_restart(worker, Err(reason));

@@ -564,3 +564,67 @@ fn an_old_process_crashing_mid_restart_is_rescued_by_its_replacement() {
     l.handle(Input::Ready(new));
     assert_eq!(l.live_process(&C0), Some(new));
 }
+
+#[test]
+fn a_soft_kill_notice_comes_before_the_handover_and_before_an_overlap_swap() {
+    let notice = Duration::from_secs(3);
+    let (l, old) = live_cluster();
+    let mut l = l.with_soft_kill_notice(notice);
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    let out = l.handle(Input::Prepared(new));
+    assert_eq!(
+        out,
+        [
+            Command::Emit(LifecycleEvent::SoftKillPending {
+                worker: C0,
+                process: old,
+                notice
+            }),
+            Command::ArmNotice {
+                worker: C0,
+                after: notice
+            }
+        ]
+    );
+    assert_eq!(
+        l.handle(Input::NoticeOver(C0)),
+        [Command::HandOver { from: old, to: new }]
+    );
+    l.handle(Input::Ready(new));
+    assert_eq!(l.live_process(&C0), Some(new));
+
+    let old = new;
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Overlap)))[0].1;
+    let out = l.handle(Input::Ready(new));
+    assert!(matches!(
+        events(&out)[..],
+        [LifecycleEvent::SoftKillPending { process, .. }] if process == old
+    ));
+    assert_eq!(
+        l.live_process(&C0),
+        Some(old),
+        "the old one serves out its notice"
+    );
+    let out = l.handle(Input::NoticeOver(C0));
+    assert!(out.contains(&Command::Stop {
+        process: old,
+        grace: TIMEOUTS.kill
+    }));
+    assert_eq!(l.live_process(&C0), Some(new));
+    assert!(
+        l.handle(Input::NoticeOver(C0)).is_empty(),
+        "a stale notice does nothing"
+    );
+}
+
+#[test]
+fn a_replacement_failing_during_the_notice_leaves_the_old_serving() {
+    let (l, old) = live_cluster();
+    let mut l = l.with_soft_kill_notice(Duration::from_secs(1));
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    l.handle(Input::Prepared(new));
+    let out = l.handle(Input::Exited(new, None));
+    assert!(!out.iter().any(|c| matches!(c, Command::TakeBack { .. })));
+    assert!(l.handle(Input::NoticeOver(C0)).is_empty());
+    assert_eq!(l.live_process(&C0), Some(old));
+}
