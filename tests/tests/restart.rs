@@ -118,3 +118,56 @@ async fn overlap_and_hard_restarts_identify_anew_and_a_refused_handover_keeps_th
     assert_eq!(mock.stats().total_violations(), 0);
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_replaces_one_cluster_at_a_time_without_identifying() {
+    let mock = MockDiscord::start(mock_config(12, 6, 2)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 3))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
+    })
+    .await;
+    mock.start_events(Some(20.0));
+    let before = mock.stats();
+
+    let outcomes = admiral
+        .restart_all(
+            carrier::ipc::proto::Group::Clusters,
+            RestartMode::Handover,
+            1,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(outcomes.len(), 3);
+    for (target, outcome) in &outcomes {
+        assert_eq!(*outcome, carrier::Outcome::Ok(Payload::empty()), "{target}");
+    }
+    // One at a time: every replacement took over before the next began.
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Replaced { worker, .. }) if *worker == WorkerId::Cluster(2))
+    })
+    .await;
+    let mut replacing = 0;
+    for event in &seen {
+        match event {
+            FleetEvent::Lifecycle(LifecycleEvent::RestartPending { .. }) => {
+                replacing += 1;
+                assert_eq!(replacing, 1, "never two at once: {seen:#?}");
+            }
+            FleetEvent::Lifecycle(LifecycleEvent::Replaced { .. }) => replacing -= 1,
+            _ => {}
+        }
+    }
+    let report = settle(&mock).await;
+    let after = mock.stats();
+    assert_eq!(after.identifies, before.identifies, "no identify spent");
+    assert_eq!(
+        after.resumes - before.resumes,
+        6,
+        "every shard resumed once"
+    );
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    admiral.shutdown().await;
+}

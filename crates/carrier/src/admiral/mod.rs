@@ -20,7 +20,7 @@ pub use self::plan::ShardPlan;
 pub use self::process::WorkerCommand;
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, IpcError, Transport};
-use crate::ipc::proto::{LogLevel, LogRecord, ShardEvent, Target};
+use crate::ipc::proto::{Group, LogLevel, LogRecord, Outcome, ShardEvent, Target};
 use crate::proxy::{ProxyStats, ProxyStatsHandle, RestProxy};
 
 /// Events the admiral publishes.
@@ -204,6 +204,7 @@ pub struct AdmiralHandle {
     proxy: Option<ProxyStatsHandle>,
     proxy_url: Option<String>,
     restart_timeout: Duration,
+    services: usize,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -281,6 +282,24 @@ impl AdmiralHandle {
     pub async fn restart(&self, worker: &WorkerId, mode: RestartMode) -> Result<(), IpcError> {
         self.ipc
             .restart(worker.target(), mode, self.restart_timeout)
+            .await
+    }
+
+    /// Restarts every worker of `group`, `at_once` at a time, and resolves once all are done
+    /// with one outcome per worker; see [`Ipc::restart_all`].
+    pub async fn restart_all(
+        &self,
+        group: Group,
+        mode: RestartMode,
+        at_once: u32,
+    ) -> Result<std::collections::BTreeMap<Target, Outcome>, IpcError> {
+        let workers = match group {
+            Group::Clusters => self.plan.clusters.len(),
+            Group::Services => self.services,
+        } as u32;
+        let rounds = workers.div_ceil(at_once.max(1)).max(1);
+        self.ipc
+            .restart_all(group, mode, at_once, self.restart_timeout * rounds)
             .await
     }
 
@@ -371,6 +390,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         plan: config.plan.clone(),
         proxy: config.rest_proxy.as_ref().map(RestProxy::stats_handle),
         proxy_url: config.rest_proxy.as_ref().map(RestProxy::url),
+        services: config.services.len(),
         restart_timeout: config
             .timeouts
             .cluster_ready

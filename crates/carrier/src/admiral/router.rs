@@ -124,6 +124,17 @@ enum Ask {
     Fetch(Fetch),
 }
 
+/// A rolling restart of several workers.
+#[derive(Debug)]
+struct Rolling {
+    waiter: Waiter,
+    mode: RestartMode,
+    at_once: usize,
+    queue: std::collections::VecDeque<WorkerId>,
+    running: Vec<WorkerId>,
+    outcomes: BTreeMap<Target, Outcome>,
+}
+
 /// A fetch waiting for the first hit among its targets.
 #[derive(Debug)]
 struct Search {
@@ -179,6 +190,7 @@ pub(crate) struct Router {
     /// Sessions an old process handed over, kept until its replacement serves.
     held_sessions: HashMap<ProcessId, Vec<ShardSession>>,
     restart_waiters: HashMap<WorkerId, Vec<Waiter>>,
+    rollings: HashMap<u64, Rolling>,
     next_id: u64,
     timers: DelayQueue<Timer>,
     store: HashMap<String, Payload>,
@@ -222,6 +234,7 @@ impl Router {
             handovers: HashMap::new(),
             held_sessions: HashMap::new(),
             restart_waiters: HashMap::new(),
+            rollings: HashMap::new(),
             next_id: 1,
             timers: DelayQueue::new(),
             store: HashMap::new(),
@@ -703,6 +716,34 @@ impl Router {
                     .push(waiter);
                 self.lifecycle_input(Input::Restart(id, mode));
             }
+            Request::RestartAll {
+                group,
+                mode,
+                at_once,
+            } => {
+                let queue = self
+                    .lifecycle
+                    .workers()
+                    .filter(|w| match group {
+                        Group::Clusters => matches!(w.id, WorkerId::Cluster(_)),
+                        Group::Services => matches!(w.id, WorkerId::Service(_)),
+                    })
+                    .map(|w| w.id.clone())
+                    .collect();
+                let rolling = self.next_id();
+                self.rollings.insert(
+                    rolling,
+                    Rolling {
+                        waiter,
+                        mode,
+                        at_once: at_once.max(1) as usize,
+                        queue,
+                        running: Vec::new(),
+                        outcomes: BTreeMap::new(),
+                    },
+                );
+                self.roll(rolling);
+            }
             Request::Identify { shard } => {
                 if shard >= self.config.plan.shard_total {
                     let refusal = Refusal::Invalid(format!(
@@ -1096,6 +1137,8 @@ impl Router {
                 }
             }
             Command::Emit(event) => {
+                // Published first: what it triggers (a next restart, say) comes after it.
+                let _ = self.events.send(FleetEvent::Lifecycle(event.clone()));
                 match &event {
                     LifecycleEvent::Replaced { worker, old, .. } => {
                         self.handovers.remove(old);
@@ -1133,13 +1176,55 @@ impl Router {
                     }
                     _ => {}
                 }
-                let _ = self.events.send(FleetEvent::Lifecycle(event));
             }
+        }
+    }
+
+    /// Starts the next restarts of a rolling restart, or answers it once all are done.
+    fn roll(&mut self, rolling: u64) {
+        loop {
+            let Some(r) = self.rollings.get_mut(&rolling) else {
+                return;
+            };
+            if r.running.len() >= r.at_once {
+                return;
+            }
+            let Some(next) = r.queue.pop_front() else {
+                if r.running.is_empty() {
+                    let r = self.rollings.remove(&rolling).expect("present");
+                    self.answer(r.waiter, Reply::Outcomes(r.outcomes.into_iter().collect()));
+                }
+                return;
+            };
+            let mode = r.mode;
+            if let Err(reason) = self.lifecycle.can_restart(&next) {
+                r.outcomes.insert(next.target(), Outcome::Error(reason));
+                continue;
+            }
+            r.running.push(next.clone());
+            tracing::info!(target: "fleet::admiral", worker = %next, ?mode, "rolling restart");
+            self.lifecycle_input(Input::Restart(next, mode));
         }
     }
 
     /// Answers everyone waiting for a restart of `worker`.
     fn finish_restart(&mut self, worker: &WorkerId, result: Result<(), &str>) {
+        let rolling = self
+            .rollings
+            .iter()
+            .find(|(_, r)| r.running.contains(worker))
+            .map(|(id, _)| *id);
+        if let Some(rolling) = rolling
+            && let Some(r) = self.rollings.get_mut(&rolling)
+        {
+            r.running.retain(|w| w != worker);
+            let outcome = match result {
+                Ok(()) => Outcome::Ok(Payload::empty()),
+                Err(reason) => Outcome::Error(reason.to_owned()),
+            };
+            r.outcomes.insert(worker.target(), outcome);
+            self.roll(rolling);
+        }
         for waiter in self.restart_waiters.remove(worker).unwrap_or_default() {
             let reply = match &result {
                 Ok(()) => Reply::Done,

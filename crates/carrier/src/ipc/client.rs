@@ -565,6 +565,27 @@ impl Ipc {
         }
     }
 
+    /// Restarts every worker of `group`, `at_once` at a time, and resolves once all are done
+    /// with one outcome per worker (`Ok` or `Error` with why; a failed soft restart leaves that
+    /// worker's old process serving). Waits at most `timeout` in all.
+    pub async fn restart_all(
+        &self,
+        group: Group,
+        mode: RestartMode,
+        at_once: u32,
+        timeout: Duration,
+    ) -> Result<BTreeMap<Target, Outcome>, IpcError> {
+        let request = Request::RestartAll {
+            group,
+            mode,
+            at_once,
+        };
+        match self.request(request, timeout).await? {
+            Reply::Outcomes(outcomes) => Ok(outcomes.into_iter().collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Reports a lifecycle status to the admiral (ready, start failure, shard progress).
     pub async fn report(&self, status: Status) -> Result<(), IpcError> {
         match &self.inner.transport {

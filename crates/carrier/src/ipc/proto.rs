@@ -350,6 +350,17 @@ pub enum Request {
         /// How.
         mode: RestartMode,
     },
+    /// Restart every worker of a group, `at_once` at a time (a rolling restart, so memory
+    /// never holds more than `at_once` extra processes). Answered with one outcome per worker
+    /// once all are done: `Ok` (empty) or `Error` with why it failed.
+    RestartAll {
+        /// Which workers.
+        group: Group,
+        /// How.
+        mode: RestartMode,
+        /// How many restart at the same time (at least 1).
+        at_once: u32,
+    },
 }
 
 /// Answers to a [`Request`].
