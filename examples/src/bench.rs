@@ -12,11 +12,22 @@
 //! 3. Broadcasts from the admiral to every worker, 100 in flight: messages delivered per second.
 //! 4. Resident memory of the admiral and of each worker.
 //! 5. Events from the mock's source through the shards to the clusters' handlers, per second.
-//! 6. REST through the central proxy: added latency, throughput, and 429s saved when three
+//! 6. Restarting a cluster with each strategy while events flow: per-shard unavailability,
+//!    identifies spent, events lost or handled twice ([`restart`]).
+//! 7. REST through the central proxy: added latency, throughput, and 429s saved when three
 //!    clusters share one channel's limit ([`rest`]).
 
 #[path = "bench/rest.rs"]
 mod rest;
+#[path = "bench/restart.rs"]
+mod restart;
+
+/// The bench mock's gateway heartbeat interval.
+const MOCK_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// The soft-kill notice of the bench's fleet: one mock heartbeat and a second, so an old
+/// process's sessions confirm every event they handled before it goes.
+const NOTICE: Duration = Duration::from_secs(6);
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -83,7 +94,7 @@ async fn serve_mock(max_concurrency: u32, interval_ms: u64) -> Result<ExitCode> 
             .recommended_shards(SHARDS)
             .max_concurrency(max_concurrency)
             .identify_interval(Duration::from_millis(interval_ms))
-            .heartbeat_interval(Duration::from_secs(5))
+            .heartbeat_interval(MOCK_HEARTBEAT)
             .build(),
     )
     .await?;
@@ -151,6 +162,7 @@ async fn launch(
     options.clusters = Some(CLUSTERS);
     options.identify_interval = interval;
     options.echo_output = false;
+    options.soft_kill_notice = NOTICE;
     let mut command = WorkerCommand::current()?;
     let name = if lib == Lib::Serenity {
         "serenity"
@@ -213,6 +225,7 @@ async fn run() -> Result<ExitCode> {
             ipc_figures(&admiral).await?;
             memory(&admiral).await?;
             event_throughput(&admiral, &mock).await?;
+            restart::figures(&admiral, &mock, NOTICE).await?;
         }
         admiral.shutdown().await;
         let clean = mock.stop().await?;

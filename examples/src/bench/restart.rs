@@ -1,0 +1,125 @@
+//! Restart figures: each strategy restarts cluster 0 while the mock's event source runs, and the
+//! mock counts what it cost: identifies spent, events lost or handled twice, and how long each of
+//! the cluster's shards was without a session.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use carrier::admiral::{LifecycleEvent, RestartMode};
+use carrier::{AdmiralHandle, FleetEvent, ShardEvent, WorkerId};
+
+use super::{MockProcess, control};
+
+/// When each of cluster 0's shards lost its session and got one again, from the fleet's events.
+#[derive(Debug, Default)]
+struct Gaps {
+    /// A hard restart kills first: every shard is down from the start.
+    hard: bool,
+    down: BTreeMap<u32, Instant>,
+    gap: BTreeMap<u32, Duration>,
+}
+
+impl Gaps {
+    fn record(&mut self, shard: u32, event: &ShardEvent, started: Instant) {
+        let now = Instant::now();
+        match event {
+            ShardEvent::Disconnected(_) => {
+                // Already up again in the replacement (overlap): no gap.
+                if !self.gap.contains_key(&shard) {
+                    self.down.entry(shard).or_insert(now);
+                }
+            }
+            ShardEvent::Ready | ShardEvent::Resumed => {
+                // Up before the old session closed (overlap): no gap.
+                let down = match self.down.remove(&shard) {
+                    Some(down) => down,
+                    None if self.hard => started,
+                    None => now,
+                };
+                self.gap
+                    .entry(shard)
+                    .or_insert_with(|| now.saturating_duration_since(down));
+            }
+            ShardEvent::Connecting => {}
+        }
+    }
+}
+
+/// Restarts cluster 0 once with each strategy and prints what each cost.
+pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) -> Result<()> {
+    let shards = {
+        let c = &admiral.plan().clusters[0];
+        c.last_shard - c.first_shard + 1
+    };
+    for mode in [RestartMode::Handover, RestartMode::Overlap, RestartMode::Hard] {
+        control(mock, "POST", "/_mock/events/start?rate=2").await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before_stats = control(mock, "GET", "/_mock/stats").await?;
+        let before = control(mock, "GET", "/_mock/events").await?;
+        // Shard events are timed as they arrive, on a task of their own.
+        let mut events = admiral.events();
+        let started = Instant::now();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let collector = tokio::spawn(async move {
+            let mut gaps = Gaps {
+                hard: mode == RestartMode::Hard,
+                ..Gaps::default()
+            };
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(FleetEvent::Shard { cluster: 0, shard, event }) => {
+                            gaps.record(shard, &event, started);
+                        }
+                        Ok(FleetEvent::Lifecycle(LifecycleEvent::RestartFailed { reason, .. })) => {
+                            println!("  restart failed: {reason}");
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            gaps
+        });
+        admiral.restart(&WorkerId::Cluster(0), mode).await?;
+        let took = started.elapsed();
+        // The old process's shard events may trail the swap a little.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop.send(());
+        let gaps = collector.await?;
+        control(mock, "POST", "/_mock/events/stop").await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut after = control(mock, "GET", "/_mock/events").await?;
+        while after["in_flight"].as_u64() != Some(0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            after = control(mock, "GET", "/_mock/events").await?;
+        }
+        let after_stats = control(mock, "GET", "/_mock/stats").await?;
+        let diff = |a: &serde_json::Value, b: &serde_json::Value, key: &str| {
+            a[key].as_u64().unwrap_or(0) - b[key].as_u64().unwrap_or(0)
+        };
+        let max = gaps.gap.values().max().copied().unwrap_or_default();
+        let mean = gaps.gap.values().sum::<Duration>() / (gaps.gap.len().max(1) as u32);
+        println!(
+            "restart cluster 0 ({shards} shards), {mode:?}: done in {took:.2?} ({:.1?} soft-kill notice included{}); per-shard unavailability max {max:.1?}, mean {mean:.1?}; identifies spent {}; resumes {}; events lost {}, handled twice {} (of {} produced)",
+            if mode == RestartMode::Hard {
+                Duration::ZERO
+            } else {
+                notice
+            },
+            if gaps.gap.len() == shards as usize {
+                String::new()
+            } else {
+                format!("; only {} shards reported back", gaps.gap.len())
+            },
+            diff(&after_stats, &before_stats, "identifies"),
+            diff(&after_stats, &before_stats, "resumes"),
+            diff(&after, &before, "lost"),
+            diff(&after, &before, "duplicates"),
+            diff(&after, &before, "produced"),
+        );
+    }
+    Ok(())
+}
