@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use carrier::admiral::{LifecycleEvent, RestartMode, State};
 use carrier::ipc::proto::Refusal;
 use carrier::{AdmiralHandle, FleetEvent, IpcError, Payload, WorkerId};
@@ -169,5 +171,77 @@ async fn a_rolling_restart_replaces_one_cluster_at_a_time_without_identifying() 
         "every shard resumed once"
     );
     assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
+    let mock = MockDiscord::start(mock_config(16, 4, 4)).await.unwrap();
+    let mut options = options(&mock, 2);
+    // Longer than the mock's heartbeat: the old generation's sessions confirm every event they
+    // handled before they close, so the mock can tell none was lost.
+    options.soft_kill_notice = Duration::from_secs(1);
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    assert_eq!(admiral.plan().shard_total, 4);
+    mock.start_events(Some(20.0));
+    let before = mock.stats();
+
+    admiral
+        .reshard(8, None)
+        .await
+        .expect("the reshard completes");
+
+    let plan = admiral.plan();
+    assert_eq!(plan.shard_total, 8);
+    assert_eq!(plan.clusters.len(), 2);
+    for cluster in &plan.clusters {
+        let answer = admiral
+            .ipc()
+            .cluster_command(cluster.id, Payload::from("status"))
+            .await
+            .unwrap();
+        let report = status(&answer);
+        assert_eq!(
+            report.shards,
+            (cluster.first_shard..=cluster.last_shard).collect::<Vec<_>>()
+        );
+    }
+    let report = settle(&mock).await;
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies - before.identifies,
+        8,
+        "one identify per new shard"
+    );
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(after.total_violations(), 0);
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Resharded { .. }))
+    })
+    .await;
+    let progress = seen
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                FleetEvent::Lifecycle(LifecycleEvent::ReshardProgress { .. })
+            )
+        })
+        .count();
+    assert_eq!(progress, 2, "one progress event per new cluster");
+    // The old generation's sessions are gone: only total-8 sessions remain.
+    mock.wait_until(WAIT, "old sessions closed", |m| {
+        m.sessions().iter().all(|s| s.shard[1] == 8)
+    })
+    .await
+    .unwrap();
+    // A second reshard while none runs is fine; the fleet keeps working afterwards.
+    let answer = admiral
+        .ipc()
+        .service_command("echo", Payload::from("still here"))
+        .await
+        .unwrap();
+    assert_eq!(answer, Payload::from("still here"));
     admiral.shutdown().await;
 }

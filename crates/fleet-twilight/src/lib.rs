@@ -54,6 +54,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -118,6 +119,14 @@ pub trait ClusterWorker: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<Payload, String>> + Send {
         let _ = (from, payload);
         async { Err("this cluster takes no commands".to_owned()) }
+    }
+
+    /// Runs when a standby cluster goes live: a reshard's new generation connects in standby
+    /// (events fill the cache but do not reach [`handle_event`](Self::handle_event)) and is
+    /// activated once all of it is ready. Clusters started otherwise are live from the start
+    /// and never see this.
+    fn activate(&self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 
     /// Runs on a graceful shutdown, before the shards close.
@@ -342,6 +351,9 @@ async fn run_cluster<W: ClusterWorker>(
 
     let ready = Arc::new(Mutex::new(HashSet::new()));
     let all = shard_ids.clone().count();
+    // A new generation's cluster connects in standby: events fill the cache but reach the
+    // worker only once the generation goes live.
+    let active = Arc::new(AtomicBool::new(!assignment.standby));
     loop {
         // One generation of shards: the first, or the one resuming sessions given back.
         let (drive_tx, drive) = watch::channel(Drive::Run);
@@ -368,67 +380,78 @@ async fn run_cluster<W: ClusterWorker>(
                 ipc: ipc.clone(),
                 ready: ready.clone(),
                 all,
+                active: active.clone(),
             };
             tasks.push(tokio::spawn(drive_shard(shard, cluster, drive.clone())));
         }
         senders.replace(generation);
 
+        // Serve until told to stop or to hand the sessions over; a standby cluster (a new
+        // generation) also waits here to be activated.
+        loop {
+            tokio::select! {
+                stop = control.stopped() => {
+                    let grace = match stop {
+                        Stop::Shutdown(grace) => {
+                            let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+                            grace
+                        }
+                        Stop::Disconnected => Duration::from_secs(5),
+                    };
+                    let _ = drive_tx.send(Drive::Stop);
+                    for sender in senders.all().values() {
+                        let _ = sender.close(CloseFrame::NORMAL);
+                    }
+                    let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
+                    return Ok(());
+                }
+                handoff = handoffs.handoff() => match handoff {
+                    Some(Handoff::Activate) => {
+                        if !active.swap(true, Ordering::SeqCst) {
+                            tracing::info!(target: "fleet::shard", "activated: events reach the worker");
+                            worker.activate().await;
+                        }
+                    }
+                    Some(Handoff::HandOver) => break,
+                    Some(Handoff::Sessions(_)) => {}
+                    None => return Ok(()),
+                },
+            }
+        }
+        // Close every shard resumably; each task returns its session once closed.
+        let _ = drive_tx.send(Drive::HandOver);
+        for sender in senders.all().values() {
+            let _ = sender.close(CloseFrame::RESUME);
+        }
+        let mut handed = Vec::new();
+        let closing = futures::future::join_all(tasks.iter_mut());
+        // A shard still waiting to identify has no session to close: it is left to identify in
+        // the replacement.
+        if let Ok(closed) = tokio::time::timeout(HANDOVER_CLOSE, closing).await {
+            handed.extend(closed.into_iter().filter_map(|t| t.ok().flatten()));
+        }
+        for task in &tasks {
+            task.abort();
+        }
+        tracing::info!(target: "fleet::shard", shards = handed.len(), "handing sessions over");
+        ipc.hand_over(handed).await?;
+        // Now either the replacement serves and we are told to stop, or it failed and the
+        // sessions come back.
         tokio::select! {
             stop = control.stopped() => {
-                let grace = match stop {
-                    Stop::Shutdown(grace) => {
-                        let _ = tokio::time::timeout(grace, worker.shutdown()).await;
-                        grace
-                    }
-                    Stop::Disconnected => Duration::from_secs(5),
-                };
-                let _ = drive_tx.send(Drive::Stop);
-                for sender in senders.all().values() {
-                    let _ = sender.close(CloseFrame::NORMAL);
+                if let Stop::Shutdown(grace) = stop {
+                    let _ = tokio::time::timeout(grace, worker.shutdown()).await;
                 }
-                let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
                 return Ok(());
             }
-            handoff = handoffs.handoff() => {
-                if handoff != Some(Handoff::HandOver) {
-                    continue;
+            handoff = handoffs.handoff() => match handoff {
+                Some(Handoff::Sessions(back)) => {
+                    tracing::warn!(target: "fleet::shard", "the replacement failed; resuming the sessions here");
+                    ready.lock().unwrap_or_else(PoisonError::into_inner).clear();
+                    sessions = back;
                 }
-                // Close every shard resumably; each task returns its session once closed.
-                let _ = drive_tx.send(Drive::HandOver);
-                for sender in senders.all().values() {
-                    let _ = sender.close(CloseFrame::RESUME);
-                }
-                let mut handed = Vec::new();
-                let closing = futures::future::join_all(tasks.iter_mut());
-                // A shard still waiting to identify has no session to close: it is left to
-                // identify in the replacement.
-                if let Ok(closed) = tokio::time::timeout(HANDOVER_CLOSE, closing).await {
-                    handed.extend(closed.into_iter().filter_map(|t| t.ok().flatten()));
-                }
-                for task in &tasks {
-                    task.abort();
-                }
-                tracing::info!(target: "fleet::shard", shards = handed.len(), "handing sessions over");
-                ipc.hand_over(handed).await?;
-                // Now either the replacement serves and we are told to stop, or it failed and
-                // the sessions come back.
-                tokio::select! {
-                    stop = control.stopped() => {
-                        if let Stop::Shutdown(grace) = stop {
-                            let _ = tokio::time::timeout(grace, worker.shutdown()).await;
-                        }
-                        return Ok(());
-                    }
-                    handoff = handoffs.handoff() => match handoff {
-                        Some(Handoff::Sessions(back)) => {
-                            tracing::warn!(target: "fleet::shard", "the replacement failed; resuming the sessions here");
-                            ready.lock().unwrap_or_else(PoisonError::into_inner).clear();
-                            sessions = back;
-                        }
-                        _ => return Ok(()),
-                    },
-                }
-            }
+                _ => return Ok(()),
+            },
         }
     }
 }
@@ -507,6 +530,8 @@ struct ClusterShared<W> {
     ready: Arc<Mutex<HashSet<u32>>>,
     /// Shards of the cluster.
     all: usize,
+    /// Whether events reach the worker (false in standby).
+    active: Arc<AtomicBool>,
 }
 
 /// Runs one shard until told to stop; after a handover close, returns its session.
@@ -522,6 +547,7 @@ async fn drive_shard<W: ClusterWorker>(
         ipc,
         ready,
         all,
+        active,
     } = cluster;
     let id = shard.id();
     let number = id.number();
@@ -573,7 +599,8 @@ async fn drive_shard<W: ClusterWorker>(
         }
         cache.update(&event);
         let closed = matches!(event, Event::GatewayClose(_));
-        if event_types.contains(EventTypeFlags::from(event.kind())) {
+        if event_types.contains(EventTypeFlags::from(event.kind())) && active.load(Ordering::SeqCst)
+        {
             worker.handle_event(id, event).await;
         }
         // Every event received before the close was handled above, so the session's sequence

@@ -52,7 +52,11 @@ pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Durati
         let c = &admiral.plan().clusters[0];
         c.last_shard - c.first_shard + 1
     };
-    for mode in [RestartMode::Handover, RestartMode::Overlap, RestartMode::Hard] {
+    for mode in [
+        RestartMode::Handover,
+        RestartMode::Overlap,
+        RestartMode::Hard,
+    ] {
         control(mock, "POST", "/_mock/events/start?rate=2").await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before_stats = control(mock, "GET", "/_mock/stats").await?;
@@ -103,7 +107,7 @@ pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Durati
         let max = gaps.gap.values().max().copied().unwrap_or_default();
         let mean = gaps.gap.values().sum::<Duration>() / (gaps.gap.len().max(1) as u32);
         println!(
-            "restart cluster 0 ({shards} shards), {mode:?}: done in {took:.2?} ({:.1?} soft-kill notice included{}); per-shard unavailability max {max:.1?}, mean {mean:.1?}; identifies spent {}; resumes {}; events lost {}, handled twice {} (of {} produced)",
+            "restart cluster 0 ({shards} shards), {mode:?}: done in {took:.2?} ({:.1?} soft-kill notice included{}); per-shard unavailability max {max:.1?}, mean {mean:.1?}; identifies spent {}; resumes {}; events lost {}, held unconfirmed by dead sessions {}, handled twice {} (of {} produced)",
             if mode == RestartMode::Hard {
                 Duration::ZERO
             } else {
@@ -117,6 +121,7 @@ pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Durati
             diff(&after_stats, &before_stats, "identifies"),
             diff(&after_stats, &before_stats, "resumes"),
             diff(&after, &before, "lost"),
+            after["in_flight"].as_u64().unwrap_or(0),
             diff(&after, &before, "duplicates"),
             diff(&after, &before, "produced"),
         );

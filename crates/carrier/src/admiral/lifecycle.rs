@@ -97,6 +97,10 @@ impl State {
 }
 
 /// A replacement process on its way in.
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent facts of one replacement, each set once and read by the next step"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
     /// Its process.
@@ -109,6 +113,9 @@ pub struct Replacement {
     pub noticed: bool,
     /// Whether the replacement is ready (waiting for the notice to end).
     pub ready: bool,
+    /// Part of a new generation (a reshard): it connects in standby and goes live only with
+    /// the whole generation.
+    pub generation: bool,
 }
 
 /// A worker and its current process.
@@ -120,8 +127,10 @@ pub struct Worker {
     pub state: State,
     /// Its current process, once spawned.
     pub process: Option<ProcessId>,
-    /// A replacement being started by a requested restart.
+    /// A replacement being started by a requested restart or a reshard.
     pub replacement: Option<Replacement>,
+    /// Left out of the plan by a reshard: it drains and leaves the fleet.
+    pub retired: bool,
 }
 
 /// Something that happened to a worker process.
@@ -153,6 +162,12 @@ pub enum Input {
     Prepared(ProcessId),
     /// The soft-kill notice of a worker's old process is over.
     NoticeOver(WorkerId),
+    /// Start a new generation of clusters with these ids (check [`Lifecycle::can_reshard`]):
+    /// each connects in standby; once all are ready they go live together and the old
+    /// generation (clusters not in the list included) drains.
+    Reshard(Vec<u32>),
+    /// The old generation's notice is over: it drains now.
+    DrainDue,
 }
 
 /// What the admiral must do.
@@ -215,6 +230,13 @@ pub enum Command {
         /// The old process.
         process: ProcessId,
     },
+    /// Feed [`Input::DrainDue`] after this long.
+    ArmDrain {
+        /// The old generation's notice.
+        after: Duration,
+    },
+    /// A process of the new generation goes live: its user code starts receiving events.
+    Activate(ProcessId),
     /// Tell the user.
     Emit(LifecycleEvent),
 }
@@ -274,6 +296,23 @@ pub enum LifecycleEvent {
     RestartFailed {
         /// Which worker.
         worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+    /// A cluster of the new generation is ready in standby.
+    ReshardProgress {
+        /// Clusters of the new generation ready.
+        ready: usize,
+        /// Clusters in the new generation.
+        total: usize,
+    },
+    /// The new generation is live; the old one drains.
+    Resharded {
+        /// Clusters of the new generation.
+        clusters: usize,
+    },
+    /// The reshard failed; the old generation still serves and the new one is stopped.
+    ReshardFailed {
         /// Why.
         reason: String,
     },
@@ -357,6 +396,8 @@ pub struct Lifecycle {
     now: Duration,
     restarts: BTreeMap<WorkerId, std::collections::VecDeque<Duration>>,
     notice: Duration,
+    /// Clusters the reshard under way leaves out.
+    retiring: Vec<WorkerId>,
 }
 
 impl Lifecycle {
@@ -378,6 +419,7 @@ impl Lifecycle {
                         state: State::Pending,
                         process: None,
                         replacement: None,
+                        retired: false,
                     },
                 )
             })
@@ -392,6 +434,7 @@ impl Lifecycle {
             now: Duration::ZERO,
             restarts: BTreeMap::new(),
             notice: Duration::ZERO,
+            retiring: Vec::new(),
         }
     }
 
@@ -451,6 +494,23 @@ impl Lifecycle {
             .filter(|w| w.replacement.as_ref().is_some_and(|r| r.process == process))
     }
 
+    /// Whether a reshard can start now: the fleet running, every cluster live, no restart or
+    /// reshard under way.
+    pub fn can_reshard(&self) -> Result<(), String> {
+        if self.phase != Phase::Running {
+            return Err("the fleet is not running (launching or shutting down)".to_owned());
+        }
+        for worker in self.workers.values() {
+            if worker.replacement.is_some() {
+                return Err(format!("{} is being restarted or resharded", worker.id));
+            }
+            if matches!(worker.id, WorkerId::Cluster(_)) && worker.state != State::Live {
+                return Err(format!("{} is not live ({:?})", worker.id, worker.state));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `id` can be restarted now: it must be live, with no restart under way, and the
     /// fleet not shutting down.
     pub fn can_restart(&self, id: &WorkerId) -> Result<(), String> {
@@ -494,6 +554,14 @@ impl Lifecycle {
                 }
             }
             Input::Hello(process) if self.replacing(process).is_some() => {}
+            Input::Ready(process)
+                if self
+                    .replacing(process)
+                    .and_then(|w| w.replacement.as_ref())
+                    .is_some_and(|r| r.generation) =>
+            {
+                self.generation_ready(process, &mut out);
+            }
             Input::Ready(process) if self.replacing(process).is_some() => {
                 let notice = self.notice;
                 let warn = self
@@ -560,6 +628,12 @@ impl Lifecycle {
             Input::SpawnFailed(process, reason) => {
                 self.fail(process, format!("could not spawn: {reason}"), &mut out);
             }
+            Input::DrainDue => self.finish_generation(&mut out),
+            Input::Reshard(clusters) => {
+                if self.can_reshard().is_ok() {
+                    self.reshard(&clusters, &mut out);
+                }
+            }
             Input::Restart(id, mode) => {
                 if self.can_restart(&id).is_ok() {
                     self.restart(id, mode, &mut out);
@@ -609,7 +683,10 @@ impl Lifecycle {
             }
             Input::Exited(process, code) => {
                 if let Some(worker) = self.current_mut(process) {
-                    if worker.state == State::Draining {
+                    if worker.retired {
+                        let id = worker.id.clone();
+                        self.workers.remove(&id);
+                    } else if worker.state == State::Draining {
                         worker.state = State::Stopped;
                         self.advance(&mut out);
                     } else if !worker.state.is_terminal() {
@@ -728,6 +805,7 @@ impl Lifecycle {
             handed_over: false,
             noticed: false,
             ready: false,
+            generation: false,
         });
         out.push(Command::Spawn {
             worker: id,
@@ -759,11 +837,163 @@ impl Lifecycle {
         }
     }
 
+    /// Starts a new generation: a standby replacement for every cluster id of the new plan.
+    fn reshard(&mut self, clusters: &[u32], out: &mut Vec<Command>) {
+        self.retiring = self
+            .workers
+            .keys()
+            .filter_map(|id| match id {
+                WorkerId::Cluster(c) if !clusters.contains(c) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        for &cluster in clusters {
+            let id = WorkerId::Cluster(cluster);
+            self.workers.entry(id.clone()).or_insert_with(|| Worker {
+                id: id.clone(),
+                state: State::Pending,
+                process: None,
+                replacement: None,
+                retired: false,
+            });
+            let (process, after) = self.new_process(&id);
+            let worker = self.workers.get_mut(&id).expect("inserted above");
+            worker.replacement = Some(Replacement {
+                process,
+                mode: RestartMode::Overlap,
+                handed_over: false,
+                noticed: false,
+                ready: false,
+                generation: true,
+            });
+            out.push(Command::Spawn {
+                worker: id,
+                process,
+            });
+            out.push(Command::ArmStartTimer { process, after });
+        }
+    }
+
+    /// A process of the new generation is ready in standby; once all are, they go live.
+    fn generation_ready(&mut self, process: ProcessId, out: &mut Vec<Command>) {
+        if let Some(replacement) = self
+            .replacing_mut(process)
+            .and_then(|w| w.replacement.as_mut())
+        {
+            replacement.ready = true;
+        }
+        let generation: Vec<&Replacement> = self
+            .workers
+            .values()
+            .filter_map(|w| w.replacement.as_ref())
+            .filter(|r| r.generation)
+            .collect();
+        let ready = generation.iter().filter(|r| r.ready).count();
+        let total = generation.len();
+        out.push(Command::Emit(LifecycleEvent::ReshardProgress {
+            ready,
+            total,
+        }));
+        if ready < total {
+            return;
+        }
+        let processes: Vec<ProcessId> = generation.iter().map(|r| r.process).collect();
+        // Every new process goes live before any old one stops: no event unhandled.
+        for &process in &processes {
+            out.push(Command::Activate(process));
+        }
+        if self.notice.is_zero() {
+            self.finish_generation(out);
+            return;
+        }
+        // The old generation is warned, and serves out its notice beside the new one.
+        let notice = self.notice;
+        for worker in self.workers.values() {
+            if let (WorkerId::Cluster(_), Some(process)) = (&worker.id, worker.process) {
+                out.push(Command::Emit(LifecycleEvent::SoftKillPending {
+                    worker: worker.id.clone(),
+                    process,
+                    notice,
+                }));
+            }
+        }
+        out.push(Command::ArmDrain { after: notice });
+    }
+
+    /// The new generation takes over; the old one drains.
+    fn finish_generation(&mut self, out: &mut Vec<Command>) {
+        let processes: Vec<ProcessId> = self
+            .workers
+            .values()
+            .filter_map(|w| w.replacement.as_ref())
+            .filter(|r| r.generation && r.ready)
+            .map(|r| r.process)
+            .collect();
+        if processes.is_empty() {
+            return;
+        }
+        let total = processes.len();
+        for process in processes {
+            let was_pending = self.replacing(process).is_some_and(|w| w.process.is_none());
+            self.swap(process, out);
+            if was_pending && let Some(id) = self.worker_of(process).cloned() {
+                out.push(Command::Emit(LifecycleEvent::Ready(id)));
+            }
+        }
+        let grace = self.timeouts.kill;
+        for id in std::mem::take(&mut self.retiring) {
+            let Some(worker) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            worker.retired = true;
+            match (&worker.state, worker.process) {
+                (State::Live | State::Starting | State::Spawned, Some(process)) => {
+                    worker.state = State::Draining;
+                    out.push(Command::Stop { process, grace });
+                }
+                _ => {
+                    self.workers.remove(&id);
+                }
+            }
+        }
+        out.push(Command::Emit(LifecycleEvent::Resharded { clusters: total }));
+    }
+
+    /// A process of the new generation failed: the whole generation goes, the old one stays.
+    fn abort_generation(&mut self, reason: &str, out: &mut Vec<Command>) {
+        let grace = self.timeouts.kill;
+        let mut gone = Vec::new();
+        for worker in self.workers.values_mut() {
+            if let Some(replacement) = worker.replacement.take_if(|r| r.generation) {
+                out.push(Command::Stop {
+                    process: replacement.process,
+                    grace,
+                });
+                if worker.process.is_none() {
+                    gone.push(worker.id.clone());
+                }
+            }
+        }
+        for id in gone {
+            self.workers.remove(&id);
+        }
+        self.retiring.clear();
+        tracing::warn!(target: "fleet::lifecycle", %reason, "reshard failed; the old generation stays");
+        out.push(Command::Emit(LifecycleEvent::ReshardFailed {
+            reason: reason.to_owned(),
+        }));
+    }
+
     /// The replacement failed: it goes, the old process stays (with its sessions back).
     fn replacement_failed(&mut self, process: ProcessId, reason: String, out: &mut Vec<Command>) {
         let Some(worker) = self.replacing_mut(process) else {
             return;
         };
+        if worker.replacement.as_ref().is_some_and(|r| r.generation) {
+            let reason = format!("{}: {reason}", worker.id);
+            self.abort_generation(&reason, out);
+            return;
+        }
         let replacement = worker.replacement.take().expect("found as replacing");
         let id = worker.id.clone();
         let old = worker.process;
@@ -834,16 +1064,21 @@ impl Lifecycle {
 
     fn stop_all(&mut self, which: impl Fn(&WorkerId) -> bool, out: &mut Vec<Command>) {
         let grace = self.timeouts.kill;
+        let mut generation = false;
         for worker in self.workers.values_mut().filter(|w| which(&w.id)) {
             if let Some(replacement) = worker.replacement.take() {
                 out.push(Command::Stop {
                     process: replacement.process,
                     grace,
                 });
-                out.push(Command::Emit(LifecycleEvent::RestartFailed {
-                    worker: worker.id.clone(),
-                    reason: "the fleet is shutting down".to_owned(),
-                }));
+                if replacement.generation {
+                    generation = true;
+                } else {
+                    out.push(Command::Emit(LifecycleEvent::RestartFailed {
+                        worker: worker.id.clone(),
+                        reason: "the fleet is shutting down".to_owned(),
+                    }));
+                }
             }
             match (&worker.state, worker.process) {
                 (State::Spawned | State::Starting | State::Live, Some(process)) => {
@@ -853,6 +1088,12 @@ impl Lifecycle {
                 (State::Pending | State::Backoff, _) => worker.state = State::Stopped,
                 _ => {}
             }
+        }
+        if generation {
+            self.retiring.clear();
+            out.push(Command::Emit(LifecycleEvent::ReshardFailed {
+                reason: "the fleet is shutting down".to_owned(),
+            }));
         }
     }
 

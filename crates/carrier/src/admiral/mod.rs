@@ -200,7 +200,7 @@ pub struct AdmiralHandle {
     first_events: Mutex<Option<broadcast::Receiver<FleetEvent>>>,
     ready: watch::Receiver<Option<(usize, usize)>>,
     stopped: watch::Receiver<bool>,
-    plan: ShardPlan,
+    plan: watch::Receiver<ShardPlan>,
     proxy: Option<ProxyStatsHandle>,
     proxy_url: Option<String>,
     restart_timeout: Duration,
@@ -224,10 +224,21 @@ impl AdmiralHandle {
         &self.ipc
     }
 
-    /// The shard plan.
+    /// The shard plan the fleet serves now (a reshard changes it when the new generation goes
+    /// live).
     #[must_use]
-    pub fn plan(&self) -> &ShardPlan {
-        &self.plan
+    pub fn plan(&self) -> ShardPlan {
+        self.plan.borrow().clone()
+    }
+
+    /// Reshards to `shards` shards (in `clusters` clusters, default as many as now): a new
+    /// generation connects in standby beside the old one, goes live once all of it is ready,
+    /// and the old one drains. Resolves when the new generation is live; a failure leaves the
+    /// old generation serving.
+    pub async fn reshard(&self, shards: u32, clusters: Option<u32>) -> Result<(), IpcError> {
+        self.ipc
+            .reshard(shards, clusters, self.restart_timeout * 2)
+            .await
     }
 
     /// The event stream. The first call gets every event since the launch began; later calls
@@ -294,7 +305,7 @@ impl AdmiralHandle {
         at_once: u32,
     ) -> Result<std::collections::BTreeMap<Target, Outcome>, IpcError> {
         let workers = match group {
-            Group::Clusters => self.plan.clusters.len(),
+            Group::Clusters => self.plan.borrow().clusters.len(),
             Group::Services => self.services,
         } as u32;
         let rounds = workers.div_ceil(at_once.max(1)).max(1);
@@ -349,6 +360,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
     let (events, first) = broadcast::channel(8192);
     let (ready_tx, ready) = watch::channel(None);
     let (stopped_tx, stopped) = watch::channel(false);
+    let (plan_tx, plan) = watch::channel(config.plan.clone());
     let ipc = Ipc::new(
         Target::Admiral,
         Transport::Local(local_tx),
@@ -363,6 +375,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         inbox_tx.clone(),
         events.clone(),
         ready_tx,
+        plan_tx,
     );
     let mut tasks = vec![accept.abort_handle()];
     if config.handle_signals {
@@ -387,7 +400,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         first_events: Mutex::new(Some(first)),
         ready,
         stopped,
-        plan: config.plan.clone(),
+        plan,
         proxy: config.rest_proxy.as_ref().map(RestProxy::stats_handle),
         proxy_url: config.rest_proxy.as_ref().map(RestProxy::url),
         services: config.services.len(),

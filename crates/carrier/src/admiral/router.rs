@@ -20,7 +20,7 @@ use super::lifecycle::{
     Command, Input, Lifecycle, LifecycleEvent, ProcessId, RestartMode, State, WorkerId,
 };
 use super::process::{self, SpawnRequest};
-use super::{AdmiralConfig, FleetEvent, WorkerStatus};
+use super::{AdmiralConfig, FleetEvent, ShardPlan, WorkerStatus};
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, LocalRequest, Message};
 use crate::ipc::frame::{self, FrameError, FrameReader, FrameWriter};
@@ -101,6 +101,7 @@ enum Timer {
     Kill(ProcessId),
     Heartbeat,
     Notice(WorkerId),
+    Drain,
 }
 
 #[derive(Debug)]
@@ -190,6 +191,12 @@ pub(crate) struct Router {
     /// Sessions an old process handed over, kept until its replacement serves.
     held_sessions: HashMap<ProcessId, Vec<ShardSession>>,
     restart_waiters: HashMap<WorkerId, Vec<Waiter>>,
+    /// The shard plan clusters serve now.
+    plan: ShardPlan,
+    /// The plan of the generation a reshard is starting.
+    next_plan: Option<ShardPlan>,
+    reshard_waiter: Option<Waiter>,
+    plan_tx: watch::Sender<ShardPlan>,
     rollings: HashMap<u64, Rolling>,
     next_id: u64,
     timers: DelayQueue<Timer>,
@@ -212,7 +219,9 @@ impl Router {
         inbox: mpsc::Sender<Inbox>,
         events: broadcast::Sender<FleetEvent>,
         ready: watch::Sender<Option<(usize, usize)>>,
+        plan_tx: watch::Sender<ShardPlan>,
     ) -> Self {
+        let lifecycle_plan = config.plan.clone();
         let lifecycle = Lifecycle::new(
             config.services.iter().cloned(),
             config.plan.clusters.iter().map(|c| c.id),
@@ -234,6 +243,10 @@ impl Router {
             handovers: HashMap::new(),
             held_sessions: HashMap::new(),
             restart_waiters: HashMap::new(),
+            plan: lifecycle_plan,
+            next_plan: None,
+            reshard_waiter: None,
+            plan_tx,
             rollings: HashMap::new(),
             next_id: 1,
             timers: DelayQueue::new(),
@@ -368,23 +381,30 @@ impl Router {
             .replacement
             .as_ref()
             .is_some_and(|r| r.process == process && r.mode == RestartMode::Handover);
+        let standby = worker
+            .replacement
+            .as_ref()
+            .is_some_and(|r| r.process == process && r.generation);
         let worker = worker.id;
+        // A process of a new generation runs the next plan; every other one the current plan.
+        let plan = match (&self.next_plan, standby) {
+            (Some(next), true) => next,
+            _ => &self.plan,
+        };
         let assignment = match &worker {
             WorkerId::Service(name) => Assignment::Service { name: name.clone() },
             WorkerId::Cluster(id) => {
-                let plan = self
-                    .config
-                    .plan
-                    .clusters
-                    .iter()
-                    .find(|c| c.id == *id)
-                    .expect("clusters come from the plan");
+                let Some(cluster) = plan.clusters.iter().find(|c| c.id == *id) else {
+                    tracing::error!(target: "fleet::ipc", %worker, "no plan for this cluster");
+                    self.conns.remove(&conn);
+                    return;
+                };
                 Assignment::Cluster(ClusterAssignment {
                     id: *id,
-                    first_shard: plan.first_shard,
-                    last_shard: plan.last_shard,
-                    shard_total: self.config.plan.shard_total,
-                    max_concurrency: self.config.plan.max_concurrency,
+                    first_shard: cluster.first_shard,
+                    last_shard: cluster.last_shard,
+                    shard_total: plan.shard_total,
+                    max_concurrency: plan.max_concurrency,
                     token: self.config.token.clone(),
                     gateway_url: self.config.gateway_url.clone(),
                     rest_url: self
@@ -394,6 +414,7 @@ impl Router {
                         .map_or_else(|| self.config.rest_url.clone(), RestProxy::url),
                     rest_proxied: self.config.rest_proxy.is_some(),
                     handover,
+                    standby,
                 })
             }
         };
@@ -532,6 +553,7 @@ impl Router {
             Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
             Timer::Heartbeat => self.heartbeat(),
             Timer::Notice(worker) => self.lifecycle_input(Input::NoticeOver(worker)),
+            Timer::Drain => self.lifecycle_input(Input::DrainDue),
         }
     }
 
@@ -716,6 +738,33 @@ impl Router {
                     .push(waiter);
                 self.lifecycle_input(Input::Restart(id, mode));
             }
+            Request::Reshard { shards, clusters } => {
+                if let Err(reason) = self.lifecycle.can_reshard() {
+                    self.answer(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
+                    return;
+                }
+                let planned = super::plan::plan(super::plan::PlanInput {
+                    count: super::plan::ShardCount::Exact(shards),
+                    recommended: shards,
+                    max_concurrency: self.plan.max_concurrency,
+                    clusters: clusters.unwrap_or(self.plan.clusters.len() as u32),
+                    first_shard: None,
+                    last_shard: None,
+                });
+                let next = match planned {
+                    Ok(next) => next,
+                    Err(error) => {
+                        let refusal = Refusal::ReshardFailed(error.to_string());
+                        self.answer(waiter, Reply::Refused(refusal));
+                        return;
+                    }
+                };
+                tracing::info!(target: "fleet::admiral", from = self.plan.shard_total, to = next.shard_total, clusters = next.clusters.len(), "resharding");
+                let ids = next.clusters.iter().map(|c| c.id).collect();
+                self.next_plan = Some(next);
+                self.reshard_waiter = Some(waiter);
+                self.lifecycle_input(Input::Reshard(ids));
+            }
             Request::RestartAll {
                 group,
                 mode,
@@ -745,11 +794,15 @@ impl Router {
                 self.roll(rolling);
             }
             Request::Identify { shard } => {
-                if shard >= self.config.plan.shard_total {
-                    let refusal = Refusal::Invalid(format!(
-                        "shard {shard} is not below the total {}",
-                        self.config.plan.shard_total
-                    ));
+                let total = self
+                    .next_plan
+                    .as_ref()
+                    .map_or(self.plan.shard_total, |next| {
+                        next.shard_total.max(self.plan.shard_total)
+                    });
+                if shard >= total {
+                    let refusal =
+                        Refusal::Invalid(format!("shard {shard} is not below the total {total}"));
                     self.answer(waiter, Reply::Refused(refusal));
                     return;
                 }
@@ -773,7 +826,7 @@ impl Router {
 
     /// Starts a cache lookup: at the guild's owner, or at every cluster.
     fn fetch(&mut self, from: &Target, waiter: Waiter, query: Fetch, timeout: Duration) {
-        let plan = &self.config.plan;
+        let plan = &self.plan;
         let (targets, owner) = match query.guild() {
             Some(guild) => {
                 let shard = plan_shard(guild, plan.shard_total);
@@ -1123,6 +1176,14 @@ impl Router {
                     }
                 }
             }
+            Command::ArmDrain { after } => {
+                self.timers.insert(Timer::Drain, after);
+            }
+            Command::Activate(process) => {
+                if let Some(conn) = self.processes.get(&process).and_then(|i| i.conn) {
+                    self.send(conn, &Down::Activate);
+                }
+            }
             Command::ArmNotice { worker, after } => {
                 self.timers.insert(Timer::Notice(worker), after);
             }
@@ -1156,6 +1217,23 @@ impl Router {
                                 payload: Payload::encode(&notice_ms).unwrap_or_default(),
                             };
                             self.send(conn, &down);
+                        }
+                    }
+                    LifecycleEvent::Resharded { .. } => {
+                        if let Some(next) = self.next_plan.take() {
+                            tracing::info!(target: "fleet::admiral", shards = next.shard_total, "the new generation is live");
+                            self.plan = next.clone();
+                            let _ = self.plan_tx.send(next);
+                        }
+                        if let Some(waiter) = self.reshard_waiter.take() {
+                            self.answer(waiter, Reply::Done);
+                        }
+                    }
+                    LifecycleEvent::ReshardFailed { reason } => {
+                        self.next_plan = None;
+                        if let Some(waiter) = self.reshard_waiter.take() {
+                            let refusal = Refusal::ReshardFailed(reason.clone());
+                            self.answer(waiter, Reply::Refused(refusal));
                         }
                     }
                     LifecycleEvent::RestartFailed { worker, reason } => {

@@ -565,6 +565,23 @@ impl Ipc {
         }
     }
 
+    /// Reshards the fleet to `shards` shards (in `clusters` clusters, default as many as now)
+    /// and resolves when the new generation is live, within `timeout`.
+    pub async fn reshard(
+        &self,
+        shards: u32,
+        clusters: Option<u32>,
+        timeout: Duration,
+    ) -> Result<(), IpcError> {
+        match self
+            .request(Request::Reshard { shards, clusters }, timeout)
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Restarts every worker of `group`, `at_once` at a time, and resolves once all are done
     /// with one outcome per worker (`Ok` or `Error` with why; a failed soft restart leaves that
     /// worker's old process serving). Waits at most `timeout` in all.

@@ -117,6 +117,8 @@ pub enum Handoff {
     HandOver,
     /// Connect (or reconnect) the shards, resuming these sessions.
     Sessions(Vec<ShardSession>),
+    /// A standby cluster goes live.
+    Activate,
 }
 
 /// Why a worker must stop.
@@ -263,6 +265,9 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                 }
                 Ok(Down::HandOver) => {
                     let _ = handoff_tx.send(Handoff::HandOver);
+                }
+                Ok(Down::Activate) => {
+                    let _ = handoff_tx.send(Handoff::Activate);
                 }
                 Ok(Down::Sessions(sessions)) => {
                     let _ = handoff_tx.send(Handoff::Sessions(sessions));

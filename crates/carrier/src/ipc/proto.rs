@@ -174,6 +174,9 @@ pub struct ClusterAssignment {
     /// user's code, report [`Status::Prepared`], and connect the shards only when
     /// [`Down::Sessions`] arrives, resuming the sessions it holds.
     pub handover: bool,
+    /// This process belongs to a new generation (a reshard): connect and report ready as usual,
+    /// but keep events from user code until [`Down::Activate`].
+    pub standby: bool,
     /// REST base (`https://discord.com`, the admiral's REST proxy or a mock's
     /// `http://127.0.0.1:PORT`), without `/api/v10`.
     pub rest_url: String,
@@ -194,6 +197,7 @@ impl fmt::Debug for ClusterAssignment {
             .field("rest_url", &self.rest_url)
             .field("rest_proxied", &self.rest_proxied)
             .field("handover", &self.handover)
+            .field("standby", &self.standby)
             .finish()
     }
 }
@@ -350,6 +354,15 @@ pub enum Request {
         /// How.
         mode: RestartMode,
     },
+    /// Reshard: start a new generation of clusters for `shards` shards (in `clusters` clusters,
+    /// default as many as now) in standby beside the old one; once all of it is ready it goes
+    /// live and the old generation drains. Answered with `Done` then, or refused with why.
+    Reshard {
+        /// The new shard total.
+        shards: u32,
+        /// Clusters of the new generation.
+        clusters: Option<u32>,
+    },
     /// Restart every worker of a group, `at_once` at a time (a rolling restart, so memory
     /// never holds more than `at_once` extra processes). Answered with one outcome per worker
     /// once all are done: `Ok` (empty) or `Error` with why it failed.
@@ -398,6 +411,9 @@ pub enum Refusal {
     /// The request is not valid here.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A reshard was refused or failed (the old generation still serves).
+    #[error("reshard failed: {0}")]
+    ReshardFailed(String),
     /// A restart was refused or failed (the old process still serves, unless it was hard).
     #[error("restart failed: {0}")]
     RestartFailed(String),
@@ -488,6 +504,8 @@ pub enum Down {
     HandOver,
     /// Connect the shards, resuming these sessions (shards not listed identify).
     Sessions(Vec<ShardSession>),
+    /// A standby cluster (a new generation) goes live: hand events to user code from now on.
+    Activate,
     /// Application heartbeat: answer with [`Up::Pong`] from a task of the worker's runtime, so a
     /// worker whose runtime is stuck stops answering. A worker silent for longer than the
     /// fleet's heartbeat timeout is treated as crashed.
@@ -558,6 +576,7 @@ mod tests {
             rest_url: String::new(),
             rest_proxied: false,
             handover: false,
+            standby: false,
         };
         assert!(!format!("{assignment:?}").contains("secret-token"));
     }

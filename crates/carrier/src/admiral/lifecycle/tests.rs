@@ -628,3 +628,156 @@ fn a_replacement_failing_during_the_notice_leaves_the_old_serving() {
     assert!(l.handle(Input::NoticeOver(C0)).is_empty());
     assert_eq!(l.live_process(&C0), Some(old));
 }
+
+// ---- resharding ------------------------------------------------------------------------------
+
+/// A fleet of `clusters` live clusters; returns it and their processes.
+fn live_clusters(clusters: u32) -> (Lifecycle, Vec<ProcessId>) {
+    let mut l = fleet(&[], clusters);
+    let processes: Vec<ProcessId> = spawned(&l.handle(Input::Launch))
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    for p in &processes {
+        l.handle(Input::Ready(*p));
+    }
+    (l, processes)
+}
+
+#[test]
+fn a_new_generation_goes_live_only_when_all_of_it_is_ready() {
+    let (mut l, old) = live_clusters(2);
+    assert_eq!(l.can_reshard(), Ok(()));
+    let out = l.handle(Input::Reshard(vec![0, 1, 2]));
+    let new: Vec<ProcessId> = spawned(&out).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(new.len(), 3);
+    assert!(l.can_reshard().is_err(), "one reshard at a time");
+    assert!(l.can_restart(&C0).is_err(), "no restart during a reshard");
+    assert_eq!(
+        events(&l.handle(Input::Ready(new[0]))),
+        [LifecycleEvent::ReshardProgress { ready: 1, total: 3 }]
+    );
+    l.handle(Input::Ready(new[1]));
+    assert_eq!(
+        l.live_process(&C0),
+        Some(old[0]),
+        "the old generation serves"
+    );
+    assert_eq!(l.live_process(&WorkerId::Cluster(2)), None);
+    let out = l.handle(Input::Ready(new[2]));
+    let activated: Vec<ProcessId> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Activate(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(activated, new);
+    let first_stop = out
+        .iter()
+        .position(|c| matches!(c, Command::Stop { .. }))
+        .unwrap();
+    let last_activate = out
+        .iter()
+        .rposition(|c| matches!(c, Command::Activate(_)))
+        .unwrap();
+    assert!(
+        last_activate < first_stop,
+        "activate all before stopping any"
+    );
+    assert!(events(&out).contains(&LifecycleEvent::Resharded { clusters: 3 }));
+    assert!(events(&out).contains(&LifecycleEvent::Ready(WorkerId::Cluster(2))));
+    for (i, p) in new.iter().enumerate() {
+        assert_eq!(l.live_process(&WorkerId::Cluster(i as u32)), Some(*p));
+    }
+    assert_eq!(l.can_reshard(), Ok(()));
+}
+
+#[test]
+fn a_smaller_generation_retires_the_clusters_it_leaves_out() {
+    let (mut l, old) = live_clusters(3);
+    let new: Vec<ProcessId> = spawned(&l.handle(Input::Reshard(vec![0])))
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let out = l.handle(Input::Ready(new[0]));
+    for p in &old {
+        assert!(out.contains(&Command::Stop {
+            process: *p,
+            grace: TIMEOUTS.kill
+        }));
+    }
+    let retired = WorkerId::Cluster(2);
+    assert_eq!(l.worker(&retired).unwrap().state, State::Draining);
+    l.handle(Input::Exited(old[2], Some(0)));
+    assert!(
+        l.worker(&retired).is_none(),
+        "gone from the fleet once exited"
+    );
+    assert_eq!(l.workers().count(), 2, "cluster 1 still draining");
+}
+
+#[test]
+fn a_failure_in_the_new_generation_keeps_the_old_one_serving() {
+    let (mut l, old) = live_clusters(1);
+    let new: Vec<ProcessId> = spawned(&l.handle(Input::Reshard(vec![0, 1])))
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    l.handle(Input::Ready(new[0]));
+    let out = l.handle(Input::StartFailed(new[1], "boom".into()));
+    assert!(out.contains(&Command::Stop {
+        process: new[0],
+        grace: TIMEOUTS.kill
+    }));
+    assert!(matches!(
+        &events(&out)[..],
+        [LifecycleEvent::ReshardFailed { reason }] if reason.contains("boom")
+    ));
+    assert_eq!(l.live_process(&C0), Some(old[0]));
+    assert!(
+        l.worker(&WorkerId::Cluster(1)).is_none(),
+        "the new-only cluster is gone"
+    );
+    assert_eq!(l.can_reshard(), Ok(()));
+}
+
+#[test]
+fn with_a_notice_the_old_generation_serves_it_out_after_activation() {
+    let (l, old) = live_clusters(1);
+    let mut l = l.with_soft_kill_notice(Duration::from_secs(2));
+    let new = spawned(&l.handle(Input::Reshard(vec![0])))[0].1;
+    let out = l.handle(Input::Ready(new));
+    assert!(out.contains(&Command::Activate(new)));
+    assert!(out.contains(&Command::ArmDrain {
+        after: Duration::from_secs(2)
+    }));
+    assert!(!out.iter().any(|c| matches!(c, Command::Stop { .. })));
+    assert_eq!(l.live_process(&C0), Some(old[0]));
+    let out = l.handle(Input::DrainDue);
+    assert!(out.contains(&Command::Stop {
+        process: old[0],
+        grace: TIMEOUTS.kill
+    }));
+    assert_eq!(l.live_process(&C0), Some(new));
+}
+
+#[test]
+fn shutdown_during_a_reshard_fails_it_and_stops_both_generations() {
+    let (mut l, old) = live_clusters(1);
+    let new = spawned(&l.handle(Input::Reshard(vec![0])))[0].1;
+    let out = l.handle(Input::Shutdown);
+    assert!(out.contains(&Command::Stop {
+        process: new,
+        grace: TIMEOUTS.kill
+    }));
+    assert!(out.contains(&Command::Stop {
+        process: old[0],
+        grace: TIMEOUTS.kill
+    }));
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| matches!(e, LifecycleEvent::ReshardFailed { .. }))
+    );
+}
