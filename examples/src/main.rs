@@ -206,6 +206,7 @@ async fn tour(
     }
     let launch_identifies = mock.map(|m| m.stats().identifies);
     let restart_identifies = soft_restart_step(admiral, mock, lib, &mut ok).await?;
+    let reshard_identifies = reshard_step(admiral, mock, &mut ok).await?;
 
     if let Some(mock) = mock {
         if once {
@@ -232,7 +233,7 @@ async fn tour(
             && stats.total_violations() == 0
             && report.lost == 0
             && launch_identifies == Some(u64::from(total))
-            && stats.identifies == u64::from(total) + restart_identifies;
+            && stats.identifies == u64::from(total) + restart_identifies + reshard_identifies;
     }
     println!("{}", if ok { "tour passed" } else { "tour FAILED" });
     Ok(ok)
@@ -313,6 +314,48 @@ async fn soft_restart_step(
         *ok &= identifies == 0 && now.duplicates == report.duplicates;
     }
     *ok &= now.lost == report.lost;
+    Ok(identifies)
+}
+
+/// Reshards to half as many shards again while events flow: the new generation connects in
+/// standby beside the old one and goes live once all of it is ready. Returns the identifies it
+/// spent (one per new shard).
+async fn reshard_step(
+    admiral: &AdmiralHandle,
+    mock: Option<&MockDiscord>,
+    ok: &mut bool,
+) -> Result<u64> {
+    let plan = admiral.plan();
+    let shards = plan.shard_total + plan.shard_total / 2;
+    let before = mock.map(|m| (m.stats(), m.event_report()));
+    let sent = Instant::now();
+    let resharded = admiral.reshard(shards, None).await;
+    let took = sent.elapsed();
+    if let Err(error) = resharded {
+        println!("reshard {} -> {shards} shards FAILED: {error}", plan.shard_total);
+        *ok = false;
+        return Ok(0);
+    }
+    let limit = Duration::from_millis(500) * (shards.div_ceil(plan.max_concurrency) - 1);
+    let Some((stats, report)) = before else {
+        println!("reshard {} -> {shards} shards in {took:.2?}", plan.shard_total);
+        return Ok(0);
+    };
+    let mock = mock.expect("before is some only with a mock");
+    let after = mock.stats();
+    let now = mock.event_report();
+    let identifies = after.identifies - stats.identifies;
+    println!(
+        "reshard {} -> {shards} shards ({} clusters) in {took:.2?} (identify limit {limit:.1?}, {:.1?} notice): {identifies} identifies, {} events lost so far, {} handled by both generations while they overlapped",
+        plan.shard_total,
+        admiral.plan().clusters.len(),
+        admiral_notice(),
+        now.lost - report.lost,
+        now.duplicates - report.duplicates
+    );
+    *ok &= admiral.plan().shard_total == shards
+        && identifies == u64::from(shards)
+        && now.lost == report.lost;
     Ok(identifies)
 }
 
