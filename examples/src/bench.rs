@@ -22,6 +22,9 @@ mod rest;
 #[path = "bench/restart.rs"]
 mod restart;
 
+/// Discord's identify interval, which the reference scenario (`max_concurrency` 16) runs with.
+const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The bench mock's gateway heartbeat interval.
 const MOCK_HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -207,7 +210,7 @@ async fn run() -> Result<ExitCode> {
     );
     let mut all_ok = true;
     let scenarios = [
-        (Lib::Twilight, 16, Duration::from_secs(5)),
+        (Lib::Twilight, 16, IDENTIFY_INTERVAL),
         (Lib::Twilight, 4, Duration::from_secs(1)),
         (Lib::Serenity, 4, Duration::from_secs(1)),
         (Lib::Twilight, 1, Duration::from_millis(250)),

@@ -332,13 +332,19 @@ async fn reshard_step(
     let resharded = admiral.reshard(shards, None).await;
     let took = sent.elapsed();
     if let Err(error) = resharded {
-        println!("reshard {} -> {shards} shards FAILED: {error}", plan.shard_total);
+        println!(
+            "reshard {} -> {shards} shards FAILED: {error}",
+            plan.shard_total
+        );
         *ok = false;
         return Ok(0);
     }
     let limit = Duration::from_millis(500) * (shards.div_ceil(plan.max_concurrency) - 1);
     let Some((stats, report)) = before else {
-        println!("reshard {} -> {shards} shards in {took:.2?}", plan.shard_total);
+        println!(
+            "reshard {} -> {shards} shards in {took:.2?}",
+            plan.shard_total
+        );
         return Ok(0);
     };
     let mock = mock.expect("before is some only with a mock");

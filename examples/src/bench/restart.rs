@@ -126,5 +126,42 @@ pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Durati
             diff(&after, &before, "produced"),
         );
     }
+    reshard(admiral, mock, notice).await
+}
+
+/// Reshards to twice the shards while events flow: how long the switch takes against the
+/// identify limit for the new shards, and what it cost.
+async fn reshard(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) -> Result<()> {
+    let plan = admiral.plan();
+    let shards = plan.shard_total * 2;
+    control(mock, "POST", "/_mock/events/start?rate=2").await?;
+    let before_stats = control(mock, "GET", "/_mock/stats").await?;
+    let before = control(mock, "GET", "/_mock/events").await?;
+    let started = Instant::now();
+    admiral.reshard(shards, None).await?;
+    let took = started.elapsed();
+    control(mock, "POST", "/_mock/events/stop").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after = control(mock, "GET", "/_mock/events").await?;
+    while after["in_flight"].as_u64() != Some(0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = control(mock, "GET", "/_mock/events").await?;
+    }
+    let after_stats = control(mock, "GET", "/_mock/stats").await?;
+    let diff = |a: &serde_json::Value, b: &serde_json::Value, key: &str| {
+        a[key].as_u64().unwrap_or(0) - b[key].as_u64().unwrap_or(0)
+    };
+    let windows = shards.div_ceil(plan.max_concurrency) - 1;
+    let limit = super::IDENTIFY_INTERVAL * windows;
+    println!(
+        "reshard {} -> {shards} shards at max_concurrency {}: live in {took:.2?}; identify limit {windows} x {:.1?} = {limit:.1?}, plus the old generation's {notice:.1?} notice; identifies {}; events lost {}, handled by both generations {} (of {} produced)",
+        plan.shard_total,
+        plan.max_concurrency,
+        super::IDENTIFY_INTERVAL,
+        diff(&after_stats, &before_stats, "identifies"),
+        diff(&after, &before, "lost"),
+        diff(&after, &before, "duplicates"),
+        diff(&after, &before, "produced"),
+    );
     Ok(())
 }
