@@ -17,6 +17,16 @@
 //! payloads are opaque bytes the router forwards without decoding ([`ipc::proto`] documents the
 //! wire protocol).
 //!
+//! The admiral also runs the central REST proxy ([`proxy`]): one loopback endpoint with one
+//! rate-limit state that every cluster's HTTP client goes through. Clusters answer cache lookups
+//! for each other ([`Ipc::fetch_guild`] and friends), routed to the cluster owning the guild.
+//!
+//! Workers are replaced without dropping events: the lifecycle ([`admiral::lifecycle`]) starts a
+//! replacement beside the old process and swaps only once it is ready. A twilight cluster hands its
+//! gateway sessions to its replacement (no identify, no event lost); a reshard starts a whole new
+//! generation in standby and switches over once all of it is ready. A worker that stops
+//! answering application heartbeats is treated as crashed.
+//!
 //! carrier knows no Discord library: `fleet-twilight` and `fleet-serenity` plug one in, and
 //! any other adapter can implement [`ClusterRunner`].
 //!
@@ -57,7 +67,8 @@ pub use admiral::{AdmiralHandle, FleetEvent, WorkerId};
 pub use fleet::{DISCORD_REST_URL, Fleet, FleetError, FleetOptions};
 pub use ipc::client::FetchHandler;
 pub use ipc::proto::{
-    ClusterAssignment, Fetch, LogLevel, Outcome, Payload, ShardEvent, Status, Target,
+    ClusterAssignment, Fetch, Group, LogLevel, Outcome, Payload, RestartMode, ShardEvent, Status,
+    Target,
 };
 pub use ipc::{Ipc, IpcError, Message};
 pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};

@@ -23,6 +23,16 @@
 //!
 //! serenity resumes to its `ws_url` (the gate), never to `resume_gateway_url`; the gate reconnects
 //! to the configured gateway, where Discord accepts the resume.
+//!
+//! The cluster's `Cache` answers other workers' `Ipc::fetch_*`, and the `Http` client goes
+//! through the admiral's REST proxy when it is on (serenity only honours a custom base with its
+//! own rate limiter off, which is what the proxy wants).
+//!
+//! What serenity 0.12 cannot do: resume a session it did not open (its shards take no session to
+//! start from), so a session handover is refused with a clear error and serenity clusters restart
+//! with `RestartMode::Overlap`; and a reshard's new generation has no standby, because serenity's
+//! handlers are fixed when the client is built: they handle events from their first READY, beside
+//! the old generation until it drains.
 
 mod relay;
 
@@ -36,7 +46,8 @@ use carrier::ipc::link::Stop;
 pub use carrier::worker::BoxError;
 use carrier::worker::start_cluster_worker;
 pub use carrier::{
-    AdmiralHandle, Fleet, FleetEvent, FleetOptions, Ipc, Payload, Service, ServiceContext, Target,
+    AdmiralHandle, Fleet, FleetEvent, FleetOptions, Group, Ipc, Payload, RestartMode, Service,
+    ServiceContext, Target,
 };
 use carrier::{
     BotGateway, ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent, Status,

@@ -16,6 +16,20 @@
 //! 4. on shutdown, runs [`ClusterWorker::shutdown`], closes every shard with 1000 and drains what
 //!    is left of their events.
 //!
+//! Every event updates the cluster's cache (twilight-cache-inmemory, [`Settings::cache`]) before
+//! the worker sees it; the cache answers other workers' `Ipc::fetch_*`.
+//!
+//! Session handover (`RestartMode::Handover`): a replacement process starts the worker, reports
+//! prepared and waits; the old process keeps handing events to its worker until each shard's
+//! resumable close (4000) comes back, so a shard's session sequence is exactly the last event
+//! its worker handled, and passes `session_id`, sequence and resume URL over. The replacement
+//! builds its shards with `ConfigBuilder::session` and `resume_url` and resumes: Discord replays
+//! whatever came in between. If the replacement fails, the sessions come back and the old
+//! process resumes them itself.
+//!
+//! Standby (a reshard's new generation): shards connect and fill the cache, but events reach the
+//! worker only after [`ClusterWorker::activate`].
+//!
 //! Everything that is not twilight-specific lives in carrier.
 //!
 //! # Example
@@ -63,7 +77,8 @@ use carrier::ipc::proto::ShardSession;
 pub use carrier::worker::BoxError;
 use carrier::worker::start_cluster_worker;
 pub use carrier::{
-    AdmiralHandle, Fleet, FleetEvent, FleetOptions, Ipc, Payload, Service, ServiceContext, Target,
+    AdmiralHandle, Fleet, FleetEvent, FleetOptions, Group, Ipc, Payload, RestartMode, Service,
+    ServiceContext, Target,
 };
 use carrier::{
     BotGateway, ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent, Status,
