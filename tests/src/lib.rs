@@ -3,7 +3,7 @@
 //!
 //! Commands are plain text payloads:
 //! - services and clusters: `sleep` (never answers in time; a cluster first sends `sleeping` with
-//!   its id to the admiral), `fail` (answers with an error),
+//!   its id to the admiral), `fail` (answers with an error), `slow` (answers after 300 ms),
 //!   anything else is echoed back;
 //! - clusters also: `status` ([`ClusterStatus`]), `store-get:KEY` (reads the central store),
 //!   `log:TEXT` (logs through IPC), `post:CHANNEL:N` (creates N messages at once through the
@@ -128,6 +128,10 @@ async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
             Some(Ok(Payload::empty()))
         }
         b"fail" => Some(Err("failed on request".to_owned())),
+        b"slow" => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Some(Ok(Payload::from("slow done")))
+        }
         _ => None,
     }
 }

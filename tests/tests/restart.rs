@@ -245,3 +245,36 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
     assert_eq!(answer, Payload::from("still here"));
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_restart_loses_no_command_in_flight() {
+    let mock = MockDiscord::start(mock_config(2, 1, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 1))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let echo = WorkerId::Service("echo".into());
+    let (old, _) = process_of(&admiral, &echo).await;
+
+    // Slow commands (300 ms each) keep arriving before, during and after the swap.
+    let ipc = admiral.ipc().clone();
+    let sender = tokio::spawn(async move {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let ipc = ipc.clone();
+            calls.spawn(async move { ipc.service_command("echo", Payload::from("slow")).await });
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        calls.join_all().await
+    });
+    // The restart (handover asked; services overlap) happens while they flow.
+    admiral.restart(&echo, RestartMode::Handover).await.unwrap();
+    let answers = sender.await.unwrap();
+
+    assert_eq!(answers.len(), 40);
+    for answer in answers {
+        assert_eq!(answer.unwrap(), Payload::from("slow done"));
+    }
+    let (new, state) = process_of(&admiral, &echo).await;
+    assert_ne!(new, old);
+    assert_eq!(state, State::Live);
+    admiral.shutdown().await;
+}

@@ -121,6 +121,8 @@ struct Inner {
     next_handler: AtomicU64,
     commands: RwLock<Option<CommandHandler>>,
     fetcher: RwLock<Option<FetchHandler>>,
+    /// Incoming commands being run now.
+    running: tokio::sync::watch::Sender<usize>,
     timeout: Duration,
     in_flight: Semaphore,
 }
@@ -149,6 +151,7 @@ impl Ipc {
                 handlers: RwLock::default(),
                 commands: RwLock::default(),
                 fetcher: RwLock::default(),
+                running: tokio::sync::watch::Sender::new(0),
                 next_handler: AtomicU64::new(1),
                 timeout,
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
@@ -279,6 +282,18 @@ impl Ipc {
             .commands
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(handler);
+    }
+
+    /// Counts an incoming command as running until the guard drops.
+    pub(crate) fn command_running(&self) -> RunningCommand {
+        self.inner.running.send_modify(|n| *n += 1);
+        RunningCommand(self.inner.clone())
+    }
+
+    /// Waits until every incoming command has been answered, for at most `timeout`.
+    pub async fn commands_done(&self, timeout: Duration) {
+        let mut running = self.inner.running.subscribe();
+        let _ = tokio::time::timeout(timeout, running.wait_for(|n| *n == 0)).await;
     }
 
     /// Runs this process's command handler on an incoming command, within `timeout`.
@@ -766,6 +781,15 @@ impl Ipc {
                 let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
             }
         }
+    }
+}
+
+/// An incoming command being run; see [`Ipc::command_running`].
+pub(crate) struct RunningCommand(Arc<Inner>);
+
+impl Drop for RunningCommand {
+    fn drop(&mut self) {
+        self.0.running.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -256,11 +256,13 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                     timeout_ms,
                 }) => {
                     let ipc = reader_ipc.clone();
+                    let running = ipc.command_running();
                     tokio::spawn(async move {
                         let outcome = ipc
                             .run_command(from, payload, Duration::from_millis(timeout_ms))
                             .await;
                         let _ = ipc.send_up(Up::Reply { id, outcome }).await;
+                        drop(running);
                     });
                 }
                 Ok(Down::HandOver) => {

@@ -60,6 +60,9 @@ pub(crate) type ServiceFactory = Arc<
     dyn Fn(ServiceContext) -> BoxFuture<'static, Result<RunningService, BoxError>> + Send + Sync,
 >;
 
+/// How long a stopped cluster waits for the commands it is still answering.
+const CLUSTER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn service_factory<S: Service>() -> ServiceFactory {
     Arc::new(|context| {
         Box::pin(async move {
@@ -205,18 +208,26 @@ pub(crate) async fn run(
             ipc.set_command_handler(service.commands);
             let _ = ipc.report(Status::Ready).await;
             if let Stop::Shutdown(grace) = control.stopped().await {
+                let started = tokio::time::Instant::now();
                 let _ = tokio::time::timeout(grace, (service.shutdown)()).await;
+                // Commands already here are answered before the process goes.
+                ipc.commands_done(grace.saturating_sub(started.elapsed()))
+                    .await;
             }
             ipc.flush().await;
             Ok(())
         }
         Assignment::Cluster(assignment) => {
             let context = ClusterContext {
-                ipc,
+                ipc: ipc.clone(),
                 assignment,
                 control,
             };
-            cluster.run(context).await.map_err(WorkerError::Failed)
+            let ran = cluster.run(context).await.map_err(WorkerError::Failed);
+            // Commands already here are answered before the process goes.
+            ipc.commands_done(CLUSTER_DRAIN).await;
+            ipc.flush().await;
+            ran
         }
     }
 }
