@@ -278,3 +278,32 @@ async fn a_service_restart_loses_no_command_in_flight() {
     assert_eq!(state, State::Live);
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admiral_reshards_on_its_own_when_guilds_outgrow_the_shards() {
+    // 16 guilds on 2 shards: 8 per shard, past the policy's 6.
+    let mock = MockDiscord::start(mock_config(16, 2, 2)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.auto_reshard = Some(carrier::admiral::AutoReshard {
+        max_guilds_per_shard: 6,
+        target_guilds_per_shard: 4,
+        check_every: Duration::from_millis(200),
+    });
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let (_, missing) = admiral.ipc().guild_count().await.unwrap();
+    assert!(missing.is_empty(), "every cluster answers a count");
+    until(&mut events, |e| {
+        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Resharded { .. }))
+    })
+    .await;
+    assert_eq!(admiral.plan().shard_total, 4, "16 guilds at 4 per shard");
+    // Every guild is served by the new generation's caches.
+    mock.wait_until(WAIT, "old sessions closed", |m| {
+        m.sessions().iter().all(|s| s.shard[1] == 4)
+    })
+    .await
+    .unwrap();
+    assert_eq!(mock.stats().total_violations(), 0);
+    admiral.shutdown().await;
+}

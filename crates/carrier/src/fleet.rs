@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::admiral::plan::{self, PlanInput, ShardCount};
 use crate::admiral::{
-    self, AdmiralConfig, AdmiralHandle, Heartbeat, RestartPolicy, Timeouts, WorkerCommand,
+    self, AdmiralConfig, AdmiralHandle, AutoReshard, Heartbeat, RestartPolicy, Timeouts,
+    WorkerCommand,
 };
 use crate::identify::{IDENTIFY_INTERVAL, LocalIdentifyQueue};
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
@@ -65,6 +66,9 @@ pub struct FleetOptions {
     /// its users (voice, long commands). With a handover the warning comes before the sessions
     /// move; with overlap, after the replacement is ready. Default zero: no warning.
     pub soft_kill_notice: Duration,
+    /// Reshard on its own when the guilds per shard outgrow a threshold (see
+    /// [`AutoReshard`]). Default off.
+    pub auto_reshard: Option<AutoReshard>,
     /// REST base, without `/api/v10`. Default `https://discord.com`.
     pub rest_url: String,
     /// Route every cluster's REST calls through the admiral's central proxy, which keeps one
@@ -123,6 +127,7 @@ impl FleetOptions {
             restart_window: Duration::from_mins(10),
             restart_backoff: Duration::from_secs(1),
             soft_kill_notice: Duration::ZERO,
+            auto_reshard: None,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(30),
             rest_url: DISCORD_REST_URL.to_owned(),
@@ -304,6 +309,7 @@ impl Fleet {
             echo_output: options.echo_output,
             handle_signals: options.handle_signals,
             soft_kill_notice: options.soft_kill_notice,
+            auto_reshard: options.auto_reshard,
             heartbeat: (!options.heartbeat_timeout.is_zero()).then(|| Heartbeat {
                 interval: options
                     .heartbeat_interval

@@ -302,6 +302,7 @@ fn fetch_handler(cache: Arc<Cache>) -> carrier::FetchHandler {
     use serenity::all::{ChannelId, GuildId, UserId};
     Arc::new(move |query| {
         let json = match query {
+            Fetch::GuildCount => serde_json::to_vec(&cache.guild_count()),
             Fetch::User(id) => serde_json::to_vec(&*cache.user(UserId::new(nonzero(id)?))?),
             // Deprecated in 0.12 in favour of a walk over every guild; this is the one lookup
             // by channel id that costs no walk.

@@ -518,6 +518,7 @@ impl ShardSenders {
 fn fetch_handler(cache: Arc<DefaultInMemoryCache>) -> carrier::FetchHandler {
     Arc::new(move |query| {
         let json = match query {
+            Fetch::GuildCount => serde_json::to_vec(&cache.stats().guilds()),
             Fetch::User(id) => serde_json::to_vec(cache.user(Id::new_checked(id)?)?.value()),
             Fetch::Channel(id) => serde_json::to_vec(cache.channel(Id::new_checked(id)?)?.value()),
             Fetch::Guild(id) => serde_json::to_vec(cache.guild(Id::new_checked(id)?)?.value()),

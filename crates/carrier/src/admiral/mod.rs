@@ -141,6 +141,8 @@ pub struct AdmiralConfig {
     pub heartbeat: Option<Heartbeat>,
     /// How long a worker's old process is warned before a requested restart takes it away.
     pub soft_kill_notice: Duration,
+    /// Reshard on its own when guilds outgrow the shards, if set.
+    pub auto_reshard: Option<AutoReshard>,
 }
 
 /// The IPC event a worker's old process receives when a requested restart will take it away
@@ -148,6 +150,36 @@ pub struct AdmiralConfig {
 /// (`u64`, [`Payload::decode`](crate::Payload::decode)). Only sent when
 /// `FleetOptions::soft_kill_notice` is not zero.
 pub const SOFT_KILL_EVENT: &str = "fleet:soft-kill";
+
+/// When the admiral reshards on its own: it counts the guilds in the clusters' caches every
+/// `check_every`, and once the guilds per shard pass `max_guilds_per_shard` it reshards to
+/// enough shards for `target_guilds_per_shard` each (rounded up to a multiple of
+/// `max_concurrency`). Discord refuses shards above 2,500 guilds (close code 4011).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoReshard {
+    /// Reshard once the guilds per shard pass this.
+    pub max_guilds_per_shard: u32,
+    /// Guilds per shard the new total is made for.
+    pub target_guilds_per_shard: u32,
+    /// How often to count.
+    pub check_every: Duration,
+}
+
+impl AutoReshard {
+    /// The shard total to reshard to for `guilds`, if the current `shards` are too few.
+    #[must_use]
+    pub fn wanted(&self, guilds: u64, shards: u32, max_concurrency: u32) -> Option<u32> {
+        let per_shard = guilds / u64::from(shards.max(1));
+        if per_shard <= u64::from(self.max_guilds_per_shard) {
+            return None;
+        }
+        let target = u64::from(self.target_guilds_per_shard.max(1));
+        let needed = guilds.div_ceil(target) as u32;
+        let mc = max_concurrency.max(1);
+        let total = needed.div_ceil(mc) * mc;
+        (total > shards).then_some(total)
+    }
+}
 
 /// Application heartbeats between the admiral and its workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,6 +419,16 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         });
         tasks.push(signals.abort_handle());
     }
+    if let Some(policy) = config.auto_reshard {
+        let task = tokio::spawn(auto_reshard(
+            policy,
+            ipc.clone(),
+            plan.clone(),
+            ready.clone(),
+            config.timeouts.cluster_ready * 2 + config.timeouts.kill,
+        ));
+        tasks.push(task.abort_handle());
+    }
     let cleanup = DirGuard(dir);
     let run = tokio::spawn(async move {
         router.run(inbox_rx, local_rx).await;
@@ -414,6 +456,51 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
             tasks
         },
     })
+}
+
+/// Counts guilds every `policy.check_every` and reshards when they outgrow the shards.
+async fn auto_reshard(
+    policy: AutoReshard,
+    ipc: Ipc,
+    plan: watch::Receiver<ShardPlan>,
+    mut ready: watch::Receiver<Option<(usize, usize)>>,
+    timeout: Duration,
+) {
+    // Not before the launch is over.
+    if ready.wait_for(Option::is_some).await.is_err() {
+        return;
+    }
+    let mut every = tokio::time::interval(policy.check_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let (shards, max_concurrency) = {
+            let plan = plan.borrow();
+            (plan.shard_total, plan.max_concurrency)
+        };
+        let guilds = match ipc.guild_count().await {
+            Ok((guilds, missing)) if missing.is_empty() => guilds,
+            // A partial count would under-count: wait for a full one.
+            Ok(_) => continue,
+            Err(IpcError::Disconnected) => return,
+            Err(error) => {
+                tracing::warn!(target: "fleet::admiral", %error, "could not count guilds");
+                continue;
+            }
+        };
+        let Some(wanted) = policy.wanted(guilds, shards, max_concurrency) else {
+            continue;
+        };
+        tracing::info!(target: "fleet::admiral", guilds, shards, wanted, "guilds outgrew the shards; resharding");
+        match ipc.reshard(wanted, None, timeout).await {
+            Ok(()) => {}
+            Err(IpcError::Disconnected) => return,
+            Err(error) => {
+                tracing::warn!(target: "fleet::admiral", %error, "automatic reshard failed");
+            }
+        }
+    }
 }
 
 /// Resolves with the name of the first SIGINT or SIGTERM.
@@ -466,5 +553,36 @@ pub(crate) fn log_record(worker: &Target, record: &LogRecord) {
         LogLevel::Info => tracing::info!(target: "fleet::worker", %worker, "{}", record.message),
         LogLevel::Warn => tracing::warn!(target: "fleet::worker", %worker, "{}", record.message),
         LogLevel::Error => tracing::error!(target: "fleet::worker", %worker, "{}", record.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_reshard_waits_for_the_threshold_and_rounds_to_the_buckets() {
+        let policy = AutoReshard {
+            max_guilds_per_shard: 2000,
+            target_guilds_per_shard: 1000,
+            check_every: Duration::from_mins(1),
+        };
+        assert_eq!(policy.wanted(16_000, 8, 1), None, "2000 per shard is fine");
+        assert_eq!(policy.wanted(16_008, 8, 1), Some(17));
+        assert_eq!(
+            policy.wanted(16_008, 8, 16),
+            Some(32),
+            "a multiple of max_concurrency"
+        );
+        assert_eq!(policy.wanted(5_000, 0, 1), Some(5), "no shards yet");
+        let odd = AutoReshard {
+            target_guilds_per_shard: 0,
+            ..policy
+        };
+        assert_eq!(
+            odd.wanted(2_001, 1, 1),
+            Some(2_001),
+            "a zero target counts as one"
+        );
     }
 }

@@ -717,7 +717,35 @@ impl Router {
                 };
                 self.answer(waiter, reply);
             }
+            Request::Fetch(Fetch::GuildCount) => {
+                let refusal = Refusal::Invalid("count guilds with Request::CountGuilds".into());
+                self.answer(waiter, Reply::Refused(refusal));
+            }
             Request::Fetch(query) => self.fetch(from, waiter, query, timeout),
+            Request::CountGuilds => {
+                let targets: Vec<Target> = self
+                    .plan
+                    .clusters
+                    .iter()
+                    .map(|c| Target::Cluster(c.id))
+                    .collect();
+                let fanout = self.next_id();
+                self.fanouts.insert(
+                    fanout,
+                    Fanout {
+                        waiter,
+                        remaining: targets.len(),
+                        outcomes: BTreeMap::new(),
+                    },
+                );
+                if targets.is_empty() {
+                    self.finish_fanout(fanout);
+                }
+                for target in targets {
+                    let ask = Ask::Fetch(Fetch::GuildCount);
+                    self.forward(from, target, ask, timeout, Route::Part(fanout));
+                }
+            }
             Request::Restart { worker, mode } => {
                 let id = match worker {
                     Target::Cluster(id) => WorkerId::Cluster(id),

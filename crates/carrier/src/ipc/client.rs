@@ -516,6 +516,31 @@ impl Ipc {
         self.fetch_as(Fetch::Member { guild, user }).await
     }
 
+    /// Guilds in every cluster's cache: the total, and the clusters that could not say (down or
+    /// too slow), whose guilds the total lacks.
+    pub async fn guild_count(&self) -> Result<(u64, Vec<Target>), IpcError> {
+        let outcomes = match self
+            .request(Request::CountGuilds, self.inner.timeout)
+            .await?
+        {
+            Reply::Outcomes(outcomes) => outcomes,
+            other => return Err(unexpected(other)),
+        };
+        let mut total = 0;
+        let mut missing = Vec::new();
+        for (target, outcome) in outcomes {
+            let count = match outcome {
+                Outcome::Ok(json) => serde_json::from_slice::<u64>(json.as_bytes()).ok(),
+                _ => None,
+            };
+            match count {
+                Some(count) => total += count,
+                None => missing.push(target),
+            }
+        }
+        Ok((total, missing))
+    }
+
     /// Sets what answers cache lookups sent to this cluster (adapters do this).
     pub fn set_fetch_handler(&self, handler: FetchHandler) {
         *self

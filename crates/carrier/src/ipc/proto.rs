@@ -289,6 +289,9 @@ pub enum Fetch {
         /// User id.
         user: u64,
     },
+    /// How many guilds the cluster's cache holds (a JSON number). Asked of every cluster by
+    /// [`Request::CountGuilds`].
+    GuildCount,
 }
 
 impl Fetch {
@@ -297,7 +300,7 @@ impl Fetch {
     pub const fn guild(&self) -> Option<u64> {
         match *self {
             Self::Guild(guild) | Self::Member { guild, .. } => Some(guild),
-            Self::User(_) | Self::Channel(_) => None,
+            Self::User(_) | Self::Channel(_) | Self::GuildCount => None,
         }
     }
 }
@@ -363,6 +366,9 @@ pub enum Request {
         /// Clusters of the new generation.
         clusters: Option<u32>,
     },
+    /// Count the guilds in every cluster's cache: one outcome per cluster, `Ok` with the count
+    /// as a JSON number.
+    CountGuilds,
     /// Restart every worker of a group, `at_once` at a time (a rolling restart, so memory
     /// never holds more than `at_once` extra processes). Answered with one outcome per worker
     /// once all are done: `Ok` (empty) or `Error` with why it failed.
