@@ -182,7 +182,20 @@ pub struct TestCluster {
     context: ClusterContext,
     guilds: AtomicU64,
     events: AtomicU64,
+    /// Set by a [`REPORT_EVENTS`] broadcast, or when the central store holds that key at start:
+    /// each MESSAGE_CREATE handled is then reported to the admiral as [`Handled`].
+    report: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// This process's tag in those reports.
+    nonce: u64,
 }
+
+/// Broadcast event and central-store key that make clusters report every message they handle
+/// (running ones on the broadcast, later ones from the store).
+pub const REPORT_EVENTS: &str = "report-events";
+
+/// A message a cluster process handled: `(process nonce, message id)`, sent to the admiral as
+/// the event `handled`.
+pub type Handled = (u64, u64);
 
 impl ClusterWorker for TestCluster {
     async fn start(context: ClusterContext) -> Result<Self, BoxError> {
@@ -196,10 +209,19 @@ impl ClusterWorker for TestCluster {
                     .await;
             });
         });
+        let report = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            context.ipc.store_has(REPORT_EVENTS).await?,
+        ));
+        let flag = report.clone();
+        context.ipc.register(REPORT_EVENTS, move |_| {
+            flag.store(true, Ordering::SeqCst);
+        });
         Ok(Self {
             context,
             guilds: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            report,
+            nonce: fastrand::u64(..),
         })
     }
 
@@ -208,7 +230,15 @@ impl ClusterWorker for TestCluster {
             Event::GuildCreate(_) => {
                 self.guilds.fetch_add(1, Ordering::Relaxed);
             }
-            Event::MessageCreate(_) | Event::MemberAdd(_) => {
+            Event::MessageCreate(message) => {
+                self.events.fetch_add(1, Ordering::Relaxed);
+                if self.report.load(Ordering::SeqCst) {
+                    let handled: Handled = (self.nonce, message.id.get());
+                    let payload = Payload::encode(&handled).expect("numbers encode");
+                    let _ = self.context.ipc.send_to_admiral("handled", payload).await;
+                }
+            }
+            Event::MemberAdd(_) => {
                 self.events.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use carrier::admiral::{LifecycleEvent, RestartMode, State};
 use carrier::ipc::proto::Refusal;
@@ -184,6 +184,48 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
     let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
     admiral.wait_ready(WAIT).await.unwrap();
     assert_eq!(admiral.plan().shard_total, 4);
+    let old: Vec<u64> = admiral
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|w| matches!(w.id, WorkerId::Cluster(_)))
+        .filter_map(|w| w.process)
+        .collect();
+    // Every message each cluster process's user code handles, timed on arrival.
+    let handled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = handled.clone();
+    admiral.ipc().register("handled", move |m| {
+        let (nonce, id): fleet_tests::Handled = m.payload.decode().unwrap();
+        sink.lock().unwrap().push((nonce, id, Instant::now()));
+    });
+    let ipc = admiral.ipc();
+    ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
+        .await
+        .unwrap();
+    ipc.broadcast(fleet_tests::REPORT_EVENTS, Payload::empty())
+        .await
+        .unwrap();
+    // The switch window: from the new generation's activation to the old one's last exit.
+    let mut timed = admiral.events();
+    let watcher = tokio::spawn(async move {
+        let (mut activated, mut exits) = (None, Vec::new());
+        while exits.len() < old.len() {
+            match tokio::time::timeout(WAIT, timed.recv()).await {
+                Ok(Ok(FleetEvent::Lifecycle(LifecycleEvent::ReshardProgress { ready, total })))
+                    if ready == total =>
+                {
+                    activated = Some(Instant::now());
+                }
+                Ok(Ok(FleetEvent::Exited { process, .. })) if old.contains(&process) => {
+                    exits.push(Instant::now());
+                }
+                Ok(Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                _ => break,
+            }
+        }
+        (activated, exits.into_iter().max())
+    });
     mock.start_events(Some(20.0));
     let before = mock.stats();
 
@@ -191,6 +233,8 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
         .reshard(8, None)
         .await
         .expect("the reshard completes");
+    let (activated, last_exit) = watcher.await.unwrap();
+    let window = activated.expect("activation seen")..=last_exit.expect("old generation gone");
 
     let plan = admiral.plan();
     assert_eq!(plan.shard_total, 8);
@@ -230,6 +274,36 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
         })
         .count();
     assert_eq!(progress, 2, "one progress event per new cluster");
+    // User code: an event handled by two processes only inside the switch window.
+    let handled = handled.lock().unwrap().clone();
+    let mut by_id: std::collections::BTreeMap<u64, Vec<(u64, Instant)>> = Default::default();
+    for (nonce, id, at) in handled {
+        by_id.entry(id).or_default().push((nonce, at));
+    }
+    let slack = Duration::from_millis(200);
+    let twice: Vec<&Vec<(u64, Instant)>> = by_id.values().filter(|h| h.len() > 1).collect();
+    let outside = twice
+        .iter()
+        .filter(|h| {
+            h.iter()
+                .any(|(_, at)| *at + slack < *window.start() || *at > *window.end() + slack)
+        })
+        .count();
+    println!(
+        "reshard: {} messages handled, {} by both generations, {outside} of those outside the {:.2?} switch window",
+        by_id.len(),
+        twice.len(),
+        window.end().duration_since(*window.start())
+    );
+    assert_eq!(
+        outside, 0,
+        "no message handled twice outside the switch window"
+    );
+    let once_per_process = by_id.values().all(|h| {
+        let processes: std::collections::BTreeSet<u64> = h.iter().map(|(n, _)| *n).collect();
+        processes.len() == h.len()
+    });
+    assert!(once_per_process, "no process handled a message twice");
     // The old generation's sessions are gone: only total-8 sessions remain.
     mock.wait_until(WAIT, "old sessions closed", |m| {
         m.sessions().iter().all(|s| s.shard[1] == 8)
