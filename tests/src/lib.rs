@@ -183,7 +183,7 @@ pub struct TestCluster {
     guilds: AtomicU64,
     events: AtomicU64,
     /// Set by a [`REPORT_EVENTS`] broadcast, or when the central store holds that key at start:
-    /// each MESSAGE_CREATE handled is then reported to the admiral as [`Handled`].
+    /// each `MESSAGE_CREATE` handled is then reported to the admiral as [`Handled`].
     report: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// This process's tag in those reports.
     nonce: u64,
