@@ -276,7 +276,7 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
     assert_eq!(progress, 2, "one progress event per new cluster");
     // User code: an event handled by two processes only inside the switch window.
     let handled = handled.lock().unwrap().clone();
-    let mut by_id: std::collections::BTreeMap<u64, Vec<(u64, Instant)>> = Default::default();
+    let mut by_id = std::collections::BTreeMap::<u64, Vec<(u64, Instant)>>::new();
     for (nonce, id, at) in handled {
         by_id.entry(id).or_default().push((nonce, at));
     }
