@@ -381,3 +381,37 @@ async fn the_admiral_reshards_on_its_own_when_guilds_outgrow_the_shards() {
     assert_eq!(mock.stats().total_violations(), 0);
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_cluster_is_unavailable_until_a_hard_restart_starts_it() {
+    let mock = MockDiscord::start(mock_config(4, 2, 2)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let cluster = WorkerId::Cluster(1);
+
+    admiral.stop_worker(&cluster).await.unwrap();
+    assert_eq!(process_of(&admiral, &cluster).await.1, State::Stopped);
+    let error = admiral
+        .ipc()
+        .cluster_command(1, Payload::from("status"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, IpcError::Refused(Refusal::Unavailable(_))),
+        "{error}"
+    );
+    // Its shard's session ended with the process.
+    mock.wait_until(WAIT, "one session left", |m| m.sessions().len() == 1)
+        .await
+        .unwrap();
+
+    admiral.restart(&cluster, RestartMode::Hard).await.unwrap();
+    let answer = admiral
+        .ipc()
+        .cluster_command(1, Payload::from("status"))
+        .await
+        .unwrap();
+    assert_eq!(status(&answer).id, 1);
+    assert_eq!(mock.stats().total_violations(), 0);
+    admiral.shutdown().await;
+}

@@ -162,6 +162,9 @@ pub enum Input {
     Prepared(ProcessId),
     /// The soft-kill notice of a worker's old process is over.
     NoticeOver(WorkerId),
+    /// Stop one worker gracefully (check [`Lifecycle::can_stop`] first); it stays stopped until
+    /// a hard restart starts it again.
+    Stop(WorkerId),
     /// Start a new generation of clusters with these ids (check [`Lifecycle::can_reshard`]):
     /// each connects in standby; once all are ready they go live together and the old
     /// generation (clusters not in the list included) drains.
@@ -265,6 +268,8 @@ pub enum LifecycleEvent {
         /// Why it is restarted.
         reason: String,
     },
+    /// A worker stopped after a requested stop (or a shutdown) and its process exited.
+    WorkerStopped(WorkerId),
     /// A requested restart began: a replacement process is starting.
     RestartPending {
         /// Which worker.
@@ -529,6 +534,37 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Whether `id` can be restarted with `mode` now: soft modes need it live; a hard restart
+    /// also starts a stopped or failed worker again.
+    pub fn check_restart(&self, id: &WorkerId, mode: RestartMode) -> Result<(), String> {
+        let again = self
+            .workers
+            .get(id)
+            .is_some_and(|w| w.state.is_terminal() && w.replacement.is_none());
+        if mode == RestartMode::Hard && again && !self.stopping() {
+            return Ok(());
+        }
+        self.can_restart(id)
+    }
+
+    /// Whether `id` can be stopped now: running or waiting to restart, with no restart under
+    /// way, and the fleet not shutting down.
+    pub fn can_stop(&self, id: &WorkerId) -> Result<(), String> {
+        let Some(worker) = self.workers.get(id) else {
+            return Err(format!("no {id} in this fleet"));
+        };
+        if self.stopping() {
+            return Err("the fleet is shutting down".to_owned());
+        }
+        if worker.replacement.is_some() {
+            return Err(format!("{id} is being restarted"));
+        }
+        match worker.state {
+            State::Spawned | State::Starting | State::Live | State::Backoff => Ok(()),
+            ref other => Err(format!("{id} is not running ({other:?})")),
+        }
+    }
+
     fn stopping(&self) -> bool {
         matches!(
             self.phase,
@@ -635,8 +671,26 @@ impl Lifecycle {
                 }
             }
             Input::Restart(id, mode) => {
-                if self.can_restart(&id).is_ok() {
+                if self.check_restart(&id, mode).is_ok() {
                     self.restart(id, mode, &mut out);
+                }
+            }
+            Input::Stop(id) => {
+                if self.can_stop(&id).is_ok() {
+                    let grace = self.timeouts.kill;
+                    let Some(worker) = self.workers.get_mut(&id) else {
+                        return out;
+                    };
+                    match (worker.state.clone(), worker.process) {
+                        (State::Backoff, _) | (_, None) => {
+                            worker.state = State::Stopped;
+                            out.push(Command::Emit(LifecycleEvent::WorkerStopped(id)));
+                        }
+                        (_, Some(process)) => {
+                            worker.state = State::Draining;
+                            out.push(Command::Stop { process, grace });
+                        }
+                    }
                 }
             }
             Input::Hello(process) => {
@@ -688,6 +742,9 @@ impl Lifecycle {
                         self.workers.remove(&id);
                     } else if worker.state == State::Draining {
                         worker.state = State::Stopped;
+                        out.push(Command::Emit(LifecycleEvent::WorkerStopped(
+                            worker.id.clone(),
+                        )));
                         self.advance(&mut out);
                     } else if !worker.state.is_terminal() {
                         let reason = code.map_or_else(

@@ -328,6 +328,12 @@ impl AdmiralHandle {
             .await
     }
 
+    /// Stops one worker gracefully and resolves once its process has exited; a hard
+    /// [`restart`](Self::restart) starts it again.
+    pub async fn stop_worker(&self, worker: &WorkerId) -> Result<(), IpcError> {
+        self.ipc.stop(worker.target(), self.restart_timeout).await
+    }
+
     /// Restarts every worker of `group`, `at_once` at a time, and resolves once all are done
     /// with one outcome per worker; see [`Ipc::restart_all`].
     pub async fn restart_all(

@@ -191,6 +191,7 @@ pub(crate) struct Router {
     /// Sessions an old process handed over, kept until its replacement serves.
     held_sessions: HashMap<ProcessId, Vec<ShardSession>>,
     restart_waiters: HashMap<WorkerId, Vec<Waiter>>,
+    stop_waiters: HashMap<WorkerId, Vec<Waiter>>,
     /// The shard plan clusters serve now.
     plan: ShardPlan,
     /// The plan of the generation a reshard is starting.
@@ -243,6 +244,7 @@ impl Router {
             handovers: HashMap::new(),
             held_sessions: HashMap::new(),
             restart_waiters: HashMap::new(),
+            stop_waiters: HashMap::new(),
             plan: lifecycle_plan,
             next_plan: None,
             reshard_waiter: None,
@@ -722,6 +724,26 @@ impl Router {
                 self.answer(waiter, Reply::Refused(refusal));
             }
             Request::Fetch(query) => self.fetch(from, waiter, query, timeout),
+            Request::Stop { worker } => {
+                let id = match worker {
+                    Target::Cluster(id) => WorkerId::Cluster(id),
+                    Target::Service(name) => WorkerId::Service(name),
+                    Target::Admiral => {
+                        let refusal = Refusal::Invalid("stop the admiral with a shutdown".into());
+                        self.answer(waiter, Reply::Refused(refusal));
+                        return;
+                    }
+                };
+                if let Err(reason) = self.lifecycle.can_stop(&id) {
+                    self.answer(waiter, Reply::Refused(Refusal::Invalid(reason)));
+                    return;
+                }
+                self.stop_waiters
+                    .entry(id.clone())
+                    .or_default()
+                    .push(waiter);
+                self.lifecycle_input(Input::Stop(id));
+            }
             Request::CountGuilds => {
                 let targets: Vec<Target> = self
                     .plan
@@ -756,7 +778,7 @@ impl Router {
                         return;
                     }
                 };
-                if let Err(reason) = self.lifecycle.can_restart(&id) {
+                if let Err(reason) = self.lifecycle.check_restart(&id, mode) {
                     self.answer(waiter, Reply::Refused(Refusal::RestartFailed(reason)));
                     return;
                 }
@@ -1226,6 +1248,14 @@ impl Router {
                 }
             }
             Command::Emit(event) => {
+                // The plan changes before anyone hears of the new generation.
+                if matches!(event, LifecycleEvent::Resharded { .. })
+                    && let Some(next) = self.next_plan.take()
+                {
+                    tracing::info!(target: "fleet::admiral", shards = next.shard_total, "the new generation is live");
+                    self.plan = next.clone();
+                    let _ = self.plan_tx.send(next);
+                }
                 // Published first: what it triggers (a next restart, say) comes after it.
                 let _ = self.events.send(FleetEvent::Lifecycle(event.clone()));
                 match &event {
@@ -1247,12 +1277,12 @@ impl Router {
                             self.send(conn, &down);
                         }
                     }
-                    LifecycleEvent::Resharded { .. } => {
-                        if let Some(next) = self.next_plan.take() {
-                            tracing::info!(target: "fleet::admiral", shards = next.shard_total, "the new generation is live");
-                            self.plan = next.clone();
-                            let _ = self.plan_tx.send(next);
+                    LifecycleEvent::WorkerStopped(worker) => {
+                        for waiter in self.stop_waiters.remove(worker).unwrap_or_default() {
+                            self.answer(waiter, Reply::Done);
                         }
+                    }
+                    LifecycleEvent::Resharded { .. } => {
                         if let Some(waiter) = self.reshard_waiter.take() {
                             self.answer(waiter, Reply::Done);
                         }

@@ -605,6 +605,15 @@ impl Ipc {
         }
     }
 
+    /// Stops one worker gracefully and resolves once its process has exited, within `timeout`;
+    /// routing then answers "unavailable" for it until a hard restart starts it again.
+    pub async fn stop(&self, worker: Target, timeout: Duration) -> Result<(), IpcError> {
+        match self.request(Request::Stop { worker }, timeout).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Reshards the fleet to `shards` shards (in `clusters` clusters, default as many as now)
     /// and resolves when the new generation is live, within `timeout`.
     pub async fn reshard(

@@ -366,6 +366,13 @@ pub enum Request {
         /// Clusters of the new generation.
         clusters: Option<u32>,
     },
+    /// Stop one worker gracefully (its shutdown hook runs, then it is killed after the kill
+    /// timeout if still there); answered with `Done` once its process has exited. A hard
+    /// [`Request::Restart`] starts it again.
+    Stop {
+        /// The worker.
+        worker: Target,
+    },
     /// Count the guilds in every cluster's cache: one outcome per cluster, `Ok` with the count
     /// as a JSON number.
     CountGuilds,

@@ -246,13 +246,22 @@ fn shutdown_drains_clusters_then_services_and_kills_stragglers() {
     let out = l.handle(Input::Exited(clusters[1].1, None));
     assert_eq!(
         out,
-        [Command::Stop {
-            process: svc,
-            grace: TIMEOUTS.kill
-        }]
+        [
+            Command::Emit(LifecycleEvent::WorkerStopped(clusters[1].0.clone())),
+            Command::Stop {
+                process: svc,
+                grace: TIMEOUTS.kill
+            }
+        ]
     );
     let out = l.handle(Input::Exited(svc, Some(0)));
-    assert_eq!(events(&out), [LifecycleEvent::Stopped]);
+    assert_eq!(
+        events(&out),
+        [
+            LifecycleEvent::WorkerStopped(service("svc")),
+            LifecycleEvent::Stopped
+        ]
+    );
     assert!(l.is_stopped());
     assert_eq!(
         l.worker(&WorkerId::Cluster(1)).unwrap().state,
@@ -276,7 +285,13 @@ fn shutdown_before_launch_finishes_stops_what_runs_and_spawns_nothing_more() {
         "no cluster launches during shutdown"
     );
     let out = l.handle(Input::Exited(svc, Some(0)));
-    assert_eq!(events(&out), [LifecycleEvent::Stopped]);
+    assert_eq!(
+        events(&out),
+        [
+            LifecycleEvent::WorkerStopped(service("svc")),
+            LifecycleEvent::Stopped
+        ]
+    );
 }
 
 #[test]
@@ -780,4 +795,48 @@ fn shutdown_during_a_reshard_fails_it_and_stops_both_generations() {
             .iter()
             .any(|e| matches!(e, LifecycleEvent::ReshardFailed { .. }))
     );
+}
+
+#[test]
+fn a_stopped_worker_stays_stopped_until_a_hard_restart_starts_it() {
+    let (mut l, old) = live_cluster();
+    assert_eq!(
+        l.handle(Input::Stop(C0)),
+        [Command::Stop {
+            process: old,
+            grace: TIMEOUTS.kill
+        }]
+    );
+    assert_eq!(l.live_process(&C0), None, "unavailable while it drains");
+    let out = l.handle(Input::Exited(old, Some(0)));
+    assert_eq!(events(&out), [LifecycleEvent::WorkerStopped(C0)]);
+    assert_eq!(l.worker(&C0).unwrap().state, State::Stopped);
+    assert!(l.can_stop(&C0).is_err());
+    assert!(
+        l.check_restart(&C0, RestartMode::Handover).is_err(),
+        "nothing to hand over"
+    );
+    let out = l.handle(Input::Restart(C0, RestartMode::Hard));
+    let new = spawned(&out)[0].1;
+    l.handle(Input::Ready(new));
+    assert_eq!(l.live_process(&C0), Some(new));
+}
+
+#[test]
+fn stopping_a_worker_in_backoff_cancels_its_restart() {
+    let (l, p) = live_cluster();
+    let mut l = l.with_restarts(RestartPolicy {
+        max_restarts: 3,
+        window: Duration::from_mins(1),
+        backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(1),
+    });
+    l.handle(Input::Exited(p, None));
+    assert_eq!(l.worker(&C0).unwrap().state, State::Backoff);
+    assert_eq!(
+        events(&l.handle(Input::Stop(C0))),
+        [LifecycleEvent::WorkerStopped(C0)]
+    );
+    assert!(l.handle(Input::RestartDue(C0)).is_empty());
+    assert_eq!(l.worker(&C0).unwrap().state, State::Stopped);
 }
