@@ -42,7 +42,7 @@ use carrier::admiral::WorkerCommand;
 use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Payload, ShardEvent};
 use clap::Parser;
 use discord_mock::{MockConfig, MockDiscord};
-use fleet_examples::{LIB_ENV, Lib, rss_mib};
+use fleet_examples::{LIB_ENV, Lib, pss_mib, rss_mib};
 use tokio::io::AsyncBufReadExt as _;
 
 const SHARDS: u32 = 16;
@@ -405,15 +405,20 @@ async fn ipc_figures(admiral: &AdmiralHandle) -> Result<()> {
 
 async fn memory(admiral: &AdmiralHandle) -> Result<()> {
     use std::fmt::Write as _;
-    let admiral_rss = rss_mib(std::process::id()).unwrap_or(f64::NAN);
+    let me = std::process::id();
+    let admiral_rss = rss_mib(me).unwrap_or(f64::NAN);
     let mut total = admiral_rss;
+    let mut pss = pss_mib(me).unwrap_or(f64::NAN);
     let mut line = format!("memory (RSS): admiral {admiral_rss:.1} MiB");
     for worker in admiral.workers().await? {
         if let Some(rss) = worker.pid.and_then(rss_mib) {
             total += rss;
+            pss += worker.pid.and_then(pss_mib).unwrap_or(f64::NAN);
             write!(line, ", {} {rss:.1}", worker.id)?;
         }
     }
-    println!("{line}; fleet total {total:.1} MiB (discord-mock not included)");
+    println!(
+        "{line}; fleet total {total:.1} MiB RSS, {pss:.1} MiB PSS (shared pages counted once; discord-mock not included)"
+    );
     Ok(())
 }

@@ -263,8 +263,19 @@ impl fleet_serenity::ClusterWorker for SerenityBot {
 /// Resident memory of a process in MiB, from `/proc` (Linux).
 #[must_use]
 pub fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:").map(|kib| kib / 1024.0)
+}
+
+/// Proportional memory of a process in MiB (Linux): its private pages plus its share of pages
+/// it shares with others, such as the executable every fleet process runs. Summed over the
+/// fleet's processes it counts each page once, which summed RSS does not.
+#[must_use]
+pub fn pss_mib(pid: u32) -> Option<f64> {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:").map(|kib| kib / 1024.0)
+}
+
+fn proc_kib(path: &str, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
