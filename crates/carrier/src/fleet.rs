@@ -58,7 +58,7 @@ pub struct FleetOptions {
     pub restart_backoff: Duration,
     /// How often the admiral pings each worker (application heartbeats). Default 5 s.
     pub heartbeat_interval: Duration,
-    /// A worker that answers no ping (and sends nothing else) for this long is hung: it is
+    /// A worker that answers no ping for this long is hung: it is
     /// killed and restarted like a crashed one. Default 30 s; zero turns heartbeats off.
     pub heartbeat_timeout: Duration,
     /// A requested restart warns the worker's old process this long before taking it away

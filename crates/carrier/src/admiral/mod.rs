@@ -186,7 +186,7 @@ impl AutoReshard {
 pub struct Heartbeat {
     /// How often each connected worker is pinged.
     pub interval: Duration,
-    /// A worker that sent nothing for this long is killed and treated as crashed.
+    /// A worker that answered no ping for this long is killed and treated as crashed.
     pub timeout: Duration,
 }
 

@@ -172,7 +172,7 @@ struct ProcessInfo {
     conn: Option<ConnId>,
     /// The process exited while its connection still had frames to read.
     exited: Option<Exit>,
-    /// When its last frame arrived.
+    /// When it last answered a ping (or said hello).
     last_seen: Option<tokio::time::Instant>,
 }
 
@@ -438,11 +438,12 @@ impl Router {
         let Some(worker) = self.lifecycle.worker_of(process).cloned() else {
             return;
         };
-        if let Some(info) = self.processes.get_mut(&process) {
-            info.last_seen = Some(tokio::time::Instant::now());
-        }
         match up {
-            Up::Pong { .. } => {}
+            Up::Pong { .. } => {
+                if let Some(info) = self.processes.get_mut(&process) {
+                    info.last_seen = Some(tokio::time::Instant::now());
+                }
+            }
             Up::Hello { .. } => {
                 tracing::warn!(target: "fleet::ipc", %worker, "ignoring a second hello");
             }
@@ -686,22 +687,9 @@ impl Router {
                     })
                     .map(|w| w.id.target())
                     .collect();
-                let fanout = self.next_id();
-                self.fanouts.insert(
-                    fanout,
-                    Fanout {
-                        waiter,
-                        remaining: targets.len(),
-                        outcomes: BTreeMap::new(),
-                    },
-                );
-                if targets.is_empty() {
-                    self.finish_fanout(fanout);
-                }
-                for target in targets {
-                    let ask = Ask::Command(payload.clone());
-                    self.forward(from, target, ask, timeout, Route::Part(fanout));
-                }
+                self.fan_out(from, waiter, targets, timeout, || {
+                    Ask::Command(payload.clone())
+                });
             }
             Request::Store(operation) => {
                 let reply = match operation {
@@ -751,22 +739,9 @@ impl Router {
                     .iter()
                     .map(|c| Target::Cluster(c.id))
                     .collect();
-                let fanout = self.next_id();
-                self.fanouts.insert(
-                    fanout,
-                    Fanout {
-                        waiter,
-                        remaining: targets.len(),
-                        outcomes: BTreeMap::new(),
-                    },
-                );
-                if targets.is_empty() {
-                    self.finish_fanout(fanout);
-                }
-                for target in targets {
-                    let ask = Ask::Fetch(Fetch::GuildCount);
-                    self.forward(from, target, ask, timeout, Route::Part(fanout));
-                }
+                self.fan_out(from, waiter, targets, timeout, || {
+                    Ask::Fetch(Fetch::GuildCount)
+                });
             }
             Request::Restart { worker, mode } => {
                 let id = match worker {
@@ -871,6 +846,32 @@ impl Router {
                     c.identifies.push(task.abort_handle());
                 }
             }
+        }
+    }
+
+    /// Asks every target and answers with one outcome per target once all have answered.
+    fn fan_out(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        targets: Vec<Target>,
+        timeout: Duration,
+        ask: impl Fn() -> Ask,
+    ) {
+        let fanout = self.next_id();
+        self.fanouts.insert(
+            fanout,
+            Fanout {
+                waiter,
+                remaining: targets.len(),
+                outcomes: BTreeMap::new(),
+            },
+        );
+        if targets.is_empty() {
+            self.finish_fanout(fanout);
+        }
+        for target in targets {
+            self.forward(from, target, ask(), timeout, Route::Part(fanout));
         }
     }
 

@@ -520,8 +520,8 @@ pub enum Down {
     /// A standby cluster (a new generation) goes live: hand events to user code from now on.
     Activate,
     /// Application heartbeat: answer with [`Up::Pong`] from a task of the worker's runtime, so a
-    /// worker whose runtime is stuck stops answering. A worker silent for longer than the
-    /// fleet's heartbeat timeout is treated as crashed.
+    /// worker whose runtime is stuck stops answering. A worker that answers no ping for longer
+    /// than the fleet's heartbeat timeout is treated as crashed.
     Ping {
         /// A number to echo.
         seq: u64,
