@@ -329,7 +329,9 @@ async fn reshard_step(
     let shards = plan.shard_total + plan.shard_total / 2;
     let before = mock.map(|m| (m.stats(), m.event_report()));
     let sent = Instant::now();
-    let resharded = admiral.reshard(shards, None).await;
+    let resharded = admiral
+        .reshard(carrier::admiral::ShardCount::Exact(shards), None)
+        .await;
     let took = sent.elapsed();
     if let Err(error) = resharded {
         println!(

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use carrier::admiral::{LifecycleEvent, RestartMode, State};
+use carrier::admiral::{LifecycleEvent, RestartMode, ShardCount, State};
 use carrier::ipc::proto::Refusal;
 use carrier::{AdmiralHandle, FleetEvent, IpcError, Payload, WorkerId};
 use common::{WAIT, launch, mock_config, options, status, until};
@@ -230,7 +230,7 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
     let before = mock.stats();
 
     admiral
-        .reshard(8, None)
+        .reshard(ShardCount::Exact(8), None)
         .await
         .expect("the reshard completes");
     let (activated, last_exit) = watcher.await.unwrap();
@@ -413,5 +413,36 @@ async fn a_stopped_cluster_is_unavailable_until_a_hard_restart_starts_it() {
         .unwrap();
     assert_eq!(status(&answer).id, 1);
     assert_eq!(mock.stats().total_violations(), 0);
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_by_guilds_per_shard_asks_discord_for_its_recommendation() {
+    // The mock recommends 2 shards (for 1000 guilds each): 500 per shard makes 4.
+    let mock = MockDiscord::start(mock_config(8, 2, 2)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let asked = mock.stats().rest_requests;
+
+    admiral
+        .reshard(ShardCount::GuildsPerShard(500), None)
+        .await
+        .unwrap();
+
+    assert_eq!(admiral.plan().shard_total, 4);
+    assert!(mock.stats().rest_requests > asked, "GET /gateway/bot asked");
+    let error = admiral
+        .reshard(ShardCount::GuildsPerShard(0), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, IpcError::Refused(Refusal::ReshardFailed(_))),
+        "{error}"
+    );
+    assert_eq!(
+        admiral.plan().shard_total,
+        4,
+        "a refused reshard changes nothing"
+    );
     admiral.shutdown().await;
 }

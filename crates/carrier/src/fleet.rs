@@ -288,6 +288,22 @@ impl Fleet {
         } else {
             None
         };
+        let recommend: admiral::Recommender = {
+            let (runner, token, rest_url) = (
+                self.cluster.clone(),
+                options.token.clone(),
+                options.rest_url.clone(),
+            );
+            Arc::new(move || {
+                let gateway = runner.bot_gateway(&token, &rest_url);
+                Box::pin(async move {
+                    gateway
+                        .await
+                        .map(|g| g.shards)
+                        .map_err(|error| error.to_string())
+                })
+            })
+        };
         let config = AdmiralConfig {
             plan,
             services: self.services.into_iter().map(|(name, _)| name).collect(),
@@ -310,6 +326,7 @@ impl Fleet {
             handle_signals: options.handle_signals,
             soft_kill_notice: options.soft_kill_notice,
             auto_reshard: options.auto_reshard,
+            recommend,
             heartbeat: (!options.heartbeat_timeout.is_zero()).then(|| Heartbeat {
                 interval: options
                     .heartbeat_interval

@@ -138,7 +138,9 @@ async fn reshard(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) 
     let before_stats = control(mock, "GET", "/_mock/stats").await?;
     let before = control(mock, "GET", "/_mock/events").await?;
     let started = Instant::now();
-    admiral.reshard(shards, None).await?;
+    admiral
+        .reshard(carrier::admiral::ShardCount::Exact(shards), None)
+        .await?;
     let took = started.elapsed();
     control(mock, "POST", "/_mock/events/stop").await?;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use self::lifecycle::{
     LifecycleEvent, ProcessId, RestartMode, RestartPolicy, State, Timeouts, WorkerId,
 };
-pub use self::plan::ShardPlan;
+pub use self::plan::{ShardCount, ShardPlan};
 pub use self::process::WorkerCommand;
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, IpcError, Transport};
@@ -143,7 +143,13 @@ pub struct AdmiralConfig {
     pub soft_kill_notice: Duration,
     /// Reshard on its own when guilds outgrow the shards, if set.
     pub auto_reshard: Option<AutoReshard>,
+    /// Discord's recommended shard count (`/gateway/bot`), for reshards that ask for it.
+    pub recommend: Recommender,
 }
+
+/// Fetches Discord's recommended shard count; built by `Fleet` from its adapter.
+pub type Recommender =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<u32, String>> + Send + Sync>;
 
 /// The IPC event a worker's old process receives when a requested restart will take it away
 /// (register a handler with `Ipc::register`): the payload is the notice in milliseconds
@@ -263,13 +269,14 @@ impl AdmiralHandle {
         self.plan.borrow().clone()
     }
 
-    /// Reshards to `shards` shards (in `clusters` clusters, default as many as now): a new
-    /// generation connects in standby beside the old one, goes live once all of it is ready,
-    /// and the old one drains. Resolves when the new generation is live; a failure leaves the
-    /// old generation serving.
-    pub async fn reshard(&self, shards: u32, clusters: Option<u32>) -> Result<(), IpcError> {
+    /// Reshards to the total `count` gives (exact, Discord's recommendation from
+    /// `/gateway/bot`, or guilds per shard; in `clusters` clusters, default as many as now): a
+    /// new generation connects in standby beside the old one, goes live once all of it is
+    /// ready, and the old one drains. Resolves when the new generation is live; a failure
+    /// leaves the old generation serving.
+    pub async fn reshard(&self, count: ShardCount, clusters: Option<u32>) -> Result<(), IpcError> {
         self.ipc
-            .reshard(shards, clusters, self.restart_timeout * 2)
+            .reshard(count, clusters, self.restart_timeout * 2)
             .await
     }
 
@@ -499,7 +506,7 @@ async fn auto_reshard(
             continue;
         };
         tracing::info!(target: "fleet::admiral", guilds, shards, wanted, "guilds outgrew the shards; resharding");
-        match ipc.reshard(wanted, None, timeout).await {
+        match ipc.reshard(ShardCount::Exact(wanted), None, timeout).await {
             Ok(()) => {}
             Err(IpcError::Disconnected) => return,
             Err(error) => {

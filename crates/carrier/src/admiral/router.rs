@@ -19,6 +19,7 @@ use tokio_util::time::{DelayQueue, delay_queue};
 use super::lifecycle::{
     Command, Input, Lifecycle, LifecycleEvent, ProcessId, RestartMode, State, WorkerId,
 };
+use super::plan::ShardCount;
 use super::process::{self, SpawnRequest};
 use super::{AdmiralConfig, FleetEvent, ShardPlan, WorkerStatus};
 use crate::identify::IdentifyQueue;
@@ -80,6 +81,13 @@ pub(crate) enum Inbox {
     },
     Shutdown,
     Workers(oneshot::Sender<Vec<WorkerStatus>>),
+    /// Discord's recommended shard count arrived for a reshard.
+    Recommended {
+        waiter: Waiter,
+        count: ShardCount,
+        clusters: Option<u32>,
+        recommended: Result<u32, String>,
+    },
 }
 
 /// Who waits for a reply.
@@ -324,6 +332,18 @@ impl Router {
                     _ => self.exited(process, code),
                 }
             }
+            Inbox::Recommended {
+                waiter,
+                count,
+                clusters,
+                recommended,
+            } => match recommended {
+                Ok(recommended) => self.reshard(waiter, count, recommended, clusters),
+                Err(error) => {
+                    let reason = format!("GET /gateway/bot failed: {error}");
+                    self.answer(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
+                }
+            },
             Inbox::Shutdown => {
                 let _ = self.events.send(FleetEvent::ShuttingDown);
                 self.lifecycle_input(Input::Shutdown);
@@ -763,32 +783,29 @@ impl Router {
                     .push(waiter);
                 self.lifecycle_input(Input::Restart(id, mode));
             }
-            Request::Reshard { shards, clusters } => {
+            Request::Reshard { count, clusters } => {
                 if let Err(reason) = self.lifecycle.can_reshard() {
                     self.answer(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
                     return;
                 }
-                let planned = super::plan::plan(super::plan::PlanInput {
-                    count: super::plan::ShardCount::Exact(shards),
-                    recommended: shards,
-                    max_concurrency: self.plan.max_concurrency,
-                    clusters: clusters.unwrap_or(self.plan.clusters.len() as u32),
-                    first_shard: None,
-                    last_shard: None,
+                if let ShardCount::Exact(_) = count {
+                    self.reshard(waiter, count, 0, clusters);
+                    return;
+                }
+                // Discord's recommendation first, off the actor.
+                let recommend = (self.config.recommend)();
+                let inbox = self.inbox.clone();
+                tokio::spawn(async move {
+                    let recommended = recommend.await;
+                    let _ = inbox
+                        .send(Inbox::Recommended {
+                            waiter,
+                            count,
+                            clusters,
+                            recommended,
+                        })
+                        .await;
                 });
-                let next = match planned {
-                    Ok(next) => next,
-                    Err(error) => {
-                        let refusal = Refusal::ReshardFailed(error.to_string());
-                        self.answer(waiter, Reply::Refused(refusal));
-                        return;
-                    }
-                };
-                tracing::info!(target: "fleet::admiral", from = self.plan.shard_total, to = next.shard_total, clusters = next.clusters.len(), "resharding");
-                let ids = next.clusters.iter().map(|c| c.id).collect();
-                self.next_plan = Some(next);
-                self.reshard_waiter = Some(waiter);
-                self.lifecycle_input(Input::Reshard(ids));
             }
             Request::RestartAll {
                 group,
@@ -847,6 +864,39 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Starts a reshard to the total `count` gives with `recommended` shards recommended.
+    fn reshard(
+        &mut self,
+        waiter: Waiter,
+        count: ShardCount,
+        recommended: u32,
+        clusters: Option<u32>,
+    ) {
+        let refuse = |router: &mut Self, waiter, reason: String| {
+            router.answer(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
+        };
+        if let Err(reason) = self.lifecycle.can_reshard() {
+            return refuse(self, waiter, reason);
+        }
+        let planned = super::plan::plan(super::plan::PlanInput {
+            count,
+            recommended,
+            max_concurrency: self.plan.max_concurrency,
+            clusters: clusters.unwrap_or(self.plan.clusters.len() as u32),
+            first_shard: None,
+            last_shard: None,
+        });
+        let next = match planned {
+            Ok(next) => next,
+            Err(error) => return refuse(self, waiter, error.to_string()),
+        };
+        tracing::info!(target: "fleet::admiral", from = self.plan.shard_total, to = next.shard_total, clusters = next.clusters.len(), "resharding");
+        let ids = next.clusters.iter().map(|c| c.id).collect();
+        self.next_plan = Some(next);
+        self.reshard_waiter = Some(waiter);
+        self.lifecycle_input(Input::Reshard(ids));
     }
 
     /// Asks every target and answers with one outcome per target once all have answered.

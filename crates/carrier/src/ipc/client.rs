@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
+
+use crate::admiral::plan::ShardCount;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::frame::FrameError;
@@ -614,16 +616,17 @@ impl Ipc {
         }
     }
 
-    /// Reshards the fleet to `shards` shards (in `clusters` clusters, default as many as now)
-    /// and resolves when the new generation is live, within `timeout`.
+    /// Reshards the fleet to the total `count` gives (exact, Discord's recommendation, or
+    /// guilds per shard; in `clusters` clusters, default as many as now) and resolves when the
+    /// new generation is live, within `timeout`.
     pub async fn reshard(
         &self,
-        shards: u32,
+        count: ShardCount,
         clusters: Option<u32>,
         timeout: Duration,
     ) -> Result<(), IpcError> {
         match self
-            .request(Request::Reshard { shards, clusters }, timeout)
+            .request(Request::Reshard { count, clusters }, timeout)
             .await?
         {
             Reply::Done => Ok(()),

@@ -357,12 +357,12 @@ pub enum Request {
         /// How.
         mode: RestartMode,
     },
-    /// Reshard: start a new generation of clusters for `shards` shards (in `clusters` clusters,
+    /// Reshard: start a new generation of clusters for the total `count` gives (in `clusters` clusters,
     /// default as many as now) in standby beside the old one; once all of it is ready it goes
     /// live and the old generation drains. Answered with `Done` then, or refused with why.
     Reshard {
-        /// The new shard total.
-        shards: u32,
+        /// The new shard total: exact, Discord's recommendation, or guilds per shard.
+        count: crate::admiral::plan::ShardCount,
         /// Clusters of the new generation.
         clusters: Option<u32>,
     },
