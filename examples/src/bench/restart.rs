@@ -46,6 +46,24 @@ impl Gaps {
     }
 }
 
+/// `a[key] - b[key]` of two mock reports.
+fn diff(a: &serde_json::Value, b: &serde_json::Value, key: &str) -> u64 {
+    a[key].as_u64().unwrap_or(0) - b[key].as_u64().unwrap_or(0)
+}
+
+/// Stops the event source and waits (30 s at most) until every event is confirmed or lost;
+/// returns the mock's event report and stats then.
+async fn settle(mock: &MockProcess) -> Result<(serde_json::Value, serde_json::Value)> {
+    control(mock, "POST", "/_mock/events/stop").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut report = control(mock, "GET", "/_mock/events").await?;
+    while report["in_flight"].as_u64() != Some(0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        report = control(mock, "GET", "/_mock/events").await?;
+    }
+    Ok((report, control(mock, "GET", "/_mock/stats").await?))
+}
+
 /// Restarts cluster 0 once with each strategy and prints what each cost.
 pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) -> Result<()> {
     let shards = {
@@ -93,17 +111,7 @@ pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Durati
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = stop.send(());
         let gaps = collector.await?;
-        control(mock, "POST", "/_mock/events/stop").await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut after = control(mock, "GET", "/_mock/events").await?;
-        while after["in_flight"].as_u64() != Some(0) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            after = control(mock, "GET", "/_mock/events").await?;
-        }
-        let after_stats = control(mock, "GET", "/_mock/stats").await?;
-        let diff = |a: &serde_json::Value, b: &serde_json::Value, key: &str| {
-            a[key].as_u64().unwrap_or(0) - b[key].as_u64().unwrap_or(0)
-        };
+        let (after, after_stats) = settle(mock).await?;
         let max = gaps.gap.values().max().copied().unwrap_or_default();
         let mean = gaps.gap.values().sum::<Duration>() / (gaps.gap.len().max(1) as u32);
         println!(
@@ -142,17 +150,7 @@ async fn reshard(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) 
         .reshard(carrier::admiral::ShardCount::Exact(shards), None)
         .await?;
     let took = started.elapsed();
-    control(mock, "POST", "/_mock/events/stop").await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut after = control(mock, "GET", "/_mock/events").await?;
-    while after["in_flight"].as_u64() != Some(0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = control(mock, "GET", "/_mock/events").await?;
-    }
-    let after_stats = control(mock, "GET", "/_mock/stats").await?;
-    let diff = |a: &serde_json::Value, b: &serde_json::Value, key: &str| {
-        a[key].as_u64().unwrap_or(0) - b[key].as_u64().unwrap_or(0)
-    };
+    let (after, after_stats) = settle(mock).await?;
     let windows = shards.div_ceil(plan.max_concurrency) - 1;
     let limit = super::IDENTIFY_INTERVAL * windows;
     println!(
