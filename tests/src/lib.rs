@@ -8,7 +8,8 @@
 //! - clusters also: `status` ([`ClusterStatus`]), `store-get:KEY` (reads the central store),
 //!   `log:TEXT` (logs through IPC), `post:CHANNEL:N` (creates N messages at once through the
 //!   cluster's HTTP client; answers [`Posted`]), `fetch:KIND:ID[:USER]` (`Ipc::fetch` of a
-//!   `user`, `guild`, `channel` or `member`; answers the JSON, or `none`).
+//!   `user`, `guild`, `channel` or `member`; answers the JSON, or `none`), `far:PAYLOAD` (sends
+//!   `PAYLOAD` to the `echo` service with a timeout of three years; answers its answer).
 //!
 //! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral.
 
@@ -291,6 +292,19 @@ impl ClusterWorker for TestCluster {
         }
         if let Some(answer) = fetch_command(&self.context.ipc, &text).await {
             return answer;
+        }
+        if let Some(inner) = text.strip_prefix("far:") {
+            const THREE_YEARS: Duration = Duration::from_hours(3 * 365 * 24);
+            return self
+                .context
+                .ipc
+                .command_within(
+                    Target::Service("echo".into()),
+                    Payload::from(inner.as_bytes().to_vec()),
+                    THREE_YEARS,
+                )
+                .await
+                .map_err(|e| e.to_string());
         }
         if let Some(message) = text.strip_prefix("log:") {
             self.context

@@ -27,8 +27,8 @@ use crate::ipc::client::{Ipc, LocalRequest, Message};
 use crate::ipc::frame::{self, FrameError, FrameReader, FrameWriter};
 use crate::ipc::link::{ENV_MAX_FRAME, ENV_PROCESS, ENV_SECRET, ENV_SOCKET, ENV_TIMEOUT};
 use crate::ipc::proto::{
-    Assignment, ClusterAssignment, Down, Fetch, Group, Outcome, Payload, Refusal, Reply, Request,
-    ShardSession, Status, StoreRequest, Target, Up,
+    Assignment, ClusterAssignment, Down, Fetch, Group, MAX_TIMEOUT, Outcome, Payload, Refusal,
+    Reply, Request, ShardSession, Status, StoreRequest, Target, Up, clamp_timeout,
 };
 use crate::proxy::RestProxy;
 
@@ -277,7 +277,7 @@ impl Router {
     ) {
         self.lifecycle_input(Input::Launch);
         if let Some(heartbeat) = self.config.heartbeat {
-            self.timers.insert(Timer::Heartbeat, heartbeat.interval);
+            self.arm(Timer::Heartbeat, heartbeat.interval);
         }
         while !self.lifecycle.is_stopped() {
             tokio::select! {
@@ -287,7 +287,8 @@ impl Router {
                 },
                 Some(request) = local.recv() => {
                     let me = Target::Admiral;
-                    self.on_request(&me, Waiter::Local(request.reply), request.request, request.timeout);
+                    let timeout = request.timeout.min(MAX_TIMEOUT);
+                    self.on_request(&me, Waiter::Local(request.reply), request.request, timeout);
                 }
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => self.on_timer(expired.into_inner()),
             }
@@ -327,7 +328,7 @@ impl Router {
                 match self.processes.get_mut(&process) {
                     Some(info) if info.conn.is_some() => {
                         info.exited = Some(Exit(code));
-                        self.timers.insert(Timer::ExitDrain(process), EXIT_DRAIN);
+                        self.arm(Timer::ExitDrain(process), EXIT_DRAIN);
                     }
                     _ => self.exited(process, code),
                 }
@@ -472,7 +473,7 @@ impl Router {
                 timeout_ms,
                 request,
             } => {
-                let timeout = Duration::from_millis(timeout_ms);
+                let timeout = clamp_timeout(timeout_ms);
                 self.on_request(&worker.target(), Waiter::Conn(conn, id), request, timeout);
             }
             Up::Reply { id, outcome } => {
@@ -585,7 +586,7 @@ impl Router {
         let Some(heartbeat) = self.config.heartbeat else {
             return;
         };
-        self.timers.insert(Timer::Heartbeat, heartbeat.interval);
+        self.arm(Timer::Heartbeat, heartbeat.interval);
         let now = tokio::time::Instant::now();
         let serving: Vec<(WorkerId, ProcessId)> = self
             .lifecycle
@@ -995,7 +996,7 @@ impl Router {
                 self.complete(route, target, Outcome::Unavailable);
                 return;
             };
-            let timer = self.timers.insert(Timer::Forward(id), deadline);
+            let timer = self.arm(Timer::Forward(id), deadline);
             self.forwards.insert(
                 id,
                 Forward {
@@ -1044,7 +1045,7 @@ impl Router {
             self.complete(route, target, Outcome::Unavailable);
             return;
         }
-        let timer = self.timers.insert(Timer::Forward(id), deadline);
+        let timer = self.arm(Timer::Forward(id), deadline);
         self.forwards.insert(
             id,
             Forward {
@@ -1244,7 +1245,7 @@ impl Router {
                 }
             }
             Command::ArmStartTimer { process, after } => {
-                self.timers.insert(Timer::Start(process), after);
+                self.arm(Timer::Start(process), after);
             }
             Command::Stop { process, grace } => {
                 match self.processes.get(&process).and_then(|i| i.conn) {
@@ -1256,14 +1257,14 @@ impl Router {
                     ),
                     None => self.kill(process),
                 }
-                self.timers.insert(Timer::Kill(process), grace);
+                self.arm(Timer::Kill(process), grace);
             }
             Command::Kill(process) => self.kill(process),
             Command::ArmRestartTimer { worker, after } => {
-                self.timers.insert(Timer::Restart(worker), after);
+                self.arm(Timer::Restart(worker), after);
             }
             Command::KillAfter { process, after } => {
-                self.timers.insert(Timer::Kill(process), after);
+                self.arm(Timer::Kill(process), after);
             }
             Command::HandOver { from, to } => {
                 self.handovers.insert(from, to);
@@ -1278,7 +1279,7 @@ impl Router {
                 }
             }
             Command::ArmDrain { after } => {
-                self.timers.insert(Timer::Drain, after);
+                self.arm(Timer::Drain, after);
             }
             Command::Activate(process) => {
                 if let Some(conn) = self.processes.get(&process).and_then(|i| i.conn) {
@@ -1286,7 +1287,7 @@ impl Router {
                 }
             }
             Command::ArmNotice { worker, after } => {
-                self.timers.insert(Timer::Notice(worker), after);
+                self.arm(Timer::Notice(worker), after);
             }
             Command::TakeBack { process } => {
                 self.handovers.remove(&process);
@@ -1419,6 +1420,12 @@ impl Router {
             };
             self.answer(waiter, reply);
         }
+    }
+
+    /// Sets a timer, never further out than [`MAX_TIMEOUT`] (the timer wheel panics past about
+    /// two years, and durations come from options and other processes).
+    fn arm(&mut self, timer: Timer, after: Duration) -> delay_queue::Key {
+        self.timers.insert(timer, after.min(MAX_TIMEOUT))
     }
 
     fn kill(&mut self, process: ProcessId) {

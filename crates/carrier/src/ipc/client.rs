@@ -706,6 +706,7 @@ impl Ipc {
         request: Request,
         timeout: Duration,
     ) -> Result<Reply, IpcError> {
+        let timeout = timeout.min(super::proto::MAX_TIMEOUT);
         let _permit = self
             .inner
             .in_flight

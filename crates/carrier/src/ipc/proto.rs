@@ -15,12 +15,25 @@
 //!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`.
 //!
 //! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
+//!
+//! A `timeout_ms` above [`MAX_TIMEOUT`] (one day) is treated as [`MAX_TIMEOUT`].
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// The longest timeout a request may ask for; longer ones are cut to it. A timeout is input
+/// from another process, and no input may make the admiral's timers overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
+
+/// A request's timeout as the admiral applies it: `timeout_ms`, at most [`MAX_TIMEOUT`].
+#[must_use]
+pub fn clamp_timeout(timeout_ms: u64) -> Duration {
+    Duration::from_millis(timeout_ms).min(MAX_TIMEOUT)
+}
 
 /// Opaque user bytes carried by commands, replies and messages. [`Payload::encode`] and
 /// [`Payload::decode`] use `MessagePack` with named fields; any other encoding works as well.
