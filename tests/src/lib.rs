@@ -9,7 +9,8 @@
 //!   `log:TEXT` (logs through IPC), `post:CHANNEL:N` (creates N messages at once through the
 //!   cluster's HTTP client; answers [`Posted`]), `fetch:KIND:ID[:USER]` (`Ipc::fetch` of a
 //!   `user`, `guild`, `channel` or `member`; answers the JSON, or `none`), `far:PAYLOAD` (sends
-//!   `PAYLOAD` to the `echo` service with a timeout of three years; answers its answer).
+//!   `PAYLOAD` to the `echo` service with a timeout of three years; answers its answer), `debug`
+//!   (the `Debug` text of its `ClusterContext`).
 //!
 //! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral.
 
@@ -260,6 +261,9 @@ impl ClusterWorker for TestCluster {
             return answer;
         }
         let text = String::from_utf8_lossy(payload.as_bytes()).into_owned();
+        if text == "debug" {
+            return Ok(Payload::from(format!("{:?}", self.context).into_bytes()));
+        }
         if text == "status" {
             let status = ClusterStatus {
                 id: self.context.id,

@@ -45,3 +45,81 @@ async fn a_timeout_of_years_is_clamped_and_the_admiral_lives() {
     );
     admiral.shutdown().await;
 }
+
+/// The value of `name` in a process's environment.
+fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|entry| {
+        let entry = std::str::from_utf8(entry).ok()?;
+        entry
+            .strip_prefix(name)?
+            .strip_prefix('=')
+            .map(str::to_owned)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
+    const TOKEN: &str = "hardening-token-7f3a9c";
+    let mut config = mock_config(4, 1, 1);
+    config.token = TOKEN.into();
+    let mock = MockDiscord::start(config).await.unwrap();
+    let mut options = options(&mock, 1);
+    options.token = TOKEN.into();
+    let options_debug = format!("{options:?}");
+    let fleet = fleet_tests::fleet(options);
+    let fleet_debug = format!("{fleet:?}");
+    let (admiral, _events) = launch(fleet).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+
+    let workers = admiral.workers().await.unwrap();
+    let pid = workers
+        .iter()
+        .find_map(|w| w.pid.filter(|_| w.id == carrier::WorkerId::Cluster(0)))
+        .unwrap();
+    let secret = environ_var(pid, carrier::ipc::link::ENV_SECRET).expect("a worker has the secret");
+
+    let proxy =
+        carrier::proxy::RestProxy::start(carrier::proxy::ProxyConfig::new(mock.http_url(), TOKEN))
+            .await
+            .unwrap();
+    let hello = carrier::ipc::proto::Up::Hello {
+        secret: carrier::Secret::new(secret.clone()),
+        process: 1,
+    };
+    let env = carrier::ipc::link::WorkerEnv {
+        socket: "/tmp/x".into(),
+        secret: carrier::Secret::new(secret.clone()),
+        process: 1,
+        max_frame: 1024,
+        timeout: Duration::from_secs(1),
+    };
+    // The cluster prints its own context: its IPC handle, HTTP client, senders and cache.
+    let cluster_context = admiral
+        .ipc()
+        .cluster_command(0, Payload::from("debug"))
+        .await
+        .unwrap();
+    let printed = [
+        ("FleetOptions", options_debug),
+        ("Fleet", fleet_debug),
+        ("AdmiralHandle", format!("{admiral:?}")),
+        ("RestProxy", format!("{proxy:?}")),
+        ("ProxyStatsHandle", format!("{:?}", proxy.stats_handle())),
+        ("Up::Hello", format!("{hello:?}")),
+        ("WorkerEnv", format!("{env:?}")),
+        (
+            "twilight ClusterContext",
+            String::from_utf8(cluster_context.as_bytes().to_vec()).unwrap(),
+        ),
+    ];
+    for (name, text) in &printed {
+        assert!(!text.is_empty(), "{name} prints something");
+        assert!(!text.contains(TOKEN), "{name} shows the token: {text}");
+        assert!(
+            !text.contains(&secret),
+            "{name} shows the IPC secret: {text}"
+        );
+    }
+    admiral.shutdown().await;
+}

@@ -61,6 +61,7 @@ mod fleet;
 pub mod identify;
 pub mod ipc;
 pub mod proxy;
+mod secret;
 pub mod worker;
 
 pub use admiral::{AdmiralHandle, FleetEvent, WorkerId};
@@ -71,6 +72,7 @@ pub use ipc::proto::{
     Target,
 };
 pub use ipc::{Ipc, IpcError, Message};
+pub use secret::Secret;
 pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};
 
 /// Whether this process was started by an admiral as one of its workers. Code before

@@ -171,8 +171,9 @@ impl RestProxy {
         if !valid {
             return Err(ProxyStartError::BadUpstream(config.upstream));
         }
-        let auth = HeaderValue::try_from(format!("Bot {}", config.token))
+        let mut auth = HeaderValue::try_from(format!("Bot {}", config.token))
             .map_err(|_| ProxyStartError::BadToken)?;
+        auth.set_sensitive(true);
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -313,7 +314,6 @@ impl Samples {
     }
 }
 
-#[derive(Debug)]
 struct Shared {
     config: ProxyConfig,
     limiter: RateLimiter,
@@ -325,6 +325,16 @@ struct Shared {
     queue_waits: Mutex<Samples>,
     invalid: Mutex<VecDeque<Instant>>,
     global_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("upstream", &self.upstream)
+            .field("auth", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {

@@ -392,13 +392,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         path: socket.clone(),
         source,
     })?;
-    let secret = format!(
-        "{:016x}{:016x}{:016x}{:016x}",
-        fastrand::u64(..),
-        fastrand::u64(..),
-        fastrand::u64(..),
-        fastrand::u64(..)
-    );
+    let secret = crate::Secret::random();
     let config = Arc::new(config);
     let (inbox_tx, inbox_rx) = mpsc::channel(65_536);
     let (local_tx, local_rx) = mpsc::channel(1024);

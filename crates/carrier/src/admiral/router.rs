@@ -52,7 +52,7 @@ pub(crate) enum Inbox {
     },
     Hello {
         conn: ConnId,
-        secret: String,
+        secret: crate::Secret,
         process: ProcessId,
     },
     Up {
@@ -187,7 +187,7 @@ struct ProcessInfo {
 pub(crate) struct Router {
     config: Arc<AdmiralConfig>,
     socket: PathBuf,
-    secret: String,
+    secret: crate::Secret,
     lifecycle: Lifecycle,
     conns: HashMap<ConnId, Conn>,
     processes: HashMap<ProcessId, ProcessInfo>,
@@ -223,7 +223,7 @@ impl Router {
     pub(crate) fn new(
         config: Arc<AdmiralConfig>,
         socket: PathBuf,
-        secret: String,
+        secret: crate::Secret,
         ipc: Ipc,
         inbox: mpsc::Sender<Inbox>,
         events: broadcast::Sender<FleetEvent>,
@@ -368,7 +368,7 @@ impl Router {
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, secret: &str, process: ProcessId) {
+    fn on_hello(&mut self, conn: ConnId, secret: &crate::Secret, process: ProcessId) {
         let worker = self
             .lifecycle
             .worker_of(process)
@@ -378,7 +378,7 @@ impl Router {
             .processes
             .get(&process)
             .is_some_and(|i| i.conn.is_some());
-        let problem = if secret != self.secret {
+        let problem = if !self.secret.matches(secret.expose()) {
             Some("wrong secret")
         } else if worker.as_ref().is_none_or(|w| {
             (w.process != Some(process) || w.state != State::Spawned)
@@ -1224,7 +1224,7 @@ impl Router {
             Command::Spawn { worker, process } => {
                 let env = vec![
                     (ENV_SOCKET, self.socket.display().to_string()),
-                    (ENV_SECRET, self.secret.clone()),
+                    (ENV_SECRET, self.secret.expose().to_owned()),
                     (ENV_PROCESS, process.to_string()),
                     (ENV_MAX_FRAME, self.config.max_frame.to_string()),
                     (

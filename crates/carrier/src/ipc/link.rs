@@ -32,7 +32,7 @@ pub struct WorkerEnv {
     /// The admiral's socket.
     pub socket: PathBuf,
     /// The per-fleet secret.
-    pub secret: String,
+    pub secret: crate::Secret,
     /// This worker's process number.
     pub process: u64,
     /// Maximum frame size.
@@ -60,7 +60,9 @@ impl WorkerEnv {
     #[must_use]
     pub fn from_env() -> Option<Self> {
         let socket = std::env::var_os(ENV_SOCKET)?;
-        let secret = std::env::var(ENV_SECRET).expect("FLEET_IPC_SECRET is set for workers");
+        let secret = crate::Secret::new(
+            std::env::var(ENV_SECRET).expect("FLEET_IPC_SECRET is set for workers"),
+        );
         let process = std::env::var(ENV_PROCESS)
             .ok()
             .and_then(|p| p.parse().ok())

@@ -451,7 +451,7 @@ pub enum Up {
     /// First frame: proves the worker belongs to this fleet.
     Hello {
         /// The per-fleet secret.
-        secret: String,
+        secret: crate::Secret,
         /// The process number the admiral gave this worker.
         process: u64,
     },
