@@ -123,3 +123,98 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
     }
     admiral.shutdown().await;
 }
+
+/// One HTTP/1.1 request on a fresh connection: `(status, head)`.
+async fn raw_http(url: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("the proxy answers")
+        .unwrap();
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head)
+}
+
+fn request(path: &str, key: Option<&str>, authorization: Option<&str>) -> String {
+    let key = key.map_or(String::new(), |key| {
+        format!("{}: {key}\r\n", carrier::proxy::KEY_HEADER)
+    });
+    let auth = authorization.map_or(String::new(), |auth| format!("authorization: {auth}\r\n"));
+    let extra = key + &auth;
+    format!("GET {path} HTTP/1.1\r\nhost: x\r\n{extra}connection: close\r\n\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_proxy_serves_only_the_fleet_and_counts_invalid_requests_per_caller() {
+    let mock = MockDiscord::start(mock_config(4, 2, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let url = admiral.rest_proxy_url().unwrap().to_owned();
+    let upstream_before = mock.stats().rest_requests;
+
+    // A local user without a key, with a made-up key, or with its own token: refused by the
+    // proxy, Discord never asked, nothing spent from the fleet's invalid-request budget.
+    let refused = [
+        request("/api/v10/users/@me", None, None),
+        request("/api/v10/users/@me", Some("0123456789abcdef"), None),
+        request("/api/v10/users/@me", None, Some("Bot mock-token")),
+        request("/_fleet/stats", None, None),
+    ];
+    for attempt in &refused {
+        let (status, head) = raw_http(&url, attempt).await;
+        assert_eq!(status, 401, "{head}");
+        assert!(head.contains("x-fleet-proxy: unauthenticated"), "{head}");
+    }
+    let figures = admiral.rest_proxy_stats().unwrap();
+    assert_eq!(figures.unauthenticated, 4, "{figures:?}");
+    assert_eq!(
+        (figures.requests, figures.invalid_requests),
+        (0, 0),
+        "{figures:?}"
+    );
+    assert_eq!(mock.stats().rest_requests, upstream_before);
+
+    // The clusters' own clients carry their keys: their requests go through.
+    let posted = admiral
+        .ipc()
+        .cluster_command(
+            1,
+            Payload::from(format!("post:{}:3", channel(&mock)).into_bytes()),
+        )
+        .await
+        .unwrap();
+    let posted: fleet_tests::Posted = posted.decode().unwrap();
+    assert_eq!((posted.created, posted.failed), (3, 0));
+
+    // The admiral's own key works; a request with a bad token is invalid and charged to its
+    // caller.
+    let key = admiral.rest_proxy_key().unwrap().expose().to_owned();
+    let (status, _) = raw_http(&url, &request("/api/v10/users/@me", Some(&key), None)).await;
+    assert_eq!(status, 200);
+    let bad = request("/api/v10/users/@me", Some(&key), Some("Bot wrong"));
+    let (status, _) = raw_http(&url, &bad).await;
+    assert_eq!(status, 401, "Discord's own 401, passed through");
+    let figures = admiral.rest_proxy_stats().unwrap();
+    assert_eq!(figures.invalid_requests, 1);
+    assert_eq!(figures.callers["admiral"].requests, 2, "{figures:?}");
+    assert_eq!(
+        figures.callers["admiral"].invalid_requests, 1,
+        "{figures:?}"
+    );
+    assert_eq!(figures.callers["cluster-1"].requests, 3, "{figures:?}");
+    assert_eq!(
+        figures.callers["cluster-1"].invalid_requests, 0,
+        "{figures:?}"
+    );
+    admiral.shutdown().await;
+}
+
+/// The first text channel of the mock's first guild.
+fn channel(mock: &MockDiscord) -> u64 {
+    mock.guild(mock.guild_ids()[0]).unwrap().text_channels[0]
+}

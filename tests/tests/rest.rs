@@ -258,9 +258,13 @@ async fn raw_http(url: &str, request: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
-fn get(path: &str, authorization: Option<&str>) -> String {
+/// A GET with the proxy `key` (if any) and an `authorization` header (if any).
+fn get(path: &str, key: Option<&carrier::Secret>, authorization: Option<&str>) -> String {
     let auth = authorization.map_or(String::new(), |a| format!("authorization: {a}\r\n"));
-    format!("GET {path} HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n")
+    let key = key.map_or(String::new(), |k| {
+        format!("{}: {}\r\n", carrier::proxy::KEY_HEADER, k.expose())
+    });
+    format!("GET {path} HTTP/1.1\r\nhost: x\r\n{key}{auth}connection: close\r\n\r\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,9 +274,11 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
     let mut config = ProxyConfig::new(mock.http_url(), "mock-token");
     config.invalid_request_limit = 2;
     let proxy = RestProxy::start(config).await.unwrap();
+    let key = proxy.admit("test");
 
     // No token from the client: the proxy's is used.
-    let (status, head, body) = raw_http(&proxy.url(), &get("/api/v10/users/@me", None)).await;
+    let (status, head, body) =
+        raw_http(&proxy.url(), &get("/api/v10/users/@me", Some(&key), None)).await;
     assert_eq!(status, 200, "{head}{body}");
     assert!(
         head.contains("x-ratelimit-bucket"),
@@ -281,7 +287,7 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
     let me: Value = serde_json::from_str(&body).unwrap();
     assert!(me["id"].is_string());
     // A client's own (bad) token is kept, and Discord's 401 comes back as it was.
-    let bad = get("/api/v10/users/@me", Some("Bot wrong"));
+    let bad = get("/api/v10/users/@me", Some(&key), Some("Bot wrong"));
     let (status, _, body) = raw_http(&proxy.url(), &bad).await;
     assert_eq!(status, 401);
     assert!(body.contains("Unauthorized"));
@@ -290,7 +296,8 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
     assert_eq!(status, 401);
     // The invalid-request budget (2 here) is spent: refused locally, upstream never asked.
     let upstream_before = mock.stats().rest_requests;
-    let (status, head, body) = raw_http(&proxy.url(), &get("/api/v10/users/@me", None)).await;
+    let (status, head, body) =
+        raw_http(&proxy.url(), &get("/api/v10/users/@me", Some(&key), None)).await;
     assert_eq!(status, 503);
     assert!(
         head.contains("x-fleet-proxy: invalid-request-budget"),
@@ -300,11 +307,15 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
     assert_eq!(mock.stats().rest_requests, upstream_before);
 
     // Not an API path, or a method Discord does not take: answered locally.
-    let (status, head, _) = raw_http(&proxy.url(), &get("/users/@me", None)).await;
+    let (status, head, _) = raw_http(&proxy.url(), &get("/users/@me", Some(&key), None)).await;
     assert_eq!(status, 404);
     assert!(head.contains("x-fleet-proxy: path"), "{head}");
-    let options = "OPTIONS /api/v10/users/@me HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
-    let (status, head, _) = raw_http(&proxy.url(), options).await;
+    let options = format!(
+        "OPTIONS /api/v10/users/@me HTTP/1.1\r\nhost: x\r\n{}: {}\r\nconnection: close\r\n\r\n",
+        carrier::proxy::KEY_HEADER,
+        key.expose()
+    );
+    let (status, head, _) = raw_http(&proxy.url(), &options).await;
     assert_eq!(status, 405);
     assert!(head.contains("x-fleet-proxy: method"), "{head}");
 
@@ -314,7 +325,12 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
     let gone = RestProxy::start(ProxyConfig::new(url, "mock-token"))
         .await
         .unwrap();
-    let (status, head, _) = raw_http(&gone.url(), &get("/api/v10/users/@me", None)).await;
+    let gone_key = gone.admit("test");
+    let (status, head, _) = raw_http(
+        &gone.url(),
+        &get("/api/v10/users/@me", Some(&gone_key), None),
+    )
+    .await;
     assert_eq!(status, 502);
     assert!(
         head.contains("x-fleet-proxy: upstream-unreachable"),
@@ -327,7 +343,7 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
         "{figures:?}"
     );
     // The stats are also served as JSON.
-    let (status, _, body) = raw_http(&proxy.url(), &get("/_fleet/stats", None)).await;
+    let (status, _, body) = raw_http(&proxy.url(), &get("/_fleet/stats", Some(&key), None)).await;
     assert_eq!(status, 200);
     let served: carrier::proxy::ProxyStats = serde_json::from_str(&body).unwrap();
     assert_eq!(served.refused, 3);
@@ -348,8 +364,9 @@ async fn a_global_429_holds_every_request_and_each_is_retried_until_it_lands() {
     let mut config = ProxyConfig::new(mock.http_url(), "mock-token");
     config.max_retries = 10;
     let proxy = RestProxy::start(config).await.unwrap();
+    let key = proxy.admit("test");
     let url = proxy.url();
-    let request = get("/api/v10/applications/@me", None);
+    let request = get("/api/v10/applications/@me", Some(&key), None);
     let answers = futures::future::join_all((0..12).map(|_| raw_http(&url, &request))).await;
     for (status, head, body) in &answers {
         assert_eq!(*status, 200, "{head}{body}");

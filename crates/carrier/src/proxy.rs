@@ -19,16 +19,21 @@
 //!   of spending more;
 //! - adds `Authorization: Bot <token>` to requests that carry none, so a worker needs no token
 //!   for REST;
+//! - serves only the fleet: every request must carry a key the admiral gave its process
+//!   ([`RestProxy::admit`], sent as [`KEY_HEADER`]). Any other local user on the loopback port
+//!   gets a 401 from the proxy itself: it can neither act as the bot nor spend the fleet's
+//!   invalid-request budget. Requests and invalid requests are counted per caller
+//!   ([`ProxyStats::callers`]), so one misbehaving worker is visible;
 //! - counts what it does ([`ProxyStats`], also served as JSON at `GET /_fleet/stats`).
 //!
 //! Errors of the proxy itself (upstream unreachable, upstream timeout, refused) answer with a
 //! Discord-shaped JSON body (`{"message": ..., "code": 0}`) and an `x-fleet-proxy` header naming
 //! the cause, so a client never hangs and can tell them from Discord's own answers.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -45,8 +50,28 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use twilight_http_ratelimiting::{Endpoint, RateLimitHeaders, RateLimiter};
 
+use crate::Secret;
+
 /// How long Discord counts invalid requests.
 pub const INVALID_REQUEST_WINDOW: Duration = Duration::from_mins(10);
+
+/// The request header that proves a request comes from a process of the fleet: the key
+/// [`RestProxy::admit`] gave it. The proxy removes it before forwarding.
+pub const KEY_HEADER: &str = "x-fleet-proxy-key";
+
+/// The headers an HTTP client sends on every request to prove itself to the proxy: [`KEY_HEADER`]
+/// with `key`, marked sensitive so the client's `Debug` does not show it.
+///
+/// # Panics
+/// Never for keys from [`RestProxy::admit`] (hex digits).
+#[must_use]
+pub fn key_headers(key: &Secret) -> HeaderMap {
+    let mut value = HeaderValue::from_str(key.expose()).expect("proxy keys are hex digits");
+    value.set_sensitive(true);
+    let mut headers = HeaderMap::new();
+    headers.insert(HeaderName::from_static(KEY_HEADER), value);
+    headers
+}
 
 /// Latency samples kept for percentiles (the most recent ones).
 const LATENCY_SAMPLES: usize = 4096;
@@ -136,6 +161,20 @@ pub struct ProxyStats {
     pub latency_max_us: u64,
     /// Median time spent waiting for a rate-limit permit, in microseconds.
     pub queue_wait_p50_us: u64,
+    /// Requests refused because they carried no valid [`KEY_HEADER`] (not counted in
+    /// `requests`, and never sent upstream).
+    pub unauthenticated: u64,
+    /// Per caller (the name given to [`RestProxy::admit`], such as `cluster-2`): what it asked.
+    pub callers: BTreeMap<String, CallerStats>,
+}
+
+/// What one caller of the proxy has asked since it was first admitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerStats {
+    /// Requests received.
+    pub requests: u64,
+    /// Of their answers, invalid ones (401, 403, non-shared 429).
+    pub invalid_requests: u64,
 }
 
 /// Why the proxy could not start.
@@ -186,6 +225,8 @@ impl RestProxy {
             queue_waits: Mutex::new(Samples::default()),
             invalid: Mutex::new(VecDeque::new()),
             global_until: Mutex::new(None),
+            keys: RwLock::default(),
+            callers: Mutex::default(),
             config,
         });
         let (shutdown, mut stop) = watch::channel(false);
@@ -229,6 +270,33 @@ impl RestProxy {
     /// A cheap handle that reads the stats while the proxy runs.
     pub fn stats_handle(&self) -> ProxyStatsHandle {
         ProxyStatsHandle(self.shared.clone())
+    }
+
+    /// Lets one more caller in: returns the key it must send as [`KEY_HEADER`]. `caller` names
+    /// it in [`ProxyStats::callers`]; several keys may share a name (a worker's processes).
+    pub fn admit(&self, caller: &str) -> Secret {
+        let key = Secret::random();
+        self.shared
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.expose().to_owned(), caller.to_owned());
+        self.shared
+            .callers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(caller.to_owned())
+            .or_default();
+        key
+    }
+
+    /// Refuses a key from now on (its process is gone).
+    pub fn revoke(&self, key: &Secret) {
+        self.shared
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key.expose());
     }
 }
 
@@ -283,6 +351,7 @@ struct Counters {
     retries: AtomicU64,
     upstream_errors: AtomicU64,
     refused: AtomicU64,
+    unauthenticated: AtomicU64,
 }
 
 /// The most recent samples, for percentiles.
@@ -325,6 +394,9 @@ struct Shared {
     queue_waits: Mutex<Samples>,
     invalid: Mutex<VecDeque<Instant>>,
     global_until: Mutex<Option<Instant>>,
+    /// Admitted keys → caller names.
+    keys: RwLock<HashMap<String, String>>,
+    callers: Mutex<BTreeMap<String, CallerStats>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -368,6 +440,33 @@ impl Shared {
             latency_p99_us,
             latency_max_us,
             queue_wait_p50_us,
+            unauthenticated: load(&c.unauthenticated),
+            callers: self
+                .callers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// The caller a request's [`KEY_HEADER`] names, if it is admitted.
+    fn caller(&self, headers: &HeaderMap) -> Option<String> {
+        let key = headers.get(KEY_HEADER)?.to_str().ok()?;
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        // Compare every admitted key in constant time rather than hash the offered one.
+        keys.iter()
+            .find(|(admitted, _)| Secret::new(admitted.as_str()).matches(key))
+            .map(|(_, caller)| caller.clone())
+    }
+
+    fn for_caller(&self, caller: &str, count: impl FnOnce(&mut CallerStats)) {
+        if let Some(stats) = self
+            .callers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(caller)
+        {
+            count(stats);
         }
     }
 
@@ -382,7 +481,8 @@ impl Shared {
         invalid.len()
     }
 
-    fn count_invalid(&self, now: Instant) {
+    fn count_invalid(&self, now: Instant, caller: &str) {
+        self.for_caller(caller, |stats| stats.invalid_requests += 1);
         let mut invalid = self.invalid.lock().unwrap_or_else(PoisonError::into_inner);
         invalid.push_back(now);
         // Never grows past the budget by more than the requests in flight.
@@ -435,6 +535,8 @@ enum ProxyError {
         "{0} invalid requests in the last ten minutes: refusing more to stay below Discord's ban"
     )]
     Budget(usize),
+    #[error("no valid {KEY_HEADER} header: this proxy serves only its fleet's processes")]
+    Unauthenticated,
     #[error("upstream unreachable: {0}")]
     Upstream(String),
     #[error("no upstream answer within {0:?}")]
@@ -444,6 +546,7 @@ enum ProxyError {
 impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Path(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -455,6 +558,7 @@ impl ProxyError {
 
     fn kind(&self) -> &'static str {
         match self {
+            Self::Unauthenticated => "unauthenticated",
             Self::Method(_) => "method",
             Self::Path(_) => "path",
             Self::TooLarge(_) => "too-large",
@@ -477,16 +581,32 @@ impl IntoResponse for ProxyError {
     }
 }
 
-async fn serve_stats(State(shared): State<Arc<Shared>>) -> axum::Json<ProxyStats> {
-    axum::Json(shared.stats())
+async fn serve_stats(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if shared.caller(&headers).is_none() {
+        return unauthenticated(&shared);
+    }
+    axum::Json(shared.stats()).into_response()
+}
+
+/// A request without a valid key: refused before anything is counted against the fleet.
+fn unauthenticated(shared: &Shared) -> Response {
+    shared
+        .counters
+        .unauthenticated
+        .fetch_add(1, Ordering::Relaxed);
+    ProxyError::Unauthenticated.into_response()
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let Some(caller) = shared.caller(request.headers()) else {
+        return unauthenticated(&shared);
+    };
     let counters = &shared.counters;
     counters.requests.fetch_add(1, Ordering::Relaxed);
+    shared.for_caller(&caller, |stats| stats.requests += 1);
     let _in_flight = Gauge::enter(&counters.in_flight);
     let started = Instant::now();
-    let response = match forward(&shared, request).await {
+    let response = match forward(&shared, request, &caller).await {
         Ok(response) => response,
         Err(error) => {
             match error {
@@ -545,7 +665,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
-async fn forward(shared: &Shared, request: Request) -> Result<Response, ProxyError> {
+async fn forward(shared: &Shared, request: Request, caller: &str) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     let method = limiter_method(&parts.method).ok_or(ProxyError::Method(parts.method.clone()))?;
     let route = route_path(parts.uri.path())
@@ -565,6 +685,7 @@ async fn forward(shared: &Shared, request: Request) -> Result<Response, ProxyErr
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    headers.remove(KEY_HEADER);
     if !headers.contains_key(header::AUTHORIZATION) {
         headers.insert(header::AUTHORIZATION, shared.auth.clone());
     }
@@ -644,7 +765,7 @@ async fn forward(shared: &Shared, request: Request) -> Result<Response, ProxyErr
                 if scope == Some(b"shared") {
                     counters.shared_rate_limited.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    shared.count_invalid(now);
+                    shared.count_invalid(now, caller);
                 }
                 tracing::warn!(target: "fleet::proxy", route = %endpoint.path, ?retry_after, global, "rate limited by upstream");
                 if retries < shared.config.max_retries {
@@ -656,7 +777,7 @@ async fn forward(shared: &Shared, request: Request) -> Result<Response, ProxyErr
                     continue;
                 }
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => shared.count_invalid(now),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => shared.count_invalid(now, caller),
             _ => {}
         }
         for name in &HOP_BY_HOP {

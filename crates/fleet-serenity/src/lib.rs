@@ -202,19 +202,31 @@ fn install_crypto() {
 /// serenity's HTTP client on a REST base: Discord's, or another such as the admiral's REST proxy
 /// or a local Discord. serenity honours a custom base only with its own rate limiter off, which
 /// is right for the proxy (it keeps the limits for the whole fleet); against any other custom
-/// base nothing limits the client.
+/// base nothing limits the client. With a `proxy_key` (the fleet's REST proxy), every request
+/// carries it.
 #[must_use]
-pub fn http_client(token: &str, rest_url: &str) -> Http {
+pub fn http_client(token: &str, rest_url: &str, proxy_key: Option<&carrier::Secret>) -> Http {
     install_crypto();
     let rest_url = rest_url.trim_end_matches('/');
     if rest_url == DISCORD_REST {
-        Http::new(token)
-    } else {
-        HttpBuilder::new(token)
-            .proxy(rest_url)
-            .ratelimiter_disabled(true)
-            .build()
+        return Http::new(token);
     }
+    let mut builder = HttpBuilder::new(token)
+        .proxy(rest_url)
+        .ratelimiter_disabled(true);
+    if let Some(key) = proxy_key {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .default_headers(carrier::proxy::key_headers(key))
+            .build();
+        match client {
+            Ok(client) => builder = builder.client(client),
+            Err(error) => {
+                tracing::error!(target: "fleet::proxy", %error, "cannot build an HTTP client with the proxy key");
+            }
+        }
+    }
+    builder.build()
 }
 
 impl<W: ClusterWorker> ClusterRunner for SerenityRunner<W> {
@@ -223,7 +235,7 @@ impl<W: ClusterWorker> ClusterRunner for SerenityRunner<W> {
         token: &str,
         rest_url: &str,
     ) -> BoxFuture<'static, Result<BotGateway, BoxError>> {
-        let http = http_client(token, rest_url);
+        let http = http_client(token, rest_url, None);
         Box::pin(async move {
             let info = http.get_bot_gateway().await?;
             let limit = info.session_start_limit;
@@ -343,7 +355,11 @@ async fn run_cluster<W: ClusterWorker>(
         ipc.flush().await;
         return Err(reason.into());
     }
-    let http = Arc::new(http_client(&assignment.token, &assignment.rest_url));
+    let http = Arc::new(http_client(
+        &assignment.token,
+        &assignment.rest_url,
+        assignment.rest_key.as_ref(),
+    ));
     let cache = Arc::new(Cache::new_with_settings(settings.cache.clone()));
     ipc.set_fetch_handler(fetch_handler(cache.clone()));
     let data = Arc::new(RwLock::new(TypeMap::new()));

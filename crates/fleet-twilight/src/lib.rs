@@ -250,10 +250,15 @@ fn install_crypto() {
 }
 
 /// An HTTP client on a REST base: Discord's (`https://discord.com`) or a plain-HTTP one such as
-/// the admiral's REST proxy or a local Discord (`http://127.0.0.1:PORT`). With `proxied`, the
-/// base keeps the rate limits for the whole fleet and the client's own limiter is off.
+/// the admiral's REST proxy or a local Discord (`http://127.0.0.1:PORT`). With a `proxy_key`,
+/// the base is the fleet's REST proxy: the client proves itself with the key on every request,
+/// the proxy keeps the rate limits for the whole fleet, and the client's own limiter is off.
 #[must_use]
-pub fn http_client(token: &str, rest_url: &str, proxied: bool) -> twilight_http::Client {
+pub fn http_client(
+    token: &str,
+    rest_url: &str,
+    proxy_key: Option<&carrier::Secret>,
+) -> twilight_http::Client {
     install_crypto();
     let mut builder =
         twilight_http::Client::builder().token(format!("Bot {}", token.trim_start_matches("Bot ")));
@@ -264,8 +269,10 @@ pub fn http_client(token: &str, rest_url: &str, proxied: bool) -> twilight_http:
     {
         builder = builder.proxy(host.trim_end_matches('/').to_owned(), false);
     }
-    if proxied {
-        builder = builder.ratelimiter(None);
+    if let Some(key) = proxy_key {
+        builder = builder
+            .ratelimiter(None)
+            .default_headers(carrier::proxy::key_headers(key));
     }
     builder.build()
 }
@@ -276,7 +283,7 @@ impl<W: ClusterWorker> ClusterRunner for TwilightRunner<W> {
         token: &str,
         rest_url: &str,
     ) -> BoxFuture<'static, Result<BotGateway, BoxError>> {
-        let http = http_client(token, rest_url, false);
+        let http = http_client(token, rest_url, None);
         Box::pin(async move {
             let info = http.gateway().authed().await?.model().await?;
             Ok(BotGateway {
@@ -309,7 +316,7 @@ async fn run_cluster<W: ClusterWorker>(
     let http = Arc::new(http_client(
         &assignment.token,
         &assignment.rest_url,
-        assignment.rest_proxied,
+        assignment.rest_key.as_ref(),
     ));
     let mut config = ConfigBuilder::new(assignment.token.clone(), settings.intents)
         .queue(IpcQueue::new(ipc.clone()));

@@ -14,14 +14,21 @@ use super::percentile;
 
 /// A twilight client on `url`; `limited` turns its own rate limiter on, with the global limit
 /// of `global` requests per second.
-fn client(url: &str, limited: bool, global: u16) -> twilight_http::Client {
+/// A client of `url`: through a proxy when given its key (its own limiter off), else direct with
+/// its own limiter at `global` per second.
+fn client(url: &str, proxy_key: Option<&carrier::Secret>, global: u16) -> twilight_http::Client {
     let host = url.trim_start_matches("http://").to_owned();
-    let own = limited.then(|| twilight_http_ratelimiting::RateLimiter::new(global));
-    twilight_http::Client::builder()
+    let own = proxy_key
+        .is_none()
+        .then(|| twilight_http_ratelimiting::RateLimiter::new(global));
+    let mut builder = twilight_http::Client::builder()
         .token("Bot mock-token".to_owned())
         .proxy(host, true)
-        .ratelimiter(own)
-        .build()
+        .ratelimiter(own);
+    if let Some(key) = proxy_key {
+        builder = builder.default_headers(carrier::proxy::key_headers(key));
+    }
+    builder.build()
 }
 
 fn open_limits() -> RouteLimit {
@@ -83,8 +90,8 @@ pub async fn figures() -> Result<()> {
     let proxy = RestProxy::start(proxy_config).await?;
     // Direct: a cluster with the proxy off, its own limiter on. Through the proxy: its limiter
     // off, the proxy's on.
-    let direct = client(&mock.http_url(), true, u16::MAX);
-    let proxied = client(&proxy.url(), false, u16::MAX);
+    let direct = client(&mock.http_url(), None, u16::MAX);
+    let proxied = client(&proxy.url(), Some(&proxy.admit("bench")), u16::MAX);
     let rounds = 2000;
     let (direct_p50, direct_p99) = latency(&direct, rounds).await?;
     let (proxy_p50, proxy_p99) = latency(&proxied, rounds).await?;
@@ -135,8 +142,8 @@ async fn contention(through_proxy: bool) -> Result<()> {
     };
     let clients: Vec<_> = (0..3)
         .map(|_| match &proxy {
-            Some(proxy) => client(&proxy.url(), false, 50),
-            None => client(&mock.http_url(), true, 50),
+            Some(proxy) => client(&proxy.url(), Some(&proxy.admit("bench")), 50),
+            None => client(&mock.http_url(), None, 50),
         })
         .collect();
     let started = Instant::now();

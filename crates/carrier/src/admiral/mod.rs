@@ -241,6 +241,7 @@ pub struct AdmiralHandle {
     plan: watch::Receiver<ShardPlan>,
     proxy: Option<ProxyStatsHandle>,
     proxy_url: Option<String>,
+    proxy_key: Option<crate::Secret>,
     restart_timeout: Duration,
     services: usize,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -301,6 +302,13 @@ impl AdmiralHandle {
     #[must_use]
     pub fn rest_proxy_url(&self) -> Option<&str> {
         self.proxy_url.as_deref()
+    }
+
+    /// The admiral's own key to the central REST proxy, to send as
+    /// [`proxy::KEY_HEADER`](crate::proxy::KEY_HEADER) from this process.
+    #[must_use]
+    pub fn rest_proxy_key(&self) -> Option<&crate::Secret> {
+        self.proxy_key.as_ref()
     }
 
     /// Waits until every worker has started or failed.
@@ -452,6 +460,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         plan,
         proxy: config.rest_proxy.as_ref().map(RestProxy::stats_handle),
         proxy_url: config.rest_proxy.as_ref().map(RestProxy::url),
+        proxy_key: config.rest_proxy.as_ref().map(|p| p.admit("admiral")),
         services: config.services.len(),
         restart_timeout: config
             .timeouts

@@ -182,6 +182,8 @@ struct ProcessInfo {
     exited: Option<Exit>,
     /// When it last answered a ping (or said hello).
     last_seen: Option<tokio::time::Instant>,
+    /// Its key to the REST proxy, revoked when it exits.
+    rest_key: Option<crate::Secret>,
 }
 
 pub(crate) struct Router {
@@ -414,6 +416,7 @@ impl Router {
             (Some(next), true) => next,
             _ => &self.plan,
         };
+        let mut rest_key = None;
         let assignment = match &worker {
             WorkerId::Service(name) => Assignment::Service { name: name.clone() },
             WorkerId::Cluster(id) => {
@@ -422,6 +425,11 @@ impl Router {
                     self.conns.remove(&conn);
                     return;
                 };
+                rest_key = self
+                    .config
+                    .rest_proxy
+                    .as_ref()
+                    .map(|proxy| proxy.admit(&worker.to_string()));
                 Assignment::Cluster(ClusterAssignment {
                     id: *id,
                     first_shard: cluster.first_shard,
@@ -436,6 +444,7 @@ impl Router {
                         .as_ref()
                         .map_or_else(|| self.config.rest_url.clone(), RestProxy::url),
                     rest_proxied: self.config.rest_proxy.is_some(),
+                    rest_key: rest_key.clone(),
                     handover,
                     standby,
                 })
@@ -447,6 +456,7 @@ impl Router {
         let info = self.processes.entry(process).or_default();
         info.conn = Some(conn);
         info.last_seen = Some(tokio::time::Instant::now());
+        info.rest_key = rest_key;
         self.send(conn, &Down::Welcome(assignment));
         tracing::debug!(target: "fleet::ipc", %worker, process, "worker connected");
         self.lifecycle_input(Input::Hello(process));
@@ -523,7 +533,11 @@ impl Router {
                 code,
             });
         }
-        self.processes.remove(&process);
+        if let Some(key) = self.processes.remove(&process).and_then(|i| i.rest_key)
+            && let Some(proxy) = &self.config.rest_proxy
+        {
+            proxy.revoke(&key);
+        }
         self.lifecycle_input(Input::Exited(process, code));
     }
 

@@ -196,6 +196,11 @@ pub struct ClusterAssignment {
     /// `rest_url` is the admiral's REST proxy: it keeps the rate limits and adds the token, so
     /// the cluster's own HTTP client must not limit itself.
     pub rest_proxied: bool,
+    /// The key this process sends to the REST proxy as `x-fleet-proxy-key`
+    /// ([`proxy::KEY_HEADER`](crate::proxy::KEY_HEADER)); the proxy refuses requests without it.
+    /// `None` when the proxy is off.
+    #[serde(default)]
+    pub rest_key: Option<crate::Secret>,
 }
 
 impl fmt::Debug for ClusterAssignment {
@@ -209,6 +214,7 @@ impl fmt::Debug for ClusterAssignment {
             .field("gateway_url", &self.gateway_url)
             .field("rest_url", &self.rest_url)
             .field("rest_proxied", &self.rest_proxied)
+            .field("rest_key", &self.rest_key)
             .field("handover", &self.handover)
             .field("standby", &self.standby)
             .finish()
@@ -601,9 +607,12 @@ mod tests {
             gateway_url: String::new(),
             rest_url: String::new(),
             rest_proxied: false,
+            rest_key: Some(crate::Secret::new("secret-key")),
             handover: false,
             standby: false,
         };
-        assert!(!format!("{assignment:?}").contains("secret-token"));
+        let printed = format!("{assignment:?}");
+        assert!(!printed.contains("secret-token"));
+        assert!(!printed.contains("secret-key"));
     }
 }
