@@ -218,3 +218,264 @@ async fn the_rest_proxy_serves_only_the_fleet_and_counts_invalid_requests_per_ca
 fn channel(mock: &MockDiscord) -> u64 {
     mock.guild(mock.guild_ids()[0]).unwrap().text_channels[0]
 }
+
+/// The `fleet-*` directories in `base`.
+fn fleet_dirs(base: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(base)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("fleet-"))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_admiral_removes_what_a_sigkilled_one_left() {
+    use tokio::io::AsyncBufReadExt as _;
+    let base = std::env::temp_dir().join(format!("fleet-run-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir(&base).unwrap();
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let mut dead = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"))
+        .args(["admiral", &mock.http_url(), "300", "1"])
+        .env("TESTBOT_RUN_DIR", &base)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(dead.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(ready.starts_with("ready "), "{ready}");
+    let left = fleet_dirs(&base);
+    assert_eq!(left.len(), 1, "the running admiral's directory");
+    dead.start_kill().unwrap();
+    dead.wait().await.unwrap();
+    assert!(left[0].exists(), "SIGKILL leaves the directory behind");
+
+    let mut options = options(&mock, 1);
+    options.run_dir.clone_from(&base);
+    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    let now = fleet_dirs(&base);
+    assert_eq!(now.len(), 1, "only the new admiral's directory: {now:?}");
+    assert_ne!(now[0], left[0]);
+    assert!(admiral.ipc_socket().starts_with(&now[0]));
+    admiral.shutdown().await;
+    assert!(fleet_dirs(&base).is_empty(), "a clean stop removes its own");
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// A frame: length prefix and body.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+fn hello(secret: &str, process: u64) -> Vec<u8> {
+    let hello = carrier::ipc::proto::Up::Hello {
+        secret: carrier::Secret::new(secret),
+        process,
+    };
+    frame(&carrier::ipc::frame::encode(&hello, 1 << 20).unwrap())
+}
+
+/// Writes `chunk` until the peer stops reading; returns the bytes written.
+async fn pump(stream: &mut tokio::net::UnixStream, chunk: &[u8], limit: usize) -> usize {
+    use tokio::io::AsyncWriteExt as _;
+    let mut written = 0;
+    while written < limit {
+        match tokio::time::timeout(Duration::from_secs(2), stream.write_all(chunk)).await {
+            Ok(Ok(())) => written += chunk.len(),
+            // Closed by the admiral, or no longer read.
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    written
+}
+
+/// What the strangers of [`attack`] got out of the admiral.
+#[derive(Debug)]
+struct Attack {
+    /// Bytes the wrong-secret connection wrote after its hello before the admiral stopped
+    /// reading.
+    read_after_refusal: usize,
+    /// Idle connections (of 300) the admiral closed at once.
+    idle_closed: usize,
+}
+
+/// Strangers on the admiral's IPC socket: a wrong secret followed by a flood, forty connections
+/// announcing 16 MiB first frames and sending 8 MiB of them, 300 idle connections, and garbage
+/// instead of a hello. Every oversized or garbage connection must be closed well before the
+/// hello timeout (10 s).
+async fn attack(socket: &std::path::Path) -> Attack {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::UnixStream;
+    let prompt = Duration::from_secs(5);
+
+    let mut wrong = UnixStream::connect(socket).await.unwrap();
+    wrong.write_all(&hello("not-the-secret", 1)).await.unwrap();
+    let flood = frame(&vec![0x90; 1 << 20]);
+    let read_after_refusal = pump(&mut wrong, &flood, 64 << 20).await;
+
+    let partial = (0..40).map(|_| async {
+        let mut stream = UnixStream::connect(socket).await.unwrap();
+        stream
+            .write_all(&(16u32 << 20).to_be_bytes())
+            .await
+            .unwrap();
+        pump(&mut stream, &vec![0u8; 1 << 20], 8 << 20).await;
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(prompt, stream.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "an oversized first frame is refused promptly");
+    });
+    futures::future::join_all(partial).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(UnixStream::connect(socket).await.unwrap());
+    }
+    let closed = idle.iter_mut().map(|stream| async {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await,
+            Ok(Ok(0))
+        )
+    });
+    let idle_closed = futures::future::join_all(closed)
+        .await
+        .into_iter()
+        .filter(|c| *c)
+        .count();
+    drop(idle);
+
+    let mut garbage = UnixStream::connect(socket).await.unwrap();
+    garbage.write_all(&frame(&[0xc1; 32])).await.unwrap();
+    let mut sink = Vec::new();
+    assert!(
+        tokio::time::timeout(prompt, garbage.read_to_end(&mut sink))
+            .await
+            .is_ok(),
+        "garbage instead of a hello is refused promptly"
+    );
+    Attack {
+        read_after_refusal,
+        idle_closed,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_ipc_socket_cost_only_their_connections() {
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 1))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let echo = || async {
+        ipc.service_command("echo", Payload::from("still here"))
+            .await
+            .unwrap()
+    };
+    // The real workers are served while strangers attack, and afterwards.
+    let serving = async {
+        let mut answered = 0;
+        for _ in 0..50 {
+            assert_eq!(echo().await, Payload::from("still here"));
+            answered += 1;
+        }
+        answered
+    };
+    let (attack, answered) = tokio::join!(attack(admiral.ipc_socket()), serving);
+    assert_eq!(answered, 50);
+    // A kernel socket buffer takes a little before writes stall; nowhere near what was offered.
+    assert!(
+        attack.read_after_refusal < 16 << 20,
+        "the admiral read {} bytes after refusing",
+        attack.read_after_refusal
+    );
+    assert!(
+        attack.idle_closed >= 200,
+        "only {} of 300 idle connections were closed",
+        attack.idle_closed
+    );
+    common::until(&mut events, |e| {
+        matches!(e, carrier::FleetEvent::ProtocolError { error, .. } if error.contains("wrong secret"))
+    })
+    .await;
+    assert_eq!(echo().await, Payload::from("still here"));
+    let cluster = admiral
+        .ipc()
+        .cluster_command(0, Payload::from("ping"))
+        .await
+        .unwrap();
+    assert_eq!(cluster, Payload::from("ping"));
+    admiral.shutdown().await;
+}
+
+/// A process's resident set now and at its peak, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_grow_the_admirals_memory() {
+    use tokio::io::AsyncBufReadExt as _;
+    let base = std::env::temp_dir().join(format!("fleet-run-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir(&base).unwrap();
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let mut admiral = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"))
+        .args(["admiral", &mock.http_url(), "300", "1"])
+        .env("TESTBOT_RUN_DIR", &base)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = admiral.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(admiral.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(ready.starts_with("ready "), "{ready}");
+    let socket = fleet_dirs(&base)[0].join("admiral.sock");
+    let (before, _) = rss_kib(pid);
+    let attack = attack(&socket).await;
+    let (after, peak) = rss_kib(pid);
+    eprintln!("admiral RSS: {before} KiB before, {after} KiB after, peak {peak} KiB; {attack:?}");
+    // 40 strangers offering 16 MiB frames would hold 640 MiB if frames were buffered before a
+    // hello; the admiral's peak stays within a few MiB of where it started.
+    assert!(
+        peak.saturating_sub(before) < 32 << 10,
+        "the admiral grew from {before} KiB to a peak of {peak} KiB"
+    );
+    assert!(attack.idle_closed >= 200, "{attack:?}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = tokio::time::timeout(WAIT, admiral.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the admiral shuts down cleanly after the attack: {status:?}"
+    );
+    std::fs::remove_dir_all(&base).unwrap();
+}

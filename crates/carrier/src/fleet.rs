@@ -3,6 +3,7 @@
 //! spawns.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +90,11 @@ pub struct FleetOptions {
     /// SIGINT and SIGTERM on the admiral start a graceful total shutdown (then
     /// `AdmiralHandle::wait_stopped` returns). Default on.
     pub handle_signals: bool,
+    /// Where the admiral makes its private IPC directory (`fleet-<random>`, mode 0700, holding
+    /// the socket and the admiral's pid). At start the admiral removes the directories that
+    /// admirals which died there without cleaning up (SIGKILL, OOM) left behind. Default: the
+    /// system's temporary directory.
+    pub run_dir: PathBuf,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -138,6 +144,7 @@ impl FleetOptions {
             worker_command: None,
             echo_output: true,
             handle_signals: true,
+            run_dir: std::env::temp_dir(),
         }
     }
 }
@@ -324,6 +331,7 @@ impl Fleet {
             worker_command,
             echo_output: options.echo_output,
             handle_signals: options.handle_signals,
+            run_dir: options.run_dir,
             soft_kill_notice: options.soft_kill_notice,
             auto_reshard: options.auto_reshard,
             recommend,

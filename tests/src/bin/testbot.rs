@@ -43,7 +43,8 @@ async fn main() -> ExitCode {
 }
 
 /// `testbot admiral REST_URL IDENTIFY_INTERVAL_MS CLUSTERS`: an admiral process of its own, for
-/// tests of signals. Prints `ready PID...` once launched and `stopped` at the end.
+/// tests of signals. Prints `ready PID...` once launched and `stopped` at the end. Its IPC
+/// directory goes under `$TESTBOT_RUN_DIR` when that is set.
 async fn admiral(args: &[String]) -> ExitCode {
     let [rest_url, interval_ms, clusters] = args else {
         eprintln!("usage: testbot admiral REST_URL IDENTIFY_INTERVAL_MS CLUSTERS");
@@ -55,6 +56,9 @@ async fn admiral(args: &[String]) -> ExitCode {
         std::time::Duration::from_millis(interval_ms.parse().unwrap_or(300));
     options.clusters = clusters.parse().ok();
     options.echo_output = false;
+    if let Some(run_dir) = std::env::var_os("TESTBOT_RUN_DIR") {
+        options.run_dir = run_dir.into();
+    }
     // The `broken` service never starts; failing it at once keeps the launch short.
     options.max_restarts = 0;
     options.worker_command = Some(carrier::admiral::WorkerCommand {

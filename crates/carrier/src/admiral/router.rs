@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_util::time::{DelayQueue, delay_queue};
@@ -24,7 +23,7 @@ use super::process::{self, SpawnRequest};
 use super::{AdmiralConfig, FleetEvent, ShardPlan, WorkerStatus};
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, LocalRequest, Message};
-use crate::ipc::frame::{self, FrameError, FrameReader, FrameWriter};
+use crate::ipc::frame;
 use crate::ipc::link::{ENV_MAX_FRAME, ENV_PROCESS, ENV_SECRET, ENV_SOCKET, ENV_TIMEOUT};
 use crate::ipc::proto::{
     Assignment, ClusterAssignment, Down, Fetch, Group, MAX_TIMEOUT, Outcome, Payload, Refusal,
@@ -34,9 +33,6 @@ use crate::proxy::RestProxy;
 
 /// Frames queued per connection before the admiral answers "overloaded".
 pub const CONNECTION_QUEUE: usize = 8192;
-
-/// How long a new connection has to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Process number standing for the admiral itself when it answers commands.
 const ADMIRAL_PROCESS: ProcessId = 0;
@@ -54,6 +50,8 @@ pub(crate) enum Inbox {
         conn: ConnId,
         secret: crate::Secret,
         process: ProcessId,
+        /// Told whether the connection is admitted; its reader waits for this.
+        admitted: oneshot::Sender<bool>,
     },
     Up {
         conn: ConnId,
@@ -314,7 +312,11 @@ impl Router {
                 conn,
                 secret,
                 process,
-            } => self.on_hello(conn, &secret, process),
+                admitted,
+            } => {
+                let ok = self.on_hello(conn, &secret, process);
+                let _ = admitted.send(ok);
+            }
             Inbox::Up { conn, up } => self.on_up(conn, up),
             Inbox::Closed { conn, error } => self.on_closed(conn, error),
             Inbox::Granted { waiter } => self.answer(waiter, Reply::Done),
@@ -370,7 +372,8 @@ impl Router {
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, secret: &crate::Secret, process: ProcessId) {
+    /// Admits a connection's process, or refuses it (and forgets the connection); says which.
+    fn on_hello(&mut self, conn: ConnId, secret: &crate::Secret, process: ProcessId) -> bool {
         let worker = self
             .lifecycle
             .worker_of(process)
@@ -399,7 +402,7 @@ impl Router {
                 error: format!("refused a connection claiming process {process}: {problem}"),
             });
             self.conns.remove(&conn);
-            return;
+            return false;
         }
         let worker = worker.expect("checked above");
         let handover = worker
@@ -423,7 +426,7 @@ impl Router {
                 let Some(cluster) = plan.clusters.iter().find(|c| c.id == *id) else {
                     tracing::error!(target: "fleet::ipc", %worker, "no plan for this cluster");
                     self.conns.remove(&conn);
-                    return;
+                    return false;
                 };
                 rest_key = self
                     .config
@@ -460,6 +463,7 @@ impl Router {
         self.send(conn, &Down::Welcome(assignment));
         tracing::debug!(target: "fleet::ipc", %worker, process, "worker connected");
         self.lifecycle_input(Input::Hello(process));
+        true
     }
 
     fn on_up(&mut self, conn: ConnId, up: Up) {
@@ -1452,93 +1456,4 @@ impl Router {
 /// The shard that holds `guild`: `(guild_id >> 22) % shard_total`.
 fn plan_shard(guild: u64, shard_total: u32) -> u32 {
     ((guild >> 22) % u64::from(shard_total.max(1))) as u32
-}
-
-/// Accepts worker connections and runs a reader and a writer task for each.
-pub(crate) async fn accept(listener: UnixListener, inbox: mpsc::Sender<Inbox>, max_frame: usize) {
-    let mut next_conn: ConnId = 0;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        next_conn += 1;
-        let conn = next_conn;
-        let (read, write) = stream.into_split();
-        let (writer_tx, mut writer_rx) = mpsc::channel::<Bytes>(CONNECTION_QUEUE);
-        if inbox
-            .send(Inbox::Connected {
-                conn,
-                writer: writer_tx,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        tokio::spawn(async move {
-            let mut writer = FrameWriter::new(write, max_frame);
-            while let Some(body) = writer_rx.recv().await {
-                let mut next = Some(body);
-                while let Some(body) = next.take() {
-                    if writer.feed(body).await.is_err() {
-                        return;
-                    }
-                    next = writer_rx.try_recv().ok();
-                }
-                if writer.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
-        let inbox = inbox.clone();
-        tokio::spawn(async move {
-            let mut reader = FrameReader::new(read, max_frame);
-            let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Up>()).await;
-            let (secret, process) = match hello {
-                Ok(Ok(Up::Hello { secret, process })) => (secret, process),
-                other => {
-                    let error = match other {
-                        Err(_) => "no hello in time".to_owned(),
-                        Ok(Err(e)) => format!("bad hello: {e}"),
-                        Ok(Ok(_)) => "first frame was not a hello".to_owned(),
-                    };
-                    let _ = inbox
-                        .send(Inbox::Closed {
-                            conn,
-                            error: Some(error),
-                        })
-                        .await;
-                    return;
-                }
-            };
-            if inbox
-                .send(Inbox::Hello {
-                    conn,
-                    secret,
-                    process,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            loop {
-                match reader.next::<Up>().await {
-                    Ok(up) => {
-                        if inbox.send(Inbox::Up { conn, up }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        let error = match error {
-                            FrameError::Closed => None,
-                            other => Some(format!("malformed frame: {other}")),
-                        };
-                        let _ = inbox.send(Inbox::Closed { conn, error }).await;
-                        return;
-                    }
-                }
-            }
-        });
-    }
 }

@@ -76,6 +76,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Changes the maximum frame size for the frames still to come (the admiral reads a
+    /// stranger's first frame with a small limit, and raises it once the peer has proved itself).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.inner.decoder_mut().set_max_frame_length(max_frame);
+    }
+
     /// The next message; [`FrameError::Closed`] at a clean end of stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
         match self.inner.next().await {

@@ -1,0 +1,319 @@
+//! Connections and admission: the IPC listener, each connection's reader and writer tasks, and
+//! the rules a peer meets before it has proved itself (a small first frame, a hello within
+//! [`HELLO_TIMEOUT`], a cap on connections without one). The router decides who is admitted; a
+//! connection's reader reads nothing more until it has.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::router::{CONNECTION_QUEUE, ConnId, Inbox};
+use crate::ipc::frame::{FrameError, FrameReader, FrameWriter};
+use crate::ipc::proto::Up;
+
+/// How long a new connection has to say hello.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest frame read before a connection has proved itself (a hello is well under 1 KiB).
+pub(crate) const HELLO_MAX_FRAME: usize = 4096;
+
+/// Connections that have not said hello yet, at most; more are closed at once.
+pub(crate) const MAX_UNPROVEN: usize = 64;
+
+/// How long the listener pauses after a failed accept.
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Where the admiral's connections come from: its Unix listener, or a test's fake.
+pub(crate) trait Listener: Send + 'static {
+    /// The next connection.
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<UnixStream>> + Send;
+}
+
+impl Listener for UnixListener {
+    async fn accept(&mut self) -> std::io::Result<UnixStream> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+/// Accepts worker connections and runs a reader and a writer task for each, until the router is
+/// gone. A failed accept (a brief shortage of file descriptors, say) is logged and retried after
+/// [`ACCEPT_RETRY`]; it never ends the listener.
+pub(crate) async fn accept(
+    mut listener: impl Listener,
+    inbox: mpsc::Sender<Inbox>,
+    max_frame: usize,
+) {
+    let mut next_conn: ConnId = 0;
+    let unproven = Arc::new(Semaphore::new(MAX_UNPROVEN));
+    let mut saturated = false;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(target: "fleet::ipc", %error, "accepting an IPC connection failed; retrying");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        if inbox.is_closed() {
+            return;
+        }
+        // Connections that have not said hello yet are capped: a stranger cannot hold the
+        // admiral's memory or tasks with idle or half-sent connections.
+        let Ok(permit) = unproven.clone().try_acquire_owned() else {
+            if !saturated {
+                tracing::warn!(target: "fleet::ipc", limit = MAX_UNPROVEN, "too many IPC connections without a hello; refusing new ones until some prove themselves");
+            }
+            saturated = true;
+            drop(stream);
+            continue;
+        };
+        saturated = false;
+        next_conn += 1;
+        connection(next_conn, stream, permit, inbox.clone(), max_frame).await;
+    }
+}
+
+/// Runs one connection: registers its writer with the router, then reads its hello (small frames
+/// only, within [`HELLO_TIMEOUT`]), waits for the router's verdict, and only then reads the
+/// worker's frames at full size. A refused connection is closed in both directions at once.
+async fn connection(
+    conn: ConnId,
+    stream: UnixStream,
+    unproven: OwnedSemaphorePermit,
+    inbox: mpsc::Sender<Inbox>,
+    max_frame: usize,
+) {
+    let (read, write) = stream.into_split();
+    let (writer_tx, mut writer_rx) = mpsc::channel::<Bytes>(CONNECTION_QUEUE);
+    if inbox
+        .send(Inbox::Connected {
+            conn,
+            writer: writer_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut writer = FrameWriter::new(write, max_frame);
+        while let Some(body) = writer_rx.recv().await {
+            let mut next = Some(body);
+            while let Some(body) = next.take() {
+                if writer.feed(body).await.is_err() {
+                    return;
+                }
+                next = writer_rx.try_recv().ok();
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut reader = FrameReader::new(read, HELLO_MAX_FRAME);
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Up>()).await;
+        let (secret, process) = match hello {
+            Ok(Ok(Up::Hello { secret, process })) => (secret, process),
+            other => {
+                let error = match other {
+                    Err(_) => "no hello in time".to_owned(),
+                    Ok(Err(e)) => format!("bad hello: {e}"),
+                    Ok(Ok(_)) => "first frame was not a hello".to_owned(),
+                };
+                let _ = inbox
+                    .send(Inbox::Closed {
+                        conn,
+                        error: Some(error),
+                    })
+                    .await;
+                return;
+            }
+        };
+        let (verdict_tx, verdict) = oneshot::channel();
+        if inbox
+            .send(Inbox::Hello {
+                conn,
+                secret,
+                process,
+                admitted: verdict_tx,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Nothing more is read from a peer until the router has admitted it.
+        if verdict.await != Ok(true) {
+            return;
+        }
+        drop(unproven);
+        reader.set_max_frame(max_frame);
+        loop {
+            match reader.next::<Up>().await {
+                Ok(up) => {
+                    if inbox.send(Inbox::Up { conn, up }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let error = match error {
+                        FrameError::Closed => None,
+                        other => Some(format!("malformed frame: {other}")),
+                    };
+                    let _ = inbox.send(Inbox::Closed { conn, error }).await;
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::Secret;
+    use crate::ipc::frame;
+
+    /// A listener fed by the test: each item is what one `accept` returns.
+    struct Fake(mpsc::UnboundedReceiver<std::io::Result<UnixStream>>);
+
+    impl Listener for Fake {
+        async fn accept(&mut self) -> std::io::Result<UnixStream> {
+            match self.0.recv().await {
+                Some(next) => next,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    struct Rig {
+        connect: mpsc::UnboundedSender<std::io::Result<UnixStream>>,
+        inbox: mpsc::Receiver<Inbox>,
+    }
+
+    fn rig() -> Rig {
+        let (connect, incoming) = mpsc::unbounded_channel();
+        let (inbox_tx, inbox) = mpsc::channel(1024);
+        tokio::spawn(accept(Fake(incoming), inbox_tx, 1 << 20));
+        Rig { connect, inbox }
+    }
+
+    impl Rig {
+        /// A new connection; returns the peer's end.
+        fn dial(&self) -> UnixStream {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            self.connect.send(Ok(ours)).unwrap();
+            theirs
+        }
+
+        async fn next(&mut self) -> Inbox {
+            tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
+                .await
+                .expect("the listener reports")
+                .expect("the listener runs")
+        }
+    }
+
+    fn hello_frame() -> Vec<u8> {
+        let hello = Up::Hello {
+            secret: Secret::new("s"),
+            process: 1,
+        };
+        let body = frame::encode(&hello, 1 << 20).unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[tokio::test]
+    async fn failed_accepts_are_retried_and_the_listener_goes_on() {
+        let mut rig = rig();
+        for _ in 0..3 {
+            rig.connect
+                .send(Err(std::io::Error::from_raw_os_error(24))) // EMFILE
+                .unwrap();
+        }
+        let _peer = rig.dial();
+        assert!(matches!(rig.next().await, Inbox::Connected { conn: 1, .. }));
+    }
+
+    #[tokio::test]
+    async fn a_huge_first_frame_is_refused_without_reading_it() {
+        let mut rig = rig();
+        let mut peer = rig.dial();
+        assert!(matches!(rig.next().await, Inbox::Connected { .. }));
+        // A 1 MiB frame is allowed after a hello, but not as the first frame.
+        peer.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        match rig.next().await {
+            Inbox::Closed {
+                error: Some(error), ..
+            } => assert!(error.contains("bad hello"), "{error}"),
+            other => panic!("expected a closed connection, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_without_a_hello_are_capped() {
+        let mut rig = rig();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_UNPROVEN {
+            idle.push(rig.dial());
+            assert!(matches!(rig.next().await, Inbox::Connected { .. }));
+        }
+        // One more is closed at once: its peer reads the end of the stream.
+        let mut refused = rig.dial();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte)).await;
+        assert_eq!(read.expect("closed promptly").unwrap(), 0);
+        // Once one of them proves itself, there is room again.
+        idle[0].write_all(&hello_frame()).await.unwrap();
+        let Inbox::Hello { admitted, .. } = rig.next().await else {
+            panic!("expected a hello");
+        };
+        admitted.send(true).unwrap();
+        let _peer = rig.dial();
+        assert!(matches!(rig.next().await, Inbox::Connected { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_refused_peer_is_not_read_from_again_and_is_closed() {
+        let mut rig = rig();
+        let mut peer = rig.dial();
+        let Inbox::Connected { writer, .. } = rig.next().await else {
+            panic!("expected a connection");
+        };
+        peer.write_all(&hello_frame()).await.unwrap();
+        let Inbox::Hello { admitted, .. } = rig.next().await else {
+            panic!("expected a hello");
+        };
+        // The router refuses: it drops the writer and says no.
+        drop(writer);
+        admitted.send(false).unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut byte)).await;
+        assert_eq!(
+            read.expect("closed promptly").unwrap(),
+            0,
+            "no more to read"
+        );
+        // Whatever the peer sends now is never read: the socket is gone.
+        let junk = vec![0u8; 1 << 16];
+        let mut failed = false;
+        for _ in 0..64 {
+            if peer.write_all(&junk).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "writes to a refused connection fail");
+        assert!(rig.inbox.try_recv().is_err(), "nothing reached the router");
+    }
+}
