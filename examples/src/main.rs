@@ -165,7 +165,7 @@ async fn tour(
         }
     }
     if let Some(mock) = mock {
-        mock.start_events(None);
+        mock.start_events(None)?;
     }
     let ipc = admiral.ipc();
 

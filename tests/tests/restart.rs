@@ -34,7 +34,7 @@ async fn a_handover_restart_resumes_every_session_and_loses_no_event() {
     admiral.wait_ready(WAIT).await.unwrap();
     let cluster = WorkerId::Cluster(0);
     let (old, _) = process_of(&admiral, &cluster).await;
-    mock.start_events(Some(20.0));
+    mock.start_events(Some(20.0)).unwrap();
     let before = mock.stats();
 
     admiral
@@ -130,7 +130,7 @@ async fn a_rolling_restart_replaces_one_cluster_at_a_time_without_identifying() 
         matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
     })
     .await;
-    mock.start_events(Some(20.0));
+    mock.start_events(Some(20.0)).unwrap();
     let before = mock.stats();
 
     let outcomes = admiral
@@ -226,7 +226,7 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
         }
         (activated, exits.into_iter().max())
     });
-    mock.start_events(Some(20.0));
+    mock.start_events(Some(20.0)).unwrap();
     let before = mock.stats();
 
     admiral

@@ -21,6 +21,40 @@ use crate::world::{self, BOT_USER_ID, World};
 /// Identifies one websocket connection.
 pub type ConnId = u64;
 
+/// The most events per second the event source produces over all guilds together.
+pub const MAX_EVENTS_PER_SECOND: f64 = 1_000_000.0;
+
+/// Whether a websocket peer may receive `code` in a close frame (RFC 6455 § 7.4): 1000-1003,
+/// 1007-1014 and 3000-4999. 1004-1006 and 1015 are reserved and never sent; 1016-2999 are
+/// unassigned; below 1000 and above 4999 are not close codes at all.
+#[must_use]
+pub fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// A control request (fault injection, the event source) with a value out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The event rate is not a finite, non-negative number within the source's limit.
+    #[error(
+        "rate {rate} is out of range: give events per guild per second, a finite number in 0..={max} (at most {MAX_EVENTS_PER_SECOND} events/s over the {guilds} guilds)"
+    )]
+    EventRate {
+        /// What was asked for.
+        rate: f64,
+        /// The largest rate allowed for this world.
+        max: f64,
+        /// Guilds in the world.
+        guilds: usize,
+    },
+    /// The close code cannot be sent to a websocket peer.
+    #[error(
+        "close code {0} cannot be sent to a websocket peer: use 1000-1003, 1007-1014 or 3000-4999"
+    )]
+    CloseCode(i64),
+}
+
 /// What the I/O layer must do for the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -435,15 +469,24 @@ impl Gateway {
     }
 
     /// Starts the event source, optionally at a new rate (events per guild per second).
-    pub fn start_events(&mut self, now: Duration, rate: Option<f64>) {
+    ///
+    /// A rate that is not finite, is negative, or would make more than
+    /// [`MAX_EVENTS_PER_SECOND`] over all guilds is refused, and nothing changes.
+    pub fn start_events(&mut self, now: Duration, rate: Option<f64>) -> Result<(), ControlError> {
         if let Some(rate) = rate {
-            self.events.rate = rate.max(0.0);
+            let guilds = self.world.guilds.len();
+            let max = MAX_EVENTS_PER_SECOND / guilds.max(1) as f64;
+            if !rate.is_finite() || !(0.0..=max).contains(&rate) {
+                return Err(ControlError::EventRate { rate, max, guilds });
+            }
+            self.events.rate = rate;
         }
         if !self.events.running {
             self.events.running = true;
             self.events.last = now;
             self.events.carry = 0.0;
         }
+        Ok(())
     }
 
     /// Stops the event source.
@@ -497,19 +540,23 @@ impl Gateway {
         found
     }
 
-    /// Closes every connection of shard `shard` with `code`. Returns how many were closed.
+    /// Closes every connection of shard `shard` with `code`. Returns how many were closed; a code
+    /// no websocket peer may receive ([`sendable_close_code`]) is refused.
     pub fn close_shard(
         &mut self,
         now: Duration,
         shard: u32,
         code: u16,
         out: &mut Vec<Action>,
-    ) -> usize {
+    ) -> Result<usize, ControlError> {
+        if !sendable_close_code(code) {
+            return Err(ControlError::CloseCode(i64::from(code)));
+        }
         let conns = self.conns_of_shard(shard);
         for conn in &conns {
             self.close(*conn, now, code, out);
         }
-        conns.len()
+        Ok(conns.len())
     }
 
     /// Drops the TCP connection of every connection of shard `shard`; their sessions stay

@@ -42,7 +42,7 @@
 //! )
 //! .await?;
 //! // Point a client at mock.gateway_url() and mock.http_url(), then:
-//! mock.start_events(Some(2.0));
+//! mock.start_events(Some(2.0)).expect("a rate in range");
 //! mock.wait_until(Duration::from_secs(10), "4 identifies", |m| m.stats().identifies == 4).await?;
 //! assert_eq!(mock.stats().total_violations(), 0);
 //! # Ok(()) }
@@ -57,6 +57,7 @@ pub mod stats;
 pub mod world;
 
 pub use config::{MockConfig, MockConfigBuilder, RouteLimit};
+pub use gateway::ControlError;
 pub use protocol::CloseCode;
 pub use server::{GuildFixture, MockDiscord, MockError, TICK};
 pub use stats::{EventReport, SessionReport, Stats, Violation};

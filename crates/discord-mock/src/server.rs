@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::MockConfig;
-use crate::gateway::{Action, ConnId, Gateway};
+use crate::gateway::{Action, ConnId, ControlError, Gateway};
 use crate::rest::{self, RestLimiter};
 use crate::stats::{EventReport, SessionReport, Stats};
 
@@ -290,8 +290,9 @@ impl MockDiscord {
         })
     }
 
-    /// Closes every connection of shard `shard` with `code`; returns how many.
-    pub fn close_shard(&self, shard: u32, code: u16) -> usize {
+    /// Closes every connection of shard `shard` with `code`; returns how many. A code no
+    /// websocket peer may receive is refused.
+    pub fn close_shard(&self, shard: u32, code: u16) -> Result<usize, ControlError> {
         self.shared
             .with_gateway(|g, now, out| g.close_shard(now, shard, code, out))
     }
@@ -320,10 +321,13 @@ impl MockDiscord {
             .with_gateway(|g, _, _| g.withhold_acks(shard, withhold));
     }
 
-    /// Starts the event source, optionally at a new rate (events per guild per second).
-    pub fn start_events(&self, rate: Option<f64>) {
+    /// Starts the event source, optionally at a new rate (events per guild per second). A rate
+    /// that is not finite, is negative or exceeds
+    /// [`MAX_EVENTS_PER_SECOND`](crate::gateway::MAX_EVENTS_PER_SECOND) over all guilds is
+    /// refused.
+    pub fn start_events(&self, rate: Option<f64>) -> Result<(), ControlError> {
         self.shared
-            .with_gateway(|g, now, _| g.start_events(now, rate));
+            .with_gateway(|g, now, _| g.start_events(now, rate))
     }
 
     /// Stops the event source.
@@ -575,7 +579,8 @@ async fn rest_route(
 
 #[derive(Deserialize)]
 struct FaultQuery {
-    code: Option<u16>,
+    /// Wider than a close code, so a number out of range gets the range in its answer.
+    code: Option<i64>,
     resumable: Option<bool>,
     withhold: Option<bool>,
 }
@@ -588,7 +593,13 @@ async fn shard_fault(
     let affected = match kind.as_str() {
         "close" => {
             let code = query.code.unwrap_or(4000);
-            mock.with_gateway(|g, now, out| g.close_shard(now, shard, code, out))
+            let Ok(code) = u16::try_from(code) else {
+                return bad_request(&ControlError::CloseCode(code));
+            };
+            match mock.with_gateway(|g, now, out| g.close_shard(now, shard, code, out)) {
+                Ok(affected) => affected,
+                Err(error) => return bad_request(&error),
+            }
         }
         "drop" => mock.with_gateway(|g, now, out| g.drop_shard(now, shard, out)),
         "reconnect" => mock.with_gateway(|g, now, out| g.reconnect_shard(now, shard, out)),
@@ -622,8 +633,19 @@ async fn events_start(
     State((shared, _)): State<AppState>,
     Query(query): Query<EventsQuery>,
 ) -> Response {
-    shared.with_gateway(|g, now, _| g.start_events(now, query.rate));
-    axum::Json(json!({"running": true})).into_response()
+    match shared.with_gateway(|g, now, _| g.start_events(now, query.rate)) {
+        Ok(()) => axum::Json(json!({"running": true})).into_response(),
+        Err(error) => bad_request(&error),
+    }
+}
+
+/// A 400 in Discord's error shape for a control request out of range.
+fn bad_request(error: &ControlError) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"message": error.to_string(), "code": 0})),
+    )
+        .into_response()
 }
 
 async fn events_produce(

@@ -300,6 +300,35 @@ async fn control_routes_inject_faults() {
 }
 
 #[tokio::test]
+async fn control_values_out_of_range_get_a_400_with_the_allowed_range() {
+    let mock = MockDiscord::start(quick().build()).await.unwrap();
+    let addr = mock.addr();
+    let (mut client, _) = RawClient::connect(&format!("{}/?v=10", mock.gateway_url())).await;
+    client.identify([0, 1]).await;
+    client.dispatch("READY").await;
+    for rate in ["1e9", "inf", "infinity", "NaN", "-1"] {
+        let path = format!("/_mock/events/start?rate={rate}");
+        let refused = http(addr, "POST", &path, None, None).await;
+        assert_eq!(refused.status, 400, "rate={rate}");
+        let message = refused.body["message"].as_str().unwrap();
+        assert!(message.contains("0..="), "{message}");
+    }
+    for code in ["0", "999", "1005", "1006", "1015", "5000", "70000", "-1"] {
+        let path = format!("/_mock/shards/0/close?code={code}");
+        let refused = http(addr, "POST", &path, None, None).await;
+        assert_eq!(refused.status, 400, "code={code}");
+        let message = refused.body["message"].as_str().unwrap();
+        assert!(message.contains("3000-4999"), "{message}");
+    }
+    // Nothing was started or closed, and the mock still answers.
+    let stats = http(addr, "GET", "/_mock/stats", None, None).await;
+    assert_eq!(stats.body["events_produced"], 0);
+    assert!(mock.sessions()[0].attached, "the session was not closed");
+    let started = http(addr, "POST", "/_mock/events/start?rate=2", None, None).await;
+    assert_eq!(started.status, 200);
+}
+
+#[tokio::test]
 async fn dropping_tcp_keeps_the_session_resumable() {
     let mock = MockDiscord::start(quick().build()).await.unwrap();
     let (mut client, _) = RawClient::connect(&format!("{}/?v=10", mock.gateway_url())).await;

@@ -153,7 +153,7 @@ async fn serenity_handlers_fire_caches_fill_and_a_resume_loses_nothing() {
         .await
         .expect("serenity records a heartbeat latency");
 
-    mock.start_events(Some(5.0));
+    mock.start_events(Some(5.0)).unwrap();
     let mut ids = Vec::new();
     while ids.len() < 20 {
         match next(&mut seen).await {
@@ -161,7 +161,7 @@ async fn serenity_handlers_fire_caches_fill_and_a_resume_loses_nothing() {
             other => panic!("unexpected: {other:?}"),
         }
     }
-    assert_eq!(mock.close_shard(0, 4000), 1);
+    assert_eq!(mock.close_shard(0, 4000), Ok(1));
     let mut resumed = false;
     while !resumed || ids.len() < 50 {
         match next(&mut seen).await {

@@ -159,7 +159,7 @@ async fn twilight_gets_ready_fills_its_cache_and_resumes_without_losing_an_event
         }
     }
 
-    mock.start_events(Some(10.0));
+    mock.start_events(Some(10.0)).unwrap();
     let mut ids = Vec::new();
     while ids.len() < 20 {
         match next(&mut seen).await {
@@ -168,7 +168,7 @@ async fn twilight_gets_ready_fills_its_cache_and_resumes_without_losing_an_event
             other => panic!("unexpected: {other:?}"),
         }
     }
-    assert_eq!(mock.close_shard(0, 4000), 1);
+    assert_eq!(mock.close_shard(0, 4000), Ok(1));
     let mut resumed = false;
     while !resumed || ids.len() < 60 {
         match next(&mut seen).await {

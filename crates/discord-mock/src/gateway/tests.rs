@@ -590,7 +590,7 @@ fn every_tenth_event_is_a_member_join() {
 #[test]
 fn the_event_source_runs_at_its_rate_per_guild() {
     let mut h = Harness::with(|b| b.guilds(5));
-    h.g.start_events(Duration::ZERO, Some(2.0));
+    h.g.start_events(Duration::ZERO, Some(2.0)).unwrap();
     for t in 1..=100 {
         h.g.tick(ms(t * 10), &mut h.out);
     }
@@ -601,18 +601,56 @@ fn the_event_source_runs_at_its_rate_per_guild() {
 }
 
 #[test]
+fn control_values_out_of_range_are_refused_and_change_nothing() {
+    let mut h = Harness::with(|b| b.guilds(10));
+    let max = MAX_EVENTS_PER_SECOND / 10.0;
+    for rate in [f64::NAN, f64::INFINITY, -1.0, 1e9, max * 1.01] {
+        let refused = h.g.start_events(Duration::ZERO, Some(rate));
+        assert!(
+            matches!(refused, Err(ControlError::EventRate { guilds: 10, .. })),
+            "{rate}: {refused:?}"
+        );
+    }
+    h.g.tick(ms(1000), &mut h.out);
+    assert_eq!(
+        h.g.stats(ms(1000)).events_produced,
+        0,
+        "a refused start starts nothing"
+    );
+    h.g.start_events(Duration::ZERO, Some(max)).unwrap();
+    h.g.start_events(Duration::ZERO, Some(0.0)).unwrap();
+
+    let (conn, _) = h.session(Duration::ZERO, [0, 1]);
+    for code in [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, u16::MAX] {
+        assert_eq!(
+            h.g.close_shard(ms(1), 0, code, &mut h.out),
+            Err(ControlError::CloseCode(i64::from(code)))
+        );
+    }
+    assert_eq!(h.closed(conn), None, "nothing was closed");
+    for code in [1000, 1003, 1007, 1014, 3000, 4000, 4999] {
+        assert!(sendable_close_code(code), "{code}");
+    }
+    let message = ControlError::CloseCode(1005).to_string();
+    assert!(
+        message.contains("1000-1003, 1007-1014 or 3000-4999"),
+        "{message}"
+    );
+}
+
+#[test]
 fn faults_close_drop_reconnect_invalidate() {
     let mut h = Harness::with(|b| b.reconnect_grace(ms(500)));
     // close 4000 keeps the session, 4009 ends it.
     let (conn, session) = h.session(Duration::ZERO, [0, 1]);
-    assert_eq!(h.g.close_shard(ms(1), 0, 4000, &mut h.out), 1);
+    assert_eq!(h.g.close_shard(ms(1), 0, 4000, &mut h.out), Ok(1));
     assert_eq!(h.closed(conn), Some(4000));
     let conn = h.open(ms(2));
     assert_eq!(
         h.resume(conn, ms(2), &session, 1).last().unwrap()["t"],
         "RESUMED"
     );
-    h.g.close_shard(ms(3), 0, 4009, &mut h.out);
+    h.g.close_shard(ms(3), 0, 4009, &mut h.out).unwrap();
     assert_eq!(h.closed(conn), Some(4009));
     assert!(h.g.sessions().is_empty());
 
