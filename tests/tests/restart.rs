@@ -446,3 +446,37 @@ async fn a_reshard_by_guilds_per_shard_asks_discord_for_its_recommendation() {
     );
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_keeps_this_hosts_slice_of_a_bot_split_over_machines() {
+    // This host runs shards 2-3 of 4; the other half runs elsewhere.
+    let mock = MockDiscord::start(mock_config(16, 4, 1)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.shards = ShardCount::Exact(4);
+    options.first_shard = Some(2);
+    options.last_shard = Some(3);
+    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let shards = |mock: &MockDiscord| {
+        let mut shards: Vec<[u32; 2]> = mock
+            .sessions()
+            .iter()
+            .filter(|s| s.attached)
+            .map(|s| s.shard)
+            .collect();
+        shards.sort_unstable();
+        shards
+    };
+    assert_eq!(shards(&mock), [[2, 4], [3, 4]]);
+
+    admiral.reshard(ShardCount::Exact(8), None).await.unwrap();
+    let plan = admiral.plan();
+    assert_eq!((plan.shard_total, plan.slice()), (8, Some((4, 7))));
+    mock.wait_until(WAIT, "only the new slice is connected", |m| {
+        shards(m) == [[4, 8], [5, 8], [6, 8], [7, 8]]
+    })
+    .await
+    .unwrap();
+
+    admiral.shutdown().await;
+}

@@ -512,9 +512,9 @@ async fn auto_reshard(
     every.tick().await;
     loop {
         every.tick().await;
-        let (shards, max_concurrency) = {
+        let (shards, max_concurrency, here) = {
             let plan = plan.borrow();
-            (plan.shard_total, plan.max_concurrency)
+            (plan.shard_total, plan.max_concurrency, plan.shard_count())
         };
         let guilds = match ipc.guild_count().await {
             Ok((guilds, missing)) if missing.is_empty() => guilds,
@@ -526,6 +526,9 @@ async fn auto_reshard(
                 continue;
             }
         };
+        // On a bot split over machines this host counts only its own shards' guilds: judge the
+        // whole bot by them.
+        let guilds = guilds * u64::from(shards) / u64::from(here.max(1));
         let Some(wanted) = policy.wanted(guilds, shards, max_concurrency) else {
             continue;
         };

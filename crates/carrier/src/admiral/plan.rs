@@ -56,6 +56,15 @@ impl ShardPlan {
             .sum()
     }
 
+    /// The slice of the bot's shards this plan runs: `(first, last)`, inclusive.
+    #[must_use]
+    pub fn slice(&self) -> Option<(u32, u32)> {
+        Some((
+            self.clusters.first()?.first_shard,
+            self.clusters.last()?.last_shard,
+        ))
+    }
+
     /// The cluster that runs a shard, if this plan runs it.
     #[must_use]
     pub fn cluster_of_shard(&self, shard: u32) -> Option<u32> {
@@ -142,6 +151,17 @@ pub fn shard_total(
     Ok(total)
 }
 
+/// This host's slice `first..=last` of `from_total` shards, scaled to `to_total`: each boundary
+/// `b` moves to `floor(b * to_total / from_total)`, so hosts that split the old total between
+/// them split the new one without gap or overlap (a host running the whole bot keeps running
+/// all of it). `None` when the slice would be empty (shrinking far below the number of hosts).
+#[must_use]
+pub fn scale_slice(first: u32, last: u32, from_total: u32, to_total: u32) -> Option<(u32, u32)> {
+    let scale = |b: u32| (u64::from(b) * u64::from(to_total) / u64::from(from_total.max(1))) as u32;
+    let (start, end) = (scale(first), scale(last.saturating_add(1)));
+    (end > start).then(|| (start, end - 1))
+}
+
 /// Plans a fleet: the total, then contiguous ranges, larger ranges first when they do not divide
 /// evenly.
 pub fn plan(input: PlanInput) -> Result<ShardPlan, PlanError> {
@@ -181,6 +201,35 @@ pub fn plan(input: PlanInput) -> Result<ShardPlan, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hosts_slice_scales_with_the_total_and_hosts_still_tile_the_bot() {
+        assert_eq!(scale_slice(2, 3, 4, 8), Some((4, 7)));
+        assert_eq!(
+            scale_slice(0, 3, 4, 6),
+            Some((0, 5)),
+            "the whole bot stays whole"
+        );
+        // Three hosts over 10 shards, resharded to 16, 7 and 5: no gap, no overlap.
+        let hosts = [(0, 2), (3, 6), (7, 9)];
+        for to in [16, 7, 5] {
+            let scaled: Vec<_> = hosts
+                .iter()
+                .map(|&(f, l)| scale_slice(f, l, 10, to).unwrap())
+                .collect();
+            assert_eq!(scaled[0].0, 0);
+            assert_eq!(scaled[2].1, to - 1);
+            for pair in scaled.windows(2) {
+                assert_eq!(pair[0].1 + 1, pair[1].0, "{to}: {scaled:?}");
+            }
+        }
+        assert_eq!(
+            scale_slice(0, 0, 4, 2),
+            None,
+            "a quarter of 2 shards is empty"
+        );
+        assert_eq!(scale_slice(1, 1, 4, 2), Some((0, 0)));
+    }
 
     fn input(
         count: ShardCount,

@@ -899,19 +899,41 @@ impl Router {
         if let Err(reason) = self.lifecycle.can_reshard() {
             return refuse(self, waiter, reason);
         }
+        let max_concurrency = self.plan.max_concurrency;
+        let total = match super::plan::shard_total(count, recommended, max_concurrency) {
+            Ok(total) => total,
+            Err(error) => return refuse(self, waiter, error.to_string()),
+        };
+        // This host keeps its share of the bot: on a bot split over machines, the slice scales
+        // with the total, so the hosts together still run every shard exactly once.
+        let from_total = self.plan.shard_total;
+        let (first, last) = self.plan.slice().unwrap_or((0, from_total - 1));
+        let Some((new_first, new_last)) = super::plan::scale_slice(first, last, from_total, total)
+        else {
+            let reason = format!(
+                "this host runs shards {first}..={last} of {from_total}; scaled to {total} shards its share is empty"
+            );
+            return refuse(self, waiter, reason);
+        };
         let planned = super::plan::plan(super::plan::PlanInput {
-            count,
+            count: ShardCount::Exact(total),
             recommended,
-            max_concurrency: self.plan.max_concurrency,
+            max_concurrency,
             clusters: clusters.unwrap_or(self.plan.clusters.len() as u32),
-            first_shard: None,
-            last_shard: None,
+            first_shard: Some(new_first),
+            last_shard: Some(new_last),
         });
         let next = match planned {
             Ok(next) => next,
             Err(error) => return refuse(self, waiter, error.to_string()),
         };
-        tracing::info!(target: "fleet::admiral", from = self.plan.shard_total, to = next.shard_total, clusters = next.clusters.len(), "resharding");
+        tracing::info!(
+            target: "fleet::admiral",
+            from = from_total,
+            to = total,
+            clusters = next.clusters.len(),
+            "resharding: this host's shards {first}..={last} of {from_total} become {new_first}..={new_last} of {total}"
+        );
         let ids = next.clusters.iter().map(|c| c.id).collect();
         self.next_plan = Some(next);
         self.reshard_waiter = Some(waiter);
