@@ -4,6 +4,7 @@
 //! Commands are plain text payloads:
 //! - services and clusters: `sleep` (never answers in time; a cluster first sends `sleeping` with
 //!   its id to the admiral), `fail` (answers with an error), `slow` (answers after 300 ms),
+//!   `panic` (the handler panics), `spawn-panic` (a task it spawns panics; answers at once),
 //!   anything else is echoed back;
 //! - clusters also: `status` ([`ClusterStatus`]), `store-get:KEY` (reads the central store),
 //!   `log:TEXT` (logs through IPC), `post:CHANNEL:N` (creates N messages at once through the
@@ -12,7 +13,10 @@
 //!   `PAYLOAD` to the `echo` service with a timeout of three years; answers its answer), `debug`
 //!   (the `Debug` text of its `ClusterContext`).
 //!
-//! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral.
+//! - clusters also: `panic-events:N` (the next N `MESSAGE_CREATE` handlers panic).
+//!
+//! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral,
+//! and panic on an `explode` message.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -130,6 +134,11 @@ async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
             Some(Ok(Payload::empty()))
         }
         b"fail" => Some(Err("failed on request".to_owned())),
+        b"panic" => panic!("the command handler panicked on purpose"),
+        b"spawn-panic" => {
+            tokio::spawn(async { panic!("a spawned task panicked on purpose") });
+            Some(Ok(Payload::from("spawned")))
+        }
         b"slow" => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             Some(Ok(Payload::from("slow done")))
@@ -189,6 +198,8 @@ pub struct TestCluster {
     report: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// This process's tag in those reports.
     nonce: u64,
+    /// `MESSAGE_CREATE` handlers still to panic (`panic-events:N`).
+    panics: AtomicU64,
 }
 
 /// Broadcast event and central-store key that make clusters report every message they handle
@@ -218,12 +229,16 @@ impl ClusterWorker for TestCluster {
         context.ipc.register(REPORT_EVENTS, move |_| {
             flag.store(true, Ordering::SeqCst);
         });
+        context.ipc.register("explode", |_| {
+            panic!("a message handler panicked on purpose");
+        });
         Ok(Self {
             context,
             guilds: AtomicU64::new(0),
             events: AtomicU64::new(0),
             report,
             nonce: fastrand::u64(..),
+            panics: AtomicU64::new(0),
         })
     }
 
@@ -234,6 +249,11 @@ impl ClusterWorker for TestCluster {
             }
             Event::MessageCreate(message) => {
                 self.events.fetch_add(1, Ordering::Relaxed);
+                let panic_now = self
+                    .panics
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                assert!(!panic_now, "the event handler panicked on purpose");
                 if self.report.load(Ordering::SeqCst) {
                     let handled: Handled = (self.nonce, message.id.get());
                     let payload = Payload::encode(&handled).expect("numbers encode");
@@ -261,6 +281,11 @@ impl ClusterWorker for TestCluster {
             return answer;
         }
         let text = String::from_utf8_lossy(payload.as_bytes()).into_owned();
+        if let Some(n) = text.strip_prefix("panic-events:") {
+            let n = n.parse().map_err(|_| format!("bad count in {text:?}"))?;
+            self.panics.store(n, Ordering::SeqCst);
+            return Ok(Payload::empty());
+        }
         if text == "debug" {
             return Ok(Payload::from(format!("{:?}", self.context).into_bytes()));
         }
@@ -330,6 +355,8 @@ struct Counts {
     cluster: u32,
     guilds: AtomicU64,
     events: AtomicU64,
+    /// `message` handlers still to panic (`panic-events:N`).
+    panics: AtomicU64,
 }
 
 impl Counts {
@@ -361,6 +388,11 @@ impl serenity::all::EventHandler for Counts {
     async fn message(&self, _: serenity::all::Context, _: serenity::all::Message) {
         self.events.fetch_add(1, Ordering::Relaxed);
         self.report().await;
+        let panic_now = self
+            .panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        assert!(!panic_now, "a serenity event handler panicked on purpose");
     }
 
     async fn guild_member_addition(&self, _: serenity::all::Context, _: serenity::all::Member) {
@@ -383,6 +415,7 @@ impl fleet_serenity::ClusterWorker for SerenityCluster {
             cluster: context.id,
             guilds: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         });
         Ok(Self { context, counts })
     }
@@ -402,6 +435,14 @@ impl fleet_serenity::ClusterWorker for SerenityCluster {
             return Payload::encode(&status).map_err(|e| e.to_string());
         }
         let text = String::from_utf8_lossy(payload.as_bytes()).into_owned();
+        if let Some(n) = text.strip_prefix("panic-events:") {
+            let n = n.parse().map_err(|_| format!("bad count in {text:?}"))?;
+            self.counts.panics.store(n, Ordering::SeqCst);
+            return Ok(Payload::empty());
+        }
+        if let Some(answer) = common_command(&payload).await {
+            return answer;
+        }
         if let Some(post) = post_command(&text) {
             let (channel, n) = post?;
             let channel = serenity::all::ChannelId::new(channel.max(1));

@@ -479,3 +479,196 @@ async fn strangers_cannot_grow_the_admirals_memory() {
     );
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+/// Stops the event source and waits until every produced event is confirmed or lost.
+async fn settle(mock: &MockDiscord) -> discord_mock::EventReport {
+    mock.stop_events();
+    mock.wait_until(WAIT, "every event confirmed", |m| {
+        m.event_report().in_flight == 0
+    })
+    .await
+    .unwrap();
+    mock.event_report()
+}
+
+/// The next `n` panic reports on the event stream.
+async fn panics(
+    events: &mut tokio::sync::broadcast::Receiver<carrier::FleetEvent>,
+    n: usize,
+) -> Vec<(carrier::WorkerId, carrier::panics::PanicReport)> {
+    let mut found = Vec::new();
+    common::until(events, |e| {
+        if let carrier::FleetEvent::Panic { worker, report, .. } = e {
+            found.push((worker.clone(), report.clone()));
+        }
+        found.len() == n
+    })
+    .await;
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_event_handler_costs_one_event_and_the_shard_goes_on() {
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 1))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let identifies = mock.stats().identifies;
+    ipc.cluster_command(0, Payload::from("panic-events:3"))
+        .await
+        .unwrap();
+    mock.start_events(Some(5.0)).unwrap();
+    let reports = panics(&mut events, 3).await;
+    for (worker, report) in &reports {
+        assert_eq!(*worker, carrier::WorkerId::Cluster(0));
+        assert_eq!(report.context, "handle_event");
+        assert!(report.shard.is_some_and(|s| s < 2), "{report:?}");
+        assert_eq!(report.event.as_deref(), Some("MessageCreate"));
+        assert!(report.caught);
+        assert!(report.message.contains("panicked on purpose"), "{report:?}");
+        let location = report.location.as_deref().unwrap_or_default();
+        assert!(location.contains("tests/src/lib.rs"), "{report:?}");
+    }
+    // Let more events through after the panics, then count.
+    let after = mock.stats().events_produced + 40;
+    mock.wait_until(WAIT, "40 more events", |m| {
+        m.stats().events_produced >= after
+    })
+    .await
+    .unwrap();
+    let report = settle(&mock).await;
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.delivered, report.produced);
+    assert_eq!(
+        mock.stats().identifies,
+        identifies,
+        "no shard dropped its session"
+    );
+    assert!(mock.sessions().iter().all(|s| s.attached && s.resumes == 0));
+    let handled = common::status(
+        &ipc.cluster_command(0, Payload::from("status"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        handled.events, report.produced,
+        "every event reached the handler"
+    );
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_commands_and_message_handlers_answer_errors_and_are_reported() {
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 1))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+
+    // A command handler's panic: its caller gets an error at once, not a timeout.
+    for target in [Target::Service("echo".into()), Target::Cluster(0)] {
+        let started = tokio::time::Instant::now();
+        let error = ipc
+            .command(target.clone(), Payload::from("panic"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, carrier::IpcError::Remote { message, .. } if message.contains("panicked on purpose")),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < ipc.default_timeout(),
+            "an answer, not a timeout"
+        );
+        let (worker, report) = panics(&mut events, 1).await.remove(0);
+        assert_eq!(worker.target(), target);
+        assert_eq!(report.context, "command");
+        assert!(report.caught);
+    }
+
+    // A message handler's panic is reported; the worker's IPC reader goes on.
+    ipc.broadcast("explode", Payload::empty()).await.unwrap();
+    let (worker, report) = panics(&mut events, 1).await.remove(0);
+    assert_eq!(worker, carrier::WorkerId::Cluster(0));
+    assert_eq!(report.context, "message handler");
+    assert_eq!(report.event.as_deref(), Some("explode"));
+
+    // A panic in a task user code spawned is caught by nobody: the hook reports it.
+    for target in [Target::Service("echo".into()), Target::Cluster(0)] {
+        let answer = ipc
+            .command(target.clone(), Payload::from("spawn-panic"))
+            .await
+            .unwrap();
+        assert_eq!(answer, Payload::from("spawned"));
+        let (worker, report) = panics(&mut events, 1).await.remove(0);
+        assert_eq!(worker.target(), target);
+        assert_eq!(report.context, "task");
+        assert!(!report.caught);
+        assert!(
+            report.message.contains("spawned task panicked"),
+            "{report:?}"
+        );
+    }
+
+    // Every worker still serves.
+    assert_eq!(
+        ipc.service_command("echo", Payload::from("alive"))
+            .await
+            .unwrap(),
+        Payload::from("alive")
+    );
+    assert_eq!(
+        ipc.cluster_command(0, Payload::from("alive"))
+            .await
+            .unwrap(),
+        Payload::from("alive")
+    );
+    let workers = admiral.workers().await.unwrap();
+    assert!(
+        workers
+            .iter()
+            .filter(|w| w.id != carrier::WorkerId::Service("broken".into()))
+            .all(|w| w.state == carrier::admiral::State::Live),
+        "{workers:?}"
+    );
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_serenity_handler_is_reported_and_the_shard_goes_on() {
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::serenity_fleet(options(&mock, 1))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let identifies = mock.stats().identifies;
+    ipc.cluster_command(0, Payload::from("panic-events:2"))
+        .await
+        .unwrap();
+    mock.start_events(Some(5.0)).unwrap();
+    for (worker, report) in panics(&mut events, 2).await {
+        assert_eq!(worker, carrier::WorkerId::Cluster(0));
+        assert!(
+            report.message.contains("serenity event handler panicked"),
+            "{report:?}"
+        );
+        assert!(report.location.is_some(), "{report:?}");
+    }
+    let after = mock.stats().events_produced + 40;
+    mock.wait_until(WAIT, "40 more events", |m| {
+        m.stats().events_produced >= after
+    })
+    .await
+    .unwrap();
+    let report = settle(&mock).await;
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(mock.stats().identifies, identifies, "no shard dropped");
+    let handled = common::status(
+        &ipc.cluster_command(0, Payload::from("status"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        handled.events, report.produced,
+        "every event reached the handler"
+    );
+    admiral.shutdown().await;
+}

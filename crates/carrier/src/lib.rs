@@ -60,6 +60,7 @@ pub mod admiral;
 mod fleet;
 pub mod identify;
 pub mod ipc;
+pub mod panics;
 pub mod proxy;
 mod secret;
 pub mod worker;

@@ -427,7 +427,12 @@ async fn run_cluster<W: ClusterWorker>(
 
     let grace = match control.stopped().await {
         Stop::Shutdown(grace) => {
-            let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+            let shutdown = carrier::panics::catch(tokio::time::timeout(grace, worker.shutdown()));
+            if let Err(panicked) = shutdown.await {
+                let _ = ipc
+                    .report(Status::Panic(panicked.report("shutdown", None, None)))
+                    .await;
+            }
             grace
         }
         Stop::Disconnected => std::time::Duration::from_secs(5),

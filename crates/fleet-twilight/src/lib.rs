@@ -364,7 +364,7 @@ async fn run_cluster<W: ClusterWorker>(
             },
             stop = control.stopped() => {
                 if let Stop::Shutdown(grace) = stop {
-                    let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+                    guarded(&ipc, "shutdown", tokio::time::timeout(grace, worker.shutdown())).await;
                 }
                 return Ok(());
             }
@@ -415,7 +415,7 @@ async fn run_cluster<W: ClusterWorker>(
                 stop = control.stopped() => {
                     let grace = match stop {
                         Stop::Shutdown(grace) => {
-                            let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+                            guarded(&ipc, "shutdown", tokio::time::timeout(grace, worker.shutdown())).await;
                             grace
                         }
                         Stop::Disconnected => Duration::from_secs(5),
@@ -431,7 +431,7 @@ async fn run_cluster<W: ClusterWorker>(
                     Some(Handoff::Activate) => {
                         if !active.swap(true, Ordering::SeqCst) {
                             tracing::info!(target: "fleet::shard", "activated: events reach the worker");
-                            worker.activate().await;
+                            guarded(&ipc, "activate", worker.activate()).await;
                         }
                     }
                     Some(Handoff::HandOver) => break,
@@ -462,7 +462,7 @@ async fn run_cluster<W: ClusterWorker>(
         tokio::select! {
             stop = control.stopped() => {
                 if let Stop::Shutdown(grace) = stop {
-                    let _ = tokio::time::timeout(grace, worker.shutdown()).await;
+                    guarded(&ipc, "shutdown", tokio::time::timeout(grace, worker.shutdown())).await;
                 }
                 return Ok(());
             }
@@ -475,6 +475,15 @@ async fn run_cluster<W: ClusterWorker>(
                 _ => return Ok(()),
             },
         }
+    }
+}
+
+/// Runs a call into user code; a panic in it is reported and goes no further.
+async fn guarded<T>(ipc: &Ipc, context: &str, call: impl Future<Output = T>) {
+    if let Err(panicked) = carrier::panics::catch(call).await {
+        let _ = ipc
+            .report(Status::Panic(panicked.report(context, None, None)))
+            .await;
     }
 }
 
@@ -624,7 +633,13 @@ async fn drive_shard<W: ClusterWorker>(
         let closed = matches!(event, Event::GatewayClose(_));
         if event_types.contains(EventTypeFlags::from(event.kind())) && active.load(Ordering::SeqCst)
         {
-            worker.handle_event(id, event).await;
+            // A panic costs this event only: the shard goes on with the next one.
+            let kind = event.kind();
+            if let Err(panicked) = carrier::panics::catch(worker.handle_event(id, event)).await {
+                let report =
+                    panicked.report("handle_event", Some(number), Some(format!("{kind:?}")));
+                let _ = ipc.report(Status::Panic(report)).await;
+            }
         }
         // Every event received before the close was handled above, so the session's sequence
         // is exactly what this process handled: the replacement resumes right after it.

@@ -81,6 +81,16 @@ pub enum FleetEvent {
         /// How long it had been silent.
         silent_for: Duration,
     },
+    /// User code in a worker panicked. A caught panic cost one event, command or lookup (its
+    /// caller got an error) and the worker went on; an uncaught one ended the task it ran in.
+    Panic {
+        /// Which worker.
+        worker: WorkerId,
+        /// Which process of it.
+        process: ProcessId,
+        /// Where and what.
+        report: crate::panics::PanicReport,
+    },
     /// A total shutdown began.
     ShuttingDown,
 }

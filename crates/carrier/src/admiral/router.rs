@@ -521,6 +521,14 @@ impl Router {
                     });
                 }
             }
+            Up::Status(Status::Panic(report)) => {
+                tracing::error!(target: "fleet::worker", %worker, process, %report, "user code panicked");
+                let _ = self.events.send(FleetEvent::Panic {
+                    worker,
+                    process,
+                    report,
+                });
+            }
             Up::Log(record) => {
                 super::log_record(&worker.target(), &record);
                 let _ = self.events.send(FleetEvent::Log { worker, record });

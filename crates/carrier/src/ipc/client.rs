@@ -270,9 +270,33 @@ impl Ipc {
             .map(|list| list.iter().map(|(_, h)| h.clone()).collect())
             .unwrap_or_default();
         for handler in &handlers {
-            handler(message);
+            if let Err(panicked) = crate::panics::catch_sync(|| handler(message)) {
+                self.report_panic(panicked.report(
+                    "message handler",
+                    None,
+                    Some(message.event.clone()),
+                ));
+            }
         }
         handlers.len()
+    }
+
+    /// Reports a caught panic in user code to the admiral (in the admiral: logs it), without
+    /// waiting.
+    pub(crate) fn report_panic(&self, report: crate::panics::PanicReport) {
+        match &self.inner.transport {
+            Transport::Socket(tx) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Outbound::Frame(Up::Status(Status::Panic(report))))
+                        .await;
+                });
+            }
+            Transport::Local(_) => {
+                tracing::error!(target: "fleet::admiral", %report, "user code in the admiral panicked");
+            }
+        }
     }
 
     // ---- commands ----------------------------------------------------------------------------
@@ -311,13 +335,21 @@ impl Ipc {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let ipc = self.clone();
         Box::pin(async move {
             let Some(handler) = handler else {
                 return Outcome::Error("this worker has no command handler".to_owned());
             };
-            match tokio::time::timeout(timeout, handler(from, payload)).await {
-                Ok(Ok(payload)) => Outcome::Ok(payload),
-                Ok(Err(message)) => Outcome::Error(message),
+            let asked = format!("from {from}");
+            let run = crate::panics::catch(handler(from, payload));
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(Ok(payload))) => Outcome::Ok(payload),
+                Ok(Ok(Err(message))) => Outcome::Error(message),
+                Ok(Err(panicked)) => {
+                    let answer = format!("the command handler panicked: {}", panicked.message);
+                    ipc.report_panic(panicked.report("command", None, Some(asked)));
+                    Outcome::Error(answer)
+                }
                 Err(_) => Outcome::TimedOut,
             }
         })
@@ -560,8 +592,18 @@ impl Ipc {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let found = handler.and_then(|handler| handler(query));
-        Outcome::Ok(found.map(Payload::from).unwrap_or_default())
+        let Some(handler) = handler else {
+            return Outcome::Ok(Payload::default());
+        };
+        let asked = format!("{query:?}");
+        match crate::panics::catch_sync(|| handler(query)) {
+            Ok(found) => Outcome::Ok(found.map(Payload::from).unwrap_or_default()),
+            Err(panicked) => {
+                let answer = format!("the fetch handler panicked: {}", panicked.message);
+                self.report_panic(panicked.report("fetch", None, Some(asked)));
+                Outcome::Error(answer)
+            }
+        }
     }
 
     // ---- adapters ----------------------------------------------------------------------------

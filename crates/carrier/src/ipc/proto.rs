@@ -250,6 +250,8 @@ pub enum Status {
         /// What happened.
         event: ShardEvent,
     },
+    /// User code panicked (see [`crate::panics`]).
+    Panic(crate::panics::PanicReport),
 }
 
 /// How a requested restart replaces a worker's process.

@@ -147,11 +147,17 @@ where
     F: Fn(Arc<W>, Target, Payload) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Payload, String>> + Send + 'static,
 {
-    let worker = match start.await {
-        Ok(worker) => Arc::new(worker),
-        Err(error) => {
+    let worker = match crate::panics::catch(start).await {
+        Ok(Ok(worker)) => Arc::new(worker),
+        Ok(Err(error)) => {
             let _ = ipc.report(Status::StartFailed(error.to_string())).await;
             return Err(error);
+        }
+        Err(panicked) => {
+            let reason = format!("start panicked: {}", panicked.message);
+            ipc.report_panic(panicked.report("start", None, None));
+            let _ = ipc.report(Status::StartFailed(reason.clone())).await;
+            return Err(reason.into());
         }
     };
     let for_commands = worker.clone();
@@ -184,6 +190,7 @@ pub(crate) async fn run(
 ) -> Result<(), WorkerError> {
     let link = link::connect(env).await?;
     let ipc = link.ipc;
+    crate::panics::install_hook(&ipc);
     let mut control = link.control;
     match link.assignment {
         Assignment::Service { name } => {
@@ -197,19 +204,29 @@ pub(crate) async fn run(
                 ipc: ipc.clone(),
                 name,
             };
-            let service = match factory(context).await {
-                Ok(service) => service,
-                Err(error) => {
+            let service = match crate::panics::catch(factory(context)).await {
+                Ok(Ok(service)) => service,
+                Ok(Err(error)) => {
                     let _ = ipc.report(Status::StartFailed(error.to_string())).await;
                     ipc.flush().await;
                     return Err(WorkerError::Failed(error));
+                }
+                Err(panicked) => {
+                    let reason = format!("start panicked: {}", panicked.message);
+                    ipc.report_panic(panicked.report("start", None, None));
+                    let _ = ipc.report(Status::StartFailed(reason.clone())).await;
+                    ipc.flush().await;
+                    return Err(WorkerError::Failed(reason.into()));
                 }
             };
             ipc.set_command_handler(service.commands);
             let _ = ipc.report(Status::Ready).await;
             if let Stop::Shutdown(grace) = control.stopped().await {
                 let started = tokio::time::Instant::now();
-                let _ = tokio::time::timeout(grace, (service.shutdown)()).await;
+                let shutdown = crate::panics::catch((service.shutdown)());
+                if let Ok(Err(panicked)) = tokio::time::timeout(grace, shutdown).await {
+                    ipc.report_panic(panicked.report("shutdown", None, None));
+                }
                 // Commands already here are answered before the process goes.
                 ipc.commands_done(grace.saturating_sub(started.elapsed()))
                     .await;
