@@ -164,8 +164,16 @@ pub struct Gateway {
     events: EventSource,
     /// Confirmations per produced event, indexed by event number.
     confirmations: Vec<u32>,
+    /// What became of each produced event besides confirmations ([`ROUTED`], [`ABANDONED`]).
+    fates: Vec<u8>,
     stats: Stats,
 }
+
+/// An event's fate: at least one session received it when it was produced.
+const ROUTED: u8 = 1;
+/// An event's fate: a session held it unconfirmed when its client vanished and never came back
+/// (the session expired without a resume: a killed process, say).
+const ABANDONED: u8 = 2;
 
 impl Gateway {
     /// A gateway served at `gateway_url` (`ws://127.0.0.1:PORT`); `READY` advertises
@@ -194,6 +202,7 @@ impl Gateway {
             acks_withheld: HashSet::new(),
             member_requests: HashMap::new(),
             confirmations: Vec::new(),
+            fates: Vec::new(),
             stats: Stats::default(),
             config,
         }
@@ -443,6 +452,11 @@ impl Gateway {
             .map(|s| s.id.clone())
             .collect();
         for session in expired {
+            if let Some(held) = self.sessions.get(&session) {
+                for (_, n) in &held.unconfirmed {
+                    self.fates[*n as usize] |= ABANDONED;
+                }
+            }
             self.end_session(&session);
         }
         self.tick_budget(now);
@@ -499,6 +513,7 @@ impl Gateway {
     pub fn produce_event(&mut self, guild_index: usize, out: &mut Vec<Action>) -> u64 {
         let n = self.confirmations.len() as u64;
         self.confirmations.push(0);
+        self.fates.push(0);
         self.stats.events_produced += 1;
         let id = world::event_id(n);
         let every = u64::from(self.config.member_add_every);
@@ -524,7 +539,11 @@ impl Gateway {
             ("MESSAGE_CREATE", d)
         };
         let d = raw(&d);
-        for session in self.sessions_for_guild(guild_id) {
+        let sessions = self.sessions_for_guild(guild_id);
+        if !sessions.is_empty() {
+            self.fates[n as usize] |= ROUTED;
+        }
+        for session in sessions {
             self.dispatch(&session, event, &d, Some(n), out);
         }
         id
@@ -697,6 +716,12 @@ impl Gateway {
                 report.in_flight += 1;
             } else {
                 report.lost += 1;
+                let fate = self.fates[n];
+                if fate & ROUTED == 0 {
+                    report.lost_unrouted += 1;
+                } else if fate & ABANDONED != 0 {
+                    report.lost_abandoned += 1;
+                }
                 if report.lost_ids.len() < 20 {
                     report.lost_ids.push(world::event_id(n as u64));
                 }

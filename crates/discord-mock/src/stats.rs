@@ -147,6 +147,12 @@ pub struct EventReport {
     pub in_flight: u64,
     /// Events no live session holds and none confirmed: lost for good.
     pub lost: u64,
+    /// Of the lost, those produced while no session of their shard existed: nobody could have
+    /// received them.
+    pub lost_unrouted: u64,
+    /// Of the lost, those a session held unconfirmed when its client vanished and never resumed
+    /// it (the session expired: a killed process, say). A client that resumes loses none.
+    pub lost_abandoned: u64,
     /// Confirmations beyond the first per event (one event handled by two sessions).
     pub duplicates: u64,
     /// Up to 20 ids of lost events, for diagnosis.

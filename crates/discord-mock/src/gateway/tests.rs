@@ -785,3 +785,33 @@ fn presence_updates_are_accepted_after_identify() {
     assert_eq!(h.closed(conn), None);
     assert_eq!(h.g.stats(ms(1)).presence_updates, 1);
 }
+
+#[test]
+fn lost_events_say_whether_nobody_could_have_them_or_a_vanished_client_held_them() {
+    let mut h = Harness::with(|b| b.guilds(1).resume_timeout(ms(1000)));
+    // Nobody connected yet: these could reach no one.
+    h.g.produce_event(0, &mut h.out);
+    h.g.produce_event(0, &mut h.out);
+    let (conn, _) = h.session(ms(10), [0, 1]);
+    // Two events confirmed, three held unconfirmed when the client vanishes.
+    for _ in 0..2 {
+        h.g.produce_event(0, &mut h.out);
+    }
+    let seq = last_seq(&h.frames(conn));
+    h.heartbeat(conn, ms(30), Some(seq));
+    for _ in 0..3 {
+        h.g.produce_event(0, &mut h.out);
+    }
+    h.g.client_closed(conn, ms(40), None);
+    let report = h.g.event_report();
+    assert_eq!((report.lost, report.in_flight), (2, 3), "{report:?}");
+    assert_eq!(report.lost_unrouted, 2);
+    // Nobody resumes it: the session expires, and its events were abandoned.
+    h.g.tick(ms(2000), &mut h.out);
+    let report = h.g.event_report();
+    assert_eq!((report.produced, report.delivered), (7, 2));
+    assert_eq!(
+        (report.lost, report.lost_unrouted, report.lost_abandoned),
+        (5, 2, 3)
+    );
+}
