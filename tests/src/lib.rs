@@ -18,6 +18,8 @@
 //! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral,
 //! and panic on an `explode` message.
 
+pub mod chaos;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

@@ -672,3 +672,51 @@ async fn a_panicking_serenity_handler_is_reported_and_the_shard_goes_on() {
     );
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_and_reshards_refuse_what_would_grow_the_admiral_without_bound() {
+    use carrier::admiral::ShardCount;
+    use carrier::ipc::proto::Refusal;
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let mut options = options(&mock, 1);
+    options.store_limit = 4096;
+    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+
+    let big = Payload::from(vec![7u8; 3000]);
+    ipc.store_set("a", big.clone()).await.unwrap();
+    let refused = ipc.store_set("b", big.clone()).await.unwrap_err();
+    assert!(
+        matches!(&refused, carrier::IpcError::Refused(Refusal::Invalid(m)) if m.contains("store_limit")),
+        "{refused}"
+    );
+    assert!(
+        !ipc.store_has("b").await.unwrap(),
+        "a refused write changes nothing"
+    );
+    // Overwriting a key counts its new size only; deleting frees its bytes.
+    ipc.store_set("a", Payload::from(vec![1u8; 4000]))
+        .await
+        .unwrap();
+    assert!(ipc.store_delete("a").await.unwrap());
+    ipc.store_set("b", big).await.unwrap();
+    ipc.store_clear().await.unwrap();
+    ipc.store_set("c", Payload::from(vec![0u8; 4000]))
+        .await
+        .unwrap();
+
+    // A reshard from any worker may not make the admiral start processes without bound.
+    for (count, clusters, says) in [
+        (ShardCount::Exact(1_000_000), None, "at most 65536"),
+        (ShardCount::Exact(4), Some(100_000), "at most 1024"),
+    ] {
+        let error = admiral.reshard(count, clusters).await.unwrap_err();
+        assert!(
+            matches!(&error, carrier::IpcError::Refused(Refusal::ReshardFailed(m)) if m.contains(says)),
+            "{error}"
+        );
+    }
+    assert_eq!(admiral.plan().shard_total, 1, "nothing changed");
+    admiral.shutdown().await;
+}

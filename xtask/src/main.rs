@@ -4,6 +4,12 @@
 //!   `DISCORD_TOKEN` is set); arguments after `example` go to the example (`--once`, `--lib`).
 //! - `bench [ARGS]`: build the benchmark harness in release mode and print its figures.
 //! - `mock [ARGS]`: run the `discord-mock` binary.
+//! - `chaos [--minutes N] [--seed S]`: a long chaos run (clusters killed with `SIGKILL`, gateway faults,
+//!   events and commands) in release mode; prints its invariants and the admiral's memory over
+//!   time.
+//! - `fuzz [--inputs N] [--seed S]`: feed every decoder of input from another process (IPC
+//!   frames, the REST proxy, discord-mock's gateway and REST) generated and mutated inputs in
+//!   release mode; prints inputs per second and any failing input, minimised.
 
 use std::process::{Command, ExitCode};
 
@@ -22,14 +28,16 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode> {
     let mut args = std::env::args().skip(1);
     let Some(task) = args.next() else {
-        bail!("usage: cargo xtask <example|bench|mock> [args...]");
+        bail!("usage: cargo xtask <example|bench|mock|chaos|fuzz> [args...]");
     };
     let rest: Vec<String> = args.collect();
     let (package, binary, release) = match task.as_str() {
         "example" => ("fleet-examples", "fleet-example", false),
         "bench" => ("fleet-examples", "fleet-bench", true),
         "mock" => ("discord-mock", "discord-mock", false),
-        other => bail!("unknown task {other:?}; expected example, bench or mock"),
+        "chaos" => ("fleet-tests", "fleet-chaos", true),
+        "fuzz" => ("fleet-tests", "fleet-fuzz", true),
+        other => bail!("unknown task {other:?}; expected example, bench, mock, chaos or fuzz"),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(cargo);

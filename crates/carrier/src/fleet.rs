@@ -95,6 +95,9 @@ pub struct FleetOptions {
     /// admirals which died there without cleaning up (SIGKILL, OOM) left behind. Default: the
     /// system's temporary directory.
     pub run_dir: PathBuf,
+    /// The most bytes (keys and values together) the central store holds; a write past it is
+    /// refused with a clear error. Default 256 MiB.
+    pub store_limit: usize,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -145,6 +148,7 @@ impl FleetOptions {
             echo_output: true,
             handle_signals: true,
             run_dir: std::env::temp_dir(),
+            store_limit: 256 << 20,
         }
     }
 }
@@ -332,6 +336,7 @@ impl Fleet {
             echo_output: options.echo_output,
             handle_signals: options.handle_signals,
             run_dir: options.run_dir,
+            store_limit: options.store_limit,
             soft_kill_notice: options.soft_kill_notice,
             auto_reshard: options.auto_reshard,
             recommend,

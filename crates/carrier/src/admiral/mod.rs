@@ -158,6 +158,8 @@ pub struct AdmiralConfig {
     pub recommend: Recommender,
     /// Where the private IPC directory is made (and dead admirals' leftovers are removed).
     pub run_dir: PathBuf,
+    /// The most bytes (keys and values) the central store holds.
+    pub store_limit: usize,
 }
 
 /// Fetches Discord's recommended shard count; built by `Fleet` from its adapter.

@@ -34,6 +34,16 @@ use crate::proxy::RestProxy;
 /// Frames queued per connection before the admiral answers "overloaded".
 pub const CONNECTION_QUEUE: usize = 8192;
 
+/// Requests one connection may have unanswered; more are refused as overloaded. A worker's own
+/// handle allows [`MAX_IN_FLIGHT`](crate::ipc::client::MAX_IN_FLIGHT), half of this.
+const MAX_REQUESTS_PER_CONN: usize = 8192;
+
+/// The most shards a reshard may ask for (Discord's largest bots run a few thousand).
+const MAX_SHARDS: u32 = 65_536;
+
+/// The most clusters a reshard may ask for: each is a process the admiral starts.
+const MAX_CLUSTERS: u32 = 1024;
+
 /// Process number standing for the admiral itself when it answers commands.
 const ADMIRAL_PROCESS: ProcessId = 0;
 
@@ -115,6 +125,8 @@ struct Conn {
     process: Option<ProcessId>,
     writer: mpsc::Sender<Bytes>,
     identifies: Vec<AbortHandle>,
+    /// Its requests not answered yet.
+    requests: usize,
 }
 
 #[derive(Debug)]
@@ -210,6 +222,8 @@ pub(crate) struct Router {
     next_id: u64,
     timers: DelayQueue<Timer>,
     store: HashMap<String, Payload>,
+    /// Bytes of keys and values in `store`.
+    store_bytes: usize,
     identify: Arc<dyn IdentifyQueue>,
     ipc: Ipc,
     inbox: mpsc::Sender<Inbox>,
@@ -261,6 +275,7 @@ impl Router {
             next_id: 1,
             timers: DelayQueue::new(),
             store: HashMap::new(),
+            store_bytes: 0,
             ipc,
             inbox,
             events,
@@ -305,6 +320,7 @@ impl Router {
                         process: None,
                         writer,
                         identifies: Vec::new(),
+                        requests: 0,
                     },
                 );
             }
@@ -488,6 +504,18 @@ impl Router {
                 request,
             } => {
                 let timeout = clamp_timeout(timeout_ms);
+                // A worker's requests in flight are capped (its own handle allows far fewer), so
+                // no worker can make the admiral hold unbounded state for it.
+                let Some(state) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if state.requests >= MAX_REQUESTS_PER_CONN {
+                    let refusal = Refusal::Overloaded(Target::Admiral);
+                    let reply = Reply::Refused(refusal);
+                    self.send(conn, &Down::Reply { id, reply });
+                    return;
+                }
+                state.requests += 1;
                 self.on_request(&worker.target(), Waiter::Conn(conn, id), request, timeout);
             }
             Up::Reply { id, outcome } => {
@@ -742,13 +770,31 @@ impl Router {
                 let reply = match operation {
                     StoreRequest::Get(key) => Reply::Value(self.store.get(&key).cloned()),
                     StoreRequest::Set(key, value) => {
-                        self.store.insert(key, value);
-                        Reply::Done
+                        let old = self.store.get(&key).map_or(0, |v| key.len() + v.0.len());
+                        let new = key.len() + value.0.len();
+                        let after = self.store_bytes - old + new;
+                        if after > self.config.store_limit {
+                            Reply::Refused(Refusal::Invalid(format!(
+                                "the store holds {} bytes; this write would take it past its limit of {} (FleetOptions::store_limit)",
+                                self.store_bytes, self.config.store_limit
+                            )))
+                        } else {
+                            self.store_bytes = after;
+                            self.store.insert(key, value);
+                            Reply::Done
+                        }
                     }
                     StoreRequest::Has(key) => Reply::Flag(self.store.contains_key(&key)),
-                    StoreRequest::Delete(key) => Reply::Flag(self.store.remove(&key).is_some()),
+                    StoreRequest::Delete(key) => {
+                        let removed = self.store.remove(&key);
+                        if let Some(value) = &removed {
+                            self.store_bytes -= key.len() + value.0.len();
+                        }
+                        Reply::Flag(removed.is_some())
+                    }
                     StoreRequest::Clear => {
                         self.store.clear();
+                        self.store_bytes = 0;
                         Reply::Done
                     }
                 };
@@ -912,6 +958,17 @@ impl Router {
             Ok(total) => total,
             Err(error) => return refuse(self, waiter, error.to_string()),
         };
+        // A reshard can come from any worker: it may not make the admiral start processes
+        // without bound.
+        if total > MAX_SHARDS {
+            let reason = format!("{total} shards asked for; at most {MAX_SHARDS}");
+            return refuse(self, waiter, reason);
+        }
+        let wanted = clusters.unwrap_or(self.plan.clusters.len() as u32);
+        if wanted > MAX_CLUSTERS {
+            let reason = format!("{wanted} clusters asked for; at most {MAX_CLUSTERS}");
+            return refuse(self, waiter, reason);
+        }
         // This host keeps its share of the bot: on a bot split over machines, the slice scales
         // with the total, so the hosts together still run every shard exactly once.
         let from_total = self.plan.shard_total;
@@ -927,7 +984,7 @@ impl Router {
             count: ShardCount::Exact(total),
             recommended,
             max_concurrency,
-            clusters: clusters.unwrap_or(self.plan.clusters.len() as u32),
+            clusters: wanted,
             first_shard: Some(new_first),
             last_shard: Some(new_last),
         });
@@ -1170,7 +1227,12 @@ impl Router {
             Waiter::Local(tx) => {
                 let _ = tx.send(reply);
             }
-            Waiter::Conn(conn, id) => self.send(conn, &Down::Reply { id, reply }),
+            Waiter::Conn(conn, id) => {
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    state.requests = state.requests.saturating_sub(1);
+                }
+                self.send(conn, &Down::Reply { id, reply });
+            }
         }
     }
 
