@@ -19,6 +19,7 @@
 //! and panic on an `explode` message.
 
 pub mod chaos;
+pub mod fuzz;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -92,7 +92,7 @@ enum Auth {
     Invalidated,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Conn {
     auth: Auth,
     last_heartbeat: Duration,
@@ -100,7 +100,7 @@ struct Conn {
     close_at: Option<Duration>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Session {
     id: String,
     shard: [u32; 2],
@@ -119,7 +119,7 @@ struct Session {
 }
 
 /// The event source's state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct EventSource {
     running: bool,
     rate: f64,
@@ -139,8 +139,9 @@ struct Incoming<'a> {
 /// Most events one tick may produce, so a long pause cannot build an unbounded burst.
 const MAX_EVENTS_PER_TICK: usize = 100_000;
 
-/// The gateway state machine. See the module docs.
-#[derive(Debug)]
+/// The gateway state machine. See the module docs. A clone is an independent copy of the whole
+/// state (handy to replay one state against many inputs).
+#[derive(Debug, Clone)]
 #[allow(
     clippy::struct_field_names,
     reason = "`gateway_url` is the URL of this gateway"

@@ -55,7 +55,7 @@ pub const fn rest_message_id(n: u64) -> u64 {
 }
 
 /// One guild of the world.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Guild {
     /// Guild id.
     pub id: u64,
@@ -70,7 +70,7 @@ pub struct Guild {
 }
 
 /// Everything the mock knows about the bot's guilds and users.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct World {
     /// Guilds in id order.
     pub guilds: Vec<Guild>,
