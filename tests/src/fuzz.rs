@@ -645,3 +645,47 @@ fn fuzz_proxy(plan: FuzzPlan) -> FuzzReport {
         _ => report,
     }
 }
+
+/// `n` messages a hostile worker could send once admitted: mutated seeds that still decode as
+/// [`Up`], without those that ask for lifecycle changes (restarts, reshards, stops, a failed
+/// start), so a run exercises routing, the store, lookups, identify grants, replies, sessions
+/// and logs rather than tearing the fleet down.
+#[must_use]
+pub fn hostile_messages(seed: u64, n: usize) -> Vec<Up> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let seeds = up_seeds();
+    let mut found = Vec::with_capacity(n);
+    while found.len() < n {
+        let base = &seeds[rng.usize(..seeds.len())];
+        let mutations: Vec<Mutation> = (0..rng.usize(0..4))
+            .map(|_| {
+                let at = rng.usize(..);
+                match rng.u8(..5) {
+                    0 => Mutation::Flip(at, rng.u8(..8)),
+                    1 => Mutation::Set(at, rng.u8(..)),
+                    2 => Mutation::Special(at, rng.usize(..SPECIAL.len())),
+                    3 => Mutation::Insert(at, vec![rng.u8(..); rng.usize(1..4)]),
+                    _ => Mutation::Delete(at, rng.usize(1..4)),
+                }
+            })
+            .collect();
+        let Ok(up) = frame::decode::<Up>(&apply(base, &mutations)) else {
+            continue;
+        };
+        let lifecycle = matches!(
+            &up,
+            Up::Status(Status::StartFailed(_))
+                | Up::Request {
+                    request: Request::Restart { .. }
+                        | Request::RestartAll { .. }
+                        | Request::Reshard { .. }
+                        | Request::Stop { .. },
+                    ..
+                }
+        );
+        if !lifecycle {
+            found.push(up);
+        }
+    }
+    found
+}

@@ -720,3 +720,106 @@ async fn the_store_and_reshards_refuse_what_would_grow_the_admiral_without_bound
     assert_eq!(admiral.plan().shard_total, 1, "nothing changed");
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sending_thousands_of_hostile_messages_cannot_break_the_router() {
+    let mock = MockDiscord::start(mock_config(4, 2, 1)).await.unwrap();
+    let mut options = options(&mock, 2);
+    let seed = fastrand::u64(..);
+    if let Some(command) = options.worker_command.as_mut() {
+        command.env.push(("FUZZ_MESSAGES".into(), "3000".into()));
+        command
+            .env
+            .push(("FUZZ_SEED".into(), seed.to_string().into()));
+    }
+    let fleet = fleet_tests::fleet(options).service::<fleet_tests::Echo>("fuzzer");
+    let (admiral, mut events) = launch(fleet).await;
+    // Its exit and its last line (stderr is read apart from the exit) both arrive.
+    let (mut code, mut said) = (None, Vec::new());
+    common::until(&mut events, |e| {
+        match e {
+            carrier::FleetEvent::Exited {
+                worker: carrier::WorkerId::Service(name),
+                code: exit,
+                ..
+            } if name == "fuzzer" => code = Some(*exit),
+            carrier::FleetEvent::Output {
+                worker: carrier::WorkerId::Service(name),
+                line,
+                ..
+            } if name == "fuzzer" => said.push(line.clone()),
+            _ => {}
+        }
+        code.is_some() && (code != Some(Some(0)) || said.iter().any(|l| l.contains("every probe")))
+    })
+    .await;
+    assert_eq!(code, Some(Some(0)), "seed {seed}: the fuzzer said {said:?}");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("3000 hostile messages sent, every probe answered")),
+        "{said:?}"
+    );
+    // The real workers are served as before.
+    let ipc = admiral.ipc();
+    admiral.wait_ready(WAIT).await.unwrap();
+    assert_eq!(
+        ipc.service_command("echo", Payload::from("alive"))
+            .await
+            .unwrap(),
+        Payload::from("alive")
+    );
+    for cluster in 0..2 {
+        assert_eq!(
+            ipc.cluster_command(cluster, Payload::from("alive"))
+                .await
+                .unwrap(),
+            Payload::from("alive")
+        );
+    }
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_flooding_requests_is_refused_past_its_cap_and_others_are_served() {
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let fleet = fleet_tests::fleet(options(&mock, 1)).service::<fleet_tests::Echo>("flood");
+    let (admiral, mut events) = launch(fleet).await;
+    let mut said = None;
+    common::until(&mut events, |e| {
+        if let carrier::FleetEvent::Output {
+            worker: carrier::WorkerId::Service(name),
+            line,
+            ..
+        } = e
+            && name == "flood"
+            && line.starts_with("flood:")
+        {
+            said = Some(line.clone());
+        }
+        said.is_some()
+    })
+    .await;
+    let said = said.unwrap();
+    let numbers: Vec<u64> = said
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [sent, answered, refused] = numbers[..] else {
+        panic!("{said}");
+    };
+    assert_eq!(answered, sent - 8192, "at most 8192 held: {said}");
+    assert!(
+        refused > 1000,
+        "the admiral refused what passed its cap: {said}"
+    );
+    // The echo service holds 8192 sleeping commands, and still answers everyone else.
+    assert_eq!(
+        admiral
+            .ipc()
+            .service_command("echo", Payload::from("alive"))
+            .await
+            .unwrap(),
+        Payload::from("alive")
+    );
+    admiral.shutdown().await;
+}

@@ -1,6 +1,10 @@
 //! The test bot's worker processes. The integration tests run the admiral in the test process and
 //! point its worker command here. A worker started as `service-rogue` breaks the IPC protocol on
-//! purpose.
+//! purpose; one started as `service-fuzzer` sends the admiral thousands of hostile but decodable
+//! messages (`fleet_tests::fuzz::hostile_messages`, `$FUZZ_MESSAGES` of them, seed
+//! `$FUZZ_SEED`), checking between batches that it still answers; one started as
+//! `service-flood` sends 10,000 requests that will not be answered soon and counts how many the
+//! admiral refuses as overloaded.
 
 use std::process::ExitCode;
 
@@ -19,8 +23,11 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    if std::env::var("FLEET_WORKER").as_deref() == Ok("service-rogue") {
-        return rogue().await;
+    match std::env::var("FLEET_WORKER").as_deref() {
+        Ok("service-rogue") => return rogue().await,
+        Ok("service-fuzzer") => return fuzzer().await,
+        Ok("service-flood") => return flood().await,
+        _ => {}
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !carrier::is_worker() && args.first().map(String::as_str) == Some("admiral") {
@@ -122,4 +129,158 @@ async fn rogue() -> ExitCode {
     let _ = tokio::io::AsyncReadExt::read_to_end(&mut read, &mut sink).await;
     eprintln!("rogue worker: the admiral hung up");
     ExitCode::from(7)
+}
+
+/// Says a proper hello and reports ready, then sends hostile messages in batches, each followed
+/// by a store read it must get an answer to. Exits 0 if the admiral answered after every batch,
+/// 3 if it stopped answering, 4 if it hung up.
+async fn fuzzer() -> ExitCode {
+    /// Ids of the probes: far above any the hostile messages use.
+    const PROBE: u64 = u64::MAX - 1_000_000;
+    use carrier::ipc::frame::FrameReader;
+    use carrier::ipc::proto::{Down, Request, Status, StoreRequest};
+    let env = WorkerEnv::from_env().expect("started by an admiral");
+    let count = std::env::var("FUZZ_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000);
+    let seed = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let stream = tokio::net::UnixStream::connect(&env.socket)
+        .await
+        .expect("admiral socket");
+    let (read, write) = stream.into_split();
+    let mut reader = FrameReader::new(read, env.max_frame);
+    let mut writer = FrameWriter::new(write, env.max_frame);
+    writer
+        .send(&Up::Hello {
+            secret: env.secret.clone(),
+            process: env.process,
+        })
+        .await
+        .expect("hello");
+    if !matches!(reader.next::<Down>().await, Ok(Down::Welcome(_))) {
+        eprintln!("fuzzer: not welcome");
+        return ExitCode::from(4);
+    }
+    writer
+        .send(&Up::Status(Status::Ready))
+        .await
+        .expect("ready");
+    let messages = fleet_tests::fuzz::hostile_messages(seed, count);
+    // Replies to hostile requests come back too; read them off as they come, and note the
+    // answer to each probe.
+    let (probe_tx, mut probes) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        loop {
+            match reader.next::<Down>().await {
+                Ok(Down::Reply { id, .. }) if id >= PROBE => {
+                    let _ = probe_tx.send(id);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    eprintln!("fuzzer: the admiral hung up: {error}");
+                    return;
+                }
+            }
+        }
+    });
+    for (batch, chunk) in messages.chunks(100).enumerate() {
+        for up in chunk {
+            if writer.send(up).await.is_err() {
+                eprintln!("fuzzer: the admiral hung up");
+                return ExitCode::from(4);
+            }
+        }
+        let id = PROBE + batch as u64;
+        let probe = Up::Request {
+            id,
+            timeout_ms: 5000,
+            request: Request::Store(StoreRequest::Get("fuzz-alive".into())),
+        };
+        if writer.send(&probe).await.is_err() {
+            return ExitCode::from(4);
+        }
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(got) = probes.recv().await {
+                if got == id {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if answered != Ok(true) {
+            eprintln!("fuzzer: no answer to probe {batch}");
+            return ExitCode::from(if pump.is_finished() { 4 } else { 3 });
+        }
+    }
+    eprintln!("fuzzer: {count} hostile messages sent, every probe answered");
+    ExitCode::SUCCESS
+}
+
+/// Sends 10,000 commands that the echo service answers only after an hour, then counts the
+/// admiral's "overloaded" refusals: every request past the admiral's per-worker cap must get
+/// one at once. Prints what it counted and exits 0.
+async fn flood() -> ExitCode {
+    use carrier::ipc::frame::FrameReader;
+    use carrier::ipc::proto::{Down, Refusal, Reply, Request, Status};
+    let env = WorkerEnv::from_env().expect("started by an admiral");
+    let stream = tokio::net::UnixStream::connect(&env.socket)
+        .await
+        .expect("admiral socket");
+    let (read, write) = stream.into_split();
+    let mut reader = FrameReader::new(read, env.max_frame);
+    let mut writer = FrameWriter::new(write, env.max_frame);
+    writer
+        .send(&Up::Hello {
+            secret: env.secret.clone(),
+            process: env.process,
+        })
+        .await
+        .expect("hello");
+    if !matches!(reader.next::<Down>().await, Ok(Down::Welcome(_))) {
+        return ExitCode::from(4);
+    }
+    writer
+        .send(&Up::Status(Status::Ready))
+        .await
+        .expect("ready");
+    let sent = 10_000u64;
+    for id in 1..=sent {
+        let up = Up::Request {
+            id,
+            timeout_ms: 600_000,
+            request: Request::Command {
+                target: carrier::Target::Service("echo".into()),
+                payload: carrier::Payload::from("sleep"),
+            },
+        };
+        if writer.send(&up).await.is_err() {
+            return ExitCode::from(4);
+        }
+    }
+    // Whatever is answered at once (the admiral's refusals, and the echo service's own queue
+    // overflowing) leaves at most the cap unanswered.
+    let (mut refused, mut answered) = (0u64, 0u64);
+    let counting = async {
+        while let Ok(down) = reader.next::<Down>().await {
+            if let Down::Reply { reply, .. } = down {
+                answered += 1;
+                if reply == Reply::Refused(Refusal::Overloaded(carrier::Target::Admiral)) {
+                    refused += 1;
+                }
+                if answered == sent - 8192 {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), counting).await;
+    eprintln!(
+        "flood: {sent} sent, {answered} answered at once, {refused} of them refused by the admiral"
+    );
+    ExitCode::SUCCESS
 }

@@ -909,6 +909,14 @@ impl Router {
                 self.roll(rolling);
             }
             Request::Identify { shard } => {
+                // Services run no shards: a slot one of them took would be one a cluster waits
+                // for.
+                if let Target::Service(name) = from {
+                    let refusal =
+                        Refusal::Invalid(format!("service {name} runs no shards to identify"));
+                    self.answer(waiter, Reply::Refused(refusal));
+                    return;
+                }
                 let total = self
                     .next_plan
                     .as_ref()
