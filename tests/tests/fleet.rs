@@ -483,20 +483,8 @@ async fn a_killed_cluster_is_restarted_and_its_shard_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_admiral_shuts_the_fleet_down_and_leaves_no_process() {
-    use tokio::io::AsyncBufReadExt as _;
     let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
-    let mut admiral = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"))
-        .args(["admiral", &mock.http_url(), "300", "2"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(admiral.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (mut admiral, ready, mut lines) = common::spawn_admiral(&mock, 2, None).await;
     let workers: Vec<u32> = ready
         .strip_prefix("ready ")
         .expect("a ready line")

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use carrier::{Payload, Target};
-use common::{WAIT, launch, mock_config, options};
+use common::{WAIT, launch, mock_config, options, raw_http, settle, spawn_admiral};
 use discord_mock::MockDiscord;
 
 const THREE_YEARS: Duration = Duration::from_hours(3 * 365 * 24);
@@ -124,22 +124,6 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
     admiral.shutdown().await;
 }
 
-/// One HTTP/1.1 request on a fresh connection: `(status, head)`.
-async fn raw_http(url: &str, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
-        .await
-        .expect("the proxy answers")
-        .unwrap();
-    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head)
-}
-
 fn request(path: &str, key: Option<&str>, authorization: Option<&str>) -> String {
     let key = key.map_or(String::new(), |key| {
         format!("{}: {key}\r\n", carrier::proxy::KEY_HEADER)
@@ -166,7 +150,7 @@ async fn the_rest_proxy_serves_only_the_fleet_and_counts_invalid_requests_per_ca
         request("/_fleet/stats", None, None),
     ];
     for attempt in &refused {
-        let (status, head) = raw_http(&url, attempt).await;
+        let (status, head, _) = raw_http(&url, attempt).await;
         assert_eq!(status, 401, "{head}");
         assert!(head.contains("x-fleet-proxy: unauthenticated"), "{head}");
     }
@@ -194,10 +178,10 @@ async fn the_rest_proxy_serves_only_the_fleet_and_counts_invalid_requests_per_ca
     // The admiral's own key works; a request with a bad token is invalid and charged to its
     // caller.
     let key = admiral.rest_proxy_key().unwrap().expose().to_owned();
-    let (status, _) = raw_http(&url, &request("/api/v10/users/@me", Some(&key), None)).await;
+    let (status, _, _) = raw_http(&url, &request("/api/v10/users/@me", Some(&key), None)).await;
     assert_eq!(status, 200);
     let bad = request("/api/v10/users/@me", Some(&key), Some("Bot wrong"));
-    let (status, _) = raw_http(&url, &bad).await;
+    let (status, _, _) = raw_http(&url, &bad).await;
     assert_eq!(status, 401, "Discord's own 401, passed through");
     let figures = admiral.rest_proxy_stats().unwrap();
     assert_eq!(figures.invalid_requests, 1);
@@ -237,24 +221,10 @@ fn fleet_dirs(base: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_admiral_removes_what_a_sigkilled_one_left() {
-    use tokio::io::AsyncBufReadExt as _;
     let base = std::env::temp_dir().join(format!("fleet-run-{:016x}", fastrand::u64(..)));
     std::fs::create_dir(&base).unwrap();
     let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
-    let mut dead = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"))
-        .args(["admiral", &mock.http_url(), "300", "1"])
-        .env("TESTBOT_RUN_DIR", &base)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(dead.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(ready.starts_with("ready "), "{ready}");
+    let (mut dead, _, _) = spawn_admiral(&mock, 1, Some(&base)).await;
     let left = fleet_dirs(&base);
     assert_eq!(left.len(), 1, "the running admiral's directory");
     dead.start_kill().unwrap();
@@ -435,25 +405,11 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_cannot_grow_the_admirals_memory() {
-    use tokio::io::AsyncBufReadExt as _;
     let base = std::env::temp_dir().join(format!("fleet-run-{:016x}", fastrand::u64(..)));
     std::fs::create_dir(&base).unwrap();
     let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
-    let mut admiral = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"))
-        .args(["admiral", &mock.http_url(), "300", "1"])
-        .env("TESTBOT_RUN_DIR", &base)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut admiral, _, _lines) = spawn_admiral(&mock, 1, Some(&base)).await;
     let pid = admiral.id().unwrap();
-    let mut lines = tokio::io::BufReader::new(admiral.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(ready.starts_with("ready "), "{ready}");
     let socket = fleet_dirs(&base)[0].join("admiral.sock");
     let (before, _) = rss_kib(pid);
     let attack = attack(&socket).await;
@@ -480,17 +436,6 @@ async fn strangers_cannot_grow_the_admirals_memory() {
     std::fs::remove_dir_all(&base).unwrap();
 }
 
-/// Stops the event source and waits until every produced event is confirmed or lost.
-async fn settle(mock: &MockDiscord) -> discord_mock::EventReport {
-    mock.stop_events();
-    mock.wait_until(WAIT, "every event confirmed", |m| {
-        m.event_report().in_flight == 0
-    })
-    .await
-    .unwrap();
-    mock.event_report()
-}
-
 /// The next `n` panic reports on the event stream.
 async fn panics(
     events: &mut tokio::sync::broadcast::Receiver<carrier::FleetEvent>,
@@ -505,6 +450,35 @@ async fn panics(
     })
     .await;
     found
+}
+
+/// After panics in event handlers: 40 more events flow, then every event produced was confirmed
+/// by the same sessions (no identify, no resume) and reached cluster 0's handler.
+async fn assert_the_shards_went_on(mock: &MockDiscord, ipc: &carrier::Ipc, identifies: u64) {
+    let after = mock.stats().events_produced + 40;
+    mock.wait_until(WAIT, "40 more events", |m| {
+        m.stats().events_produced >= after
+    })
+    .await
+    .unwrap();
+    let report = settle(mock).await;
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.delivered, report.produced);
+    assert_eq!(
+        mock.stats().identifies,
+        identifies,
+        "no shard dropped its session"
+    );
+    assert!(mock.sessions().iter().all(|s| s.attached && s.resumes == 0));
+    let handled = common::status(
+        &ipc.cluster_command(0, Payload::from("status"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        handled.events, report.produced,
+        "every event reached the handler"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,31 +503,7 @@ async fn a_panicking_event_handler_costs_one_event_and_the_shard_goes_on() {
         let location = report.location.as_deref().unwrap_or_default();
         assert!(location.contains("tests/src/lib.rs"), "{report:?}");
     }
-    // Let more events through after the panics, then count.
-    let after = mock.stats().events_produced + 40;
-    mock.wait_until(WAIT, "40 more events", |m| {
-        m.stats().events_produced >= after
-    })
-    .await
-    .unwrap();
-    let report = settle(&mock).await;
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert_eq!(report.delivered, report.produced);
-    assert_eq!(
-        mock.stats().identifies,
-        identifies,
-        "no shard dropped its session"
-    );
-    assert!(mock.sessions().iter().all(|s| s.attached && s.resumes == 0));
-    let handled = common::status(
-        &ipc.cluster_command(0, Payload::from("status"))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        handled.events, report.produced,
-        "every event reached the handler"
-    );
+    assert_the_shards_went_on(&mock, ipc, identifies).await;
     admiral.shutdown().await;
 }
 
@@ -652,24 +602,7 @@ async fn a_panicking_serenity_handler_is_reported_and_the_shard_goes_on() {
         );
         assert!(report.location.is_some(), "{report:?}");
     }
-    let after = mock.stats().events_produced + 40;
-    mock.wait_until(WAIT, "40 more events", |m| {
-        m.stats().events_produced >= after
-    })
-    .await
-    .unwrap();
-    let report = settle(&mock).await;
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert_eq!(mock.stats().identifies, identifies, "no shard dropped");
-    let handled = common::status(
-        &ipc.cluster_command(0, Payload::from("status"))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        handled.events, report.produced,
-        "every event reached the handler"
-    );
+    assert_the_shards_went_on(&mock, ipc, identifies).await;
     admiral.shutdown().await;
 }
 

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use carrier::ipc::proto::Refusal;
 use carrier::{AdmiralHandle, Fetch, IpcError, Outcome, Payload, Target, WorkerId};
-use common::{WAIT, kill, launch, options, until};
+use common::{WAIT, kill, launch, options, raw_http, until};
 use discord_mock::{MockConfig, MockDiscord, RouteLimit};
 use fleet_tests::Posted;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A mock whose message bucket is small enough that three clusters overrun it at once.
 fn busy_mock_config(guilds: usize, shards: u32) -> MockConfig {
@@ -241,21 +240,6 @@ async fn twilight_clusters_answer_fetches_for_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serenity_clusters_answer_fetches_for_each_other() {
     fetch_across_clusters(true).await;
-}
-
-/// One HTTP/1.1 request on a fresh connection: `(status, head, body)`.
-async fn raw_http(url: &str, request: &str) -> (u16, String, String) {
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
-        .await
-        .expect("the proxy answers")
-        .unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// A GET with the proxy `key` (if any) and an `authorization` header (if any).

@@ -7,24 +7,13 @@ use std::time::{Duration, Instant};
 use carrier::admiral::{LifecycleEvent, RestartMode, ShardCount, State};
 use carrier::ipc::proto::Refusal;
 use carrier::{AdmiralHandle, FleetEvent, IpcError, Payload, WorkerId};
-use common::{WAIT, launch, mock_config, options, status, until};
+use common::{WAIT, launch, mock_config, options, settle, status, until};
 use discord_mock::MockDiscord;
 
 async fn process_of(admiral: &AdmiralHandle, worker: &WorkerId) -> (Option<u64>, State) {
     let workers = admiral.workers().await.unwrap();
     let w = workers.iter().find(|w| &w.id == worker).unwrap();
     (w.process, w.state.clone())
-}
-
-/// Stops the event source and waits until every produced event is confirmed or lost.
-async fn settle(mock: &MockDiscord) -> discord_mock::EventReport {
-    mock.stop_events();
-    mock.wait_until(WAIT, "every event confirmed", |m| {
-        m.event_report().in_flight == 0
-    })
-    .await
-    .unwrap();
-    mock.event_report()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,11 @@
 //! generation in standby and switches over once all of it is ready. A worker that stops
 //! answering application heartbeats is treated as crashed.
 //!
+//! Everything another process sends is hostile until proven otherwise: a connection reads small
+//! frames only until its hello is accepted, unproven connections are capped, timeouts, request
+//! counts, the store and reshards are bounded, and the REST proxy serves only keyed fleet
+//! processes. Panics in user code are caught where they happen and reported ([`panics`]).
+//!
 //! carrier knows no Discord library: `fleet-twilight` and `fleet-serenity` plug one in, and
 //! any other adapter can implement [`ClusterRunner`].
 //!

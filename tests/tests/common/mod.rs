@@ -111,3 +111,61 @@ pub async fn signal(admiral: &AdmiralHandle, worker: &WorkerId, signal: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Stops the event source and waits until every produced event is confirmed or lost.
+pub async fn settle(mock: &MockDiscord) -> discord_mock::EventReport {
+    mock.stop_events();
+    mock.wait_until(WAIT, "every event confirmed", |m| {
+        m.event_report().in_flight == 0
+    })
+    .await
+    .unwrap();
+    mock.event_report()
+}
+
+/// An admiral process of its own (`testbot admiral`, its IPC directory under `run_dir` if
+/// given), once it has printed its ready line; returns it, that line and its stdout lines.
+pub async fn spawn_admiral(
+    mock: &MockDiscord,
+    clusters: u32,
+    run_dir: Option<&std::path::Path>,
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"));
+    command
+        .args(["admiral", &mock.http_url(), "300", &clusters.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(run_dir) = run_dir {
+        command.env("TESTBOT_RUN_DIR", run_dir);
+    }
+    let mut admiral = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(admiral.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(ready.starts_with("ready "), "{ready}");
+    (admiral, ready, lines)
+}
+
+/// One HTTP/1.1 request on a fresh connection: `(status, head in lower case, body)`.
+pub async fn raw_http(url: &str, request: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("the proxy answers")
+        .unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
