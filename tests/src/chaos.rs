@@ -218,7 +218,7 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
             .heartbeat_interval(Duration::from_millis(500))
             // Long enough that a killed cluster's sessions outlive its replacement's start, so
             // every event has a session to go to; short enough to settle quickly.
-            .resume_timeout(Duration::from_secs(5))
+            .resume_timeout(Duration::from_secs(10))
             .build(),
     )
     .await
@@ -231,7 +231,10 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     options.kill_timeout = Duration::from_secs(5);
     options.echo_output = false;
     options.handle_signals = false;
+    // Every kill is a first crash within its window, so the backoff stays at its minimum: the
+    // run measures recovery, not the crash-loop policy (which doubles the backoff up to a minute).
     options.max_restarts = 100_000;
+    options.restart_window = Duration::from_secs(1);
     options.restart_backoff = Duration::from_millis(50);
     options.worker_command = Some(WorkerCommand {
         program: config.worker.clone(),
@@ -437,6 +440,9 @@ impl Tally {
     }
 }
 
+/// The pause between one commander's commands.
+const COMMAND_PAUSE: Duration = Duration::from_millis(2);
+
 /// Sends commands one after another to random clusters and the echo service until stopped.
 async fn command_loop(
     admiral: &AdmiralHandle,
@@ -465,5 +471,8 @@ async fn command_loop(
             Err(_) => &tally.hung,
         };
         counter.fetch_add(1, Ordering::SeqCst);
+        // A bot asks at a pace, not in a spin: without this, refusals from a dead target come
+        // back so fast that the loop takes the cores the restarts need.
+        tokio::time::sleep(COMMAND_PAUSE).await;
     }
 }

@@ -163,7 +163,9 @@ async fn connection(
                 }
                 Err(error) => {
                     let error = match error {
+                        // A peer that went away (killed, or exiting) broke no protocol.
                         FrameError::Closed => None,
+                        FrameError::Io(io) if gone(&io) => None,
                         other => Some(format!("malformed frame: {other}")),
                     };
                     let _ = inbox.send(Inbox::Closed { conn, error }).await;
@@ -172,6 +174,18 @@ async fn connection(
             }
         }
     });
+}
+
+/// Whether a read failed because the peer went away rather than because of what it sent.
+fn gone(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof
+    )
 }
 
 #[cfg(test)]
