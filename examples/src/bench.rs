@@ -16,7 +16,13 @@
 //!    identifies spent, events lost or handled twice ([`restart`]).
 //! 7. REST through the central proxy: added latency, throughput, and 429s saved when three
 //!    clusters share one channel's limit ([`rest`]).
+//!
+//! `cargo xtask bench [SECTION...]` runs only the named sections: `startup` (1), `ipc` (2, 3,
+//! with eris-fleet's path, cluster → admiral → service, and the floor of [`floor`] beside them),
+//! `memory` (4), `events` (5), `restart` (6), `rest` (7). With none, all of them.
 
+#[path = "bench/floor.rs"]
+mod floor;
 #[path = "bench/rest.rs"]
 mod rest;
 #[path = "bench/restart.rs"]
@@ -49,10 +55,11 @@ const SHARDS: u32 = 16;
 const CLUSTERS: u32 = 4;
 const GUILDS_PER_SHARD: usize = 100;
 
+/// The sections `cargo xtask bench SECTION...` can name.
+const SECTIONS: [&str; 6] = ["startup", "ipc", "memory", "events", "restart", "rest"];
+
 #[derive(Debug, Parser)]
 enum Mode {
-    /// Run the benchmark (default).
-    Run,
     /// Serve a discord-mock for the benchmark and print its address.
     ServeMock {
         #[arg(long)]
@@ -76,17 +83,35 @@ async fn main() -> Result<ExitCode> {
             .await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mode = if std::env::args().len() > 1 {
-        Mode::parse()
-    } else {
-        Mode::Run
-    };
-    match mode {
-        Mode::ServeMock {
-            max_concurrency,
-            interval_ms,
-        } => serve_mock(max_concurrency, interval_ms).await,
-        Mode::Run => run().await,
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve-mock") => {
+            let Mode::ServeMock {
+                max_concurrency,
+                interval_ms,
+            } = Mode::parse();
+            serve_mock(max_concurrency, interval_ms).await
+        }
+        Some("floor-server") => {
+            let path = args.get(1).context("floor-server PATH RESPONSE_BYTES")?;
+            let response = args.get(2).context("floor-server PATH RESPONSE_BYTES")?;
+            floor::serve(path.as_ref(), response.parse()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("floor-relay") => {
+            let listen = args.get(1).context("floor-relay LISTEN UPSTREAM")?;
+            let upstream = args.get(2).context("floor-relay LISTEN UPSTREAM")?;
+            floor::relay(listen.as_ref(), upstream.as_ref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            for section in &args {
+                if !SECTIONS.contains(&section.as_str()) {
+                    bail!("unknown section {section:?}; expected any of {SECTIONS:?}");
+                }
+            }
+            run(&args).await
+        }
     }
 }
 
@@ -204,31 +229,49 @@ async fn launch(
     Ok((admiral, started.elapsed(), first_ready.unwrap_or_default()))
 }
 
-async fn run() -> Result<ExitCode> {
+async fn run(sections: &[String]) -> Result<ExitCode> {
+    let asked = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
     println!(
         "fleet bench: {SHARDS} shards in {CLUSTERS} clusters, {GUILDS_PER_SHARD} guilds per shard, one echo service"
     );
     let mut all_ok = true;
-    let scenarios = [
-        (Lib::Twilight, 16, IDENTIFY_INTERVAL),
-        (Lib::Twilight, 4, Duration::from_secs(1)),
-        (Lib::Serenity, 4, Duration::from_secs(1)),
-        (Lib::Twilight, 1, Duration::from_millis(250)),
-    ];
+    let mut scenarios = vec![(Lib::Twilight, 16, IDENTIFY_INTERVAL)];
+    if asked("startup") {
+        scenarios.extend([
+            (Lib::Twilight, 4, Duration::from_secs(1)),
+            (Lib::Serenity, 4, Duration::from_secs(1)),
+            (Lib::Twilight, 1, Duration::from_millis(250)),
+        ]);
+    } else if !["ipc", "memory", "events", "restart"]
+        .iter()
+        .any(|s| asked(s))
+    {
+        scenarios.clear();
+    }
     for (lib, max_concurrency, interval) in scenarios {
         let mock = start_mock(max_concurrency, interval).await?;
         let (admiral, startup, first_ready) = launch(&mock, interval, lib).await?;
         let waits = SHARDS.div_ceil(max_concurrency) - 1;
         let limit = interval * waits + first_ready;
-        println!(
-            "startup, {lib:?}, max_concurrency {max_concurrency:>2}, interval {interval:>6.2?}: ready in {startup:>8.3?}; limit {waits:>2} x {interval:.2?} + first READY {first_ready:.3?} = {limit:>8.3?}; ratio {:.3}",
-            startup.as_secs_f64() / limit.as_secs_f64()
-        );
+        if asked("startup") {
+            println!(
+                "startup, {lib:?}, max_concurrency {max_concurrency:>2}, interval {interval:>6.2?}: ready in {startup:>8.3?}; limit {waits:>2} x {interval:.2?} + first READY {first_ready:.3?} = {limit:>8.3?}; ratio {:.3}",
+                startup.as_secs_f64() / limit.as_secs_f64()
+            );
+        }
         if max_concurrency == 16 {
-            ipc_figures(&admiral).await?;
-            memory(&admiral).await?;
-            event_throughput(&admiral, &mock).await?;
-            restart::figures(&admiral, &mock, NOTICE).await?;
+            if asked("ipc") {
+                ipc_figures(&admiral).await?;
+            }
+            if asked("memory") {
+                memory(&admiral).await?;
+            }
+            if asked("events") {
+                event_throughput(&admiral, &mock).await?;
+            }
+            if asked("restart") {
+                restart::figures(&admiral, &mock, NOTICE).await?;
+            }
         }
         admiral.shutdown().await;
         let clean = mock.stop().await?;
@@ -238,7 +281,9 @@ async fn run() -> Result<ExitCode> {
         }
     }
     // Last, so its in-process mock and clients leave the admiral's memory figure alone.
-    rest::figures().await?;
+    if asked("rest") {
+        rest::figures().await?;
+    }
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -324,10 +369,9 @@ async fn ipc_figures(admiral: &AdmiralHandle) -> Result<()> {
         times.push(sent.elapsed());
     }
     times.sort_unstable();
+    let (admiral_p50, admiral_p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
     println!(
-        "service command round trip (admiral -> echo -> admiral), {rounds} sequential: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
-        percentile(&times, 0.50),
-        percentile(&times, 0.99),
+        "service command round trip (admiral -> echo -> admiral), {rounds} sequential: p50 {admiral_p50:.1?}, p99 {admiral_p99:.1?}, max {:.1?}",
         times[times.len() - 1]
     );
 
@@ -350,10 +394,18 @@ async fn ipc_figures(admiral: &AdmiralHandle) -> Result<()> {
         task.await??;
     }
     let elapsed = started.elapsed();
+    let admiral_rate = total as f64 / elapsed.as_secs_f64();
     println!(
-        "service command throughput, {in_flight} in flight: {total} in {elapsed:.2?} = {:.0} requests/s",
-        total as f64 / elapsed.as_secs_f64()
+        "service command throughput, {in_flight} in flight: {total} in {elapsed:.2?} = {admiral_rate:.0} requests/s"
     );
+    eris_path_and_floor(
+        &ipc,
+        rounds,
+        total,
+        in_flight,
+        (admiral_p50, admiral_p99, admiral_rate),
+    )
+    .await?;
 
     // Broadcasts: every worker counts `tick`s; wait until all have them all.
     let receivers = u64::from(CLUSTERS) + 1;
@@ -401,6 +453,83 @@ async fn ipc_figures(admiral: &AdmiralHandle) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// eris-fleet's path (a cluster asks the echo service through the admiral), and the floor of
+/// three bare processes, with fleet's figures as ratios to the floor.
+async fn eris_path_and_floor(
+    ipc: &carrier::Ipc,
+    rounds: usize,
+    total: usize,
+    in_flight: usize,
+    admiral: (Duration, Duration, f64),
+) -> Result<()> {
+    let run = fleet_examples::IpcRun {
+        rounds: rounds as u32,
+        total: total as u32,
+        in_flight: in_flight as u32,
+    };
+    let eris: fleet_examples::IpcFigures = ipc
+        .command_within(
+            carrier::Target::Cluster(0),
+            run.command(),
+            Duration::from_mins(5),
+        )
+        .await?
+        .decode()?;
+    let (eris_p50, eris_p99) = (
+        Duration::from_nanos(eris.p50_ns),
+        Duration::from_nanos(eris.p99_ns),
+    );
+    println!(
+        "cluster -> admiral -> echo -> admiral -> cluster (eris-fleet's path), {rounds} sequential: p50 {eris_p50:.1?}, p99 {eris_p99:.1?}; {in_flight} in flight: {:.0} requests/s",
+        eris.per_second
+    );
+    // The floor, with fleet's own message sizes on the wire.
+    let (request, response) = message_sizes()?;
+    let floor = floor::start(response).await?;
+    let bare = floor::measure(&floor, request, response, rounds, total, in_flight).await?;
+    println!(
+        "floor (bare client -> byte-pump relay -> server over Unix sockets, {request}/{response}-byte messages): p50 {:.1?}, p99 {:.1?}; {in_flight} in flight: {:.0} round trips/s",
+        bare.p50, bare.p99, bare.per_second
+    );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!(
+        "  eris-fleet's path / floor: p50 {:.2}x, p99 {:.2}x (target within 1.3x); throughput {:.2} of the floor (target at least 0.5)",
+        ratio(eris_p50, bare.p50),
+        ratio(eris_p99, bare.p99),
+        eris.per_second / bare.per_second
+    );
+    println!(
+        "  admiral -> echo / floor: p50 {:.2}x, p99 {:.2}x; throughput {:.2} of the floor",
+        ratio(admiral.0, bare.p50),
+        ratio(admiral.1, bare.p99),
+        admiral.2 / bare.per_second
+    );
+    Ok(())
+}
+
+/// The frame sizes of one command on eris-fleet's path: the request a cluster sends, and the
+/// reply it gets back (length prefixes included).
+fn message_sizes() -> Result<(usize, usize)> {
+    use carrier::ipc::frame::{DEFAULT_MAX_FRAME, encode};
+    use carrier::ipc::proto::{Down, Outcome, Reply, Request, Up};
+    let request = Up::Request {
+        id: u64::MAX / 3,
+        timeout_ms: 10_000,
+        request: Request::Command {
+            target: carrier::Target::Service("echo".into()),
+            payload: Payload::from("ping"),
+        },
+    };
+    let reply = Down::Reply {
+        id: u64::MAX / 3,
+        reply: Reply::Outcome(Outcome::Ok(Payload::from("ping"))),
+    };
+    Ok((
+        encode(&request, DEFAULT_MAX_FRAME)?.len(),
+        encode(&reply, DEFAULT_MAX_FRAME)?.len(),
+    ))
 }
 
 async fn memory(admiral: &AdmiralHandle) -> Result<()> {

@@ -118,6 +118,95 @@ pub struct ClusterReport {
     pub ticks: u64,
 }
 
+/// A measurement of commands from a cluster to the `echo` service, through the admiral (the path
+/// eris-fleet measures): asked of a cluster as `ipc-run:ROUNDS:TOTAL:IN_FLIGHT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpcRun {
+    /// Sequential round trips timed.
+    pub rounds: u32,
+    /// Commands sent for the throughput figure.
+    pub total: u32,
+    /// Of those, in flight at once.
+    pub in_flight: u32,
+}
+
+/// What an [`IpcRun`] measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IpcFigures {
+    /// Sequential round trip, median, in nanoseconds.
+    pub p50_ns: u64,
+    /// Sequential round trip, 99th percentile, in nanoseconds.
+    pub p99_ns: u64,
+    /// Commands answered per second with `in_flight` at once.
+    pub per_second: f64,
+}
+
+impl IpcRun {
+    /// The command that asks a cluster for this run.
+    #[must_use]
+    pub fn command(&self) -> Payload {
+        Payload::from(
+            format!("ipc-run:{}:{}:{}", self.rounds, self.total, self.in_flight).into_bytes(),
+        )
+    }
+
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?.strip_prefix("ipc-run:")?;
+        let mut parts = text.split(':').map(str::parse::<u32>);
+        Some(Self {
+            rounds: parts.next()?.ok()?,
+            total: parts.next()?.ok()?,
+            in_flight: parts.next()?.ok()?.max(1),
+        })
+    }
+
+    async fn measure(self, ipc: &carrier::Ipc) -> Result<IpcFigures, String> {
+        let ping = Payload::from("ping");
+        let ask = |ipc: carrier::Ipc, ping: Payload| async move {
+            ipc.service_command("echo", ping)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        for _ in 0..self.rounds / 10 {
+            ask(ipc.clone(), ping.clone()).await?;
+        }
+        let mut times = Vec::with_capacity(self.rounds as usize);
+        for _ in 0..self.rounds {
+            let sent = std::time::Instant::now();
+            ask(ipc.clone(), ping.clone()).await?;
+            times.push(sent.elapsed());
+        }
+        times.sort_unstable();
+        let at = |q: f64| {
+            times
+                .get(((times.len().max(1) - 1) as f64 * q).round() as usize)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
+        let started = std::time::Instant::now();
+        let each = self.total / self.in_flight;
+        let tasks: Vec<_> = (0..self.in_flight)
+            .map(|_| {
+                let (ipc, ping) = (ipc.clone(), ping.clone());
+                tokio::spawn(async move {
+                    for _ in 0..each {
+                        ask(ipc.clone(), ping.clone()).await?;
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        Ok(IpcFigures {
+            p50_ns: at(0.5),
+            p99_ns: at(0.99),
+            per_second: f64::from(each * self.in_flight) / started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
 /// What every example cluster does with messages: answer `hello` with `ack` (its id) to the
 /// admiral, and count `tick`s (the returned counter).
 fn register_handlers(ipc: &carrier::Ipc, id: u32) -> Arc<AtomicU64> {
@@ -181,6 +270,10 @@ impl ClusterWorker for ExampleBot {
     }
 
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if let Some(ask) = IpcRun::parse(payload.as_bytes()) {
+            let measured = ask.measure(&self.context.ipc).await?;
+            return Payload::encode(&measured).map_err(|e| e.to_string());
+        }
         if payload.as_bytes() == b"status" {
             let report = ClusterReport {
                 id: self.context.id,
