@@ -611,12 +611,25 @@ fn fuzz_proxy(plan: FuzzPlan) -> FuzzReport {
         .build()
         .expect("a runtime");
     let (mock, proxy) = servers.block_on(async {
-        let mock =
-            discord_mock::MockDiscord::start(discord_mock::MockConfig::builder().guilds(1).build())
-                .await
-                .expect("the mock starts");
+        // Limits wide open on both sides: the run measures request handling, not waiting for
+        // rate-limit permits.
+        let open = discord_mock::RouteLimit {
+            limit: 60_000,
+            window: Duration::from_secs(1),
+        };
+        let mock = discord_mock::MockDiscord::start(
+            discord_mock::MockConfig::builder()
+                .guilds(1)
+                .global_limit(open)
+                .route_limit(open)
+                .message_limit(open)
+                .build(),
+        )
+        .await
+        .expect("the mock starts");
         let mut config = carrier::proxy::ProxyConfig::new(mock.http_url(), "mock-token");
         config.request_timeout = Duration::from_secs(2);
+        config.global_limit = u16::MAX;
         let proxy = carrier::proxy::RestProxy::start(config)
             .await
             .expect("the proxy starts");

@@ -327,6 +327,8 @@ fn fetch_handler(cache: Arc<Cache>) -> carrier::FetchHandler {
                 let guild = cache.guild(GuildId::new(nonzero(guild)?))?;
                 serde_json::to_vec(guild.members.get(&UserId::new(nonzero(user)?))?)
             }
+            // A lookup this version does not know: a miss.
+            _ => return None,
         };
         json.ok()
     })

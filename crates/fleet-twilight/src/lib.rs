@@ -547,6 +547,8 @@ fn fetch_handler(cache: Arc<DefaultInMemoryCache>) -> carrier::FetchHandler {
                 }
                 serde_json::to_vec(&value)
             }
+            // A lookup this version does not know: a miss.
+            _ => return None,
         };
         json.ok()
     })

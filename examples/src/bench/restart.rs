@@ -24,11 +24,9 @@ impl Gaps {
     fn record(&mut self, shard: u32, event: &ShardEvent, started: Instant) {
         let now = Instant::now();
         match event {
-            ShardEvent::Disconnected(_) => {
-                // Already up again in the replacement (overlap): no gap.
-                if !self.gap.contains_key(&shard) {
-                    self.down.entry(shard).or_insert(now);
-                }
+            // Already up again in the replacement (overlap): no gap.
+            ShardEvent::Disconnected(_) if !self.gap.contains_key(&shard) => {
+                self.down.entry(shard).or_insert(now);
             }
             ShardEvent::Ready | ShardEvent::Resumed => {
                 // Up before the old session closed (overlap): no gap.
@@ -41,7 +39,7 @@ impl Gaps {
                     .entry(shard)
                     .or_insert_with(|| now.saturating_duration_since(down));
             }
-            ShardEvent::Connecting => {}
+            _ => {}
         }
     }
 }

@@ -69,6 +69,7 @@ impl fmt::Display for WorkerId {
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum State {
     /// Not spawned yet (waiting for its launch phase).
     Pending,

@@ -121,6 +121,7 @@ pub enum Group {
 
 /// The result of a command on one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The handler answered.
     Ok(Payload),
@@ -156,6 +157,7 @@ pub enum LogLevel {
 
 /// What the admiral assigns a worker in [`Down::Welcome`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Assignment {
     /// Run a cluster.
     Cluster(ClusterAssignment),
@@ -223,6 +225,7 @@ impl fmt::Debug for ClusterAssignment {
 
 /// What a shard went through, reported with [`Status::Shard`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ShardEvent {
     /// Connecting to the gateway.
     Connecting,
@@ -236,6 +239,7 @@ pub enum ShardEvent {
 
 /// Lifecycle reports from a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Status {
     /// The worker is ready: a service started, or every shard of a cluster is READY.
     Ready,
@@ -296,6 +300,7 @@ pub enum StoreRequest {
 
 /// A lookup in the clusters' caches ([`Request::Fetch`], [`Down::Fetch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Fetch {
     /// A user by id.
     User(u64),
@@ -328,6 +333,7 @@ impl Fetch {
 
 /// Requests a worker (or the admiral's own handle) makes of the admiral.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Request {
     /// Deliver `event` to every worker and the admiral (the sender included).
     Broadcast {
@@ -412,6 +418,7 @@ pub enum Request {
 
 /// Answers to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Reply {
     /// Accepted (broadcast, send, identify granted, store write done).
     Done,
@@ -432,6 +439,7 @@ pub enum Reply {
 
 /// Why the admiral refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
     /// No such target exists in the fleet.
     #[error("no {0} in this fleet")]
@@ -455,6 +463,7 @@ pub enum Refusal {
 
 /// Worker → admiral.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Up {
     /// First frame: proves the worker belongs to this fleet.
     Hello {
@@ -494,6 +503,7 @@ pub enum Up {
 
 /// Admiral → worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Down {
     /// The handshake succeeded; here is the worker's assignment.
     Welcome(Assignment),
