@@ -340,14 +340,16 @@ impl Ipc {
             let Some(handler) = handler else {
                 return Outcome::Error("this worker has no command handler".to_owned());
             };
-            let asked = format!("from {from}");
+            // Kept for a panic report only: a clone, not a formatted string, on every command.
+            let asked = from.clone();
             let run = crate::panics::catch(handler(from, payload));
             match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(Ok(payload))) => Outcome::Ok(payload),
                 Ok(Ok(Err(message))) => Outcome::Error(message),
                 Ok(Err(panicked)) => {
                     let answer = format!("the command handler panicked: {}", panicked.message);
-                    ipc.report_panic(panicked.report("command", None, Some(asked)));
+                    let asked = Some(format!("from {asked}"));
+                    ipc.report_panic(panicked.report("command", None, asked));
                     Outcome::Error(answer)
                 }
                 Err(_) => Outcome::TimedOut,
@@ -595,12 +597,11 @@ impl Ipc {
         let Some(handler) = handler else {
             return Outcome::Ok(Payload::default());
         };
-        let asked = format!("{query:?}");
         match crate::panics::catch_sync(|| handler(query)) {
             Ok(found) => Outcome::Ok(found.map(Payload::from).unwrap_or_default()),
             Err(panicked) => {
                 let answer = format!("the fetch handler panicked: {}", panicked.message);
-                self.report_panic(panicked.report("fetch", None, Some(asked)));
+                self.report_panic(panicked.report("fetch", None, Some(format!("{query:?}"))));
                 Outcome::Error(answer)
             }
         }
