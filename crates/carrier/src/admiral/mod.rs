@@ -21,7 +21,7 @@ pub use self::plan::{ShardCount, ShardPlan};
 pub use self::process::WorkerCommand;
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, IpcError, Transport};
-use crate::ipc::proto::{Group, LogLevel, LogRecord, Outcome, ShardEvent, Target};
+use crate::ipc::proto::{Group, LogRecord, Outcome, ShardEvent, Target};
 use crate::proxy::{ProxyStats, ProxyStatsHandle, RestProxy};
 
 /// Events the admiral publishes.
@@ -670,17 +670,6 @@ fn private_dir(base: &std::path::Path) -> Result<PathBuf, AdmiralError> {
         path: base.to_owned(),
         source: std::io::Error::other("no free directory name"),
     })
-}
-
-/// Logs a worker's record through `tracing`, tagged with the worker.
-pub(crate) fn log_record(worker: &Target, record: &LogRecord) {
-    let worker = worker.to_string();
-    match record.level {
-        LogLevel::Debug => tracing::debug!(target: "fleet::worker", %worker, "{}", record.message),
-        LogLevel::Info => tracing::info!(target: "fleet::worker", %worker, "{}", record.message),
-        LogLevel::Warn => tracing::warn!(target: "fleet::worker", %worker, "{}", record.message),
-        LogLevel::Error => tracing::error!(target: "fleet::worker", %worker, "{}", record.message),
-    }
 }
 
 #[cfg(test)]

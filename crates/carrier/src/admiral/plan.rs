@@ -4,17 +4,7 @@ use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 
-/// How the shard total is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum ShardCount {
-    /// Discord's recommendation from `/gateway/bot`.
-    #[default]
-    Auto,
-    /// Exactly this many.
-    Exact(u32),
-    /// Enough shards for this many guilds each, from the recommendation (which assumes 1000).
-    GuildsPerShard(u32),
-}
+pub use crate::ipc::proto::ShardCount;
 
 /// One cluster's share of the shards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,7 +57,7 @@ pub(crate) fn spawn(
         .args(&request.command.args)
         .envs(request.command.env.iter().map(|(k, v)| (k, v)))
         .envs(request.env.iter().map(|(k, v)| (k, v)))
-        .env("FLEET_WORKER", request.worker.to_string())
+        .env(crate::ipc::link::ENV_WORKER, request.worker.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

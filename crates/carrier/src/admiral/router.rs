@@ -24,7 +24,7 @@ use super::{AdmiralConfig, FleetEvent, ShardPlan, WorkerStatus};
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, LocalRequest, Message};
 use crate::ipc::frame;
-use crate::ipc::link::{ENV_MAX_FRAME, ENV_PROCESS, ENV_SECRET, ENV_SOCKET, ENV_TIMEOUT};
+use crate::ipc::link::WorkerEnv;
 use crate::ipc::proto::{
     Assignment, ClusterAssignment, Down, Fetch, Group, MAX_TIMEOUT, Outcome, Payload, Refusal,
     Reply, Request, ShardSession, Status, StoreRequest, Target, Up, clamp_timeout,
@@ -558,7 +558,7 @@ impl Router {
                 });
             }
             Up::Log(record) => {
-                super::log_record(&worker.target(), &record);
+                record.emit(&worker.target());
                 let _ = self.events.send(FleetEvent::Log { worker, record });
             }
         }
@@ -1340,16 +1340,14 @@ impl Router {
     fn execute(&mut self, command: Command) {
         match command {
             Command::Spawn { worker, process } => {
-                let env = vec![
-                    (ENV_SOCKET, self.socket.display().to_string()),
-                    (ENV_SECRET, self.secret.expose().to_owned()),
-                    (ENV_PROCESS, process.to_string()),
-                    (ENV_MAX_FRAME, self.config.max_frame.to_string()),
-                    (
-                        ENV_TIMEOUT,
-                        self.config.request_timeout.as_millis().to_string(),
-                    ),
-                ];
+                let env = WorkerEnv {
+                    socket: self.socket.clone(),
+                    secret: self.secret.clone(),
+                    process,
+                    max_frame: self.config.max_frame,
+                    timeout: self.config.request_timeout,
+                }
+                .vars();
                 let request = SpawnRequest {
                     command: &self.config.worker_command,
                     worker: &worker,

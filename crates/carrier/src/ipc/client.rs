@@ -12,13 +12,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use crate::admiral::plan::ShardCount;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::frame::FrameError;
 use super::proto::{
     Fetch, Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Refusal, Reply, Request,
-    RestartMode, ShardSession, Status, StoreRequest, Target, Up,
+    RestartMode, ShardCount, ShardSession, Status, StoreRequest, Target, Up,
 };
 
 /// Requests one handle may have in flight; more wait (back-pressure).
@@ -721,7 +720,7 @@ impl Ipc {
                 .await
                 .map_err(|_| IpcError::Disconnected),
             Transport::Local(_) => {
-                crate::admiral::log_record(&self.inner.me, &record);
+                record.emit(&self.inner.me);
                 Ok(())
             }
         }

@@ -22,6 +22,9 @@ pub const ENV_PROCESS: &str = "FLEET_PROCESS";
 pub const ENV_MAX_FRAME: &str = "FLEET_MAX_FRAME";
 /// Environment variable: default request timeout in milliseconds.
 pub const ENV_TIMEOUT: &str = "FLEET_REQUEST_TIMEOUT_MS";
+/// Environment variable: the worker's name (`cluster-0`, `service-echo`), for the user's own
+/// use; what the worker runs comes with its assignment over IPC.
+pub const ENV_WORKER: &str = "FLEET_WORKER";
 
 /// How long the admiral has to answer the hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +55,20 @@ impl std::fmt::Debug for WorkerEnv {
 }
 
 impl WorkerEnv {
+    /// The variables that carry this environment to a worker process: what
+    /// [`from_env`](Self::from_env) reads there. The secret is among them: they go to the child's
+    /// environment only, never to a command line or a log.
+    #[must_use]
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (ENV_SOCKET, self.socket.display().to_string()),
+            (ENV_SECRET, self.secret.expose().to_owned()),
+            (ENV_PROCESS, self.process.to_string()),
+            (ENV_MAX_FRAME, self.max_frame.to_string()),
+            (ENV_TIMEOUT, self.timeout.as_millis().to_string()),
+        ]
+    }
+
     /// The environment of a worker process, or `None` in the admiral (no socket variable).
     ///
     /// # Panics
@@ -59,20 +76,21 @@ impl WorkerEnv {
     /// started wrongly and cannot join.
     #[must_use]
     pub fn from_env() -> Option<Self> {
-        let socket = std::env::var_os(ENV_SOCKET)?;
-        let secret = crate::Secret::new(
-            std::env::var(ENV_SECRET).expect("FLEET_IPC_SECRET is set for workers"),
-        );
-        let process = std::env::var(ENV_PROCESS)
-            .ok()
+        Self::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// [`from_env`](Self::from_env) over any lookup of variables.
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let socket = get(ENV_SOCKET)?;
+        let secret =
+            crate::Secret::new(get(ENV_SECRET).expect("FLEET_IPC_SECRET is set for workers"));
+        let process = get(ENV_PROCESS)
             .and_then(|p| p.parse().ok())
             .expect("FLEET_PROCESS is a number for workers");
-        let max_frame = std::env::var(ENV_MAX_FRAME)
-            .ok()
+        let max_frame = get(ENV_MAX_FRAME)
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_FRAME);
-        let timeout = std::env::var(ENV_TIMEOUT)
-            .ok()
+        let timeout = get(ENV_TIMEOUT)
             .and_then(|v| v.parse().ok())
             .map_or(super::client::DEFAULT_TIMEOUT, Duration::from_millis);
         Some(Self {
@@ -316,4 +334,32 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
             handoffs: Arc::new(tokio::sync::Mutex::new(handoffs)),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_a_worker_is_given_is_the_one_it_reads() {
+        let env = WorkerEnv {
+            socket: "/run/fleet-1/admiral.sock".into(),
+            secret: crate::Secret::new("s3cret"),
+            process: 42,
+            max_frame: 1 << 20,
+            timeout: Duration::from_millis(2500),
+        };
+        let vars: std::collections::HashMap<_, _> = env.vars().into_iter().collect();
+        let read = WorkerEnv::from_lookup(|name| vars.get(name).cloned()).unwrap();
+        assert_eq!(read.socket, env.socket);
+        assert_eq!(read.secret, env.secret);
+        assert_eq!(
+            (read.process, read.max_frame, read.timeout),
+            (env.process, env.max_frame, env.timeout)
+        );
+        assert!(
+            WorkerEnv::from_lookup(|_| None).is_none(),
+            "no socket: the admiral"
+        );
+    }
 }

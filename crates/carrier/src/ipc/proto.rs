@@ -142,6 +142,19 @@ pub struct LogRecord {
     pub message: String,
 }
 
+impl LogRecord {
+    /// Logs the record through `tracing` (target `fleet::worker`), tagged with who sent it.
+    pub(crate) fn emit(&self, worker: &Target) {
+        let (worker, message) = (worker.to_string(), &self.message);
+        match self.level {
+            LogLevel::Debug => tracing::debug!(target: "fleet::worker", %worker, "{message}"),
+            LogLevel::Info => tracing::info!(target: "fleet::worker", %worker, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "fleet::worker", %worker, "{message}"),
+            LogLevel::Error => tracing::error!(target: "fleet::worker", %worker, "{message}"),
+        }
+    }
+}
+
 /// Log severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum LogLevel {
@@ -298,6 +311,18 @@ pub enum StoreRequest {
     Clear,
 }
 
+/// How the shard total is chosen (at launch, and in [`Request::Reshard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ShardCount {
+    /// Discord's recommendation from `/gateway/bot`.
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Exact(u32),
+    /// Enough shards for this many guilds each, from the recommendation (which assumes 1000).
+    GuildsPerShard(u32),
+}
+
 /// A lookup in the clusters' caches ([`Request::Fetch`], [`Down::Fetch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -389,7 +414,7 @@ pub enum Request {
     /// live and the old generation drains. Answered with `Done` then, or refused with why.
     Reshard {
         /// The new shard total: exact, Discord's recommendation, or guilds per shard.
-        count: crate::admiral::plan::ShardCount,
+        count: ShardCount,
         /// Clusters of the new generation.
         clusters: Option<u32>,
     },
