@@ -137,8 +137,7 @@ async fn rogue() -> ExitCode {
 async fn fuzzer() -> ExitCode {
     /// Ids of the probes: far above any the hostile messages use.
     const PROBE: u64 = u64::MAX - 1_000_000;
-    use carrier::ipc::frame::FrameReader;
-    use carrier::ipc::proto::{Down, Request, Status, StoreRequest};
+    use carrier::ipc::proto::{Down, Request, StoreRequest};
     let env = WorkerEnv::from_env().expect("started by an admiral");
     let count = std::env::var("FUZZ_MESSAGES")
         .ok()
@@ -148,27 +147,10 @@ async fn fuzzer() -> ExitCode {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    let stream = tokio::net::UnixStream::connect(&env.socket)
-        .await
-        .expect("admiral socket");
-    let (read, write) = stream.into_split();
-    let mut reader = FrameReader::new(read, env.max_frame);
-    let mut writer = FrameWriter::new(write, env.max_frame);
-    writer
-        .send(&Up::Hello {
-            secret: env.secret.clone(),
-            process: env.process,
-        })
-        .await
-        .expect("hello");
-    if !matches!(reader.next::<Down>().await, Ok(Down::Welcome(_))) {
+    let Some((mut reader, mut writer)) = join_ready(&env).await else {
         eprintln!("fuzzer: not welcome");
         return ExitCode::from(4);
-    }
-    writer
-        .send(&Up::Status(Status::Ready))
-        .await
-        .expect("ready");
+    };
     let messages = fleet_tests::fuzz::hostile_messages(seed, count);
     // Replies to hostile requests come back too; read them off as they come, and note the
     // answer to each probe.
@@ -225,29 +207,11 @@ async fn fuzzer() -> ExitCode {
 /// admiral's "overloaded" refusals: every request past the admiral's per-worker cap must get
 /// one at once. Prints what it counted and exits 0.
 async fn flood() -> ExitCode {
-    use carrier::ipc::frame::FrameReader;
-    use carrier::ipc::proto::{Down, Refusal, Reply, Request, Status};
+    use carrier::ipc::proto::{Down, Refusal, Reply, Request};
     let env = WorkerEnv::from_env().expect("started by an admiral");
-    let stream = tokio::net::UnixStream::connect(&env.socket)
-        .await
-        .expect("admiral socket");
-    let (read, write) = stream.into_split();
-    let mut reader = FrameReader::new(read, env.max_frame);
-    let mut writer = FrameWriter::new(write, env.max_frame);
-    writer
-        .send(&Up::Hello {
-            secret: env.secret.clone(),
-            process: env.process,
-        })
-        .await
-        .expect("hello");
-    if !matches!(reader.next::<Down>().await, Ok(Down::Welcome(_))) {
+    let Some((mut reader, mut writer)) = join_ready(&env).await else {
         return ExitCode::from(4);
-    }
-    writer
-        .send(&Up::Status(Status::Ready))
-        .await
-        .expect("ready");
+    };
     let sent = 10_000u64;
     for id in 1..=sent {
         let up = Up::Request {
@@ -283,4 +247,29 @@ async fn flood() -> ExitCode {
         "flood: {sent} sent, {answered} answered at once, {refused} of them refused by the admiral"
     );
     ExitCode::SUCCESS
+}
+
+/// A raw connection to the admiral: hello, welcome, then `Ready`, so the admiral counts this
+/// worker as serving. `None` if it was not welcomed.
+async fn join_ready(
+    env: &WorkerEnv,
+) -> Option<(
+    carrier::ipc::frame::FrameReader<tokio::net::unix::OwnedReadHalf>,
+    FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+)> {
+    use carrier::ipc::proto::{Down, Status};
+    let stream = tokio::net::UnixStream::connect(&env.socket).await.ok()?;
+    let (read, write) = stream.into_split();
+    let mut reader = carrier::ipc::frame::FrameReader::new(read, env.max_frame);
+    let mut writer = FrameWriter::new(write, env.max_frame);
+    let hello = Up::Hello {
+        secret: env.secret.clone(),
+        process: env.process,
+    };
+    writer.send(&hello).await.ok()?;
+    if !matches!(reader.next::<Down>().await, Ok(Down::Welcome(_))) {
+        return None;
+    }
+    writer.send(&Up::Status(Status::Ready)).await.ok()?;
+    Some((reader, writer))
 }
