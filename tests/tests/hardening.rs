@@ -380,6 +380,21 @@ async fn strangers_on_the_ipc_socket_cost_only_their_connections() {
     })
     .await;
     assert_eq!(echo().await, Payload::from("still here"));
+    // A worker that starts while a hundred idle strangers hold connections still gets in: the
+    // oldest unproven connections make way for it.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(
+            tokio::net::UnixStream::connect(admiral.ipc_socket())
+                .await
+                .unwrap(),
+        );
+    }
+    admiral
+        .restart(&carrier::WorkerId::Cluster(0), carrier::RestartMode::Hard)
+        .await
+        .expect("a new cluster process connects past the strangers");
+    drop(idle);
     let cluster = admiral
         .ipc()
         .cluster_command(0, Payload::from("ping"))

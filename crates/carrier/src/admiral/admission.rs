@@ -1,15 +1,18 @@
 //! Connections and admission: the IPC listener, each connection's reader and writer tasks, and
 //! the rules a peer meets before it has proved itself (a small first frame, a hello within
-//! [`HELLO_TIMEOUT`], a cap on connections without one). The router decides who is admitted; a
-//! connection's reader reads nothing more until it has.
+//! [`HELLO_TIMEOUT`], a cap on connections without one: past it the oldest is closed, so idle
+//! strangers cannot keep a worker that is just starting from getting in). The router decides who
+//! is admitted; a connection's reader reads nothing more until it has.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
 
 use super::router::{CONNECTION_QUEUE, ConnId, Inbox};
 use crate::ipc::frame::{FrameError, FrameReader, FrameWriter};
@@ -21,7 +24,7 @@ pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest frame read before a connection has proved itself (a hello is well under 1 KiB).
 pub(crate) const HELLO_MAX_FRAME: usize = 4096;
 
-/// Connections that have not said hello yet, at most; more are closed at once.
+/// Connections that have not said hello yet, at most; a new one past this closes the oldest.
 pub(crate) const MAX_UNPROVEN: usize = 64;
 
 /// How long the listener pauses after a failed accept.
@@ -48,7 +51,7 @@ pub(crate) async fn accept(
     max_frame: usize,
 ) {
     let mut next_conn: ConnId = 0;
-    let unproven = Arc::new(Semaphore::new(MAX_UNPROVEN));
+    let unproven = Unproven::default();
     let mut saturated = false;
     loop {
         let stream = match listener.accept().await {
@@ -63,18 +66,51 @@ pub(crate) async fn accept(
             return;
         }
         // Connections that have not said hello yet are capped: a stranger cannot hold the
-        // admiral's memory or tasks with idle or half-sent connections.
-        let Ok(permit) = unproven.clone().try_acquire_owned() else {
+        // admiral's memory or tasks with idle or half-sent connections. The oldest goes, not the
+        // newest: a worker says hello within milliseconds of connecting, an idle stranger never.
+        if let Some(oldest) = unproven.evict_past(MAX_UNPROVEN - 1) {
             if !saturated {
-                tracing::warn!(target: "fleet::ipc", limit = MAX_UNPROVEN, "too many IPC connections without a hello; refusing new ones until some prove themselves");
+                tracing::warn!(target: "fleet::ipc", limit = MAX_UNPROVEN, "too many IPC connections without a hello; closing the oldest");
             }
             saturated = true;
-            drop(stream);
-            continue;
-        };
-        saturated = false;
+            let error = Some("closed: too many connections without a hello".to_owned());
+            let _ = inbox
+                .send(Inbox::Closed {
+                    conn: oldest,
+                    error,
+                })
+                .await;
+        } else {
+            saturated = false;
+        }
         next_conn += 1;
-        connection(next_conn, stream, permit, inbox.clone(), max_frame).await;
+        connection(next_conn, stream, &unproven, inbox.clone(), max_frame).await;
+    }
+}
+
+/// The readers of connections that have not said hello yet, oldest first.
+#[derive(Debug, Clone, Default)]
+struct Unproven(Arc<Mutex<VecDeque<(ConnId, AbortHandle)>>>);
+
+impl Unproven {
+    fn with<T>(&self, f: impl FnOnce(&mut VecDeque<(ConnId, AbortHandle)>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Stops the oldest reader if more than `keep` are waiting; returns its connection.
+    fn evict_past(&self, keep: usize) -> Option<ConnId> {
+        let (conn, reader) = self.with(|q| (q.len() > keep).then(|| q.pop_front()).flatten())?;
+        reader.abort();
+        Some(conn)
+    }
+
+    fn add(&self, conn: ConnId, reader: AbortHandle) {
+        self.with(|q| q.push_back((conn, reader)));
+    }
+
+    /// `conn` said hello, or failed to: it no longer counts.
+    fn remove(&self, conn: ConnId) {
+        self.with(|q| q.retain(|(c, _)| *c != conn));
     }
 }
 
@@ -84,7 +120,7 @@ pub(crate) async fn accept(
 async fn connection(
     conn: ConnId,
     stream: UnixStream,
-    unproven: OwnedSemaphorePermit,
+    unproven: &Unproven,
     inbox: mpsc::Sender<Inbox>,
     max_frame: usize,
 ) {
@@ -115,7 +151,8 @@ async fn connection(
             }
         }
     });
-    tokio::spawn(async move {
+    let waiting = unproven.clone();
+    let reader = tokio::spawn(async move {
         let mut reader = FrameReader::new(read, HELLO_MAX_FRAME);
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Up>()).await;
         let (secret, process) = match hello {
@@ -126,6 +163,7 @@ async fn connection(
                     Ok(Err(e)) => format!("bad hello: {e}"),
                     Ok(Ok(_)) => "first frame was not a hello".to_owned(),
                 };
+                waiting.remove(conn);
                 let _ = inbox
                     .send(Inbox::Closed {
                         conn,
@@ -135,6 +173,8 @@ async fn connection(
                 return;
             }
         };
+        // It said hello: no longer an idle stranger (a wrong secret is refused by the router).
+        waiting.remove(conn);
         let (verdict_tx, verdict) = oneshot::channel();
         if inbox
             .send(Inbox::Hello {
@@ -152,7 +192,6 @@ async fn connection(
         if verdict.await != Ok(true) {
             return;
         }
-        drop(unproven);
         reader.set_max_frame(max_frame);
         loop {
             match reader.next::<Up>().await {
@@ -174,6 +213,7 @@ async fn connection(
             }
         }
     });
+    unproven.add(conn, reader.abort_handle());
 }
 
 /// Whether a read failed because the peer went away rather than because of what it sent.
@@ -282,19 +322,35 @@ mod tests {
             idle.push(rig.dial());
             assert!(matches!(rig.next().await, Inbox::Connected { .. }));
         }
-        // One more is closed at once: its peer reads the end of the stream.
-        let mut refused = rig.dial();
+        // One more closes the oldest: the router hears so, and its peer reads the end.
+        let mut newest = rig.dial();
+        assert!(matches!(
+            rig.next().await,
+            Inbox::Closed {
+                conn: 1,
+                error: Some(_)
+            }
+        ));
+        assert!(matches!(
+            rig.next().await,
+            Inbox::Connected { conn: 65, .. }
+        ));
         let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte)).await;
+        let read = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut byte)).await;
         assert_eq!(read.expect("closed promptly").unwrap(), 0);
-        // Once one of them proves itself, there is room again.
-        idle[0].write_all(&hello_frame()).await.unwrap();
-        let Inbox::Hello { admitted, .. } = rig.next().await else {
+        // The newest, a worker that is just starting, still gets in.
+        newest.write_all(&hello_frame()).await.unwrap();
+        let Inbox::Hello { conn, admitted, .. } = rig.next().await else {
             panic!("expected a hello");
         };
+        assert_eq!(conn, 65);
         admitted.send(true).unwrap();
+        // Once it proved itself, a new connection evicts nobody.
         let _peer = rig.dial();
-        assert!(matches!(rig.next().await, Inbox::Connected { .. }));
+        assert!(matches!(
+            rig.next().await,
+            Inbox::Connected { conn: 66, .. }
+        ));
     }
 
     #[tokio::test]
