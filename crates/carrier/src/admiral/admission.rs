@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use super::router::{CONNECTION_QUEUE, ConnId, Inbox};
+use super::router::inbox::{CONNECTION_QUEUE, ConnId, Inbox};
 use crate::ipc::frame::{FrameError, FrameReader, FrameWriter};
 use crate::ipc::proto::Up;
 

@@ -248,7 +248,7 @@ pub enum AdmiralError {
 #[derive(Debug)]
 pub struct AdmiralHandle {
     ipc: Ipc,
-    inbox: mpsc::Sender<router::Inbox>,
+    inbox: mpsc::Sender<router::inbox::Inbox>,
     events: broadcast::Sender<FleetEvent>,
     first_events: Mutex<Option<broadcast::Receiver<FleetEvent>>>,
     ready: watch::Receiver<Option<(usize, usize)>>,
@@ -352,7 +352,7 @@ impl AdmiralHandle {
     pub async fn workers(&self) -> Result<Vec<WorkerStatus>, AdmiralError> {
         let (tx, rx) = oneshot::channel();
         self.inbox
-            .send(router::Inbox::Workers(tx))
+            .send(router::inbox::Inbox::Workers(tx))
             .await
             .map_err(|_| AdmiralError::Stopped)?;
         rx.await.map_err(|_| AdmiralError::Stopped)
@@ -392,7 +392,7 @@ impl AdmiralHandle {
 
     /// Shuts the whole fleet down gracefully and waits until every worker has exited.
     pub async fn shutdown(&self) {
-        let _ = self.inbox.send(router::Inbox::Shutdown).await;
+        let _ = self.inbox.send(router::inbox::Inbox::Shutdown).await;
         self.wait_stopped().await;
     }
 
@@ -461,7 +461,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         let signals = tokio::spawn(async move {
             let signal = shutdown_signal().await;
             tracing::info!(target: "fleet::admiral", signal, "shutting the fleet down");
-            let _ = inbox.send(router::Inbox::Shutdown).await;
+            let _ = inbox.send(router::inbox::Inbox::Shutdown).await;
         });
         tasks.push(signals.abort_handle());
     }

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::lifecycle::{ProcessId, WorkerId};
 use super::{FleetEvent, OutputStream};
-use crate::admiral::router::Inbox;
+use crate::admiral::router::inbox::Inbox;
 
 /// Longest output line passed on; the rest of a longer line is cut.
 pub const MAX_LINE: usize = 16 * 1024;

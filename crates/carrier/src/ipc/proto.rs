@@ -268,7 +268,7 @@ pub enum Status {
         event: ShardEvent,
     },
     /// User code panicked (see [`crate::panics`]).
-    Panic(crate::panics::PanicReport),
+    Panic(PanicReport),
 }
 
 /// How a requested restart replaces a worker's process.
@@ -294,6 +294,47 @@ pub struct ShardSession {
     pub sequence: u64,
     /// Where to resume, if Discord named a URL.
     pub resume_url: Option<String>,
+}
+
+/// What a worker reports about a panic in user code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicReport {
+    /// Where in the worker it happened: `handle_event`, `command`, `fetch`, `message handler`,
+    /// `activate`, `shutdown`, or `task` for one nobody caught.
+    pub context: String,
+    /// The shard whose event was being handled, if any.
+    pub shard: Option<u32>,
+    /// The kind of that event (`MessageCreate`, ...), or the message's event name.
+    pub event: Option<String>,
+    /// The panic's message.
+    pub message: String,
+    /// `file:line:column` of the panic, when the worker's hook saw it.
+    pub location: Option<String>,
+    /// Whether the panic was caught and the work went on (`false`: it ended the task it ran
+    /// in).
+    pub caught: bool,
+    /// Reports dropped before this one because the queue was full.
+    pub dropped_before: u64,
+}
+
+impl std::fmt::Display for PanicReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "panic in {}", self.context)?;
+        if let Some(shard) = self.shard {
+            write!(f, " (shard {shard}")?;
+            if let Some(event) = &self.event {
+                write!(f, ", {event}")?;
+            }
+            write!(f, ")")?;
+        } else if let Some(event) = &self.event {
+            write!(f, " ({event})")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(location) = &self.location {
+            write!(f, " at {location}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Store operations.

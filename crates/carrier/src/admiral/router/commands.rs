@@ -1,0 +1,157 @@
+//! Commands: one target's handler answers (or the admiral's own), or every worker of a group
+//! answers and the asker gets one outcome per target. Each forward is tracked in the call table
+//! with a deadline a little before the asker's own.
+
+use std::time::Duration;
+
+use super::calls::{Route, Waiter};
+use super::{Inbox, Router};
+use crate::admiral::lifecycle::{ProcessId, WorkerId};
+use crate::ipc::proto::{Down, Fetch, Group, Outcome, Payload, Reply, Target};
+
+/// Process number standing for the admiral itself when it answers commands.
+const ADMIRAL_PROCESS: ProcessId = 0;
+
+/// What a forward asks of its target.
+#[derive(Debug)]
+pub(super) enum Ask {
+    Command(Payload),
+    Fetch(Fetch),
+}
+
+impl Router {
+    pub(super) fn command(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        target: Target,
+        payload: Payload,
+        timeout: Duration,
+    ) {
+        if let Err(refusal) = self.known(&target) {
+            self.reply(waiter, Reply::Refused(refusal));
+            return;
+        }
+        let ask = Ask::Command(payload);
+        self.forward(from, target, ask, timeout, Route::Single(waiter));
+    }
+
+    pub(super) fn command_all(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        group: Group,
+        payload: &Payload,
+        timeout: Duration,
+    ) {
+        let targets: Vec<Target> = self
+            .lifecycle
+            .workers()
+            .filter(|w| match group {
+                Group::Clusters => matches!(w.id, WorkerId::Cluster(_)),
+                Group::Services => matches!(w.id, WorkerId::Service(_)),
+            })
+            .map(|w| w.id.target())
+            .collect();
+        self.fan_out(from, waiter, targets, timeout, || {
+            Ask::Command(payload.clone())
+        });
+    }
+
+    /// Every cluster of the current plan counts its guilds.
+    pub(super) fn count_guilds(&mut self, from: &Target, waiter: Waiter, timeout: Duration) {
+        let targets: Vec<Target> = self
+            .plan
+            .clusters
+            .iter()
+            .map(|c| Target::Cluster(c.id))
+            .collect();
+        self.fan_out(from, waiter, targets, timeout, || {
+            Ask::Fetch(Fetch::GuildCount)
+        });
+    }
+
+    /// Asks every target and answers with one outcome per target once all have answered.
+    fn fan_out(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        targets: Vec<Target>,
+        timeout: Duration,
+        ask: impl Fn() -> Ask,
+    ) {
+        match self.calls.fan_out(waiter, targets.len()) {
+            Ok(group) => {
+                for target in targets {
+                    self.forward(from, target, ask(), timeout, Route::Part(group));
+                }
+            }
+            Err(answer) => self.answer(answer),
+        }
+    }
+
+    /// Sends a command or lookup to one target's live process (or runs the admiral's own
+    /// command handler), tracked until it is answered, its process goes, or it times out.
+    pub(super) fn forward(
+        &mut self,
+        from: &Target,
+        target: Target,
+        ask: Ask,
+        timeout: Duration,
+        route: Route,
+    ) {
+        let id = self.calls.next_id();
+        // Answer a little before the asker gives up, so it hears "timed out" from us.
+        let deadline = timeout.saturating_sub(timeout / 20);
+        if target == Target::Admiral {
+            let Ask::Command(payload) = ask else {
+                self.undelivered(route, target);
+                return;
+            };
+            self.calls
+                .track(id, ADMIRAL_PROCESS, target, route, deadline);
+            let run = self.ipc.run_command(from.clone(), payload, deadline);
+            let inbox = self.inbox.clone();
+            tokio::spawn(async move {
+                let outcome = run.await;
+                let _ = inbox
+                    .send(Inbox::Answer {
+                        forward: id,
+                        outcome,
+                    })
+                    .await;
+            });
+            return;
+        }
+        let Ok((conn, process)) = self.live_conn(&target) else {
+            self.undelivered(route, target);
+            return;
+        };
+        let down = match ask {
+            Ask::Command(payload) => Down::Command {
+                id,
+                from: from.clone(),
+                payload,
+                timeout_ms: deadline.as_millis() as u64,
+            },
+            Ask::Fetch(query) => Down::Fetch { id, query },
+        };
+        let sent = self
+            .links
+            .encode(&down)
+            .and_then(|body| self.links.send_body(conn, body));
+        if let Err(refusal) = sent {
+            tracing::warn!(target: "fleet::ipc", %target, %refusal, "command not delivered");
+            self.undelivered(route, target);
+            return;
+        }
+        self.calls.track(id, process, target, route, deadline);
+    }
+
+    /// A forward that never left counts as its target being unavailable.
+    fn undelivered(&mut self, route: Route, target: Target) {
+        if let Some(answer) = self.calls.settle(route, target, Outcome::Unavailable) {
+            self.answer(answer);
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The connection and process tables, and the one way out to a worker: every frame the router
+//! sends goes through [`Connections::send_body`], and every target is found through
+//! [`Router::live_conn`]. That is the seam another host's workers would plug in at.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use super::Router;
+use super::inbox::ConnId;
+use crate::admiral::lifecycle::{ProcessId, State, WorkerId};
+use crate::ipc::frame;
+use crate::ipc::proto::{Down, Refusal, Target};
+
+/// Requests one connection may have unanswered; more are refused as overloaded. A worker's own
+/// handle allows [`MAX_IN_FLIGHT`](crate::ipc::client::MAX_IN_FLIGHT), half of this.
+pub(crate) const MAX_REQUESTS_PER_CONN: usize = 8192;
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Its process and the target it serves, once its hello was admitted.
+    pub process: Option<(ProcessId, Target)>,
+    writer: mpsc::Sender<Bytes>,
+    /// Identify waits it started, ended with it.
+    pub identifies: Vec<AbortHandle>,
+    /// Its requests not answered yet.
+    requests: usize,
+}
+
+/// A process's exit code (`None`: killed by a signal).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exit(pub Option<i32>);
+
+#[derive(Debug, Default)]
+pub(crate) struct ProcessInfo {
+    pub pid: Option<u32>,
+    pub kill: Option<oneshot::Sender<()>>,
+    pub conn: Option<ConnId>,
+    /// The process exited while its connection still had frames to read.
+    pub exited: Option<Exit>,
+    /// When it last answered a ping (or said hello).
+    pub last_seen: Option<tokio::time::Instant>,
+    /// Its key to the REST proxy, revoked when it exits.
+    pub rest_key: Option<crate::Secret>,
+}
+
+/// Connections by number and processes by number.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    conns: HashMap<ConnId, Conn>,
+    pub processes: HashMap<ProcessId, ProcessInfo>,
+    max_frame: usize,
+}
+
+impl Connections {
+    /// Empty tables; frames are encoded up to `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            conns: HashMap::new(),
+            processes: HashMap::new(),
+            max_frame,
+        }
+    }
+
+    /// A connection was accepted; it serves nobody until its hello is admitted.
+    pub fn connected(&mut self, conn: ConnId, writer: mpsc::Sender<Bytes>) {
+        let state = Conn {
+            process: None,
+            writer,
+            identifies: Vec::new(),
+            requests: 0,
+        };
+        self.conns.insert(conn, state);
+    }
+
+    /// Ties an admitted connection to its process.
+    pub fn attach(&mut self, conn: ConnId, process: ProcessId, target: Target) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.process = Some((process, target));
+        }
+        let info = self.processes.entry(process).or_default();
+        info.conn = Some(conn);
+        info.last_seen = Some(tokio::time::Instant::now());
+    }
+
+    /// Forgets a connection; its state, if it was known.
+    pub fn remove(&mut self, conn: ConnId) -> Option<Conn> {
+        let state = self.conns.remove(&conn)?;
+        if let Some((process, _)) = state.process
+            && let Some(info) = self.processes.get_mut(&process)
+        {
+            info.conn = None;
+        }
+        Some(state)
+    }
+
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&conn)
+    }
+
+    /// The process an admitted connection belongs to.
+    pub fn process_of(&self, conn: ConnId) -> Option<ProcessId> {
+        self.conns.get(&conn)?.process.as_ref().map(|(p, _)| *p)
+    }
+
+    /// The connection of a process, if it has one.
+    pub fn conn_of(&self, process: ProcessId) -> Option<ConnId> {
+        self.processes.get(&process)?.conn
+    }
+
+    /// Counts a request from `conn`; `false` when it already has as many unanswered as allowed.
+    pub fn begin_request(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.requests >= MAX_REQUESTS_PER_CONN {
+            return false;
+        }
+        c.requests += 1;
+        true
+    }
+
+    /// One of `conn`'s requests was answered.
+    pub fn end_request(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.requests = c.requests.saturating_sub(1);
+        }
+    }
+
+    pub fn encode(&self, down: &Down) -> Result<Bytes, Refusal> {
+        frame::encode(down, self.max_frame).map_err(|e| Refusal::Invalid(e.to_string()))
+    }
+
+    /// Sends a frame, logging what stops it.
+    pub fn send(&self, conn: ConnId, down: &Down) {
+        match self.encode(down) {
+            Ok(body) => {
+                if let Err(refusal) = self.send_body(conn, body) {
+                    tracing::warn!(target: "fleet::ipc", conn, %refusal, "frame not delivered");
+                }
+            }
+            Err(refusal) => {
+                tracing::error!(target: "fleet::ipc", conn, %refusal, "frame not encodable");
+            }
+        }
+    }
+
+    /// Sends a frame to `process`'s connection, if it has one; whether it had.
+    pub fn send_to_process(&self, process: ProcessId, down: &Down) -> bool {
+        let Some(conn) = self.conn_of(process) else {
+            return false;
+        };
+        self.send(conn, down);
+        true
+    }
+
+    /// Queues an encoded frame on a connection, never waiting: a full queue is refused as
+    /// overloaded.
+    pub fn send_body(&self, conn: ConnId, body: Bytes) -> Result<(), Refusal> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(()); // Gone: its process's exit is handled separately.
+        };
+        c.writer.try_send(body).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                let target = c
+                    .process
+                    .as_ref()
+                    .map_or(Target::Admiral, |(_, t)| t.clone());
+                Refusal::Overloaded(target)
+            }
+            mpsc::error::TrySendError::Closed(_) => Refusal::Invalid("connection closing".into()),
+        })
+    }
+
+    /// Kills a process (once; later calls do nothing).
+    pub fn kill(&mut self, process: ProcessId) {
+        if let Some(kill) = self.processes.get_mut(&process).and_then(|i| i.kill.take()) {
+            let _ = kill.send(());
+        }
+    }
+}
+
+impl Router {
+    /// `Ok` if `target` names the admiral or a worker of this fleet.
+    pub(super) fn known(&self, target: &Target) -> Result<(), Refusal> {
+        let exists = match target {
+            Target::Admiral => true,
+            Target::Cluster(id) => self.lifecycle.worker(&WorkerId::Cluster(*id)).is_some(),
+            Target::Service(name) => self
+                .lifecycle
+                .worker(&WorkerId::Service(name.clone()))
+                .is_some(),
+        };
+        if exists {
+            Ok(())
+        } else {
+            Err(Refusal::UnknownTarget(target.clone()))
+        }
+    }
+
+    /// The connection serving a worker's traffic now, and its process.
+    pub(super) fn live_conn(&self, target: &Target) -> Result<(ConnId, ProcessId), Refusal> {
+        self.known(target)?;
+        let id = match target {
+            Target::Admiral => {
+                return Err(Refusal::Invalid("the admiral has no connection".into()));
+            }
+            Target::Cluster(id) => WorkerId::Cluster(*id),
+            Target::Service(name) => WorkerId::Service(name.clone()),
+        };
+        self.lifecycle
+            .live_process(&id)
+            .and_then(|p| Some((self.links.conn_of(p)?, p)))
+            .ok_or_else(|| Refusal::Unavailable(target.clone()))
+    }
+
+    /// Connections of workers that receive broadcasts: the current process of each starting or
+    /// live worker.
+    pub(super) fn serving_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.lifecycle
+            .workers()
+            .filter(|w| matches!(w.state, State::Starting | State::Live))
+            .filter_map(|w| w.process)
+            .filter_map(|p| self.links.conn_of(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_may_have_only_so_many_requests_unanswered() {
+        let mut links = Connections::new(1024);
+        let (tx, _rx) = mpsc::channel(1);
+        links.connected(1, tx);
+        for _ in 0..MAX_REQUESTS_PER_CONN {
+            assert!(links.begin_request(1));
+        }
+        assert!(!links.begin_request(1));
+        links.end_request(1);
+        assert!(links.begin_request(1));
+        assert!(
+            !links.begin_request(2),
+            "an unknown connection asks nothing"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_as_overloaded_naming_the_worker() {
+        let mut links = Connections::new(1024);
+        let (tx, _rx) = mpsc::channel(1);
+        links.connected(1, tx);
+        links.attach(1, 5, Target::Cluster(3));
+        let ping = Down::Ping { seq: 1 };
+        assert!(links.send_to_process(5, &ping));
+        let body = links.encode(&ping).unwrap();
+        assert!(matches!(
+            links.send_body(1, body),
+            Err(Refusal::Overloaded(Target::Cluster(3)))
+        ));
+        assert_eq!(links.process_of(1), Some(5));
+        assert!(links.remove(1).is_some());
+        assert_eq!(links.conn_of(5), None);
+        assert!(!links.send_to_process(5, &ping));
+    }
+}

@@ -1,0 +1,73 @@
+//! What reaches the router: from admission (connections and their frames), from process
+//! watchers (spawns and exits), from tasks the router started (identify grants, the admiral's own
+//! command answers, Discord's recommendation) and from the admiral's handle.
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admiral::WorkerStatus;
+use crate::admiral::lifecycle::ProcessId;
+use crate::ipc::proto::{Outcome, Reply, ShardCount, Up};
+
+/// A connection's number, given by admission.
+pub(crate) type ConnId = u64;
+
+/// Frames queued per connection before the admiral answers "overloaded".
+pub const CONNECTION_QUEUE: usize = 8192;
+
+/// Who waits for a reply.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    /// Request `id` of a worker's connection.
+    Conn(ConnId, u64),
+    /// The admiral's own handle.
+    Local(oneshot::Sender<Reply>),
+}
+
+/// Everything that reaches the router's task.
+#[derive(Debug)]
+pub(crate) enum Inbox {
+    /// A connection was accepted; `writer` feeds its socket.
+    Connected {
+        conn: ConnId,
+        writer: mpsc::Sender<Bytes>,
+    },
+    /// A connection's first frame.
+    Hello {
+        conn: ConnId,
+        secret: crate::Secret,
+        process: ProcessId,
+        /// Told whether the connection is admitted; its reader waits for this.
+        admitted: oneshot::Sender<bool>,
+    },
+    /// A frame from an admitted connection.
+    Up { conn: ConnId, up: Up },
+    /// A connection ended; `error` if over a protocol error.
+    Closed { conn: ConnId, error: Option<String> },
+    /// The identify queue let a shard go.
+    Granted { waiter: Waiter },
+    /// The admiral's own command handler answered forward `forward`.
+    Answer { forward: u64, outcome: Outcome },
+    /// A worker process started.
+    Spawned {
+        process: ProcessId,
+        pid: Option<u32>,
+        kill: oneshot::Sender<()>,
+    },
+    /// A worker process ended (`code`: `None` when killed by a signal).
+    Exited {
+        process: ProcessId,
+        code: Option<i32>,
+    },
+    /// Shut the fleet down.
+    Shutdown,
+    /// The workers and their state.
+    Workers(oneshot::Sender<Vec<WorkerStatus>>),
+    /// Discord's recommended shard count arrived for a reshard.
+    Recommended {
+        waiter: Waiter,
+        count: ShardCount,
+        clusters: Option<u32>,
+        recommended: Result<u32, String>,
+    },
+}

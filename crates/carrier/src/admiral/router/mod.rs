@@ -1,0 +1,325 @@
+//! The admiral's actor: one task that owns the connections, the routing table, calls in flight
+//! and their deadlines, the central store, identify grants and the [`Lifecycle`]. Socket reader
+//! tasks, process watchers and the admiral's own [`Ipc`] feed it through channels ([`Inbox`]);
+//! it never blocks on a worker (each connection has a bounded queue, and a full queue is
+//! answered with [`Refusal::Overloaded`] rather than waited on).
+//!
+//! This file is the loop and the dispatch. Each concern has a file of its own:
+//! - `connections`: the connection and process tables, and the one way out to a worker;
+//! - `calls`: call correlation (forwards, fan-outs, searches, deadlines), a plain table;
+//! - `supervision`: hellos, closes, exits, heartbeats, and carrying out the lifecycle's commands;
+//! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`, and
+//!   `control` (stop, restart, rolling restarts, reshards and what their waiters hear).
+
+mod calls;
+mod commands;
+mod connections;
+mod control;
+mod fetch;
+mod identify;
+pub(crate) mod inbox;
+mod messaging;
+mod store;
+mod supervision;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::time::{DelayQueue, delay_queue};
+
+use self::calls::{Answer, Calls, Waiter};
+use self::connections::Connections;
+use self::inbox::{ConnId, Inbox};
+use self::store::{MemoryStore, Store};
+use super::lifecycle::{Input, Lifecycle, ProcessId, WorkerId};
+use super::{AdmiralConfig, FleetEvent, ShardPlan, WorkerStatus};
+use crate::identify::IdentifyQueue;
+use crate::ipc::client::{Ipc, LocalRequest};
+use crate::ipc::proto::{Down, MAX_TIMEOUT, Refusal, Reply, Request, Target, Up, clamp_timeout};
+
+/// The router's own timers (forward deadlines live in [`Calls`]).
+#[derive(Debug, Clone)]
+enum Timer {
+    Restart(WorkerId),
+    ExitDrain(ProcessId),
+    Start(ProcessId),
+    Kill(ProcessId),
+    Heartbeat,
+    Notice(WorkerId),
+    Drain,
+}
+
+pub(crate) struct Router {
+    config: Arc<AdmiralConfig>,
+    socket: PathBuf,
+    secret: crate::Secret,
+    lifecycle: Lifecycle,
+    links: Connections,
+    calls: Calls,
+    control: control::Waiting,
+    supervision: supervision::Handovers,
+    /// The shard plan clusters serve now.
+    plan: ShardPlan,
+    /// The plan of the generation a reshard is starting.
+    next_plan: Option<ShardPlan>,
+    plan_tx: watch::Sender<ShardPlan>,
+    timers: DelayQueue<Timer>,
+    store: Box<dyn Store>,
+    identify: Arc<dyn IdentifyQueue>,
+    ipc: Ipc,
+    inbox: mpsc::Sender<Inbox>,
+    events: broadcast::Sender<FleetEvent>,
+    ready: watch::Sender<Option<(usize, usize)>>,
+    started: tokio::time::Instant,
+}
+
+impl Router {
+    #[allow(clippy::too_many_arguments, reason = "wired once, by `admiral::start`")]
+    pub(crate) fn new(
+        config: Arc<AdmiralConfig>,
+        socket: PathBuf,
+        secret: crate::Secret,
+        ipc: Ipc,
+        inbox: mpsc::Sender<Inbox>,
+        events: broadcast::Sender<FleetEvent>,
+        ready: watch::Sender<Option<(usize, usize)>>,
+        plan_tx: watch::Sender<ShardPlan>,
+    ) -> Self {
+        let lifecycle = Lifecycle::new(
+            config.services.iter().cloned(),
+            config.plan.clusters.iter().map(|c| c.id),
+            config.timeouts,
+        )
+        .with_restarts(config.restart)
+        .with_soft_kill_notice(config.soft_kill_notice);
+        Self {
+            identify: config.identify.clone(),
+            links: Connections::new(config.max_frame),
+            store: Box::new(MemoryStore::new(config.store_limit)),
+            plan: config.plan.clone(),
+            config,
+            socket,
+            secret,
+            lifecycle,
+            calls: Calls::default(),
+            control: control::Waiting::default(),
+            supervision: supervision::Handovers::default(),
+            next_plan: None,
+            plan_tx,
+            timers: DelayQueue::new(),
+            ipc,
+            inbox,
+            events,
+            ready,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Runs until every worker has stopped after a shutdown.
+    pub(crate) async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Inbox>,
+        mut local: mpsc::Receiver<LocalRequest>,
+    ) {
+        self.lifecycle_input(Input::Launch);
+        if let Some(heartbeat) = self.config.heartbeat {
+            self.arm(Timer::Heartbeat, heartbeat.interval);
+        }
+        while !self.lifecycle.is_stopped() {
+            tokio::select! {
+                message = inbox.recv() => match message {
+                    Some(message) => self.on_inbox(message),
+                    None => break,
+                },
+                Some(request) = local.recv() => {
+                    let timeout = request.timeout.min(MAX_TIMEOUT);
+                    let waiter = Waiter::Local(request.reply);
+                    self.on_request(&Target::Admiral, waiter, request.request, timeout);
+                }
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    self.on_timer(expired.into_inner());
+                }
+                Some(due) = self.calls.next_expired(), if self.calls.has_deadlines() => {
+                    if let Some(answer) = due {
+                        self.answer(answer);
+                    }
+                }
+            }
+        }
+        tracing::info!(target: "fleet::admiral", "every worker has stopped");
+    }
+
+    fn on_inbox(&mut self, message: Inbox) {
+        match message {
+            Inbox::Connected { conn, writer } => self.links.connected(conn, writer),
+            Inbox::Hello {
+                conn,
+                secret,
+                process,
+                admitted,
+            } => {
+                let ok = self.on_hello(conn, &secret, process);
+                let _ = admitted.send(ok);
+            }
+            Inbox::Up { conn, up } => self.on_up(conn, up),
+            Inbox::Closed { conn, error } => self.on_closed(conn, error),
+            Inbox::Granted { waiter } => self.reply(waiter, Reply::Done),
+            Inbox::Answer { forward, outcome } => {
+                if let Some(answer) = self.calls.answered(forward, None, outcome) {
+                    self.answer(answer);
+                }
+            }
+            Inbox::Spawned { process, pid, kill } => {
+                let info = self.links.processes.entry(process).or_default();
+                info.pid = pid;
+                info.kill = Some(kill);
+            }
+            Inbox::Exited { process, code } => self.on_exited(process, code),
+            Inbox::Recommended {
+                waiter,
+                count,
+                clusters,
+                recommended,
+            } => match recommended {
+                Ok(recommended) => self.reshard(waiter, count, recommended, clusters),
+                Err(error) => {
+                    let reason = format!("GET /gateway/bot failed: {error}");
+                    self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
+                }
+            },
+            Inbox::Shutdown => {
+                let _ = self.events.send(FleetEvent::ShuttingDown);
+                self.lifecycle_input(Input::Shutdown);
+            }
+            Inbox::Workers(reply) => {
+                let workers = self
+                    .lifecycle
+                    .workers()
+                    .map(|w| WorkerStatus {
+                        id: w.id.clone(),
+                        state: w.state.clone(),
+                        process: w.process,
+                        pid: w
+                            .process
+                            .and_then(|p| self.links.processes.get(&p))
+                            .and_then(|i| i.pid),
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+        }
+    }
+
+    /// A frame from an admitted connection.
+    fn on_up(&mut self, conn: ConnId, up: Up) {
+        let Some(process) = self.links.process_of(conn) else {
+            return;
+        };
+        let Some(worker) = self.lifecycle.worker_of(process).cloned() else {
+            return;
+        };
+        match up {
+            Up::Request {
+                id,
+                timeout_ms,
+                request,
+            } => {
+                // A worker's requests in flight are capped (its own handle allows far fewer), so
+                // no worker can make the admiral hold unbounded state for it.
+                if !self.links.begin_request(conn) {
+                    let reply = Reply::Refused(Refusal::Overloaded(Target::Admiral));
+                    self.links.send(conn, &Down::Reply { id, reply });
+                    return;
+                }
+                let timeout = clamp_timeout(timeout_ms);
+                self.on_request(&worker.target(), Waiter::Conn(conn, id), request, timeout);
+            }
+            Up::Reply { id, outcome } => {
+                if let Some(answer) = self.calls.answered(id, Some(process), outcome) {
+                    self.answer(answer);
+                }
+            }
+            other => self.on_report(&worker, process, other),
+        }
+    }
+
+    /// One request, from a worker or the admiral's own handle, to the handler of its family.
+    fn on_request(&mut self, from: &Target, waiter: Waiter, request: Request, timeout: Duration) {
+        match request {
+            Request::Broadcast { event, payload } => self.broadcast(from, waiter, event, payload),
+            Request::SendTo {
+                target,
+                event,
+                payload,
+            } => self.send_to(from, waiter, &target, event, payload),
+            Request::Command { target, payload } => {
+                self.command(from, waiter, target, payload, timeout);
+            }
+            Request::CommandAll { group, payload } => {
+                self.command_all(from, waiter, group, &payload, timeout);
+            }
+            Request::CountGuilds => self.count_guilds(from, waiter, timeout),
+            Request::Fetch(query) => self.fetch(from, waiter, query, timeout),
+            Request::Store(operation) => {
+                let reply = self.store.handle(operation);
+                self.reply(waiter, reply);
+            }
+            Request::Identify { shard } => self.identify(from, waiter, shard),
+            Request::Stop { worker } => self.stop(waiter, worker),
+            Request::Restart { worker, mode } => self.restart(waiter, worker, mode),
+            Request::RestartAll {
+                group,
+                mode,
+                at_once,
+            } => self.restart_all(waiter, group, mode, at_once),
+            Request::Reshard { count, clusters } => self.request_reshard(waiter, count, clusters),
+        }
+    }
+
+    /// Answers whoever waits.
+    fn reply(&mut self, waiter: Waiter, reply: Reply) {
+        match waiter {
+            Waiter::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+            Waiter::Conn(conn, id) => {
+                self.links.end_request(conn);
+                self.links.send(conn, &Down::Reply { id, reply });
+            }
+        }
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        self.reply(answer.waiter, answer.reply);
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Restart(worker) => self.lifecycle_input(Input::RestartDue(worker)),
+            Timer::ExitDrain(process) => self.exit_drained(process),
+            Timer::Start(process) => self.lifecycle_input(Input::StartTimedOut(process)),
+            Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
+            Timer::Heartbeat => self.heartbeat(),
+            Timer::Notice(worker) => self.lifecycle_input(Input::NoticeOver(worker)),
+            Timer::Drain => self.lifecycle_input(Input::DrainDue),
+        }
+    }
+
+    /// Feeds the lifecycle and carries out what it decides.
+    fn lifecycle_input(&mut self, input: Input) {
+        self.lifecycle.advance_clock(self.started.elapsed());
+        let commands = self.lifecycle.handle(input);
+        for command in commands {
+            self.execute(command);
+        }
+    }
+
+    /// Sets a timer, never further out than [`MAX_TIMEOUT`] (the timer wheel panics past about
+    /// two years, and durations come from options and other processes).
+    fn arm(&mut self, timer: Timer, after: Duration) -> delay_queue::Key {
+        self.timers.insert(timer, after.min(MAX_TIMEOUT))
+    }
+}

@@ -1,0 +1,370 @@
+//! The process side of the router: admitting a connection's hello, handling closes and exits,
+//! heartbeats, what workers report about themselves, and carrying out the lifecycle's commands.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::connections::Exit;
+use super::{Router, Timer};
+use crate::admiral::FleetEvent;
+use crate::admiral::lifecycle::{Command, Input, ProcessId, RestartMode, State, WorkerId};
+use crate::admiral::process::{self, SpawnRequest};
+use crate::ipc::link::WorkerEnv;
+use crate::ipc::proto::{Assignment, ClusterAssignment, Down, ShardSession, Status, Up};
+use crate::proxy::RestProxy;
+
+/// How long an exited process's connection may take to drain before the exit is handled anyway.
+const EXIT_DRAIN: Duration = Duration::from_secs(2);
+
+/// Sessions moving between processes during handovers.
+#[derive(Debug, Default)]
+pub(super) struct Handovers {
+    /// Handovers under way: old process → replacement.
+    to: HashMap<ProcessId, ProcessId>,
+    /// Sessions an old process handed over, kept until its replacement serves.
+    held: HashMap<ProcessId, Vec<ShardSession>>,
+}
+
+impl Handovers {
+    /// The handover from `old` is over (its replacement serves, or it was taken back).
+    pub fn forget(&mut self, old: ProcessId) {
+        self.to.remove(&old);
+        self.held.remove(&old);
+    }
+}
+
+impl Router {
+    /// Admits a connection's process, or refuses it (and forgets the connection); says which.
+    pub(super) fn on_hello(
+        &mut self,
+        conn: u64,
+        secret: &crate::Secret,
+        process: ProcessId,
+    ) -> bool {
+        let worker = self
+            .lifecycle
+            .worker_of(process)
+            .and_then(|id| self.lifecycle.worker(id))
+            .cloned();
+        let taken = self.links.conn_of(process).is_some();
+        let problem = if !self.secret.matches(secret.expose()) {
+            Some("wrong secret")
+        } else if worker.as_ref().is_none_or(|w| {
+            (w.process != Some(process) || w.state != State::Spawned)
+                && w.replacement.as_ref().is_none_or(|r| r.process != process)
+        }) {
+            Some("unknown or stale process")
+        } else if taken {
+            Some("process already connected")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            tracing::error!(target: "fleet::ipc", conn, process, problem, "refusing an IPC connection");
+            let _ = self.events.send(FleetEvent::ProtocolError {
+                worker: None,
+                error: format!("refused a connection claiming process {process}: {problem}"),
+            });
+            self.links.remove(conn);
+            return false;
+        }
+        let worker = worker.expect("checked above");
+        let handover = worker
+            .replacement
+            .as_ref()
+            .is_some_and(|r| r.process == process && r.mode == RestartMode::Handover);
+        let standby = worker
+            .replacement
+            .as_ref()
+            .is_some_and(|r| r.process == process && r.generation);
+        let worker = worker.id;
+        // A process of a new generation runs the next plan; every other one the current plan.
+        let plan = match (&self.next_plan, standby) {
+            (Some(next), true) => next,
+            _ => &self.plan,
+        };
+        let mut rest_key = None;
+        let assignment = match &worker {
+            WorkerId::Service(name) => Assignment::Service { name: name.clone() },
+            WorkerId::Cluster(id) => {
+                let Some(cluster) = plan.clusters.iter().find(|c| c.id == *id) else {
+                    tracing::error!(target: "fleet::ipc", %worker, "no plan for this cluster");
+                    self.links.remove(conn);
+                    return false;
+                };
+                rest_key = self
+                    .config
+                    .rest_proxy
+                    .as_ref()
+                    .map(|proxy| proxy.admit(&worker.to_string()));
+                Assignment::Cluster(ClusterAssignment {
+                    id: *id,
+                    first_shard: cluster.first_shard,
+                    last_shard: cluster.last_shard,
+                    shard_total: plan.shard_total,
+                    max_concurrency: plan.max_concurrency,
+                    token: self.config.token.clone(),
+                    gateway_url: self.config.gateway_url.clone(),
+                    rest_url: self
+                        .config
+                        .rest_proxy
+                        .as_ref()
+                        .map_or_else(|| self.config.rest_url.clone(), RestProxy::url),
+                    rest_proxied: self.config.rest_proxy.is_some(),
+                    rest_key: rest_key.clone(),
+                    handover,
+                    standby,
+                })
+            }
+        };
+        self.links.attach(conn, process, worker.target());
+        self.links.processes.entry(process).or_default().rest_key = rest_key;
+        self.links.send(conn, &Down::Welcome(assignment));
+        tracing::debug!(target: "fleet::ipc", %worker, process, "worker connected");
+        self.lifecycle_input(Input::Hello(process));
+        true
+    }
+
+    /// What a worker reports about itself (everything but requests and replies).
+    pub(super) fn on_report(&mut self, worker: &WorkerId, process: ProcessId, up: Up) {
+        match up {
+            Up::Pong { .. } => {
+                if let Some(info) = self.links.processes.get_mut(&process) {
+                    info.last_seen = Some(tokio::time::Instant::now());
+                }
+            }
+            Up::Hello { .. } => {
+                tracing::warn!(target: "fleet::ipc", %worker, "ignoring a second hello");
+            }
+            Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
+            Up::Status(Status::Prepared) => self.lifecycle_input(Input::Prepared(process)),
+            Up::Sessions(sessions) => {
+                let Some(to) = self.supervision.to.get(&process).copied() else {
+                    tracing::warn!(target: "fleet::admiral", %worker, "sessions nobody asked for");
+                    return;
+                };
+                tracing::info!(target: "fleet::admiral", %worker, from = process, to, shards = sessions.len(), "handing sessions over");
+                self.links
+                    .send_to_process(to, &Down::Sessions(sessions.clone()));
+                self.supervision.held.insert(process, sessions);
+            }
+            Up::Status(Status::StartFailed(reason)) => {
+                self.lifecycle_input(Input::StartFailed(process, reason));
+            }
+            Up::Status(Status::Shard { shard, event }) => {
+                if let WorkerId::Cluster(cluster) = *worker {
+                    tracing::debug!(target: "fleet::shard", cluster, shard, ?event);
+                    let _ = self.events.send(FleetEvent::Shard {
+                        cluster,
+                        shard,
+                        event,
+                    });
+                }
+            }
+            Up::Status(Status::Panic(report)) => {
+                tracing::error!(target: "fleet::worker", %worker, process, %report, "user code panicked");
+                let _ = self.events.send(FleetEvent::Panic {
+                    worker: worker.clone(),
+                    process,
+                    report,
+                });
+            }
+            Up::Log(record) => {
+                record.emit(&worker.target());
+                let _ = self.events.send(FleetEvent::Log {
+                    worker: worker.clone(),
+                    record,
+                });
+            }
+            Up::Request { .. } | Up::Reply { .. } => {
+                unreachable!("requests and replies are routed, not reported")
+            }
+        }
+    }
+
+    /// A process ended. What it sent before it died (a start failure, say) is read first: its
+    /// connection closes once the reader has drained it.
+    pub(super) fn on_exited(&mut self, process: ProcessId, code: Option<i32>) {
+        match self.links.processes.get_mut(&process) {
+            Some(info) if info.conn.is_some() => {
+                info.exited = Some(Exit(code));
+                self.arm(Timer::ExitDrain(process), EXIT_DRAIN);
+            }
+            _ => self.exited(process, code),
+        }
+    }
+
+    /// The connection of a dead process did not close (something inherited its socket): the
+    /// exit is handled now.
+    pub(super) fn exit_drained(&mut self, process: ProcessId) {
+        if let Some(conn) = self.links.conn_of(process) {
+            tracing::warn!(target: "fleet::ipc", process, "a dead worker's connection stayed open; closing it");
+            self.on_closed(conn, None);
+        }
+    }
+
+    fn exited(&mut self, process: ProcessId, code: Option<i32>) {
+        if let Some(worker) = self.lifecycle.worker_of(process).cloned() {
+            tracing::info!(target: "fleet::admiral", %worker, process, ?code, "worker process exited");
+            let _ = self.events.send(FleetEvent::Exited {
+                worker,
+                process,
+                code,
+            });
+        }
+        if let Some(key) = self
+            .links
+            .processes
+            .remove(&process)
+            .and_then(|i| i.rest_key)
+            && let Some(proxy) = &self.config.rest_proxy
+        {
+            proxy.revoke(&key);
+        }
+        self.lifecycle_input(Input::Exited(process, code));
+    }
+
+    /// A connection ended: its identify waits are dropped, its forwards answered as
+    /// unavailable, and a pending exit handled.
+    pub(super) fn on_closed(&mut self, conn: u64, error: Option<String>) {
+        let Some(state) = self.links.remove(conn) else {
+            return;
+        };
+        for task in state.identifies {
+            task.abort();
+        }
+        let Some((process, _)) = state.process else {
+            return;
+        };
+        let exited = self
+            .links
+            .processes
+            .get_mut(&process)
+            .and_then(|info| info.exited.take());
+        let worker = self.lifecycle.worker_of(process).cloned();
+        if let Some(error) = error {
+            tracing::error!(target: "fleet::ipc", worker = ?worker, process, %error, "disconnected a worker over a protocol error");
+            let _ = self
+                .events
+                .send(FleetEvent::ProtocolError { worker, error });
+        }
+        for answer in self.calls.orphaned(process) {
+            self.answer(answer);
+        }
+        if let Some(Exit(code)) = exited {
+            self.exited(process, code);
+        }
+    }
+
+    /// Pings every serving worker and kills those silent for longer than the timeout.
+    pub(super) fn heartbeat(&mut self) {
+        let Some(heartbeat) = self.config.heartbeat else {
+            return;
+        };
+        self.arm(Timer::Heartbeat, heartbeat.interval);
+        let now = tokio::time::Instant::now();
+        let serving: Vec<(WorkerId, ProcessId)> = self
+            .lifecycle
+            .workers()
+            .filter(|w| matches!(w.state, State::Starting | State::Live))
+            .filter_map(|w| Some((w.id.clone(), w.process?)))
+            .collect();
+        let seq = self.calls.next_id();
+        for (worker, process) in serving {
+            let Some(info) = self.links.processes.get_mut(&process) else {
+                continue;
+            };
+            let (Some(conn), Some(last_seen)) = (info.conn, info.last_seen) else {
+                continue;
+            };
+            let silent_for = now.duration_since(last_seen);
+            if silent_for > heartbeat.timeout {
+                tracing::error!(target: "fleet::admiral", %worker, process, ?silent_for, "worker unresponsive; killing it");
+                info.last_seen = None;
+                let _ = self.events.send(FleetEvent::Unresponsive {
+                    worker,
+                    process,
+                    silent_for,
+                });
+                self.links.kill(process);
+            } else {
+                self.links.send(conn, &Down::Ping { seq });
+            }
+        }
+    }
+
+    /// Carries out one of the lifecycle's commands.
+    pub(super) fn execute(&mut self, command: Command) {
+        match command {
+            Command::Spawn { worker, process } => self.spawn(&worker, process),
+            Command::ArmStartTimer { process, after } => {
+                self.arm(Timer::Start(process), after);
+            }
+            Command::Stop { process, grace } => {
+                let grace_ms = grace.as_millis() as u64;
+                if !self
+                    .links
+                    .send_to_process(process, &Down::Shutdown { grace_ms })
+                {
+                    self.links.kill(process);
+                }
+                self.arm(Timer::Kill(process), grace);
+            }
+            Command::Kill(process) => self.links.kill(process),
+            Command::ArmRestartTimer { worker, after } => {
+                self.arm(Timer::Restart(worker), after);
+            }
+            Command::KillAfter { process, after } => {
+                self.arm(Timer::Kill(process), after);
+            }
+            Command::HandOver { from, to } => {
+                self.supervision.to.insert(from, to);
+                // Gone already: its own exit fails the worker; the replacement starts fresh.
+                if !self.links.send_to_process(from, &Down::HandOver) {
+                    self.links.send_to_process(to, &Down::Sessions(Vec::new()));
+                }
+            }
+            Command::ArmDrain { after } => {
+                self.arm(Timer::Drain, after);
+            }
+            Command::Activate(process) => {
+                self.links.send_to_process(process, &Down::Activate);
+            }
+            Command::ArmNotice { worker, after } => {
+                self.arm(Timer::Notice(worker), after);
+            }
+            Command::TakeBack { process } => {
+                self.supervision.to.remove(&process);
+                if let Some(sessions) = self.supervision.held.remove(&process) {
+                    let down = Down::Sessions(sessions);
+                    if self.links.send_to_process(process, &down) {
+                        tracing::info!(target: "fleet::admiral", process, "giving the sessions back");
+                    }
+                }
+            }
+            Command::Emit(event) => self.on_lifecycle_event(&event),
+        }
+    }
+
+    fn spawn(&mut self, worker: &WorkerId, process: ProcessId) {
+        let env = WorkerEnv {
+            socket: self.socket.clone(),
+            secret: self.secret.clone(),
+            process,
+            max_frame: self.config.max_frame,
+            timeout: self.config.request_timeout,
+        }
+        .vars();
+        let request = SpawnRequest {
+            command: &self.config.worker_command,
+            worker,
+            process,
+            env,
+            echo: self.config.echo_output,
+        };
+        tracing::debug!(target: "fleet::admiral", %worker, process, "spawning");
+        if let Err(error) = process::spawn(&request, self.inbox.clone(), &self.events) {
+            self.lifecycle_input(Input::SpawnFailed(process, error.to_string()));
+        }
+    }
+}
