@@ -25,11 +25,21 @@ async fn a_handover_restart_resumes_every_session_and_loses_no_event() {
     let (old, _) = process_of(&admiral, &cluster).await;
     mock.start_events(Some(20.0)).unwrap();
     let before = mock.stats();
+    // Events flow before the handover and go on flowing after it.
+    mock.wait_until(WAIT, "events delivered", |m| m.event_report().delivered > 0)
+        .await
+        .unwrap();
 
     admiral
         .restart(&cluster, RestartMode::Handover)
         .await
         .expect("the restart completes");
+    let at_restart = mock.event_report().produced;
+    mock.wait_until(WAIT, "events after the restart", |m| {
+        m.event_report().produced > at_restart + 2
+    })
+    .await
+    .unwrap();
 
     let (new, state) = process_of(&admiral, &cluster).await;
     assert_ne!(new, old);
