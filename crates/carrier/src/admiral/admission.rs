@@ -1,4 +1,4 @@
-//! Connections and admission: the IPC listener, each connection's reader and writer tasks, and
+//! Connections and admission: the IPC listener, each connection's reader task and outbox, and
 //! the rules a peer meets before it has proved itself (a small first frame, a hello within
 //! [`HELLO_TIMEOUT`], a cap on connections without one: past it the oldest is closed, so idle
 //! strangers cannot keep a worker that is just starting from getting in). The router decides who
@@ -9,13 +9,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use super::router::inbox::{CONNECTION_QUEUE, ConnId, Inbox};
-use crate::ipc::frame::{FrameError, FrameReader, FrameWriter};
+use super::router::inbox::{CONNECTION_BUFFER, ConnId, Inbox};
+use crate::ipc::frame::{FrameError, FrameReader};
+use crate::ipc::outbox::Outbox;
 use crate::ipc::proto::Up;
 
 /// How long a new connection has to say hello.
@@ -42,7 +42,7 @@ impl Listener for UnixListener {
     }
 }
 
-/// Accepts worker connections and runs a reader and a writer task for each, until the router is
+/// Accepts worker connections and runs a reader task and an outbox for each, until the router is
 /// gone. A failed accept (a brief shortage of file descriptors, say) is logged and retried after
 /// [`ACCEPT_RETRY`]; it never ends the listener.
 pub(crate) async fn accept(
@@ -114,7 +114,7 @@ impl Unproven {
     }
 }
 
-/// Runs one connection: registers its writer with the router, then reads its hello (small frames
+/// Runs one connection: registers its outbox with the router, then reads its hello (small frames
 /// only, within [`HELLO_TIMEOUT`]), waits for the router's verdict, and only then reads the
 /// worker's frames at full size. A refused connection is closed in both directions at once.
 async fn connection(
@@ -125,32 +125,11 @@ async fn connection(
     max_frame: usize,
 ) {
     let (read, write) = stream.into_split();
-    let (writer_tx, mut writer_rx) = mpsc::channel::<Bytes>(CONNECTION_QUEUE);
-    if inbox
-        .send(Inbox::Connected {
-            conn,
-            writer: writer_tx,
-        })
-        .await
-        .is_err()
-    {
+    let (outbox, flusher) = Outbox::new(write, CONNECTION_BUFFER);
+    tokio::spawn(flusher);
+    if inbox.send(Inbox::Connected { conn, outbox }).await.is_err() {
         return;
     }
-    tokio::spawn(async move {
-        let mut writer = FrameWriter::new(write, max_frame);
-        while let Some(body) = writer_rx.recv().await {
-            let mut next = Some(body);
-            while let Some(body) = next.take() {
-                if writer.feed(body).await.is_err() {
-                    return;
-                }
-                next = writer_rx.try_recv().ok();
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-        }
-    });
     let waiting = unproven.clone();
     let reader = tokio::spawn(async move {
         let mut reader = FrameReader::new(read, HELLO_MAX_FRAME);
@@ -357,15 +336,15 @@ mod tests {
     async fn a_refused_peer_is_not_read_from_again_and_is_closed() {
         let mut rig = rig();
         let mut peer = rig.dial();
-        let Inbox::Connected { writer, .. } = rig.next().await else {
+        let Inbox::Connected { outbox, .. } = rig.next().await else {
             panic!("expected a connection");
         };
         peer.write_all(&hello_frame()).await.unwrap();
         let Inbox::Hello { admitted, .. } = rig.next().await else {
             panic!("expected a hello");
         };
-        // The router refuses: it drops the writer and says no.
-        drop(writer);
+        // The router refuses: it drops the outbox and says no.
+        drop(outbox);
         admitted.send(false).unwrap();
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut byte)).await;

@@ -423,10 +423,12 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
     }
     let dir = private_dir(&config.run_dir)?;
     let socket = dir.join(SOCKET_FILE);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|source| AdmiralError::Ipc {
-        path: socket.clone(),
-        source,
-    })?;
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| AdmiralError::Ipc {
+            path: socket.clone(),
+            source,
+        })?;
     let secret = crate::Secret::random();
     let config = Arc::new(config);
     let (inbox_tx, inbox_rx) = mpsc::channel(65_536);
@@ -440,11 +442,6 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         Transport::Local(local_tx),
         config.request_timeout,
     );
-    let accept = tokio::spawn(admission::accept(
-        listener,
-        inbox_tx.clone(),
-        config.max_frame,
-    ));
     let router = router::Router::new(
         config.clone(),
         socket,
@@ -454,8 +451,9 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         events.clone(),
         ready_tx,
         plan_tx,
+        tokio::runtime::Handle::current(),
     );
-    let mut tasks = vec![accept.abort_handle()];
+    let mut tasks = Vec::new();
     if config.handle_signals {
         let inbox = inbox_tx.clone();
         let signals = tokio::spawn(async move {
@@ -477,11 +475,46 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
     }
     let socket_path = dir.join(SOCKET_FILE);
     let cleanup = DirGuard(dir);
-    let run = tokio::spawn(async move {
-        router.run(inbox_rx, local_rx).await;
-        drop(cleanup);
-        let _ = stopped_tx.send(true);
-    });
+    // The router and every connection run on a thread of their own: a frame's way from a
+    // reader task to the router and on to an outbox wakes no other thread.
+    let (run_tx, run) = oneshot::channel();
+    let inbox = inbox_tx.clone();
+    let max_frame = config.max_frame;
+    std::thread::Builder::new()
+        .name("fleet-admiral".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(target: "fleet::admiral", %error, "cannot start the admiral's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::UnixListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(target: "fleet::admiral", %error, "cannot listen for workers");
+                        return;
+                    }
+                };
+                let accept = tokio::spawn(admission::accept(listener, inbox, max_frame));
+                let routing = tokio::spawn(router.run(inbox_rx, local_rx));
+                let _ = run_tx.send(routing.abort_handle());
+                let _ = routing.await;
+                accept.abort();
+                drop(cleanup);
+                let _ = stopped_tx.send(true);
+            });
+        })
+        .map_err(|source| AdmiralError::Ipc {
+            path: socket_path.clone(),
+            source,
+        })?;
+    let run = run.await.map_err(|_| AdmiralError::Stopped)?;
     Ok(AdmiralHandle {
         ipc,
         inbox: inbox_tx,
@@ -501,7 +534,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
             .max(config.timeouts.service_ready)
             + config.timeouts.kill,
         tasks: {
-            tasks.push(run.abort_handle());
+            tasks.push(run);
             tasks
         },
     })

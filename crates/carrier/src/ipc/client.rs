@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::frame::FrameError;
+use super::outbox::{Outbox, Refused};
 use super::proto::{
     Fetch, Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Refusal, Reply, Request,
     RestartMode, ShardCount, ShardSession, Status, StoreRequest, Target, Up,
@@ -97,19 +98,52 @@ pub(crate) struct LocalRequest {
     pub reply: oneshot::Sender<Reply>,
 }
 
-/// What a worker's writer task takes.
+/// A worker's socket to the admiral: frames are encoded by the sender and written through the
+/// connection's [`Outbox`], with no task between.
 #[derive(Debug)]
-pub(crate) enum Outbound {
-    /// A frame to send.
-    Frame(Up),
-    /// Flush everything before this, then acknowledge.
-    Flush(oneshot::Sender<()>),
+pub(crate) struct Uplink {
+    outbox: Outbox,
+    max_frame: usize,
+}
+
+impl Uplink {
+    pub(crate) fn new(outbox: Outbox, max_frame: usize) -> Self {
+        Self { outbox, max_frame }
+    }
+
+    /// Sends one frame, waiting while the outbox is full (back-pressure from a slow admiral).
+    async fn send(&self, up: &Up) -> Result<(), IpcError> {
+        self.send_soon(up, false).await
+    }
+
+    /// [`send`](Self::send), deferred to the flusher when `batch` (other tasks are about to
+    /// send too).
+    async fn send_soon(&self, up: &Up, batch: bool) -> Result<(), IpcError> {
+        let body = super::frame::encode(up, self.max_frame)?;
+        loop {
+            let queued = if batch {
+                self.outbox.defer(&body)
+            } else {
+                self.outbox.push(&body)
+            };
+            match queued {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed) => return Err(IpcError::Disconnected),
+                Err(Refused::Full) => self.outbox.flushed().await,
+            }
+        }
+    }
+
+    /// Sends one frame if it fits now; whether it was queued.
+    fn try_send(&self, up: &Up) -> bool {
+        super::frame::encode(up, self.max_frame).is_ok_and(|body| self.outbox.push(&body).is_ok())
+    }
 }
 
 #[derive(Debug)]
 pub(crate) enum Transport {
-    /// Frames to the writer task of a worker's socket.
-    Socket(mpsc::Sender<Outbound>),
+    /// Frames to a worker's socket.
+    Socket(Uplink),
     /// Requests straight to the admiral's router; logs and status are local.
     Local(mpsc::Sender<LocalRequest>),
 }
@@ -284,13 +318,10 @@ impl Ipc {
     /// waiting.
     pub(crate) fn report_panic(&self, report: crate::panics::PanicReport) {
         match &self.inner.transport {
-            Transport::Socket(tx) => {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx
-                        .send(Outbound::Frame(Up::Status(Status::Panic(report))))
-                        .await;
-                });
+            Transport::Socket(up) => {
+                if !up.try_send(&Up::Status(Status::Panic(report))) {
+                    tracing::warn!(target: "fleet::ipc", "a panic report could not be queued");
+                }
             }
             Transport::Local(_) => {
                 tracing::error!(target: "fleet::admiral", %report, "user code in the admiral panicked");
@@ -623,10 +654,7 @@ impl Ipc {
     /// to the admiral, which passes them to the replacement.
     pub async fn hand_over(&self, sessions: Vec<ShardSession>) -> Result<(), IpcError> {
         match &self.inner.transport {
-            Transport::Socket(tx) => tx
-                .send(Outbound::Frame(Up::Sessions(sessions)))
-                .await
-                .map_err(|_| IpcError::Disconnected),
+            Transport::Socket(up) => up.send(&Up::Sessions(sessions)).await,
             Transport::Local(_) => Ok(()),
         }
     }
@@ -700,10 +728,7 @@ impl Ipc {
     /// Reports a lifecycle status to the admiral (ready, start failure, shard progress).
     pub async fn report(&self, status: Status) -> Result<(), IpcError> {
         match &self.inner.transport {
-            Transport::Socket(tx) => tx
-                .send(Outbound::Frame(Up::Status(status)))
-                .await
-                .map_err(|_| IpcError::Disconnected),
+            Transport::Socket(up) => up.send(&Up::Status(status)).await,
             Transport::Local(_) => Ok(()),
         }
     }
@@ -715,10 +740,7 @@ impl Ipc {
             message: message.into(),
         };
         match &self.inner.transport {
-            Transport::Socket(tx) => tx
-                .send(Outbound::Frame(Up::Log(record)))
-                .await
-                .map_err(|_| IpcError::Disconnected),
+            Transport::Socket(up) => up.send(&Up::Log(record)).await,
             Transport::Local(_) => {
                 record.emit(&self.inner.me);
                 Ok(())
@@ -758,7 +780,7 @@ impl Ipc {
         let (tx, rx) = oneshot::channel();
         let id = match &self.inner.transport {
             Transport::Socket(out) => {
-                let id = {
+                let (id, others) = {
                     let mut pending = self
                         .inner
                         .pending
@@ -769,16 +791,18 @@ impl Ipc {
                         id = fastrand::u64(1..);
                     }
                     pending.insert(id, tx);
-                    id
+                    (id, pending.len() - 1)
                 };
                 let up = Up::Request {
                     id,
                     timeout_ms: timeout.as_millis() as u64,
                     request,
                 };
-                if out.send(Outbound::Frame(up)).await.is_err() {
+                // Alone, the request goes out at once; with others in flight, their answers are
+                // waking tasks that will ask again, and all of it goes out in one write.
+                if let Err(error) = out.send_soon(&up, others > 0).await {
                     self.forget(id);
-                    return Err(IpcError::Disconnected);
+                    return Err(error);
                 }
                 Some(id)
             }
@@ -844,22 +868,28 @@ impl Ipc {
     /// Sends a frame to the admiral (worker side only).
     pub(crate) async fn send_up(&self, up: Up) -> Result<(), IpcError> {
         match &self.inner.transport {
-            Transport::Socket(tx) => tx
-                .send(Outbound::Frame(up))
-                .await
-                .map_err(|_| IpcError::Disconnected),
+            Transport::Socket(socket) => socket.send(&up).await,
             Transport::Local(_) => Ok(()),
+        }
+    }
+
+    /// Holds frames back (`true`) until released (`false`), to write a batch at once (worker
+    /// side only).
+    pub(crate) fn cork(&self, cork: bool) {
+        if let Transport::Socket(up) = &self.inner.transport {
+            if cork {
+                up.outbox.cork();
+            } else {
+                up.outbox.uncork();
+            }
         }
     }
 
     /// Waits until everything sent so far is written to the socket (call before exiting, so a
     /// last report is not lost). Gives up after two seconds.
     pub async fn flush(&self) {
-        if let Transport::Socket(tx) = &self.inner.transport {
-            let (done, flushed) = oneshot::channel();
-            if tx.send(Outbound::Flush(done)).await.is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
-            }
+        if let Transport::Socket(up) = &self.inner.transport {
+            let _ = tokio::time::timeout(Duration::from_secs(2), up.outbox.flushed()).await;
         }
     }
 }

@@ -82,6 +82,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.inner.decoder_mut().set_max_frame_length(max_frame);
     }
 
+    /// Whether a whole next frame is already buffered, so [`next`](Self::next) will not wait for
+    /// the socket. Valid between frames (the codec parses a length only when it reads a frame).
+    #[must_use]
+    pub fn frame_buffered(&self) -> bool {
+        let buffered = self.inner.read_buffer();
+        buffered.len() >= 4 && {
+            let len = u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]);
+            buffered.len() - 4 >= len as usize
+        }
+    }
+
     /// The next message; [`FrameError::Closed`] at a clean end of stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
         match self.inner.next().await {
@@ -168,6 +179,34 @@ mod tests {
             reader.next::<Ping>().await,
             Err(FrameError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_reader_knows_whether_a_whole_frame_waits() {
+        let (mut raw, b) = tokio::io::duplex(4096);
+        let mut reader = FrameReader::new(b, 1024);
+        let body = encode(
+            &Ping {
+                n: 1,
+                text: "a".into(),
+            },
+            1024,
+        )
+        .unwrap();
+        let frame = [&(body.len() as u32).to_be_bytes()[..], &body].concat();
+        // Two whole frames and half of a third arrive at once.
+        let half = frame.len() / 2;
+        raw.write_all(&[&frame[..], &frame, &frame[..half]].concat())
+            .await
+            .unwrap();
+        assert!(!reader.frame_buffered(), "nothing read yet");
+        reader.next::<Ping>().await.unwrap();
+        assert!(reader.frame_buffered());
+        reader.next::<Ping>().await.unwrap();
+        assert!(!reader.frame_buffered(), "only half a frame left");
+        raw.write_all(&frame[half..]).await.unwrap();
+        reader.next::<Ping>().await.unwrap();
+        assert!(!reader.frame_buffered());
     }
 
     #[tokio::test]

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
-use super::client::{Ipc, Message, Outbound, Transport};
+use super::client::{Ipc, Message, Transport, Uplink};
 use super::frame::{DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter};
+use super::outbox::Outbox;
 use super::proto::{Assignment, Down, ShardSession, Target, Up};
 
 /// Environment variable: path of the admiral's IPC socket.
@@ -25,6 +26,9 @@ pub const ENV_TIMEOUT: &str = "FLEET_REQUEST_TIMEOUT_MS";
 /// Environment variable: the worker's name (`cluster-0`, `service-echo`), for the user's own
 /// use; what the worker runs comes with its assignment over IPC.
 pub const ENV_WORKER: &str = "FLEET_WORKER";
+
+/// Bytes a worker may have queued for the admiral beyond one frame; past it, senders wait.
+const OUTBOX_LIMIT: usize = 16 << 20;
 
 /// How long the admiral has to answer the hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
@@ -219,44 +223,26 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
         Assignment::Cluster(c) => Target::Cluster(c.id),
         Assignment::Service { name } => Target::Service(name.clone()),
     };
-    let (tx, mut rx) = mpsc::channel::<Outbound>(1024);
-    let ipc = Ipc::new(me, Transport::Socket(tx), env.timeout);
+    let (outbox, flusher) = Outbox::new(writer.into_inner(), OUTBOX_LIMIT);
+    tokio::spawn(flusher);
+    let uplink = Uplink::new(outbox, env.max_frame);
+    let ipc = Ipc::new(me, Transport::Socket(uplink), env.timeout);
     let (stop_tx, stop) = watch::channel(None);
     let (handoff_tx, handoffs) = mpsc::unbounded_channel();
 
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut acks = Vec::new();
-            let mut next = Some(first);
-            while let Some(outbound) = next.take() {
-                match outbound {
-                    Outbound::Flush(ack) => acks.push(ack),
-                    Outbound::Frame(up) => match super::frame::encode(&up, writer.max_frame()) {
-                        Ok(body) => {
-                            if writer.feed(body).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(error) => {
-                            tracing::error!(target: "fleet::ipc", %error, "dropping an unencodable message");
-                        }
-                    },
-                }
-                next = rx.try_recv().ok();
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-            for ack in acks {
-                let _ = ack.send(());
-            }
-        }
-    });
-
     let reader_ipc = ipc.clone();
     tokio::spawn(async move {
+        let mut corked = false;
         loop {
-            match reader.next::<Down>().await {
+            let down = reader.next::<Down>().await;
+            // While more frames wait in the read buffer, the answers they make are held back and
+            // written together once the buffer is empty.
+            let more = reader.frame_buffered();
+            if more != corked {
+                corked = more;
+                reader_ipc.cork(more);
+            }
+            match down {
                 Ok(Down::Reply { id, reply }) => reader_ipc.resolve(id, reply),
                 Ok(Down::Message {
                     from,
@@ -275,15 +261,16 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                     payload,
                     timeout_ms,
                 }) => {
+                    let running = reader_ipc.command_running();
+                    let run =
+                        reader_ipc.run_command(from, payload, Duration::from_millis(timeout_ms));
                     let ipc = reader_ipc.clone();
-                    let running = ipc.command_running();
-                    tokio::spawn(async move {
-                        let outcome = ipc
-                            .run_command(from, payload, Duration::from_millis(timeout_ms))
-                            .await;
+                    answer_soon(async move {
+                        let outcome = run.await;
                         let _ = ipc.send_up(Up::Reply { id, outcome }).await;
                         drop(running);
-                    });
+                    })
+                    .await;
                 }
                 Ok(Down::HandOver) => {
                     let _ = handoff_tx.send(Handoff::HandOver);
@@ -304,9 +291,10 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                 Ok(Down::Fetch { id, query }) => {
                     let outcome = reader_ipc.run_fetch(query);
                     let ipc = reader_ipc.clone();
-                    tokio::spawn(async move {
+                    answer_soon(async move {
                         let _ = ipc.send_up(Up::Reply { id, outcome }).await;
-                    });
+                    })
+                    .await;
                 }
                 Ok(Down::Shutdown { grace_ms }) => {
                     let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
@@ -334,6 +322,16 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
             handoffs: Arc::new(tokio::sync::Mutex::new(handoffs)),
         },
     })
+}
+
+/// Runs an answer's future on the reader until it first waits: a handler that answers at once
+/// (an echo, a cache lookup) costs no task; one that waits goes on in a task of its own, so the
+/// reader goes on reading.
+async fn answer_soon(answer: impl Future<Output = ()> + Send + 'static) {
+    let mut answer = Box::pin(answer);
+    if futures::poll!(answer.as_mut()).is_pending() {
+        tokio::spawn(answer);
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod frame;
 pub mod link;
+pub(crate) mod outbox;
 pub mod proto;
 
 pub use client::{CommandHandler, HandlerId, Ipc, IpcError, Message};

@@ -112,7 +112,7 @@ impl Router {
                 .track(id, ADMIRAL_PROCESS, target, route, deadline);
             let run = self.ipc.run_command(from.clone(), payload, deadline);
             let inbox = self.inbox.clone();
-            tokio::spawn(async move {
+            self.user.spawn(async move {
                 let outcome = run.await;
                 let _ = inbox
                     .send(Inbox::Answer {
@@ -136,10 +136,10 @@ impl Router {
             },
             Ask::Fetch(query) => Down::Fetch { id, query },
         };
-        let sent = self
-            .links
-            .encode(&down)
-            .and_then(|body| self.links.send_body(conn, body));
+        let sent = match self.links.encode(&down) {
+            Ok(body) => self.links.send_body(conn, &body),
+            Err(refusal) => Err(refusal),
+        };
         if let Err(refusal) = sent {
             tracing::warn!(target: "fleet::ipc", %target, %refusal, "command not delivered");
             self.undelivered(route, target);

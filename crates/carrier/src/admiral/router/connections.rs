@@ -1,17 +1,23 @@
 //! The connection and process tables, and the one way out to a worker: every frame the router
 //! sends goes through [`Connections::send_body`], and every target is found through
 //! [`Router::live_conn`]. That is the seam another host's workers would plug in at.
+//!
+//! Frames go straight into each connection's [`Outbox`]. While the router works through a batch
+//! of what it read ([`Connections::begin_batch`] to [`Connections::end_batch`]), the outboxes it
+//! writes to are corked, so each connection gets one write per batch however many frames the
+//! batch made for it.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::Router;
 use super::inbox::ConnId;
 use crate::admiral::lifecycle::{ProcessId, State, WorkerId};
 use crate::ipc::frame;
+use crate::ipc::outbox::{Outbox, Refused};
 use crate::ipc::proto::{Down, Refusal, Target};
 
 /// Requests one connection may have unanswered; more are refused as overloaded. A worker's own
@@ -22,7 +28,9 @@ pub(crate) const MAX_REQUESTS_PER_CONN: usize = 8192;
 pub(crate) struct Conn {
     /// Its process and the target it serves, once its hello was admitted.
     pub process: Option<(ProcessId, Target)>,
-    writer: mpsc::Sender<Bytes>,
+    outbox: Outbox,
+    /// Corked in the current batch.
+    corked: bool,
     /// Identify waits it started, ended with it.
     pub identifies: Vec<AbortHandle>,
     /// Its requests not answered yet.
@@ -52,6 +60,9 @@ pub(crate) struct Connections {
     conns: HashMap<ConnId, Conn>,
     pub processes: HashMap<ProcessId, ProcessInfo>,
     max_frame: usize,
+    /// A batch is under way; `corked` lists the connections it wrote to.
+    batching: bool,
+    corked: Vec<ConnId>,
 }
 
 impl Connections {
@@ -61,14 +72,17 @@ impl Connections {
             conns: HashMap::new(),
             processes: HashMap::new(),
             max_frame,
+            batching: false,
+            corked: Vec::new(),
         }
     }
 
     /// A connection was accepted; it serves nobody until its hello is admitted.
-    pub fn connected(&mut self, conn: ConnId, writer: mpsc::Sender<Bytes>) {
+    pub fn connected(&mut self, conn: ConnId, outbox: Outbox) {
         let state = Conn {
             process: None,
-            writer,
+            outbox,
+            corked: false,
             identifies: Vec::new(),
             requests: 0,
         };
@@ -134,10 +148,10 @@ impl Connections {
     }
 
     /// Sends a frame, logging what stops it.
-    pub fn send(&self, conn: ConnId, down: &Down) {
+    pub fn send(&mut self, conn: ConnId, down: &Down) {
         match self.encode(down) {
             Ok(body) => {
-                if let Err(refusal) = self.send_body(conn, body) {
+                if let Err(refusal) = self.send_body(conn, &body) {
                     tracing::warn!(target: "fleet::ipc", conn, %refusal, "frame not delivered");
                 }
             }
@@ -148,7 +162,7 @@ impl Connections {
     }
 
     /// Sends a frame to `process`'s connection, if it has one; whether it had.
-    pub fn send_to_process(&self, process: ProcessId, down: &Down) -> bool {
+    pub fn send_to_process(&mut self, process: ProcessId, down: &Down) -> bool {
         let Some(conn) = self.conn_of(process) else {
             return false;
         };
@@ -156,22 +170,43 @@ impl Connections {
         true
     }
 
-    /// Queues an encoded frame on a connection, never waiting: a full queue is refused as
+    /// Queues an encoded frame on a connection, never waiting: a full outbox is refused as
     /// overloaded.
-    pub fn send_body(&self, conn: ConnId, body: Bytes) -> Result<(), Refusal> {
-        let Some(c) = self.conns.get(&conn) else {
+    pub fn send_body(&mut self, conn: ConnId, body: &[u8]) -> Result<(), Refusal> {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(()); // Gone: its process's exit is handled separately.
         };
-        c.writer.try_send(body).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => {
+        if self.batching && !c.corked {
+            c.outbox.cork();
+            c.corked = true;
+            self.corked.push(conn);
+        }
+        c.outbox.push(body).map_err(|refused| match refused {
+            Refused::Full => {
                 let target = c
                     .process
                     .as_ref()
                     .map_or(Target::Admiral, |(_, t)| t.clone());
                 Refusal::Overloaded(target)
             }
-            mpsc::error::TrySendError::Closed(_) => Refusal::Invalid("connection closing".into()),
+            Refused::Closed => Refusal::Invalid("connection closing".into()),
         })
+    }
+
+    /// Frames sent from now on wait for [`end_batch`](Self::end_batch).
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Writes out what the batch queued, one write per connection.
+    pub fn end_batch(&mut self) {
+        self.batching = false;
+        for conn in self.corked.drain(..) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.corked = false;
+                c.outbox.uncork();
+            }
+        }
     }
 
     /// Kills a process (once; later calls do nothing).
@@ -229,13 +264,24 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::UnixStream;
+
     use super::*;
 
-    #[test]
-    fn a_connection_may_have_only_so_many_requests_unanswered() {
+    fn connection(links: &mut Connections, conn: ConnId, limit: usize) -> UnixStream {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        let (outbox, flusher) = Outbox::new(write, limit);
+        tokio::spawn(flusher);
+        links.connected(conn, outbox);
+        peer
+    }
+
+    #[tokio::test]
+    async fn a_connection_may_have_only_so_many_requests_unanswered() {
         let mut links = Connections::new(1024);
-        let (tx, _rx) = mpsc::channel(1);
-        links.connected(1, tx);
+        let _peer = connection(&mut links, 1, 1024);
         for _ in 0..MAX_REQUESTS_PER_CONN {
             assert!(links.begin_request(1));
         }
@@ -248,22 +294,48 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_full_queue_is_refused_as_overloaded_naming_the_worker() {
+    #[tokio::test]
+    async fn a_full_outbox_is_refused_as_overloaded_naming_the_worker() {
         let mut links = Connections::new(1024);
-        let (tx, _rx) = mpsc::channel(1);
-        links.connected(1, tx);
+        let _peer = connection(&mut links, 1, 64);
         links.attach(1, 5, Target::Cluster(3));
         let ping = Down::Ping { seq: 1 };
-        assert!(links.send_to_process(5, &ping));
-        let body = links.encode(&ping).unwrap();
+        // Corked, nothing reaches the socket: the second frame past the limit is refused.
+        links.begin_batch();
+        let body = vec![0_u8; 40];
+        assert!(links.send_body(1, &body).is_ok());
         assert!(matches!(
-            links.send_body(1, body),
+            links.send_body(1, &body),
             Err(Refusal::Overloaded(Target::Cluster(3)))
         ));
+        links.end_batch();
+        assert!(links.send_to_process(5, &ping));
         assert_eq!(links.process_of(1), Some(5));
         assert!(links.remove(1).is_some());
         assert_eq!(links.conn_of(5), None);
         assert!(!links.send_to_process(5, &ping));
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_out_in_order_once_it_ends() {
+        let mut links = Connections::new(1024);
+        let mut peer = connection(&mut links, 1, 1 << 20);
+        links.begin_batch();
+        for seq in 0..3 {
+            links.send(1, &Down::Ping { seq });
+        }
+        let mut byte = [0_u8; 1];
+        let early = peer.try_read(&mut byte);
+        assert!(
+            matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "nothing is written before the batch ends: {early:?}"
+        );
+        links.end_batch();
+        for seq in 0..3 {
+            let len = peer.read_u32().await.unwrap() as usize;
+            let mut body = vec![0; len];
+            peer.read_exact(&mut body).await.unwrap();
+            assert_eq!(frame::decode::<Down>(&body).unwrap(), Down::Ping { seq });
+        }
     }
 }

@@ -120,7 +120,7 @@ impl Router {
         }
         let recommend = (self.config.recommend)();
         let inbox = self.inbox.clone();
-        tokio::spawn(async move {
+        self.user.spawn(async move {
             let recommended = recommend.await;
             let message = Inbox::Recommended {
                 waiter,

@@ -2,18 +2,18 @@
 //! watchers (spawns and exits), from tasks the router started (identify grants, the admiral's own
 //! command answers, Discord's recommendation) and from the admiral's handle.
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::admiral::WorkerStatus;
 use crate::admiral::lifecycle::ProcessId;
+use crate::ipc::outbox::Outbox;
 use crate::ipc::proto::{Outcome, Reply, ShardCount, Up};
 
 /// A connection's number, given by admission.
 pub(crate) type ConnId = u64;
 
-/// Frames queued per connection before the admiral answers "overloaded".
-pub const CONNECTION_QUEUE: usize = 8192;
+/// Bytes queued for one connection (beyond one frame) before the admiral answers "overloaded".
+pub const CONNECTION_BUFFER: usize = 16 << 20;
 
 /// Who waits for a reply.
 #[derive(Debug)]
@@ -27,11 +27,8 @@ pub(crate) enum Waiter {
 /// Everything that reaches the router's task.
 #[derive(Debug)]
 pub(crate) enum Inbox {
-    /// A connection was accepted; `writer` feeds its socket.
-    Connected {
-        conn: ConnId,
-        writer: mpsc::Sender<Bytes>,
-    },
+    /// A connection was accepted; `outbox` writes to its socket.
+    Connected { conn: ConnId, outbox: Outbox },
     /// A connection's first frame.
     Hello {
         conn: ConnId,

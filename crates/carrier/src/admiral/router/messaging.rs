@@ -25,7 +25,7 @@ impl Router {
                 let targets: Vec<ConnId> = self.serving_conns().collect();
                 let mut refused = None;
                 for conn in targets {
-                    if let Err(refusal) = self.links.send_body(conn, body.clone()) {
+                    if let Err(refusal) = self.links.send_body(conn, &body) {
                         refused.get_or_insert(refusal);
                     }
                 }
@@ -72,7 +72,7 @@ impl Router {
             };
             let sent = self.live_conn(target).and_then(|(conn, _)| {
                 let body = self.links.encode(&down)?;
-                self.links.send_body(conn, body)
+                self.links.send_body(conn, &body)
             });
             sent.map_or_else(Reply::Refused, |()| Reply::Done)
         };

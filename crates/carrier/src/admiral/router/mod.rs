@@ -40,6 +40,9 @@ use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, LocalRequest};
 use crate::ipc::proto::{Down, MAX_TIMEOUT, Refusal, Reply, Request, Target, Up, clamp_timeout};
 
+/// Inbox messages handled in one turn at most, so the frames they make are not held back long.
+const BATCH: usize = 256;
+
 /// The router's own timers (forward deadlines live in [`Calls`]).
 #[derive(Debug, Clone)]
 enum Timer {
@@ -74,6 +77,9 @@ pub(crate) struct Router {
     events: broadcast::Sender<FleetEvent>,
     ready: watch::Sender<Option<(usize, usize)>>,
     started: tokio::time::Instant,
+    /// The runtime the admiral was started on: user code (the admiral's command handler,
+    /// Discord's recommendation) runs there, never on the router's thread.
+    user: tokio::runtime::Handle,
 }
 
 impl Router {
@@ -87,6 +93,7 @@ impl Router {
         events: broadcast::Sender<FleetEvent>,
         ready: watch::Sender<Option<(usize, usize)>>,
         plan_tx: watch::Sender<ShardPlan>,
+        user: tokio::runtime::Handle,
     ) -> Self {
         let lifecycle = Lifecycle::new(
             config.services.iter().cloned(),
@@ -115,6 +122,7 @@ impl Router {
             events,
             ready,
             started: tokio::time::Instant::now(),
+            user,
         }
     }
 
@@ -129,16 +137,14 @@ impl Router {
             self.arm(Timer::Heartbeat, heartbeat.interval);
         }
         while !self.lifecycle.is_stopped() {
+            // What one turn sends is written at its end, one write per connection.
+            self.links.begin_batch();
             tokio::select! {
                 message = inbox.recv() => match message {
                     Some(message) => self.on_inbox(message),
                     None => break,
                 },
-                Some(request) = local.recv() => {
-                    let timeout = request.timeout.min(MAX_TIMEOUT);
-                    let waiter = Waiter::Local(request.reply);
-                    self.on_request(&Target::Admiral, waiter, request.request, timeout);
-                }
+                Some(request) = local.recv() => self.on_local(request),
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_timer(expired.into_inner());
                 }
@@ -148,13 +154,31 @@ impl Router {
                     }
                 }
             }
+            // What arrived meanwhile joins the batch.
+            for _ in 0..BATCH {
+                if let Ok(message) = inbox.try_recv() {
+                    self.on_inbox(message);
+                } else if let Ok(request) = local.try_recv() {
+                    self.on_local(request);
+                } else {
+                    break;
+                }
+            }
+            self.links.end_batch();
         }
         tracing::info!(target: "fleet::admiral", "every worker has stopped");
     }
 
+    /// A request from the admiral's own handle.
+    fn on_local(&mut self, request: LocalRequest) {
+        let timeout = request.timeout.min(MAX_TIMEOUT);
+        let waiter = Waiter::Local(request.reply);
+        self.on_request(&Target::Admiral, waiter, request.request, timeout);
+    }
+
     fn on_inbox(&mut self, message: Inbox) {
         match message {
-            Inbox::Connected { conn, writer } => self.links.connected(conn, writer),
+            Inbox::Connected { conn, outbox } => self.links.connected(conn, outbox),
             Inbox::Hello {
                 conn,
                 secret,
