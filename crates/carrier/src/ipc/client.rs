@@ -342,7 +342,11 @@ impl Ipc {
 
     /// Counts an incoming command as running until the guard drops.
     pub(crate) fn command_running(&self) -> RunningCommand {
-        self.inner.running.send_modify(|n| *n += 1);
+        // Only reaching zero is news: waiters look for that alone.
+        self.inner.running.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
         RunningCommand(self.inner.clone())
     }
 
@@ -899,7 +903,10 @@ pub(crate) struct RunningCommand(Arc<Inner>);
 
 impl Drop for RunningCommand {
     fn drop(&mut self) {
-        self.0.running.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.running.send_if_modified(|n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 }
 

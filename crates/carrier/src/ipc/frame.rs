@@ -47,7 +47,9 @@ fn codec(max_frame: usize) -> LengthDelimitedCodec {
 
 /// Encodes a message as a frame body.
 pub fn encode<T: Serialize>(message: &T, max_frame: usize) -> Result<Bytes, FrameError> {
-    let body = rmp_serde::to_vec_named(message)?;
+    // Most frames are small: one allocation rather than a few growing ones.
+    let mut body = Vec::with_capacity(128);
+    rmp_serde::encode::write_named(&mut body, message)?;
     if body.len() > max_frame {
         return Err(FrameError::TooLarge {
             size: body.len(),

@@ -36,6 +36,8 @@ struct State {
     corked: bool,
     /// The socket failed or the outbox was dropped.
     closed: bool,
+    /// Callers of [`Outbox::flushed`] waiting: only they need to hear that the buffer emptied.
+    waiting: usize,
 }
 
 #[derive(Debug)]
@@ -78,7 +80,9 @@ impl Shared {
         if state.closed {
             state.buf.clear();
         }
-        self.drained.notify_waiters();
+        if state.waiting > 0 {
+            self.drained.notify_waiters();
+        }
     }
 }
 
@@ -102,6 +106,7 @@ impl Outbox {
                 flushing: false,
                 corked: false,
                 closed: false,
+                waiting: 0,
             }),
             socket,
             wake: Notify::new(),
@@ -173,12 +178,14 @@ impl Outbox {
             tokio::pin!(drained);
             drained.as_mut().enable();
             {
-                let state = self.shared.lock();
+                let mut state = self.shared.lock();
                 if state.buf.is_empty() || state.closed {
                     return;
                 }
+                state.waiting += 1;
             }
             drained.await;
+            self.shared.lock().waiting -= 1;
         }
     }
 }

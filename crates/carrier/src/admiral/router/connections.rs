@@ -114,6 +114,11 @@ impl Connections {
         self.conns.get_mut(&conn)
     }
 
+    /// The process an admitted connection belongs to and the target it serves.
+    pub fn admitted(&self, conn: ConnId) -> Option<(ProcessId, Target)> {
+        self.conns.get(&conn)?.process.clone()
+    }
+
     /// The process an admitted connection belongs to.
     pub fn process_of(&self, conn: ConnId) -> Option<ProcessId> {
         self.conns.get(&conn)?.process.as_ref().map(|(p, _)| *p)

@@ -242,9 +242,6 @@ impl Router {
         let Some(process) = self.links.process_of(conn) else {
             return;
         };
-        let Some(worker) = self.lifecycle.worker_of(process).cloned() else {
-            return;
-        };
         match up {
             Up::Request {
                 id,
@@ -258,15 +255,22 @@ impl Router {
                     self.links.send(conn, &Down::Reply { id, reply });
                     return;
                 }
+                let Some((_, from)) = self.links.admitted(conn) else {
+                    return;
+                };
                 let timeout = clamp_timeout(timeout_ms);
-                self.on_request(&worker.target(), Waiter::Conn(conn, id), request, timeout);
+                self.on_request(&from, Waiter::Conn(conn, id), request, timeout);
             }
             Up::Reply { id, outcome } => {
                 if let Some(answer) = self.calls.answered(id, Some(process), outcome) {
                     self.answer(answer);
                 }
             }
-            other => self.on_report(&worker, process, other),
+            other => {
+                if let Some(worker) = self.lifecycle.worker_of(process).cloned() {
+                    self.on_report(&worker, process, other);
+                }
+            }
         }
     }
 
