@@ -506,7 +506,7 @@ fn rest_request(
 }
 
 fn proxy_seeds(key: &str) -> Vec<Vec<u8>> {
-    let key = format!("{}: {key}\r\n", carrier::proxy::KEY_HEADER);
+    let key = format!("{}: {key}\r\n", carrier::rest::KEY_HEADER);
     [
         format!("GET /api/v10/users/@me HTTP/1.1\r\nhost: x\r\n{key}connection: close\r\n\r\n"),
         format!(
@@ -627,10 +627,10 @@ fn fuzz_proxy(plan: FuzzPlan) -> FuzzReport {
         )
         .await
         .expect("the mock starts");
-        let mut config = carrier::proxy::ProxyConfig::new(mock.http_url(), "mock-token");
+        let mut config = carrier::rest::ProxyConfig::new(mock.http_url(), "mock-token");
         config.request_timeout = Duration::from_secs(2);
         config.global_limit = u16::MAX;
-        let proxy = carrier::proxy::RestProxy::start(config)
+        let proxy = carrier::rest::RestProxy::start(config)
             .await
             .expect("the proxy starts");
         (mock, proxy)

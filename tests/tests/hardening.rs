@@ -80,7 +80,7 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
     let secret = environ_var(pid, carrier::ipc::link::ENV_SECRET).expect("a worker has the secret");
 
     let proxy =
-        carrier::proxy::RestProxy::start(carrier::proxy::ProxyConfig::new(mock.http_url(), TOKEN))
+        carrier::rest::RestProxy::start(carrier::rest::ProxyConfig::new(mock.http_url(), TOKEN))
             .await
             .unwrap();
     let hello = carrier::ipc::proto::Up::Hello {
@@ -126,7 +126,7 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
 
 fn request(path: &str, key: Option<&str>, authorization: Option<&str>) -> String {
     let key = key.map_or(String::new(), |key| {
-        format!("{}: {key}\r\n", carrier::proxy::KEY_HEADER)
+        format!("{}: {key}\r\n", carrier::rest::KEY_HEADER)
     });
     let auth = authorization.map_or(String::new(), |auth| format!("authorization: {auth}\r\n"));
     let extra = key + &auth;

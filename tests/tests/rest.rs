@@ -246,14 +246,14 @@ async fn serenity_clusters_answer_fetches_for_each_other() {
 fn get(path: &str, key: Option<&carrier::Secret>, authorization: Option<&str>) -> String {
     let auth = authorization.map_or(String::new(), |a| format!("authorization: {a}\r\n"));
     let key = key.map_or(String::new(), |k| {
-        format!("{}: {}\r\n", carrier::proxy::KEY_HEADER, k.expose())
+        format!("{}: {}\r\n", carrier::rest::KEY_HEADER, k.expose())
     });
     format!("GET {path} HTTP/1.1\r\nhost: x\r\n{key}{auth}connection: close\r\n\r\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
-    use carrier::proxy::{ProxyConfig, RestProxy};
+    use carrier::rest::{ProxyConfig, RestProxy};
     let mock = MockDiscord::start(busy_mock_config(2, 1)).await.unwrap();
     let mut config = ProxyConfig::new(mock.http_url(), "mock-token");
     config.invalid_request_limit = 2;
@@ -296,7 +296,7 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
     assert!(head.contains("x-fleet-proxy: path"), "{head}");
     let options = format!(
         "OPTIONS /api/v10/users/@me HTTP/1.1\r\nhost: x\r\n{}: {}\r\nconnection: close\r\n\r\n",
-        carrier::proxy::KEY_HEADER,
+        carrier::rest::KEY_HEADER,
         key.expose()
     );
     let (status, head, _) = raw_http(&proxy.url(), &options).await;
@@ -329,13 +329,13 @@ async fn the_proxy_adds_the_token_passes_errors_through_and_refuses_clearly() {
     // The stats are also served as JSON.
     let (status, _, body) = raw_http(&proxy.url(), &get("/_fleet/stats", Some(&key), None)).await;
     assert_eq!(status, 200);
-    let served: carrier::proxy::ProxyStats = serde_json::from_str(&body).unwrap();
+    let served: carrier::rest::ProxyStats = serde_json::from_str(&body).unwrap();
     assert_eq!(served.refused, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_429_holds_every_request_and_each_is_retried_until_it_lands() {
-    use carrier::proxy::{ProxyConfig, RestProxy};
+    use carrier::rest::{ProxyConfig, RestProxy};
     // Discord's global limit is lower than the proxy believes: the proxy learns it from 429s.
     let config = MockConfig::builder()
         .guilds(1)

@@ -15,7 +15,7 @@ use crate::admiral::{
 use crate::identify::{IDENTIFY_INTERVAL, LocalIdentifyQueue};
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::ipc::link::WorkerEnv;
-use crate::proxy::{ProxyConfig, ProxyStartError, RestProxy};
+use crate::rest::{ProxyConfig, ProxyStartError, RestProxy};
 use crate::worker::{self, BoxError, ClusterRunner, Service, ServiceFactory};
 
 /// Discord's REST base.
@@ -73,7 +73,7 @@ pub struct FleetOptions {
     /// REST base, without `/api/v10`. Default `https://discord.com`.
     pub rest_url: String,
     /// Route every cluster's REST calls through the admiral's central proxy, which keeps one
-    /// rate-limit state for the whole fleet (see [`crate::proxy`]). Default on; off, each
+    /// rate-limit state for the whole fleet (see [`crate::rest`]). Default on; off, each
     /// cluster's HTTP client limits itself and clusters can race each other into 429s.
     pub rest_proxy: bool,
     /// Requests per second the proxy allows across all routes. Default 50, Discord's global

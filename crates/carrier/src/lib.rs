@@ -17,7 +17,7 @@
 //! payloads are opaque bytes the router forwards without decoding ([`ipc::proto`] documents the
 //! wire protocol).
 //!
-//! The admiral also runs the central REST proxy ([`proxy`]): one loopback endpoint with one
+//! The admiral also runs the central REST proxy ([`rest::proxy`]): one loopback endpoint with one
 //! rate-limit state that every cluster's HTTP client goes through. Clusters answer cache lookups
 //! for each other ([`Ipc::fetch_guild`] and friends), routed to the cluster owning the guild.
 //!
@@ -62,11 +62,12 @@
 //! ```
 
 pub mod admiral;
+pub mod cluster;
 mod fleet;
 pub mod identify;
 pub mod ipc;
 pub mod panics;
-pub mod proxy;
+pub mod rest;
 mod secret;
 pub mod worker;
 

@@ -36,22 +36,20 @@
 
 mod relay;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::sync::Arc;
 
-use carrier::ipc::link::Stop;
+use carrier::cluster::{ShardReporter, Shards};
+use carrier::ipc::proto::ShardSession;
 pub use carrier::worker::BoxError;
 use carrier::worker::start_cluster_worker;
 pub use carrier::{
     AdmiralHandle, Fleet, FleetEvent, FleetOptions, Group, Ipc, Payload, RestartMode, Service,
     ServiceContext, Target,
 };
-use carrier::{
-    BotGateway, ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent, Status,
-};
+use carrier::{ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use serenity::all::{
@@ -195,10 +193,6 @@ impl<W: ClusterWorker> SerenityRunner<W> {
     }
 }
 
-fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// serenity's HTTP client on a REST base: Discord's, or another such as the admiral's REST proxy
 /// or a local Discord. serenity honours a custom base only with its own rate limiter off, which
 /// is right for the proxy (it keeps the limits for the whole fleet); against any other custom
@@ -206,7 +200,7 @@ fn install_crypto() {
 /// carries it.
 #[must_use]
 pub fn http_client(token: &str, rest_url: &str, proxy_key: Option<&carrier::Secret>) -> Http {
-    install_crypto();
+    carrier::rest::install_crypto_provider();
     let rest_url = rest_url.trim_end_matches('/');
     if rest_url == DISCORD_REST {
         return Http::new(token);
@@ -217,7 +211,7 @@ pub fn http_client(token: &str, rest_url: &str, proxy_key: Option<&carrier::Secr
     if let Some(key) = proxy_key {
         let client = reqwest::Client::builder()
             .use_rustls_tls()
-            .default_headers(carrier::proxy::key_headers(key))
+            .default_headers(carrier::rest::key_headers(key))
             .build();
         match client {
             Ok(client) => builder = builder.client(client),
@@ -230,66 +224,22 @@ pub fn http_client(token: &str, rest_url: &str, proxy_key: Option<&carrier::Secr
 }
 
 impl<W: ClusterWorker> ClusterRunner for SerenityRunner<W> {
-    fn bot_gateway(
-        &self,
-        token: &str,
-        rest_url: &str,
-    ) -> BoxFuture<'static, Result<BotGateway, BoxError>> {
-        let http = http_client(token, rest_url, None);
-        Box::pin(async move {
-            let info = http.get_bot_gateway().await?;
-            let limit = info.session_start_limit;
-            Ok(BotGateway {
-                url: info.url,
-                shards: info.shards,
-                max_concurrency: u32::try_from(limit.max_concurrency).unwrap_or(1),
-                total: u32::try_from(limit.total).unwrap_or(u32::MAX),
-                remaining: u32::try_from(limit.remaining).unwrap_or(u32::MAX),
-                reset_after_ms: limit.reset_after,
-            })
-        })
-    }
-
     fn run(&self, context: CarrierContext) -> BoxFuture<'static, Result<(), BoxError>> {
         Box::pin(run_cluster::<W>(self.settings.clone(), context))
     }
 }
 
-/// Reports shard progress to the admiral, and the cluster ready once every shard is.
-struct Reporter {
-    ipc: Ipc,
-    ready: StdMutex<HashSet<u32>>,
-    all: usize,
-}
+/// Passes shard progress to carrier's [`ShardReporter`].
+struct Reporter(ShardReporter);
 
 #[serenity::async_trait]
 impl EventHandler for Reporter {
     async fn ready(&self, ctx: Context, _: Ready) {
-        let shard = ctx.shard_id.0;
-        let _ = self
-            .ipc
-            .report(Status::Shard {
-                shard,
-                event: ShardEvent::Ready,
-            })
-            .await;
-        let all_ready = {
-            let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
-            ready.insert(shard) && ready.len() == self.all
-        };
-        if all_ready {
-            let _ = self.ipc.report(Status::Ready).await;
-        }
+        self.0.report(ctx.shard_id.0, ShardEvent::Ready).await;
     }
 
     async fn resume(&self, ctx: Context, _: ResumedEvent) {
-        let _ = self
-            .ipc
-            .report(Status::Shard {
-                shard: ctx.shard_id.0,
-                event: ShardEvent::Resumed,
-            })
-            .await;
+        self.0.report(ctx.shard_id.0, ShardEvent::Resumed).await;
     }
 
     async fn shard_stage_update(&self, _: Context, update: ShardStageUpdateEvent) {
@@ -298,13 +248,7 @@ impl EventHandler for Reporter {
             ConnectionStage::Connecting => ShardEvent::Connecting,
             _ => return,
         };
-        let _ = self
-            .ipc
-            .report(Status::Shard {
-                shard: update.shard_id.0,
-                event,
-            })
-            .await;
+        self.0.report(update.shard_id.0, event).await;
     }
 }
 
@@ -343,19 +287,18 @@ async fn run_cluster<W: ClusterWorker>(
     settings: Settings,
     context: CarrierContext,
 ) -> Result<(), BoxError> {
-    install_crypto();
+    carrier::rest::install_crypto_provider();
     let CarrierContext {
         ipc,
         assignment,
-        mut control,
+        control,
     } = context;
+    let reporter = ShardReporter::new(&ipc, &assignment);
     if assignment.handover {
-        // serenity 0.12 opens its sessions itself and offers no way to resume one it did not
-        // open: refuse, and the old process keeps serving.
-        let reason = "serenity clusters cannot resume handed-over sessions; restart them with RestartMode::Overlap";
-        let _ = ipc.report(Status::StartFailed(reason.to_owned())).await;
-        ipc.flush().await;
-        return Err(reason.into());
+        // serenity 0.12 opens its sessions itself: carrier refuses the handover before anything
+        // starts, and the old process keeps serving.
+        let shards = SerenityShards::<W>::refusing(reporter.clone());
+        return carrier::cluster::serve(&ipc, &assignment, control, &reporter, shards).await;
     }
     let http = Arc::new(http_client(
         &assignment.token,
@@ -382,64 +325,133 @@ async fn run_cluster<W: ClusterWorker>(
         |worker: Arc<W>, from, payload| async move { worker.handle_command(from, payload).await },
     )
     .await?;
-
     let gate = relay::start(
         assignment.gateway_url.trim_end_matches('/').to_owned(),
         ipc.clone(),
     )
     .await?;
     let mut handlers = worker.event_handlers();
-    handlers.push(Arc::new(Reporter {
-        ipc: ipc.clone(),
-        ready: StdMutex::default(),
-        all: shards.clone().count(),
-    }));
-    let raw_handlers = worker.raw_event_handlers();
-    let mut managers = Vec::new();
-    for shard in shards {
-        let (manager, mut failures) = ShardManager::new(ShardManagerOptions {
-            data: data.clone(),
-            event_handlers: handlers.clone(),
-            raw_event_handlers: raw_handlers.clone(),
-            shard_index: shard,
-            shard_init: 1,
-            shard_total: assignment.shard_total,
-            ws_url: Arc::new(Mutex::new(gate.clone())),
-            cache: cache.clone(),
-            http: http.clone(),
-            intents: settings.intents,
-            presence: settings.presence.clone(),
-        });
-        tokio::spawn(async move {
-            while let Some(result) = failures.next().await {
-                if let Err(error) = result {
-                    tracing::error!(target: "fleet::shard", shard, %error, "serenity shard manager failed");
-                }
-            }
-        });
-        let _ = ipc
-            .report(Status::Shard {
-                shard,
-                event: ShardEvent::Connecting,
-            })
-            .await;
-        manager.initialize()?;
-        managers.push(manager);
+    handlers.push(Arc::new(Reporter(reporter.clone())));
+    let options = ManagerOptions {
+        data,
+        handlers,
+        raw_handlers: worker.raw_event_handlers(),
+        gate,
+        cache,
+        http,
+        intents: settings.intents,
+        presence: settings.presence,
+        shards,
+        shard_total: assignment.shard_total,
+    };
+    let shards = SerenityShards {
+        options: Some(options),
+        worker: Some(worker),
+        reporter: reporter.clone(),
+        managers: Vec::new(),
+    };
+    carrier::cluster::serve(&ipc, &assignment, control, &reporter, shards).await
+}
+
+/// What serenity's shard managers are built from.
+struct ManagerOptions {
+    data: Arc<RwLock<TypeMap>>,
+    handlers: Vec<Arc<dyn EventHandler>>,
+    raw_handlers: Vec<Arc<dyn RawEventHandler>>,
+    gate: String,
+    cache: Arc<Cache>,
+    http: Arc<Http>,
+    intents: GatewayIntents,
+    presence: Option<PresenceData>,
+    shards: RangeInclusive<u32>,
+    shard_total: u32,
+}
+
+/// A serenity cluster's shards: one shard manager each (serenity's own runner), connected
+/// through the relay that reports identifies to the admiral.
+struct SerenityShards<W> {
+    /// `None` for a handover's replacement, which never starts.
+    options: Option<ManagerOptions>,
+    worker: Option<Arc<W>>,
+    reporter: ShardReporter,
+    managers: Vec<Arc<ShardManager>>,
+}
+
+impl<W> SerenityShards<W> {
+    /// A handover's replacement: it has nothing to start.
+    fn refusing(reporter: ShardReporter) -> Self {
+        Self {
+            options: None,
+            worker: None,
+            reporter,
+            managers: Vec::new(),
+        }
+    }
+}
+
+impl<W: ClusterWorker> Shards for SerenityShards<W> {
+    fn resumes_sessions(&self) -> bool {
+        // serenity 0.12 offers no way to resume a session it did not open.
+        false
     }
 
-    let grace = match control.stopped().await {
-        Stop::Shutdown(grace) => {
-            let shutdown = carrier::panics::catch(tokio::time::timeout(grace, worker.shutdown()));
-            if let Err(panicked) = shutdown.await {
-                let _ = ipc
-                    .report(Status::Panic(panicked.report("shutdown", None, None)))
-                    .await;
+    fn start(&mut self, _sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            let Some(o) = &self.options else {
+                return Err("this cluster cannot start".into());
+            };
+            for shard in o.shards.clone() {
+                let (manager, mut failures) = ShardManager::new(ShardManagerOptions {
+                    data: o.data.clone(),
+                    event_handlers: o.handlers.clone(),
+                    raw_event_handlers: o.raw_handlers.clone(),
+                    shard_index: shard,
+                    shard_init: 1,
+                    shard_total: o.shard_total,
+                    ws_url: Arc::new(Mutex::new(o.gate.clone())),
+                    cache: o.cache.clone(),
+                    http: o.http.clone(),
+                    intents: o.intents,
+                    presence: o.presence.clone(),
+                });
+                tokio::spawn(async move {
+                    while let Some(result) = failures.next().await {
+                        if let Err(error) = result {
+                            tracing::error!(target: "fleet::shard", shard, %error, "serenity shard manager failed");
+                        }
+                    }
+                });
+                self.reporter.report(shard, ShardEvent::Connecting).await;
+                manager.initialize()?;
+                self.managers.push(manager);
             }
-            grace
-        }
-        Stop::Disconnected => std::time::Duration::from_secs(5),
-    };
-    let closing = futures::future::join_all(managers.iter().map(|m| m.shutdown_all()));
-    let _ = tokio::time::timeout(grace, closing).await;
-    Ok(())
+            Ok(())
+        })
+    }
+
+    fn hand_over(&mut self) -> BoxFuture<'_, Vec<ShardSession>> {
+        // Never asked (the replacement refuses first); should it be, the shards close and the
+        // replacement identifies them.
+        Box::pin(async move {
+            self.close(std::time::Duration::from_secs(5)).await;
+            Vec::new()
+        })
+    }
+
+    fn close(&mut self, grace: std::time::Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let managers = std::mem::take(&mut self.managers);
+            let closing = futures::future::join_all(managers.iter().map(|m| m.shutdown_all()));
+            let _ = tokio::time::timeout(grace, closing).await;
+        })
+    }
+
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        let worker = self.worker.clone();
+        Box::pin(async move {
+            if let Some(worker) = worker {
+                worker.shutdown().await;
+            }
+        })
+    }
 }

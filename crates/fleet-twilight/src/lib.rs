@@ -64,15 +64,14 @@
 //! }
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use carrier::ipc::link::{Handoff, Stop};
+use carrier::cluster::{ShardReporter, Shards};
 use carrier::ipc::proto::ShardSession;
 pub use carrier::worker::BoxError;
 use carrier::worker::start_cluster_worker;
@@ -80,9 +79,7 @@ pub use carrier::{
     AdmiralHandle, Fleet, FleetEvent, FleetOptions, Group, Ipc, Payload, RestartMode, Service,
     ServiceContext, Target,
 };
-use carrier::{
-    BotGateway, ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent, Status,
-};
+use carrier::{ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent};
 use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 pub use twilight_cache_inmemory::{DefaultInMemoryCache, ResourceType};
@@ -245,10 +242,6 @@ impl Queue for IpcQueue {
     }
 }
 
-fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// An HTTP client on a REST base: Discord's (`https://discord.com`) or a plain-HTTP one such as
 /// the admiral's REST proxy or a local Discord (`http://127.0.0.1:PORT`). With a `proxy_key`,
 /// the base is the fleet's REST proxy: the client proves itself with the key on every request,
@@ -259,7 +252,7 @@ pub fn http_client(
     rest_url: &str,
     proxy_key: Option<&carrier::Secret>,
 ) -> twilight_http::Client {
-    install_crypto();
+    carrier::rest::install_crypto_provider();
     let mut builder =
         twilight_http::Client::builder().token(format!("Bot {}", token.trim_start_matches("Bot ")));
     if let Some(host) = rest_url.strip_prefix("http://") {
@@ -272,31 +265,12 @@ pub fn http_client(
     if let Some(key) = proxy_key {
         builder = builder
             .ratelimiter(None)
-            .default_headers(carrier::proxy::key_headers(key));
+            .default_headers(carrier::rest::key_headers(key));
     }
     builder.build()
 }
 
 impl<W: ClusterWorker> ClusterRunner for TwilightRunner<W> {
-    fn bot_gateway(
-        &self,
-        token: &str,
-        rest_url: &str,
-    ) -> BoxFuture<'static, Result<BotGateway, BoxError>> {
-        let http = http_client(token, rest_url, None);
-        Box::pin(async move {
-            let info = http.gateway().authed().await?.model().await?;
-            Ok(BotGateway {
-                url: info.url,
-                shards: info.shards,
-                max_concurrency: u32::from(info.session_start_limit.max_concurrency),
-                total: info.session_start_limit.total,
-                remaining: info.session_start_limit.remaining,
-                reset_after_ms: info.session_start_limit.reset_after,
-            })
-        })
-    }
-
     fn run(&self, context: CarrierContext) -> BoxFuture<'static, Result<(), BoxError>> {
         let settings = self.settings.clone();
         Box::pin(run_cluster::<W>(settings, context))
@@ -307,11 +281,11 @@ async fn run_cluster<W: ClusterWorker>(
     settings: Settings,
     context: CarrierContext,
 ) -> Result<(), BoxError> {
-    install_crypto();
+    carrier::rest::install_crypto_provider();
     let CarrierContext {
         ipc,
         assignment,
-        mut control,
+        control,
     } = context;
     let http = Arc::new(http_client(
         &assignment.token,
@@ -327,7 +301,6 @@ async fn run_cluster<W: ClusterWorker>(
     if let Some(presence) = settings.presence.clone() {
         config = config.presence(presence);
     }
-    let config = config.build();
     let shard_ids = assignment.first_shard..=assignment.last_shard;
     let senders = ShardSenders::default();
     let cache = Arc::new(
@@ -351,139 +324,110 @@ async fn run_cluster<W: ClusterWorker>(
         |worker: Arc<W>, from, payload| async move { worker.handle_command(from, payload).await },
     )
     .await?;
-
-    // A replacement waits for the sessions of the process it replaces.
-    let handoffs = control.clone();
-    let mut sessions = Vec::new();
-    if assignment.handover {
-        let _ = ipc.report(Status::Prepared).await;
-        tokio::select! {
-            handoff = handoffs.handoff() => match handoff {
-                Some(Handoff::Sessions(handed)) => sessions = handed,
-                _ => return Ok(()),
-            },
-            stop = control.stopped() => {
-                if let Stop::Shutdown(grace) = stop {
-                    guarded(&ipc, "shutdown", tokio::time::timeout(grace, worker.shutdown())).await;
-                }
-                return Ok(());
-            }
-        }
-    }
-
-    let ready = Arc::new(Mutex::new(HashSet::new()));
-    let all = shard_ids.clone().count();
-    // A new generation's cluster connects in standby: events fill the cache but reach the
-    // worker only once the generation goes live.
-    let active = Arc::new(AtomicBool::new(!assignment.standby));
-    loop {
-        // One generation of shards: the first, or the one resuming sessions given back.
-        let (drive_tx, drive) = watch::channel(Drive::Run);
-        let mut tasks = Vec::with_capacity(all);
-        let mut generation = BTreeMap::new();
-        for id in shard_ids.clone() {
-            let mut shard_config = ConfigBuilder::from(config.clone());
-            if let Some(session) = sessions.iter().find(|s| s.shard == id) {
-                shard_config = shard_config
-                    .session(Session::new(session.sequence, session.session_id.clone()));
-                if let Some(url) = &session.resume_url {
-                    shard_config = shard_config.resume_url(url.clone());
-                }
-            }
-            let shard = Shard::with_config(
-                ShardId::new(id, assignment.shard_total),
-                shard_config.build(),
-            );
-            generation.insert(id, shard.sender());
-            let cluster = ClusterShared {
-                event_types: settings.event_types,
-                cache: cache.clone(),
-                worker: worker.clone(),
-                ipc: ipc.clone(),
-                ready: ready.clone(),
-                all,
-                active: active.clone(),
-            };
-            tasks.push(tokio::spawn(drive_shard(shard, cluster, drive.clone())));
-        }
-        senders.replace(generation);
-
-        // Serve until told to stop or to hand the sessions over; a standby cluster (a new
-        // generation) also waits here to be activated.
-        loop {
-            tokio::select! {
-                stop = control.stopped() => {
-                    let grace = match stop {
-                        Stop::Shutdown(grace) => {
-                            guarded(&ipc, "shutdown", tokio::time::timeout(grace, worker.shutdown())).await;
-                            grace
-                        }
-                        Stop::Disconnected => Duration::from_secs(5),
-                    };
-                    let _ = drive_tx.send(Drive::Stop);
-                    for sender in senders.all().values() {
-                        let _ = sender.close(CloseFrame::NORMAL);
-                    }
-                    let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
-                    return Ok(());
-                }
-                handoff = handoffs.handoff() => match handoff {
-                    Some(Handoff::Activate) => {
-                        if !active.swap(true, Ordering::SeqCst) {
-                            tracing::info!(target: "fleet::shard", "activated: events reach the worker");
-                            guarded(&ipc, "activate", worker.activate()).await;
-                        }
-                    }
-                    Some(Handoff::HandOver) => break,
-                    Some(Handoff::Sessions(_)) => {}
-                    None => return Ok(()),
-                },
-            }
-        }
-        // Close every shard resumably; each task returns its session once closed.
-        let _ = drive_tx.send(Drive::HandOver);
-        for sender in senders.all().values() {
-            let _ = sender.close(CloseFrame::RESUME);
-        }
-        let mut handed = Vec::new();
-        let closing = futures::future::join_all(tasks.iter_mut());
-        // A shard still waiting to identify has no session to close: it is left to identify in
-        // the replacement.
-        if let Ok(closed) = tokio::time::timeout(HANDOVER_CLOSE, closing).await {
-            handed.extend(closed.into_iter().filter_map(|t| t.ok().flatten()));
-        }
-        for task in &tasks {
-            task.abort();
-        }
-        tracing::info!(target: "fleet::shard", shards = handed.len(), "handing sessions over");
-        ipc.hand_over(handed).await?;
-        // Now either the replacement serves and we are told to stop, or it failed and the
-        // sessions come back.
-        tokio::select! {
-            stop = control.stopped() => {
-                if let Stop::Shutdown(grace) = stop {
-                    guarded(&ipc, "shutdown", tokio::time::timeout(grace, worker.shutdown())).await;
-                }
-                return Ok(());
-            }
-            handoff = handoffs.handoff() => match handoff {
-                Some(Handoff::Sessions(back)) => {
-                    tracing::warn!(target: "fleet::shard", "the replacement failed; resuming the sessions here");
-                    ready.lock().unwrap_or_else(PoisonError::into_inner).clear();
-                    sessions = back;
-                }
-                _ => return Ok(()),
-            },
-        }
-    }
+    let reporter = ShardReporter::new(&ipc, &assignment);
+    let shards = TwilightShards {
+        config: config.build(),
+        shard_ids,
+        shard_total: assignment.shard_total,
+        event_types: settings.event_types,
+        cache,
+        worker,
+        reporter: reporter.clone(),
+        senders,
+        drive: None,
+        tasks: Vec::new(),
+    };
+    carrier::cluster::serve(&ipc, &assignment, control, &reporter, shards).await
 }
 
-/// Runs a call into user code; a panic in it is reported and goes no further.
-async fn guarded<T>(ipc: &Ipc, context: &str, call: impl Future<Output = T>) {
-    if let Err(panicked) = carrier::panics::catch(call).await {
-        let _ = ipc
-            .report(Status::Panic(panicked.report(context, None, None)))
-            .await;
+/// A twilight cluster's shards: one task each, driving its shard and handing its events to the
+/// worker.
+struct TwilightShards<W> {
+    config: twilight_gateway::Config<IpcQueue>,
+    shard_ids: RangeInclusive<u32>,
+    shard_total: u32,
+    event_types: EventTypeFlags,
+    cache: Arc<DefaultInMemoryCache>,
+    worker: Arc<W>,
+    reporter: ShardReporter,
+    senders: ShardSenders,
+    /// Tells the running generation's tasks what to do.
+    drive: Option<watch::Sender<Drive>>,
+    tasks: Vec<tokio::task::JoinHandle<Option<ShardSession>>>,
+}
+
+impl<W: ClusterWorker> Shards for TwilightShards<W> {
+    fn start(&mut self, sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>> {
+        let (drive_tx, drive) = watch::channel(Drive::Run);
+        let mut generation = BTreeMap::new();
+        for id in self.shard_ids.clone() {
+            let mut config = ConfigBuilder::from(self.config.clone());
+            if let Some(session) = sessions.iter().find(|s| s.shard == id) {
+                config = config.session(Session::new(session.sequence, session.session_id.clone()));
+                if let Some(url) = &session.resume_url {
+                    config = config.resume_url(url.clone());
+                }
+            }
+            let shard = Shard::with_config(ShardId::new(id, self.shard_total), config.build());
+            generation.insert(id, shard.sender());
+            let cluster = ClusterShared {
+                event_types: self.event_types,
+                cache: self.cache.clone(),
+                worker: self.worker.clone(),
+                reporter: self.reporter.clone(),
+            };
+            let task = tokio::spawn(drive_shard(shard, cluster, drive.clone()));
+            self.tasks.push(task);
+        }
+        self.senders.replace(generation);
+        self.drive = Some(drive_tx);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn hand_over(&mut self) -> BoxFuture<'_, Vec<ShardSession>> {
+        Box::pin(async move {
+            // Close every shard resumably; each task returns its session once closed.
+            if let Some(drive) = self.drive.take() {
+                let _ = drive.send(Drive::HandOver);
+            }
+            for sender in self.senders.all().values() {
+                let _ = sender.close(CloseFrame::RESUME);
+            }
+            let mut handed = Vec::new();
+            let closing = futures::future::join_all(self.tasks.iter_mut());
+            // A shard still waiting to identify has no session to close: it is left to
+            // identify in the replacement.
+            if let Ok(closed) = tokio::time::timeout(HANDOVER_CLOSE, closing).await {
+                handed.extend(closed.into_iter().filter_map(|t| t.ok().flatten()));
+            }
+            for task in self.tasks.drain(..) {
+                task.abort();
+            }
+            handed
+        })
+    }
+
+    fn close(&mut self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(drive) = self.drive.take() {
+                let _ = drive.send(Drive::Stop);
+            }
+            for sender in self.senders.all().values() {
+                let _ = sender.close(CloseFrame::NORMAL);
+            }
+            let tasks = std::mem::take(&mut self.tasks);
+            let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
+        })
+    }
+
+    fn activate(&mut self) -> BoxFuture<'_, ()> {
+        let worker = self.worker.clone();
+        Box::pin(async move { worker.activate().await })
+    }
+
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        let worker = self.worker.clone();
+        Box::pin(async move { worker.shutdown().await })
     }
 }
 
@@ -559,13 +503,7 @@ struct ClusterShared<W> {
     event_types: EventTypeFlags,
     cache: Arc<DefaultInMemoryCache>,
     worker: Arc<W>,
-    ipc: Ipc,
-    /// Shards that have been READY.
-    ready: Arc<Mutex<HashSet<u32>>>,
-    /// Shards of the cluster.
-    all: usize,
-    /// Whether events reach the worker (false in standby).
-    active: Arc<AtomicBool>,
+    reporter: ShardReporter,
 }
 
 /// Runs one shard until told to stop; after a handover close, returns its session.
@@ -578,20 +516,12 @@ async fn drive_shard<W: ClusterWorker>(
         event_types,
         cache,
         worker,
-        ipc,
-        ready,
-        all,
-        active,
+        reporter,
     } = cluster;
     let id = shard.id();
     let number = id.number();
     let flags = event_types | EventTypeFlags::READY | EventTypeFlags::RESUMED;
-    let _ = ipc
-        .report(Status::Shard {
-            shard: number,
-            event: ShardEvent::Connecting,
-        })
-        .await;
+    reporter.report(number, ShardEvent::Connecting).await;
     loop {
         let item = tokio::select! {
             item = shard.next_event(flags) => item,
@@ -615,32 +545,18 @@ async fn drive_shard<W: ClusterWorker>(
             _ => None,
         };
         if let Some(report) = report {
-            let _ = ipc
-                .report(Status::Shard {
-                    shard: number,
-                    event: report.clone(),
-                })
-                .await;
-            if matches!(report, ShardEvent::Ready | ShardEvent::Resumed) {
-                let now_ready = {
-                    let mut ready = ready.lock().unwrap_or_else(PoisonError::into_inner);
-                    ready.insert(number) && ready.len() == all
-                };
-                if now_ready {
-                    let _ = ipc.report(Status::Ready).await;
-                }
-            }
+            reporter.report(number, report).await;
         }
         cache.update(&event);
         let closed = matches!(event, Event::GatewayClose(_));
-        if event_types.contains(EventTypeFlags::from(event.kind())) && active.load(Ordering::SeqCst)
-        {
+        if event_types.contains(EventTypeFlags::from(event.kind())) && reporter.is_live() {
             // A panic costs this event only: the shard goes on with the next one.
             let kind = event.kind();
             if let Err(panicked) = carrier::panics::catch(worker.handle_event(id, event)).await {
-                let report =
-                    panicked.report("handle_event", Some(number), Some(format!("{kind:?}")));
-                let _ = ipc.report(Status::Panic(report)).await;
+                let event = Some(format!("{kind:?}"));
+                reporter
+                    .panicked(panicked, "handle_event", Some(number), event)
+                    .await;
             }
         }
         // Every event received before the close was handled above, so the session's sequence

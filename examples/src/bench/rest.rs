@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use carrier::proxy::{ProxyConfig, RestProxy};
+use carrier::rest::{ProxyConfig, RestProxy};
 use discord_mock::{MockConfig, MockDiscord, RouteLimit};
 use twilight_model::id::Id;
 
@@ -26,7 +26,7 @@ fn client(url: &str, proxy_key: Option<&carrier::Secret>, global: u16) -> twilig
         .proxy(host, true)
         .ratelimiter(own);
     if let Some(key) = proxy_key {
-        builder = builder.default_headers(carrier::proxy::key_headers(key));
+        builder = builder.default_headers(carrier::rest::key_headers(key));
     }
     builder.build()
 }

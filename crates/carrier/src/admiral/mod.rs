@@ -22,7 +22,7 @@ pub use self::process::WorkerCommand;
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, IpcError, Transport};
 use crate::ipc::proto::{Group, LogRecord, Outcome, ShardEvent, Target};
-use crate::proxy::{ProxyStats, ProxyStatsHandle, RestProxy};
+use crate::rest::{ProxyStats, ProxyStatsHandle, RestProxy};
 
 /// Events the admiral publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,7 +321,7 @@ impl AdmiralHandle {
     }
 
     /// The admiral's own key to the central REST proxy, to send as
-    /// [`proxy::KEY_HEADER`](crate::proxy::KEY_HEADER) from this process.
+    /// [`rest::KEY_HEADER`](crate::rest::KEY_HEADER) from this process.
     #[must_use]
     pub fn rest_proxy_key(&self) -> Option<&crate::Secret> {
         self.proxy_key.as_ref()

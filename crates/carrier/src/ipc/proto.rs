@@ -212,7 +212,7 @@ pub struct ClusterAssignment {
     /// the cluster's own HTTP client must not limit itself.
     pub rest_proxied: bool,
     /// The key this process sends to the REST proxy as `x-fleet-proxy-key`
-    /// ([`proxy::KEY_HEADER`](crate::proxy::KEY_HEADER)); the proxy refuses requests without it.
+    /// ([`rest::KEY_HEADER`](crate::rest::KEY_HEADER)); the proxy refuses requests without it.
     /// `None` when the proxy is off.
     #[serde(default)]
     pub rest_key: Option<crate::Secret>,

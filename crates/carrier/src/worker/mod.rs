@@ -120,17 +120,23 @@ pub struct ClusterContext {
     pub control: WorkerControl,
 }
 
-/// What an adapter provides: how to run a cluster with one Discord library.
+/// What an adapter provides: how to run a cluster with one Discord library. Most adapters start
+/// their user's worker ([`start_cluster_worker`]) and hand their shards to
+/// [`cluster::serve`](crate::cluster::serve).
 pub trait ClusterRunner: Send + Sync + 'static {
     /// Runs the cluster until `context.control` says stop, then closes its shards and returns.
     fn run(&self, context: ClusterContext) -> BoxFuture<'static, Result<(), BoxError>>;
 
-    /// Fetches `GET /gateway/bot` (in the admiral, before planning).
+    /// Fetches `GET /gateway/bot` (in the admiral, before planning). Default: carrier's own
+    /// request ([`rest::bot_gateway`](crate::rest::bot_gateway)).
     fn bot_gateway(
         &self,
         token: &str,
         rest_url: &str,
-    ) -> BoxFuture<'static, Result<BotGateway, BoxError>>;
+    ) -> BoxFuture<'static, Result<BotGateway, BoxError>> {
+        let (token, rest_url) = (token.to_owned(), rest_url.to_owned());
+        Box::pin(async move { crate::rest::bot_gateway(&token, &rest_url).await })
+    }
 }
 
 /// Starts an adapter's user worker: a failure is reported to the admiral (`StartFailed`) before

@@ -11,7 +11,7 @@ use crate::admiral::lifecycle::{Command, Input, ProcessId, RestartMode, State, W
 use crate::admiral::process::{self, SpawnRequest};
 use crate::ipc::link::WorkerEnv;
 use crate::ipc::proto::{Assignment, ClusterAssignment, Down, ShardSession, Status, Up};
-use crate::proxy::RestProxy;
+use crate::rest::RestProxy;
 
 /// How long an exited process's connection may take to drain before the exit is handled anyway.
 const EXIT_DRAIN: Duration = Duration::from_secs(2);

@@ -43,13 +43,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use twilight_http_ratelimiting::{Endpoint, RateLimitHeaders, RateLimiter};
 
+use super::client::{Connector, connector};
+pub use super::stats::{CallerStats, ProxyStats};
+use super::stats::{Counters, Samples};
 use crate::Secret;
 
 /// How long Discord counts invalid requests.
@@ -72,9 +74,6 @@ pub fn key_headers(key: &Secret) -> HeaderMap {
     headers.insert(HeaderName::from_static(KEY_HEADER), value);
     headers
 }
-
-/// Latency samples kept for percentiles (the most recent ones).
-const LATENCY_SAMPLES: usize = 4096;
 
 /// Settings of the central REST proxy.
 #[derive(Clone)]
@@ -124,57 +123,6 @@ impl std::fmt::Debug for ProxyConfig {
             .field("max_body", &self.max_body)
             .finish()
     }
-}
-
-/// What the proxy has done since it started.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProxyStats {
-    /// Requests received from the fleet.
-    pub requests: u64,
-    /// Requests answered (whatever the status).
-    pub completed: u64,
-    /// Requests being handled now.
-    pub in_flight: u64,
-    /// Requests waiting for a rate-limit permit now.
-    pub queued: u64,
-    /// Requests sent upstream (retries included).
-    pub upstream_requests: u64,
-    /// 429 answers seen from upstream, of every scope.
-    pub rate_limited: u64,
-    /// Of those, global ones.
-    pub global_rate_limited: u64,
-    /// Of those, shared-resource ones (they do not count as invalid).
-    pub shared_rate_limited: u64,
-    /// 429s retried by the proxy.
-    pub retries: u64,
-    /// Upstream failures: unreachable, broken or timed out.
-    pub upstream_errors: u64,
-    /// Requests refused by the proxy itself (bad method or path, body too large, budget spent).
-    pub refused: u64,
-    /// Invalid requests (401, 403, non-shared 429) within the last ten minutes.
-    pub invalid_requests: u64,
-    /// Median time from receipt to answer over the recent requests, in microseconds.
-    pub latency_p50_us: u64,
-    /// 99th percentile of the same.
-    pub latency_p99_us: u64,
-    /// Slowest of the same.
-    pub latency_max_us: u64,
-    /// Median time spent waiting for a rate-limit permit, in microseconds.
-    pub queue_wait_p50_us: u64,
-    /// Requests refused because they carried no valid [`KEY_HEADER`] (not counted in
-    /// `requests`, and never sent upstream).
-    pub unauthenticated: u64,
-    /// Per caller (the name given to [`RestProxy::admit`], such as `cluster-2`): what it asked.
-    pub callers: BTreeMap<String, CallerStats>,
-}
-
-/// What one caller of the proxy has asked since it was first admitted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallerStats {
-    /// Requests received.
-    pub requests: u64,
-    /// Of their answers, invalid ones (401, 403, non-shared 429).
-    pub invalid_requests: u64,
 }
 
 /// Why the proxy could not start.
@@ -314,72 +262,6 @@ impl ProxyStatsHandle {
     /// The proxy's stats now.
     pub fn get(&self) -> ProxyStats {
         self.0.stats()
-    }
-}
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-fn connector() -> Connector {
-    use hyper_rustls::ConfigBuilderExt as _;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_webpki_roots()
-    .with_no_client_auth();
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    requests: AtomicU64,
-    completed: AtomicU64,
-    in_flight: AtomicU64,
-    queued: AtomicU64,
-    upstream_requests: AtomicU64,
-    rate_limited: AtomicU64,
-    global_rate_limited: AtomicU64,
-    shared_rate_limited: AtomicU64,
-    retries: AtomicU64,
-    upstream_errors: AtomicU64,
-    refused: AtomicU64,
-    unauthenticated: AtomicU64,
-}
-
-/// The most recent samples, for percentiles.
-#[derive(Debug, Default)]
-struct Samples {
-    values: Vec<u64>,
-    next: usize,
-}
-
-impl Samples {
-    fn push(&mut self, value: u64) {
-        if self.values.len() < LATENCY_SAMPLES {
-            self.values.push(value);
-        } else {
-            self.values[self.next] = value;
-            self.next = (self.next + 1) % LATENCY_SAMPLES;
-        }
-    }
-
-    /// `(p50, p99, max)`.
-    fn summary(&self) -> (u64, u64, u64) {
-        if self.values.is_empty() {
-            return (0, 0, 0);
-        }
-        let mut sorted = self.values.clone();
-        sorted.sort_unstable();
-        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-        (at(0.5), at(0.99), sorted[sorted.len() - 1])
     }
 }
 
@@ -883,18 +765,5 @@ mod tests {
         assert_eq!(retry_after(&headers, body), Duration::from_millis(250));
         assert_eq!(retry_after(&headers, b"{}"), Duration::from_secs(3));
         assert_eq!(retry_after(&HeaderMap::new(), b""), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn samples_give_percentiles_over_the_recent_window() {
-        let mut samples = Samples::default();
-        for v in 1..=100 {
-            samples.push(v);
-        }
-        assert_eq!(samples.summary(), (51, 99, 100));
-        for _ in 0..LATENCY_SAMPLES {
-            samples.push(7);
-        }
-        assert_eq!(samples.summary(), (7, 7, 7));
     }
 }

@@ -1,0 +1,244 @@
+//! The cluster protocol, the same for every Discord library: carrier drives a cluster's life
+//! (prepare, serve, hand over, stop or take back), and an adapter only implements [`Shards`]
+//! over its library's shards.
+//!
+//! # Theory of operation
+//!
+//! [`serve`] runs a cluster after the adapter started the user's worker:
+//!
+//! 1. A replacement for a session handover reports [`Status::Prepared`] and waits for the
+//!    sessions of the process it replaces (a library that cannot resume someone else's session
+//!    says so with [`Shards::resumes_sessions`], and the replacement fails at once, leaving the old
+//!    process serving).
+//! 2. [`Shards::start`] connects every shard, resuming the sessions it was given.
+//! 3. It serves until the admiral asks for something: a standby cluster (a reshard's new
+//!    generation) is activated ([`ShardReporter::is_live`] turns true, then the worker's
+//!    [`Shards::activate`] hook runs); a handover closes every shard resumably
+//!    ([`Shards::hand_over`]), sends the sessions, and either stops or, when the replacement
+//!    failed, takes them back and starts again at 2; a shutdown runs the worker's
+//!    [`Shards::shutdown`] hook within the grace period, then [`Shards::close`].
+//!
+//! The adapter's shards report what happens to them through a [`ShardReporter`]: each shard's
+//! connection, READY, RESUMED and close, and, once every shard has been ready, the cluster's
+//! [`Status::Ready`].
+
+use std::collections::HashSet;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::ipc::Ipc;
+use crate::ipc::link::{Handoff, Stop, WorkerControl};
+use crate::ipc::proto::{ClusterAssignment, ShardEvent, ShardSession, Status};
+use crate::worker::BoxError;
+
+/// How long a cluster whose admiral is gone gives its shards to close.
+const DISCONNECTED_GRACE: Duration = Duration::from_secs(5);
+
+/// What an adapter does with its library's shards. Every method is called from [`serve`], one at
+/// a time.
+pub trait Shards: Send {
+    /// Whether the library can resume a session another process opened (a handover).
+    fn resumes_sessions(&self) -> bool {
+        true
+    }
+
+    /// Connects every shard of the cluster; a shard named in `sessions` resumes that session
+    /// instead of identifying. Shards report through the [`ShardReporter`] they were built with.
+    fn start(&mut self, sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>>;
+
+    /// Closes every shard resumably, after the worker has handled every event the shard
+    /// received, and returns their sessions (a shard that had none yet is left out: the
+    /// replacement identifies it).
+    fn hand_over(&mut self) -> BoxFuture<'_, Vec<ShardSession>>;
+
+    /// Closes every shard for good (close code 1000), within `grace`.
+    fn close(&mut self, grace: Duration) -> BoxFuture<'_, ()>;
+
+    /// The worker's hook when a standby cluster goes live. Default: nothing.
+    fn activate(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// The worker's hook on a graceful shutdown, before the shards close. Default: nothing.
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// How a cluster's shards tell the admiral what happens to them; cheap to clone, one per shard
+/// task if need be.
+#[derive(Debug, Clone)]
+pub struct ShardReporter {
+    ipc: Ipc,
+    shards: RangeInclusive<u32>,
+    /// Shards that have been ready since the last start.
+    ready: Arc<Mutex<HashSet<u32>>>,
+    /// Whether events reach the worker (false while in standby).
+    live: Arc<AtomicBool>,
+}
+
+impl ShardReporter {
+    /// A reporter for the cluster `assignment` describes.
+    #[must_use]
+    pub fn new(ipc: &Ipc, assignment: &ClusterAssignment) -> Self {
+        Self {
+            ipc: ipc.clone(),
+            shards: assignment.first_shard..=assignment.last_shard,
+            ready: Arc::default(),
+            live: Arc::new(AtomicBool::new(!assignment.standby)),
+        }
+    }
+
+    /// Reports `event` of `shard`; READY and RESUMED count towards the cluster being ready,
+    /// which is reported once, when the last of its shards gets there.
+    pub async fn report(&self, shard: u32, event: ShardEvent) {
+        let counts = matches!(event, ShardEvent::Ready | ShardEvent::Resumed);
+        let _ = self.ipc.report(Status::Shard { shard, event }).await;
+        if counts && self.shards.contains(&shard) {
+            let all_ready = {
+                let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+                ready.insert(shard) && ready.len() == self.shards.clone().count()
+            };
+            if all_ready {
+                let _ = self.ipc.report(Status::Ready).await;
+            }
+        }
+    }
+
+    /// Whether events should reach the worker now (a standby cluster's shards fill their cache
+    /// only).
+    #[must_use]
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Reports a panic caught in user code (`context`: where; `shard` and `event` if known).
+    pub async fn panicked(
+        &self,
+        panicked: crate::panics::Panicked,
+        context: &str,
+        shard: Option<u32>,
+        event: Option<String>,
+    ) {
+        let report = panicked.report(context, shard, event);
+        let _ = self.ipc.report(Status::Panic(report)).await;
+    }
+
+    /// Goes live; whether it was not already.
+    fn go_live(&self) -> bool {
+        !self.live.swap(true, Ordering::SeqCst)
+    }
+
+    /// A new start: readiness is counted afresh.
+    fn restart(&self) {
+        self.ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+/// Runs a cluster whose worker has started, until it must stop (see the module's docs).
+///
+/// # Errors
+/// When the shards cannot start, a handover's sessions cannot be sent, or the library cannot
+/// take over a handover's sessions.
+pub async fn serve(
+    ipc: &Ipc,
+    assignment: &ClusterAssignment,
+    mut control: WorkerControl,
+    reporter: &ShardReporter,
+    mut shards: impl Shards,
+) -> Result<(), BoxError> {
+    let handoffs = control.clone();
+    let mut sessions = Vec::new();
+    if assignment.handover {
+        if !shards.resumes_sessions() {
+            let reason = "this cluster's library cannot resume handed-over sessions; restart it with RestartMode::Overlap";
+            let _ = ipc.report(Status::StartFailed(reason.to_owned())).await;
+            ipc.flush().await;
+            return Err(reason.into());
+        }
+        let _ = ipc.report(Status::Prepared).await;
+        tokio::select! {
+            handoff = handoffs.handoff() => match handoff {
+                Some(Handoff::Sessions(handed)) => sessions = handed,
+                _ => return Ok(()),
+            },
+            stop = control.stopped() => {
+                shut_down(ipc, &mut shards, stop).await;
+                return Ok(());
+            }
+        }
+    }
+    loop {
+        reporter.restart();
+        shards.start(sessions).await?;
+        // Serve until told to stop or to hand the sessions over.
+        loop {
+            tokio::select! {
+                stop = control.stopped() => {
+                    let grace = shut_down(ipc, &mut shards, stop).await;
+                    shards.close(grace).await;
+                    return Ok(());
+                }
+                handoff = handoffs.handoff() => match handoff {
+                    Some(Handoff::Activate) => {
+                        if reporter.go_live() {
+                            tracing::info!(target: "fleet::shard", "activated: events reach the worker");
+                            guarded(reporter, "activate", shards.activate()).await;
+                        }
+                    }
+                    Some(Handoff::HandOver) => break,
+                    Some(Handoff::Sessions(_)) => {}
+                    None => return Ok(()),
+                },
+            }
+        }
+        let handed = shards.hand_over().await;
+        tracing::info!(target: "fleet::shard", shards = handed.len(), "handing sessions over");
+        ipc.hand_over(handed).await?;
+        // Now either the replacement serves and this process is told to stop, or it failed and
+        // the sessions come back.
+        tokio::select! {
+            stop = control.stopped() => {
+                shut_down(ipc, &mut shards, stop).await;
+                return Ok(());
+            }
+            handoff = handoffs.handoff() => match handoff {
+                Some(Handoff::Sessions(back)) => {
+                    tracing::warn!(target: "fleet::shard", "the replacement failed; resuming the sessions here");
+                    sessions = back;
+                }
+                _ => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Runs the worker's shutdown hook on a graceful stop, within its grace; the grace the shards
+/// have left to close.
+async fn shut_down(ipc: &Ipc, shards: &mut impl Shards, stop: Stop) -> Duration {
+    match stop {
+        Stop::Shutdown(grace) => {
+            let hook = tokio::time::timeout(grace, shards.shutdown());
+            if let Err(panicked) = crate::panics::catch(hook).await {
+                let report = panicked.report("shutdown", None, None);
+                let _ = ipc.report(Status::Panic(report)).await;
+            }
+            grace
+        }
+        Stop::Disconnected => DISCONNECTED_GRACE,
+    }
+}
+
+/// Runs a hook of user code; a panic in it is reported and goes no further.
+async fn guarded(reporter: &ShardReporter, context: &str, hook: BoxFuture<'_, ()>) {
+    if let Err(panicked) = crate::panics::catch(hook).await {
+        reporter.panicked(panicked, context, None, None).await;
+    }
+}
