@@ -20,6 +20,7 @@
 
 pub mod chaos;
 pub mod fuzz;
+pub mod raw;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,8 +31,8 @@ use fleet_twilight::{ClusterContext, ClusterWorker, Settings};
 use serde::{Deserialize, Serialize};
 use twilight_gateway::{Event, Intents, ShardId};
 
-/// Environment variable naming the clusters' library for the testbot: `serenity` or (default)
-/// `twilight`.
+/// Environment variable naming the clusters' library for the testbot: `serenity`, `raw` (no
+/// library: [`raw`]) or (default) `twilight`.
 pub const LIB_ENV: &str = "TESTBOT_LIB";
 
 /// The fleet for the library named in [`LIB_ENV`].
@@ -39,6 +40,7 @@ pub const LIB_ENV: &str = "TESTBOT_LIB";
 pub fn fleet_from_env(options: FleetOptions) -> Fleet {
     match std::env::var(LIB_ENV).as_deref() {
         Ok("serenity") => serenity_fleet(options),
+        Ok("raw") => raw::raw_fleet(options),
         _ => fleet(options),
     }
 }

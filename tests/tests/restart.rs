@@ -6,9 +6,64 @@ use std::time::{Duration, Instant};
 
 use carrier::admiral::{LifecycleEvent, RestartMode, ShardCount, State};
 use carrier::ipc::proto::Refusal;
-use carrier::{AdmiralHandle, FleetEvent, IpcError, Payload, WorkerId};
+use carrier::{AdmiralHandle, Fleet, FleetEvent, FleetOptions, IpcError, Payload, WorkerId};
 use common::{WAIT, launch, mock_config, options, settle, status, until};
 use discord_mock::MockDiscord;
+
+/// Asks every cluster of the current plan for its status; each runs exactly its planned shards.
+async fn clusters_serve_the_plan(admiral: &AdmiralHandle) -> Vec<fleet_tests::ClusterStatus> {
+    let mut statuses = Vec::new();
+    for cluster in &admiral.plan().clusters {
+        let ask = Payload::from("status");
+        let answer = admiral
+            .ipc()
+            .cluster_command(cluster.id, ask)
+            .await
+            .unwrap();
+        let report = status(&answer);
+        let planned: Vec<u32> = (cluster.first_shard..=cluster.last_shard).collect();
+        assert_eq!(report.shards, planned, "cluster {}", cluster.id);
+        statuses.push(report);
+    }
+    statuses
+}
+
+/// Starts the mock's events, then reshards to `shards` shards; the mock's figures before.
+async fn reshard_while_events_flow(
+    admiral: &AdmiralHandle,
+    mock: &MockDiscord,
+    shards: u32,
+) -> discord_mock::Stats {
+    mock.start_events(Some(20.0)).unwrap();
+    let before = mock.stats();
+    let total = ShardCount::Exact(shards);
+    admiral
+        .reshard(total, None)
+        .await
+        .expect("the reshard completes");
+    before
+}
+
+/// After a reshard to `shards` shards: every event confirmed, none lost, one identify per new
+/// shard since `before`, no protocol violation.
+async fn settle_reshard(mock: &MockDiscord, before: &discord_mock::Stats, shards: u64) {
+    let report = settle(mock).await;
+    let after = mock.stats();
+    let identifies = after.identifies - before.identifies;
+    assert_eq!(identifies, shards, "one identify per new shard");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(after.total_violations(), 0);
+}
+
+/// Waits until `n` more events than now have been delivered.
+async fn more_events_delivered(mock: &MockDiscord, n: u64) {
+    let now = mock.event_report().delivered;
+    mock.wait_until(WAIT, "more events delivered", |m| {
+        m.event_report().delivered >= now + n
+    })
+    .await
+    .unwrap();
+}
 
 async fn process_of(admiral: &AdmiralHandle, worker: &WorkerId) -> (Option<u64>, State) {
     let workers = admiral.workers().await.unwrap();
@@ -18,8 +73,17 @@ async fn process_of(admiral: &AdmiralHandle, worker: &WorkerId) -> (Option<u64>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_restart_resumes_every_session_and_loses_no_event() {
+    handover_restart(fleet_tests::fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_restart_on_raw_websockets_resumes_every_session_and_loses_no_event() {
+    handover_restart(fleet_tests::raw::raw_fleet).await;
+}
+
+async fn handover_restart(fleet: fn(FleetOptions) -> Fleet) {
     let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
-    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    let (admiral, mut events) = launch(fleet(options(&mock, 2))).await;
     admiral.wait_ready(WAIT).await.unwrap();
     let cluster = WorkerId::Cluster(0);
     let (old, _) = process_of(&admiral, &cluster).await;
@@ -34,12 +98,7 @@ async fn a_handover_restart_resumes_every_session_and_loses_no_event() {
         .restart(&cluster, RestartMode::Handover)
         .await
         .expect("the restart completes");
-    let at_restart = mock.event_report().produced;
-    mock.wait_until(WAIT, "events after the restart", |m| {
-        m.event_report().produced > at_restart + 2
-    })
-    .await
-    .unwrap();
+    more_events_delivered(&mock, 3).await;
 
     let (new, state) = process_of(&admiral, &cluster).await;
     assert_ne!(new, old);
@@ -122,8 +181,17 @@ async fn overlap_and_hard_restarts_identify_anew_and_a_refused_handover_keeps_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_replaces_one_cluster_at_a_time_without_identifying() {
+    rolling_restart(fleet_tests::fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_on_raw_websockets_replaces_one_cluster_at_a_time_without_identifying() {
+    rolling_restart(fleet_tests::raw::raw_fleet).await;
+}
+
+async fn rolling_restart(fleet: fn(FleetOptions) -> Fleet) {
     let mock = MockDiscord::start(mock_config(12, 6, 2)).await.unwrap();
-    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 3))).await;
+    let (admiral, mut events) = launch(fleet(options(&mock, 3))).await;
     admiral.wait_ready(WAIT).await.unwrap();
     until(&mut events, |e| {
         matches!(e, FleetEvent::Lifecycle(LifecycleEvent::AllReady { .. }))
@@ -225,40 +293,15 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
         }
         (activated, exits.into_iter().max())
     });
-    mock.start_events(Some(20.0)).unwrap();
-    let before = mock.stats();
-
-    admiral
-        .reshard(ShardCount::Exact(8), None)
-        .await
-        .expect("the reshard completes");
+    let before = reshard_while_events_flow(&admiral, &mock, 8).await;
     let (activated, last_exit) = watcher.await.unwrap();
     let window = activated.expect("activation seen")..=last_exit.expect("old generation gone");
 
     let plan = admiral.plan();
     assert_eq!(plan.shard_total, 8);
     assert_eq!(plan.clusters.len(), 2);
-    for cluster in &plan.clusters {
-        let answer = admiral
-            .ipc()
-            .cluster_command(cluster.id, Payload::from("status"))
-            .await
-            .unwrap();
-        let report = status(&answer);
-        assert_eq!(
-            report.shards,
-            (cluster.first_shard..=cluster.last_shard).collect::<Vec<_>>()
-        );
-    }
-    let report = settle(&mock).await;
-    let after = mock.stats();
-    assert_eq!(
-        after.identifies - before.identifies,
-        8,
-        "one identify per new shard"
-    );
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert_eq!(after.total_violations(), 0);
+    clusters_serve_the_plan(&admiral).await;
+    settle_reshard(&mock, &before, 8).await;
     let seen = until(&mut events, |e| {
         matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Resharded { .. }))
     })
@@ -383,8 +426,17 @@ async fn the_admiral_reshards_on_its_own_when_guilds_outgrow_the_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_cluster_is_unavailable_until_a_hard_restart_starts_it() {
+    stop_then_hard_restart(fleet_tests::fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_raw_cluster_is_unavailable_until_a_hard_restart_starts_it() {
+    stop_then_hard_restart(fleet_tests::raw::raw_fleet).await;
+}
+
+async fn stop_then_hard_restart(fleet: fn(FleetOptions) -> Fleet) {
     let mock = MockDiscord::start(mock_config(4, 2, 2)).await.unwrap();
-    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    let (admiral, _events) = launch(fleet(options(&mock, 2))).await;
     admiral.wait_ready(WAIT).await.unwrap();
     let cluster = WorkerId::Cluster(1);
 
@@ -477,5 +529,25 @@ async fn a_reshard_keeps_this_hosts_slice_of_a_bot_split_over_machines() {
     .await
     .unwrap();
 
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_on_raw_websockets_goes_live_through_the_standby_gate_and_loses_no_event() {
+    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
+    let mut options = options(&mock, 2);
+    // As with twilight: the old generation confirms what it handled before it closes.
+    options.soft_kill_notice = Duration::from_secs(1);
+    let (admiral, _events) = launch(fleet_tests::raw::raw_fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let before = reshard_while_events_flow(&admiral, &mock, 8).await;
+
+    // Once live, the new generation's workers get the events.
+    more_events_delivered(&mock, 5).await;
+    assert_eq!(admiral.plan().shard_total, 8);
+    let statuses = clusters_serve_the_plan(&admiral).await;
+    let events: u64 = statuses.iter().map(|s| s.events).sum();
+    assert!(events > 0, "the activated generation handles events");
+    settle_reshard(&mock, &before, 8).await;
     admiral.shutdown().await;
 }

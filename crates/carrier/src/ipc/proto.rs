@@ -296,6 +296,19 @@ pub struct ShardSession {
     pub resume_url: Option<String>,
 }
 
+impl ShardSession {
+    /// A session just opened (READY): nothing handled yet.
+    #[must_use]
+    pub fn new(shard: u32, session_id: String, resume_url: Option<String>) -> Self {
+        Self {
+            shard,
+            session_id,
+            sequence: 0,
+            resume_url,
+        }
+    }
+}
+
 /// What a worker reports about a panic in user code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PanicReport {
