@@ -9,11 +9,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use carrier::cluster::{ShardReporter, Shards};
+use carrier::cluster::{ClusterLink, ShardReporter, Shards};
 use carrier::ipc::proto::ShardSession;
 use carrier::worker::{BoxError, start_cluster_worker};
 use carrier::{ClusterAssignment, ClusterContext, ClusterRunner, Fleet, FleetOptions};
-use carrier::{Ipc, Payload, ShardEvent};
+use carrier::{Payload, ShardEvent};
 use futures::future::BoxFuture;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -38,7 +38,7 @@ pub struct RawRunner;
 
 /// What a cluster's shards share.
 struct Cluster {
-    ipc: Ipc,
+    link: ClusterLink,
     assignment: ClusterAssignment,
     reporter: ShardReporter,
     guilds: AtomicU64,
@@ -46,10 +46,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(ipc: Ipc, assignment: ClusterAssignment, reporter: ShardReporter) -> Self {
+    fn new(link: ClusterLink, assignment: ClusterAssignment, reporter: ShardReporter) -> Self {
         let (guilds, events) = (AtomicU64::new(0), AtomicU64::new(0));
         Self {
-            ipc,
+            link,
             assignment,
             reporter,
             guilds,
@@ -73,10 +73,10 @@ impl Cluster {
 
 impl ClusterRunner for RawRunner {
     fn run(&self, context: ClusterContext) -> BoxFuture<'static, Result<(), BoxError>> {
-        let (ipc, assignment) = (context.ipc, context.assignment);
-        let reporter = ShardReporter::new(&ipc, &assignment);
-        let (i, a, r) = (ipc.clone(), assignment.clone(), reporter.clone());
-        let cluster = Cluster::new(i, a, r);
+        let (ipc, link, assignment) = (context.ipc, context.link, context.assignment);
+        let reporter = ShardReporter::new(&link, &assignment);
+        let (l, a, r) = (link.clone(), assignment.clone(), reporter.clone());
+        let cluster = Cluster::new(l, a, r);
         Box::pin(async move {
             let cluster = start_cluster_worker(&ipc, async { Ok(cluster) }, |c, _, p| async move {
                 if p.as_bytes() == b"status" {
@@ -92,7 +92,7 @@ impl ClusterRunner for RawRunner {
                 stop,
                 tasks,
             };
-            carrier::cluster::serve(&ipc, &assignment, context.control, &reporter, shards).await
+            carrier::cluster::serve(&link, &assignment, context.control, &reporter, shards).await
         })
     }
 }
@@ -190,7 +190,7 @@ async fn run_shard(
                     let hello = if let Some(s) = &session {
                         json!({"op": 6, "d": {"token": a.token, "session_id": s.session_id, "seq": s.sequence}})
                     } else {
-                        c.ipc.identify(shard).await.ok()?;
+                        c.link.identify(shard).await.ok()?;
                         let properties =
                             json!({"os": "linux", "browser": "fleet-raw", "device": "fleet-raw"});
                         // GUILDS, GUILD_MEMBERS, GUILD_MESSAGES.

@@ -20,7 +20,8 @@
 //!
 //! The adapter's shards report what happens to them through a [`ShardReporter`]: each shard's
 //! connection, READY, RESUMED and close, and, once every shard has been ready, the cluster's
-//! [`Status::Ready`].
+//! [`Status::Ready`]. What only an adapter may ask of the admiral (permission to identify, the
+//! cache lookup handler) is on its [`ClusterLink`], not on the user's [`Ipc`].
 
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
@@ -69,6 +70,38 @@ pub trait Shards: Send {
     }
 }
 
+/// What only a cluster's adapter asks of the admiral; the user's code gets the [`Ipc`] alone.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    ipc: Ipc,
+}
+
+impl ClusterLink {
+    pub(crate) fn new(ipc: Ipc) -> Self {
+        Self { ipc }
+    }
+
+    /// The cluster's IPC handle, as the user's code gets it.
+    #[must_use]
+    pub fn ipc(&self) -> &Ipc {
+        &self.ipc
+    }
+
+    /// Waits until the admiral's identify queue lets `shard` identify.
+    ///
+    /// # Errors
+    /// When the admiral refuses (a shard outside the plan) or is gone, or the wait outlasts
+    /// [`IDENTIFY_TIMEOUT`](crate::ipc::client::IDENTIFY_TIMEOUT).
+    pub async fn identify(&self, shard: u32) -> Result<(), crate::IpcError> {
+        self.ipc.identify(shard).await
+    }
+
+    /// Sets what answers the cache lookups other workers send to this cluster.
+    pub fn set_fetch_handler(&self, handler: crate::FetchHandler) {
+        self.ipc.set_fetch_handler(handler);
+    }
+}
+
 /// How a cluster's shards tell the admiral what happens to them; cheap to clone, one per shard
 /// task if need be.
 #[derive(Debug, Clone)]
@@ -84,9 +117,9 @@ pub struct ShardReporter {
 impl ShardReporter {
     /// A reporter for the cluster `assignment` describes.
     #[must_use]
-    pub fn new(ipc: &Ipc, assignment: &ClusterAssignment) -> Self {
+    pub fn new(link: &ClusterLink, assignment: &ClusterAssignment) -> Self {
         Self {
-            ipc: ipc.clone(),
+            ipc: link.ipc.clone(),
             shards: assignment.first_shard..=assignment.last_shard,
             ready: Arc::default(),
             live: Arc::new(AtomicBool::new(!assignment.standby)),
@@ -148,12 +181,13 @@ impl ShardReporter {
 /// When the shards cannot start, a handover's sessions cannot be sent, or the library cannot
 /// take over a handover's sessions.
 pub async fn serve(
-    ipc: &Ipc,
+    link: &ClusterLink,
     assignment: &ClusterAssignment,
     mut control: WorkerControl,
     reporter: &ShardReporter,
     mut shards: impl Shards,
 ) -> Result<(), BoxError> {
+    let ipc = &link.ipc;
     let handoffs = control.clone();
     let mut sessions = Vec::new();
     if assignment.handover {

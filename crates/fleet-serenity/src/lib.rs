@@ -290,15 +290,16 @@ async fn run_cluster<W: ClusterWorker>(
     carrier::rest::install_crypto_provider();
     let CarrierContext {
         ipc,
+        link,
         assignment,
         control,
     } = context;
-    let reporter = ShardReporter::new(&ipc, &assignment);
+    let reporter = ShardReporter::new(&link, &assignment);
     if assignment.handover {
         // serenity 0.12 opens its sessions itself: carrier refuses the handover before anything
         // starts, and the old process keeps serving.
         let shards = SerenityShards::<W>::refusing(reporter.clone());
-        return carrier::cluster::serve(&ipc, &assignment, control, &reporter, shards).await;
+        return carrier::cluster::serve(&link, &assignment, control, &reporter, shards).await;
     }
     let http = Arc::new(http_client(
         &assignment.token,
@@ -306,7 +307,7 @@ async fn run_cluster<W: ClusterWorker>(
         assignment.rest_key.as_ref(),
     ));
     let cache = Arc::new(Cache::new_with_settings(settings.cache.clone()));
-    ipc.set_fetch_handler(fetch_handler(cache.clone()));
+    link.set_fetch_handler(fetch_handler(cache.clone()));
     let data = Arc::new(RwLock::new(TypeMap::new()));
     data.write().await.insert::<FleetIpc>(ipc.clone());
     let shards = assignment.first_shard..=assignment.last_shard;
@@ -327,7 +328,7 @@ async fn run_cluster<W: ClusterWorker>(
     .await?;
     let gate = relay::start(
         assignment.gateway_url.trim_end_matches('/').to_owned(),
-        ipc.clone(),
+        link.clone(),
     )
     .await?;
     let mut handlers = worker.event_handlers();
@@ -350,7 +351,7 @@ async fn run_cluster<W: ClusterWorker>(
         reporter: reporter.clone(),
         managers: Vec::new(),
     };
-    carrier::cluster::serve(&ipc, &assignment, control, &reporter, shards).await
+    carrier::cluster::serve(&link, &assignment, control, &reporter, shards).await
 }
 
 /// What serenity's shard managers are built from.

@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 
-use carrier::{Ipc, IpcError};
+use carrier::IpcError;
+use carrier::cluster::ClusterLink;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,12 +23,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Starts a relay to `upstream` (a gateway URL without query) on `127.0.0.1`; returns its
 /// `ws://` URL.
-pub(crate) async fn start(upstream: String, ipc: Ipc) -> std::io::Result<String> {
+pub(crate) async fn start(upstream: String, link: ClusterLink) -> std::io::Result<String> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let url = format!("ws://{}", listener.local_addr()?);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(relay(stream, upstream.clone(), ipc.clone()));
+            tokio::spawn(relay(stream, upstream.clone(), link.clone()));
         }
     });
     Ok(url)
@@ -35,7 +36,7 @@ pub(crate) async fn start(upstream: String, ipc: Ipc) -> std::io::Result<String>
 
 type Grant = Pin<Box<dyn Future<Output = Result<(), IpcError>> + Send>>;
 
-async fn relay(stream: TcpStream, upstream: String, ipc: Ipc) {
+async fn relay(stream: TcpStream, upstream: String, link: ClusterLink) {
     let mut query = String::new();
     #[allow(
         clippy::result_large_err,
@@ -82,8 +83,8 @@ async fn relay(stream: TcpStream, upstream: String, ipc: Ipc) {
                 let closing = message.is_close();
                 let waiting = grant.is_some();
                 if !waiting && let Some(shard) = identify_shard(&message) {
-                    let ipc = ipc.clone();
-                    grant = Some(Box::pin(async move { ipc.identify(shard).await }));
+                    let link = link.clone();
+                    grant = Some(Box::pin(async move { link.identify(shard).await }));
                     held.push_back(message);
                     continue;
                 }

@@ -71,7 +71,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use carrier::cluster::{ShardReporter, Shards};
+use carrier::cluster::{ClusterLink, ShardReporter, Shards};
 use carrier::ipc::proto::ShardSession;
 pub use carrier::worker::BoxError;
 use carrier::worker::start_cluster_worker;
@@ -212,23 +212,23 @@ impl<W: ClusterWorker> TwilightRunner<W> {
 /// twilight's identify queue for fleet shards: every identify waits for the admiral's queue.
 #[derive(Debug, Clone)]
 pub struct IpcQueue {
-    ipc: Ipc,
+    link: ClusterLink,
 }
 
 impl IpcQueue {
-    /// A queue that asks the admiral through `ipc`.
+    /// A queue that asks the admiral through the cluster's `link`.
     #[must_use]
-    pub fn new(ipc: Ipc) -> Self {
-        Self { ipc }
+    pub fn new(link: ClusterLink) -> Self {
+        Self { link }
     }
 }
 
 impl Queue for IpcQueue {
     fn enqueue(&self, shard: u32) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let ipc = self.ipc.clone();
+        let link = self.link.clone();
         tokio::spawn(async move {
-            match ipc.identify(shard).await {
+            match link.identify(shard).await {
                 Ok(()) => {
                     let _ = tx.send(());
                 }
@@ -284,6 +284,7 @@ async fn run_cluster<W: ClusterWorker>(
     carrier::rest::install_crypto_provider();
     let CarrierContext {
         ipc,
+        link,
         assignment,
         control,
     } = context;
@@ -293,7 +294,7 @@ async fn run_cluster<W: ClusterWorker>(
         assignment.rest_key.as_ref(),
     ));
     let mut config = ConfigBuilder::new(assignment.token.clone(), settings.intents)
-        .queue(IpcQueue::new(ipc.clone()));
+        .queue(IpcQueue::new(link.clone()));
     let gateway_url = assignment.gateway_url.trim_end_matches('/');
     if gateway_url != DISCORD_GATEWAY {
         config = config.proxy_url(gateway_url.to_owned());
@@ -308,7 +309,7 @@ async fn run_cluster<W: ClusterWorker>(
             .resource_types(settings.cache)
             .build(),
     );
-    ipc.set_fetch_handler(fetch_handler(cache.clone()));
+    link.set_fetch_handler(fetch_handler(cache.clone()));
     let user_context = ClusterContext {
         ipc: ipc.clone(),
         id: assignment.id,
@@ -324,7 +325,7 @@ async fn run_cluster<W: ClusterWorker>(
         |worker: Arc<W>, from, payload| async move { worker.handle_command(from, payload).await },
     )
     .await?;
-    let reporter = ShardReporter::new(&ipc, &assignment);
+    let reporter = ShardReporter::new(&link, &assignment);
     let shards = TwilightShards {
         config: config.build(),
         shard_ids,
@@ -337,7 +338,7 @@ async fn run_cluster<W: ClusterWorker>(
         drive: None,
         tasks: Vec::new(),
     };
-    carrier::cluster::serve(&ipc, &assignment, control, &reporter, shards).await
+    carrier::cluster::serve(&link, &assignment, control, &reporter, shards).await
 }
 
 /// A twilight cluster's shards: one task each, driving its shard and handing its events to the

@@ -612,7 +612,7 @@ impl Ipc {
     }
 
     /// Sets what answers cache lookups sent to this cluster (adapters do this).
-    pub fn set_fetch_handler(&self, handler: FetchHandler) {
+    pub(crate) fn set_fetch_handler(&self, handler: FetchHandler) {
         *self
             .inner
             .fetcher
@@ -641,10 +641,10 @@ impl Ipc {
         }
     }
 
-    // ---- adapters ----------------------------------------------------------------------------
+    // ---- adapters, through `cluster::ClusterLink` ---------------------------------------------
 
     /// Waits until the admiral's identify queue lets `shard` identify.
-    pub async fn identify(&self, shard: u32) -> Result<(), IpcError> {
+    pub(crate) async fn identify(&self, shard: u32) -> Result<(), IpcError> {
         match self
             .request(Request::Identify { shard }, IDENTIFY_TIMEOUT)
             .await?
@@ -656,7 +656,7 @@ impl Ipc {
 
     /// Hands the sessions of this cluster's shards (closed resumably after a handover request)
     /// to the admiral, which passes them to the replacement.
-    pub async fn hand_over(&self, sessions: Vec<ShardSession>) -> Result<(), IpcError> {
+    pub(crate) async fn hand_over(&self, sessions: Vec<ShardSession>) -> Result<(), IpcError> {
         match &self.inner.transport {
             Transport::Socket(up) => up.send(&Up::Sessions(sessions)).await,
             Transport::Local(_) => Ok(()),
@@ -730,7 +730,7 @@ impl Ipc {
     }
 
     /// Reports a lifecycle status to the admiral (ready, start failure, shard progress).
-    pub async fn report(&self, status: Status) -> Result<(), IpcError> {
+    pub(crate) async fn report(&self, status: Status) -> Result<(), IpcError> {
         match &self.inner.transport {
             Transport::Socket(up) => up.send(&Up::Status(status)).await,
             Transport::Local(_) => Ok(()),

@@ -111,9 +111,12 @@ impl BotGateway {
 /// What a cluster gets when it starts.
 #[derive(Debug)]
 pub struct ClusterContext {
-    /// Its IPC handle. Shards identify through [`Ipc::identify`] and report through
-    /// [`Ipc::report`]: each shard's progress, then [`Status::Ready`] once every shard is ready.
+    /// Its IPC handle, for the user's code.
     pub ipc: Ipc,
+    /// What the adapter alone asks of the admiral: identify permission, the cache lookup
+    /// handler. Shards report through a [`ShardReporter`](crate::cluster::ShardReporter) made
+    /// from it.
+    pub link: crate::cluster::ClusterLink,
     /// Its shards and credentials.
     pub assignment: ClusterAssignment,
     /// Resolves when the cluster must stop.
@@ -243,6 +246,7 @@ pub(crate) async fn run(
         Assignment::Cluster(assignment) => {
             let context = ClusterContext {
                 ipc: ipc.clone(),
+                link: crate::cluster::ClusterLink::new(ipc.clone()),
                 assignment,
                 control,
             };
