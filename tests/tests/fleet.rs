@@ -558,9 +558,10 @@ async fn a_hung_cluster_misses_heartbeats_and_is_killed_and_restarted() {
     assert_eq!((worker, *process), (&hung, old.unwrap()));
     assert!(*silent_for > Duration::from_secs(1), "{silent_for:?}");
     // Serving again: its replacement's shards are ready and the worker is live.
-    let seen = until(&mut events, |e| {
-        matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Ready(w)) if *w == hung)
-    })
+    let seen = until(
+        &mut events,
+        |e| matches!(e, FleetEvent::Lifecycle(LifecycleEvent::Ready(w)) if *w == hung),
+    )
     .await;
     assert!(
         seen.iter()

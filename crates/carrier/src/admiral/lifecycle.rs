@@ -24,7 +24,10 @@
 //! - [`RestartMode::Hard`]: the old process is killed first, then the worker starts afresh.
 //!
 //! Until the swap, the old process keeps serving. If the replacement fails, it is killed and the
-//! old process stays (after a handover it is given its sessions back, [`Command::TakeBack`]).
+//! old process stays (after a handover it is given its sessions back, [`Command::SendSessions`]).
+//!
+//! The sessions of a handover pass through here ([`Input::SessionsHandedOver`], then
+//! [`Command::SendSessions`]), so one state machine knows every step of it ([`Step`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,7 +36,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ipc::proto::RestartMode;
-use crate::ipc::proto::Target;
+use crate::ipc::proto::{ShardSession, Target};
 
 /// Number of one worker process incarnation, unique within a fleet run.
 pub type ProcessId = u64;
@@ -108,15 +111,47 @@ pub struct Replacement {
     pub process: ProcessId,
     /// How it replaces the current one.
     pub mode: RestartMode,
-    /// Whether the old process has been asked to hand its sessions over.
-    pub handed_over: bool,
-    /// Whether the old process has been warned (soft-kill notice).
-    pub noticed: bool,
-    /// Whether the replacement is ready (waiting for the notice to end).
-    pub ready: bool,
+    /// How far it has come.
+    pub step: Step,
     /// Part of a new generation (a reshard): it connects in standby and goes live only with
     /// the whole generation.
     pub generation: bool,
+}
+
+/// How far a replacement has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Spawned; neither prepared (handover) nor ready yet.
+    Starting,
+    /// The old process has been warned and serves out its notice. `ready`: the replacement is
+    /// ready and takes over when the notice ends (overlap); otherwise the old process is asked
+    /// for its sessions then (handover).
+    Notice {
+        /// Whether the replacement is ready.
+        ready: bool,
+    },
+    /// The old process was asked to hand its sessions over; `sessions` once it has, kept until
+    /// the replacement serves (they go back to the old process if it fails).
+    HandingOver {
+        /// What the old process handed over.
+        sessions: Option<Vec<ShardSession>>,
+    },
+    /// Ready in standby (a new generation's member), waiting for the rest of its generation.
+    Ready,
+}
+
+/// What a connecting process is to its worker ([`Lifecycle::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The worker's own process, just spawned.
+    Current,
+    /// A replacement being started beside the current process.
+    Replacement {
+        /// It resumes sessions handed over by the old process.
+        handover: bool,
+        /// It belongs to a new generation and connects in standby.
+        standby: bool,
+    },
 }
 
 /// A worker and its current process.
@@ -172,6 +207,9 @@ pub enum Input {
     Reshard(Vec<u32>),
     /// The old generation's notice is over: it drains now.
     DrainDue,
+    /// A process handed over the sessions of its shards (closed resumably), as asked by
+    /// [`Command::HandOver`]; empty if it could not.
+    SessionsHandedOver(ProcessId, Vec<ShardSession>),
 }
 
 /// What the admiral must do.
@@ -229,10 +267,13 @@ pub enum Command {
         /// The notice period.
         after: Duration,
     },
-    /// The replacement failed after a handover: give the sessions back to the old process.
-    TakeBack {
-        /// The old process.
-        process: ProcessId,
+    /// Give a process sessions to resume: the replacement those handed over to it (empty:
+    /// identify afresh), or the old process its own back after the replacement failed.
+    SendSessions {
+        /// The process.
+        to: ProcessId,
+        /// The sessions.
+        sessions: Vec<ShardSession>,
     },
     /// Feed [`Input::DrainDue`] after this long.
     ArmDrain {
@@ -604,11 +645,10 @@ impl Lifecycle {
                 let warn = self
                     .replacing_mut(process)
                     .and_then(|w| w.replacement.as_mut())
-                    .filter(|r| !notice.is_zero() && !r.noticed);
+                    .filter(|r| !notice.is_zero() && r.step == Step::Starting);
                 if let Some(replacement) = warn {
                     // Overlap: the old process is warned, then stopped when the notice is over.
-                    replacement.noticed = true;
-                    replacement.ready = true;
+                    replacement.step = Step::Notice { ready: true };
                     self.notify(process, &mut out);
                 } else {
                     self.swap(process, &mut out);
@@ -619,13 +659,12 @@ impl Lifecycle {
                 if let Some(worker) = self.replacing_mut(process)
                     && let Some(replacement) = worker.replacement.as_mut()
                     && replacement.mode == RestartMode::Handover
-                    && !replacement.handed_over
-                    && !replacement.noticed
+                    && replacement.step == Step::Starting
                 {
                     if notice.is_zero() {
                         self.hand_over(process, &mut out);
                     } else {
-                        replacement.noticed = true;
+                        replacement.step = Step::Notice { ready: false };
                         self.notify(process, &mut out);
                     }
                 }
@@ -635,10 +674,12 @@ impl Lifecycle {
                 else {
                     return out;
                 };
-                if replacement.ready {
-                    self.swap(replacement.process, &mut out);
-                } else if replacement.mode == RestartMode::Handover && !replacement.handed_over {
-                    self.hand_over(replacement.process, &mut out);
+                match replacement.step {
+                    Step::Notice { ready: true } => self.swap(replacement.process, &mut out),
+                    Step::Notice { ready: false } if replacement.mode == RestartMode::Handover => {
+                        self.hand_over(replacement.process, &mut out);
+                    }
+                    _ => {}
                 }
             }
             Input::StartFailed(process, reason) if self.replacing(process).is_some() => {
@@ -666,6 +707,9 @@ impl Lifecycle {
                 self.fail(process, format!("could not spawn: {reason}"), &mut out);
             }
             Input::DrainDue => self.finish_generation(&mut out),
+            Input::SessionsHandedOver(from, sessions) => {
+                self.sessions_handed_over(from, sessions, &mut out);
+            }
             Input::Reshard(clusters) => {
                 if self.can_reshard().is_ok() {
                     self.reshard(&clusters, &mut out);
@@ -803,9 +847,74 @@ impl Lifecycle {
         };
         let from = worker.process;
         if let (Some(from), Some(replacement)) = (from, worker.replacement.as_mut()) {
-            replacement.handed_over = true;
+            replacement.step = Step::HandingOver { sessions: None };
             out.push(Command::HandOver { from, to });
         }
+    }
+
+    /// The old process `from` handed its sessions over: to the replacement that waits for them,
+    /// or, when none waits any more (it failed meanwhile), straight back to `from`.
+    fn sessions_handed_over(
+        &mut self,
+        from: ProcessId,
+        sessions: Vec<ShardSession>,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(worker) = self
+            .processes
+            .get(&from)
+            .and_then(|id| self.workers.get_mut(id))
+        else {
+            return;
+        };
+        if worker.process != Some(from) {
+            return; // A process of the past: nobody resumes its sessions.
+        }
+        match worker.replacement.as_mut() {
+            Some(Replacement {
+                process,
+                step:
+                    Step::HandingOver {
+                        sessions: held @ None,
+                    },
+                ..
+            }) => {
+                *held = Some(sessions.clone());
+                out.push(Command::SendSessions {
+                    to: *process,
+                    sessions,
+                });
+            }
+            Some(_) => {
+                tracing::warn!(target: "fleet::lifecycle", process = from, "sessions nobody asked for");
+            }
+            None => out.push(Command::SendSessions { to: from, sessions }),
+        }
+    }
+
+    /// What a process that says hello is to its worker, or why it may not connect (unknown, or
+    /// neither the current process of a worker just spawned nor its replacement).
+    ///
+    /// # Errors
+    /// When the process is no current process or replacement of any worker.
+    pub fn admit(&self, process: ProcessId) -> Result<(WorkerId, Admission), &'static str> {
+        let worker = self
+            .processes
+            .get(&process)
+            .and_then(|id| self.workers.get(id))
+            .ok_or("unknown process")?;
+        if let Some(r) = worker.replacement.as_ref().filter(|r| r.process == process) {
+            let handover = r.mode == RestartMode::Handover;
+            let standby = r.generation;
+            return Ok((
+                worker.id.clone(),
+                Admission::Replacement { handover, standby },
+            ));
+        }
+        if worker.process == Some(process) && worker.state == State::Spawned {
+            return Ok((worker.id.clone(), Admission::Current));
+        }
+        Err("stale process")
     }
 
     /// Warns the old process that it goes in [`Lifecycle::with_soft_kill_notice`]'s time.
@@ -860,9 +969,7 @@ impl Lifecycle {
         worker.replacement = Some(Replacement {
             process,
             mode,
-            handed_over: false,
-            noticed: false,
-            ready: false,
+            step: Step::Starting,
             generation: false,
         });
         out.push(Command::Spawn {
@@ -919,9 +1026,7 @@ impl Lifecycle {
             worker.replacement = Some(Replacement {
                 process,
                 mode: RestartMode::Overlap,
-                handed_over: false,
-                noticed: false,
-                ready: false,
+                step: Step::Starting,
                 generation: true,
             });
             out.push(Command::Spawn {
@@ -938,7 +1043,7 @@ impl Lifecycle {
             .replacing_mut(process)
             .and_then(|w| w.replacement.as_mut())
         {
-            replacement.ready = true;
+            replacement.step = Step::Ready;
         }
         let generation: Vec<&Replacement> = self
             .workers
@@ -946,7 +1051,7 @@ impl Lifecycle {
             .filter_map(|w| w.replacement.as_ref())
             .filter(|r| r.generation)
             .collect();
-        let ready = generation.iter().filter(|r| r.ready).count();
+        let ready = generation.iter().filter(|r| r.step == Step::Ready).count();
         let total = generation.len();
         out.push(Command::Emit(LifecycleEvent::ReshardProgress {
             ready,
@@ -984,7 +1089,7 @@ impl Lifecycle {
             .workers
             .values()
             .filter_map(|w| w.replacement.as_ref())
-            .filter(|r| r.generation && r.ready)
+            .filter(|r| r.generation && r.step == Step::Ready)
             .map(|r| r.process)
             .collect();
         if processes.is_empty() {
@@ -1055,10 +1160,14 @@ impl Lifecycle {
         let replacement = worker.replacement.take().expect("found as replacing");
         let id = worker.id.clone();
         let old = worker.process;
-        if replacement.handed_over
+        // Sessions already handed over go back; any still on their way go back when they come
+        // ([`Input::SessionsHandedOver`] with no replacement waiting).
+        if let Step::HandingOver {
+            sessions: Some(sessions),
+        } = replacement.step
             && let Some(old) = old
         {
-            out.push(Command::TakeBack { process: old });
+            out.push(Command::SendSessions { to: old, sessions });
         }
         out.push(Command::KillAfter {
             process,
@@ -1166,6 +1275,21 @@ impl Lifecycle {
         let Some(worker) = self.current_mut(process) else {
             return;
         };
+        if let Some(Replacement {
+            process: to,
+            step: Step::HandingOver {
+                sessions: held @ None,
+            },
+            ..
+        }) = worker.replacement.as_mut()
+        {
+            // It died before handing its sessions over: the replacement identifies afresh.
+            *held = Some(Vec::new());
+            out.push(Command::SendSessions {
+                to: *to,
+                sessions: Vec::new(),
+            });
+        }
         if worker.state.is_terminal() || worker.state == State::Backoff {
             return;
         }

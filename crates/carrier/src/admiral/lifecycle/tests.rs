@@ -472,14 +472,126 @@ fn a_handover_restart_swaps_only_once_the_replacement_resumed() {
     assert_eq!(l.can_restart(&C0), Ok(()));
 }
 
+fn sessions(shards: std::ops::Range<u32>) -> Vec<ShardSession> {
+    shards
+        .map(|shard| ShardSession::new(shard, format!("session-{shard}"), None))
+        .collect()
+}
+
+#[test]
+fn a_handover_passes_the_sessions_on_once_and_keeps_them_until_the_swap() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    assert_eq!(
+        l.admit(new),
+        Ok((
+            C0,
+            Admission::Replacement {
+                handover: true,
+                standby: false
+            }
+        ))
+    );
+    assert_eq!(
+        l.admit(old),
+        Err("stale process"),
+        "the old one is connected already"
+    );
+    assert_eq!(l.admit(999), Err("unknown process"));
+    assert_eq!(
+        l.worker(&C0).unwrap().replacement.as_ref().unwrap().step,
+        Step::Starting
+    );
+    l.handle(Input::Prepared(new));
+    let step = |l: &Lifecycle| {
+        l.worker(&C0)
+            .unwrap()
+            .replacement
+            .as_ref()
+            .unwrap()
+            .step
+            .clone()
+    };
+    assert_eq!(step(&l), Step::HandingOver { sessions: None });
+    // Only the worker's current process hands over, and only once.
+    assert!(
+        l.handle(Input::SessionsHandedOver(new, sessions(0..2)))
+            .is_empty()
+    );
+    let out = l.handle(Input::SessionsHandedOver(old, sessions(0..2)));
+    assert_eq!(
+        out,
+        [Command::SendSessions {
+            to: new,
+            sessions: sessions(0..2)
+        }]
+    );
+    assert_eq!(
+        step(&l),
+        Step::HandingOver {
+            sessions: Some(sessions(0..2))
+        }
+    );
+    assert!(
+        l.handle(Input::SessionsHandedOver(old, sessions(0..2)))
+            .is_empty()
+    );
+    l.handle(Input::Ready(new));
+    assert_eq!(l.worker(&C0).unwrap().replacement, None);
+    assert!(
+        l.handle(Input::SessionsHandedOver(old, sessions(0..2)))
+            .is_empty(),
+        "a process of the past resumes nothing"
+    );
+}
+
+#[test]
+fn sessions_that_arrive_after_the_replacement_failed_go_straight_back() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    l.handle(Input::Prepared(new));
+    let out = l.handle(Input::StartTimedOut(new));
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::SendSessions { .. }))
+    );
+    let out = l.handle(Input::SessionsHandedOver(old, sessions(0..2)));
+    assert_eq!(
+        out,
+        [Command::SendSessions {
+            to: old,
+            sessions: sessions(0..2)
+        }]
+    );
+    assert_eq!(l.live_process(&C0), Some(old));
+}
+
+#[test]
+fn an_old_process_dying_before_it_hands_over_lets_the_replacement_start_fresh() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    l.handle(Input::Prepared(new));
+    let out = l.handle(Input::Exited(old, None));
+    assert!(out.contains(&Command::SendSessions {
+        to: new,
+        sessions: Vec::new()
+    }));
+    l.handle(Input::Ready(new));
+    assert_eq!(l.live_process(&C0), Some(new));
+}
+
 #[test]
 fn a_replacement_failing_after_the_handover_gives_the_sessions_back() {
     let (mut l, old) = live_cluster();
     let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
     l.handle(Input::Hello(new));
     l.handle(Input::Prepared(new));
+    l.handle(Input::SessionsHandedOver(old, sessions(0..2)));
     let out = l.handle(Input::Exited(new, Some(101)));
-    assert!(out.contains(&Command::TakeBack { process: old }));
+    assert!(out.contains(&Command::SendSessions {
+        to: old,
+        sessions: sessions(0..2)
+    }));
     assert_eq!(
         events(&out),
         [LifecycleEvent::RestartFailed {
@@ -496,7 +608,10 @@ fn a_replacement_failing_before_the_handover_leaves_the_old_untouched() {
     let (mut l, old) = live_cluster();
     let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
     let out = l.handle(Input::StartFailed(new, "bad config".into()));
-    assert!(!out.iter().any(|c| matches!(c, Command::TakeBack { .. })));
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::SendSessions { .. }))
+    );
     assert!(out.contains(&Command::KillAfter {
         process: new,
         after: TIMEOUTS.kill
@@ -639,7 +754,10 @@ fn a_replacement_failing_during_the_notice_leaves_the_old_serving() {
     let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
     l.handle(Input::Prepared(new));
     let out = l.handle(Input::Exited(new, None));
-    assert!(!out.iter().any(|c| matches!(c, Command::TakeBack { .. })));
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::SendSessions { .. }))
+    );
     assert!(l.handle(Input::NoticeOver(C0)).is_empty());
     assert_eq!(l.live_process(&C0), Some(old));
 }

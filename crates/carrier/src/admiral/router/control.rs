@@ -269,10 +269,7 @@ impl Router {
         // Published first: what it triggers (a next restart, say) comes after it.
         let _ = self.events.send(FleetEvent::Lifecycle(event.clone()));
         match event {
-            LifecycleEvent::Replaced { worker, old, .. } => {
-                self.supervision.forget(*old);
-                self.finish_restart(worker, Ok(()));
-            }
+            LifecycleEvent::Replaced { worker, .. } => self.finish_restart(worker, Ok(())),
             LifecycleEvent::SoftKillPending {
                 process, notice, ..
             } => {

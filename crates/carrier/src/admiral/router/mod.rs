@@ -63,7 +63,6 @@ pub(crate) struct Router {
     links: Connections,
     calls: Calls,
     control: control::Waiting,
-    supervision: supervision::Handovers,
     /// The shard plan clusters serve now.
     plan: ShardPlan,
     /// The plan of the generation a reshard is starting.
@@ -113,7 +112,6 @@ impl Router {
             lifecycle,
             calls: Calls::default(),
             control: control::Waiting::default(),
-            supervision: supervision::Handovers::default(),
             next_plan: None,
             plan_tx,
             timers: DelayQueue::new(),

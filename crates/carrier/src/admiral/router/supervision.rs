@@ -1,37 +1,19 @@
 //! The process side of the router: admitting a connection's hello, handling closes and exits,
 //! heartbeats, what workers report about themselves, and carrying out the lifecycle's commands.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::connections::Exit;
 use super::{Router, Timer};
 use crate::admiral::FleetEvent;
-use crate::admiral::lifecycle::{Command, Input, ProcessId, RestartMode, State, WorkerId};
+use crate::admiral::lifecycle::{Admission, Command, Input, ProcessId, State, WorkerId};
 use crate::admiral::process::{self, SpawnRequest};
 use crate::ipc::link::WorkerEnv;
-use crate::ipc::proto::{Assignment, ClusterAssignment, Down, ShardSession, Status, Up};
+use crate::ipc::proto::{Assignment, ClusterAssignment, Down, Status, Up};
 use crate::rest::RestProxy;
 
 /// How long an exited process's connection may take to drain before the exit is handled anyway.
 const EXIT_DRAIN: Duration = Duration::from_secs(2);
-
-/// Sessions moving between processes during handovers.
-#[derive(Debug, Default)]
-pub(super) struct Handovers {
-    /// Handovers under way: old process → replacement.
-    to: HashMap<ProcessId, ProcessId>,
-    /// Sessions an old process handed over, kept until its replacement serves.
-    held: HashMap<ProcessId, Vec<ShardSession>>,
-}
-
-impl Handovers {
-    /// The handover from `old` is over (its replacement serves, or it was taken back).
-    pub fn forget(&mut self, old: ProcessId) {
-        self.to.remove(&old);
-        self.held.remove(&old);
-    }
-}
 
 impl Router {
     /// Admits a connection's process, or refuses it (and forgets the connection); says which.
@@ -41,43 +23,29 @@ impl Router {
         secret: &crate::Secret,
         process: ProcessId,
     ) -> bool {
-        let worker = self
-            .lifecycle
-            .worker_of(process)
-            .and_then(|id| self.lifecycle.worker(id))
-            .cloned();
-        let taken = self.links.conn_of(process).is_some();
-        let problem = if !self.secret.matches(secret.expose()) {
-            Some("wrong secret")
-        } else if worker.as_ref().is_none_or(|w| {
-            (w.process != Some(process) || w.state != State::Spawned)
-                && w.replacement.as_ref().is_none_or(|r| r.process != process)
-        }) {
-            Some("unknown or stale process")
-        } else if taken {
-            Some("process already connected")
+        let admitted = if !self.secret.matches(secret.expose()) {
+            Err("wrong secret")
+        } else if self.links.conn_of(process).is_some() {
+            Err("process already connected")
         } else {
-            None
+            self.lifecycle.admit(process)
         };
-        if let Some(problem) = problem {
-            tracing::error!(target: "fleet::ipc", conn, process, problem, "refusing an IPC connection");
-            let _ = self.events.send(FleetEvent::ProtocolError {
-                worker: None,
-                error: format!("refused a connection claiming process {process}: {problem}"),
-            });
-            self.links.remove(conn);
-            return false;
-        }
-        let worker = worker.expect("checked above");
-        let handover = worker
-            .replacement
-            .as_ref()
-            .is_some_and(|r| r.process == process && r.mode == RestartMode::Handover);
-        let standby = worker
-            .replacement
-            .as_ref()
-            .is_some_and(|r| r.process == process && r.generation);
-        let worker = worker.id;
+        let (worker, admission) = match admitted {
+            Ok(admitted) => admitted,
+            Err(problem) => {
+                tracing::error!(target: "fleet::ipc", conn, process, problem, "refusing an IPC connection");
+                let _ = self.events.send(FleetEvent::ProtocolError {
+                    worker: None,
+                    error: format!("refused a connection claiming process {process}: {problem}"),
+                });
+                self.links.remove(conn);
+                return false;
+            }
+        };
+        let (handover, standby) = match admission {
+            Admission::Replacement { handover, standby } => (handover, standby),
+            Admission::Current => (false, false),
+        };
         // A process of a new generation runs the next plan; every other one the current plan.
         let plan = match (&self.next_plan, standby) {
             (Some(next), true) => next,
@@ -139,14 +107,8 @@ impl Router {
             Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
             Up::Status(Status::Prepared) => self.lifecycle_input(Input::Prepared(process)),
             Up::Sessions(sessions) => {
-                let Some(to) = self.supervision.to.get(&process).copied() else {
-                    tracing::warn!(target: "fleet::admiral", %worker, "sessions nobody asked for");
-                    return;
-                };
-                tracing::info!(target: "fleet::admiral", %worker, from = process, to, shards = sessions.len(), "handing sessions over");
-                self.links
-                    .send_to_process(to, &Down::Sessions(sessions.clone()));
-                self.supervision.held.insert(process, sessions);
+                tracing::info!(target: "fleet::admiral", %worker, process, shards = sessions.len(), "sessions handed over");
+                self.lifecycle_input(Input::SessionsHandedOver(process, sessions));
             }
             Up::Status(Status::StartFailed(reason)) => {
                 self.lifecycle_input(Input::StartFailed(process, reason));
@@ -317,11 +279,10 @@ impl Router {
             Command::KillAfter { process, after } => {
                 self.arm(Timer::Kill(process), after);
             }
-            Command::HandOver { from, to } => {
-                self.supervision.to.insert(from, to);
-                // Gone already: its own exit fails the worker; the replacement starts fresh.
+            Command::HandOver { from, .. } => {
+                // Gone already: it hands over nothing, and the replacement starts fresh.
                 if !self.links.send_to_process(from, &Down::HandOver) {
-                    self.links.send_to_process(to, &Down::Sessions(Vec::new()));
+                    self.lifecycle_input(Input::SessionsHandedOver(from, Vec::new()));
                 }
             }
             Command::ArmDrain { after } => {
@@ -333,13 +294,10 @@ impl Router {
             Command::ArmNotice { worker, after } => {
                 self.arm(Timer::Notice(worker), after);
             }
-            Command::TakeBack { process } => {
-                self.supervision.to.remove(&process);
-                if let Some(sessions) = self.supervision.held.remove(&process) {
-                    let down = Down::Sessions(sessions);
-                    if self.links.send_to_process(process, &down) {
-                        tracing::info!(target: "fleet::admiral", process, "giving the sessions back");
-                    }
+            Command::SendSessions { to, sessions } => {
+                let shards = sessions.len();
+                if self.links.send_to_process(to, &Down::Sessions(sessions)) {
+                    tracing::info!(target: "fleet::admiral", process = to, shards, "sessions sent");
                 }
             }
             Command::Emit(event) => self.on_lifecycle_event(&event),
