@@ -341,6 +341,7 @@ fn down_seeds() -> Vec<Vec<u8>> {
             query: Fetch::Guild(5),
         },
         Down::HandOver,
+        Down::CountGuilds { id: 6 },
         Down::Ping { seq: 4 },
         Down::Shutdown { grace_ms: 1000 },
     ])

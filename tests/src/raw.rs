@@ -86,6 +86,8 @@ impl ClusterRunner for RawRunner {
                 }
             })
             .await?;
+            let counted = cluster.clone();
+            link.set_guild_counter(Arc::new(move || counted.guilds.load(Relaxed)));
             let (stop, tasks) = (watch::channel(None).0, Vec::new());
             let shards = RawShards {
                 cluster,

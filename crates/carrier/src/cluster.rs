@@ -100,6 +100,11 @@ impl ClusterLink {
     pub fn set_fetch_handler(&self, handler: crate::FetchHandler) {
         self.ipc.set_fetch_handler(handler);
     }
+
+    /// Sets what counts this cluster's guilds, for [`Ipc::guild_count`].
+    pub fn set_guild_counter(&self, counter: crate::ipc::client::GuildCounter) {
+        self.ipc.set_guild_counter(counter);
+    }
 }
 
 /// How a cluster's shards tell the admiral what happens to them; cheap to clone, one per shard

@@ -258,7 +258,6 @@ fn fetch_handler(cache: Arc<Cache>) -> carrier::FetchHandler {
     use serenity::all::{ChannelId, GuildId, UserId};
     Arc::new(move |query| {
         let json = match query {
-            Fetch::GuildCount => serde_json::to_vec(&cache.guild_count()),
             Fetch::User(id) => serde_json::to_vec(&*cache.user(UserId::new(nonzero(id)?))?),
             // Deprecated in 0.12 in favour of a walk over every guild; this is the one lookup
             // by channel id that costs no walk.
@@ -308,6 +307,8 @@ async fn run_cluster<W: ClusterWorker>(
     ));
     let cache = Arc::new(Cache::new_with_settings(settings.cache.clone()));
     link.set_fetch_handler(fetch_handler(cache.clone()));
+    let counted = cache.clone();
+    link.set_guild_counter(Arc::new(move || counted.guild_count() as u64));
     let data = Arc::new(RwLock::new(TypeMap::new()));
     data.write().await.insert::<FleetIpc>(ipc.clone());
     let shards = assignment.first_shard..=assignment.last_shard;

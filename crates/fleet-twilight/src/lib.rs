@@ -310,6 +310,8 @@ async fn run_cluster<W: ClusterWorker>(
             .build(),
     );
     link.set_fetch_handler(fetch_handler(cache.clone()));
+    let counted = cache.clone();
+    link.set_guild_counter(Arc::new(move || counted.stats().guilds() as u64));
     let user_context = ClusterContext {
         ipc: ipc.clone(),
         id: assignment.id,
@@ -479,7 +481,6 @@ impl ShardSenders {
 fn fetch_handler(cache: Arc<DefaultInMemoryCache>) -> carrier::FetchHandler {
     Arc::new(move |query| {
         let json = match query {
-            Fetch::GuildCount => serde_json::to_vec(&cache.stats().guilds()),
             Fetch::User(id) => serde_json::to_vec(cache.user(Id::new_checked(id)?)?.value()),
             Fetch::Channel(id) => serde_json::to_vec(cache.channel(Id::new_checked(id)?)?.value()),
             Fetch::Guild(id) => serde_json::to_vec(cache.guild(Id::new_checked(id)?)?.value()),

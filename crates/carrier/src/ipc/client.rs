@@ -90,6 +90,10 @@ pub type CommandHandler =
 /// names, or `None` for a miss. Runs on the IPC reader, so it must only read memory.
 pub type FetchHandler = Arc<dyn Fn(Fetch) -> Option<Vec<u8>> + Send + Sync>;
 
+/// Counts the guilds in a cluster's cache (adapters set it). Runs on the IPC reader, so it must
+/// only read memory.
+pub type GuildCounter = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// A request for the admiral's router from its own process.
 #[derive(Debug)]
 pub(crate) struct LocalRequest {
@@ -156,6 +160,7 @@ struct Inner {
     next_handler: AtomicU64,
     commands: RwLock<Option<CommandHandler>>,
     fetcher: RwLock<Option<FetchHandler>>,
+    guilds: RwLock<Option<GuildCounter>>,
     /// Incoming commands being run now.
     running: tokio::sync::watch::Sender<usize>,
     timeout: Duration,
@@ -186,6 +191,7 @@ impl Ipc {
                 handlers: RwLock::default(),
                 commands: RwLock::default(),
                 fetcher: RwLock::default(),
+                guilds: RwLock::default(),
                 running: tokio::sync::watch::Sender::new(0),
                 next_handler: AtomicU64::new(1),
                 timeout,
@@ -600,7 +606,7 @@ impl Ipc {
         let mut missing = Vec::new();
         for (target, outcome) in outcomes {
             let count = match outcome {
-                Outcome::Ok(json) => serde_json::from_slice::<u64>(json.as_bytes()).ok(),
+                Outcome::Ok(count) => count.decode::<u64>().ok(),
                 _ => None,
             };
             match count {
@@ -636,6 +642,37 @@ impl Ipc {
             Err(panicked) => {
                 let answer = format!("the fetch handler panicked: {}", panicked.message);
                 self.report_panic(panicked.report("fetch", None, Some(format!("{query:?}"))));
+                Outcome::Error(answer)
+            }
+        }
+    }
+
+    /// Sets what counts the guilds of this cluster (adapters do this).
+    pub(crate) fn set_guild_counter(&self, counter: GuildCounter) {
+        *self
+            .inner
+            .guilds
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(counter);
+    }
+
+    /// Answers a guild count with the adapter's counter.
+    pub(crate) fn count_guilds(&self) -> Outcome {
+        let counter = self
+            .inner
+            .guilds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(counter) = counter else {
+            return Outcome::Error("this cluster counts no guilds".to_owned());
+        };
+        match crate::panics::catch_sync(|| counter()) {
+            Ok(count) => Payload::encode(&count)
+                .map_or_else(|error| Outcome::Error(error.to_string()), Outcome::Ok),
+            Err(panicked) => {
+                let answer = format!("the guild counter panicked: {}", panicked.message);
+                self.report_panic(panicked.report("count guilds", None, None));
                 Outcome::Error(answer)
             }
         }

@@ -296,6 +296,14 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                     })
                     .await;
                 }
+                Ok(Down::CountGuilds { id }) => {
+                    let outcome = reader_ipc.count_guilds();
+                    let ipc = reader_ipc.clone();
+                    answer_soon(async move {
+                        let _ = ipc.send_up(Up::Reply { id, outcome }).await;
+                    })
+                    .await;
+                }
                 Ok(Down::Shutdown { grace_ms }) => {
                     let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
                 }

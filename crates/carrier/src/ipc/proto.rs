@@ -11,7 +11,8 @@
 //! 3. Send `Up::Status(Ready)` when ready to serve (or `StartFailed`).
 //! 4. Send `Up::Request { id, timeout_ms, request }` and match `Down::Reply { id, reply }`; answer
 //!    each `Down::Command { id, .. }` with `Up::Reply { id, outcome }` within its `timeout_ms`,
-//!    and each `Down::Fetch { id, .. }` (clusters) the same way with the cached object as JSON;
+//!    and each `Down::Fetch { id, .. }` (clusters) the same way with the cached object as JSON,
+//!    and each `Down::CountGuilds { id }` (clusters) with the number of guilds cached;
 //!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`.
 //!
 //! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
@@ -394,9 +395,6 @@ pub enum Fetch {
         /// User id.
         user: u64,
     },
-    /// How many guilds the cluster's cache holds (a JSON number). Asked of every cluster by
-    /// [`Request::CountGuilds`].
-    GuildCount,
 }
 
 impl Fetch {
@@ -405,7 +403,7 @@ impl Fetch {
     pub const fn guild(&self) -> Option<u64> {
         match *self {
             Self::Guild(guild) | Self::Member { guild, .. } => Some(guild),
-            Self::User(_) | Self::Channel(_) | Self::GuildCount => None,
+            Self::User(_) | Self::Channel(_) => None,
         }
     }
 }
@@ -620,6 +618,12 @@ pub enum Down {
         id: u64,
         /// What to look up.
         query: Fetch,
+    },
+    /// Count the guilds this cluster's cache holds; answer with [`Up::Reply`]: `Outcome::Ok`
+    /// with the count (a `u64` payload). Asked of every cluster by [`Request::CountGuilds`].
+    CountGuilds {
+        /// Correlation id.
+        id: u64,
     },
     /// Close every shard with a resumable close and send their sessions with [`Up::Sessions`];
     /// then wait: for [`Down::Shutdown`] once the replacement serves, or for the sessions back

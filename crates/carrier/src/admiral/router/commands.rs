@@ -17,6 +17,7 @@ const ADMIRAL_PROCESS: ProcessId = 0;
 pub(super) enum Ask {
     Command(Payload),
     Fetch(Fetch),
+    CountGuilds,
 }
 
 impl Router {
@@ -66,9 +67,7 @@ impl Router {
             .iter()
             .map(|c| Target::Cluster(c.id))
             .collect();
-        self.fan_out(from, waiter, targets, timeout, || {
-            Ask::Fetch(Fetch::GuildCount)
-        });
+        self.fan_out(from, waiter, targets, timeout, || Ask::CountGuilds);
     }
 
     /// Asks every target and answers with one outcome per target once all have answered.
@@ -135,6 +134,7 @@ impl Router {
                 timeout_ms: deadline.as_millis() as u64,
             },
             Ask::Fetch(query) => Down::Fetch { id, query },
+            Ask::CountGuilds => Down::CountGuilds { id },
         };
         let sent = match self.links.encode(&down) {
             Ok(body) => self.links.send_body(conn, &body),

@@ -11,11 +11,6 @@ use crate::ipc::proto::{Fetch, Refusal, Reply, Target};
 impl Router {
     /// Starts a cache lookup: at the guild's owner, or at every cluster.
     pub(super) fn fetch(&mut self, from: &Target, waiter: Waiter, query: Fetch, timeout: Duration) {
-        if query == Fetch::GuildCount {
-            let refusal = Refusal::Invalid("count guilds with Request::CountGuilds".into());
-            self.reply(waiter, Reply::Refused(refusal));
-            return;
-        }
         let plan = &self.plan;
         let (targets, owner) = if let Some(guild) = query.guild() {
             let shard = guild_shard(guild, plan.shard_total);
