@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::BoxError;
 use crate::ipc::Ipc;
 use crate::ipc::link::{Handoff, Stop, WorkerControl};
 use crate::ipc::proto::{ClusterAssignment, ShardEvent, ShardSession, Status};
-use crate::worker::BoxError;
 
 /// How long a cluster whose admiral is gone gives its shards to close.
 const DISCONNECTED_GRACE: Duration = Duration::from_secs(5);

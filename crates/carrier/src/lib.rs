@@ -82,6 +82,9 @@ pub use ipc::{Ipc, IpcError, Message};
 pub use secret::Secret;
 pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};
 
+/// A boxed error from user or adapter code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Whether this process was started by an admiral as one of its workers. Code before
 /// [`Fleet::run`] runs in every process; use this to do admiral-only setup.
 #[must_use]

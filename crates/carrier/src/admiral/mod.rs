@@ -2,120 +2,30 @@
 //! `process`), and routes IPC between them (`router`). It may not know any Discord library.
 
 mod admission;
+mod events;
 pub mod lifecycle;
 pub mod plan;
 pub(crate) mod process;
 pub(crate) mod router;
+mod run_dir;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub use self::events::{FleetEvent, OutputStream, WorkerStatus};
 pub use self::lifecycle::{
     LifecycleEvent, ProcessId, RestartMode, RestartPolicy, State, Timeouts, WorkerId,
 };
 pub use self::plan::{ShardCount, ShardPlan};
 pub use self::process::WorkerCommand;
+use self::run_dir::{DirGuard, SOCKET_FILE, private_dir, remove_stale_dirs};
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, IpcError, Transport};
-use crate::ipc::proto::{Group, LogRecord, Outcome, ShardEvent, Target};
+use crate::ipc::proto::{Group, Outcome, Target};
 use crate::rest::{ProxyStats, ProxyStatsHandle, RestProxy};
-
-/// Events the admiral publishes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FleetEvent {
-    /// A lifecycle step: a worker ready or failed, all ready, stopped.
-    Lifecycle(LifecycleEvent),
-    /// A shard's progress in a cluster.
-    Shard {
-        /// Cluster id.
-        cluster: u32,
-        /// Shard id.
-        shard: u32,
-        /// What happened.
-        event: ShardEvent,
-    },
-    /// A log record a worker sent with `Ipc::log`.
-    Log {
-        /// Which worker.
-        worker: WorkerId,
-        /// The record.
-        record: LogRecord,
-    },
-    /// A line a worker wrote to stdout or stderr (its tracing output, a panic message).
-    Output {
-        /// Which worker.
-        worker: WorkerId,
-        /// Which stream.
-        stream: OutputStream,
-        /// The line, without its newline, cut at 16 KiB.
-        line: String,
-    },
-    /// A worker process exited.
-    Exited {
-        /// Which worker.
-        worker: WorkerId,
-        /// Which process of it.
-        process: ProcessId,
-        /// Exit code; `None` when killed by a signal.
-        code: Option<i32>,
-    },
-    /// A worker broke the IPC protocol and was disconnected (or a stranger was refused).
-    ProtocolError {
-        /// The worker, if it had identified itself.
-        worker: Option<WorkerId>,
-        /// What went wrong.
-        error: String,
-    },
-    /// A worker stopped answering application heartbeats; it is killed, and restarted like any
-    /// crashed worker.
-    Unresponsive {
-        /// Which worker.
-        worker: WorkerId,
-        /// Which process of it.
-        process: ProcessId,
-        /// How long it had been silent.
-        silent_for: Duration,
-    },
-    /// User code in a worker panicked. A caught panic cost one event, command or lookup (its
-    /// caller got an error) and the worker went on; an uncaught one ended the task it ran in.
-    Panic {
-        /// Which worker.
-        worker: WorkerId,
-        /// Which process of it.
-        process: ProcessId,
-        /// Where and what.
-        report: crate::panics::PanicReport,
-    },
-    /// A total shutdown began.
-    ShuttingDown,
-}
-
-/// Which output stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OutputStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-/// A worker as the admiral sees it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerStatus {
-    /// Which worker.
-    pub id: WorkerId,
-    /// Its state.
-    pub state: State,
-    /// Its current process number.
-    pub process: Option<ProcessId>,
-    /// Its operating-system process id.
-    pub pid: Option<u32>,
-}
 
 /// Everything the admiral runs with. Built by `Fleet`.
 pub struct AdmiralConfig {
@@ -603,141 +513,9 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Removes the private IPC directory when the admiral's task ends, however it ends.
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The socket's name in the private directory.
-const SOCKET_FILE: &str = "admiral.sock";
-
-/// The file in the private directory naming the admiral that owns it: `PID START_TIME`, the
-/// start time in clock ticks since boot as `/proc/PID/stat` gives it (so a reused pid is not
-/// taken for the admiral).
-const PID_FILE: &str = "admiral.pid";
-
-/// A process's start time, in clock ticks since boot (`/proc/PID/stat`, field 22).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; the fields after it do not.
-    let after_name = stat.rsplit_once(')')?.1;
-    after_name.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether the admiral named by a pid file's text still runs.
-fn owner_alive(pid_file: &str) -> bool {
-    let mut parts = pid_file.split_whitespace();
-    let (Some(pid), Some(started)) = (
-        parts.next().and_then(|p| p.parse::<u32>().ok()),
-        parts.next().and_then(|s| s.parse::<u64>().ok()),
-    ) else {
-        return false;
-    };
-    start_time(pid) == Some(started)
-}
-
-/// Removes the `fleet-*` directories in `base` whose admiral is dead, and returns how many. A
-/// directory counts as dead when its pid file names a process that no longer runs, or, without
-/// a pid file, when nothing listens on its socket any more. Anything else is left alone.
-fn remove_stale_dirs(base: &std::path::Path) -> usize {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return 0;
-    };
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(suffix) = name.to_str().and_then(|n| n.strip_prefix("fleet-")) else {
-            continue;
-        };
-        if suffix.len() != 16 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if !meta.is_dir() || Some(meta.uid()) != me {
-            continue;
-        }
-        let dead = if let Ok(owner) = std::fs::read_to_string(path.join(PID_FILE)) {
-            !owner_alive(&owner)
-        } else {
-            let socket = path.join(SOCKET_FILE);
-            socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_err()
-        };
-        if dead && std::fs::remove_dir_all(&path).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
-}
-
-/// A new directory only this user can enter, for the IPC socket, with the admiral's pid file.
-fn private_dir(base: &std::path::Path) -> Result<PathBuf, AdmiralError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let pid = std::process::id();
-    let owner = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
-    for _ in 0..16 {
-        let path = base.join(format!("fleet-{:016x}", fastrand::u64(..)));
-        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => {
-                std::fs::write(path.join(PID_FILE), &owner).map_err(|source| {
-                    AdmiralError::Ipc {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                return Ok(path);
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(AdmiralError::Ipc { path, source }),
-        }
-    }
-    Err(AdmiralError::Ipc {
-        path: base.to_owned(),
-        source: std::io::Error::other("no free directory name"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dead_admirals_directories_are_removed_and_live_ones_kept() {
-        let base = std::env::temp_dir().join(format!("fleet-stale-test-{:x}", fastrand::u64(..)));
-        std::fs::create_dir(&base).unwrap();
-        let dir = |name: &str| {
-            let path = base.join(name);
-            std::fs::create_dir(&path).unwrap();
-            path
-        };
-        // A dead admiral's pid file.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = child.id();
-        child.wait().unwrap();
-        let dead = dir("fleet-00000000000000a1");
-        std::fs::write(dead.join(PID_FILE), format!("{dead_pid} 12345\n")).unwrap();
-        // A live one: this process.
-        let live = private_dir(&base).unwrap();
-        // An older directory without a pid file, whose socket nobody listens on.
-        let orphan = dir("fleet-00000000000000b2");
-        drop(std::os::unix::net::UnixListener::bind(orphan.join(SOCKET_FILE)).unwrap());
-        // Not ours to judge: another name, and a directory with neither file.
-        let other = dir("fleet-not-an-admiral");
-        let empty = dir("fleet-00000000000000c3");
-
-        assert_eq!(remove_stale_dirs(&base), 2);
-        assert!(!dead.exists() && !orphan.exists());
-        assert!(live.exists() && other.exists() && empty.exists());
-        std::fs::remove_dir_all(&base).unwrap();
-    }
 
     #[test]
     fn auto_reshard_waits_for_the_threshold_and_rounds_to_the_buckets() {

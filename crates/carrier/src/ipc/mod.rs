@@ -4,6 +4,8 @@
 //! [`link`] a worker's connection. This module owns the wire; it may not know about processes or
 //! the lifecycle.
 
+mod answers;
+mod asks;
 pub mod client;
 pub mod frame;
 pub mod link;

@@ -3,6 +3,7 @@
 //! ([`client`]: `GET /gateway/bot`, the TLS setup adapters need).
 
 pub mod client;
+mod discord;
 pub mod proxy;
 pub mod stats;
 

@@ -6,9 +6,6 @@ use std::sync::atomic::AtomicU64;
 
 use serde::{Deserialize, Serialize};
 
-#[allow(unused_imports, reason = "named in the docs")]
-use super::proxy::{KEY_HEADER, RestProxy};
-
 /// Latency samples kept for percentiles (the most recent ones).
 const LATENCY_SAMPLES: usize = 4096;
 
@@ -47,10 +44,10 @@ pub struct ProxyStats {
     pub latency_max_us: u64,
     /// Median time spent waiting for a rate-limit permit, in microseconds.
     pub queue_wait_p50_us: u64,
-    /// Requests refused because they carried no valid [`KEY_HEADER`] (not counted in
+    /// Requests refused because they carried no valid [`KEY_HEADER`](super::KEY_HEADER) (not counted in
     /// `requests`, and never sent upstream).
     pub unauthenticated: u64,
-    /// Per caller (the name given to [`RestProxy::admit`], such as `cluster-2`): what it asked.
+    /// Per caller (the name given to [`RestProxy::admit`](super::RestProxy::admit), such as `cluster-2`): what it asked.
     pub callers: BTreeMap<String, CallerStats>,
 }
 

@@ -14,8 +14,7 @@ use crate::ipc::client::{CommandHandler, Ipc};
 use crate::ipc::link::{self, Stop, WorkerControl, WorkerEnv};
 use crate::ipc::proto::{Assignment, ClusterAssignment, Payload, Status, Target};
 
-/// A boxed error from user or adapter code.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 
 /// What a service gets when it starts.
 #[derive(Debug, Clone)]

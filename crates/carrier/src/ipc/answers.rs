@@ -1,0 +1,165 @@
+//! What a worker answers: commands sent to it (the user's handler), cache lookups and guild
+//! counts (the adapter's handlers), and the adapter's own reports to the admiral (identify
+//! permission, status, sessions handed over).
+
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::client::{
+    CommandHandler, FetchHandler, GuildCounter, Ipc, IpcError, RunningCommand, unexpected,
+};
+use super::client::{IDENTIFY_TIMEOUT, Transport};
+use super::proto::{Fetch, Outcome, Payload, Reply, Request, ShardSession, Status, Target, Up};
+
+impl Ipc {
+    /// Sets what answers commands sent to this process (adapters and worker runtimes do this).
+    pub fn set_command_handler(&self, handler: CommandHandler) {
+        *self
+            .inner
+            .commands
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(handler);
+    }
+
+    /// Counts an incoming command as running until the guard drops.
+    pub(crate) fn command_running(&self) -> RunningCommand {
+        // Only reaching zero is news: waiters look for that alone.
+        self.inner.running.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
+        RunningCommand(self.inner.clone())
+    }
+
+    /// Waits until every incoming command has been answered, for at most `timeout`.
+    pub async fn commands_done(&self, timeout: Duration) {
+        let mut running = self.inner.running.subscribe();
+        let _ = tokio::time::timeout(timeout, running.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Runs this process's command handler on an incoming command, within `timeout`.
+    pub(crate) fn run_command(
+        &self,
+        from: Target,
+        payload: Payload,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Outcome> {
+        let handler = self
+            .inner
+            .commands
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let ipc = self.clone();
+        Box::pin(async move {
+            let Some(handler) = handler else {
+                return Outcome::Error("this worker has no command handler".to_owned());
+            };
+            // Kept for a panic report only: a clone, not a formatted string, on every command.
+            let asked = from.clone();
+            let run = crate::panics::catch(handler(from, payload));
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(Ok(payload))) => Outcome::Ok(payload),
+                Ok(Ok(Err(message))) => Outcome::Error(message),
+                Ok(Err(panicked)) => {
+                    let answer = format!("the command handler panicked: {}", panicked.message);
+                    let asked = Some(format!("from {asked}"));
+                    ipc.report_panic(panicked.report("command", None, asked));
+                    Outcome::Error(answer)
+                }
+                Err(_) => Outcome::TimedOut,
+            }
+        })
+    }
+
+    /// Sets what answers cache lookups sent to this cluster (adapters do this).
+    pub(crate) fn set_fetch_handler(&self, handler: FetchHandler) {
+        *self
+            .inner
+            .fetcher
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(handler);
+    }
+
+    /// Answers a lookup from this process's cache: the JSON, or an empty payload for a miss.
+    pub(crate) fn run_fetch(&self, query: Fetch) -> Outcome {
+        let handler = self
+            .inner
+            .fetcher
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(handler) = handler else {
+            return Outcome::Ok(Payload::default());
+        };
+        match crate::panics::catch_sync(|| handler(query)) {
+            Ok(found) => Outcome::Ok(found.map(Payload::from).unwrap_or_default()),
+            Err(panicked) => {
+                let answer = format!("the fetch handler panicked: {}", panicked.message);
+                self.report_panic(panicked.report("fetch", None, Some(format!("{query:?}"))));
+                Outcome::Error(answer)
+            }
+        }
+    }
+
+    /// Sets what counts the guilds of this cluster (adapters do this).
+    pub(crate) fn set_guild_counter(&self, counter: GuildCounter) {
+        *self
+            .inner
+            .guilds
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(counter);
+    }
+
+    /// Answers a guild count with the adapter's counter.
+    pub(crate) fn count_guilds(&self) -> Outcome {
+        let counter = self
+            .inner
+            .guilds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(counter) = counter else {
+            return Outcome::Error("this cluster counts no guilds".to_owned());
+        };
+        match crate::panics::catch_sync(|| counter()) {
+            Ok(count) => Payload::encode(&count)
+                .map_or_else(|error| Outcome::Error(error.to_string()), Outcome::Ok),
+            Err(panicked) => {
+                let answer = format!("the guild counter panicked: {}", panicked.message);
+                self.report_panic(panicked.report("count guilds", None, None));
+                Outcome::Error(answer)
+            }
+        }
+    }
+
+    /// Waits until the admiral's identify queue lets `shard` identify.
+    pub(crate) async fn identify(&self, shard: u32) -> Result<(), IpcError> {
+        match self
+            .request(Request::Identify { shard }, IDENTIFY_TIMEOUT)
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Hands the sessions of this cluster's shards (closed resumably after a handover request)
+    /// to the admiral, which passes them to the replacement.
+    pub(crate) async fn hand_over(&self, sessions: Vec<ShardSession>) -> Result<(), IpcError> {
+        match &self.inner.transport {
+            Transport::Socket(up) => up.send(&Up::Sessions(sessions)).await,
+            Transport::Local(_) => Ok(()),
+        }
+    }
+
+    /// Reports a lifecycle status to the admiral (ready, start failure, shard progress).
+    pub(crate) async fn report(&self, status: Status) -> Result<(), IpcError> {
+        match &self.inner.transport {
+            Transport::Socket(up) => up.send(&Up::Status(status)).await,
+            Transport::Local(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! What a worker (or the admiral) asks of the fleet through its [`Ipc`]: commands to one target
+//! or a group, the central store, cache lookups in the clusters, control of workers, and logs.
+//! Every call is one request ([`Ipc::request`]) with a timeout.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::client::Transport;
+use super::client::{Ipc, IpcError, outcome_result, unexpected};
+use super::proto::{
+    Fetch, Group, LogLevel, LogRecord, Outcome, Payload, Reply, Request, RestartMode, ShardCount,
+    StoreRequest, Target,
+};
+use super::proto::{PayloadError, Up};
+
+impl Ipc {
+    /// Runs `target`'s command handler and returns its answer, within the default timeout.
+    pub async fn command(&self, target: Target, payload: Payload) -> Result<Payload, IpcError> {
+        self.command_within(target, payload, self.inner.timeout)
+            .await
+    }
+
+    /// [`command`](Self::command) with its own timeout.
+    pub async fn command_within(
+        &self,
+        target: Target,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Payload, IpcError> {
+        let reply = self
+            .request(
+                Request::Command {
+                    target: target.clone(),
+                    payload,
+                },
+                timeout,
+            )
+            .await?;
+        match reply {
+            Reply::Outcome(outcome) => outcome_result(target, outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a service's command handler.
+    pub async fn service_command(
+        &self,
+        service: &str,
+        payload: Payload,
+    ) -> Result<Payload, IpcError> {
+        self.command(Target::Service(service.to_owned()), payload)
+            .await
+    }
+
+    /// Runs a cluster's command handler.
+    pub async fn cluster_command(
+        &self,
+        cluster: u32,
+        payload: Payload,
+    ) -> Result<Payload, IpcError> {
+        self.command(Target::Cluster(cluster), payload).await
+    }
+
+    /// Runs every cluster's command handler: one outcome per cluster (ok, error, timed out, or
+    /// unavailable), never failing because one cluster did.
+    pub async fn all_clusters_command(
+        &self,
+        payload: Payload,
+    ) -> Result<BTreeMap<u32, Outcome>, IpcError> {
+        let outcomes = self.command_all(Group::Clusters, payload).await?;
+        Ok(outcomes
+            .into_iter()
+            .filter_map(|(t, o)| match t {
+                Target::Cluster(id) => Some((id, o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Runs every service's command handler: one outcome per service.
+    pub async fn all_services_command(
+        &self,
+        payload: Payload,
+    ) -> Result<BTreeMap<String, Outcome>, IpcError> {
+        let outcomes = self.command_all(Group::Services, payload).await?;
+        Ok(outcomes
+            .into_iter()
+            .filter_map(|(t, o)| match t {
+                Target::Service(name) => Some((name, o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn command_all(
+        &self,
+        group: Group,
+        payload: Payload,
+    ) -> Result<Vec<(Target, Outcome)>, IpcError> {
+        match self
+            .request(Request::CommandAll { group, payload }, self.inner.timeout)
+            .await?
+        {
+            Reply::Outcomes(outcomes) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads a key of the central store.
+    pub async fn store_get(&self, key: &str) -> Result<Option<Payload>, IpcError> {
+        match self
+            .request(
+                Request::Store(StoreRequest::Get(key.to_owned())),
+                self.inner.timeout,
+            )
+            .await?
+        {
+            Reply::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes a key of the central store.
+    pub async fn store_set(&self, key: &str, value: Payload) -> Result<(), IpcError> {
+        self.expect_done(Request::Store(StoreRequest::Set(key.to_owned(), value)))
+            .await
+    }
+
+    /// Whether the central store holds a key.
+    pub async fn store_has(&self, key: &str) -> Result<bool, IpcError> {
+        self.expect_flag(Request::Store(StoreRequest::Has(key.to_owned())))
+            .await
+    }
+
+    /// Removes a key; returns whether it was there.
+    pub async fn store_delete(&self, key: &str) -> Result<bool, IpcError> {
+        self.expect_flag(Request::Store(StoreRequest::Delete(key.to_owned())))
+            .await
+    }
+
+    /// Removes every key.
+    pub async fn store_clear(&self) -> Result<(), IpcError> {
+        self.expect_done(Request::Store(StoreRequest::Clear)).await
+    }
+
+    /// Looks an object up in the clusters' caches: a guild or member in the cluster that owns the
+    /// guild's shard, a user or channel in every cluster (the first hit wins). `None` when no
+    /// cache holds it; clusters that are down are skipped, but a guild-scoped lookup whose owner
+    /// is down fails with [`Refusal::Unavailable`]. Resolves within the default timeout.
+    ///
+    /// The answer is the object as the owning cluster's library serialises it: Discord's JSON
+    /// shape, ids as strings, so they stay exact.
+    pub async fn fetch(&self, query: Fetch) -> Result<Option<Payload>, IpcError> {
+        match self
+            .request(Request::Fetch(query), self.inner.timeout)
+            .await?
+        {
+            Reply::Found(found) => Ok(found),
+            Reply::Outcomes(mut outcomes) if outcomes.len() == 1 => {
+                let (owner, outcome) = outcomes.remove(0);
+                outcome_result(owner, outcome).map(|_| None)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// [`fetch`](Self::fetch), decoded from JSON into `T` (a library's model type, or
+    /// `serde_json::Value`).
+    pub async fn fetch_as<T: DeserializeOwned>(&self, query: Fetch) -> Result<Option<T>, IpcError> {
+        let Some(found) = self.fetch(query).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(found.as_bytes())
+            .map(Some)
+            .map_err(|e| IpcError::Payload(PayloadError(format!("fetched JSON: {e}"))))
+    }
+
+    /// A user from any cluster's cache.
+    pub async fn fetch_user<T: DeserializeOwned>(&self, user: u64) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::User(user)).await
+    }
+
+    /// A guild from the cache of the cluster that owns it.
+    pub async fn fetch_guild<T: DeserializeOwned>(
+        &self,
+        guild: u64,
+    ) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::Guild(guild)).await
+    }
+
+    /// A channel from any cluster's cache.
+    pub async fn fetch_channel<T: DeserializeOwned>(
+        &self,
+        channel: u64,
+    ) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::Channel(channel)).await
+    }
+
+    /// A guild member from the cache of the cluster that owns the guild.
+    pub async fn fetch_member<T: DeserializeOwned>(
+        &self,
+        guild: u64,
+        user: u64,
+    ) -> Result<Option<T>, IpcError> {
+        self.fetch_as(Fetch::Member { guild, user }).await
+    }
+
+    /// Guilds in every cluster's cache: the total, and the clusters that could not say (down or
+    /// too slow), whose guilds the total lacks.
+    pub async fn guild_count(&self) -> Result<(u64, Vec<Target>), IpcError> {
+        let outcomes = match self
+            .request(Request::CountGuilds, self.inner.timeout)
+            .await?
+        {
+            Reply::Outcomes(outcomes) => outcomes,
+            other => return Err(unexpected(other)),
+        };
+        let mut total = 0;
+        let mut missing = Vec::new();
+        for (target, outcome) in outcomes {
+            let count = match outcome {
+                Outcome::Ok(count) => count.decode::<u64>().ok(),
+                _ => None,
+            };
+            match count {
+                Some(count) => total += count,
+                None => missing.push(target),
+            }
+        }
+        Ok((total, missing))
+    }
+
+    /// Restarts a worker and resolves once the replacement serves (or the restart failed, in
+    /// which case the old process still serves unless the mode was hard). Waits at most
+    /// `timeout`.
+    pub async fn restart(
+        &self,
+        worker: Target,
+        mode: RestartMode,
+        timeout: Duration,
+    ) -> Result<(), IpcError> {
+        match self
+            .request(Request::Restart { worker, mode }, timeout)
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops one worker gracefully and resolves once its process has exited, within `timeout`;
+    /// routing then answers "unavailable" for it until a hard restart starts it again.
+    pub async fn stop(&self, worker: Target, timeout: Duration) -> Result<(), IpcError> {
+        match self.request(Request::Stop { worker }, timeout).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reshards the fleet to the total `count` gives (exact, Discord's recommendation, or
+    /// guilds per shard; in `clusters` clusters, default as many as now) and resolves when the
+    /// new generation is live, within `timeout`.
+    pub async fn reshard(
+        &self,
+        count: ShardCount,
+        clusters: Option<u32>,
+        timeout: Duration,
+    ) -> Result<(), IpcError> {
+        match self
+            .request(Request::Reshard { count, clusters }, timeout)
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Restarts every worker of `group`, `at_once` at a time, and resolves once all are done
+    /// with one outcome per worker (`Ok` or `Error` with why; a failed soft restart leaves that
+    /// worker's old process serving). Waits at most `timeout` in all.
+    pub async fn restart_all(
+        &self,
+        group: Group,
+        mode: RestartMode,
+        at_once: u32,
+        timeout: Duration,
+    ) -> Result<BTreeMap<Target, Outcome>, IpcError> {
+        let request = Request::RestartAll {
+            group,
+            mode,
+            at_once,
+        };
+        match self.request(request, timeout).await? {
+            Reply::Outcomes(outcomes) => Ok(outcomes.into_iter().collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a log record to the admiral, which logs it tagged with this worker.
+    pub async fn log(&self, level: LogLevel, message: impl Into<String>) -> Result<(), IpcError> {
+        let record = LogRecord {
+            level,
+            message: message.into(),
+        };
+        match &self.inner.transport {
+            Transport::Socket(up) => up.send(&Up::Log(record)).await,
+            Transport::Local(_) => {
+                record.emit(&self.inner.me);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn expect_done(&self, request: Request) -> Result<(), IpcError> {
+        match self.request(request, self.inner.timeout).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(super) async fn expect_flag(&self, request: Request) -> Result<bool, IpcError> {
+        match self.request(request, self.inner.timeout).await? {
+            Reply::Flag(flag) => Ok(flag),
+            other => Err(unexpected(other)),
+        }
+    }
+}

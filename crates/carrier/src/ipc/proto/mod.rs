@@ -1,0 +1,347 @@
+//! The IPC wire protocol: plain data, no I/O.
+//!
+//! Every frame (see [`frame`](super::frame)) holds one [`Up`] (worker → admiral) or [`Down`]
+//! (admiral → worker) message, MessagePack-encoded with named fields; enums are externally tagged
+//! (`{"Request": {...}}`), unit variants are strings. A worker in any language can join a fleet:
+//!
+//! 1. Connect to the Unix socket named by `FLEET_IPC_SOCKET` and send
+//!    `Up::Hello { secret: $FLEET_IPC_SECRET, process: $FLEET_PROCESS }`.
+//! 2. Receive `Down::Welcome` with the worker's [`Assignment`]; a wrong secret or unknown process
+//!    is disconnected.
+//! 3. Send `Up::Status(Ready)` when ready to serve (or `StartFailed`).
+//! 4. Send `Up::Request { id, timeout_ms, request }` and match `Down::Reply { id, reply }`; answer
+//!    each `Down::Command { id, .. }` with `Up::Reply { id, outcome }` within its `timeout_ms`,
+//!    and each `Down::Fetch { id, .. }` (clusters) the same way with the cached object as JSON,
+//!    and each `Down::CountGuilds { id }` (clusters) with the number of guilds cached;
+//!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`.
+//!
+//! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
+//!
+//! A `timeout_ms` above [`MAX_TIMEOUT`] (one day) is treated as [`MAX_TIMEOUT`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod values;
+mod worker;
+
+pub use values::{Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Target};
+pub use worker::{
+    Assignment, ClusterAssignment, Fetch, PanicReport, RestartMode, ShardCount, ShardEvent,
+    ShardSession, Status, StoreRequest,
+};
+
+/// The longest timeout a request may ask for; longer ones are cut to it. A timeout is input
+/// from another process, and no input may make the admiral's timers overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
+
+/// A request's timeout as the admiral applies it: `timeout_ms`, at most [`MAX_TIMEOUT`].
+#[must_use]
+pub fn clamp_timeout(timeout_ms: u64) -> Duration {
+    Duration::from_millis(timeout_ms).min(MAX_TIMEOUT)
+}
+
+/// Requests a worker (or the admiral's own handle) makes of the admiral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// Deliver `event` to every worker and the admiral (the sender included).
+    Broadcast {
+        /// Event name.
+        event: String,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Deliver `event` to one target.
+    SendTo {
+        /// Receiver.
+        target: Target,
+        /// Event name.
+        event: String,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Run a target's command handler and return its answer.
+    Command {
+        /// Receiver.
+        target: Target,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Run the command handler of every worker of a group; one outcome per target.
+    CommandAll {
+        /// Receivers.
+        group: Group,
+        /// Payload.
+        payload: Payload,
+    },
+    /// A central store operation.
+    Store(StoreRequest),
+    /// Wait for permission to identify shard `shard`.
+    Identify {
+        /// Shard id.
+        shard: u32,
+    },
+    /// Look something up in the clusters' caches: a guild or member in the cluster that owns the
+    /// guild's shard (`(guild_id >> 22) % shard_total`), a user or channel in every cluster,
+    /// the first hit winning. Answered with [`Reply::Found`].
+    Fetch(Fetch),
+    /// Restart a worker (answered with `Done` once the replacement serves, or refused with why
+    /// it failed).
+    Restart {
+        /// The worker.
+        worker: Target,
+        /// How.
+        mode: RestartMode,
+    },
+    /// Reshard: start a new generation of clusters for the total `count` gives (in `clusters` clusters,
+    /// default as many as now) in standby beside the old one; once all of it is ready it goes
+    /// live and the old generation drains. Answered with `Done` then, or refused with why.
+    Reshard {
+        /// The new shard total: exact, Discord's recommendation, or guilds per shard.
+        count: ShardCount,
+        /// Clusters of the new generation.
+        clusters: Option<u32>,
+    },
+    /// Stop one worker gracefully (its shutdown hook runs, then it is killed after the kill
+    /// timeout if still there); answered with `Done` once its process has exited. A hard
+    /// [`Request::Restart`] starts it again.
+    Stop {
+        /// The worker.
+        worker: Target,
+    },
+    /// Count the guilds in every cluster's cache: one outcome per cluster, `Ok` with the count
+    /// as a JSON number.
+    CountGuilds,
+    /// Restart every worker of a group, `at_once` at a time (a rolling restart, so memory
+    /// never holds more than `at_once` extra processes). Answered with one outcome per worker
+    /// once all are done: `Ok` (empty) or `Error` with why it failed.
+    RestartAll {
+        /// Which workers.
+        group: Group,
+        /// How.
+        mode: RestartMode,
+        /// How many restart at the same time (at least 1).
+        at_once: u32,
+    },
+}
+
+/// Answers to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Reply {
+    /// Accepted (broadcast, send, identify granted, store write done).
+    Done,
+    /// The outcome of a single command.
+    Outcome(Outcome),
+    /// One outcome per target of a fan-out.
+    Outcomes(Vec<(Target, Outcome)>),
+    /// A store value (`None`: absent).
+    Value(Option<Payload>),
+    /// A store answer (has / delete).
+    Flag(bool),
+    /// A fetch's answer: the object as JSON (Discord's field names, ids as strings), or `None`
+    /// when no cache holds it.
+    Found(Option<Payload>),
+    /// The request was refused.
+    Refused(Refusal),
+}
+
+/// Why the admiral refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No such target exists in the fleet.
+    #[error("no {0} in this fleet")]
+    UnknownTarget(Target),
+    /// The target exists but is not running.
+    #[error("{0} is unavailable")]
+    Unavailable(Target),
+    /// The target's queue is full.
+    #[error("{0} is overloaded")]
+    Overloaded(Target),
+    /// The request is not valid here.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A reshard was refused or failed (the old generation still serves).
+    #[error("reshard failed: {0}")]
+    ReshardFailed(String),
+    /// A restart was refused or failed (the old process still serves, unless it was hard).
+    #[error("restart failed: {0}")]
+    RestartFailed(String),
+}
+
+/// Worker → admiral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Up {
+    /// First frame: proves the worker belongs to this fleet.
+    Hello {
+        /// The per-fleet secret.
+        secret: crate::Secret,
+        /// The process number the admiral gave this worker.
+        process: u64,
+    },
+    /// A request; answered by [`Down::Reply`] with the same id.
+    Request {
+        /// Correlation id (random).
+        id: u64,
+        /// The requester gives up after this long.
+        timeout_ms: u64,
+        /// The request.
+        request: Request,
+    },
+    /// The answer to a [`Down::Command`].
+    Reply {
+        /// The command's id.
+        id: u64,
+        /// Its outcome.
+        outcome: Outcome,
+    },
+    /// A lifecycle report.
+    Status(Status),
+    /// A log record for the admiral.
+    Log(LogRecord),
+    /// The sessions of a cluster's shards, closed resumably after [`Down::HandOver`].
+    Sessions(Vec<ShardSession>),
+    /// The answer to a [`Down::Ping`].
+    Pong {
+        /// The ping's number.
+        seq: u64,
+    },
+}
+
+/// Admiral → worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Down {
+    /// The handshake succeeded; here is the worker's assignment.
+    Welcome(Assignment),
+    /// The answer to an [`Up::Request`].
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// Its answer.
+        reply: Reply,
+    },
+    /// Run the command handler; answer with [`Up::Reply`].
+    Command {
+        /// Correlation id.
+        id: u64,
+        /// Who asked.
+        from: Target,
+        /// Payload.
+        payload: Payload,
+        /// The asker gives up after this long.
+        timeout_ms: u64,
+    },
+    /// A broadcast or direct message.
+    Message {
+        /// Who sent it.
+        from: Target,
+        /// Event name.
+        event: String,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Look `query` up in this cluster's cache; answer with [`Up::Reply`]: `Outcome::Ok` with
+    /// the object as JSON, or with an empty payload for a miss.
+    Fetch {
+        /// Correlation id.
+        id: u64,
+        /// What to look up.
+        query: Fetch,
+    },
+    /// Count the guilds this cluster's cache holds; answer with [`Up::Reply`]: `Outcome::Ok`
+    /// with the count (a `u64` payload). Asked of every cluster by [`Request::CountGuilds`].
+    CountGuilds {
+        /// Correlation id.
+        id: u64,
+    },
+    /// Close every shard with a resumable close and send their sessions with [`Up::Sessions`];
+    /// then wait: for [`Down::Shutdown`] once the replacement serves, or for the sessions back
+    /// ([`Down::Sessions`]) if it failed.
+    HandOver,
+    /// Connect the shards, resuming these sessions (shards not listed identify).
+    Sessions(Vec<ShardSession>),
+    /// A standby cluster (a new generation) goes live: hand events to user code from now on.
+    Activate,
+    /// Application heartbeat: answer with [`Up::Pong`] from a task of the worker's runtime, so a
+    /// worker whose runtime is stuck stops answering. A worker that answers no ping for longer
+    /// than the fleet's heartbeat timeout is treated as crashed.
+    Ping {
+        /// A number to echo.
+        seq: u64,
+    },
+    /// Shut down gracefully within `grace_ms`, then exit.
+    Shutdown {
+        /// Grace period.
+        grace_ms: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_typed_values_and_keep_u64_exact() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Echo {
+            id: u64,
+            text: String,
+        }
+        let value = Echo {
+            id: u64::MAX - 1,
+            text: "x".into(),
+        };
+        let payload = Payload::encode(&value).unwrap();
+        assert_eq!(payload.decode::<Echo>().unwrap(), value);
+        assert!(payload.decode::<Vec<String>>().is_err());
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let up = Up::Request {
+            id: 7,
+            timeout_ms: 100,
+            request: Request::CommandAll {
+                group: Group::Clusters,
+                payload: Payload::from("hi"),
+            },
+        };
+        let body = super::super::frame::encode(&up, 1024).unwrap();
+        assert_eq!(super::super::frame::decode::<Up>(&body).unwrap(), up);
+        let down = Down::Reply {
+            id: 7,
+            reply: Reply::Outcomes(vec![
+                (Target::Cluster(1), Outcome::TimedOut),
+                (Target::Service("a".into()), Outcome::Unavailable),
+            ]),
+        };
+        let body = super::super::frame::encode(&down, 1024).unwrap();
+        assert_eq!(super::super::frame::decode::<Down>(&body).unwrap(), down);
+    }
+
+    #[test]
+    fn assignments_never_print_the_token() {
+        let assignment = ClusterAssignment {
+            id: 0,
+            first_shard: 0,
+            last_shard: 1,
+            shard_total: 2,
+            max_concurrency: 1,
+            token: "secret-token".into(),
+            gateway_url: String::new(),
+            rest_url: String::new(),
+            rest_proxied: false,
+            rest_key: Some(crate::Secret::new("secret-key")),
+            handover: false,
+            standby: false,
+        };
+        let printed = format!("{assignment:?}");
+        assert!(!printed.contains("secret-token"));
+        assert!(!printed.contains("secret-key"));
+    }
+}

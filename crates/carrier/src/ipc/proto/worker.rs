@@ -1,0 +1,247 @@
+//! What concerns one worker: its assignment, its status reports, its shards' sessions, its
+//! panics, and the store, shard-count and cache-lookup requests it can make.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::Payload;
+
+/// What the admiral assigns a worker in [`Down::Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Assignment {
+    /// Run a cluster.
+    Cluster(ClusterAssignment),
+    /// Run a service.
+    Service {
+        /// The service's name.
+        name: String,
+    },
+}
+
+/// Everything a cluster needs to start its shards.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterAssignment {
+    /// Cluster id.
+    pub id: u32,
+    /// First shard id (inclusive).
+    pub first_shard: u32,
+    /// Last shard id (inclusive).
+    pub last_shard: u32,
+    /// Shards in the whole bot.
+    pub shard_total: u32,
+    /// Identify buckets.
+    pub max_concurrency: u32,
+    /// The bot token (sent over IPC, never on a command line).
+    pub token: String,
+    /// Gateway URL (`wss://gateway.discord.gg` or a mock's `ws://127.0.0.1:PORT`).
+    pub gateway_url: String,
+    /// This process replaces a running one that will hand its gateway sessions over: start the
+    /// user's code, report [`Status::Prepared`], and connect the shards only when
+    /// [`Down::Sessions`] arrives, resuming the sessions it holds.
+    pub handover: bool,
+    /// This process belongs to a new generation (a reshard): connect and report ready as usual,
+    /// but keep events from user code until [`Down::Activate`].
+    pub standby: bool,
+    /// REST base (`https://discord.com`, the admiral's REST proxy or a mock's
+    /// `http://127.0.0.1:PORT`), without `/api/v10`.
+    pub rest_url: String,
+    /// `rest_url` is the admiral's REST proxy: it keeps the rate limits and adds the token, so
+    /// the cluster's own HTTP client must not limit itself.
+    pub rest_proxied: bool,
+    /// The key this process sends to the REST proxy as `x-fleet-proxy-key`
+    /// ([`rest::KEY_HEADER`](crate::rest::KEY_HEADER)); the proxy refuses requests without it.
+    /// `None` when the proxy is off.
+    #[serde(default)]
+    pub rest_key: Option<crate::Secret>,
+}
+
+impl fmt::Debug for ClusterAssignment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterAssignment")
+            .field("id", &self.id)
+            .field("shards", &(self.first_shard..=self.last_shard))
+            .field("shard_total", &self.shard_total)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("token", &"<redacted>")
+            .field("gateway_url", &self.gateway_url)
+            .field("rest_url", &self.rest_url)
+            .field("rest_proxied", &self.rest_proxied)
+            .field("rest_key", &self.rest_key)
+            .field("handover", &self.handover)
+            .field("standby", &self.standby)
+            .finish()
+    }
+}
+
+/// What a shard went through, reported with [`Status::Shard`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ShardEvent {
+    /// Connecting to the gateway.
+    Connecting,
+    /// READY received.
+    Ready,
+    /// RESUMED received.
+    Resumed,
+    /// The connection closed (with the close code, if any).
+    Disconnected(Option<u16>),
+}
+
+/// Lifecycle reports from a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Status {
+    /// The worker is ready: a service started, or every shard of a cluster is READY.
+    Ready,
+    /// The worker could not start.
+    StartFailed(String),
+    /// A handover replacement started its user code and waits for [`Down::Sessions`].
+    Prepared,
+    /// A shard's progress.
+    Shard {
+        /// Shard id.
+        shard: u32,
+        /// What happened.
+        event: ShardEvent,
+    },
+    /// User code panicked (see [`crate::panics`]).
+    Panic(PanicReport),
+}
+
+/// How a requested restart replaces a worker's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RestartMode {
+    /// The replacement resumes the old process's gateway sessions: no identify spent, no event
+    /// lost. Services (no sessions) restart as with [`Overlap`](Self::Overlap).
+    Handover,
+    /// The replacement connects fresh sessions and takes over once ready.
+    Overlap,
+    /// Kill the old process first, then start afresh.
+    Hard,
+}
+
+/// One shard's resumable gateway session, handed from an old cluster process to its replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSession {
+    /// Shard id.
+    pub shard: u32,
+    /// Discord's session id.
+    pub session_id: String,
+    /// The last sequence number the old process handled.
+    pub sequence: u64,
+    /// Where to resume, if Discord named a URL.
+    pub resume_url: Option<String>,
+}
+
+impl ShardSession {
+    /// A session just opened (READY): nothing handled yet.
+    #[must_use]
+    pub fn new(shard: u32, session_id: String, resume_url: Option<String>) -> Self {
+        Self {
+            shard,
+            session_id,
+            sequence: 0,
+            resume_url,
+        }
+    }
+}
+
+/// What a worker reports about a panic in user code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicReport {
+    /// Where in the worker it happened: `handle_event`, `command`, `fetch`, `message handler`,
+    /// `activate`, `shutdown`, or `task` for one nobody caught.
+    pub context: String,
+    /// The shard whose event was being handled, if any.
+    pub shard: Option<u32>,
+    /// The kind of that event (`MessageCreate`, ...), or the message's event name.
+    pub event: Option<String>,
+    /// The panic's message.
+    pub message: String,
+    /// `file:line:column` of the panic, when the worker's hook saw it.
+    pub location: Option<String>,
+    /// Whether the panic was caught and the work went on (`false`: it ended the task it ran
+    /// in).
+    pub caught: bool,
+    /// Reports dropped before this one because the queue was full.
+    pub dropped_before: u64,
+}
+
+impl std::fmt::Display for PanicReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "panic in {}", self.context)?;
+        if let Some(shard) = self.shard {
+            write!(f, " (shard {shard}")?;
+            if let Some(event) = &self.event {
+                write!(f, ", {event}")?;
+            }
+            write!(f, ")")?;
+        } else if let Some(event) = &self.event {
+            write!(f, " ({event})")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(location) = &self.location {
+            write!(f, " at {location}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Store operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreRequest {
+    /// Read a key.
+    Get(String),
+    /// Write a key.
+    Set(String, Payload),
+    /// Whether a key exists.
+    Has(String),
+    /// Remove a key.
+    Delete(String),
+    /// Remove every key.
+    Clear,
+}
+
+/// How the shard total is chosen (at launch, and in [`Request::Reshard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ShardCount {
+    /// Discord's recommendation from `/gateway/bot`.
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Exact(u32),
+    /// Enough shards for this many guilds each, from the recommendation (which assumes 1000).
+    GuildsPerShard(u32),
+}
+
+/// A lookup in the clusters' caches ([`Request::Fetch`], [`Down::Fetch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Fetch {
+    /// A user by id.
+    User(u64),
+    /// A guild by id.
+    Guild(u64),
+    /// A channel by id.
+    Channel(u64),
+    /// A guild's member.
+    Member {
+        /// Guild id.
+        guild: u64,
+        /// User id.
+        user: u64,
+    },
+}
+
+impl Fetch {
+    /// The guild whose shard holds the answer, if the lookup names one.
+    #[must_use]
+    pub const fn guild(&self) -> Option<u64> {
+        match *self {
+            Self::Guild(guild) | Self::Member { guild, .. } => Some(guild),
+            Self::User(_) | Self::Channel(_) => None,
+        }
+    }
+}
