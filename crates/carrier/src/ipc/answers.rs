@@ -76,63 +76,52 @@ impl Ipc {
 
     /// Sets what answers cache lookups sent to this cluster (adapters do this).
     pub(crate) fn set_fetch_handler(&self, handler: FetchHandler) {
-        *self
-            .inner
-            .fetcher
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(handler);
+        set(&self.inner.fetcher, handler);
     }
 
     /// Answers a lookup from this process's cache: the JSON, or an empty payload for a miss.
     pub(crate) fn run_fetch(&self, query: Fetch) -> Outcome {
-        let handler = self
-            .inner
-            .fetcher
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(handler) = handler else {
+        let Some(handler) = get(&self.inner.fetcher) else {
             return Outcome::Ok(Payload::default());
         };
-        match crate::panics::catch_sync(|| handler(query)) {
-            Ok(found) => Outcome::Ok(found.map(Payload::from).unwrap_or_default()),
-            Err(panicked) => {
-                let answer = format!("the fetch handler panicked: {}", panicked.message);
-                self.report_panic(panicked.report("fetch", None, Some(format!("{query:?}"))));
-                Outcome::Error(answer)
-            }
-        }
+        let event = || Some(format!("{query:?}"));
+        self.run_handler("fetch", event, || handler(query))
+            .map_or_else(
+                |e| e,
+                |found| Outcome::Ok(found.map(Payload::from).unwrap_or_default()),
+            )
     }
 
     /// Sets what counts the guilds of this cluster (adapters do this).
     pub(crate) fn set_guild_counter(&self, counter: GuildCounter) {
-        *self
-            .inner
-            .guilds
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(counter);
+        set(&self.inner.guilds, counter);
     }
 
     /// Answers a guild count with the adapter's counter.
     pub(crate) fn count_guilds(&self) -> Outcome {
-        let counter = self
-            .inner
-            .guilds
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(counter) = counter else {
+        let Some(counter) = get(&self.inner.guilds) else {
             return Outcome::Error("this cluster counts no guilds".to_owned());
         };
-        match crate::panics::catch_sync(|| counter()) {
-            Ok(count) => Payload::encode(&count)
-                .map_or_else(|error| Outcome::Error(error.to_string()), Outcome::Ok),
-            Err(panicked) => {
-                let answer = format!("the guild counter panicked: {}", panicked.message);
-                self.report_panic(panicked.report("count guilds", None, None));
-                Outcome::Error(answer)
-            }
-        }
+        let count = match self.run_handler("guild count", || None, || counter()) {
+            Ok(count) => count,
+            Err(error) => return error,
+        };
+        Payload::encode(&count).map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok)
+    }
+
+    /// Runs an adapter's handler on the reader; a panic in it is reported (with `event`, made
+    /// only then) and answered as an error.
+    fn run_handler<T>(
+        &self,
+        context: &str,
+        event: impl FnOnce() -> Option<String>,
+        handler: impl FnOnce() -> T,
+    ) -> Result<T, Outcome> {
+        crate::panics::catch_sync(handler).map_err(|panicked| {
+            let answer = format!("the {context} handler panicked: {}", panicked.message);
+            self.report_panic(panicked.report(context, None, event()));
+            Outcome::Error(answer)
+        })
     }
 
     /// Waits until the admiral's identify queue lets `shard` identify.
@@ -162,4 +151,14 @@ impl Ipc {
             Transport::Local(_) => Ok(()),
         }
     }
+}
+
+/// The handler in `slot`, if one is set.
+fn get<T: Clone>(slot: &std::sync::RwLock<Option<T>>) -> Option<T> {
+    slot.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// Sets the handler in `slot`.
+fn set<T>(slot: &std::sync::RwLock<Option<T>>, handler: T) {
+    *slot.write().unwrap_or_else(PoisonError::into_inner) = Some(handler);
 }
