@@ -232,7 +232,7 @@ pub async fn serve(
                             guarded(reporter, "activate", shards.activate()).await;
                         }
                     }
-                    Some(Handoff::HandOver) => break,
+                    Some(Handoff::CloseResumably) => break,
                     Some(Handoff::Sessions(_)) => {}
                     None => return Ok(()),
                 },

@@ -9,7 +9,7 @@
 //!
 //! Panics nobody catches (in a task user code spawned, or in a library's own task, such as
 //! serenity's per-event handler tasks) are reported by the panic hook every worker installs
-//! ([`install_hook`]): it keeps the standard message on stderr and sends a report with the
+//! (`install_hook`): it keeps the standard message on stderr and sends a report with the
 //! worker, the message and the location. The hook never blocks: reports go through a bounded
 //! queue, and a storm of panics drops reports beyond it (counted in the next one that fits).
 

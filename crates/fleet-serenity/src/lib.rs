@@ -9,7 +9,7 @@
 //!
 //! 1. builds serenity's `Http` on the fleet's REST base and a shared `Cache` with the user's
 //!    settings;
-//! 2. starts an identify gate ([`relay`]): a websocket relay on loopback that every shard connects
+//! 2. starts an identify gate (`relay`): a websocket relay on loopback that every shard connects
 //!    through. It forwards frames both ways but holds each IDENTIFY until the admiral's identify
 //!    queue allows it. serenity 0.12 decides on its own when to identify (its shard queuer waits a
 //!    fixed 5 s between boots and ignores `max_concurrency`, and re-identifies happen deep in its
@@ -18,8 +18,13 @@
 //! 3. runs one serenity `ShardManager` per shard (so serenity's 5 s wait between boots never
 //!    applies across shards), all sharing the handlers, cache, data and HTTP client; the gate
 //!    paces them, so serenity clusters start at the same identify limit as twilight clusters;
-//! 4. reports READY, RESUMED and disconnects to the admiral, and the cluster ready once every
-//!    shard is; on shutdown runs [`ClusterWorker::shutdown`] and closes every shard with 1000.
+//! 4. reports READY, RESUMED and disconnects through carrier's `ShardReporter`, which reports
+//!    the cluster ready once every shard is; on shutdown runs [`ClusterWorker::shutdown`] and
+//!    closes every shard with 1000.
+//!
+//! The cluster's life (start, serve, stop) is carrier's cluster protocol (`carrier::cluster`):
+//! this adapter implements `carrier::cluster::Shards` over serenity's shard managers and nothing
+//! else.
 //!
 //! serenity resumes to its `ws_url` (the gate), never to `resume_gateway_url`; the gate reconnects
 //! to the configured gateway, where Discord accepts the resume.

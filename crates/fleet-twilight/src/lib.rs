@@ -30,7 +30,10 @@
 //! Standby (a reshard's new generation): shards connect and fill the cache, but events reach the
 //! worker only after [`ClusterWorker::activate`].
 //!
-//! Everything that is not twilight-specific lives in carrier.
+//! Everything that is not twilight-specific lives in carrier: the cluster's life (prepare,
+//! serve, hand over, stop or take back, readiness, the standby gate, the shutdown grace) is
+//! carrier's cluster protocol (`carrier::cluster::serve`), and this adapter implements
+//! `carrier::cluster::Shards` over twilight's shards.
 //!
 //! # Example
 //!
@@ -391,7 +394,7 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
         Box::pin(async move {
             // Close every shard resumably; each task returns its session once closed.
             if let Some(drive) = self.drive.take() {
-                let _ = drive.send(Drive::HandOver);
+                let _ = drive.send(Drive::CloseResumably);
             }
             for sender in self.senders.all().values() {
                 let _ = sender.close(CloseFrame::RESUME);
@@ -442,7 +445,7 @@ const HANDOVER_CLOSE: Duration = Duration::from_secs(5);
 enum Drive {
     Run,
     Stop,
-    HandOver,
+    CloseResumably,
 }
 
 /// The cluster's current shard senders, for gateway commands (presence, member requests). After
@@ -564,7 +567,7 @@ async fn drive_shard<W: ClusterWorker>(
         // Every event received before the close was handled above, so the session's sequence
         // is exactly what this process handled: the replacement resumes right after it.
         match *drive.borrow() {
-            Drive::HandOver if closed => {
+            Drive::CloseResumably if closed => {
                 let session = shard.session()?;
                 return Some(ShardSession {
                     shard: number,

@@ -16,7 +16,7 @@
 //! Each worker incarnation has its own [`ProcessId`], so an old process and its replacement of the
 //! same worker can coexist. A requested restart ([`Input::Restart`]) uses that:
 //! - [`RestartMode::Handover`]: the replacement starts its user code and says it is prepared;
-//!   then the old process hands its gateway sessions over ([`Command::HandOver`]) and the
+//!   then the old process hands its gateway sessions over ([`Command::RequestSessions`]) and the
 //!   replacement resumes them. Once the replacement is ready it takes the traffic and the old
 //!   process drains.
 //! - [`RestartMode::Overlap`]: the replacement connects fresh sessions beside the old one; once it
@@ -192,7 +192,7 @@ pub enum Input {
     KillTimedOut(ProcessId),
     /// A worker's restart backoff is over.
     RestartDue(WorkerId),
-    /// Restart a live worker (check [`Lifecycle::can_restart`] first).
+    /// Restart a worker (check [`Lifecycle::can_restart`] first).
     Restart(WorkerId, RestartMode),
     /// A handover replacement started its user code and waits for the sessions.
     Prepared(ProcessId),
@@ -208,7 +208,7 @@ pub enum Input {
     /// The old generation's notice is over: it drains now.
     DrainDue,
     /// A process handed over the sessions of its shards (closed resumably), as asked by
-    /// [`Command::HandOver`]; empty if it could not.
+    /// [`Command::RequestSessions`]; empty if it could not.
     SessionsHandedOver(ProcessId, Vec<ShardSession>),
 }
 
@@ -253,8 +253,9 @@ pub enum Command {
         /// The backoff.
         after: Duration,
     },
-    /// Ask `from` to close its shards resumably and hand their sessions to `to`.
-    HandOver {
+    /// Ask `from` to close its shards resumably and hand their sessions over, for `to`
+    /// ([`Input::SessionsHandedOver`] once it has).
+    RequestSessions {
         /// The old process.
         from: ProcessId,
         /// The replacement.
@@ -560,7 +561,7 @@ impl Lifecycle {
 
     /// Whether `id` can be restarted now: it must be live, with no restart under way, and the
     /// fleet not shutting down.
-    pub fn can_restart(&self, id: &WorkerId) -> Result<(), String> {
+    pub fn can_soft_restart(&self, id: &WorkerId) -> Result<(), String> {
         let Some(worker) = self.workers.get(id) else {
             return Err(format!("no {id} in this fleet"));
         };
@@ -578,7 +579,7 @@ impl Lifecycle {
 
     /// Whether `id` can be restarted with `mode` now: soft modes need it live; a hard restart
     /// also starts a stopped or failed worker again.
-    pub fn check_restart(&self, id: &WorkerId, mode: RestartMode) -> Result<(), String> {
+    pub fn can_restart(&self, id: &WorkerId, mode: RestartMode) -> Result<(), String> {
         let again = self
             .workers
             .get(id)
@@ -586,7 +587,7 @@ impl Lifecycle {
         if mode == RestartMode::Hard && again && !self.stopping() {
             return Ok(());
         }
-        self.can_restart(id)
+        self.can_soft_restart(id)
     }
 
     /// Whether `id` can be stopped now: running or waiting to restart, with no restart under
@@ -716,7 +717,7 @@ impl Lifecycle {
                 }
             }
             Input::Restart(id, mode) => {
-                if self.check_restart(&id, mode).is_ok() {
+                if self.can_restart(&id, mode).is_ok() {
                     self.restart(id, mode, &mut out);
                 }
             }
@@ -848,7 +849,7 @@ impl Lifecycle {
         let from = worker.process;
         if let (Some(from), Some(replacement)) = (from, worker.replacement.as_mut()) {
             replacement.step = Step::HandingOver { sessions: None };
-            out.push(Command::HandOver { from, to });
+            out.push(Command::RequestSessions { from, to });
         }
     }
 
@@ -965,7 +966,10 @@ impl Lifecycle {
         } else {
             mode
         };
-        let worker = self.workers.get_mut(&id).expect("checked by can_restart");
+        let worker = self
+            .workers
+            .get_mut(&id)
+            .expect("checked by can_soft_restart");
         worker.replacement = Some(Replacement {
             process,
             mode,

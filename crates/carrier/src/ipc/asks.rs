@@ -148,7 +148,7 @@ impl Ipc {
     /// Looks an object up in the clusters' caches: a guild or member in the cluster that owns the
     /// guild's shard, a user or channel in every cluster (the first hit wins). `None` when no
     /// cache holds it; clusters that are down are skipped, but a guild-scoped lookup whose owner
-    /// is down fails with [`Refusal::Unavailable`]. Resolves within the default timeout.
+    /// is down fails with [`Refusal::Unavailable`](super::proto::Refusal::Unavailable). Resolves within the default timeout.
     ///
     /// The answer is the object as the owning cluster's library serialises it: Discord's JSON
     /// shape, ids as strings, so they stay exact.

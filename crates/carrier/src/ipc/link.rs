@@ -137,8 +137,10 @@ pub struct WorkerControl {
 /// A step of a session handover, for cluster adapters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handoff {
-    /// Close every shard resumably and report the sessions with `Ipc::hand_over`.
-    HandOver,
+    /// Close every shard resumably and hand their sessions over ([`cluster::serve`] does).
+    ///
+    /// [`cluster::serve`]: crate::cluster::serve
+    CloseResumably,
     /// Connect (or reconnect) the shards, resuming these sessions.
     Sessions(Vec<ShardSession>),
     /// A standby cluster goes live.
@@ -273,7 +275,7 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                     .await;
                 }
                 Ok(Down::HandOver) => {
-                    let _ = handoff_tx.send(Handoff::HandOver);
+                    let _ = handoff_tx.send(Handoff::CloseResumably);
                 }
                 Ok(Down::Activate) => {
                     let _ = handoff_tx.send(Handoff::Activate);

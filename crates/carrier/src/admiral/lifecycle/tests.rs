@@ -442,14 +442,14 @@ fn a_handover_restart_swaps_only_once_the_replacement_resumed() {
         }]
     );
     assert_eq!(
-        l.can_restart(&C0),
+        l.can_soft_restart(&C0),
         Err("cluster-0 is already being restarted".into())
     );
     // The old process serves throughout.
     l.handle(Input::Hello(new));
     assert_eq!(l.live_process(&C0), Some(old));
     let out = l.handle(Input::Prepared(new));
-    assert_eq!(out, [Command::HandOver { from: old, to: new }]);
+    assert_eq!(out, [Command::RequestSessions { from: old, to: new }]);
     assert!(l.handle(Input::Prepared(new)).is_empty(), "asked once");
     assert_eq!(l.live_process(&C0), Some(old));
     let out = l.handle(Input::Ready(new));
@@ -469,7 +469,7 @@ fn a_handover_restart_swaps_only_once_the_replacement_resumed() {
     // The old process's exit is not a crash.
     assert!(l.handle(Input::Exited(old, Some(0))).is_empty());
     assert_eq!(l.live_process(&C0), Some(new));
-    assert_eq!(l.can_restart(&C0), Ok(()));
+    assert_eq!(l.can_soft_restart(&C0), Ok(()));
 }
 
 fn sessions(shards: std::ops::Range<u32>) -> Vec<ShardSession> {
@@ -664,9 +664,9 @@ fn a_hard_restart_kills_first_and_is_unavailable_until_ready() {
 #[test]
 fn restarts_are_refused_unless_live_and_shutdown_cancels_a_replacement() {
     let mut l = fleet(&[], 1);
-    assert!(l.can_restart(&C0).is_err(), "pending");
+    assert!(l.can_soft_restart(&C0).is_err(), "pending");
     assert!(l.handle(Input::Restart(C0, RestartMode::Hard)).is_empty());
-    assert!(l.can_restart(&WorkerId::Cluster(7)).is_err());
+    assert!(l.can_soft_restart(&WorkerId::Cluster(7)).is_err());
     let (mut l, old) = live_cluster();
     let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Overlap)))[0].1;
     let out = l.handle(Input::Shutdown);
@@ -682,7 +682,7 @@ fn restarts_are_refused_unless_live_and_shutdown_cancels_a_replacement() {
         worker: C0,
         reason: "the fleet is shutting down".into()
     }));
-    assert!(l.can_restart(&C0).is_err());
+    assert!(l.can_soft_restart(&C0).is_err());
 }
 
 #[test]
@@ -718,7 +718,7 @@ fn a_soft_kill_notice_comes_before_the_handover_and_before_an_overlap_swap() {
     );
     assert_eq!(
         l.handle(Input::NoticeOver(C0)),
-        [Command::HandOver { from: old, to: new }]
+        [Command::RequestSessions { from: old, to: new }]
     );
     l.handle(Input::Ready(new));
     assert_eq!(l.live_process(&C0), Some(new));
@@ -785,7 +785,10 @@ fn a_new_generation_goes_live_only_when_all_of_it_is_ready() {
     let new: Vec<ProcessId> = spawned(&out).into_iter().map(|(_, p)| p).collect();
     assert_eq!(new.len(), 3);
     assert!(l.can_reshard().is_err(), "one reshard at a time");
-    assert!(l.can_restart(&C0).is_err(), "no restart during a reshard");
+    assert!(
+        l.can_soft_restart(&C0).is_err(),
+        "no restart during a reshard"
+    );
     assert_eq!(
         events(&l.handle(Input::Ready(new[0]))),
         [LifecycleEvent::ReshardProgress { ready: 1, total: 3 }]
@@ -931,7 +934,7 @@ fn a_stopped_worker_stays_stopped_until_a_hard_restart_starts_it() {
     assert_eq!(l.worker(&C0).unwrap().state, State::Stopped);
     assert!(l.can_stop(&C0).is_err());
     assert!(
-        l.check_restart(&C0, RestartMode::Handover).is_err(),
+        l.can_restart(&C0, RestartMode::Handover).is_err(),
         "nothing to hand over"
     );
     let out = l.handle(Input::Restart(C0, RestartMode::Hard));

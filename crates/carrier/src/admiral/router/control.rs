@@ -67,7 +67,7 @@ impl Router {
             Ok(id) => id,
             Err(refusal) => return self.reply(waiter, Reply::Refused(refusal)),
         };
-        if let Err(reason) = self.lifecycle.check_restart(&id, mode) {
+        if let Err(reason) = self.lifecycle.can_restart(&id, mode) {
             return self.reply(waiter, Reply::Refused(Refusal::RestartFailed(reason)));
         }
         let waiters = self.control.restarts.entry(id.clone()).or_default();
@@ -218,7 +218,7 @@ impl Router {
                 return;
             };
             let mode = r.mode;
-            if let Err(reason) = self.lifecycle.can_restart(&next) {
+            if let Err(reason) = self.lifecycle.can_soft_restart(&next) {
                 r.outcomes.insert(next.target(), Outcome::Error(reason));
                 continue;
             }

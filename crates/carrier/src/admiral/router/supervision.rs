@@ -279,7 +279,7 @@ impl Router {
             Command::KillAfter { process, after } => {
                 self.arm(Timer::Kill(process), after);
             }
-            Command::HandOver { from, .. } => {
+            Command::RequestSessions { from, .. } => {
                 // Gone already: it hands over nothing, and the replacement starts fresh.
                 if !self.links.send_to_process(from, &Down::HandOver) {
                     self.lifecycle_input(Input::SessionsHandedOver(from, Vec::new()));

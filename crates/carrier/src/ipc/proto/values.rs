@@ -104,7 +104,7 @@ pub enum Outcome {
     Unavailable,
 }
 
-/// A worker's log record sent with [`Up::Log`].
+/// A worker's log record sent with [`Up::Log`](super::Up::Log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
     /// Severity.

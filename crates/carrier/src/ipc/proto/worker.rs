@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Payload;
 
-/// What the admiral assigns a worker in [`Down::Welcome`].
+/// What the admiral assigns a worker in [`Down::Welcome`](super::Down::Welcome).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Assignment {
@@ -39,10 +39,10 @@ pub struct ClusterAssignment {
     pub gateway_url: String,
     /// This process replaces a running one that will hand its gateway sessions over: start the
     /// user's code, report [`Status::Prepared`], and connect the shards only when
-    /// [`Down::Sessions`] arrives, resuming the sessions it holds.
+    /// [`Down::Sessions`](super::Down::Sessions) arrives, resuming the sessions it holds.
     pub handover: bool,
     /// This process belongs to a new generation (a reshard): connect and report ready as usual,
-    /// but keep events from user code until [`Down::Activate`].
+    /// but keep events from user code until [`Down::Activate`](super::Down::Activate).
     pub standby: bool,
     /// REST base (`https://discord.com`, the admiral's REST proxy or a mock's
     /// `http://127.0.0.1:PORT`), without `/api/v10`.
@@ -97,7 +97,7 @@ pub enum Status {
     Ready,
     /// The worker could not start.
     StartFailed(String),
-    /// A handover replacement started its user code and waits for [`Down::Sessions`].
+    /// A handover replacement started its user code and waits for [`Down::Sessions`](super::Down::Sessions).
     Prepared,
     /// A shard's progress.
     Shard {
@@ -204,7 +204,7 @@ pub enum StoreRequest {
     Clear,
 }
 
-/// How the shard total is chosen (at launch, and in [`Request::Reshard`]).
+/// How the shard total is chosen (at launch, and in [`Request::Reshard`](super::Request::Reshard)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum ShardCount {
     /// Discord's recommendation from `/gateway/bot`.
@@ -216,7 +216,7 @@ pub enum ShardCount {
     GuildsPerShard(u32),
 }
 
-/// A lookup in the clusters' caches ([`Request::Fetch`], [`Down::Fetch`]).
+/// A lookup in the clusters' caches ([`Request::Fetch`](super::Request::Fetch), [`Down::Fetch`](super::Down::Fetch)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Fetch {
