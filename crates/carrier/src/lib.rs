@@ -15,7 +15,10 @@
 //! return one [`Outcome`] per target, and a dead worker fails its pending requests at once. IPC
 //! frames are length-prefixed `MessagePack` over a Unix socket in a private directory; user
 //! payloads are opaque bytes the router forwards without decoding ([`ipc::proto`] documents the
-//! wire protocol).
+//! wire protocol). The router and its connections run on a thread of their own; a frame goes
+//! from a connection's reader task to the router and straight into the target connection's
+//! outbox, which writes it with a non-blocking write (the frames of one router turn in one
+//! write), so a round trip wakes as few threads as the processes it crosses.
 //!
 //! The admiral also runs the central REST proxy ([`rest::proxy`]): one loopback endpoint with one
 //! rate-limit state that every cluster's HTTP client goes through. Clusters answer cache lookups
@@ -33,7 +36,10 @@
 //! processes. Panics in user code are caught where they happen and reported ([`panics`]).
 //!
 //! carrier knows no Discord library: `fleet-twilight` and `fleet-serenity` plug one in, and
-//! any other adapter can implement [`ClusterRunner`].
+//! any other adapter can implement [`ClusterRunner`]. The cluster protocol is carrier's
+//! ([`cluster`]): an adapter starts its user's worker and implements [`cluster::Shards`] over its
+//! library's shards (start them, resuming given sessions; close them resumably and return their
+//! sessions; close them for good), and carrier drives the rest.
 //!
 //! # Example
 //!
