@@ -1,6 +1,8 @@
 //! The admiral's worker lifecycle, sans I/O: every worker's state in one place, moved by
-//! [`Input`]s (a hello, a ready report, an exit, a timer) and answering with [`Command`]s (spawn,
-//! stop, kill, arm a timer, emit an event) that the admiral carries out.
+//! [`Input`]s (a hello, a ready report, an exit) and answering with [`Command`]s (spawn, stop,
+//! kill, emit an event) that the admiral carries out. Its deadlines are its own, in the style of
+//! quinn-proto: [`Lifecycle::poll_timeout`] says when the next one passes and
+//! [`Lifecycle::handle_timeout`] handles what is due, so the router keeps no copy of them.
 //!
 //! Launch: services first, all at once; each must report ready or fail within its timeout. Then
 //! the clusters, all at once (the identify queue paces their shards). A failure never stalls the
@@ -222,14 +224,7 @@ pub enum Command {
         /// The process number to give it.
         process: ProcessId,
     },
-    /// Feed [`Input::StartTimedOut`] after this long unless the process is ready by then.
-    ArmStartTimer {
-        /// The process.
-        process: ProcessId,
-        /// Timeout.
-        after: Duration,
-    },
-    /// Ask a process to shut down gracefully, and feed [`Input::KillTimedOut`] after `grace`.
+    /// Ask a process to shut down gracefully (it is killed if it outlives `grace`).
     Stop {
         /// The process.
         process: ProcessId,
@@ -238,21 +233,6 @@ pub enum Command {
     },
     /// Kill a process.
     Kill(ProcessId),
-    /// Feed [`Input::KillTimedOut`] after this long: a process that should exit by itself is
-    /// killed if it has not.
-    KillAfter {
-        /// The process.
-        process: ProcessId,
-        /// How long it has.
-        after: Duration,
-    },
-    /// Feed [`Input::RestartDue`] for this worker after this long.
-    ArmRestartTimer {
-        /// The worker.
-        worker: WorkerId,
-        /// The backoff.
-        after: Duration,
-    },
     /// Ask `from` to close its shards resumably and hand their sessions over, for `to`
     /// ([`Input::SessionsHandedOver`] once it has).
     RequestSessions {
@@ -261,13 +241,6 @@ pub enum Command {
         /// The replacement.
         to: ProcessId,
     },
-    /// Feed [`Input::NoticeOver`] for this worker after this long.
-    ArmNotice {
-        /// The worker.
-        worker: WorkerId,
-        /// The notice period.
-        after: Duration,
-    },
     /// Give a process sessions to resume: the replacement those handed over to it (empty:
     /// identify afresh), or the old process its own back after the replacement failed.
     SendSessions {
@@ -275,11 +248,6 @@ pub enum Command {
         to: ProcessId,
         /// The sessions.
         sessions: Vec<ShardSession>,
-    },
-    /// Feed [`Input::DrainDue`] after this long.
-    ArmDrain {
-        /// The old generation's notice.
-        after: Duration,
     },
     /// A process of the new generation goes live: its user code starts receiving events.
     Activate(ProcessId),
@@ -432,6 +400,33 @@ enum Phase {
     Stopped,
 }
 
+/// A deadline the lifecycle keeps for itself; when it passes, the matching [`Input`] is fed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timeout {
+    /// [`Input::StartTimedOut`].
+    Start(ProcessId),
+    /// [`Input::KillTimedOut`].
+    Kill(ProcessId),
+    /// [`Input::RestartDue`].
+    Restart(WorkerId),
+    /// [`Input::NoticeOver`].
+    Notice(WorkerId),
+    /// [`Input::DrainDue`].
+    Drain,
+}
+
+impl Timeout {
+    fn input(self) -> Input {
+        match self {
+            Self::Start(process) => Input::StartTimedOut(process),
+            Self::Kill(process) => Input::KillTimedOut(process),
+            Self::Restart(worker) => Input::RestartDue(worker),
+            Self::Notice(worker) => Input::NoticeOver(worker),
+            Self::Drain => Input::DrainDue,
+        }
+    }
+}
+
 /// The lifecycle of every worker of a fleet.
 #[derive(Debug)]
 pub struct Lifecycle {
@@ -446,6 +441,9 @@ pub struct Lifecycle {
     notice: Duration,
     /// Clusters the reshard under way leaves out.
     retiring: Vec<WorkerId>,
+    /// Deadlines by time (since the fleet started), in the order they were set.
+    timers: std::collections::BTreeSet<(Duration, u64, Timeout)>,
+    timer_seq: u64,
 }
 
 impl Lifecycle {
@@ -483,6 +481,8 @@ impl Lifecycle {
             restarts: BTreeMap::new(),
             notice: Duration::ZERO,
             retiring: Vec::new(),
+            timers: std::collections::BTreeSet::new(),
+            timer_seq: 0,
         }
     }
 
@@ -502,9 +502,41 @@ impl Lifecycle {
     }
 
     /// Sets the time (since the fleet started) for the inputs that follow; restarts are counted
-    /// within a window of it.
+    /// within a window of it, and deadlines set from it.
     pub fn advance_clock(&mut self, now: Duration) {
         self.now = self.now.max(now);
+    }
+
+    /// When the next deadline passes (time since the fleet started), if one is set: call
+    /// [`handle_timeout`](Self::handle_timeout) then.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.timers.first().map(|(at, _, _)| *at)
+    }
+
+    /// Moves the clock to `now` and handles every deadline that has passed (a start that took
+    /// too long, a grace period outlived, a backoff or a notice over), in order.
+    pub fn handle_timeout(&mut self, now: Duration) -> Vec<Command> {
+        self.advance_clock(now);
+        let mut out = Vec::new();
+        while self
+            .timers
+            .first()
+            .is_some_and(|(at, _, _)| *at <= self.now)
+        {
+            if let Some((_, _, timeout)) = self.timers.pop_first() {
+                out.extend(self.handle(timeout.input()));
+            }
+        }
+        out
+    }
+
+    /// Sets a deadline `after` from now (at most [`MAX_TIMEOUT`](crate::ipc::proto::MAX_TIMEOUT)
+    /// away: durations come from options).
+    fn arm(&mut self, timeout: Timeout, after: Duration) {
+        let at = self.now + after.min(crate::ipc::proto::MAX_TIMEOUT);
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq, timeout));
     }
 
     /// A worker's state.
@@ -623,6 +655,17 @@ impl Lifecycle {
 
     /// Feeds one input; returns what to do.
     pub fn handle(&mut self, input: Input) -> Vec<Command> {
+        let out = self.step(input);
+        // Every process asked to stop is killed if it outlives its grace.
+        for command in &out {
+            if let Command::Stop { process, grace } = command {
+                self.arm(Timeout::Kill(*process), *grace);
+            }
+        }
+        out
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Command> {
         let mut out = Vec::new();
         match input {
             Input::Launch => {
@@ -684,10 +727,7 @@ impl Lifecycle {
                 }
             }
             Input::StartFailed(process, reason) if self.replacing(process).is_some() => {
-                out.push(Command::KillAfter {
-                    process,
-                    after: self.timeouts.kill,
-                });
+                self.arm(Timeout::Kill(process), self.timeouts.kill);
                 self.replacement_failed(process, format!("failed to start: {reason}"), &mut out);
             }
             Input::StartTimedOut(process) if self.replacing(process).is_some() => {
@@ -761,10 +801,7 @@ impl Lifecycle {
                     .is_some_and(|w| matches!(w.state, State::Spawned | State::Starting))
                 {
                     // It exits by itself; let it, so its last output reaches us.
-                    out.push(Command::KillAfter {
-                        process,
-                        after: self.timeouts.kill,
-                    });
+                    self.arm(Timeout::Kill(process), self.timeouts.kill);
                     self.fail(process, format!("failed to start: {reason}"), &mut out);
                 }
             }
@@ -932,10 +969,7 @@ impl Lifecycle {
                 notice,
             }));
         }
-        out.push(Command::ArmNotice {
-            worker: id,
-            after: notice,
-        });
+        self.arm(Timeout::Notice(id), notice);
     }
 
     fn replacing_mut(&mut self, process: ProcessId) -> Option<&mut Worker> {
@@ -980,7 +1014,7 @@ impl Lifecycle {
             worker: id,
             process,
         });
-        out.push(Command::ArmStartTimer { process, after });
+        self.arm(Timeout::Start(process), after);
     }
 
     /// The replacement is ready: it becomes the worker's process; the old one drains.
@@ -1037,7 +1071,7 @@ impl Lifecycle {
                 worker: id,
                 process,
             });
-            out.push(Command::ArmStartTimer { process, after });
+            self.arm(Timeout::Start(process), after);
         }
     }
 
@@ -1084,7 +1118,7 @@ impl Lifecycle {
                 }));
             }
         }
-        out.push(Command::ArmDrain { after: notice });
+        self.arm(Timeout::Drain, notice);
     }
 
     /// The new generation takes over; the old one drains.
@@ -1173,10 +1207,7 @@ impl Lifecycle {
         {
             out.push(Command::SendSessions { to: old, sessions });
         }
-        out.push(Command::KillAfter {
-            process,
-            after: self.timeouts.kill,
-        });
+        self.arm(Timeout::Kill(process), self.timeouts.kill);
         tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, "restart failed; the old process stays");
         out.push(Command::Emit(LifecycleEvent::RestartFailed {
             worker: id,
@@ -1230,7 +1261,7 @@ impl Lifecycle {
             worker: id,
             process,
         });
-        out.push(Command::ArmStartTimer { process, after });
+        self.arm(Timeout::Start(process), after);
     }
 
     fn stop_all(&mut self, which: impl Fn(&WorkerId) -> bool, out: &mut Vec<Command>) {
@@ -1312,10 +1343,7 @@ impl Lifecycle {
             let after = policy.backoff_for(attempt);
             tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, attempt, ?after, "worker crashed; restarting");
             worker.state = State::Backoff;
-            out.push(Command::ArmRestartTimer {
-                worker: id.clone(),
-                after,
-            });
+            self.arm(Timeout::Restart(id.clone()), after);
             out.push(Command::Emit(LifecycleEvent::Restarting {
                 worker: id,
                 attempt,

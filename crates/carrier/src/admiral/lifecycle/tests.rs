@@ -40,19 +40,51 @@ fn service(name: &str) -> WorkerId {
     WorkerId::Service(name.to_owned())
 }
 
+/// Feeds `input`; its commands, and the deadlines it set with how far away each is.
+fn handle_timed(l: &mut Lifecycle, input: Input) -> (Vec<Command>, Vec<(Timeout, Duration)>) {
+    let before = l.timers.clone();
+    let out = l.handle(input);
+    let now = l.now;
+    let set = l.timers.difference(&before);
+    (out, set.map(|(at, _, t)| (t.clone(), at.saturating_sub(now))).collect())
+}
+
+#[test]
+fn deadlines_are_kept_by_the_lifecycle_and_handled_in_order_when_due() {
+    let mut l = fleet(&["cache", "jobs"], 0);
+    let started = spawned(&l.handle(Input::Launch));
+    assert_eq!(l.poll_timeout(), Some(TIMEOUTS.service_ready));
+    // One is ready in time: its deadline passes harmlessly. The other is not.
+    l.handle(Input::Ready(started[0].1));
+    assert!(
+        l.handle_timeout(TIMEOUTS.service_ready / 2).is_empty(),
+        "not due yet"
+    );
+    let out = l.handle_timeout(TIMEOUTS.service_ready);
+    assert!(out.contains(&Command::Kill(started[1].1)));
+    assert!(matches!(
+        events(&out)[..],
+        [LifecycleEvent::Failed { ref worker, .. }, ..] if *worker == service("jobs")
+    ));
+    // A stop sets its kill deadline: the process is killed once its grace is over.
+    l.handle(Input::Shutdown);
+    let due = l.poll_timeout().expect("a kill deadline");
+    assert_eq!(due, TIMEOUTS.service_ready + TIMEOUTS.kill);
+    let out = l.handle_timeout(due);
+    assert!(out.contains(&Command::Kill(started[0].1)), "{out:?}");
+    assert_eq!(l.poll_timeout(), None);
+}
+
 #[test]
 fn services_launch_first_then_clusters() {
     let mut l = fleet(&["cache", "jobs"], 2);
-    let out = l.handle(Input::Launch);
+    let (out, timed) = handle_timed(&mut l, Input::Launch);
     let first = spawned(&out);
     assert_eq!(
         first.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
         [service("cache"), service("jobs")]
     );
-    assert!(out.contains(&Command::ArmStartTimer {
-        process: first[0].1,
-        after: TIMEOUTS.service_ready
-    }));
+    assert!(timed.contains(&(Timeout::Start(first[0].1), TIMEOUTS.service_ready)));
     assert_eq!(
         l.worker(&WorkerId::Cluster(0)).unwrap().state,
         State::Pending
@@ -64,7 +96,7 @@ fn services_launch_first_then_clusters() {
     assert_eq!(events(&out), [LifecycleEvent::Ready(service("cache"))]);
     assert!(spawned(&out).is_empty(), "clusters wait for every service");
 
-    let out = l.handle(Input::Ready(first[1].1));
+    let (out, timed) = handle_timed(&mut l, Input::Ready(first[1].1));
     assert_eq!(
         events(&out),
         [
@@ -77,10 +109,7 @@ fn services_launch_first_then_clusters() {
         clusters.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
         [WorkerId::Cluster(0), WorkerId::Cluster(1)]
     );
-    assert!(out.contains(&Command::ArmStartTimer {
-        process: clusters[0].1,
-        after: TIMEOUTS.cluster_ready
-    }));
+    assert!(timed.contains(&(Timeout::Start(clusters[0].1), TIMEOUTS.cluster_ready)));
     assert_eq!(
         l.live_process(&WorkerId::Cluster(0)),
         None,
@@ -112,12 +141,9 @@ fn a_service_that_fails_to_start_is_marked_failed_and_the_launch_goes_on() {
     let mut l = fleet(&["bad"], 1);
     let p = spawned(&l.handle(Input::Launch))[0].1;
     l.handle(Input::Hello(p));
-    let out = l.handle(Input::StartFailed(p, "no database".into()));
+    let (out, timed) = handle_timed(&mut l, Input::StartFailed(p, "no database".into()));
     assert!(
-        out.contains(&Command::KillAfter {
-            process: p,
-            after: TIMEOUTS.kill
-        }),
+        timed.contains(&(Timeout::Kill(p), TIMEOUTS.kill)),
         "it may exit by itself first"
     );
     assert!(!out.contains(&Command::Kill(p)));
@@ -309,11 +335,10 @@ const POLICY: RestartPolicy = RestartPolicy {
     max_backoff: Duration::from_secs(3),
 };
 
-fn restart_timer(commands: &[Command]) -> Option<Duration> {
-    commands.iter().find_map(|c| match c {
-        Command::ArmRestartTimer { after, .. } => Some(*after),
-        _ => None,
-    })
+fn restart_timer(timed: &[(Timeout, Duration)]) -> Option<Duration> {
+    timed
+        .iter()
+        .find_map(|(t, after)| matches!(t, Timeout::Restart(_)).then_some(*after))
 }
 
 #[test]
@@ -323,9 +348,9 @@ fn a_crashed_worker_is_restarted_with_a_doubling_backoff_then_given_up() {
     l.handle(Input::Ready(p));
     let cluster = WorkerId::Cluster(0);
     for (attempt, backoff) in [(1, 1), (2, 2), (3, 3)] {
-        let out = l.handle(Input::Exited(p, Some(101)));
+        let (out, timed) = handle_timed(&mut l, Input::Exited(p, Some(101)));
         assert_eq!(
-            restart_timer(&out),
+            restart_timer(&timed),
             Some(Duration::from_secs(backoff)),
             "attempt {attempt}"
         );
@@ -343,8 +368,8 @@ fn a_crashed_worker_is_restarted_with_a_doubling_backoff_then_given_up() {
         assert_eq!(events(&out), [LifecycleEvent::Ready(cluster.clone())]);
         assert_eq!(l.live_process(&cluster), Some(p));
     }
-    let out = l.handle(Input::Exited(p, Some(101)));
-    assert!(restart_timer(&out).is_none());
+    let (out, timed) = handle_timed(&mut l, Input::Exited(p, Some(101)));
+    assert!(restart_timer(&timed).is_none());
     assert!(
         matches!(&events(&out)[0], LifecycleEvent::Failed { reason, .. } if reason.contains("gave up after 3 restarts"))
     );
@@ -359,9 +384,9 @@ fn restarts_older_than_the_window_are_forgotten() {
     let mut p = spawned(&l.handle(Input::Launch))[0].1;
     for minute in 1..=3 {
         l.advance_clock(Duration::from_secs(61 * minute));
-        let out = l.handle(Input::Exited(p, None));
+        let (_, timed) = handle_timed(&mut l, Input::Exited(p, None));
         assert_eq!(
-            restart_timer(&out),
+            restart_timer(&timed),
             Some(Duration::from_secs(1)),
             "crash {minute} is the first in its window"
         );
@@ -373,8 +398,8 @@ fn restarts_older_than_the_window_are_forgotten() {
 fn a_service_that_crashes_during_launch_is_restarted_and_clusters_wait_for_it() {
     let mut l = fleet(&["cache"], 1).with_restarts(POLICY);
     let p = spawned(&l.handle(Input::Launch))[0].1;
-    let out = l.handle(Input::StartFailed(p, "database down".into()));
-    assert_eq!(restart_timer(&out), Some(Duration::from_secs(1)));
+    let (out, timed) = handle_timed(&mut l, Input::StartFailed(p, "database down".into()));
+    assert_eq!(restart_timer(&timed), Some(Duration::from_secs(1)));
     assert!(spawned(&out).is_empty(), "clusters wait for the service");
     let p = spawned(&l.handle(Input::RestartDue(service("cache"))))[0].1;
     let out = l.handle(Input::Ready(p));
@@ -402,8 +427,8 @@ fn shutdown_cancels_pending_restarts_and_never_restarts() {
     );
     assert!(spawned(&l.handle(Input::RestartDue(WorkerId::Cluster(0)))).is_empty());
     // A worker that dies while draining is stopped, not restarted.
-    let out = l.handle(Input::Exited(ps[1].1, Some(1)));
-    assert!(restart_timer(&out).is_none());
+    let (_, timed) = handle_timed(&mut l, Input::Exited(ps[1].1, Some(1)));
+    assert!(restart_timer(&timed).is_none());
     assert!(l.is_stopped());
 }
 
@@ -607,15 +632,12 @@ fn a_replacement_failing_after_the_handover_gives_the_sessions_back() {
 fn a_replacement_failing_before_the_handover_leaves_the_old_untouched() {
     let (mut l, old) = live_cluster();
     let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
-    let out = l.handle(Input::StartFailed(new, "bad config".into()));
+    let (out, timed) = handle_timed(&mut l, Input::StartFailed(new, "bad config".into()));
     assert!(
         !out.iter()
             .any(|c| matches!(c, Command::SendSessions { .. }))
     );
-    assert!(out.contains(&Command::KillAfter {
-        process: new,
-        after: TIMEOUTS.kill
-    }));
+    assert!(timed.contains(&(Timeout::Kill(new), TIMEOUTS.kill)));
     assert_eq!(l.live_process(&C0), Some(old));
     // A late ready from the failed replacement changes nothing.
     assert!(l.handle(Input::Ready(new)).is_empty());
@@ -701,21 +723,16 @@ fn a_soft_kill_notice_comes_before_the_handover_and_before_an_overlap_swap() {
     let (l, old) = live_cluster();
     let mut l = l.with_soft_kill_notice(notice);
     let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
-    let out = l.handle(Input::Prepared(new));
+    let (out, timed) = handle_timed(&mut l, Input::Prepared(new));
     assert_eq!(
         out,
-        [
-            Command::Emit(LifecycleEvent::SoftKillPending {
-                worker: C0,
-                process: old,
-                notice
-            }),
-            Command::ArmNotice {
-                worker: C0,
-                after: notice
-            }
-        ]
+        [Command::Emit(LifecycleEvent::SoftKillPending {
+            worker: C0,
+            process: old,
+            notice
+        })]
     );
+    assert_eq!(timed, [(Timeout::Notice(C0), notice)]);
     assert_eq!(
         l.handle(Input::NoticeOver(C0)),
         [Command::RequestSessions { from: old, to: new }]
@@ -883,11 +900,9 @@ fn with_a_notice_the_old_generation_serves_it_out_after_activation() {
     let (l, old) = live_clusters(1);
     let mut l = l.with_soft_kill_notice(Duration::from_secs(2));
     let new = spawned(&l.handle(Input::Reshard(vec![0])))[0].1;
-    let out = l.handle(Input::Ready(new));
+    let (out, timed) = handle_timed(&mut l, Input::Ready(new));
     assert!(out.contains(&Command::Activate(new)));
-    assert!(out.contains(&Command::ArmDrain {
-        after: Duration::from_secs(2)
-    }));
+    assert!(timed.contains(&(Timeout::Drain, Duration::from_secs(2))));
     assert!(!out.iter().any(|c| matches!(c, Command::Stop { .. })));
     assert_eq!(l.live_process(&C0), Some(old[0]));
     let out = l.handle(Input::DrainDue);

@@ -34,7 +34,7 @@ use self::calls::{Answer, Calls, Waiter};
 use self::connections::Connections;
 use self::inbox::{ConnId, Inbox};
 use self::store::{MemoryStore, Store};
-use super::lifecycle::{Input, Lifecycle, ProcessId, WorkerId};
+use super::lifecycle::{Input, Lifecycle, ProcessId};
 use super::{AdmiralConfig, FleetEvent, ShardPlan, WorkerStatus};
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, LocalRequest};
@@ -43,16 +43,12 @@ use crate::ipc::proto::{Down, MAX_TIMEOUT, Refusal, Reply, Request, Target, Up, 
 /// Inbox messages handled in one turn at most, so the frames they make are not held back long.
 const BATCH: usize = 256;
 
-/// The router's own timers (forward deadlines live in [`Calls`]).
-#[derive(Debug, Clone)]
+/// The router's own timers (forward deadlines live in [`Calls`], the workers' in the
+/// [`Lifecycle`]).
+#[derive(Debug, Clone, Copy)]
 enum Timer {
-    Restart(WorkerId),
     ExitDrain(ProcessId),
-    Start(ProcessId),
-    Kill(ProcessId),
     Heartbeat,
-    Notice(WorkerId),
-    Drain,
 }
 
 pub(crate) struct Router {
@@ -69,6 +65,10 @@ pub(crate) struct Router {
     next_plan: Option<ShardPlan>,
     plan_tx: watch::Sender<ShardPlan>,
     timers: DelayQueue<Timer>,
+    /// Wakes the router at the lifecycle's next deadline ([`Lifecycle::poll_timeout`]).
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The deadline `deadline` is set for.
+    deadline_at: Option<Duration>,
     store: Box<dyn Store>,
     identify: Arc<dyn IdentifyQueue>,
     ipc: Ipc,
@@ -115,6 +115,8 @@ impl Router {
             next_plan: None,
             plan_tx,
             timers: DelayQueue::new(),
+            deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            deadline_at: None,
             ipc,
             inbox,
             events,
@@ -137,6 +139,13 @@ impl Router {
         while !self.lifecycle.is_stopped() {
             // What one turn sends is written at its end, one write per connection.
             self.links.begin_batch();
+            let lifecycle_due = self.lifecycle.poll_timeout();
+            if lifecycle_due != self.deadline_at {
+                self.deadline_at = lifecycle_due;
+                if let Some(at) = lifecycle_due {
+                    self.deadline.as_mut().reset(self.started + at);
+                }
+            }
             tokio::select! {
                 message = inbox.recv() => match message {
                     Some(message) => self.on_inbox(message),
@@ -145,6 +154,13 @@ impl Router {
                 Some(request) = local.recv() => self.on_local(request),
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_timer(expired.into_inner());
+                }
+                () = &mut self.deadline, if self.deadline_at.is_some() => {
+                    self.deadline_at = None;
+                    let commands = self.lifecycle.handle_timeout(self.started.elapsed());
+                    for command in commands {
+                        self.execute(command);
+                    }
                 }
                 Some(due) = self.calls.next_expired(), if self.calls.has_deadlines() => {
                     if let Some(answer) = due {
@@ -324,13 +340,8 @@ impl Router {
 
     fn on_timer(&mut self, timer: Timer) {
         match timer {
-            Timer::Restart(worker) => self.lifecycle_input(Input::RestartDue(worker)),
             Timer::ExitDrain(process) => self.exit_drained(process),
-            Timer::Start(process) => self.lifecycle_input(Input::StartTimedOut(process)),
-            Timer::Kill(process) => self.lifecycle_input(Input::KillTimedOut(process)),
             Timer::Heartbeat => self.heartbeat(),
-            Timer::Notice(worker) => self.lifecycle_input(Input::NoticeOver(worker)),
-            Timer::Drain => self.lifecycle_input(Input::DrainDue),
         }
     }
 

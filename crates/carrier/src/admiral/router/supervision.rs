@@ -259,9 +259,6 @@ impl Router {
     pub(super) fn execute(&mut self, command: Command) {
         match command {
             Command::Spawn { worker, process } => self.spawn(&worker, process),
-            Command::ArmStartTimer { process, after } => {
-                self.arm(Timer::Start(process), after);
-            }
             Command::Stop { process, grace } => {
                 let grace_ms = grace.as_millis() as u64;
                 if !self
@@ -270,29 +267,16 @@ impl Router {
                 {
                     self.links.kill(process);
                 }
-                self.arm(Timer::Kill(process), grace);
             }
             Command::Kill(process) => self.links.kill(process),
-            Command::ArmRestartTimer { worker, after } => {
-                self.arm(Timer::Restart(worker), after);
-            }
-            Command::KillAfter { process, after } => {
-                self.arm(Timer::Kill(process), after);
-            }
             Command::RequestSessions { from, .. } => {
                 // Gone already: it hands over nothing, and the replacement starts fresh.
                 if !self.links.send_to_process(from, &Down::HandOver) {
                     self.lifecycle_input(Input::SessionsHandedOver(from, Vec::new()));
                 }
             }
-            Command::ArmDrain { after } => {
-                self.arm(Timer::Drain, after);
-            }
             Command::Activate(process) => {
                 self.links.send_to_process(process, &Down::Activate);
-            }
-            Command::ArmNotice { worker, after } => {
-                self.arm(Timer::Notice(worker), after);
             }
             Command::SendSessions { to, sessions } => {
                 let shards = sessions.len();
