@@ -46,7 +46,8 @@ fn handle_timed(l: &mut Lifecycle, input: Input) -> (Vec<Command>, Vec<(Timeout,
     let out = l.handle(input);
     let now = l.now;
     let set = l.timers.difference(&before);
-    (out, set.map(|(at, _, t)| (t.clone(), at.saturating_sub(now))).collect())
+    let set = set.map(|(at, _, t)| (t.clone(), at.saturating_sub(now)));
+    (out, set.collect())
 }
 
 #[test]
