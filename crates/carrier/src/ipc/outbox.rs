@@ -184,9 +184,19 @@ impl Outbox {
                 }
                 state.waiting += 1;
             }
+            // Counted out again however the wait ends (a caller's timeout drops it).
+            let _waiting = Waiting(&self.shared);
             drained.await;
-            self.shared.lock().waiting -= 1;
         }
+    }
+}
+
+/// One caller of [`Outbox::flushed`] waiting, until dropped.
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
     }
 }
 
@@ -336,6 +346,21 @@ mod tests {
         assert_eq!(read_frames(&mut peer, 1).await, [b"last words".to_vec()]);
         let mut rest = Vec::new();
         assert_eq!(peer.read_to_end(&mut rest).await.unwrap(), 0, "closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_the_flush_given_up_is_no_longer_counted() {
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        let (outbox, flusher) = Outbox::new(write, 1 << 20);
+        tokio::spawn(flusher);
+        outbox.cork();
+        outbox.push(b"held").unwrap();
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(1), outbox.flushed());
+        assert!(wait.await.is_err(), "corked: never flushed");
+        assert_eq!(outbox.shared.lock().waiting, 0);
+        outbox.uncork();
+        outbox.flushed().await;
     }
 
     #[tokio::test]
