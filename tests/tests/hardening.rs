@@ -771,3 +771,27 @@ async fn a_worker_flooding_requests_is_refused_past_its_cap_and_others_are_serve
     );
     admiral.shutdown().await;
 }
+
+/// The admiral runs on a thread of its own, yet ends with the runtime it was started on, as a
+/// task of it would: its IPC directory goes and its workers are left to exit.
+#[test]
+fn an_admiral_ends_with_the_runtime_it_was_started_on() {
+    let outer = tokio::runtime::Runtime::new().unwrap();
+    let mock = outer
+        .block_on(MockDiscord::start(mock_config(2, 1, 1)))
+        .unwrap();
+    let inner = tokio::runtime::Runtime::new().unwrap();
+    let admiral = inner.block_on(async {
+        let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 1))).await;
+        admiral.wait_ready(WAIT).await.unwrap();
+        admiral
+    });
+    let dir = admiral.ipc_socket().parent().unwrap().to_owned();
+    assert!(dir.exists());
+    drop(inner);
+    let stopped = async { tokio::time::timeout(WAIT, admiral.wait_stopped()).await };
+    outer
+        .block_on(stopped)
+        .expect("the admiral stops with its runtime");
+    assert!(!dir.exists(), "its IPC directory is removed");
+}

@@ -390,6 +390,13 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
     let (run_tx, run) = oneshot::channel();
     let inbox = inbox_tx.clone();
     let max_frame = config.max_frame;
+    // The admiral lives as long as the runtime it was started on, as a task of it would.
+    let (alive_tx, alive) = oneshot::channel::<()>();
+    let keepalive = tokio::spawn(async move {
+        let _alive = alive_tx;
+        std::future::pending::<()>().await;
+    });
+    tasks.push(keepalive.abort_handle());
     std::thread::Builder::new()
         .name("fleet-admiral".into())
         .spawn(move || {
@@ -412,9 +419,15 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
                     }
                 };
                 let accept = tokio::spawn(admission::accept(listener, inbox, max_frame));
-                let routing = tokio::spawn(router.run(inbox_rx, local_rx));
+                let mut routing = tokio::spawn(router.run(inbox_rx, local_rx));
                 let _ = run_tx.send(routing.abort_handle());
-                let _ = routing.await;
+                tokio::select! {
+                    _ = &mut routing => {}
+                    _ = alive => {
+                        routing.abort();
+                        let _ = routing.await;
+                    }
+                }
                 accept.abort();
                 drop(cleanup);
                 let _ = stopped_tx.send(true);

@@ -65,10 +65,6 @@ pub(crate) struct Router {
     next_plan: Option<ShardPlan>,
     plan_tx: watch::Sender<ShardPlan>,
     timers: DelayQueue<Timer>,
-    /// Wakes the router at the lifecycle's next deadline ([`Lifecycle::poll_timeout`]).
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// The deadline `deadline` is set for.
-    deadline_at: Option<Duration>,
     store: Box<dyn Store>,
     identify: Arc<dyn IdentifyQueue>,
     ipc: Ipc,
@@ -115,8 +111,6 @@ impl Router {
             next_plan: None,
             plan_tx,
             timers: DelayQueue::new(),
-            deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            deadline_at: None,
             ipc,
             inbox,
             events,
@@ -132,6 +126,10 @@ impl Router {
         mut inbox: mpsc::Receiver<Inbox>,
         mut local: mpsc::Receiver<LocalRequest>,
     ) {
+        // Wakes the router at the lifecycle's next deadline ([`Lifecycle::poll_timeout`]). Made
+        // here, so it runs on the router's own runtime.
+        let mut deadline = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut deadline_at = None;
         self.lifecycle_input(Input::Launch);
         if let Some(heartbeat) = self.config.heartbeat {
             self.arm(Timer::Heartbeat, heartbeat.interval);
@@ -140,10 +138,10 @@ impl Router {
             // What one turn sends is written at its end, one write per connection.
             self.links.begin_batch();
             let lifecycle_due = self.lifecycle.poll_timeout();
-            if lifecycle_due != self.deadline_at {
-                self.deadline_at = lifecycle_due;
+            if lifecycle_due != deadline_at {
+                deadline_at = lifecycle_due;
                 if let Some(at) = lifecycle_due {
-                    self.deadline.as_mut().reset(self.started + at);
+                    deadline.as_mut().reset(self.started + at);
                 }
             }
             tokio::select! {
@@ -155,8 +153,8 @@ impl Router {
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_timer(expired.into_inner());
                 }
-                () = &mut self.deadline, if self.deadline_at.is_some() => {
-                    self.deadline_at = None;
+                () = &mut deadline, if deadline_at.is_some() => {
+                    deadline_at = None;
                     let commands = self.lifecycle.handle_timeout(self.started.elapsed());
                     for command in commands {
                         self.execute(command);
