@@ -121,6 +121,10 @@ pub trait ClusterWorker: Send + Sync + Sized + 'static {
     }
 
     /// Answers a command sent to this cluster. The default refuses.
+    ///
+    /// It runs on the worker's IPC reader until it first waits, so a quick answer costs no task;
+    /// hand long synchronous work to `tokio::task::spawn_blocking` (the reader reads nothing,
+    /// heartbeats included, until the handler yields).
     fn handle_command(
         &self,
         from: Target,

@@ -81,6 +81,7 @@ pub struct HandlerId(u64);
 type Handler = Arc<dyn Fn(&Message) + Send + Sync>;
 
 /// Runs incoming commands: `(from, payload) -> answer or error message`.
+/// The future is polled on the IPC reader until it first waits, then on a task of its own.
 pub type CommandHandler =
     Arc<dyn Fn(Target, Payload) -> BoxFuture<'static, Result<Payload, String>> + Send + Sync>;
 

@@ -33,6 +33,10 @@ pub trait Service: Send + Sync + Sized + 'static {
     fn start(context: ServiceContext) -> impl Future<Output = Result<Self, BoxError>> + Send;
 
     /// Answers a command from `from`. The default refuses.
+    ///
+    /// It runs on the worker's IPC reader until it first waits, so a quick answer costs no task;
+    /// hand long synchronous work to `tokio::task::spawn_blocking` (the reader reads nothing,
+    /// heartbeats included, until the handler yields).
     fn handle_command(
         &self,
         from: Target,
