@@ -38,7 +38,9 @@ pub struct FleetOptions {
     /// Identify buckets. Default: `max_concurrency` from `/gateway/bot`.
     pub max_concurrency: Option<u32>,
     /// One identify per bucket per this interval. Default 5 s, Discord's; a local Discord may
-    /// use less.
+    /// use less. The admiral spaces a bucket's identifies a little further apart
+    /// ([`identify_spacing`]), so that the time a grant takes to become an IDENTIFY on the wire
+    /// never brings two of them under the interval.
     pub identify_interval: Duration,
     /// A service must be ready within this. Default 30 s.
     pub service_ready_timeout: Duration,
@@ -270,9 +272,10 @@ impl Fleet {
             first_shard: options.first_shard,
             last_shard: options.last_shard,
         })?;
-        let identify = LocalIdentifyQueue::new(max_concurrency, options.identify_interval)
-            .with_budget(gateway.budget());
-        let startup = options.identify_interval * plan.shard_count().div_ceil(max_concurrency);
+        let spacing = identify_spacing(options.identify_interval);
+        let identify =
+            LocalIdentifyQueue::new(max_concurrency, spacing).with_budget(gateway.budget());
+        let startup = spacing * plan.shard_count().div_ceil(max_concurrency);
         let timeouts = Timeouts {
             service_ready: options.service_ready_timeout,
             cluster_ready: options
@@ -348,5 +351,32 @@ impl Fleet {
             }),
         };
         Ok(admiral::start(config).await?)
+    }
+}
+
+/// How far apart the admiral grants a bucket's identifies for Discord's `interval`: 2% more, at
+/// least 20 ms more. A grant reaches Discord as an IDENTIFY after an IPC reply, a task wake-up
+/// and a websocket write, and that delay varies: without the margin, a fast second identify
+/// could arrive a few milliseconds inside the interval of a slow first one.
+#[must_use]
+pub fn identify_spacing(interval: Duration) -> Duration {
+    interval + (interval / 50).max(Duration::from_millis(20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifies_are_spaced_with_a_margin_for_delivery() {
+        assert_eq!(
+            identify_spacing(Duration::from_secs(5)),
+            Duration::from_millis(5100)
+        );
+        assert_eq!(
+            identify_spacing(Duration::from_millis(300)),
+            Duration::from_millis(320)
+        );
+        assert_eq!(identify_spacing(Duration::ZERO), Duration::from_millis(20));
     }
 }

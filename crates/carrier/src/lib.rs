@@ -78,7 +78,7 @@ mod secret;
 pub mod worker;
 
 pub use admiral::{AdmiralHandle, FleetEvent, WorkerId};
-pub use fleet::{DISCORD_REST_URL, Fleet, FleetError, FleetOptions};
+pub use fleet::{DISCORD_REST_URL, Fleet, FleetError, FleetOptions, identify_spacing};
 pub use ipc::client::FetchHandler;
 pub use ipc::proto::{
     ClusterAssignment, Fetch, Group, LogLevel, Outcome, Payload, RestartMode, ShardEvent, Status,
