@@ -339,11 +339,12 @@ impl Ipc {
         timeout: Duration,
     ) -> Result<Reply, IpcError> {
         let timeout = timeout.min(super::proto::MAX_TIMEOUT);
-        let _permit = self
-            .inner
-            .in_flight
-            .acquire()
+        // Every wait of the request (a place in flight, room in the outbox, the answer) ends by
+        // this deadline.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _permit = tokio::time::timeout_at(deadline, self.inner.in_flight.acquire())
             .await
+            .map_err(|_| IpcError::Timeout(timeout))?
             .map_err(|_| IpcError::Disconnected)?;
         let (tx, rx) = oneshot::channel();
         let id = match &self.inner.transport {
@@ -368,7 +369,10 @@ impl Ipc {
                 };
                 // Alone, the request goes out at once; with others in flight, their answers are
                 // waking tasks that will ask again, and all of it goes out in one write.
-                if let Err(error) = out.send_soon(&up, others > 0).await {
+                // A full outbox (an admiral that stopped reading) waits, but not past the
+                // request's own deadline.
+                let sent = tokio::time::timeout_at(deadline, out.send_soon(&up, others > 0)).await;
+                if let Err(error) = sent.unwrap_or(Err(IpcError::Timeout(timeout))) {
                     self.forget(id);
                     return Err(error);
                 }
@@ -380,14 +384,14 @@ impl Ipc {
                     timeout,
                     reply: tx,
                 };
-                router
-                    .send(local)
+                tokio::time::timeout_at(deadline, router.send(local))
                     .await
+                    .map_err(|_| IpcError::Timeout(timeout))?
                     .map_err(|_| IpcError::Disconnected)?;
                 None
             }
         };
-        let reply = match tokio::time::timeout(timeout, rx).await {
+        let reply = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => return Err(IpcError::Disconnected),
             Err(_) => {
@@ -487,5 +491,31 @@ pub(super) fn outcome_result(target: Target, outcome: Outcome) -> Result<Payload
         Outcome::Error(message) => Err(IpcError::Remote { target, message }),
         Outcome::TimedOut => Err(IpcError::TargetTimedOut(target)),
         Outcome::Unavailable => Err(IpcError::Refused(Refusal::Unavailable(target))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::proto::StoreRequest;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_cannot_be_sent_times_out_instead_of_waiting_for_room() {
+        let (ours, _peer) = tokio::net::UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        let (outbox, flusher) = Outbox::new(write, 16);
+        tokio::spawn(flusher);
+        // Nothing leaves and the first frame fills it: the second finds no room.
+        outbox.cork();
+        let transport = Transport::Socket(Uplink::new(outbox, 1 << 20));
+        let ipc = Ipc::new(Target::Cluster(0), transport, Duration::from_secs(1));
+        let ask = || Request::Store(StoreRequest::Has("key".into()));
+        let first = ipc.request(ask(), Duration::from_secs(1));
+        let second = ipc.request(ask(), Duration::from_secs(1));
+        let both =
+            tokio::time::timeout(Duration::from_mins(1), futures::future::join(first, second));
+        let (first, second) = both.await.expect("neither request hangs");
+        assert!(matches!(first, Err(IpcError::Timeout(_))), "{first:?}");
+        assert!(matches!(second, Err(IpcError::Timeout(_))), "{second:?}");
     }
 }
