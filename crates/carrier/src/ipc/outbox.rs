@@ -266,6 +266,16 @@ mod tests {
 
     use super::*;
 
+    /// An outbox of `limit` bytes over one end of a socket pair, its flusher running; the
+    /// other end.
+    fn outbox(limit: usize) -> (Outbox, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        let (outbox, flusher) = Outbox::new(write, limit);
+        tokio::spawn(flusher);
+        (outbox, peer)
+    }
+
     async fn read_frames(peer: &mut UnixStream, count: usize) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
         for _ in 0..count {
@@ -279,10 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_written_through_in_order() {
-        let (ours, mut peer) = UnixStream::pair().unwrap();
-        let (_read, write) = ours.into_split();
-        let (outbox, flusher) = Outbox::new(write, 1 << 20);
-        tokio::spawn(flusher);
+        let (outbox, mut peer) = outbox(1 << 20);
         outbox.push(b"one").unwrap();
         outbox.cork();
         outbox.push(b"two").unwrap();
@@ -295,10 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn deferred_frames_are_written_by_the_flusher_in_order() {
-        let (ours, mut peer) = UnixStream::pair().unwrap();
-        let (_read, write) = ours.into_split();
-        let (outbox, flusher) = Outbox::new(write, 1 << 20);
-        tokio::spawn(flusher);
+        let (outbox, mut peer) = outbox(1 << 20);
         outbox.defer(b"one").unwrap();
         outbox.push(b"two").unwrap();
         outbox.defer(b"three").unwrap();
@@ -309,10 +313,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_stops_reading_fills_the_outbox_and_nothing_is_lost_once_it_reads() {
-        let (ours, mut peer) = UnixStream::pair().unwrap();
-        let (_read, write) = ours.into_split();
-        let (outbox, flusher) = Outbox::new(write, 64 * 1024);
-        tokio::spawn(flusher);
+        let (outbox, mut peer) = outbox(64 * 1024);
         let body = vec![7_u8; 1000];
         let mut queued = 0;
         // The socket's own buffer takes some; then the outbox; then it refuses.
@@ -350,10 +351,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_for_the_flush_given_up_is_no_longer_counted() {
-        let (ours, _peer) = UnixStream::pair().unwrap();
-        let (_read, write) = ours.into_split();
-        let (outbox, flusher) = Outbox::new(write, 1 << 20);
-        tokio::spawn(flusher);
+        let (outbox, _peer) = outbox(1 << 20);
         outbox.cork();
         outbox.push(b"held").unwrap();
         let wait = tokio::time::timeout(std::time::Duration::from_secs(1), outbox.flushed());
@@ -365,10 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_peer_is_reported_as_closed() {
-        let (ours, peer) = UnixStream::pair().unwrap();
-        let (_read, write) = ours.into_split();
-        let (outbox, flusher) = Outbox::new(write, 1 << 20);
-        tokio::spawn(flusher);
+        let (outbox, peer) = outbox(1 << 20);
         drop(peer);
         let mut result = Ok(());
         for _ in 0..4 {
