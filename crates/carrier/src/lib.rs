@@ -71,6 +71,7 @@ pub mod admiral;
 pub mod cluster;
 mod fleet;
 pub mod identify;
+mod ids;
 pub mod ipc;
 pub mod panics;
 pub mod rest;

@@ -154,7 +154,7 @@ pub(crate) enum Transport {
 pub(super) struct Inner {
     pub(super) me: Target,
     pub(super) transport: Transport,
-    pub(super) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pub(super) pending: Mutex<crate::ids::IdMap<u64, oneshot::Sender<Reply>>>,
     pub(super) handlers: RwLock<HashMap<String, Vec<(HandlerId, Handler)>>>,
     pub(super) next_handler: AtomicU64,
     pub(super) commands: RwLock<Option<CommandHandler>>,

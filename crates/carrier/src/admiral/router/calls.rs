@@ -6,7 +6,7 @@
 //! (one outcome per target, answered once all are in) and a search (the first hit among several
 //! clusters answers; misses wait for the rest).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -14,6 +14,7 @@ use tokio_util::time::{DelayQueue, delay_queue};
 
 pub(crate) use super::inbox::Waiter;
 use crate::admiral::lifecycle::ProcessId;
+use crate::ids::IdMap;
 use crate::ipc::proto::{MAX_TIMEOUT, Outcome, Refusal, Reply, Target};
 
 /// A reply now due to its waiter.
@@ -62,9 +63,9 @@ struct Search {
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
     next_id: u64,
-    forwards: HashMap<u64, Forward>,
-    fanouts: HashMap<u64, Fanout>,
-    searches: HashMap<u64, Search>,
+    forwards: IdMap<u64, Forward>,
+    fanouts: IdMap<u64, Fanout>,
+    searches: IdMap<u64, Search>,
     deadlines: DelayQueue<u64>,
 }
 

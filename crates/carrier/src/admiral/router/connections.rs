@@ -7,7 +7,7 @@
 //! writes to are corked, so each connection gets one write per batch however many frames the
 //! batch made for it.
 
-use std::collections::HashMap;
+use crate::ids::IdMap;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -57,8 +57,8 @@ pub(crate) struct ProcessInfo {
 /// Connections by number and processes by number.
 #[derive(Debug)]
 pub(crate) struct Connections {
-    conns: HashMap<ConnId, Conn>,
-    pub processes: HashMap<ProcessId, ProcessInfo>,
+    conns: IdMap<ConnId, Conn>,
+    pub processes: IdMap<ProcessId, ProcessInfo>,
     max_frame: usize,
     /// A batch is under way; `corked` lists the connections it wrote to.
     batching: bool,
@@ -69,8 +69,8 @@ impl Connections {
     /// Empty tables; frames are encoded up to `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Self {
-            conns: HashMap::new(),
-            processes: HashMap::new(),
+            conns: IdMap::default(),
+            processes: IdMap::default(),
             max_frame,
             batching: false,
             corked: Vec::new(),
