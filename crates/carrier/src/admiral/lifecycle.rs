@@ -43,7 +43,9 @@ use crate::ipc::proto::{ShardSession, Target};
 /// Number of one worker process incarnation, unique within a fleet run.
 pub type ProcessId = u64;
 
-/// A worker: a cluster by id or a service by name.
+/// A worker the admiral supervises: a cluster by id or a service by name. Unlike a [`Target`],
+/// it can never be the admiral itself, so the lifecycle needs no case for it;
+/// [`WorkerId::target`] gives the address of one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum WorkerId {
     /// A cluster.

@@ -60,7 +60,8 @@ impl fmt::Debug for Payload {
 #[error("payload codec: {0}")]
 pub struct PayloadError(pub String);
 
-/// Who sends or receives: the admiral, a cluster by id, or a service by name.
+/// Who sends or receives: the admiral, a cluster by id, or a service by name. The workers among
+/// these are the admiral's `WorkerId`s.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Target {
     /// The admiral process.
