@@ -276,6 +276,7 @@ fn up_seeds() -> Vec<Vec<u8>> {
             mode: RestartMode::Overlap,
             at_once: 2,
         }),
+        request(Request::Stats { deadline_ms: 300 }),
         Up::Reply {
             id: 9,
             outcome: Outcome::Ok(payload()),
@@ -342,6 +343,7 @@ fn down_seeds() -> Vec<Vec<u8>> {
         },
         Down::HandOver,
         Down::CountGuilds { id: 6 },
+        Down::Stats { id: 7 },
         Down::Ping { seq: 4 },
         Down::Shutdown { grace_ms: 1000 },
     ])

@@ -13,7 +13,11 @@
 //!   `PAYLOAD` to the `echo` service with a timeout of three years; answers its answer), `debug`
 //!   (the `Debug` text of its `ClusterContext`).
 //!
-//! - clusters also: `panic-events:N` (the next N `MESSAGE_CREATE` handlers panic).
+//! - clusters also: `panic-events:N` (the next N `MESSAGE_CREATE` handlers panic),
+//!   `fleet-stats` (asks for a stats snapshot; answers the shards it saw ready).
+//!
+//! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
+//! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on.
 //!
 //! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral,
 //! and panic on an `explode` message.
@@ -152,21 +156,55 @@ async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
     }
 }
 
-/// Echoes commands.
-#[derive(Debug)]
-pub struct Echo;
+/// Echoes commands. `stats-panic` makes its stats fields panic from then on.
+#[derive(Debug, Default)]
+pub struct Echo {
+    answered: AtomicU64,
+    stats_panic: std::sync::atomic::AtomicBool,
+}
+
+/// The echo service's own stats fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EchoStats {
+    /// Commands answered.
+    pub answered: u64,
+}
 
 impl Service for Echo {
     async fn start(_: ServiceContext) -> Result<Self, BoxError> {
-        Ok(Self)
+        Ok(Self::default())
     }
 
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        if payload.as_bytes() == b"stats-panic" {
+            self.stats_panic.store(true, Ordering::Relaxed);
+            return Ok(payload);
+        }
         match common_command(&payload).await {
             Some(answer) => answer,
             None => Ok(payload),
         }
     }
+
+    fn stats(&self) -> impl Serialize {
+        assert!(
+            !self.stats_panic.load(Ordering::Relaxed),
+            "stats panicked on purpose"
+        );
+        EchoStats {
+            answered: self.answered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A test cluster's own stats fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFields {
+    /// Its id.
+    pub cluster: u32,
+    /// Events its handler counted.
+    pub events: u64,
 }
 
 /// Fails to start.
@@ -237,6 +275,18 @@ impl ClusterWorker for TestCluster {
         context.ipc.register("explode", |_| {
             panic!("a message handler panicked on purpose");
         });
+        // Interval snapshots broadcast to workers: the admiral hears how many shards it held.
+        let ipc = context.ipc.clone();
+        context.ipc.register(carrier::stats::STATS_EVENT, move |m| {
+            let Ok(stats) = m.payload.decode::<carrier::FleetStats>() else {
+                return;
+            };
+            let ipc = ipc.clone();
+            tokio::spawn(async move {
+                let shards = Payload::encode(&(id, stats.shard_count)).expect("numbers encode");
+                let _ = ipc.send_to_admiral("got-stats", shards).await;
+            });
+        });
         Ok(Self {
             context,
             guilds: AtomicU64::new(0),
@@ -272,7 +322,19 @@ impl ClusterWorker for TestCluster {
         }
     }
 
+    fn stats(&self) -> impl Serialize {
+        ClusterFields {
+            cluster: self.context.id,
+            events: self.events.load(Ordering::Relaxed),
+        }
+    }
+
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"fleet-stats" {
+            // A snapshot asked for from a worker: how many shards it saw ready.
+            let stats = self.context.ipc.stats().await.map_err(|e| e.to_string())?;
+            return Payload::encode(&stats.shards_ready).map_err(|e| e.to_string());
+        }
         if payload.as_bytes() == b"sleep" {
             // Say so first, so a test knows the command is in flight.
             let id = Payload::encode(&self.context.id).map_err(|e| e.to_string())?;
@@ -427,6 +489,13 @@ impl fleet_serenity::ClusterWorker for SerenityCluster {
 
     fn event_handlers(&self) -> Vec<std::sync::Arc<dyn serenity::all::EventHandler>> {
         vec![self.counts.clone()]
+    }
+
+    fn stats(&self) -> impl Serialize {
+        ClusterFields {
+            cluster: self.context.id,
+            events: self.counts.events.load(Ordering::Relaxed),
+        }
     }
 
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {

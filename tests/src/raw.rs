@@ -159,11 +159,13 @@ async fn run_shard(
             continue;
         };
         let (mut beat, mut closing) = (heartbeat_every(Duration::from_hours(1)), None);
+        let mut beat_sent = tokio::time::Instant::now();
         let mut seq = session.as_ref().map(|s| s.sequence);
         loop {
             let frame = tokio::select! {
                 frame = ws.next() => frame,
                 _ = beat.tick() => {
+                    beat_sent = tokio::time::Instant::now();
                     let _ = ws.send(Message::text(json!({"op": 1, "d": seq}).to_string())).await;
                     continue;
                 }
@@ -186,6 +188,7 @@ async fn run_shard(
             let d = &payload["d"];
             match payload["op"].as_u64() {
                 Some(1) => beat.reset_immediately(), // Discord asks for a heartbeat now.
+                Some(11) => c.reporter.latency(shard, beat_sent.elapsed()),
                 Some(10) => {
                     beat =
                         heartbeat_every(Duration::from_millis(d["heartbeat_interval"].as_u64()?));
@@ -201,6 +204,7 @@ async fn run_shard(
                     let _ = ws.send(Message::text(hello.to_string())).await;
                 }
                 Some(0) => {
+                    c.reporter.event(shard);
                     seq = payload["s"].as_u64().or(seq);
                     let (report, counter) = match payload["t"].as_str() {
                         Some("READY") => {

@@ -35,6 +35,7 @@ use crate::BoxError;
 use crate::ipc::Ipc;
 use crate::ipc::link::{Handoff, Stop, WorkerControl};
 use crate::ipc::proto::{ClusterAssignment, ShardEvent, ShardSession, Status};
+use crate::stats::board::ShardBoard;
 
 /// How long a cluster whose admiral is gone gives its shards to close.
 const DISCONNECTED_GRACE: Duration = Duration::from_secs(5);
@@ -105,6 +106,22 @@ impl ClusterLink {
     pub fn set_guild_counter(&self, counter: crate::ipc::client::GuildCounter) {
         self.ipc.set_guild_counter(counter);
     }
+
+    /// Sets what reads this cluster's cache counts (guilds, users, members, by shard) for each
+    /// stats round. It runs on the IPC reader: it should count what the cache holds, quickly.
+    pub fn set_cache_counter(&self, counter: crate::ipc::client::CacheCounter) {
+        self.ipc.set_cache_counter(counter);
+    }
+
+    /// Sets what makes the user's own stats fields each round, encoded with
+    /// [`stats::encode_fields`](crate::stats::encode_fields) (an adapter calls its worker
+    /// trait's `stats` method here).
+    pub fn set_stats_fields(
+        &self,
+        fields: Arc<dyn Fn() -> Result<Option<crate::Payload>, String> + Send + Sync>,
+    ) {
+        self.ipc.set_stats_encoder(fields);
+    }
 }
 
 /// How a cluster's shards tell the admiral what happens to them; cheap to clone, one per shard
@@ -117,18 +134,35 @@ pub struct ShardReporter {
     ready: Arc<Mutex<HashSet<u32>>>,
     /// Whether events reach the worker (false while in standby).
     live: Arc<AtomicBool>,
+    /// Events and latency per shard, for stats rounds.
+    board: Arc<ShardBoard>,
 }
 
 impl ShardReporter {
     /// A reporter for the cluster `assignment` describes.
     #[must_use]
     pub fn new(link: &ClusterLink, assignment: &ClusterAssignment) -> Self {
+        let shards = assignment.first_shard..=assignment.last_shard;
+        let board = Arc::new(ShardBoard::new(shards.clone()));
+        link.ipc.set_shard_board(board.clone());
         Self {
             ipc: link.ipc.clone(),
-            shards: assignment.first_shard..=assignment.last_shard,
+            shards,
             ready: Arc::default(),
             live: Arc::new(AtomicBool::new(!assignment.standby)),
+            board,
         }
+    }
+
+    /// Counts one gateway event `shard` received (for its events per second in stats). One
+    /// relaxed atomic add: call it for every event.
+    pub fn event(&self, shard: u32) {
+        self.board.event(shard);
+    }
+
+    /// Records `shard`'s latest gateway heartbeat round trip.
+    pub fn latency(&self, shard: u32, latency: Duration) {
+        self.board.latency(shard, latency);
     }
 
     /// Reports `event` of `shard`; READY and RESUMED count towards the cluster being ready,

@@ -23,6 +23,10 @@ pub const DISCORD_REST_URL: &str = "https://discord.com";
 
 /// Options of a fleet. Every field has a documented default; see [`FleetOptions::new`].
 #[derive(Clone)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "plain switches, set by name, as eris-fleet's options are"
+)]
 pub struct FleetOptions {
     /// The bot token. Required.
     pub token: String,
@@ -100,6 +104,13 @@ pub struct FleetOptions {
     /// The most bytes (keys and values together) the central store holds; a write past it is
     /// refused with a clear error. Default 256 MiB.
     pub store_limit: usize,
+    /// How often the admiral makes a stats snapshot and publishes it as `FleetEvent::Stats`
+    /// (eris-fleet's `statsInterval`). Default 60 s; zero turns the interval off (snapshots on
+    /// demand still work).
+    pub stats_interval: Duration,
+    /// Whether each interval's snapshot is also broadcast to every worker, as the IPC event
+    /// [`crate::stats::STATS_EVENT`]. Default off.
+    pub broadcast_stats: bool,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -151,6 +162,8 @@ impl FleetOptions {
             handle_signals: true,
             run_dir: std::env::temp_dir(),
             store_limit: 256 << 20,
+            stats_interval: Duration::from_mins(1),
+            broadcast_stats: false,
         }
     }
 }
@@ -340,6 +353,8 @@ impl Fleet {
             handle_signals: options.handle_signals,
             run_dir: options.run_dir,
             store_limit: options.store_limit,
+            stats_interval: options.stats_interval,
+            broadcast_stats: options.broadcast_stats,
             soft_kill_notice: options.soft_kill_notice,
             auto_reshard: options.auto_reshard,
             recommend,

@@ -76,6 +76,7 @@ pub mod ipc;
 pub mod panics;
 pub mod rest;
 mod secret;
+pub mod stats;
 pub mod worker;
 
 pub use admiral::{AdmiralHandle, FleetEvent, WorkerId};
@@ -87,6 +88,7 @@ pub use ipc::proto::{
 };
 pub use ipc::{Ipc, IpcError, Message};
 pub use secret::Secret;
+pub use stats::FleetStats;
 pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};
 
 /// A boxed error from user or adapter code.

@@ -138,6 +138,11 @@ pub trait ClusterWorker: Send + Sync + Sized + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// This cluster's own fields for each stats snapshot, under it in
+    /// `FleetStats::clusters`. Runs on the IPC reader once per round: read what is at hand, do
+    /// not wait. The default, `()`, adds nothing.
+    fn stats(&self) -> impl serde::Serialize {}
 }
 
 /// serenity settings of every cluster.
@@ -261,6 +266,60 @@ impl EventHandler for Reporter {
     }
 }
 
+#[serenity::async_trait]
+impl RawEventHandler for Reporter {
+    async fn raw_event(&self, ctx: Context, _: serenity::all::Event) {
+        self.0.event(ctx.shard_id.0);
+    }
+}
+
+/// The cache's counts for a stats round: totals, and guilds and members by shard.
+fn cache_counts(cache: &Cache, shard_total: u32) -> carrier::stats::CacheCounts {
+    let mut by_shard = std::collections::BTreeMap::<u32, (u64, u64)>::new();
+    let (mut members, mut large, mut voice) = (0, 0, 0);
+    for id in cache.guilds() {
+        let Some(guild) = cache.guild(id) else {
+            continue;
+        };
+        let shard = ((id.get() >> 22) % u64::from(shard_total.max(1))) as u32;
+        let entry = by_shard.entry(shard).or_default();
+        entry.0 += 1;
+        entry.1 += guild.member_count;
+        members += guild.member_count;
+        large += u64::from(guild.large);
+        voice += guild.voice_states.len() as u64;
+    }
+    carrier::stats::CacheCounts {
+        guilds: cache.guild_count() as u64,
+        users: cache.user_count() as u64,
+        members,
+        large_guilds: large,
+        voice_connections: Some(voice),
+        by_shard: by_shard.into_iter().map(|(s, (g, m))| (s, g, m)).collect(),
+    }
+}
+
+/// Copies each shard's heartbeat latency from serenity's runner info into the stats board,
+/// every few seconds, until the managers are gone.
+async fn watch_latency(managers: Vec<std::sync::Weak<ShardManager>>, reporter: ShardReporter) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let mut alive = false;
+        for manager in managers.iter().filter_map(std::sync::Weak::upgrade) {
+            alive = true;
+            for (id, info) in manager.runners.lock().await.iter() {
+                if let Some(latency) = info.latency {
+                    reporter.latency(id.0, latency);
+                }
+            }
+        }
+        if !alive {
+            return;
+        }
+    }
+}
+
 /// Answers other workers' `Ipc::fetch_*` from the cluster's cache: serenity's models serialised
 /// in Discord's JSON shape (a guild with its channels, members and roles).
 fn fetch_handler(cache: Arc<Cache>) -> carrier::FetchHandler {
@@ -318,6 +377,9 @@ async fn run_cluster<W: ClusterWorker>(
     link.set_fetch_handler(fetch_handler(cache.clone()));
     let counted = cache.clone();
     link.set_guild_counter(Arc::new(move || counted.guild_count() as u64));
+    let counted = cache.clone();
+    let shard_total = assignment.shard_total;
+    link.set_cache_counter(Arc::new(move || cache_counts(&counted, shard_total)));
     let data = Arc::new(RwLock::new(TypeMap::new()));
     data.write().await.insert::<FleetIpc>(ipc.clone());
     let shards = assignment.first_shard..=assignment.last_shard;
@@ -336,6 +398,10 @@ async fn run_cluster<W: ClusterWorker>(
         |worker: Arc<W>, from, payload| async move { worker.handle_command(from, payload).await },
     )
     .await?;
+    let for_stats = worker.clone();
+    link.set_stats_fields(Arc::new(move || {
+        carrier::stats::encode_fields(&for_stats.stats())
+    }));
     let gate = relay::start(
         assignment.gateway_url.trim_end_matches('/').to_owned(),
         link.clone(),
@@ -343,10 +409,12 @@ async fn run_cluster<W: ClusterWorker>(
     .await?;
     let mut handlers = worker.event_handlers();
     handlers.push(Arc::new(Reporter(reporter.clone())));
+    let mut raw_handlers = worker.raw_event_handlers();
+    raw_handlers.push(Arc::new(Reporter(reporter.clone())));
     let options = ManagerOptions {
         data,
         handlers,
-        raw_handlers: worker.raw_event_handlers(),
+        raw_handlers,
         gate,
         cache,
         http,
@@ -436,6 +504,8 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
                 manager.initialize()?;
                 self.managers.push(manager);
             }
+            let watched = self.managers.iter().map(Arc::downgrade).collect();
+            tokio::spawn(watch_latency(watched, self.reporter.clone()));
             Ok(())
         })
     }

@@ -152,6 +152,11 @@ pub trait ClusterWorker: Send + Sync + Sized + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// This cluster's own fields for each stats snapshot, under it in
+    /// `FleetStats::clusters`. Runs on the IPC reader once per round: read what is at hand, do
+    /// not wait. The default, `()`, adds nothing.
+    fn stats(&self) -> impl serde::Serialize {}
 }
 
 /// twilight settings of every cluster.
@@ -319,6 +324,9 @@ async fn run_cluster<W: ClusterWorker>(
     link.set_fetch_handler(fetch_handler(cache.clone()));
     let counted = cache.clone();
     link.set_guild_counter(Arc::new(move || counted.stats().guilds() as u64));
+    let counted = cache.clone();
+    let shard_total = assignment.shard_total;
+    link.set_cache_counter(Arc::new(move || cache_counts(&counted, shard_total)));
     let user_context = ClusterContext {
         ipc: ipc.clone(),
         id: assignment.id,
@@ -334,6 +342,10 @@ async fn run_cluster<W: ClusterWorker>(
         |worker: Arc<W>, from, payload| async move { worker.handle_command(from, payload).await },
     )
     .await?;
+    let for_stats = worker.clone();
+    link.set_stats_fields(Arc::new(move || {
+        carrier::stats::encode_fields(&for_stats.stats())
+    }));
     let reporter = ShardReporter::new(&link, &assignment);
     let shards = TwilightShards {
         config: config.build(),
@@ -507,6 +519,35 @@ fn fetch_handler(cache: Arc<DefaultInMemoryCache>) -> carrier::FetchHandler {
     })
 }
 
+/// The cache's counts for a stats round: totals, and guilds and members by shard (members as
+/// Discord counts them per guild, the cached members where it did not say).
+fn cache_counts(cache: &DefaultInMemoryCache, shard_total: u32) -> carrier::stats::CacheCounts {
+    let stats = cache.stats();
+    let mut by_shard: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    let (mut members, mut large) = (0, 0);
+    for guild in cache.iter().guilds() {
+        let id = guild.id();
+        let count = guild
+            .member_count()
+            .or_else(|| stats.guild_members(id).map(|n| n as u64))
+            .unwrap_or(0);
+        let shard = ((id.get() >> 22) % u64::from(shard_total.max(1))) as u32;
+        let entry = by_shard.entry(shard).or_default();
+        entry.0 += 1;
+        entry.1 += count;
+        members += count;
+        large += u64::from(guild.large());
+    }
+    carrier::stats::CacheCounts {
+        guilds: stats.guilds() as u64,
+        users: stats.users() as u64,
+        members,
+        large_guilds: large,
+        voice_connections: Some(stats.voice_states() as u64),
+        by_shard: by_shard.into_iter().map(|(s, (g, m))| (s, g, m)).collect(),
+    }
+}
+
 /// What every shard task of a cluster shares.
 struct ClusterShared<W> {
     event_types: EventTypeFlags,
@@ -529,7 +570,10 @@ async fn drive_shard<W: ClusterWorker>(
     } = cluster;
     let id = shard.id();
     let number = id.number();
-    let flags = event_types | EventTypeFlags::READY | EventTypeFlags::RESUMED;
+    let flags = event_types
+        | EventTypeFlags::READY
+        | EventTypeFlags::RESUMED
+        | EventTypeFlags::GATEWAY_HEARTBEAT_ACK;
     reporter.report(number, ShardEvent::Connecting).await;
     loop {
         let item = tokio::select! {
@@ -545,6 +589,16 @@ async fn drive_shard<W: ClusterWorker>(
                 continue;
             }
         };
+        if let Event::GatewayHeartbeatAck = event {
+            if let Some(latency) = shard.latency().recent().first() {
+                reporter.latency(number, *latency);
+            }
+            if !event_types.contains(EventTypeFlags::GATEWAY_HEARTBEAT_ACK) {
+                continue;
+            }
+        } else {
+            reporter.event(number);
+        }
         let report = match &event {
             Event::Ready(_) => Some(ShardEvent::Ready),
             Event::Resumed => Some(ShardEvent::Resumed),

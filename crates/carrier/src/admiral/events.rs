@@ -8,7 +8,7 @@ use super::lifecycle::{LifecycleEvent, ProcessId, State, WorkerId};
 use crate::ipc::proto::{LogRecord, ShardEvent};
 
 /// Events the admiral publishes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum FleetEvent {
     /// A lifecycle step: a worker ready or failed, all ready, stopped.
@@ -76,6 +76,8 @@ pub enum FleetEvent {
     },
     /// A total shutdown began.
     ShuttingDown,
+    /// The stats snapshot of an interval (`FleetOptions::stats_interval`).
+    Stats(std::sync::Arc<crate::stats::FleetStats>),
 }
 
 /// Which output stream a line came from.

@@ -70,6 +70,10 @@ pub struct AdmiralConfig {
     pub run_dir: PathBuf,
     /// The most bytes (keys and values) the central store holds.
     pub store_limit: usize,
+    /// How often a stats snapshot is made and published; zero: never on its own.
+    pub stats_interval: Duration,
+    /// Whether interval snapshots are broadcast to the workers too.
+    pub broadcast_stats: bool,
 }
 
 /// Fetches Discord's recommended shard count; built by `Fleet` from its adapter.
@@ -216,6 +220,15 @@ impl AdmiralHandle {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .unwrap_or_else(|| self.events.subscribe())
+    }
+
+    /// A stats snapshot of the whole fleet now (see [`crate::stats`]); workers that do not
+    /// report within [`STATS_DEADLINE`](crate::ipc::STATS_DEADLINE) are listed as missing.
+    ///
+    /// # Errors
+    /// When the admiral has stopped.
+    pub async fn stats(&self) -> Result<crate::FleetStats, IpcError> {
+        self.ipc.stats().await
     }
 
     /// The central REST proxy's figures, if the proxy is on.

@@ -7,11 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+
+pub use crate::stats::IdentifyStats;
 
 /// Discord's identify interval per bucket: 5 s (Gateway › Identifying › Sharding).
 pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
@@ -21,6 +24,12 @@ pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
 pub trait IdentifyQueue: Send + Sync + 'static {
     /// Waits for permission to identify `shard`.
     fn acquire(&self, shard: u32) -> BoxFuture<'static, ()>;
+
+    /// How many wait, how long until the last is let go, and the session budget, for stats.
+    /// Default: nothing known.
+    fn stats(&self) -> IdentifyStats {
+        IdentifyStats::default()
+    }
 }
 
 /// The daily session budget (`session_start_limit` of `/gateway/bot`).
@@ -53,6 +62,24 @@ pub struct LocalIdentifyQueue {
     interval: Duration,
     buckets: Arc<std::sync::Mutex<HashMap<u32, Bucket>>>,
     budget: Arc<Mutex<Option<Budget>>>,
+    /// Acquires not granted (nor given up) yet.
+    waiting: Arc<AtomicU32>,
+}
+
+/// One acquire waiting, until dropped.
+struct Waiting(Arc<AtomicU32>);
+
+impl Waiting {
+    fn new(count: &Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LocalIdentifyQueue {
@@ -64,6 +91,7 @@ impl LocalIdentifyQueue {
             interval,
             buckets: Arc::default(),
             budget: Arc::default(),
+            waiting: Arc::default(),
         }
     }
 
@@ -108,11 +136,34 @@ impl LocalIdentifyQueue {
 }
 
 impl IdentifyQueue for LocalIdentifyQueue {
+    fn stats(&self) -> IdentifyStats {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        // Spread over the buckets, each lets one go per interval.
+        let rounds = u64::from(waiting.div_ceil(self.max_concurrency));
+        let eta = self
+            .interval
+            .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
+        let (sessions_remaining, sessions_total) = match self.budget.try_lock() {
+            Ok(budget) => budget
+                .as_ref()
+                .map_or((None, None), |b| (Some(b.remaining), Some(b.total))),
+            Err(_) => (None, None),
+        };
+        IdentifyStats {
+            waiting,
+            eta_ms: u64::try_from(eta.as_millis()).unwrap_or(u64::MAX),
+            sessions_remaining,
+            sessions_total,
+        }
+    }
+
     fn acquire(&self, shard: u32) -> BoxFuture<'static, ()> {
         let bucket = self.bucket(shard);
         let budget = self.budget.clone();
         let interval = self.interval;
+        let waiting = Waiting::new(&self.waiting);
         Box::pin(async move {
+            let _waiting = waiting;
             // Tokio's mutex is fair: waiters of a bucket are served in arrival order.
             let mut last = bucket.lock().await;
             if let Some(last) = *last {
@@ -217,5 +268,36 @@ mod tests {
         let times = grant_times(&queue, 0..3).await;
         assert_eq!(times[1].1, Duration::from_millis(10));
         assert_eq!(times[2].1, Duration::from_mins(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stats_count_the_waiting_and_the_budget_left() {
+        let queue = LocalIdentifyQueue::new(2, IDENTIFY_INTERVAL).with_budget(SessionBudget {
+            total: 1000,
+            remaining: 900,
+            reset_after: Duration::from_hours(1),
+        });
+        let waits: Vec<_> = (0..6)
+            .map(|shard| tokio::spawn(queue.acquire(shard)))
+            .collect();
+        // Let each take its place: the first of each bucket is granted at once.
+        tokio::task::yield_now().await;
+        while queue.stats().waiting > 4 {
+            tokio::task::yield_now().await;
+        }
+        let stats = queue.stats();
+        // Four wait over two buckets: two more intervals.
+        assert_eq!((stats.waiting, stats.eta_ms), (4, 10_000));
+        assert_eq!(stats.sessions_total, Some(1000));
+        assert_eq!(stats.sessions_remaining, Some(898));
+        for wait in waits {
+            wait.await.unwrap();
+        }
+        let stats = queue.stats();
+        assert_eq!((stats.waiting, stats.eta_ms), (0, 0));
+        assert_eq!(stats.sessions_remaining, Some(894));
+        // A place given up is no longer counted.
+        drop(queue.acquire(9));
+        assert_eq!(queue.stats().waiting, 0);
     }
 }

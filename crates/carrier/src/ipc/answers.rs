@@ -1,17 +1,21 @@
-//! What a worker answers: commands sent to it (the user's handler), cache lookups and guild
-//! counts (the adapter's handlers), and the adapter's own reports to the admiral (identify
+//! What a worker answers: commands sent to it (the user's handler), cache lookups, guild
+//! counts and stats rounds (the adapter's handlers and the user's stats fields), and the adapter's own reports to the admiral (identify
 //! permission, status, sessions handed over).
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::Serialize;
 
 use super::client::{
-    CommandHandler, FetchHandler, GuildCounter, Ipc, IpcError, RunningCommand, unexpected,
+    CacheCounter, CommandHandler, FetchHandler, GuildCounter, Ipc, IpcError, RunningCommand,
+    StatsFields, unexpected,
 };
 use super::client::{IDENTIFY_TIMEOUT, Transport};
 use super::proto::{Fetch, Outcome, Payload, Reply, Request, ShardSession, Status, Target, Up};
+use crate::stats::WorkerReport;
+use crate::stats::board::ShardBoard;
 
 impl Ipc {
     /// Sets what answers commands sent to this process (adapters and worker runtimes do this).
@@ -95,6 +99,57 @@ impl Ipc {
     /// Sets what counts the guilds of this cluster (adapters do this).
     pub(crate) fn set_guild_counter(&self, counter: GuildCounter) {
         set(&self.inner.guilds, counter);
+    }
+
+    /// Sets what reads this cluster's cache counts for stats rounds (adapters do this).
+    pub(crate) fn set_cache_counter(&self, counter: CacheCounter) {
+        set(&self.inner.cache_counts, counter);
+    }
+
+    /// Sets the per-shard counters stats rounds read (the cluster's shard reporter does this).
+    pub(crate) fn set_shard_board(&self, board: Arc<ShardBoard>) {
+        set(&self.inner.shard_board, board);
+    }
+
+    /// Adds this worker's own fields to every stats snapshot, under this worker: `fields` runs
+    /// once per round, on the worker's IPC reader, so it should only read what it has at hand.
+    /// Returning `()` adds nothing. A panic in it, or a value that does not encode, shows in the
+    /// snapshot's `missing` list, and the rest of this worker's report still arrives.
+    pub fn set_stats_fields<T, F>(&self, fields: F)
+    where
+        T: Serialize,
+        F: Fn() -> T + Send + Sync + 'static,
+    {
+        self.set_stats_encoder(Arc::new(move || crate::stats::encode_fields(&fields())));
+    }
+
+    /// As [`set_stats_fields`](Self::set_stats_fields), for a maker that encodes itself (with
+    /// [`encode_stats_fields`]), so its value may borrow.
+    pub(crate) fn set_stats_encoder(&self, fields: StatsFields) {
+        set(&self.inner.stats_fields, fields);
+    }
+
+    /// Answers a stats round: what only this worker knows.
+    pub(crate) fn report_stats(&self) -> Outcome {
+        let mut report = WorkerReport::default();
+        if let Some(counter) = get(&self.inner.cache_counts) {
+            match self.run_handler("stats", || None, || counter()) {
+                Ok(counts) => report.cache = Some(counts),
+                Err(Outcome::Error(error)) => report.custom_error = Some(error),
+                Err(_) => {}
+            }
+        }
+        if let Some(board) = get(&self.inner.shard_board) {
+            report.shards = board.read();
+        }
+        if let Some(fields) = get(&self.inner.stats_fields) {
+            match self.run_handler("stats", || None, || fields()) {
+                Ok(Ok(custom)) => report.custom = custom,
+                Ok(Err(error)) | Err(Outcome::Error(error)) => report.custom_error = Some(error),
+                Err(_) => {}
+            }
+        }
+        Payload::encode(&report).map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok)
     }
 
     /// Answers a guild count with the adapter's counter.

@@ -8,6 +8,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::client::Transport;
+use crate::stats::FleetStats;
+
+/// How long workers have to report for [`Ipc::stats`].
+pub const STATS_DEADLINE: Duration = Duration::from_secs(2);
 use super::client::{Ipc, IpcError, outcome_result, unexpected};
 use super::proto::{
     Fetch, Group, LogLevel, LogRecord, Outcome, Payload, Reply, Request, RestartMode, ShardCount,
@@ -205,6 +209,32 @@ impl Ipc {
         user: u64,
     ) -> Result<Option<T>, IpcError> {
         self.fetch_as(Fetch::Member { guild, user }).await
+    }
+
+    /// A stats snapshot of the whole fleet, with workers given [`STATS_DEADLINE`] to report;
+    /// those that miss it are listed in [`FleetStats::missing`].
+    ///
+    /// # Errors
+    /// When the admiral is gone or does not answer within the request timeout.
+    pub async fn stats(&self) -> Result<FleetStats, IpcError> {
+        self.stats_within(STATS_DEADLINE).await
+    }
+
+    /// A stats snapshot, with workers given `deadline` to report (capped below this handle's
+    /// request timeout, so the snapshot always arrives in time, partial if it must).
+    ///
+    /// # Errors
+    /// As [`stats`](Self::stats).
+    pub async fn stats_within(&self, deadline: Duration) -> Result<FleetStats, IpcError> {
+        let timeout = self.inner.timeout.max(deadline + deadline / 2);
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        match self
+            .request(Request::Stats { deadline_ms }, timeout)
+            .await?
+        {
+            Reply::Outcome(outcome) => Ok(outcome_result(Target::Admiral, outcome)?.decode()?),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Guilds in every cluster's cache: the total, and the clusters that could not say (down or

@@ -93,6 +93,12 @@ pub type FetchHandler = Arc<dyn Fn(Fetch) -> Option<Vec<u8>> + Send + Sync>;
 /// only read memory.
 pub type GuildCounter = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// Reads a cluster's cache counts for a stats round (adapters set one).
+pub type CacheCounter = Arc<dyn Fn() -> crate::stats::CacheCounts + Send + Sync>;
+
+/// Makes a worker's own stats fields, encoded (`None`: it adds none).
+pub(crate) type StatsFields = Arc<dyn Fn() -> Result<Option<Payload>, String> + Send + Sync>;
+
 /// A request for the admiral's router from its own process.
 #[derive(Debug)]
 pub(crate) struct LocalRequest {
@@ -160,6 +166,11 @@ pub(super) struct Inner {
     pub(super) commands: RwLock<Option<CommandHandler>>,
     pub(super) fetcher: RwLock<Option<FetchHandler>>,
     pub(super) guilds: RwLock<Option<GuildCounter>>,
+    /// What a stats round asks of this worker: its library's counts, its shards' figures and
+    /// the user's own fields.
+    pub(super) cache_counts: RwLock<Option<CacheCounter>>,
+    pub(super) shard_board: RwLock<Option<Arc<crate::stats::board::ShardBoard>>>,
+    pub(super) stats_fields: RwLock<Option<StatsFields>>,
     /// Incoming commands being run now.
     pub(super) running: tokio::sync::watch::Sender<usize>,
     pub(super) timeout: Duration,
@@ -191,6 +202,9 @@ impl Ipc {
                 commands: RwLock::default(),
                 fetcher: RwLock::default(),
                 guilds: RwLock::default(),
+                cache_counts: RwLock::default(),
+                shard_board: RwLock::default(),
+                stats_fields: RwLock::default(),
                 running: tokio::sync::watch::Sender::new(0),
                 next_handler: AtomicU64::new(1),
                 timeout,

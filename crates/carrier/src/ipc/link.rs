@@ -290,21 +290,15 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                         let _ = ipc.send_up(Up::Pong { seq }).await;
                     });
                 }
+                // The adapter's quick answers, made on the reader.
                 Ok(Down::Fetch { id, query }) => {
-                    let outcome = reader_ipc.run_fetch(query);
-                    let ipc = reader_ipc.clone();
-                    answer_soon(async move {
-                        let _ = ipc.send_up(Up::Reply { id, outcome }).await;
-                    })
-                    .await;
+                    reply_soon(&reader_ipc, id, reader_ipc.run_fetch(query)).await;
+                }
+                Ok(Down::Stats { id }) => {
+                    reply_soon(&reader_ipc, id, reader_ipc.report_stats()).await;
                 }
                 Ok(Down::CountGuilds { id }) => {
-                    let outcome = reader_ipc.count_guilds();
-                    let ipc = reader_ipc.clone();
-                    answer_soon(async move {
-                        let _ = ipc.send_up(Up::Reply { id, outcome }).await;
-                    })
-                    .await;
+                    reply_soon(&reader_ipc, id, reader_ipc.count_guilds()).await;
                 }
                 Ok(Down::Shutdown { grace_ms }) => {
                     let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
@@ -337,6 +331,15 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
 /// Runs an answer's future on the reader until it first waits: a handler that answers at once
 /// (an echo, a cache lookup) costs no task; one that waits goes on in a task of its own, so the
 /// reader goes on reading.
+/// Answers request `id` with `outcome`, as [`answer_soon`] does.
+async fn reply_soon(ipc: &Ipc, id: u64, outcome: super::proto::Outcome) {
+    let ipc = ipc.clone();
+    answer_soon(async move {
+        let _ = ipc.send_up(Up::Reply { id, outcome }).await;
+    })
+    .await;
+}
+
 async fn answer_soon(answer: impl Future<Output = ()> + Send + 'static) {
     let mut answer = Box::pin(answer);
     if futures::poll!(answer.as_mut()).is_pending() {

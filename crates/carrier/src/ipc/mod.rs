@@ -12,5 +12,6 @@ pub mod link;
 pub(crate) mod outbox;
 pub mod proto;
 
+pub use asks::STATS_DEADLINE;
 pub use client::{CommandHandler, HandlerId, Ipc, IpcError, Message};
 pub use proto::{Outcome, Payload, Target};

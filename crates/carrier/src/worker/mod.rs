@@ -50,6 +50,12 @@ pub trait Service: Send + Sync + Sized + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// This service's own fields for each stats snapshot (a queue's length, a cache's hit
+    /// rate), under its name in [`FleetStats::services`](crate::FleetStats::services). Runs on
+    /// the IPC reader once per round: read what is at hand, do not wait. The default, `()`,
+    /// adds nothing.
+    fn stats(&self) -> impl serde::Serialize {}
 }
 
 /// A started service, type-erased.
@@ -69,7 +75,12 @@ const CLUSTER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub(crate) fn service_factory<S: Service>() -> ServiceFactory {
     Arc::new(|context| {
         Box::pin(async move {
+            let ipc = context.ipc.clone();
             let service = Arc::new(S::start(context).await?);
+            let for_stats = service.clone();
+            ipc.set_stats_encoder(Arc::new(move || {
+                crate::stats::encode_fields(&for_stats.stats())
+            }));
             let for_commands = service.clone();
             let commands: CommandHandler = Arc::new(move |from, payload| {
                 let service = for_commands.clone();

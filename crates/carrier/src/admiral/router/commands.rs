@@ -10,7 +10,7 @@ use crate::admiral::lifecycle::{ProcessId, WorkerId};
 use crate::ipc::proto::{Down, Fetch, Group, Outcome, Payload, Reply, Target};
 
 /// Process number standing for the admiral itself when it answers commands.
-const ADMIRAL_PROCESS: ProcessId = 0;
+pub(super) const ADMIRAL_PROCESS: ProcessId = 0;
 
 /// What a forward asks of its target.
 #[derive(Debug)]
@@ -18,6 +18,7 @@ pub(super) enum Ask {
     Command(Payload),
     Fetch(Fetch),
     CountGuilds,
+    Stats,
 }
 
 impl Router {
@@ -71,7 +72,7 @@ impl Router {
     }
 
     /// Asks every target and answers with one outcome per target once all have answered.
-    fn fan_out(
+    pub(super) fn fan_out(
         &mut self,
         from: &Target,
         waiter: Waiter,
@@ -135,6 +136,7 @@ impl Router {
             },
             Ask::Fetch(query) => Down::Fetch { id, query },
             Ask::CountGuilds => Down::CountGuilds { id },
+            Ask::Stats => Down::Stats { id },
         };
         let sent = match self.links.encode(&down) {
             Ok(body) => self.links.send_body(conn, &body),

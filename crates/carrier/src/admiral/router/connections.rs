@@ -52,6 +52,10 @@ pub(crate) struct ProcessInfo {
     pub last_seen: Option<tokio::time::Instant>,
     /// Its key to the REST proxy, revoked when it exits.
     pub rest_key: Option<crate::Secret>,
+    /// When it was spawned.
+    pub started: Option<tokio::time::Instant>,
+    /// Round trip of its last answered ping.
+    pub ipc_latency: Option<std::time::Duration>,
 }
 
 /// Connections by number and processes by number.

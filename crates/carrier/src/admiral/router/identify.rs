@@ -32,7 +32,7 @@ impl Router {
         let inbox = self.inbox.clone();
         let task = tokio::spawn(async move {
             grant.await;
-            let _ = inbox.send(Inbox::Granted { waiter }).await;
+            let _ = inbox.send(Inbox::Granted { waiter, shard }).await;
         });
         if let Some(c) = conn.and_then(|c| self.links.get_mut(c)) {
             c.identifies.retain(|t| !t.is_finished());

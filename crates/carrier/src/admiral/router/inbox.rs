@@ -41,8 +41,13 @@ pub(crate) enum Inbox {
     Up { conn: ConnId, up: Up },
     /// A connection ended; `error` if over a protocol error.
     Closed { conn: ConnId, error: Option<String> },
-    /// The identify queue let a shard go.
-    Granted { waiter: Waiter },
+    /// The identify queue let `shard` go.
+    Granted { waiter: Waiter, shard: u32 },
+    /// A stats round ended: for the asker of forward `forward`, or the interval's (`None`).
+    Stats {
+        forward: Option<u64>,
+        stats: std::sync::Arc<crate::stats::FleetStats>,
+    },
     /// The admiral's own command handler answered forward `forward`.
     Answer { forward: u64, outcome: Outcome },
     /// A worker process started.

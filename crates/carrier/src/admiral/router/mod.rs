@@ -8,8 +8,8 @@
 //! - `connections`: the connection and process tables, and the one way out to a worker;
 //! - `calls`: call correlation (forwards, fan-outs, searches, deadlines), a plain table;
 //! - `supervision`: hellos, closes, exits, heartbeats, and carrying out the lifecycle's commands;
-//! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`, and
-//!   `control` (stop, restart, rolling restarts, reshards and what their waiters hear).
+//! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`,
+//!   `stats` (the admiral's shard and process records, and stats rounds), and `control` (stop, restart, rolling restarts, reshards and what their waiters hear).
 
 mod calls;
 mod commands;
@@ -19,6 +19,7 @@ mod fetch;
 mod identify;
 pub(crate) mod inbox;
 mod messaging;
+mod stats;
 mod store;
 mod supervision;
 
@@ -49,6 +50,7 @@ const BATCH: usize = 256;
 enum Timer {
     ExitDrain(ProcessId),
     Heartbeat,
+    Stats,
 }
 
 pub(crate) struct Router {
@@ -66,6 +68,7 @@ pub(crate) struct Router {
     plan_tx: watch::Sender<ShardPlan>,
     timers: DelayQueue<Timer>,
     store: Box<dyn Store>,
+    stats: stats::StatsBook,
     identify: Arc<dyn IdentifyQueue>,
     ipc: Ipc,
     inbox: mpsc::Sender<Inbox>,
@@ -101,6 +104,7 @@ impl Router {
             identify: config.identify.clone(),
             links: Connections::new(config.max_frame),
             store: Box::new(MemoryStore::new(config.store_limit)),
+            stats: stats::StatsBook::default(),
             plan: config.plan.clone(),
             config,
             socket,
@@ -134,6 +138,7 @@ impl Router {
         if let Some(heartbeat) = self.config.heartbeat {
             self.arm(Timer::Heartbeat, heartbeat.interval);
         }
+        self.arm_stats();
         while !self.lifecycle.is_stopped() {
             // What one turn sends is written at its end, one write per connection.
             self.links.begin_batch();
@@ -202,7 +207,11 @@ impl Router {
             }
             Inbox::Up { conn, up } => self.on_up(conn, up),
             Inbox::Closed { conn, error } => self.on_closed(conn, error),
-            Inbox::Granted { waiter } => self.reply(waiter, Reply::Done),
+            Inbox::Granted { waiter, shard } => {
+                self.stats.identified(shard);
+                self.reply(waiter, Reply::Done);
+            }
+            Inbox::Stats { forward, stats } => self.stats_done(forward, stats),
             Inbox::Answer { forward, outcome } => {
                 if let Some(answer) = self.calls.answered(forward, None, outcome) {
                     self.answer(answer);
@@ -212,6 +221,7 @@ impl Router {
                 let info = self.links.processes.entry(process).or_default();
                 info.pid = pid;
                 info.kill = Some(kill);
+                info.started = Some(tokio::time::Instant::now());
             }
             Inbox::Exited { process, code } => self.on_exited(process, code),
             Inbox::Recommended {
@@ -316,6 +326,9 @@ impl Router {
                 at_once,
             } => self.restart_all(waiter, group, mode, at_once),
             Request::Reshard { count, clusters } => self.request_reshard(waiter, count, clusters),
+            Request::Stats { deadline_ms } => {
+                self.stats(waiter, Duration::from_millis(deadline_ms), timeout);
+            }
         }
     }
 
@@ -340,6 +353,7 @@ impl Router {
         match timer {
             Timer::ExitDrain(process) => self.exit_drained(process),
             Timer::Heartbeat => self.heartbeat(),
+            Timer::Stats => self.stats_interval(),
         }
     }
 

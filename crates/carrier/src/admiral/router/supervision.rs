@@ -96,9 +96,11 @@ impl Router {
     /// What a worker reports about itself (everything but requests and replies).
     pub(super) fn on_report(&mut self, worker: &WorkerId, process: ProcessId, up: Up) {
         match up {
-            Up::Pong { .. } => {
+            Up::Pong { seq } => {
+                let latency = self.stats.pong(seq);
                 if let Some(info) = self.links.processes.get_mut(&process) {
                     info.last_seen = Some(tokio::time::Instant::now());
+                    info.ipc_latency = latency.or(info.ipc_latency);
                 }
             }
             Up::Hello { .. } => {
@@ -116,6 +118,7 @@ impl Router {
             Up::Status(Status::Shard { shard, event }) => {
                 if let WorkerId::Cluster(cluster) = *worker {
                     tracing::debug!(target: "fleet::shard", cluster, shard, ?event);
+                    self.stats.shard(cluster, shard, process, &event);
                     let _ = self.events.send(FleetEvent::Shard {
                         cluster,
                         shard,
@@ -232,6 +235,7 @@ impl Router {
             .filter_map(|w| Some((w.id.clone(), w.process?)))
             .collect();
         let seq = self.calls.next_id();
+        self.stats.pinged(seq);
         for (worker, process) in serving {
             let Some(info) = self.links.processes.get_mut(&process) else {
                 continue;
@@ -305,6 +309,7 @@ impl Router {
             echo: self.config.echo_output,
         };
         tracing::debug!(target: "fleet::admiral", %worker, process, "spawning");
+        self.stats.spawned(worker);
         if let Err(error) = process::spawn(&request, self.inbox.clone(), &self.events) {
             self.lifecycle_input(Input::SpawnFailed(process, error.to_string()));
         }

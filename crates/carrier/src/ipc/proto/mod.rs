@@ -12,7 +12,8 @@
 //! 4. Send `Up::Request { id, timeout_ms, request }` and match `Down::Reply { id, reply }`; answer
 //!    each `Down::Command { id, .. }` with `Up::Reply { id, outcome }` within its `timeout_ms`,
 //!    and each `Down::Fetch { id, .. }` (clusters) the same way with the cached object as JSON,
-//!    and each `Down::CountGuilds { id }` (clusters) with the number of guilds cached;
+//!    and each `Down::CountGuilds { id }` (clusters) with the number of guilds cached, and each
+//!    `Down::Stats { id }` with a `WorkerReport` (an empty one will do);
 //!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`.
 //!
 //! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
@@ -124,6 +125,13 @@ pub enum Request {
         mode: RestartMode,
         /// How many restart at the same time (at least 1).
         at_once: u32,
+    },
+    /// A stats snapshot of the whole fleet ([`crate::stats::FleetStats`] payload, in
+    /// `Reply::Outcome`). Workers are given `deadline_ms` (capped below the request's own
+    /// timeout) to report; those that miss it are listed as missing.
+    Stats {
+        /// How long workers have to report.
+        deadline_ms: u64,
     },
 }
 
@@ -256,6 +264,12 @@ pub enum Down {
     /// Count the guilds this cluster's cache holds; answer with [`Up::Reply`]: `Outcome::Ok`
     /// with the count (a `u64` payload). Asked of every cluster by [`Request::CountGuilds`].
     CountGuilds {
+        /// Correlation id.
+        id: u64,
+    },
+    /// Report what only this worker knows for a stats round; answer with [`Up::Reply`]:
+    /// `Outcome::Ok` with a [`crate::stats::WorkerReport`] payload.
+    Stats {
         /// Correlation id.
         id: u64,
     },

@@ -1,0 +1,333 @@
+//! Stats rounds: the admiral's own records of every shard and process (kept as things happen),
+//! and the rounds that ask every worker for what only it knows and make a snapshot of it all
+//! (see [`crate::stats`]). The router only starts a round and hears its end; asking the workers
+//! goes through the call table, and measuring processes and assembling the snapshot run off the
+//! router's task.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
+
+use super::calls::{Route, Waiter};
+use super::commands::{ADMIRAL_PROCESS, Ask};
+use super::{Inbox, Router, Timer};
+use crate::admiral::FleetEvent;
+use crate::admiral::lifecycle::{ProcessId, State, WorkerId};
+use crate::ipc::proto::{Outcome, Payload, Reply, ShardEvent, Target};
+use crate::stats::assemble::{Facts, Previous, WorkerFacts, assemble};
+use crate::stats::meter::Meter;
+use crate::stats::{FleetStats, STATS_EVENT, ShardStats, ShardStatus};
+
+/// How long workers have to report in an interval's round (at most half the interval).
+const INTERVAL_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The admiral's record of one shard, over the fleet's life.
+#[derive(Debug, Clone, Copy)]
+struct ShardRecord {
+    cluster: u32,
+    process: ProcessId,
+    status: ShardStatus,
+    identifies: u32,
+    resumes: u32,
+    disconnects: u32,
+    last_close_code: Option<u16>,
+}
+
+/// What the measuring and assembling half of a round keeps between rounds.
+#[derive(Debug, Default)]
+struct Collector {
+    meter: Meter,
+    previous: Previous,
+}
+
+/// The router's stats records.
+#[derive(Debug, Default)]
+pub(super) struct StatsBook {
+    shards: BTreeMap<u32, ShardRecord>,
+    /// Identifies granted to shards not reported yet.
+    granted: BTreeMap<u32, u32>,
+    /// Processes started per worker.
+    spawns: BTreeMap<WorkerId, u32>,
+    collector: Arc<Mutex<Collector>>,
+    /// The last ping sent: its number and when.
+    ping: Option<(u64, tokio::time::Instant)>,
+}
+
+impl StatsBook {
+    /// A shard's progress, as `process` of `cluster` reported it. Counts go to the shard
+    /// whoever reports; its status follows the newest process that runs it.
+    pub fn shard(&mut self, cluster: u32, shard: u32, process: ProcessId, event: &ShardEvent) {
+        let granted = self.granted.remove(&shard).unwrap_or(0);
+        let record = self.shards.entry(shard).or_insert(ShardRecord {
+            cluster,
+            process,
+            status: ShardStatus::Pending,
+            identifies: 0,
+            resumes: 0,
+            disconnects: 0,
+            last_close_code: None,
+        });
+        record.identifies += granted;
+        let newest = process >= record.process;
+        match event {
+            ShardEvent::Resumed => record.resumes += 1,
+            ShardEvent::Disconnected(code) => {
+                record.disconnects += 1;
+                if code.is_some() {
+                    record.last_close_code = *code;
+                }
+            }
+            _ => {}
+        }
+        if newest {
+            record.cluster = cluster;
+            record.process = process;
+            record.status = match event {
+                ShardEvent::Connecting => ShardStatus::Connecting,
+                ShardEvent::Ready | ShardEvent::Resumed => ShardStatus::Ready,
+                ShardEvent::Disconnected(_) => ShardStatus::Disconnected,
+            };
+        }
+    }
+
+    /// The admiral let `shard` identify.
+    pub fn identified(&mut self, shard: u32) {
+        match self.shards.get_mut(&shard) {
+            Some(record) => record.identifies += 1,
+            None => *self.granted.entry(shard).or_default() += 1,
+        }
+    }
+
+    /// A process of `worker` was spawned.
+    pub fn spawned(&mut self, worker: &WorkerId) {
+        *self.spawns.entry(worker.clone()).or_default() += 1;
+    }
+
+    /// A ping went out to every serving worker.
+    pub fn pinged(&mut self, seq: u64) {
+        self.ping = Some((seq, tokio::time::Instant::now()));
+    }
+
+    /// How long ago ping `seq` went out, if it is the last one.
+    pub fn pong(&self, seq: u64) -> Option<Duration> {
+        let (sent, at) = self.ping?;
+        (sent == seq).then(|| at.elapsed())
+    }
+
+    fn shard_stats(&self, id: u32, cluster: u32) -> ShardStats {
+        let mut stats = ShardStats {
+            id,
+            cluster,
+            identifies: self.granted.get(&id).copied().unwrap_or(0),
+            ..ShardStats::default()
+        };
+        if let Some(r) = self.shards.get(&id) {
+            stats.process = Some(r.process);
+            stats.status = r.status;
+            stats.identifies = r.identifies;
+            stats.resumes = r.resumes;
+            stats.disconnects = r.disconnects;
+            stats.last_close_code = r.last_close_code;
+        }
+        stats
+    }
+}
+
+/// A worker's state as snapshots show it.
+fn state_name(state: &State) -> String {
+    match state {
+        State::Pending => "pending".to_owned(),
+        State::Spawned => "spawned".to_owned(),
+        State::Starting => "starting".to_owned(),
+        State::Live => "live".to_owned(),
+        State::Backoff => "backoff".to_owned(),
+        State::Draining => "draining".to_owned(),
+        State::Stopped => "stopped".to_owned(),
+        State::Failed(why) => format!("failed: {why}"),
+    }
+}
+
+impl Router {
+    /// Starts the interval's rounds, if any.
+    pub(super) fn arm_stats(&mut self) {
+        if !self.config.stats_interval.is_zero() {
+            self.arm(Timer::Stats, self.config.stats_interval);
+        }
+    }
+
+    /// An interval's round: its snapshot is published when done.
+    pub(super) fn stats_interval(&mut self) {
+        let deadline = INTERVAL_DEADLINE.min(self.config.stats_interval / 2);
+        self.stats_round(None, deadline, deadline * 2);
+        self.arm_stats();
+    }
+
+    /// A round asked for by `waiter`: workers get `deadline` (at most 80% of `timeout`).
+    pub(super) fn stats(&mut self, waiter: Waiter, deadline: Duration, timeout: Duration) {
+        let deadline = deadline.min(timeout.mul_f64(0.8));
+        self.stats_round(Some(waiter), deadline, timeout);
+    }
+
+    fn stats_round(&mut self, waiter: Option<Waiter>, deadline: Duration, timeout: Duration) {
+        let facts = self.stats_facts();
+        let asked: Vec<Target> = facts
+            .workers
+            .iter()
+            .filter(|w| w.asked)
+            .map(|w| w.target.clone())
+            .collect();
+        let (tx, reports) = oneshot::channel();
+        self.fan_out(&Target::Admiral, Waiter::Local(tx), asked, deadline, || {
+            Ask::Stats
+        });
+        // The asker is answered through the call table, so it hears "timed out" rather than
+        // nothing if assembling fails.
+        let forward = waiter.map(|waiter| {
+            let id = self.calls.next_id();
+            let due = timeout.saturating_sub(timeout / 20);
+            let route = Route::Single(waiter);
+            self.calls
+                .track(id, ADMIRAL_PROCESS, Target::Admiral, route, due);
+            id
+        });
+        let collector = self.stats.collector.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let reports = match reports.await {
+                Ok(Reply::Outcomes(outcomes)) => outcomes,
+                _ => Vec::new(),
+            };
+            let made = tokio::task::spawn_blocking(move || {
+                let mut collector = collector.lock().unwrap_or_else(PoisonError::into_inner);
+                let Collector { meter, previous } = &mut *collector;
+                let usage = meter.measure(&facts.pids());
+                assemble(facts, reports, &usage, previous, std::time::Instant::now())
+            })
+            .await;
+            match made {
+                Ok(stats) => {
+                    let stats = Arc::new(stats);
+                    let _ = inbox.send(Inbox::Stats { forward, stats }).await;
+                }
+                Err(error) => {
+                    tracing::error!(target: "fleet::stats", %error, "assembling a stats snapshot failed");
+                }
+            }
+        });
+    }
+
+    /// A round ended.
+    pub(super) fn stats_done(&mut self, forward: Option<u64>, stats: Arc<FleetStats>) {
+        if let Some(forward) = forward {
+            let outcome = Payload::encode(&*stats)
+                .map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
+            if let Some(answer) = self.calls.answered(forward, None, outcome) {
+                self.answer(answer);
+            }
+            return;
+        }
+        tracing::debug!(target: "fleet::stats", guilds = stats.guilds, shards_ready = stats.shards_ready, missing = stats.missing.len(), "stats");
+        if self.config.broadcast_stats {
+            match Payload::encode(&*stats) {
+                Ok(payload) => {
+                    let (tx, _) = oneshot::channel();
+                    let event = STATS_EVENT.to_owned();
+                    self.broadcast(&Target::Admiral, Waiter::Local(tx), event, payload);
+                }
+                Err(error) => {
+                    tracing::error!(target: "fleet::stats", %error, "a stats snapshot did not encode");
+                }
+            }
+        }
+        let _ = self.events.send(FleetEvent::Stats(stats));
+    }
+
+    /// What the router knows now, for a round.
+    fn stats_facts(&self) -> Facts {
+        let now = tokio::time::Instant::now();
+        let workers = self
+            .lifecycle
+            .workers()
+            .map(|w| {
+                let info = w.process.and_then(|p| self.links.processes.get(&p));
+                let serving = matches!(w.state, State::Starting | State::Live);
+                WorkerFacts {
+                    target: w.id.target(),
+                    state: state_name(&w.state),
+                    process: w.process,
+                    pid: info.and_then(|i| i.pid),
+                    restarts: self
+                        .stats
+                        .spawns
+                        .get(&w.id)
+                        .map_or(0, |n| n.saturating_sub(1)),
+                    uptime_ms: info
+                        .and_then(|i| i.started)
+                        .map_or(0, |at| duration_ms(now.duration_since(at))),
+                    ipc_latency_us: info
+                        .and_then(|i| i.ipc_latency)
+                        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                    asked: serving && info.is_some_and(|i| i.conn.is_some()),
+                }
+            })
+            .collect();
+        let shards = self
+            .plan
+            .clusters
+            .iter()
+            .flat_map(|c| (c.first_shard..=c.last_shard).map(|s| (s, c.id)))
+            .map(|(shard, cluster)| self.stats.shard_stats(shard, cluster))
+            .collect();
+        Facts {
+            started: std::time::Instant::now(),
+            taken_at_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, duration_ms),
+            shard_total: self.plan.shard_total,
+            admiral_pid: std::process::id(),
+            workers,
+            shards,
+            identify: self.identify.stats(),
+            rest: self
+                .config
+                .rest_proxy
+                .as_ref()
+                .map(crate::rest::RestProxy::stats),
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shards_status_follows_its_newest_process_and_counts_every_report() {
+        let mut book = StatsBook::default();
+        book.identified(3);
+        book.shard(1, 3, 10, &ShardEvent::Connecting);
+        book.shard(1, 3, 10, &ShardEvent::Ready);
+        // A handover: the replacement resumes, then the old process's close arrives.
+        book.shard(1, 3, 11, &ShardEvent::Connecting);
+        book.shard(1, 3, 11, &ShardEvent::Resumed);
+        book.shard(1, 3, 10, &ShardEvent::Disconnected(Some(4000)));
+        let s = book.shard_stats(3, 1);
+        assert_eq!(s.status, ShardStatus::Ready);
+        assert_eq!(s.process, Some(11));
+        assert_eq!((s.identifies, s.resumes, s.disconnects), (1, 1, 1));
+        assert_eq!(s.last_close_code, Some(4000));
+        // A shard nobody reported yet shows what was granted.
+        book.identified(4);
+        let s = book.shard_stats(4, 1);
+        assert_eq!(
+            (s.status, s.identifies, s.process),
+            (ShardStatus::Pending, 1, None)
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Stats snapshots of real fleets on discord-mock: what the admiral records and measures, what
+//! each worker adds, rates between rounds, interval events and broadcasts, and snapshots that
+//! come back partial, in time, when a worker hangs or its stats method panics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carrier::stats::ShardStatus;
+use carrier::{FleetEvent, FleetStats, Payload, Target, WorkerId};
+use common::{WAIT, launch, mock_config, options, signal, until};
+use discord_mock::MockDiscord;
+use fleet_tests::{ClusterFields, EchoStats};
+
+/// Waits for an interval snapshot that satisfies `done`.
+async fn snapshot_where(
+    events: &mut tokio::sync::broadcast::Receiver<FleetEvent>,
+    mut done: impl FnMut(&FleetStats) -> bool,
+) -> Arc<FleetStats> {
+    let seen = until(events, |e| matches!(e, FleetEvent::Stats(s) if done(s))).await;
+    match seen.last() {
+        Some(FleetEvent::Stats(stats)) => stats.clone(),
+        _ => unreachable!("until returns the matching event last"),
+    }
+}
+
+fn custom<T: serde::de::DeserializeOwned>(value: Option<&serde_json::Value>) -> T {
+    serde_json::from_value(value.expect("the worker added its fields").clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_holds_every_figure_of_a_twilight_fleet() {
+    let mock = MockDiscord::start(mock_config(24, 4, 2)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.heartbeat_interval = Duration::from_millis(100);
+    options.stats_interval = Duration::from_millis(200);
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+
+    // Every guild cached, and every worker's IPC latency measured.
+    let stats = snapshot_where(&mut events, |s| {
+        s.guilds == 24
+            && s.clusters.iter().all(|c| c.ipc_latency_us.is_some())
+            && s.shards().all(|s| s.latency_ms.is_some())
+    })
+    .await;
+    assert_eq!(
+        (stats.shard_count, stats.shards_ready, stats.shard_total),
+        (4, 4, 4)
+    );
+    assert!(stats.taken_at_ms > 1_700_000_000_000);
+    assert_eq!(stats.clusters.len(), 2);
+    let plan = admiral.plan();
+    for (cluster, planned) in stats.clusters.iter().zip(&plan.clusters) {
+        assert_eq!(cluster.id, planned.id);
+        assert_eq!(cluster.state, "live");
+        assert_eq!(cluster.restarts, 0);
+        assert!(cluster.usage.pid.is_some() && cluster.usage.ram_bytes > 1 << 20);
+        assert!(cluster.uptime_ms > 0);
+        let ids: Vec<u32> = cluster.shards.iter().map(|s| s.id).collect();
+        assert_eq!(
+            ids,
+            (planned.first_shard..=planned.last_shard).collect::<Vec<_>>()
+        );
+        let fields: ClusterFields = custom(cluster.custom.as_ref());
+        assert_eq!(fields.cluster, cluster.id);
+        assert_eq!(
+            cluster.guilds,
+            cluster.shards.iter().map(|s| s.guilds).sum::<u64>()
+        );
+    }
+    for shard in stats.shards() {
+        assert_eq!(shard.status, ShardStatus::Ready);
+        assert_eq!(shard.identifies, 1, "{shard:?}");
+        assert_eq!((shard.resumes, shard.disconnects), (0, 0));
+        assert!(shard.process.is_some());
+        // Each shard's guilds are the ones Discord routes to it.
+        let expected = mock
+            .guild_ids()
+            .iter()
+            .filter(|&&g| (g >> 22) % 4 == u64::from(shard.id))
+            .count() as u64;
+        assert_eq!(shard.guilds, expected, "{shard:?}");
+        assert!(
+            shard.events >= shard.guilds,
+            "GUILD_CREATEs count: {shard:?}"
+        );
+    }
+    assert_eq!(stats.shards().map(|s| s.guilds).sum::<u64>(), 24);
+    assert!(stats.members > 0 && stats.users > 0);
+    assert!(stats.admiral.ram_bytes > 1 << 20);
+    assert_eq!(
+        stats.total_ram_bytes,
+        stats.admiral.ram_bytes + stats.clusters_ram_bytes + stats.services_ram_bytes
+    );
+    assert_eq!(stats.identify.waiting, 0);
+    assert!(stats.rest.is_some(), "the REST proxy is on by default");
+    let echo = stats.services.iter().find(|s| s.name == "echo").unwrap();
+    assert_eq!(echo.state, "live");
+    assert!(echo.usage.ram_bytes > 0 && echo.ipc_latency_us.is_some());
+    // Only the service that failed to start is missing.
+    let missing: Vec<_> = stats.missing.iter().map(|m| &m.worker).collect();
+    assert_eq!(missing, [&Target::Service("broken".into())]);
+
+    // A service's own fields, on demand.
+    let ipc = admiral.ipc();
+    ipc.service_command("echo", Payload::from("ping"))
+        .await
+        .unwrap();
+    let now = admiral.stats().await.unwrap();
+    let echo = now.services.iter().find(|s| s.name == "echo").unwrap();
+    let fields: EchoStats = custom(echo.custom.as_ref());
+    assert!(fields.answered >= 1);
+
+    // Events per second, measured between rounds: 40 messages into shard 0's guilds.
+    let guild_on_0 = mock
+        .guild_ids()
+        .iter()
+        .position(|&g| (g >> 22) % 4 == 0)
+        .unwrap();
+    let before = admiral.stats().await.unwrap().shard(0).unwrap().events;
+    for _ in 0..40 {
+        mock.produce_event(guild_on_0);
+    }
+    let stats = snapshot_where(&mut events, |s| {
+        s.shard(0).is_some_and(|s| s.events >= before + 40)
+    })
+    .await;
+    let shard = stats.shard(0).unwrap();
+    assert!(shard.events_per_second > 0.0, "{shard:?}");
+
+    // A close is counted, with its code, and the shard resumes.
+    mock.close_shard(1, 4000).unwrap();
+    let stats = snapshot_where(&mut events, |s| {
+        s.shard(1)
+            .is_some_and(|s| s.resumes == 1 && s.status == ShardStatus::Ready)
+    })
+    .await;
+    let shard = stats.shard(1).unwrap();
+    assert_eq!(shard.disconnects, 1);
+    assert_eq!(shard.last_close_code, Some(4000));
+    assert_eq!(shard.identifies, 1, "a resume spends no identify");
+
+    // A worker asks too.
+    let ready = ipc
+        .cluster_command(0, Payload::from("fleet-stats"))
+        .await
+        .unwrap();
+    assert_eq!(ready.decode::<u32>().unwrap(), 4);
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_or_failing_worker_makes_the_snapshot_partial_never_late() {
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.stats_interval = Duration::ZERO;
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+
+    // A stats method that panics: that worker's fields are missing, its panic reported, and
+    // everything else arrives.
+    ipc.service_command("echo", Payload::from("stats-panic"))
+        .await
+        .unwrap();
+    let stats = admiral.stats().await.unwrap();
+    let echo = stats.services.iter().find(|s| s.name == "echo").unwrap();
+    assert_eq!(echo.custom, None);
+    assert!(echo.usage.ram_bytes > 0);
+    let reason = &stats
+        .missing
+        .iter()
+        .find(|m| m.worker == Target::Service("echo".into()))
+        .expect("echo is listed")
+        .reason;
+    assert!(reason.contains("stats panicked on purpose"), "{reason}");
+    until(&mut events, |e| {
+        matches!(e, FleetEvent::Panic { worker: WorkerId::Service(name), report, .. }
+            if name == "echo" && report.message.contains("stats panicked on purpose"))
+    })
+    .await;
+
+    // A cluster that stopped answering: listed as timed out, the snapshot comes by its deadline.
+    let hung = WorkerId::Cluster(1);
+    signal(&admiral, &hung, "-STOP").await;
+    let asked = Instant::now();
+    let stats = ipc.stats_within(Duration::from_millis(400)).await.unwrap();
+    let took = asked.elapsed();
+    signal(&admiral, &hung, "-CONT").await;
+    assert!(
+        took < Duration::from_secs(5),
+        "answered by the request timeout: {took:?}"
+    );
+    let missing: Vec<_> = stats
+        .missing
+        .iter()
+        .filter(|m| m.worker == Target::Cluster(1))
+        .collect();
+    assert_eq!(missing.len(), 1, "{:?}", stats.missing);
+    assert_eq!(missing[0].reason, "timed out");
+    // What the admiral knows of it is still there; cluster 0 reported in full.
+    assert_eq!(stats.shard_count, 2);
+    let hung_cluster = stats.clusters.iter().find(|c| c.id == 1).unwrap();
+    assert!(hung_cluster.usage.ram_bytes > 0);
+    assert_eq!(hung_cluster.shards[0].status, ShardStatus::Ready);
+    let cluster0 = stats.clusters.iter().find(|c| c.id == 0).unwrap();
+    assert!(cluster0.custom.is_some() && cluster0.guilds > 0);
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_snapshots_reach_the_workers_and_restarts_are_counted() {
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.stats_interval = Duration::from_millis(200);
+    options.broadcast_stats = true;
+    options.max_restarts = 3;
+    options.restart_backoff = Duration::from_millis(50);
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    ipc.register("got-stats", move |m| {
+        let _ = got_tx.send(m.payload.decode::<(u32, u32)>().unwrap());
+    });
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < 2 {
+        let (cluster, shards) = tokio::time::timeout(WAIT, got.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shards, 2);
+        heard.insert(cluster);
+    }
+
+    // A killed cluster comes back: one restart, and its shard identified again.
+    common::kill(&admiral, &WorkerId::Cluster(1)).await;
+    let stats = snapshot_where(&mut events, |s| {
+        s.clusters
+            .iter()
+            .any(|c| c.id == 1 && c.restarts == 1 && c.state == "live")
+            && s.shard(1).is_some_and(|s| s.status == ShardStatus::Ready)
+    })
+    .await;
+    let shard = stats.shard(1).unwrap();
+    assert_eq!(shard.identifies, 2, "{shard:?}");
+    assert_eq!(stats.clusters[0].restarts, 0);
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serenity_fleet_reports_its_cache_and_fields() {
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let mut options = options(&mock, 1);
+    options.stats_interval = Duration::from_millis(200);
+    let (admiral, mut events) = launch(fleet_tests::serenity_fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let stats = snapshot_where(&mut events, |s| s.guilds == 8 && s.shards_ready == 2).await;
+    let cluster = &stats.clusters[0];
+    let fields: ClusterFields = custom(cluster.custom.as_ref());
+    assert_eq!(fields.cluster, 0);
+    assert_eq!(cluster.shards.iter().map(|s| s.guilds).sum::<u64>(), 8);
+    assert!(stats.shards().all(|s| s.events > 0 && s.identifies == 1));
+    assert!(cluster.usage.ram_bytes > 0);
+    admiral.shutdown().await;
+}
