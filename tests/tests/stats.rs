@@ -2,6 +2,11 @@
 //! each worker adds, rates between rounds, interval events and broadcasts, and snapshots that
 //! come back partial, in time, when a worker hangs or its stats method panics.
 
+#![allow(
+    clippy::float_cmp,
+    reason = "the metric samples compared exactly are whole numbers, exact in f64"
+)]
+
 mod common;
 
 use std::sync::Arc;
@@ -265,4 +270,179 @@ async fn a_serenity_fleet_reports_its_cache_and_fields() {
     assert!(stats.shards().all(|s| s.events > 0 && s.identifies == 1));
     assert!(cluster.usage.ram_bytes > 0);
     admiral.shutdown().await;
+}
+
+/// Parses an exposition with the Prometheus project's own `OpenMetrics` parser (Python's
+/// `prometheus_client`): `{family: [type, [[sample, labels, value], ...]]}`.
+fn parse_openmetrics(text: &str) -> serde_json::Value {
+    use std::io::Write as _;
+    const PARSE: &str = r"import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out[f.name] = [f.type, [[s.name, s.labels, s.value] for s in f.samples]]
+print(json.dumps(out))
+";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (.ci/run installs prometheus-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the exposition does not parse: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn sample(families: &serde_json::Value, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples = families[family][1]
+        .as_array()
+        .unwrap_or_else(|| panic!("no family {family}"));
+    let found = samples
+        .iter()
+        .find(|s| labels.iter().all(|(k, v)| s[1][*k].as_str() == Some(*v)));
+    found.unwrap_or_else(|| panic!("no {family} sample with {labels:?}: {samples:?}"))[2]
+        .as_f64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_are_served_from_the_snapshots() {
+    let mock = MockDiscord::start(mock_config(12, 3, 1)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.heartbeat_interval = Duration::from_millis(100);
+    options.stats_interval = Duration::from_millis(200);
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    let url = admiral.http_url().expect("on by default").to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let get = |path: &str| {
+        let url = url.clone();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: fleet\r\nconnection: close\r\n\r\n");
+        async move { common::raw_http(&url, &request).await }
+    };
+    let (code, _, body) = get("/health").await;
+    assert_eq!(code, 200, "{body}");
+    admiral.wait_ready(WAIT).await.unwrap();
+    let stats = snapshot_where(&mut events, |s| {
+        s.guilds == 12 && s.shards().all(|s| s.latency_ms.is_some())
+    })
+    .await;
+
+    let (code, head, text) = get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let families = parse_openmetrics(&text);
+    assert_eq!(families["fleet_guilds"][0], "gauge");
+    assert_eq!(sample(&families, "fleet_guilds", &[]), 12.0);
+    assert_eq!(sample(&families, "fleet_shards_ready", &[]), 3.0);
+    assert_eq!(families["fleet_shard_events"][0], "counter");
+    assert_eq!(families["fleet_worker_restarts"][0], "counter");
+    for shard in stats.shards() {
+        let (cluster, id) = (shard.cluster.to_string(), shard.id.to_string());
+        let labels = [("cluster_id", cluster.as_str()), ("shard_id", id.as_str())];
+        assert_eq!(sample(&families, "fleet_shard_up", &labels), 1.0);
+        assert!(sample(&families, "fleet_shard_latency_seconds", &labels) >= 0.0);
+        assert!(sample(&families, "fleet_shard_events", &labels) >= shard.guilds as f64);
+    }
+    assert_eq!(
+        sample(
+            &families,
+            "fleet_cluster_identifies",
+            &[("cluster_id", "0")]
+        ),
+        stats.clusters[0].shards.len() as f64
+    );
+    assert!(
+        sample(
+            &families,
+            "fleet_process_resident_memory_bytes",
+            &[("process", "admiral")]
+        ) > 1e6
+    );
+    assert!(
+        sample(
+            &families,
+            "fleet_process_resident_memory_bytes",
+            &[("process", "service-echo")]
+        ) > 0.0
+    );
+    assert_eq!(
+        sample(&families, "fleet_worker_up", &[("service", "echo")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&families, "fleet_worker_up", &[("service", "broken")]),
+        0.0
+    );
+    // Counters only end in _total; no guild id is a label anywhere.
+    for (name, family) in families.as_object().unwrap() {
+        let kind = family[0].as_str().unwrap();
+        assert!(name.starts_with("fleet_"), "{name}");
+        for s in family[1].as_array().unwrap() {
+            let sample_name = s[0].as_str().unwrap();
+            assert_eq!(
+                sample_name.ends_with("_total"),
+                kind == "counter",
+                "{sample_name} is a {kind}"
+            );
+            assert!(s[1].get("guild_id").is_none());
+        }
+    }
+
+    let (code, _, body) = get("/stats").await;
+    assert_eq!(code, 200);
+    let json: FleetStats = serde_json::from_str(&body).unwrap();
+    assert_eq!(json.shard_count, 3);
+    let (code, _, body) = get("/ready").await;
+    assert_eq!(code, 200, "{body}");
+
+    // A shard down makes the fleet not ready, until it is back.
+    mock.withhold_acks(2, true);
+    mock.drop_shard(2);
+    let stats = snapshot_where(&mut events, |s| {
+        s.shard(2).is_some_and(|s| s.status != ShardStatus::Ready)
+    })
+    .await;
+    assert!(stats.shards_ready < 3);
+    let (code, _, body) = get("/ready").await;
+    assert_eq!(code, 503, "{body}");
+    mock.withhold_acks(2, false);
+    snapshot_where(&mut events, |s| s.shards_ready == 3).await;
+    let (code, _, body) = get("/ready").await;
+    assert_eq!(code, 200, "{body}");
+
+    let (code, _, _) = get("/nope").await;
+    assert_eq!(code, 404);
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_cannot_be_bound_fails_the_start_clearly() {
+    let mock = MockDiscord::start(mock_config(2, 1, 1)).await.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut options = options(&mock, 1);
+    options.http = Some(taken.local_addr().unwrap());
+    let error = fleet_tests::fleet(options)
+        .run()
+        .await
+        .expect_err("the port is taken");
+    let text = error.to_string();
+    assert!(
+        text.contains("HTTP endpoint") && text.contains(&taken.local_addr().unwrap().to_string()),
+        "{text}"
+    );
 }

@@ -111,6 +111,11 @@ pub struct FleetOptions {
     /// Whether each interval's snapshot is also broadcast to every worker, as the IPC event
     /// [`crate::stats::STATS_EVENT`]. Default off.
     pub broadcast_stats: bool,
+    /// Where the admiral serves `/metrics` (Prometheus), `/stats` (JSON), `/health` and
+    /// `/ready`; `None` turns it off. Default `127.0.0.1:0`, a free port on loopback (the
+    /// address is logged and in `AdmiralHandle::http_url`); give a fixed port for Prometheus to
+    /// scrape. An address that cannot be bound fails the start.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -164,6 +169,10 @@ impl FleetOptions {
             store_limit: 256 << 20,
             stats_interval: Duration::from_mins(1),
             broadcast_stats: false,
+            http: Some(std::net::SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                0,
+            ))),
         }
     }
 }
@@ -355,6 +364,7 @@ impl Fleet {
             store_limit: options.store_limit,
             stats_interval: options.stats_interval,
             broadcast_stats: options.broadcast_stats,
+            http: options.http,
             soft_kill_notice: options.soft_kill_notice,
             auto_reshard: options.auto_reshard,
             recommend,

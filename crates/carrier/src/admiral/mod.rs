@@ -3,6 +3,7 @@
 
 mod admission;
 mod events;
+mod http;
 pub mod lifecycle;
 pub mod plan;
 pub(crate) mod process;
@@ -72,6 +73,8 @@ pub struct AdmiralConfig {
     pub store_limit: usize,
     /// How often a stats snapshot is made and published; zero: never on its own.
     pub stats_interval: Duration,
+    /// Where the admiral's HTTP endpoint (metrics, health) listens, if anywhere.
+    pub http: Option<std::net::SocketAddr>,
     /// Whether interval snapshots are broadcast to the workers too.
     pub broadcast_stats: bool,
 }
@@ -156,6 +159,14 @@ pub enum AdmiralError {
     /// The admiral stopped.
     #[error("the admiral has stopped")]
     Stopped,
+    /// The HTTP endpoint could not listen where it was told to.
+    #[error("cannot serve the admiral's HTTP endpoint on {addr}: {source}")]
+    Http {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// The admiral's handle: its own IPC, its events, and control of the fleet.
@@ -172,6 +183,7 @@ pub struct AdmiralHandle {
     proxy_url: Option<String>,
     proxy_key: Option<crate::Secret>,
     socket: PathBuf,
+    http_url: Option<String>,
     restart_timeout: Duration,
     services: usize,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -229,6 +241,12 @@ impl AdmiralHandle {
     /// When the admiral has stopped.
     pub async fn stats(&self) -> Result<crate::FleetStats, IpcError> {
         self.ipc.stats().await
+    }
+
+    /// The admiral's HTTP endpoint (`/metrics`, `/stats`, `/health`, `/ready`), if on.
+    #[must_use]
+    pub fn http_url(&self) -> Option<&str> {
+        self.http_url.as_deref()
     }
 
     /// The central REST proxy's figures, if the proxy is on.
@@ -352,6 +370,17 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
             path: socket.clone(),
             source,
         })?;
+    let http = match config.http {
+        Some(addr) => {
+            let listener =
+                http::bind(addr).map_err(|source| AdmiralError::Http { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| AdmiralError::Http { addr, source })?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
     let secret = crate::Secret::random();
     let config = Arc::new(config);
     let (inbox_tx, inbox_rx) = mpsc::channel(65_536);
@@ -393,6 +422,18 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
             plan.clone(),
             ready.clone(),
             config.timeouts.cluster_ready * 2 + config.timeouts.kill,
+        ));
+        tasks.push(task.abort_handle());
+    }
+    let http_url = http.as_ref().map(|(_, bound)| http::url(*bound));
+    if let Some((listener, bound)) = http {
+        tracing::info!(target: "fleet::http", url = %http::url(bound), "metrics at /metrics, health at /health");
+        let task = tokio::spawn(http::serve(
+            listener,
+            ipc.clone(),
+            inbox_tx.clone(),
+            events.subscribe(),
+            config.stats_interval,
         ));
         tasks.push(task.abort_handle());
     }
@@ -463,6 +504,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         proxy_url: config.rest_proxy.as_ref().map(RestProxy::url),
         proxy_key: config.rest_proxy.as_ref().map(|p| p.admit("admiral")),
         socket: socket_path,
+        http_url,
         services: config.services.len(),
         restart_timeout: config
             .timeouts
