@@ -397,5 +397,50 @@ async fn print_status(admiral: &AdmiralHandle) -> Result<bool> {
             }
         }
     }
+    // The admiral's own snapshot: its records, its measure of every process, the workers' caches.
+    let stats = admiral.stats().await?;
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    println!(
+        "stats (in {:.1?}): {} guilds, {} members, {}/{} shards ready; RAM {:.0} MiB in all (admiral {:.0} MiB, CPU {:.0}%)",
+        Duration::from_micros(stats.collected_in_us),
+        stats.guilds,
+        stats.members,
+        stats.shards_ready,
+        stats.shard_count,
+        mib(stats.total_ram_bytes),
+        mib(stats.admiral.ram_bytes),
+        stats.admiral.cpu_percent,
+    );
+    for cluster in &stats.clusters {
+        let latency: Vec<String> = cluster
+            .shards
+            .iter()
+            .map(|s| s.latency_ms.map_or("-".into(), |ms| format!("{ms} ms")))
+            .collect();
+        println!(
+            "  cluster {}: {:.0} MiB, CPU {:.1}%, up {:.1?}, {} restarts, shard latency [{}], {:.1} events/s",
+            cluster.id,
+            mib(cluster.usage.ram_bytes),
+            cluster.usage.cpu_percent,
+            Duration::from_millis(cluster.uptime_ms),
+            cluster.restarts,
+            latency.join(", "),
+            cluster
+                .shards
+                .iter()
+                .map(|s| s.events_per_second)
+                .sum::<f64>(),
+        );
+    }
+    for missing in &stats.missing {
+        println!(
+            "  missing from the snapshot: {} ({})",
+            missing.worker, missing.reason
+        );
+    }
+    ok &= stats.missing.is_empty() && stats.shards_ready == stats.shard_count;
+    if let Some(url) = admiral.http_url() {
+        println!("metrics: {url}/metrics, health: {url}/health, stats as JSON: {url}/stats");
+    }
     Ok(ok)
 }

@@ -152,14 +152,20 @@ pub(crate) fn assemble(
                     if let Some(seen) = gateway.get(&shard.id) {
                         shard.events = seen.events;
                         shard.latency_ms = seen.latency_us.map(|us| us / 1000);
-                        // A rate only between two readings of the same process.
-                        if let (Some(seconds), Some(&(process, before))) =
-                            (elapsed, previous.events.get(&shard.id))
-                            && process == worker.process
-                            && seconds > 0.0
-                        {
-                            shard.events_per_second =
-                                seen.events.saturating_sub(before) as f64 / seconds;
+                        // Between two readings of the same process; on its first, since it
+                        // started.
+                        let since_last = previous
+                            .events
+                            .get(&shard.id)
+                            .filter(|(process, _)| *process == worker.process)
+                            .zip(elapsed)
+                            .map(|(&(_, before), seconds)| {
+                                (seen.events - before.min(seen.events), seconds)
+                            });
+                        let since_start = (seen.events, worker.uptime_ms as f64 / 1000.0);
+                        let (events, seconds) = since_last.unwrap_or(since_start);
+                        if seconds > 0.0 {
+                            shard.events_per_second = events as f64 / seconds;
                         }
                         next_previous.insert(shard.id, (worker.process, seen.events));
                     }
@@ -371,24 +377,31 @@ mod tests {
             (Target::Cluster(1), report(2, 10)),
         ];
         let stats = assemble(facts(started), first, &usage(), &mut previous, started);
-        assert!(
-            stats
-                .shards()
-                .all(|s| s.events_per_second.abs() < f64::EPSILON)
-        );
+        // The first reading: since each process started (5 s ago).
+        let rate = |stats: &FleetStats, id| stats.shard(id).unwrap().events_per_second;
+        assert!((rate(&stats, 0) - 20.0).abs() < 1e-9, "{}", rate(&stats, 0));
+        assert!((rate(&stats, 3) - 4.0).abs() < 1e-9, "{}", rate(&stats, 3));
         let later = started + Duration::from_secs(2);
         let second = vec![
             (Target::Cluster(0), report(0, 300)),
             (Target::Cluster(1), report(2, 30)),
         ];
         let mut facts = facts(later);
-        // Cluster 1 was restarted between the rounds: its counts start over, no rate yet.
+        // Cluster 1 was restarted between the rounds (up 1 s): its counts start over.
         facts.workers[1].process = Some(9);
+        facts.workers[1].uptime_ms = 1_000;
         let stats = assemble(facts, second, &usage(), &mut previous, later);
-        let rate = |id| stats.shard(id).unwrap().events_per_second;
-        assert!((rate(0) - 100.0).abs() < 1e-9, "{}", rate(0));
-        assert!((rate(1) - 200.0).abs() < 1e-9, "{}", rate(1));
-        assert!(rate(2).abs() < f64::EPSILON, "{}", rate(2));
+        assert!(
+            (rate(&stats, 0) - 100.0).abs() < 1e-9,
+            "{}",
+            rate(&stats, 0)
+        );
+        assert!(
+            (rate(&stats, 1) - 200.0).abs() < 1e-9,
+            "{}",
+            rate(&stats, 1)
+        );
+        assert!((rate(&stats, 2) - 30.0).abs() < 1e-9, "{}", rate(&stats, 2));
     }
 
     #[test]

@@ -202,7 +202,7 @@ pub struct ShardStats {
     pub members: u64,
     /// Gateway events its current process received.
     pub events: u64,
-    /// Events per second since the previous round (0 on the first).
+    /// Events per second since the previous round (since its process started, on the first).
     pub events_per_second: f64,
     /// Identifies the admiral granted it, over the fleet's life.
     pub identifies: u32,
