@@ -19,7 +19,9 @@
 //!
 //! `cargo xtask bench [SECTION...]` runs only the named sections: `startup` (1), `ipc` (2, 3,
 //! with eris-fleet's path, cluster → admiral → service, and the floor of [`floor`] beside them),
-//! `memory` (4), `events` (5), `restart` (6), `rest` (7). With none, all of them.
+//! `memory` (4), `events` (5), `restart` (6), `rest` (7), `stats` (8: what a stats round costs
+//! the admiral and the workers, at the reference scenario and at 200 shards). With none, all of
+//! them.
 
 #[path = "bench/floor.rs"]
 mod floor;
@@ -27,6 +29,8 @@ mod floor;
 mod rest;
 #[path = "bench/restart.rs"]
 mod restart;
+#[path = "bench/stats.rs"]
+mod stats;
 
 /// Discord's identify interval, which the reference scenario (`max_concurrency` 16) runs with.
 const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
@@ -56,7 +60,13 @@ const CLUSTERS: u32 = 4;
 const GUILDS_PER_SHARD: usize = 100;
 
 /// The sections `cargo xtask bench SECTION...` can name.
-const SECTIONS: [&str; 6] = ["startup", "ipc", "memory", "events", "restart", "rest"];
+const SECTIONS: [&str; 7] = [
+    "startup", "ipc", "memory", "events", "restart", "rest", "stats",
+];
+
+/// The large scenario of the stats section.
+const LARGE_SHARDS: u32 = 200;
+const LARGE_CLUSTERS: u32 = 10;
 
 #[derive(Debug, Parser)]
 enum Mode {
@@ -66,6 +76,8 @@ enum Mode {
         max_concurrency: u32,
         #[arg(long)]
         interval_ms: u64,
+        #[arg(long, default_value_t = SHARDS)]
+        shards: u32,
     },
 }
 
@@ -89,8 +101,9 @@ async fn main() -> Result<ExitCode> {
             let Mode::ServeMock {
                 max_concurrency,
                 interval_ms,
+                shards,
             } = Mode::parse();
-            serve_mock(max_concurrency, interval_ms).await
+            serve_mock(max_concurrency, interval_ms, shards).await
         }
         Some("floor-server") => {
             let path = args.get(1).context("floor-server PATH RESPONSE_BYTES")?;
@@ -115,11 +128,11 @@ async fn main() -> Result<ExitCode> {
     }
 }
 
-async fn serve_mock(max_concurrency: u32, interval_ms: u64) -> Result<ExitCode> {
+async fn serve_mock(max_concurrency: u32, interval_ms: u64, shards: u32) -> Result<ExitCode> {
     let mock = MockDiscord::start(
         MockConfig::builder()
-            .guilds(SHARDS as usize * GUILDS_PER_SHARD)
-            .recommended_shards(SHARDS)
+            .guilds(shards as usize * GUILDS_PER_SHARD)
+            .recommended_shards(shards)
             .max_concurrency(max_concurrency)
             .identify_interval(Duration::from_millis(interval_ms))
             .heartbeat_interval(MOCK_HEARTBEAT)
@@ -131,9 +144,14 @@ async fn serve_mock(max_concurrency: u32, interval_ms: u64) -> Result<ExitCode> 
     while stdin.next_line().await?.is_some() {}
     let stats = mock.stats();
     eprintln!(
-        "mock: identifies {}, violations {}",
+        "mock: identifies {}, violations {}{}",
         stats.identifies,
-        stats.total_violations()
+        stats.total_violations(),
+        if stats.violations.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", stats.violations)
+        }
     );
     Ok(if stats.total_violations() == 0 {
         ExitCode::SUCCESS
@@ -148,7 +166,7 @@ struct MockProcess {
     url: String,
 }
 
-async fn start_mock(max_concurrency: u32, interval: Duration) -> Result<MockProcess> {
+async fn start_mock(max_concurrency: u32, interval: Duration, shards: u32) -> Result<MockProcess> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([
             "serve-mock",
@@ -156,6 +174,8 @@ async fn start_mock(max_concurrency: u32, interval: Duration) -> Result<MockProc
             &max_concurrency.to_string(),
             "--interval-ms",
             &interval.as_millis().to_string(),
+            "--shards",
+            &shards.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -184,10 +204,11 @@ async fn launch(
     mock: &MockProcess,
     interval: Duration,
     lib: Lib,
+    clusters: u32,
 ) -> Result<(AdmiralHandle, Duration, Duration)> {
     let mut options = FleetOptions::new("mock-token");
     options.rest_url = mock.url.clone();
-    options.clusters = Some(CLUSTERS);
+    options.clusters = Some(clusters);
     options.identify_interval = interval;
     options.echo_output = false;
     options.soft_kill_notice = NOTICE;
@@ -242,15 +263,15 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
             (Lib::Serenity, 4, Duration::from_secs(1)),
             (Lib::Twilight, 1, Duration::from_millis(250)),
         ]);
-    } else if !["ipc", "memory", "events", "restart"]
+    } else if !["ipc", "memory", "events", "restart", "stats"]
         .iter()
         .any(|s| asked(s))
     {
         scenarios.clear();
     }
     for (lib, max_concurrency, interval) in scenarios {
-        let mock = start_mock(max_concurrency, interval).await?;
-        let (admiral, startup, first_ready) = launch(&mock, interval, lib).await?;
+        let mock = start_mock(max_concurrency, interval, SHARDS).await?;
+        let (admiral, startup, first_ready) = launch(&mock, interval, lib, CLUSTERS).await?;
         let waits = SHARDS.div_ceil(max_concurrency) - 1;
         let limit = interval * waits + first_ready;
         if asked("startup") {
@@ -269,6 +290,9 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
             if asked("events") {
                 event_throughput(&admiral, &mock).await?;
             }
+            if asked("stats") {
+                stats::figures(&admiral, "reference scenario").await?;
+            }
             if asked("restart") {
                 restart::figures(&admiral, &mock, NOTICE).await?;
             }
@@ -279,6 +303,17 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
             println!("  discord-mock counted rule violations in this run");
             all_ok = false;
         }
+    }
+    if asked("stats") {
+        // 200 shards: identifies 16 at a time, two seconds apart (with ten clusters starting at
+        // once on a small machine, grants at a shorter interval reach the mock closer than its
+        // interval allows).
+        let interval = Duration::from_secs(2);
+        let mock = start_mock(16, interval, LARGE_SHARDS).await?;
+        let (admiral, _, _) = launch(&mock, interval, Lib::Twilight, LARGE_CLUSTERS).await?;
+        stats::figures(&admiral, "large scenario").await?;
+        admiral.shutdown().await;
+        all_ok &= mock.stop().await?;
     }
     // Last, so its in-process mock and clients leave the admiral's memory figure alone.
     if asked("rest") {
