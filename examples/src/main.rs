@@ -440,7 +440,9 @@ async fn print_status(admiral: &AdmiralHandle) -> Result<bool> {
     }
     ok &= stats.missing.is_empty() && stats.shards_ready == stats.shard_count;
     if let Some(url) = admiral.http_url() {
-        println!("metrics: {url}/metrics, health: {url}/health, stats as JSON: {url}/stats");
+        println!(
+            "status page: {url}/ · metrics: {url}/metrics · health: {url}/health · stats as JSON: {url}/stats"
+        );
     }
     Ok(ok)
 }

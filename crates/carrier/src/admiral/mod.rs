@@ -427,13 +427,14 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
     }
     let http_url = http.as_ref().map(|(_, bound)| http::url(*bound));
     if let Some((listener, bound)) = http {
-        tracing::info!(target: "fleet::http", url = %http::url(bound), "metrics at /metrics, health at /health");
+        tracing::info!(target: "fleet::http", url = %http::url(bound), "status page at /, metrics at /metrics, health at /health");
         let task = tokio::spawn(http::serve(
             listener,
             ipc.clone(),
             inbox_tx.clone(),
-            events.subscribe(),
+            events.clone(),
             config.stats_interval,
+            stopped.clone(),
         ));
         tasks.push(task.abort_handle());
     }

@@ -1,5 +1,10 @@
 //! The admiral's HTTP endpoint, for operators and their tools (127.0.0.1 by default):
 //!
+//! - `GET /`: the status page, one self-contained HTML file ([`STATUS_PAGE`]): the shard grid,
+//!   a "find my shard" box, clusters and services, the identify queue and the latest events,
+//!   kept live from `GET /events`;
+//! - `GET /events`: server-sent events: `stats` with each interval's snapshot as JSON, and
+//!   `fleet` with a line for each lifecycle step, exit, hang or panic;
 //! - `GET /metrics`: the latest stats snapshot as Prometheus metrics ([`metrics`]);
 //! - `GET /stats`: the same snapshot as JSON;
 //! - `GET /health`: liveness, 200 while the admiral's router answers, 503 when it does not;
@@ -27,6 +32,15 @@ use super::router::inbox::Inbox;
 use crate::ipc::Ipc;
 use crate::stats::FleetStats;
 
+/// The status page: no build step, no outside assets.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Event streams open at once; more are refused (each holds a subscription to the events).
+const MAX_STREAMS: usize = 32;
+
+/// Event lines a page gets when it connects.
+const RECENT_LINES: usize = 30;
+
 /// How long a health check waits for the router.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -39,6 +53,13 @@ const SCRAPE_DEADLINE: Duration = Duration::from_secs(2);
 struct Shared {
     ipc: Ipc,
     inbox: mpsc::Sender<Inbox>,
+    events: broadcast::Sender<FleetEvent>,
+    /// Turns true once the admiral has stopped: event streams end then.
+    stopped: tokio::sync::watch::Receiver<bool>,
+    /// Event streams open now.
+    streams: std::sync::atomic::AtomicUsize,
+    /// The latest event lines, oldest first, for a page that connects later.
+    recent: Mutex<std::collections::VecDeque<String>>,
     /// The latest interval snapshot and when it arrived.
     latest: Mutex<Option<(Instant, Arc<FleetStats>)>>,
     /// A snapshot older than this is made afresh.
@@ -81,14 +102,16 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves the endpoint until the admiral's events end.
+/// Serves the endpoint until the admiral has stopped.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     ipc: Ipc,
     inbox: mpsc::Sender<Inbox>,
-    mut events: broadcast::Receiver<FleetEvent>,
+    events: broadcast::Sender<FleetEvent>,
     stats_interval: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut latest = events.subscribe();
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -99,23 +122,39 @@ pub(crate) async fn serve(
     let shared = Arc::new(Shared {
         ipc,
         inbox,
+        events,
+        stopped: stopped.clone(),
+        streams: std::sync::atomic::AtomicUsize::new(0),
+        recent: Mutex::default(),
         latest: Mutex::new(None),
         fresh_for: (!stats_interval.is_zero()).then(|| stats_interval * 2),
     });
     let keeper = shared.clone();
     let keep_latest = async move {
         loop {
-            match events.recv().await {
+            match latest.recv().await {
                 Ok(FleetEvent::Stats(stats)) => {
                     *keeper.latest.lock().unwrap_or_else(PoisonError::into_inner) =
                         Some((Instant::now(), stats));
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(event) => {
+                    if let Some(line) = describe(&event) {
+                        let mut recent =
+                            keeper.recent.lock().unwrap_or_else(PoisonError::into_inner);
+                        if recent.len() == RECENT_LINES {
+                            recent.pop_front();
+                        }
+                        recent.push_back(line);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     };
     let app = axum::Router::new()
+        .route("/", get(page_route))
+        .route("/events", get(events_route))
         .route("/metrics", get(metrics_route))
         .route("/stats", get(stats_route))
         .route("/health", get(health_route))
@@ -128,6 +167,7 @@ pub(crate) async fn serve(
             }
         }
         () = keep_latest => {}
+        _ = stopped.wait_for(|s| *s) => {}
     }
 }
 
@@ -135,6 +175,135 @@ type Shareds = State<Arc<Shared>>;
 
 fn unavailable(error: &str) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response()
+}
+
+async fn page_route() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+/// One open event stream, counted until dropped.
+struct Stream(Arc<Shared>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn events_route(State(shared): Shareds) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use std::sync::atomic::Ordering;
+    if shared.streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
+        shared.streams.fetch_sub(1, Ordering::Relaxed);
+        return unavailable("too many event streams open");
+    }
+    let open = Stream(shared.clone());
+    let events = shared.events.subscribe();
+    let stopping = shared.stopped.clone();
+    // What happened before it connected comes first.
+    let earlier: Vec<_> = shared
+        .recent
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|line| Ok::<_, std::convert::Infallible>(Event::default().event("fleet").data(line)))
+        .collect();
+    let start = (events, stopping, open);
+    let stream = futures::stream::unfold(start, |(mut events, mut stopped, open)| async move {
+        loop {
+            let received = tokio::select! {
+                received = events.recv() => received,
+                _ = stopped.wait_for(|s| *s) => return None,
+            };
+            let event = match received {
+                Ok(FleetEvent::Stats(stats)) => match serde_json::to_string(&*stats) {
+                    Ok(json) => Event::default().event("stats").data(json),
+                    Err(_) => continue,
+                },
+                Ok(other) => match describe(&other) {
+                    Some(line) => Event::default().event("fleet").data(line),
+                    None => continue,
+                },
+                // A slow reader skips what it missed; the next snapshot is whole.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let next = (events, stopped, open);
+            return Some((Ok::<_, std::convert::Infallible>(event), next));
+        }
+    });
+    Sse::new(futures::StreamExt::chain(
+        futures::stream::iter(earlier),
+        stream,
+    ))
+    .keep_alive(KeepAlive::default())
+    .into_response()
+}
+
+/// A line for the status page's event list; `None` for what it does not list (shard progress,
+/// output lines and logs, which the grid and the operator's log cover).
+fn describe(event: &FleetEvent) -> Option<String> {
+    let time = humantime_utc(std::time::SystemTime::now());
+    describe_event(event).map(|line| format!("{time}  {line}"))
+}
+
+/// `HH:MM:SS` in UTC.
+fn humantime_utc(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
+}
+
+fn describe_event(event: &FleetEvent) -> Option<String> {
+    use super::LifecycleEvent as L;
+    Some(match event {
+        FleetEvent::Lifecycle(L::Ready(worker)) => format!("{worker} ready"),
+        FleetEvent::Lifecycle(L::Failed { worker, reason }) => format!("{worker} failed: {reason}"),
+        FleetEvent::Lifecycle(L::Restarting {
+            worker,
+            attempt,
+            after,
+            reason,
+        }) => format!("{worker} restarting in {after:?} (attempt {attempt}): {reason}"),
+        FleetEvent::Lifecycle(L::WorkerStopped(worker)) => format!("{worker} stopped"),
+        FleetEvent::Lifecycle(L::AllReady { live, failed }) => {
+            format!("fleet ready: {live} workers live, {failed} failed")
+        }
+        FleetEvent::Lifecycle(other) => format!("{other:?}"),
+        FleetEvent::Exited {
+            worker,
+            process,
+            code,
+        } => match code {
+            Some(code) => format!("{worker} process {process} exited with code {code}"),
+            None => format!("{worker} process {process} was killed by a signal"),
+        },
+        FleetEvent::Unresponsive {
+            worker, silent_for, ..
+        } => format!("{worker} unresponsive for {silent_for:?}; killed"),
+        FleetEvent::Panic { worker, report, .. } => format!("{worker} panicked: {report}"),
+        FleetEvent::ProtocolError { worker, error } => {
+            format!("protocol error from {worker:?}: {error}")
+        }
+        FleetEvent::ShuttingDown => "shutting down".to_owned(),
+        _ => return None,
+    })
 }
 
 async fn metrics_route(State(shared): Shareds) -> Response {

@@ -92,6 +92,16 @@ impl StatsBook {
         }
     }
 
+    /// A process ended: the shards whose session it held are down until another reports them.
+    pub fn process_gone(&mut self, process: ProcessId) {
+        for record in self.shards.values_mut().filter(|r| r.process == process) {
+            if record.status != ShardStatus::Disconnected {
+                record.status = ShardStatus::Disconnected;
+                record.disconnects += 1;
+            }
+        }
+    }
+
     /// The admiral let `shard` identify.
     pub fn identified(&mut self, shard: u32) {
         match self.shards.get_mut(&shard) {
@@ -322,6 +332,12 @@ mod tests {
         assert_eq!(s.process, Some(11));
         assert_eq!((s.identifies, s.resumes, s.disconnects), (1, 1, 1));
         assert_eq!(s.last_close_code, Some(4000));
+        // Its process dies: the shard is down, and a report of the old one changes nothing.
+        book.process_gone(11);
+        assert_eq!(book.shard_stats(3, 1).status, ShardStatus::Disconnected);
+        assert_eq!(book.shard_stats(3, 1).disconnects, 2);
+        book.shard(1, 3, 10, &ShardEvent::Ready);
+        assert_eq!(book.shard_stats(3, 1).status, ShardStatus::Disconnected);
         // A shard nobody reported yet shows what was granted.
         book.identified(4);
         let s = book.shard_stats(4, 1);

@@ -169,6 +169,7 @@ impl Router {
     }
 
     fn exited(&mut self, process: ProcessId, code: Option<i32>) {
+        self.stats.process_gone(process);
         if let Some(worker) = self.lifecycle.worker_of(process).cloned() {
             tracing::info!(target: "fleet::admiral", %worker, process, ?code, "worker process exited");
             let _ = self.events.send(FleetEvent::Exited {
