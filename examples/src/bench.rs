@@ -83,12 +83,7 @@ enum Mode {
 
 #[tokio::main]
 async fn main() -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    carrier::logging::init(carrier::logging::LogFormat::Text, "warn");
     if carrier::is_worker() {
         fleet_examples::fleet_from_env(FleetOptions::new(""))
             .run()

@@ -38,12 +38,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    carrier::logging::init(carrier::logging::LogFormat::Text, "warn");
     let args = Args::parse();
     if carrier::is_worker() {
         // This process is one of the admiral's workers (started with the admiral's arguments):

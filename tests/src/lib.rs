@@ -2,7 +2,8 @@
 //! process) and the `testbot` binary (which the admiral spawns as its workers).
 //!
 //! Commands are plain text payloads:
-//! - services and clusters: `sleep` (never answers in time; a cluster first sends `sleeping` with
+//! - services and clusters: `trace-info:TEXT` and `trace-warn:TEXT` (a tracing line at that
+//!   level), `sleep` (never answers in time; a cluster first sends `sleeping` with
 //!   its id to the admiral), `fail` (answers with an error), `slow` (answers after 300 ms),
 //!   `panic` (the handler panics), `spawn-panic` (a task it spawns panics; answers at once),
 //!   anything else is echoed back;
@@ -152,7 +153,18 @@ async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
             tokio::time::sleep(Duration::from_millis(300)).await;
             Some(Ok(Payload::from("slow done")))
         }
-        _ => None,
+        bytes => {
+            // `trace-info:TEXT` and `trace-warn:TEXT`: a tracing line of this process.
+            let text = std::str::from_utf8(bytes).ok()?;
+            if let Some(text) = text.strip_prefix("trace-info:") {
+                tracing::info!(target: "fleet_tests", "{text}");
+            } else if let Some(text) = text.strip_prefix("trace-warn:") {
+                tracing::warn!(target: "fleet_tests", "{text}");
+            } else {
+                return None;
+            }
+            Some(Ok(Payload::from("traced")))
+        }
     }
 }
 

@@ -35,7 +35,7 @@ async fn services_and_three_clusters_answer_every_ipc_call() {
 
     // A worker's stderr reaches the admiral, tagged with the worker.
     let failed_line = |e: &FleetEvent| {
-        matches!(e, FleetEvent::Output { worker: WorkerId::Service(name), stream: carrier::admiral::OutputStream::Stderr, line }
+        matches!(e, FleetEvent::Output { worker: WorkerId::Service(name), stream: carrier::admiral::OutputStream::Stderr, line, .. }
             if name == "broken" && line.contains("worker failed: broken on purpose"))
     };
     if !seen.iter().any(failed_line) {
@@ -158,7 +158,7 @@ async fn services_and_three_clusters_answer_every_ipc_call() {
     ipc.cluster_command(2, Payload::from("log:hello from a cluster"))
         .await
         .unwrap();
-    until(&mut events, |e| matches!(e, FleetEvent::Log { worker: WorkerId::Cluster(2), record } if record.message == "hello from a cluster")).await;
+    until(&mut events, |e| matches!(e, FleetEvent::Log { worker: WorkerId::Cluster(2), record, process, at } if record.message == "hello from a cluster" && *process > 0 && *at <= std::time::SystemTime::now())).await;
 
     // Discord's rules held: one identify per shard, no violation.
     let stats = mock.stats();

@@ -457,3 +457,54 @@ async fn an_address_that_cannot_be_bound_fails_the_start_clearly() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_log_in_the_admirals_format_and_filter_with_their_own_timestamps() {
+    use carrier::admiral::OutputStream;
+    let mock = MockDiscord::start(mock_config(2, 1, 1)).await.unwrap();
+    let mut options = options(&mock, 1);
+    options.log_format = carrier::logging::LogFormat::Json;
+    options.log_filter = Some("warn".into());
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    // Below the filter, then at it: only the second reaches the admiral, as JSON.
+    for command in ["trace-info:quiet line", "trace-warn:loud line"] {
+        ipc.service_command("echo", Payload::from(command))
+            .await
+            .unwrap();
+    }
+    let seen = until(
+        &mut events,
+        |e| matches!(e, FleetEvent::Output { line, .. } if line.contains("loud line")),
+    )
+    .await;
+    let lines: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            FleetEvent::Output {
+                worker: WorkerId::Service(name),
+                stream: OutputStream::Stderr,
+                line,
+                process,
+                ..
+            } if name == "echo" => Some((line.clone(), *process)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        lines.iter().all(|(l, _)| !l.contains("quiet line")),
+        "{lines:?}"
+    );
+    let (loud, process) = lines.last().unwrap();
+    assert!(*process > 0);
+    let json: serde_json::Value = serde_json::from_str(loud).expect("a JSON line");
+    assert_eq!(json["level"], "WARN");
+    assert_eq!(json["target"], "fleet_tests");
+    assert_eq!(json["message"], "loud line");
+    assert!(
+        json["timestamp"].as_str().unwrap().starts_with("20"),
+        "{json}"
+    );
+    admiral.shutdown().await;
+}

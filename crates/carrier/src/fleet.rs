@@ -116,6 +116,13 @@ pub struct FleetOptions {
     /// address is logged and in `AdmiralHandle::http_url`); give a fixed port for Prometheus to
     /// scrape. An address that cannot be bound fails the start.
     pub http: Option<std::net::SocketAddr>,
+    /// How the admiral's workers log: the admiral hands this and [`log_filter`](Self::log_filter)
+    /// to every worker it spawns, for [`crate::logging::init`], and echoes their lines in it.
+    /// Default text.
+    pub log_format: crate::logging::LogFormat,
+    /// The workers' log filter in `RUST_LOG` syntax (`info,fleet::shard=debug`). Default `None`:
+    /// each worker reads `RUST_LOG`, which it inherits from the admiral.
+    pub log_filter: Option<String>,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -173,6 +180,8 @@ impl FleetOptions {
                 std::net::Ipv4Addr::LOCALHOST,
                 0,
             ))),
+            log_format: crate::logging::LogFormat::Text,
+            log_filter: None,
         }
     }
 }
@@ -310,7 +319,7 @@ impl Fleet {
             None => WorkerCommand::current().map_err(FleetError::WorkerCommand)?,
         };
         tracing::info!(
-            target: "fleet::admiral",
+            target: "fleet::launch",
             shards = plan.shard_total,
             clusters = plan.clusters.len(),
             max_concurrency,
@@ -365,6 +374,8 @@ impl Fleet {
             stats_interval: options.stats_interval,
             broadcast_stats: options.broadcast_stats,
             http: options.http,
+            log_format: options.log_format,
+            log_filter: options.log_filter,
             soft_kill_notice: options.soft_kill_notice,
             auto_reshard: options.auto_reshard,
             recommend,

@@ -73,6 +73,7 @@ mod fleet;
 pub mod identify;
 mod ids;
 pub mod ipc;
+pub mod logging;
 pub mod panics;
 pub mod rest;
 mod secret;

@@ -21,14 +21,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    carrier::logging::init(carrier::logging::LogFormat::Text, "error");
     if carrier::is_worker() {
         return match fleet_tests::fleet_from_env(FleetOptions::new(""))
             .run()

@@ -16,13 +16,7 @@ use tokio::io::AsyncWriteExt as _;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    carrier::logging::init(carrier::logging::LogFormat::Text, "warn");
     match std::env::var("FLEET_WORKER").as_deref() {
         Ok("service-rogue") => return rogue().await,
         Ok("service-fuzzer") => return fuzzer().await,

@@ -26,17 +26,25 @@ pub enum FleetEvent {
     Log {
         /// Which worker.
         worker: WorkerId,
+        /// Which process of it.
+        process: ProcessId,
         /// The record.
         record: LogRecord,
+        /// When the admiral received it.
+        at: std::time::SystemTime,
     },
     /// A line a worker wrote to stdout or stderr (its tracing output, a panic message).
     Output {
         /// Which worker.
         worker: WorkerId,
+        /// Which process of it.
+        process: ProcessId,
         /// Which stream.
         stream: OutputStream,
         /// The line, without its newline, cut at 16 KiB.
         line: String,
+        /// When the admiral read it.
+        at: std::time::SystemTime,
     },
     /// A worker process exited.
     Exited {
@@ -100,4 +108,51 @@ pub struct WorkerStatus {
     pub process: Option<ProcessId>,
     /// Its operating-system process id.
     pub pid: Option<u32>,
+}
+
+/// Logs a lifecycle step at the target of its category (see [`crate::logging`]): failures as
+/// warnings, the rest as information.
+pub(crate) fn log(event: &LifecycleEvent) {
+    use LifecycleEvent as L;
+    match event {
+        L::Ready(worker) => tracing::info!(target: "fleet::lifecycle", %worker, "ready"),
+        L::Failed { worker, reason } => {
+            tracing::warn!(target: "fleet::lifecycle", %worker, %reason, "failed");
+        }
+        L::Restarting {
+            worker,
+            attempt,
+            after,
+            reason,
+        } => {
+            tracing::warn!(target: "fleet::restart", %worker, attempt, ?after, %reason, "crashed; restarting");
+        }
+        L::RestartPending { worker, mode } => {
+            tracing::info!(target: "fleet::restart", %worker, ?mode, "restart requested; the replacement is starting");
+        }
+        L::SoftKillPending { worker, notice, .. } => {
+            tracing::info!(target: "fleet::restart", %worker, ?notice, "the old process goes after its notice");
+        }
+        L::Replaced { worker, old, new } => {
+            tracing::info!(target: "fleet::restart", %worker, old, new, "restarted");
+        }
+        L::RestartFailed { worker, reason } => {
+            tracing::warn!(target: "fleet::restart", %worker, %reason, "restart failed; the old process stays");
+        }
+        L::WorkerStopped(worker) => tracing::info!(target: "fleet::shutdown", %worker, "stopped"),
+        L::ReshardProgress { ready, total } => {
+            tracing::info!(target: "fleet::reshard", ready, total, "new generation cluster ready in standby");
+        }
+        L::Resharded { clusters } => {
+            tracing::info!(target: "fleet::reshard", clusters, "the new generation is live; the old one drains");
+        }
+        L::ReshardFailed { reason } => {
+            tracing::warn!(target: "fleet::reshard", %reason, "reshard failed; the old generation stays");
+        }
+        L::ServicesLaunched => tracing::info!(target: "fleet::launch", "every service launched"),
+        L::AllReady { live, failed } => {
+            tracing::info!(target: "fleet::launch", live, failed, "every worker launched");
+        }
+        L::Stopped => tracing::info!(target: "fleet::shutdown", "every process has exited"),
+    }
 }

@@ -1181,7 +1181,6 @@ impl Lifecycle {
             self.workers.remove(&id);
         }
         self.retiring.clear();
-        tracing::warn!(target: "fleet::lifecycle", %reason, "reshard failed; the old generation stays");
         out.push(Command::Emit(LifecycleEvent::ReshardFailed {
             reason: reason.to_owned(),
         }));
@@ -1210,7 +1209,6 @@ impl Lifecycle {
             out.push(Command::SendSessions { to: old, sessions });
         }
         self.arm(Timeout::Kill(process), self.timeouts.kill);
-        tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, "restart failed; the old process stays");
         out.push(Command::Emit(LifecycleEvent::RestartFailed {
             worker: id,
             reason,
@@ -1343,7 +1341,6 @@ impl Lifecycle {
         if !stopping && done < policy.max_restarts {
             let attempt = done + 1;
             let after = policy.backoff_for(attempt);
-            tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, attempt, ?after, "worker crashed; restarting");
             worker.state = State::Backoff;
             self.arm(Timeout::Restart(id.clone()), after);
             out.push(Command::Emit(LifecycleEvent::Restarting {
@@ -1362,7 +1359,6 @@ impl Lifecycle {
         } else {
             reason
         };
-        tracing::warn!(target: "fleet::lifecycle", worker = %id, %reason, "worker failed");
         worker.state = State::Failed(reason.clone());
         out.push(Command::Emit(LifecycleEvent::Failed { worker: id, reason }));
         self.advance(out);

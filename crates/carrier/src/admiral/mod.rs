@@ -75,6 +75,10 @@ pub struct AdmiralConfig {
     pub stats_interval: Duration,
     /// Where the admiral's HTTP endpoint (metrics, health) listens, if anywhere.
     pub http: Option<std::net::SocketAddr>,
+    /// How workers log, and how their lines are echoed.
+    pub log_format: crate::logging::LogFormat,
+    /// The workers' log filter, if set.
+    pub log_filter: Option<String>,
     /// Whether interval snapshots are broadcast to the workers too.
     pub broadcast_stats: bool,
 }

@@ -43,7 +43,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub worker: &'a WorkerId,
     pub process: ProcessId,
     pub env: Vec<(&'static str, String)>,
-    pub echo: bool,
+    /// Echo its output to the admiral's stderr, in this format.
+    pub echo: Option<crate::logging::LogFormat>,
 }
 
 /// Spawns a worker; its output and exit are reported through `inbox` and `events`.
@@ -87,7 +88,7 @@ pub(crate) fn spawn(
         if let Some(pipe) = pipe {
             tokio::spawn(forward_output(
                 pipe,
-                request.worker.clone(),
+                (request.worker.clone(), process),
                 stream,
                 request.echo,
                 events.clone(),
@@ -112,11 +113,12 @@ pub(crate) fn spawn(
 
 async fn forward_output(
     pipe: Box<dyn AsyncRead + Send + Unpin>,
-    worker: WorkerId,
+    (worker, process): (WorkerId, ProcessId),
     stream: OutputStream,
-    echo: bool,
+    echo: Option<crate::logging::LogFormat>,
     events: broadcast::Sender<FleetEvent>,
 ) {
+    let name = worker.to_string();
     let mut reader = BufReader::new(pipe);
     let mut line = Vec::new();
     loop {
@@ -126,13 +128,15 @@ async fn forward_output(
             Ok(true) => {}
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-        if echo {
-            eprintln!("[{worker}] {text}");
+        if let Some(format) = echo {
+            eprintln!("{}", crate::logging::echo_line(format, &name, &text));
         }
         let _ = events.send(FleetEvent::Output {
             worker: worker.clone(),
+            process,
             stream,
             line: text,
+            at: std::time::SystemTime::now(),
         });
     }
 }

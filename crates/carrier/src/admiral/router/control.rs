@@ -223,7 +223,7 @@ impl Router {
                 continue;
             }
             r.running.push(next.clone());
-            tracing::info!(target: "fleet::admiral", worker = %next, ?mode, "rolling restart");
+            tracing::info!(target: "fleet::restart", worker = %next, ?mode, "rolling restart");
             self.lifecycle_input(Input::Restart(next, mode));
         }
     }
@@ -262,11 +262,11 @@ impl Router {
         if matches!(event, LifecycleEvent::Resharded { .. })
             && let Some(next) = self.next_plan.take()
         {
-            tracing::info!(target: "fleet::admiral", shards = next.shard_total, "the new generation is live");
             self.plan = next.clone();
             let _ = self.plan_tx.send(next);
         }
-        // Published first: what it triggers (a next restart, say) comes after it.
+        // Logged and published first: what it triggers (a next restart, say) comes after it.
+        crate::admiral::events::log(event);
         let _ = self.events.send(FleetEvent::Lifecycle(event.clone()));
         match event {
             LifecycleEvent::Replaced { worker, .. } => self.finish_restart(worker, Ok(())),
@@ -298,21 +298,16 @@ impl Router {
                     self.reply(waiter, Reply::Refused(refusal));
                 }
             }
-            LifecycleEvent::RestartFailed { worker, reason } => {
+            LifecycleEvent::RestartFailed { worker, reason }
+            | LifecycleEvent::Failed { worker, reason } => {
                 self.finish_restart(worker, Err(reason));
             }
             LifecycleEvent::AllReady { live, failed } => {
-                tracing::info!(target: "fleet::admiral", live, failed, "fleet launched");
                 let _ = self.ready.send(Some((*live, *failed)));
             }
             LifecycleEvent::Ready(worker) => {
-                tracing::info!(target: "fleet::admiral", %worker, "ready");
                 // The end of a hard restart.
                 self.finish_restart(worker, Ok(()));
-            }
-            LifecycleEvent::Failed { worker, reason } => {
-                tracing::warn!(target: "fleet::admiral", %worker, %reason, "failed");
-                self.finish_restart(worker, Err(reason));
             }
             _ => {}
         }

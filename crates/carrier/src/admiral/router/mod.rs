@@ -183,7 +183,7 @@ impl Router {
             }
             self.links.end_batch();
         }
-        tracing::info!(target: "fleet::admiral", "every worker has stopped");
+        tracing::info!(target: "fleet::shutdown", "every worker has stopped");
     }
 
     /// A request from the admiral's own handle.
@@ -237,6 +237,7 @@ impl Router {
                 }
             },
             Inbox::Shutdown => {
+                tracing::info!(target: "fleet::shutdown", "total shutdown");
                 let _ = self.events.send(FleetEvent::ShuttingDown);
                 self.lifecycle_input(Input::Shutdown);
             }

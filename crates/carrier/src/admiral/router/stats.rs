@@ -238,7 +238,7 @@ impl Router {
             }
             return;
         }
-        tracing::debug!(target: "fleet::stats", guilds = stats.guilds, shards_ready = stats.shards_ready, missing = stats.missing.len(), "stats");
+        tracing::info!(target: "fleet::stats", guilds = stats.guilds, shards_ready = stats.shards_ready, missing = stats.missing.len(), "stats");
         if self.config.broadcast_stats {
             match Payload::encode(&*stats) {
                 Ok(payload) => {

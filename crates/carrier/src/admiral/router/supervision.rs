@@ -88,7 +88,7 @@ impl Router {
         self.links.attach(conn, process, worker.target());
         self.links.processes.entry(process).or_default().rest_key = rest_key;
         self.links.send(conn, &Down::Welcome(assignment));
-        tracing::debug!(target: "fleet::ipc", %worker, process, "worker connected");
+        tracing::info!(target: "fleet::lifecycle", %worker, process, "connected; starting");
         self.lifecycle_input(Input::Hello(process));
         true
     }
@@ -109,7 +109,7 @@ impl Router {
             Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
             Up::Status(Status::Prepared) => self.lifecycle_input(Input::Prepared(process)),
             Up::Sessions(sessions) => {
-                tracing::info!(target: "fleet::admiral", %worker, process, shards = sessions.len(), "sessions handed over");
+                tracing::info!(target: "fleet::restart", %worker, process, shards = sessions.len(), "sessions handed over");
                 self.lifecycle_input(Input::SessionsHandedOver(process, sessions));
             }
             Up::Status(Status::StartFailed(reason)) => {
@@ -117,7 +117,7 @@ impl Router {
             }
             Up::Status(Status::Shard { shard, event }) => {
                 if let WorkerId::Cluster(cluster) = *worker {
-                    tracing::debug!(target: "fleet::shard", cluster, shard, ?event);
+                    tracing::info!(target: "fleet::shard", cluster, shard, ?event);
                     self.stats.shard(cluster, shard, process, &event);
                     let _ = self.events.send(FleetEvent::Shard {
                         cluster,
@@ -138,7 +138,9 @@ impl Router {
                 record.emit(&worker.target());
                 let _ = self.events.send(FleetEvent::Log {
                     worker: worker.clone(),
+                    process,
                     record,
+                    at: std::time::SystemTime::now(),
                 });
             }
             Up::Request { .. } | Up::Reply { .. } => {
@@ -286,7 +288,7 @@ impl Router {
             Command::SendSessions { to, sessions } => {
                 let shards = sessions.len();
                 if self.links.send_to_process(to, &Down::Sessions(sessions)) {
-                    tracing::info!(target: "fleet::admiral", process = to, shards, "sessions sent");
+                    tracing::info!(target: "fleet::restart", process = to, shards, "sessions sent");
                 }
             }
             Command::Emit(event) => self.on_lifecycle_event(&event),
@@ -302,14 +304,19 @@ impl Router {
             timeout: self.config.request_timeout,
         }
         .vars();
+        let mut env = env;
+        env.extend(crate::logging::worker_env(
+            self.config.log_format,
+            self.config.log_filter.as_deref(),
+        ));
         let request = SpawnRequest {
             command: &self.config.worker_command,
             worker,
             process,
             env,
-            echo: self.config.echo_output,
+            echo: self.config.echo_output.then_some(self.config.log_format),
         };
-        tracing::debug!(target: "fleet::admiral", %worker, process, "spawning");
+        tracing::info!(target: "fleet::launch", %worker, process, "spawning");
         self.stats.spawned(worker);
         if let Err(error) = process::spawn(&request, self.inbox.clone(), &self.events) {
             self.lifecycle_input(Input::SpawnFailed(process, error.to_string()));
