@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use carrier::admiral::{LifecycleEvent, RestartMode};
-use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Outcome, Payload, ShardEvent, WorkerId};
+use carrier::admiral::RestartMode;
+use carrier::{AdmiralHandle, FleetOptions, Outcome, Payload, WorkerId};
 use clap::Parser;
 use discord_mock::{MockConfig, MockDiscord};
 use fleet_examples::{ClusterReport, Lib};
@@ -124,41 +124,16 @@ async fn tour(
         plan.max_concurrency,
         Duration::from_millis(500) * (total.div_ceil(plan.max_concurrency) - 1)
     );
-    let mut events = admiral.events();
-    let mut ready = BTreeSet::new();
-    let mut ok = true;
-    loop {
-        let event = tokio::time::timeout(Duration::from_mins(5), events.recv())
-            .await
-            .context("launch stalled")??;
-        match event {
-            FleetEvent::Shard {
-                shard,
-                event: ShardEvent::Ready,
-                cluster,
-            } => {
-                ready.insert(shard);
-                println!(
-                    "  shards ready {}/{total} (shard {shard} in cluster {cluster}, {:.2?})",
-                    ready.len(),
-                    started.elapsed()
-                );
-            }
-            FleetEvent::Lifecycle(LifecycleEvent::Ready(worker)) => println!("  {worker} ready"),
-            FleetEvent::Lifecycle(LifecycleEvent::Failed { worker, reason }) => {
-                println!("  {worker} FAILED: {reason}");
-                ok = false;
-            }
-            FleetEvent::Lifecycle(LifecycleEvent::AllReady { live, failed }) => {
-                println!(
-                    "fleet ready in {:.2?}: {live} workers live, {failed} failed",
-                    started.elapsed()
-                );
-                break;
-            }
-            _ => {}
-        }
-    }
+    // Shards ready out of the total and the identify queue's ETA: a bar on a terminal, a line
+    // every few seconds elsewhere, then one summary line.
+    let launched = carrier::progress::show(admiral).await?;
+    let mut ok = launched.failed == 0;
+    println!(
+        "fleet ready in {:.2?}: {} workers live, {} failed",
+        started.elapsed(),
+        launched.live,
+        launched.failed
+    );
     if let Some(mock) = mock {
         mock.start_events(None)?;
     }

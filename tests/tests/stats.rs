@@ -508,3 +508,37 @@ async fn workers_log_in_the_admirals_format_and_filter_with_their_own_timestamps
     );
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_progress_reports_the_launch_and_ends_with_a_summary() {
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    let mut out = Vec::new();
+    let launched = carrier::progress::show_to(&admiral, &mut out, false)
+        .await
+        .unwrap();
+    assert_eq!((launched.live, launched.failed), (3, 1));
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("fleet: ") && lines[0].contains("/4 shards ready"),
+        "{text}"
+    );
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("fleet launched in "), "{text}");
+    assert!(
+        last.contains("3 workers live, 1 failed, 4/4 shards ready"),
+        "{text}"
+    );
+    // Asked again once launched, it answers at once with the summary.
+    let mut again = Vec::new();
+    carrier::progress::show_to(&admiral, &mut again, false)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8(again)
+            .unwrap()
+            .contains("4/4 shards ready")
+    );
+    admiral.shutdown().await;
+}

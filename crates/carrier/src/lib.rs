@@ -75,6 +75,7 @@ mod ids;
 pub mod ipc;
 pub mod logging;
 pub mod panics;
+pub mod progress;
 pub mod rest;
 mod secret;
 pub mod stats;
