@@ -29,9 +29,28 @@
 //! and panics), `fleet::proxy` (the REST proxy), `fleet::http` (the HTTP endpoint). Steps are
 //! logged at `info`, failures at `warn` or `error`; identify grants at `debug`.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
+use tracing_appender::rolling::RollingFileAppender;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter as _;
+
+/// The admiral's log file, once [`init_with_file`] opened one.
+static FILE: OnceLock<RollingFileAppender> = OnceLock::new();
+
+/// A log file beside standard error, for the admiral: a new file every day, the oldest removed
+/// beyond `keep`. Workers' lines reach it through the admiral's echo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFile {
+    /// The directory the files go in (made if missing).
+    pub dir: PathBuf,
+    /// File names start with this and end with the day and `.log` (`fleet.2026-12-01.log`).
+    pub prefix: String,
+    /// Files kept, the current one included.
+    pub keep: usize,
+}
 
 /// The filter the admiral hands its workers (`RUST_LOG` syntax).
 pub const ENV_LOG: &str = "FLEET_LOG";
@@ -85,6 +104,32 @@ fn directives(default: &str) -> String {
 /// (`RUST_LOG` syntax, such as `info` or `warn,fleet=info`). Does nothing if a subscriber is
 /// already installed.
 pub fn init(format: LogFormat, default_filter: &str) {
+    let _ = init_with_file(format, default_filter, None);
+}
+
+/// [`init`], also writing every line (the workers' echoed lines included) to a daily rotated
+/// file. Workers never open the file: their lines reach it through the admiral.
+///
+/// # Errors
+/// When the log file's directory cannot be made or written.
+pub fn init_with_file(
+    format: LogFormat,
+    default_filter: &str,
+    file: Option<&LogFile>,
+) -> std::io::Result<()> {
+    let file = match file {
+        Some(file) if !crate::is_worker() => {
+            let appender = RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix(file.prefix.clone())
+                .filename_suffix("log")
+                .max_log_files(file.keep.max(1))
+                .build(&file.dir)
+                .map_err(std::io::Error::other)?;
+            Some(FILE.get_or_init(|| appender))
+        }
+        _ => None,
+    };
     let format = std::env::var(ENV_LOG_FORMAT)
         .ok()
         .and_then(|f| LogFormat::parse(&f))
@@ -94,19 +139,43 @@ pub fn init(format: LogFormat, default_filter: &str) {
         eprintln!("fleet: bad log filter {directives:?} ({error}); logging at info");
         EnvFilter::new("info")
     });
+    // Colour only where a person reads it: a terminal, and no file beside it.
+    let ansi = std::io::stderr().is_terminal() && file.is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Both);
     let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
     };
+    Ok(())
+}
+
+/// Writes to standard error and to the log file, if one is open.
+struct Both;
+
+impl std::io::Write for Both {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write_all(buf)?;
+        if let Some(file) = FILE.get() {
+            // A full disk must not stop the fleet's logging to standard error.
+            let _ = file.make_writer().write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Writes one echoed worker line to standard error and to the log file, if one is open.
+pub(crate) fn write_echo(line: &str) {
+    let _ = writeln!(Both, "{line}");
 }
 
 /// The environment the admiral gives its workers so they log as it does.

@@ -129,7 +129,7 @@ async fn forward_output(
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
         if let Some(format) = echo {
-            eprintln!("{}", crate::logging::echo_line(format, &name, &text));
+            crate::logging::write_echo(&crate::logging::echo_line(format, &name, &text));
         }
         let _ = events.send(FleetEvent::Output {
             worker: worker.clone(),
