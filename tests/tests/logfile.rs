@@ -38,8 +38,9 @@ async fn the_log_file_holds_the_admirals_lines_and_its_workers() {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    let extension = files[0].extension().and_then(|e| e.to_str());
     assert!(
-        name.starts_with("fleet.") && name.ends_with(".log"),
+        name.starts_with("fleet.") && extension == Some("log"),
         "{name}"
     );
     let text = std::fs::read_to_string(&files[0]).unwrap();
