@@ -264,6 +264,17 @@ async fn a_serenity_fleet_reports_its_cache_and_fields() {
     assert_eq!(cluster.shards.iter().map(|s| s.guilds).sum::<u64>(), 8);
     assert!(stats.shards().all(|s| s.events > 0 && s.identifies == 1));
     assert!(cluster.usage.ram_bytes > 0);
+    // Its metrics parse and hold every shard.
+    let url = admiral.http_url().unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nhost: fleet\r\nconnection: close\r\n\r\n";
+    let (code, _, text) = common::raw_http(url, request).await;
+    assert_eq!(code, 200);
+    let families = parse_openmetrics(&text);
+    for shard in ["0", "1"] {
+        let labels = [("cluster_id", "0"), ("shard_id", shard)];
+        assert_eq!(sample(&families, "fleet_shard_up", &labels), 1.0);
+    }
+    assert_eq!(sample(&families, "fleet_guilds", &[]), 8.0);
     admiral.shutdown().await;
 }
 
