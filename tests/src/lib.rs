@@ -18,7 +18,8 @@
 //!   `fleet-stats` (asks for a stats snapshot; answers the shards it saw ready).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
-//! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on.
+//! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
+//! `stats-calls` with how many times its stats fields were asked for.
 //!
 //! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral,
 //! and panic on an `explode` message.
@@ -173,6 +174,8 @@ async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
 pub struct Echo {
     answered: AtomicU64,
     stats_panic: std::sync::atomic::AtomicBool,
+    /// Times its stats fields were asked for (`stats-calls` answers it).
+    stats_calls: AtomicU64,
 }
 
 /// The echo service's own stats fields.
@@ -193,6 +196,10 @@ impl Service for Echo {
             self.stats_panic.store(true, Ordering::Relaxed);
             return Ok(payload);
         }
+        if payload.as_bytes() == b"stats-calls" {
+            let calls = self.stats_calls.load(Ordering::Relaxed);
+            return Payload::encode(&calls).map_err(|e| e.to_string());
+        }
         match common_command(&payload).await {
             Some(answer) => answer,
             None => Ok(payload),
@@ -200,6 +207,7 @@ impl Service for Echo {
     }
 
     fn stats(&self) -> impl Serialize {
+        self.stats_calls.fetch_add(1, Ordering::Relaxed);
         assert!(
             !self.stats_panic.load(Ordering::Relaxed),
             "stats panicked on purpose"

@@ -190,6 +190,21 @@ async fn a_hung_or_failing_worker_makes_the_snapshot_partial_never_late() {
     // A cluster that stopped answering: listed as timed out, the snapshot comes by its deadline.
     let hung = WorkerId::Cluster(1);
     signal(&admiral, &hung, "-STOP").await;
+    // While a round waits on it, others asking join that round: the workers are asked once.
+    let calls = || async {
+        ipc.service_command("echo", Payload::from("stats-calls"))
+            .await
+            .unwrap()
+            .decode::<u64>()
+            .unwrap()
+    };
+    let before = calls().await;
+    let asks: Vec<_> = (0..20)
+        .map(|_| ipc.stats_within(Duration::from_secs(2)))
+        .collect();
+    let snapshots = futures::future::join_all(asks).await;
+    assert!(snapshots.iter().all(Result::is_ok), "{snapshots:?}");
+    assert_eq!(calls().await - before, 1, "20 askers, one round");
     // Answered (not a timeout error): the snapshot came within the request's own timeout.
     let stats = ipc.stats_within(Duration::from_millis(400)).await.unwrap();
     signal(&admiral, &hung, "-CONT").await;

@@ -43,10 +43,11 @@ pub(crate) enum Inbox {
     Closed { conn: ConnId, error: Option<String> },
     /// The identify queue let `shard` go.
     Granted { waiter: Waiter, shard: u32 },
-    /// A stats round ended: for the asker of forward `forward`, or the interval's (`None`).
+    /// A stats round ended: one asked for (its askers wait), or the interval's. `Err`: the
+    /// snapshot could not be made.
     Stats {
-        forward: Option<u64>,
-        stats: std::sync::Arc<crate::stats::FleetStats>,
+        asked_for: bool,
+        stats: Result<std::sync::Arc<crate::stats::FleetStats>, String>,
     },
     /// The admiral's own command handler answered forward `forward`.
     Answer { forward: u64, outcome: Outcome },

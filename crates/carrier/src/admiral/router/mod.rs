@@ -211,7 +211,7 @@ impl Router {
                 self.stats.identified(shard);
                 self.reply(waiter, Reply::Done);
             }
-            Inbox::Stats { forward, stats } => self.stats_done(forward, stats),
+            Inbox::Stats { asked_for, stats } => self.stats_done(asked_for, stats),
             Inbox::Answer { forward, outcome } => {
                 if let Some(answer) = self.calls.answered(forward, None, outcome) {
                     self.answer(answer);

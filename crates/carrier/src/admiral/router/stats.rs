@@ -53,6 +53,10 @@ pub(super) struct StatsBook {
     collector: Arc<Mutex<Collector>>,
     /// The last ping sent: its number and when.
     ping: Option<(u64, tokio::time::Instant)>,
+    /// While a round asked for is under way: the forwards waiting for it. Others asking
+    /// meanwhile join it instead of starting rounds of their own, so no worker can make the
+    /// admiral ask every worker more than once at a time.
+    joined: Option<Vec<u64>>,
 }
 
 impl StatsBook {
@@ -170,17 +174,28 @@ impl Router {
     /// An interval's round: its snapshot is published when done.
     pub(super) fn stats_interval(&mut self) {
         let deadline = INTERVAL_DEADLINE.min(self.config.stats_interval / 2);
-        self.stats_round(None, deadline, deadline * 2);
+        self.stats_round(false, deadline);
         self.arm_stats();
     }
 
-    /// A round asked for by `waiter`: workers get `deadline` (at most 80% of `timeout`).
+    /// A round asked for by `waiter`: workers get `deadline` (at most 80% of `timeout`). The
+    /// asker is answered through the call table, so it hears "timed out" rather than nothing if
+    /// the round never ends; while one round is under way, later askers join it.
     pub(super) fn stats(&mut self, waiter: Waiter, deadline: Duration, timeout: Duration) {
-        let deadline = deadline.min(timeout.mul_f64(0.8));
-        self.stats_round(Some(waiter), deadline, timeout);
+        let id = self.calls.next_id();
+        let due = timeout.saturating_sub(timeout / 20);
+        let route = Route::Single(waiter);
+        self.calls
+            .track(id, ADMIRAL_PROCESS, Target::Admiral, route, due);
+        if let Some(joined) = &mut self.stats.joined {
+            joined.push(id);
+            return;
+        }
+        self.stats.joined = Some(vec![id]);
+        self.stats_round(true, deadline.min(timeout.mul_f64(0.8)));
     }
 
-    fn stats_round(&mut self, waiter: Option<Waiter>, deadline: Duration, timeout: Duration) {
+    fn stats_round(&mut self, asked_for: bool, deadline: Duration) {
         let facts = self.stats_facts();
         let asked: Vec<Target> = facts
             .workers
@@ -191,16 +206,6 @@ impl Router {
         let (tx, reports) = oneshot::channel();
         self.fan_out(&Target::Admiral, Waiter::Local(tx), asked, deadline, || {
             Ask::Stats
-        });
-        // The asker is answered through the call table, so it hears "timed out" rather than
-        // nothing if assembling fails.
-        let forward = waiter.map(|waiter| {
-            let id = self.calls.next_id();
-            let due = timeout.saturating_sub(timeout / 20);
-            let route = Route::Single(waiter);
-            self.calls
-                .track(id, ADMIRAL_PROCESS, Target::Admiral, route, due);
-            id
         });
         let collector = self.stats.collector.clone();
         let inbox = self.inbox.clone();
@@ -216,28 +221,29 @@ impl Router {
                 assemble(facts, reports, &usage, previous, std::time::Instant::now())
             })
             .await;
-            match made {
-                Ok(stats) => {
-                    let stats = Arc::new(stats);
-                    let _ = inbox.send(Inbox::Stats { forward, stats }).await;
-                }
-                Err(error) => {
-                    tracing::error!(target: "fleet::stats", %error, "assembling a stats snapshot failed");
-                }
-            }
+            let stats = made.map(Arc::new).map_err(|error| {
+                tracing::error!(target: "fleet::stats", %error, "assembling a stats snapshot failed");
+                error.to_string()
+            });
+            let _ = inbox.send(Inbox::Stats { asked_for, stats }).await;
         });
     }
 
-    /// A round ended.
-    pub(super) fn stats_done(&mut self, forward: Option<u64>, stats: Arc<FleetStats>) {
-        if let Some(forward) = forward {
-            let outcome = Payload::encode(&*stats)
-                .map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
-            if let Some(answer) = self.calls.answered(forward, None, outcome) {
-                self.answer(answer);
+    /// A round ended (or failed to assemble).
+    pub(super) fn stats_done(&mut self, asked_for: bool, stats: Result<Arc<FleetStats>, String>) {
+        if asked_for {
+            let outcome = stats.and_then(|s| Payload::encode(&*s).map_err(|e| e.to_string()));
+            let outcome = outcome.map_or_else(Outcome::Error, Outcome::Ok);
+            for forward in self.stats.joined.take().unwrap_or_default() {
+                if let Some(answer) = self.calls.answered(forward, None, outcome.clone()) {
+                    self.answer(answer);
+                }
             }
             return;
         }
+        let Ok(stats) = stats else {
+            return;
+        };
         tracing::info!(target: "fleet::stats", guilds = stats.guilds, shards_ready = stats.shards_ready, missing = stats.missing.len(), "stats");
         if self.config.broadcast_stats {
             match Payload::encode(&*stats) {
