@@ -180,11 +180,20 @@ impl Browser {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_shows_the_fleet_live_and_finds_a_guilds_shard() {
+async fn the_status_page_shows_a_twilight_fleet_live_and_finds_a_guilds_shard() {
+    status_page_of(fleet_tests::fleet, "twilight").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_serenity_fleet_live_and_finds_a_guilds_shard() {
+    status_page_of(fleet_tests::serenity_fleet, "serenity").await;
+}
+
+async fn status_page_of(fleet: fn(carrier::FleetOptions) -> carrier::Fleet, lib: &str) {
     let mock = MockDiscord::start(mock_config(16, 4, 2)).await.unwrap();
     let mut options = options(&mock, 2);
     options.stats_interval = Duration::from_millis(200);
-    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    let (admiral, _events) = launch(fleet(options)).await;
     admiral.wait_ready(WAIT).await.unwrap();
     let guild = mock.guild_ids()[5];
     let shard = (guild >> 22) % 4;
@@ -253,7 +262,8 @@ async fn the_status_page_shows_the_fleet_live_and_finds_a_guilds_shard() {
         .decode(screenshot["data"].as_str().unwrap())
         .unwrap();
     assert!(png.starts_with(b"\x89PNG"));
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("status-page-{lib}.png"));
     std::fs::write(&path, &png).unwrap();
     println!("status page screenshot: {}", path.display());
 

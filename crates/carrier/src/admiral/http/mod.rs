@@ -285,6 +285,10 @@ fn describe_event(event: &FleetEvent) -> Option<String> {
         FleetEvent::Lifecycle(L::AllReady { live, failed }) => {
             format!("fleet ready: {live} workers live, {failed} failed")
         }
+        FleetEvent::Lifecycle(L::ServicesLaunched) => "every service launched".to_owned(),
+        FleetEvent::Lifecycle(L::Resharded { clusters }) => {
+            format!("reshard done: {clusters} clusters of the new generation live")
+        }
         FleetEvent::Lifecycle(other) => format!("{other:?}"),
         FleetEvent::Exited {
             worker,
