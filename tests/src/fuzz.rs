@@ -277,6 +277,7 @@ fn up_seeds() -> Vec<Vec<u8>> {
             at_once: 2,
         }),
         request(Request::Stats { deadline_ms: 300 }),
+        request(Request::Workers),
         Up::Reply {
             id: 9,
             outcome: Outcome::Ok(payload()),
@@ -695,7 +696,9 @@ pub fn hostile_messages(seed: u64, n: usize) -> Vec<Up> {
                     request: Request::Restart { .. }
                         | Request::RestartAll { .. }
                         | Request::Reshard { .. }
-                        | Request::Stop { .. },
+                        | Request::Stop { .. }
+                        | Request::StopNow { .. }
+                        | Request::Shutdown,
                     ..
                 }
         );

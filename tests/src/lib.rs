@@ -15,7 +15,8 @@
 //!   (the `Debug` text of its `ClusterContext`).
 //!
 //! - clusters also: `panic-events:N` (the next N `MESSAGE_CREATE` handlers panic),
-//!   `fleet-stats` (asks for a stats snapshot; answers the shards it saw ready).
+//!   `fleet-stats` (asks for a stats snapshot; answers the shards it saw ready), `fleet-workers`
+//!   (answers `Ipc::workers`), `total-shutdown` (shuts the fleet down).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
@@ -350,6 +351,24 @@ impl ClusterWorker for TestCluster {
     }
 
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"fleet-workers" {
+            // The fleet's workers, as a worker sees them.
+            let workers = self
+                .context
+                .ipc
+                .workers()
+                .await
+                .map_err(|e| e.to_string())?;
+            return Payload::encode(&workers).map_err(|e| e.to_string());
+        }
+        if payload.as_bytes() == b"total-shutdown" {
+            self.context
+                .ipc
+                .total_shutdown()
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(Payload::from("shutting down"));
+        }
         if payload.as_bytes() == b"fleet-stats" {
             // A snapshot asked for from a worker: how many shards it saw ready.
             let stats = self.context.ipc.stats().await.map_err(|e| e.to_string())?;

@@ -205,6 +205,8 @@ pub enum Input {
     /// Stop one worker gracefully (check [`Lifecycle::can_stop`] first); it stays stopped until
     /// a hard restart starts it again.
     Stop(WorkerId),
+    /// As [`Input::Stop`], but kill its process now: no shutdown hook, no grace.
+    StopNow(WorkerId),
     /// Start a new generation of clusters with these ids (check [`Lifecycle::can_reshard`]):
     /// each connects in standby; once all are ready they go live together and the old
     /// generation (clusters not in the list included) drains.
@@ -761,6 +763,22 @@ impl Lifecycle {
             Input::Restart(id, mode) => {
                 if self.can_restart(&id, mode).is_ok() {
                     self.restart(id, mode, &mut out);
+                }
+            }
+            Input::StopNow(id) => {
+                if self.can_stop(&id).is_ok()
+                    && let Some(worker) = self.workers.get_mut(&id)
+                {
+                    match worker.process {
+                        Some(process) if worker.state != State::Backoff => {
+                            worker.state = State::Draining;
+                            out.push(Command::Kill(process));
+                        }
+                        _ => {
+                            worker.state = State::Stopped;
+                            out.push(Command::Emit(LifecycleEvent::WorkerStopped(id)));
+                        }
+                    }
                 }
             }
             Input::Stop(id) => {

@@ -317,6 +317,14 @@ impl AdmiralHandle {
         self.ipc.stop(worker.target(), self.restart_timeout).await
     }
 
+    /// Kills one worker's process now (no shutdown hook, no grace) and resolves once it has
+    /// exited; a hard [`restart`](Self::restart) starts it again.
+    pub async fn stop_worker_now(&self, worker: &WorkerId) -> Result<(), IpcError> {
+        self.ipc
+            .stop_now(worker.target(), self.restart_timeout)
+            .await
+    }
+
     /// Restarts every worker of `group`, `at_once` at a time, and resolves once all are done
     /// with one outcome per worker; see [`Ipc::restart_all`].
     pub async fn restart_all(

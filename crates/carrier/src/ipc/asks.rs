@@ -289,6 +289,33 @@ impl Ipc {
         }
     }
 
+    /// Kills one worker's process now (no shutdown hook, no grace) and resolves once it has
+    /// exited, within `timeout`; as after [`stop`](Self::stop), a hard restart starts it again.
+    pub async fn stop_now(&self, worker: Target, timeout: Duration) -> Result<(), IpcError> {
+        match self.request(Request::StopNow { worker }, timeout).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Shuts the whole fleet down gracefully, this process included (eris-fleet's
+    /// `totalShutdown`); resolves as the shutdown begins.
+    pub async fn total_shutdown(&self) -> Result<(), IpcError> {
+        match self.request(Request::Shutdown, self.inner.timeout).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every worker of the fleet with its state, shards, process and uptime (eris-fleet's
+    /// `getWorkers`), from any process.
+    pub async fn workers(&self) -> Result<Vec<crate::ipc::proto::WorkerInfo>, IpcError> {
+        match self.request(Request::Workers, self.inner.timeout).await? {
+            Reply::Outcome(outcome) => Ok(outcome_result(Target::Admiral, outcome)?.decode()?),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Reshards the fleet to the total `count` gives (exact, Discord's recommendation, or
     /// guilds per shard; in `clusters` clusters, default as many as now) and resolves when the
     /// new generation is live, within `timeout`.

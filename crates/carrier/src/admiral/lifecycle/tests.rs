@@ -977,3 +977,16 @@ fn stopping_a_worker_in_backoff_cancels_its_restart() {
     assert!(l.handle(Input::RestartDue(C0)).is_empty());
     assert_eq!(l.worker(&C0).unwrap().state, State::Stopped);
 }
+
+#[test]
+fn a_worker_stopped_now_is_killed_at_once_and_stays_stopped() {
+    let (mut l, old) = live_cluster();
+    assert_eq!(l.handle(Input::StopNow(C0)), [Command::Kill(old)]);
+    assert_eq!(l.live_process(&C0), None, "unavailable at once");
+    // Killed by a signal: a stop, not a crash to restart.
+    let out = l.handle(Input::Exited(old, None));
+    assert_eq!(events(&out), [LifecycleEvent::WorkerStopped(C0)]);
+    assert_eq!(l.worker(&C0).unwrap().state, State::Stopped);
+    // Nothing to stop twice.
+    assert!(l.handle(Input::StopNow(C0)).is_empty());
+}

@@ -46,7 +46,8 @@ fn worker_named(target: Target, why: &str) -> Result<WorkerId, Refusal> {
 }
 
 impl Router {
-    pub(super) fn stop(&mut self, waiter: Waiter, worker: Target) {
+    /// Stops one worker: gracefully, or (`now`) by killing its process at once.
+    pub(super) fn stop(&mut self, waiter: Waiter, worker: Target, now: bool) {
         let id = match worker_named(worker, "stop the admiral with a shutdown") {
             Ok(id) => id,
             Err(refusal) => return self.reply(waiter, Reply::Refused(refusal)),
@@ -59,7 +60,19 @@ impl Router {
             .entry(id.clone())
             .or_default()
             .push(waiter);
-        self.lifecycle_input(Input::Stop(id));
+        let input = if now {
+            Input::StopNow(id)
+        } else {
+            Input::Stop(id)
+        };
+        self.lifecycle_input(input);
+    }
+
+    /// A total shutdown, asked for by the admiral's handle, a signal, or any worker.
+    pub(super) fn total_shutdown(&mut self) {
+        tracing::info!(target: "fleet::shutdown", "total shutdown");
+        let _ = self.events.send(FleetEvent::ShuttingDown);
+        self.lifecycle_input(Input::Shutdown);
     }
 
     pub(super) fn restart(&mut self, waiter: Waiter, worker: Target, mode: RestartMode) {

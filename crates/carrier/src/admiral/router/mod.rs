@@ -236,11 +236,7 @@ impl Router {
                     self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
                 }
             },
-            Inbox::Shutdown => {
-                tracing::info!(target: "fleet::shutdown", "total shutdown");
-                let _ = self.events.send(FleetEvent::ShuttingDown);
-                self.lifecycle_input(Input::Shutdown);
-            }
+            Inbox::Shutdown => self.total_shutdown(),
             Inbox::Workers(reply) => {
                 let workers = self
                     .lifecycle
@@ -319,7 +315,14 @@ impl Router {
                 self.reply(waiter, reply);
             }
             Request::Identify { shard } => self.identify(from, waiter, shard),
-            Request::Stop { worker } => self.stop(waiter, worker),
+            Request::Stop { worker } => self.stop(waiter, worker, false),
+            Request::StopNow { worker } => self.stop(waiter, worker, true),
+            Request::Shutdown => {
+                // Answered first: the asker is shut down with everyone else.
+                self.reply(waiter, Reply::Done);
+                self.total_shutdown();
+            }
+            Request::Workers => self.workers(waiter),
             Request::Restart { worker, mode } => self.restart(waiter, worker, mode),
             Request::RestartAll {
                 group,

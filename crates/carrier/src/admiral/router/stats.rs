@@ -15,7 +15,7 @@ use super::commands::{ADMIRAL_PROCESS, Ask};
 use super::{Inbox, Router, Timer};
 use crate::admiral::FleetEvent;
 use crate::admiral::lifecycle::{ProcessId, State, WorkerId};
-use crate::ipc::proto::{Outcome, Payload, Reply, ShardEvent, Target};
+use crate::ipc::proto::{Outcome, Payload, Reply, ShardEvent, Target, WorkerInfo};
 use crate::stats::assemble::{Facts, Previous, WorkerFacts, assemble};
 use crate::stats::meter::Meter;
 use crate::stats::{FleetStats, STATS_EVENT, ShardStats, ShardStatus};
@@ -258,6 +258,43 @@ impl Router {
             }
         }
         let _ = self.events.send(FleetEvent::Stats(stats));
+    }
+
+    /// Answers [`Request::Workers`](crate::ipc::proto::Request::Workers).
+    pub(super) fn workers(&mut self, waiter: Waiter) {
+        let outcome = Payload::encode(&self.workers_info())
+            .map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
+        self.reply(waiter, Reply::Outcome(outcome));
+    }
+
+    /// Every worker with its state, shards and uptime, for any process that asks.
+    fn workers_info(&self) -> Vec<WorkerInfo> {
+        let facts = self.stats_facts();
+        facts
+            .workers
+            .into_iter()
+            .map(|w| {
+                let shards = match w.target {
+                    Target::Cluster(id) => self
+                        .plan
+                        .clusters
+                        .iter()
+                        .chain(self.next_plan.iter().flat_map(|p| p.clusters.iter()))
+                        .find(|c| c.id == id)
+                        .map(|c| (c.first_shard, c.last_shard)),
+                    _ => None,
+                };
+                WorkerInfo {
+                    worker: w.target,
+                    state: w.state,
+                    process: w.process,
+                    pid: w.pid,
+                    shards,
+                    uptime_ms: w.uptime_ms,
+                    restarts: w.restarts,
+                }
+            })
+            .collect()
     }
 
     /// What the router knows now, for a round.

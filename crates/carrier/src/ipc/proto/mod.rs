@@ -30,7 +30,7 @@ mod worker;
 pub use values::{Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Target};
 pub use worker::{
     Assignment, ClusterAssignment, Fetch, PanicReport, RestartMode, ShardCount, ShardEvent,
-    ShardSession, Status, StoreRequest,
+    ShardSession, Status, StoreRequest, WorkerInfo,
 };
 
 /// The longest timeout a request may ask for; longer ones are cut to it. A timeout is input
@@ -112,6 +112,18 @@ pub enum Request {
         /// The worker.
         worker: Target,
     },
+    /// Kill one worker's process now (no shutdown hook, no grace); answered with `Done` once it
+    /// has exited. A hard [`Request::Restart`] starts it again.
+    StopNow {
+        /// The worker.
+        worker: Target,
+    },
+    /// Shut the whole fleet down gracefully (eris-fleet's `totalShutdown`); answered with
+    /// `Done` as the shutdown begins.
+    Shutdown,
+    /// Every worker with its state, shards and uptime: `Reply::Outcome` with a payload of
+    /// [`WorkerInfo`]s.
+    Workers,
     /// Count the guilds in every cluster's cache: one outcome per cluster, `Ok` with the count
     /// as a JSON number.
     CountGuilds,

@@ -245,3 +245,23 @@ impl Fetch {
         }
     }
 }
+
+/// A worker as any process can list it ([`Request::Workers`](super::Request::Workers)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Which worker.
+    pub worker: super::Target,
+    /// Its lifecycle state (`live`, `starting`, `failed: why`, ...).
+    pub state: String,
+    /// Its current process number.
+    pub process: Option<u64>,
+    /// Its operating-system process id.
+    pub pid: Option<u32>,
+    /// A cluster's shards, first and last.
+    pub shards: Option<(u32, u32)>,
+    /// Time since its current process started, in milliseconds.
+    pub uptime_ms: u64,
+    /// Processes started for it before the current one.
+    pub restarts: u32,
+}

@@ -1,0 +1,122 @@
+//! Management calls from any worker and the admiral: the list of workers, a worker stopped
+//! gracefully or killed at once, and a total shutdown asked for by a worker.
+
+mod common;
+
+use carrier::admiral::State;
+use carrier::ipc::proto::WorkerInfo;
+use carrier::{FleetEvent, Payload, Target, WorkerId};
+use common::{WAIT, launch, mock_config, options, until};
+use discord_mock::MockDiscord;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_lists_the_fleet_and_a_worker_is_stopped_gently_or_at_once() {
+    let mock = MockDiscord::start(mock_config(12, 3, 1)).await.unwrap();
+    let (admiral, mut events) = launch(fleet_tests::fleet(options(&mock, 3))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+
+    // From a cluster: every worker, with its state, shards and uptime.
+    let listed: Vec<WorkerInfo> = ipc
+        .cluster_command(0, Payload::from("fleet-workers"))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    let plan = admiral.plan();
+    for cluster in &plan.clusters {
+        let info = listed
+            .iter()
+            .find(|w| w.worker == Target::Cluster(cluster.id))
+            .unwrap();
+        assert_eq!(info.state, "live");
+        assert_eq!(info.shards, Some((cluster.first_shard, cluster.last_shard)));
+        assert!(info.pid.is_some() && info.process.is_some());
+        assert!(info.uptime_ms > 0);
+    }
+    let broken = listed
+        .iter()
+        .find(|w| w.worker == Target::Service("broken".into()))
+        .unwrap();
+    assert!(broken.state.starts_with("failed"), "{broken:?}");
+    assert_eq!(
+        ipc.workers().await.unwrap().len(),
+        5,
+        "the admiral lists the same"
+    );
+
+    // Killed at once: it exits by a signal, and stays stopped.
+    admiral
+        .stop_worker_now(&WorkerId::Cluster(2))
+        .await
+        .unwrap();
+    let seen = until(&mut events, |e| {
+        matches!(
+            e,
+            FleetEvent::Exited {
+                worker: WorkerId::Cluster(2),
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(matches!(
+        seen.last(),
+        Some(FleetEvent::Exited { code: None, .. })
+    ));
+    // Stopped gently: its shards close and it exits by itself.
+    admiral.stop_worker(&WorkerId::Cluster(1)).await.unwrap();
+    let seen = until(&mut events, |e| {
+        matches!(
+            e,
+            FleetEvent::Exited {
+                worker: WorkerId::Cluster(1),
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(matches!(
+        seen.last(),
+        Some(FleetEvent::Exited { code: Some(0), .. })
+    ));
+    let states: Vec<(WorkerId, State)> = admiral
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.id, w.state))
+        .collect();
+    assert!(states.contains(&(WorkerId::Cluster(1), State::Stopped)));
+    assert!(states.contains(&(WorkerId::Cluster(2), State::Stopped)));
+    assert!(states.contains(&(WorkerId::Cluster(0), State::Live)));
+    // Nothing to stop twice.
+    assert!(
+        admiral
+            .stop_worker_now(&WorkerId::Cluster(2))
+            .await
+            .is_err()
+    );
+
+    // A total shutdown asked for by a worker ends the whole fleet.
+    let answer = ipc
+        .cluster_command(0, Payload::from("total-shutdown"))
+        .await
+        .unwrap();
+    assert_eq!(answer, Payload::from("shutting down"));
+    tokio::time::timeout(WAIT, admiral.wait_stopped())
+        .await
+        .expect("the fleet stops");
+    assert!(
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Ok(FleetEvent::ShuttingDown) = events.recv().await {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    );
+}
