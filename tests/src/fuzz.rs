@@ -278,6 +278,10 @@ fn up_seeds() -> Vec<Vec<u8>> {
         }),
         request(Request::Stats { deadline_ms: 300 }),
         request(Request::Workers),
+        request(Request::CommandGuild {
+            guild: u64::MAX,
+            payload: payload(),
+        }),
         Up::Reply {
             id: 9,
             outcome: Outcome::Ok(payload()),

@@ -120,3 +120,55 @@ async fn a_worker_lists_the_fleet_and_a_worker_is_stopped_gently_or_at_once() {
         .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_the_cluster_of_a_guild_or_shard_and_fan_outs_keep_their_own_timeout() {
+    use carrier::IpcError;
+    use carrier::ipc::proto::Refusal;
+    let mock = MockDiscord::start(mock_config(12, 3, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 3))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let plan = admiral.plan();
+    let owner = |shard: u32| {
+        plan.clusters
+            .iter()
+            .find(|c| (c.first_shard..=c.last_shard).contains(&shard))
+            .unwrap()
+            .id
+    };
+    for guild in mock.guild_ids() {
+        let shard = ((guild >> 22) % 3) as u32;
+        let status = common::status(
+            &ipc.guild_command(guild, Payload::from("status"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(status.id, owner(shard), "guild {guild} on shard {shard}");
+        assert!(status.shards.contains(&shard));
+    }
+    let status = common::status(&ipc.shard_command(2, Payload::from("status")).await.unwrap());
+    assert_eq!(status.id, owner(2));
+    assert!(matches!(
+        ipc.shard_command(7, Payload::empty()).await,
+        Err(IpcError::Refused(Refusal::Invalid(_)))
+    ));
+    // The owner's own error names it.
+    let failed = ipc.shard_command(0, Payload::from("fail")).await;
+    assert!(
+        matches!(&failed, Err(IpcError::Remote { target: Target::Cluster(c), .. }) if *c == owner(0)),
+        "{failed:?}"
+    );
+
+    // A fan-out with its own short timeout: every cluster timed out, the call itself answered.
+    let outcomes = ipc
+        .all_clusters_command_within(Payload::from("slow"), std::time::Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(
+        outcomes.values().all(|o| *o == carrier::Outcome::TimedOut),
+        "{outcomes:?}"
+    );
+    admiral.shutdown().await;
+}

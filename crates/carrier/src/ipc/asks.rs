@@ -67,13 +67,54 @@ impl Ipc {
         self.command(Target::Cluster(cluster), payload).await
     }
 
+    /// Runs the command handler of the cluster that runs shard `shard` now.
+    ///
+    /// # Errors
+    /// As [`command`](Self::command); refused when this fleet runs no such shard.
+    pub async fn shard_command(&self, shard: u32, payload: Payload) -> Result<Payload, IpcError> {
+        self.owner_command(Request::CommandShard { shard, payload })
+            .await
+    }
+
+    /// Runs the command handler of the cluster that runs guild `guild`'s shard now
+    /// (discord-hybrid-sharding's `broadcastEval({ guildId })`).
+    ///
+    /// # Errors
+    /// As [`shard_command`](Self::shard_command).
+    pub async fn guild_command(&self, guild: u64, payload: Payload) -> Result<Payload, IpcError> {
+        self.owner_command(Request::CommandGuild { guild, payload })
+            .await
+    }
+
+    async fn owner_command(&self, request: Request) -> Result<Payload, IpcError> {
+        match self.request(request, self.inner.timeout).await? {
+            // The one outcome of the cluster the admiral chose, named.
+            Reply::Outcomes(mut outcomes) if outcomes.len() == 1 => {
+                let (target, outcome) = outcomes.remove(0);
+                outcome_result(target, outcome)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Runs every cluster's command handler: one outcome per cluster (ok, error, timed out, or
     /// unavailable), never failing because one cluster did.
     pub async fn all_clusters_command(
         &self,
         payload: Payload,
     ) -> Result<BTreeMap<u32, Outcome>, IpcError> {
-        let outcomes = self.command_all(Group::Clusters, payload).await?;
+        self.all_clusters_command_within(payload, self.inner.timeout)
+            .await
+    }
+
+    /// [`all_clusters_command`](Self::all_clusters_command) with its own timeout: a cluster that
+    /// has not answered by then is `TimedOut`, and the others' outcomes still arrive.
+    pub async fn all_clusters_command_within(
+        &self,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<BTreeMap<u32, Outcome>, IpcError> {
+        let outcomes = self.command_all(Group::Clusters, payload, timeout).await?;
         Ok(outcomes
             .into_iter()
             .filter_map(|(t, o)| match t {
@@ -88,7 +129,17 @@ impl Ipc {
         &self,
         payload: Payload,
     ) -> Result<BTreeMap<String, Outcome>, IpcError> {
-        let outcomes = self.command_all(Group::Services, payload).await?;
+        self.all_services_command_within(payload, self.inner.timeout)
+            .await
+    }
+
+    /// [`all_services_command`](Self::all_services_command) with its own timeout.
+    pub async fn all_services_command_within(
+        &self,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, Outcome>, IpcError> {
+        let outcomes = self.command_all(Group::Services, payload, timeout).await?;
         Ok(outcomes
             .into_iter()
             .filter_map(|(t, o)| match t {
@@ -102,9 +153,10 @@ impl Ipc {
         &self,
         group: Group,
         payload: Payload,
+        timeout: Duration,
     ) -> Result<Vec<(Target, Outcome)>, IpcError> {
         match self
-            .request(Request::CommandAll { group, payload }, self.inner.timeout)
+            .request(Request::CommandAll { group, payload }, timeout)
             .await?
         {
             Reply::Outcomes(outcomes) => Ok(outcomes),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::calls::{Route, Waiter};
 use super::{Inbox, Router};
 use crate::admiral::lifecycle::{ProcessId, WorkerId};
-use crate::ipc::proto::{Down, Fetch, Group, Outcome, Payload, Reply, Target};
+use crate::ipc::proto::{Down, Fetch, Group, Outcome, Payload, Refusal, Reply, Target};
 
 /// Process number standing for the admiral itself when it answers commands.
 pub(super) const ADMIRAL_PROCESS: ProcessId = 0;
@@ -58,6 +58,45 @@ impl Router {
         self.fan_out(from, waiter, targets, timeout, || {
             Ask::Command(payload.clone())
         });
+    }
+
+    /// A command to the cluster that runs `shard` now, answered as a one-target fan-out (so
+    /// the asker learns which cluster answered).
+    pub(super) fn command_shard(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        shard: u32,
+        payload: &Payload,
+        timeout: Duration,
+    ) {
+        let owner = self
+            .plan
+            .clusters
+            .iter()
+            .find(|c| (c.first_shard..=c.last_shard).contains(&shard));
+        if let Some(cluster) = owner {
+            let targets = vec![Target::Cluster(cluster.id)];
+            self.fan_out(from, waiter, targets, timeout, || {
+                Ask::Command(payload.clone())
+            });
+        } else {
+            let refusal = Refusal::Invalid(format!("shard {shard} is not run by this fleet"));
+            self.reply(waiter, Reply::Refused(refusal));
+        }
+    }
+
+    /// A command to the cluster that runs `guild`'s shard now.
+    pub(super) fn command_guild(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        guild: u64,
+        payload: &Payload,
+        timeout: Duration,
+    ) {
+        let shard = super::fetch::guild_shard(guild, self.plan.shard_total);
+        self.command_shard(from, waiter, shard, payload, timeout);
     }
 
     /// Every cluster of the current plan counts its guilds.

@@ -44,7 +44,7 @@ impl Router {
 }
 
 /// The shard that holds `guild`: `(guild_id >> 22) % shard_total`.
-fn guild_shard(guild: u64, shard_total: u32) -> u32 {
+pub(super) fn guild_shard(guild: u64, shard_total: u32) -> u32 {
     ((guild >> 22) % u64::from(shard_total.max(1))) as u32
 }
 

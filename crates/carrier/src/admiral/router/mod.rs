@@ -305,6 +305,12 @@ impl Router {
             Request::Command { target, payload } => {
                 self.command(from, waiter, target, payload, timeout);
             }
+            Request::CommandShard { shard, payload } => {
+                self.command_shard(from, waiter, shard, &payload, timeout);
+            }
+            Request::CommandGuild { guild, payload } => {
+                self.command_guild(from, waiter, guild, &payload, timeout);
+            }
             Request::CommandAll { group, payload } => {
                 self.command_all(from, waiter, group, &payload, timeout);
             }

@@ -70,6 +70,22 @@ pub enum Request {
         /// Payload.
         payload: Payload,
     },
+    /// Run the command handler of the cluster that runs shard `shard` (in the current plan);
+    /// answered with `Reply::Outcomes` holding that cluster's one outcome.
+    CommandShard {
+        /// Shard id.
+        shard: u32,
+        /// Payload.
+        payload: Payload,
+    },
+    /// Run the command handler of the cluster that runs guild `guild`'s shard
+    /// (`(guild_id >> 22) % shard_total`).
+    CommandGuild {
+        /// Guild id.
+        guild: u64,
+        /// Payload.
+        payload: Payload,
+    },
     /// Run the command handler of every worker of a group; one outcome per target.
     CommandAll {
         /// Receivers.
