@@ -172,3 +172,38 @@ async fn commands_reach_the_cluster_of_a_guild_or_shard_and_fan_outs_keep_their_
     );
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_bot_total_that_is_not_a_multiple_is_refused_before_anything_connects() {
+    use carrier::admiral::ShardCount;
+    // max_concurrency 2: a large bot, whose shard total must be a multiple of 2.
+    let mock = MockDiscord::start(mock_config(8, 4, 2)).await.unwrap();
+    let mut options = options(&mock, 1);
+    options.shards = ShardCount::Exact(3);
+    let error = fleet_tests::fleet(options)
+        .run()
+        .await
+        .expect_err("3 shards on max_concurrency 2");
+    assert!(
+        error
+            .to_string()
+            .contains("not a multiple of max_concurrency 2"),
+        "{error}"
+    );
+    assert_eq!(mock.stats().connections, 0, "nothing connected");
+
+    // The same for a reshard: refused, the fleet goes on as it was.
+    let mut options = self::options(&mock, 1);
+    options.shards = ShardCount::Exact(4);
+    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let refused = admiral.reshard(ShardCount::Exact(5), None).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("not a multiple")),
+        "{refused:?}"
+    );
+    assert_eq!(admiral.plan().shard_total, 4);
+    admiral.shutdown().await;
+}

@@ -78,6 +78,17 @@ pub enum PlanError {
     /// `guilds_per_shard` of zero.
     #[error("guilds per shard must be above zero")]
     NoGuildsPerShard,
+    /// An exact total a large bot may not run: Discord closes every shard with 4010 unless the
+    /// total is a multiple of `max_concurrency` (large-bot sharding).
+    #[error(
+        "{total} shards is not a multiple of max_concurrency {max_concurrency}: a large bot's shard total must be (Discord closes its shards with 4010 otherwise)"
+    )]
+    NotAMultiple {
+        /// The total asked for.
+        total: u32,
+        /// The bot's identify buckets.
+        max_concurrency: u32,
+    },
     /// The first shard is after the last.
     #[error("first shard {first} is after last shard {last}")]
     FirstAfterLast {
@@ -129,6 +140,12 @@ pub fn shard_total(
     };
     let total = match count {
         ShardCount::Auto => round(recommended.max(1)),
+        ShardCount::Exact(n) if max_concurrency > 1 && n % max_concurrency != 0 => {
+            return Err(PlanError::NotAMultiple {
+                total: n,
+                max_concurrency,
+            });
+        }
         ShardCount::Exact(n) => n,
         ShardCount::GuildsPerShard(0) => return Err(PlanError::NoGuildsPerShard),
         ShardCount::GuildsPerShard(g) => {
@@ -249,7 +266,15 @@ mod tests {
         assert_eq!(shard_total(ShardCount::Auto, 9, 1), Ok(9));
         assert_eq!(shard_total(ShardCount::Auto, 9, 16), Ok(16));
         assert_eq!(shard_total(ShardCount::Auto, 33, 16), Ok(48));
-        assert_eq!(shard_total(ShardCount::Exact(7), 9, 16), Ok(7));
+        assert_eq!(shard_total(ShardCount::Exact(7), 9, 1), Ok(7));
+        assert_eq!(shard_total(ShardCount::Exact(32), 9, 16), Ok(32));
+        assert_eq!(
+            shard_total(ShardCount::Exact(7), 9, 16),
+            Err(PlanError::NotAMultiple {
+                total: 7,
+                max_concurrency: 16
+            })
+        );
         assert_eq!(shard_total(ShardCount::GuildsPerShard(500), 4, 1), Ok(8));
         assert_eq!(shard_total(ShardCount::GuildsPerShard(1500), 4, 1), Ok(3));
         assert_eq!(
