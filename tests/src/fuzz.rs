@@ -320,6 +320,7 @@ fn down_seeds() -> Vec<Vec<u8>> {
             rest_url: "http://127.0.0.1:2".into(),
             rest_proxied: true,
             rest_key: Some(carrier::Secret::new("k")),
+            topology: carrier::ipc::proto::Topology::new(4, vec![(0, 0, 1), (1, 2, 3)], 9, 1),
         })),
         Down::Welcome(Assignment::Service {
             name: "echo".into(),

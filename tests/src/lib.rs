@@ -16,7 +16,8 @@
 //!
 //! - clusters also: `panic-events:N` (the next N `MESSAGE_CREATE` handlers panic),
 //!   `fleet-stats` (asks for a stats snapshot; answers the shards it saw ready), `fleet-workers`
-//!   (answers `Ipc::workers`), `total-shutdown` (shuts the fleet down).
+//!   (answers `Ipc::workers`), `total-shutdown` (shuts the fleet down), `topology:GUILD` (where
+//!   the guild lives, from the cluster's own topology).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
@@ -351,6 +352,23 @@ impl ClusterWorker for TestCluster {
     }
 
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if let Some(guild) = std::str::from_utf8(payload.as_bytes())
+            .ok()
+            .and_then(|t| t.strip_prefix("topology:"))
+        {
+            // Where a guild lives, worked out here without asking: (shard, cluster, clusters,
+            // process, generation).
+            let t = &self.context.topology;
+            let guild: u64 = guild.parse().map_err(|_| "bad guild id".to_owned())?;
+            let answer = (
+                t.shard_of_guild(guild),
+                t.cluster_of_guild(guild),
+                t.cluster_count(),
+                t.process,
+                t.generation,
+            );
+            return Payload::encode(&answer).map_err(|e| e.to_string());
+        }
         if payload.as_bytes() == b"fleet-workers" {
             // The fleet's workers, as a worker sees them.
             let workers = self

@@ -207,3 +207,59 @@ async fn a_large_bot_total_that_is_not_a_multiple_is_refused_before_anything_con
     assert_eq!(admiral.plan().shard_total, 4);
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_knows_the_fleets_layout_and_its_generation_without_asking() {
+    use carrier::admiral::ShardCount;
+    type Where = (u32, Option<u32>, usize, u64, u32);
+    let mock = MockDiscord::start(mock_config(12, 2, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let guild = mock.guild_ids()[3];
+    let ask = |cluster: u32| {
+        let command = Payload::from(format!("topology:{guild}").into_bytes());
+        async move {
+            ipc.cluster_command(cluster, command)
+                .await
+                .unwrap()
+                .decode::<Where>()
+                .unwrap()
+        }
+    };
+    let admiral = &admiral;
+    let process = |id: WorkerId| async move {
+        admiral
+            .workers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|w| w.id == id)
+            .and_then(|w| w.process)
+            .unwrap()
+    };
+    let plan = admiral.plan();
+    let shard = ((guild >> 22) % 2) as u32;
+    let owner = plan
+        .clusters
+        .iter()
+        .find(|c| (c.first_shard..=c.last_shard).contains(&shard))
+        .map(|c| c.id);
+    let (s, c, count, p, generation) = ask(1).await;
+    assert_eq!((s, c, count, generation), (shard, owner, 2, 0));
+    assert_eq!(p, process(WorkerId::Cluster(1)).await);
+
+    // A reshard's new generation knows the new layout and that it is one generation on.
+    admiral.reshard(ShardCount::Exact(4), None).await.unwrap();
+    let shard = ((guild >> 22) % 4) as u32;
+    let plan = admiral.plan();
+    let owner = plan
+        .clusters
+        .iter()
+        .find(|c| (c.first_shard..=c.last_shard).contains(&shard))
+        .map(|c| c.id);
+    let (s, c, count, p, generation) = ask(0).await;
+    assert_eq!((s, c, count, generation), (shard, owner, 2, 1));
+    assert_eq!(p, process(WorkerId::Cluster(0)).await);
+    admiral.shutdown().await;
+}

@@ -86,7 +86,7 @@ pub use fleet::{DISCORD_REST_URL, Fleet, FleetError, FleetOptions, identify_spac
 pub use ipc::client::FetchHandler;
 pub use ipc::proto::{
     ClusterAssignment, Fetch, Group, LogLevel, Outcome, Payload, RestartMode, ShardEvent, Status,
-    Target,
+    Target, Topology,
 };
 pub use ipc::{Ipc, IpcError, Message};
 pub use secret::Secret;

@@ -89,6 +89,9 @@ pub struct ClusterContext {
     pub shards: RangeInclusive<u32>,
     /// Shards in the whole bot.
     pub shard_total: u32,
+    /// The fleet's layout: every cluster's shards, this process, its generation; maps a guild
+    /// to its shard and cluster without asking.
+    pub topology: carrier::Topology,
     /// serenity's HTTP client on the fleet's REST base.
     pub http: Arc<Http>,
     /// The cache every shard of the cluster fills.
@@ -385,6 +388,7 @@ async fn run_cluster<W: ClusterWorker>(
     let shards = assignment.first_shard..=assignment.last_shard;
     let user_context = ClusterContext {
         ipc: ipc.clone(),
+        topology: assignment.topology.clone(),
         id: assignment.id,
         shards: shards.clone(),
         shard_total: assignment.shard_total,

@@ -108,6 +108,9 @@ pub struct ClusterContext {
     pub shards: RangeInclusive<u32>,
     /// Shards in the whole bot.
     pub shard_total: u32,
+    /// The fleet's layout: every cluster's shards, this process, its generation; maps a guild
+    /// to its shard and cluster without asking.
+    pub topology: carrier::Topology,
     /// An HTTP client on the fleet's REST base.
     pub http: Arc<twilight_http::Client>,
     /// A sender per shard, for gateway commands (presence, member requests).
@@ -329,6 +332,7 @@ async fn run_cluster<W: ClusterWorker>(
     link.set_cache_counter(Arc::new(move || cache_counts(&counted, shard_total)));
     let user_context = ClusterContext {
         ipc: ipc.clone(),
+        topology: assignment.topology.clone(),
         id: assignment.id,
         shards: shard_ids.clone(),
         shard_total: assignment.shard_total,

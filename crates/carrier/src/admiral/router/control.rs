@@ -276,6 +276,7 @@ impl Router {
             && let Some(next) = self.next_plan.take()
         {
             self.plan = next.clone();
+            self.generation += 1;
             let _ = self.plan_tx.send(next);
         }
         // Logged and published first: what it triggers (a next restart, say) comes after it.

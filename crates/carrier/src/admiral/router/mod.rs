@@ -65,6 +65,8 @@ pub(crate) struct Router {
     plan: ShardPlan,
     /// The plan of the generation a reshard is starting.
     next_plan: Option<ShardPlan>,
+    /// Reshards that went live: the current plan's generation.
+    generation: u32,
     plan_tx: watch::Sender<ShardPlan>,
     timers: DelayQueue<Timer>,
     store: Box<dyn Store>,
@@ -113,6 +115,7 @@ impl Router {
             calls: Calls::default(),
             control: control::Waiting::default(),
             next_plan: None,
+            generation: 0,
             plan_tx,
             timers: DelayQueue::new(),
             ipc,

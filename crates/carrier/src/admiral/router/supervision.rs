@@ -9,7 +9,7 @@ use crate::admiral::FleetEvent;
 use crate::admiral::lifecycle::{Admission, Command, Input, ProcessId, State, WorkerId};
 use crate::admiral::process::{self, SpawnRequest};
 use crate::ipc::link::WorkerEnv;
-use crate::ipc::proto::{Assignment, ClusterAssignment, Down, Status, Up};
+use crate::ipc::proto::{Assignment, ClusterAssignment, Down, Status, Topology, Up};
 use crate::rest::RestProxy;
 
 /// How long an exited process's connection may take to drain before the exit is handled anyway.
@@ -82,6 +82,15 @@ impl Router {
                     rest_key: rest_key.clone(),
                     handover,
                     standby,
+                    topology: Topology::new(
+                        plan.shard_total,
+                        plan.clusters
+                            .iter()
+                            .map(|c| (c.id, c.first_shard, c.last_shard))
+                            .collect(),
+                        process,
+                        self.generation + u32::from(standby && self.next_plan.is_some()),
+                    ),
                 })
             }
         };

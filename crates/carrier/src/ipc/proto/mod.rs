@@ -30,7 +30,7 @@ mod worker;
 pub use values::{Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Target};
 pub use worker::{
     Assignment, ClusterAssignment, Fetch, PanicReport, RestartMode, ShardCount, ShardEvent,
-    ShardSession, Status, StoreRequest, WorkerInfo,
+    ShardSession, Status, StoreRequest, Topology, WorkerInfo,
 };
 
 /// The longest timeout a request may ask for; longer ones are cut to it. A timeout is input
@@ -367,6 +367,17 @@ mod tests {
     }
 
     #[test]
+    fn a_topology_maps_guilds_to_shards_and_clusters() {
+        let topology = Topology::new(4, vec![(0, 0, 1), (1, 2, 3)], 7, 2);
+        // (81384788765712384 >> 22) % 4 = 2.
+        assert_eq!(topology.shard_of_guild(81_384_788_765_712_384), 2);
+        assert_eq!(topology.cluster_of_guild(81_384_788_765_712_384), Some(1));
+        assert_eq!(topology.cluster_of_shard(1), Some(0));
+        assert_eq!(topology.cluster_of_shard(4), None);
+        assert_eq!(topology.cluster_count(), 2);
+    }
+
+    #[test]
     fn assignments_never_print_the_token() {
         let assignment = ClusterAssignment {
             id: 0,
@@ -381,6 +392,7 @@ mod tests {
             rest_key: Some(crate::Secret::new("secret-key")),
             handover: false,
             standby: false,
+            topology: Topology::default(),
         };
         let printed = format!("{assignment:?}");
         assert!(!printed.contains("secret-token"));

@@ -55,6 +55,70 @@ pub struct ClusterAssignment {
     /// `None` when the proxy is off.
     #[serde(default)]
     pub rest_key: Option<crate::Secret>,
+    /// The fleet's layout as this cluster starts: every cluster's shards, this process, its
+    /// generation.
+    #[serde(default)]
+    pub topology: Topology,
+}
+
+/// The fleet's layout, as a cluster knows it without asking: every cluster of its generation and
+/// its shards, this process's number, and the generation (how many reshards came before it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Topology {
+    /// Shards in the whole bot.
+    pub shard_total: u32,
+    /// Every cluster of this generation: `(id, first shard, last shard)`.
+    pub clusters: Vec<(u32, u32, u32)>,
+    /// This cluster's process number (a replacement gets a new one).
+    pub process: u64,
+    /// Reshards before this generation: 0 at launch.
+    pub generation: u32,
+}
+
+impl Topology {
+    /// The layout of `clusters` over `shard_total` shards, for `process` of `generation`.
+    #[must_use]
+    pub fn new(
+        shard_total: u32,
+        clusters: Vec<(u32, u32, u32)>,
+        process: u64,
+        generation: u32,
+    ) -> Self {
+        Self {
+            shard_total,
+            clusters,
+            process,
+            generation,
+        }
+    }
+
+    /// The shard that receives `guild`'s events: `(guild_id >> 22) % shard_total`.
+    #[must_use]
+    pub fn shard_of_guild(&self, guild: u64) -> u32 {
+        ((guild >> 22) % u64::from(self.shard_total.max(1))) as u32
+    }
+
+    /// The cluster that runs `shard`, if this fleet runs it.
+    #[must_use]
+    pub fn cluster_of_shard(&self, shard: u32) -> Option<u32> {
+        self.clusters
+            .iter()
+            .find(|(_, first, last)| (*first..=*last).contains(&shard))
+            .map(|(id, _, _)| *id)
+    }
+
+    /// The cluster that runs `guild`'s shard, if this fleet runs it.
+    #[must_use]
+    pub fn cluster_of_guild(&self, guild: u64) -> Option<u32> {
+        self.cluster_of_shard(self.shard_of_guild(guild))
+    }
+
+    /// Clusters in this generation.
+    #[must_use]
+    pub fn cluster_count(&self) -> usize {
+        self.clusters.len()
+    }
 }
 
 impl fmt::Debug for ClusterAssignment {
@@ -71,6 +135,7 @@ impl fmt::Debug for ClusterAssignment {
             .field("rest_key", &self.rest_key)
             .field("handover", &self.handover)
             .field("standby", &self.standby)
+            .field("topology", &self.topology)
             .finish()
     }
 }
