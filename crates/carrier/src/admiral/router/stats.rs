@@ -23,6 +23,10 @@ use crate::stats::{FleetStats, STATS_EVENT, ShardStats, ShardStatus};
 /// How long workers have to report in an interval's round (at most half the interval).
 const INTERVAL_DEADLINE: Duration = Duration::from_secs(2);
 
+/// The longest any round waits for workers, whatever the asker wants: later askers join a
+/// round under way, so one asking for a day must not hold everyone's snapshot that long.
+const MAX_DEADLINE: Duration = Duration::from_secs(30);
+
 /// The admiral's record of one shard, over the fleet's life.
 #[derive(Debug, Clone, Copy)]
 struct ShardRecord {
@@ -192,7 +196,8 @@ impl Router {
             return;
         }
         self.stats.joined = Some(vec![id]);
-        self.stats_round(true, deadline.min(timeout.mul_f64(0.8)));
+        let deadline = deadline.min(timeout.mul_f64(0.8)).min(MAX_DEADLINE);
+        self.stats_round(true, deadline);
     }
 
     fn stats_round(&mut self, asked_for: bool, deadline: Duration) {
