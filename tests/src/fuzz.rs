@@ -278,6 +278,17 @@ fn up_seeds() -> Vec<Vec<u8>> {
         }),
         request(Request::Stats { deadline_ms: 300 }),
         request(Request::Workers),
+        request(Request::Store(StoreRequest::CompareAndSet {
+            key: "k".into(),
+            expected: None,
+            value: Some(payload()),
+        })),
+        request(Request::Store(StoreRequest::SetFor(
+            "t".into(),
+            payload(),
+            u64::MAX,
+        ))),
+        request(Request::Store(StoreRequest::Entries(String::new()))),
         request(Request::CommandGuild {
             guild: u64::MAX,
             payload: payload(),

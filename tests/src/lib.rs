@@ -17,7 +17,8 @@
 //! - clusters also: `panic-events:N` (the next N `MESSAGE_CREATE` handlers panic),
 //!   `fleet-stats` (asks for a stats snapshot; answers the shards it saw ready), `fleet-workers`
 //!   (answers `Ipc::workers`), `total-shutdown` (shuts the fleet down), `topology:GUILD` (where
-//!   the guild lives, from the cluster's own topology).
+//!   the guild lives, from the cluster's own topology), `lock:NAME` (takes the store's `lock` key
+//!   if free; answers whether it did).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
@@ -368,6 +369,20 @@ impl ClusterWorker for TestCluster {
                 t.generation,
             );
             return Payload::encode(&answer).map_err(|e| e.to_string());
+        }
+        if let Some(name) = std::str::from_utf8(payload.as_bytes())
+            .ok()
+            .and_then(|t| t.strip_prefix("lock:"))
+        {
+            // Takes the central store's `lock` key if nobody holds it: answers whether it did.
+            let me = Payload::from(name.as_bytes().to_vec());
+            let took = self
+                .context
+                .ipc
+                .store_compare_and_set("lock", None, Some(me))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Payload::encode(&took).map_err(|e| e.to_string());
         }
         if payload.as_bytes() == b"fleet-workers" {
             // The fleet's workers, as a worker sees them.

@@ -263,3 +263,54 @@ async fn a_cluster_knows_the_fleets_layout_and_its_generation_without_asking() {
     assert_eq!(p, process(WorkerId::Cluster(0)).await);
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_takes_a_lock_once_lists_by_prefix_and_copies_itself() {
+    use std::time::Duration;
+    let mock = MockDiscord::start(mock_config(4, 2, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    // Two clusters race for one lock: exactly one takes it.
+    let (a, b) = tokio::join!(
+        ipc.cluster_command(0, Payload::from("lock:zero")),
+        ipc.cluster_command(1, Payload::from("lock:one")),
+    );
+    let took: Vec<bool> = [a, b]
+        .into_iter()
+        .map(|r| r.unwrap().decode().unwrap())
+        .collect();
+    assert_eq!(took.iter().filter(|t| **t).count(), 1, "{took:?}");
+    let holder = ipc.store_get("lock").await.unwrap().unwrap();
+    // Released by its holder only.
+    let other = if holder == Payload::from("zero") {
+        "one"
+    } else {
+        "zero"
+    };
+    let wrong = Some(Payload::from(other.as_bytes().to_vec()));
+    assert!(
+        !ipc.store_compare_and_set("lock", wrong, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ipc.store_compare_and_set("lock", Some(holder), None)
+            .await
+            .unwrap()
+    );
+    assert!(!ipc.store_has("lock").await.unwrap());
+
+    for key in ["user:2", "user:1", "guild:9"] {
+        ipc.store_set(key, Payload::from("v")).await.unwrap();
+    }
+    ipc.store_set_for("session:x", Payload::from("s"), Duration::from_mins(5))
+        .await
+        .unwrap();
+    assert_eq!(ipc.store_keys("user:").await.unwrap(), ["user:1", "user:2"]);
+    let all = ipc.store_entries("").await.unwrap();
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["guild:9", "session:x", "user:1", "user:2"]);
+    assert_eq!(all[1].1, Payload::from("s"));
+    admiral.shutdown().await;
+}

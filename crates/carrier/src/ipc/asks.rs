@@ -201,6 +201,66 @@ impl Ipc {
         self.expect_done(Request::Store(StoreRequest::Clear)).await
     }
 
+    /// Writes `value` (`None`: removes the key) only if the key holds `expected` now (`None`:
+    /// absent), atomically; returns whether it did. A lock is `store_compare_and_set(key, None,
+    /// Some(me))`, its release `store_compare_and_set(key, Some(me), None)`.
+    pub async fn store_compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Payload>,
+        value: Option<Payload>,
+    ) -> Result<bool, IpcError> {
+        let key = key.to_owned();
+        self.expect_flag(Request::Store(StoreRequest::CompareAndSet {
+            key,
+            expected,
+            value,
+        }))
+        .await
+    }
+
+    /// Writes a key that expires after `ttl` (at most a day).
+    pub async fn store_set_for(
+        &self,
+        key: &str,
+        value: Payload,
+        ttl: Duration,
+    ) -> Result<(), IpcError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.expect_done(Request::Store(StoreRequest::SetFor(
+            key.to_owned(),
+            value,
+            ttl_ms,
+        )))
+        .await
+    }
+
+    /// The keys of the central store that start with `prefix`, sorted.
+    pub async fn store_keys(&self, prefix: &str) -> Result<Vec<String>, IpcError> {
+        self.store_listing(StoreRequest::Keys(prefix.to_owned()))
+            .await
+    }
+
+    /// The keys that start with `prefix` and their values, sorted by key (eris-fleet's
+    /// `copyMap` with an empty prefix). Refused when the answer would not fit one frame.
+    pub async fn store_entries(&self, prefix: &str) -> Result<Vec<(String, Payload)>, IpcError> {
+        self.store_listing(StoreRequest::Entries(prefix.to_owned()))
+            .await
+    }
+
+    async fn store_listing<T: DeserializeOwned>(
+        &self,
+        request: StoreRequest,
+    ) -> Result<T, IpcError> {
+        match self
+            .request(Request::Store(request), self.inner.timeout)
+            .await?
+        {
+            Reply::Outcome(outcome) => Ok(outcome_result(Target::Admiral, outcome)?.decode()?),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Looks an object up in the clusters' caches: a guild or member in the cluster that owns the
     /// guild's shard, a user or channel in every cluster (the first hit wins). `None` when no
     /// cache holds it; clusters that are down are skipped, but a guild-scoped lookup whose owner

@@ -105,7 +105,10 @@ impl Router {
         Self {
             identify: config.identify.clone(),
             links: Connections::new(config.max_frame),
-            store: Box::new(MemoryStore::new(config.store_limit)),
+            store: Box::new(MemoryStore::new(
+                config.store_limit,
+                config.max_frame.saturating_sub(1024),
+            )),
             stats: stats::StatsBook::default(),
             plan: config.plan.clone(),
             config,

@@ -267,6 +267,26 @@ pub enum StoreRequest {
     Delete(String),
     /// Remove every key.
     Clear,
+    /// Write `value` (`None`: remove the key) only if the key now holds `expected` (`None`:
+    /// absent); answered with whether it did. Atomic: nothing runs between the check and the
+    /// write.
+    CompareAndSet {
+        /// The key.
+        key: String,
+        /// What it must hold now.
+        expected: Option<Payload>,
+        /// What it holds after.
+        value: Option<Payload>,
+    },
+    /// Write a key that expires after `ttl_ms` milliseconds (capped at a day).
+    SetFor(String, Payload, u64),
+    /// The keys that start with this prefix, sorted: `Reply::Outcome` with a `Vec<String>`
+    /// payload.
+    Keys(String),
+    /// Every key that starts with this prefix and its value (eris-fleet's `copyMap` with an
+    /// empty prefix): `Reply::Outcome` with a `Vec<(String, Payload)>` payload, refused when it
+    /// would not fit one frame.
+    Entries(String),
 }
 
 /// How the shard total is chosen (at launch, and in [`Request::Reshard`](super::Request::Reshard)).
