@@ -114,7 +114,8 @@ pub(crate) fn assemble(
         ..FleetStats::default()
     };
     for worker in facts.workers {
-        if !worker.asked && worker.state != "Stopped" {
+        // A worker stopped on request is not missing: nobody expects its report.
+        if !worker.asked && worker.state != "stopped" {
             missing.push(Missing {
                 worker: worker.target.clone(),
                 reason: format!("not running ({})", worker.state),
@@ -220,7 +221,7 @@ pub(crate) fn assemble(
         stats.shard_count += u32::try_from(shards.len()).unwrap_or(u32::MAX);
         stats.clusters.push(ClusterStats {
             id: cluster,
-            state: "Pending".to_owned(),
+            state: "pending".to_owned(),
             shards,
             ..ClusterStats::default()
         });
@@ -423,15 +424,23 @@ mod tests {
                 Outcome::Ok(Payload::from("not msgpack of a report")),
             ),
         ];
-        let stats = assemble(facts(started), reports, &usage(), &mut previous, started);
+        let mut facts = facts(started);
+        // A worker stopped on request is listed, but not as missing; one in backoff is.
+        let mut stopped = worker(Target::Service("stopped".into()), 13, 6);
+        (stopped.state, stopped.asked) = ("stopped".into(), false);
+        let mut backoff = worker(Target::Service("backoff".into()), 14, 7);
+        (backoff.state, backoff.asked) = ("backoff".into(), false);
+        facts.workers.extend([stopped, backoff]);
+        let stats = assemble(facts, reports, &usage(), &mut previous, started);
+        assert_eq!(stats.services.len(), 3);
         let reasons: Vec<_> = stats.missing.iter().map(|m| m.reason.as_str()).collect();
-        assert_eq!(reasons.len(), 3, "{reasons:?}");
-        assert_eq!(reasons[0], "no");
-        assert!(reasons[1].contains("boom"));
-        assert!(reasons[2].starts_with("unreadable report"));
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(reasons.contains(&"not running (backoff)"), "{reasons:?}");
+        assert!(reasons.contains(&"no"));
+        assert!(reasons.iter().any(|r| r.contains("boom")));
+        assert!(reasons.iter().any(|r| r.starts_with("unreadable report")));
         // What the admiral knows is all still there.
         assert_eq!(stats.shard_count, 4);
         assert_eq!(stats.clusters.len(), 2);
-        assert_eq!(stats.services.len(), 1);
     }
 }
