@@ -153,6 +153,14 @@ async fn a_snapshot_holds_every_figure_of_a_twilight_fleet() {
         .await
         .unwrap();
     assert_eq!(ready.decode::<u32>().unwrap(), 4);
+    // Any deadline is taken, the largest too: healthy workers answer at once.
+    let stats = ipc.stats_within(Duration::MAX).await.unwrap();
+    assert!(
+        stats
+            .missing
+            .iter()
+            .all(|m| m.worker == Target::Service("broken".into()))
+    );
     admiral.shutdown().await;
 }
 

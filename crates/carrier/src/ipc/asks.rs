@@ -338,7 +338,12 @@ impl Ipc {
     /// # Errors
     /// As [`stats`](Self::stats).
     pub async fn stats_within(&self, deadline: Duration) -> Result<FleetStats, IpcError> {
-        let timeout = self.inner.timeout.max(deadline + deadline / 2);
+        // Any deadline, however large, is fine: the admiral waits at most 30 s for workers.
+        let deadline = deadline.min(super::proto::MAX_TIMEOUT);
+        let timeout = self
+            .inner
+            .timeout
+            .max(deadline.saturating_add(deadline / 2));
         let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
         match self
             .request(Request::Stats { deadline_ms }, timeout)

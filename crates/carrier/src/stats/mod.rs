@@ -169,19 +169,6 @@ pub enum ShardStatus {
     Disconnected,
 }
 
-impl ShardStatus {
-    /// Lower-case name, as metrics and the status page show it.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Connecting => "connecting",
-            Self::Ready => "ready",
-            Self::Disconnected => "disconnected",
-        }
-    }
-}
-
 /// One shard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
