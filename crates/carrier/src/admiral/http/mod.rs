@@ -333,9 +333,14 @@ async fn stats_route(State(shared): Shareds) -> Response {
 
 async fn health_route(State(shared): Shareds) -> Response {
     let (tx, rx) = oneshot::channel();
-    let asked = shared.inbox.send(Inbox::Workers(tx)).await.is_ok();
-    match tokio::time::timeout(HEALTH_TIMEOUT, rx).await {
-        Ok(Ok(workers)) if asked => axum::Json(serde_json::json!({
+    // Asking and answering both count: a router whose inbox is full is not healthy either.
+    let answered = tokio::time::timeout(HEALTH_TIMEOUT, async {
+        shared.inbox.send(Inbox::Workers(tx)).await.ok()?;
+        rx.await.ok()
+    })
+    .await;
+    match answered {
+        Ok(Some(workers)) => axum::Json(serde_json::json!({
             "status": "ok",
             "workers": workers.len(),
         }))
