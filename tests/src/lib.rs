@@ -18,11 +18,13 @@
 //!   `fleet-stats` (asks for a stats snapshot; answers the shards it saw ready), `fleet-workers`
 //!   (answers `Ipc::workers`), `total-shutdown` (shuts the fleet down), `topology:GUILD` (where
 //!   the guild lives, from the cluster's own topology), `lock:NAME` (takes the store's `lock` key
-//!   if free; answers whether it did).
+//!   if free; answers whether it did), `late-subscribe` (subscribes to the admiral's lifecycle
+//!   events now; answers the first it hears).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
-//! `stats-calls` with how many times its stats fields were asked for.
+//! `stats-calls` with how many times its stats fields were asked for, and `admiral-events` with
+//! the admiral events it heard since it started.
 //!
 //! Clusters answer a `hello` broadcast or message by sending `ack` with their id to the admiral,
 //! and panic on an `explode` message.
@@ -172,9 +174,13 @@ async fn common_command(payload: &Payload) -> Option<Result<Payload, String>> {
     }
 }
 
-/// Echoes commands. `stats-panic` makes its stats fields panic from then on.
+/// Echoes commands. `stats-panic` makes its stats fields panic from then on. It subscribes to
+/// the admiral's lifecycle and shard events as it starts, and answers `admiral-events` with
+/// every one it heard (a `Vec<AdmiralEvent>`).
 #[derive(Debug, Default)]
 pub struct Echo {
+    events: std::sync::Mutex<Option<carrier::AdmiralEvents>>,
+    heard: std::sync::Mutex<Vec<carrier::AdmiralEvent>>,
     answered: AtomicU64,
     stats_panic: std::sync::atomic::AtomicBool,
     /// Times its stats fields were asked for (`stats-calls` answers it).
@@ -189,8 +195,16 @@ pub struct EchoStats {
 }
 
 impl Service for Echo {
-    async fn start(_: ServiceContext) -> Result<Self, BoxError> {
-        Ok(Self::default())
+    async fn start(context: ServiceContext) -> Result<Self, BoxError> {
+        let events = context
+            .ipc
+            .subscribe(&[carrier::Topic::Lifecycle, carrier::Topic::Shards])
+            .await?;
+        let echo = Self {
+            events: std::sync::Mutex::new(Some(events)),
+            ..Self::default()
+        };
+        Ok(echo)
     }
 
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
@@ -198,6 +212,24 @@ impl Service for Echo {
         if payload.as_bytes() == b"stats-panic" {
             self.stats_panic.store(true, Ordering::Relaxed);
             return Ok(payload);
+        }
+        if payload.as_bytes() == b"admiral-events" {
+            // Drained here, so every event that arrived before this command is in.
+            let mut heard = self
+                .heard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut events = self
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(events) = events.as_mut() {
+                while let Ok(Some(event)) = events.try_recv() {
+                    heard.push((*event).clone());
+                }
+            }
+            let heard = heard.clone();
+            return Payload::encode(&heard).map_err(|e| e.to_string());
         }
         if payload.as_bytes() == b"stats-calls" {
             let calls = self.stats_calls.load(Ordering::Relaxed);
@@ -383,6 +415,20 @@ impl ClusterWorker for TestCluster {
                 .await
                 .map_err(|e| e.to_string())?;
             return Payload::encode(&took).map_err(|e| e.to_string());
+        }
+        if payload.as_bytes() == b"late-subscribe" {
+            // Subscribes now, after the launch: answers the first event heard (`AdmiralEvent`).
+            let mut events = self
+                .context
+                .ipc
+                .subscribe(&[carrier::Topic::Lifecycle])
+                .await
+                .map_err(|e| e.to_string())?;
+            let first = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .map_err(|_| "no admiral event within 10 s".to_owned())?
+                .map_err(|e| e.to_string())?;
+            return Payload::encode(&*first).map_err(|e| e.to_string());
         }
         if payload.as_bytes() == b"fleet-workers" {
             // The fleet's workers, as a worker sees them.

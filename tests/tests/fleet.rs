@@ -463,7 +463,9 @@ async fn a_killed_cluster_is_restarted_and_its_shard_comes_back() {
         FleetEvent::Shard {
             cluster: 1,
             shard: 1,
-            event: ShardEvent::Ready
+            event: ShardEvent::Ready,
+            generation: 0,
+            ..
         }
     )));
     let back = status(

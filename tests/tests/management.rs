@@ -1,11 +1,15 @@
 //! Management calls from any worker and the admiral: the list of workers, a worker stopped
-//! gracefully or killed at once, and a total shutdown asked for by a worker.
+//! gracefully or killed at once, a total shutdown asked for by a worker, and the admiral's
+//! events heard by subscribed workers.
 
 mod common;
 
 use carrier::admiral::State;
+use carrier::admiral::plan::ShardCount;
 use carrier::ipc::proto::WorkerInfo;
-use carrier::{FleetEvent, Payload, Target, WorkerId};
+use carrier::{
+    AdmiralEvent, FleetEvent, Payload, RestartMode, ShardEvent, Target, Topic, WorkerId,
+};
 use common::{WAIT, launch, mock_config, options, until};
 use discord_mock::MockDiscord;
 
@@ -312,5 +316,165 @@ async fn the_store_takes_a_lock_once_lists_by_prefix_and_copies_itself() {
     let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["guild:9", "session:x", "user:1", "user:2"]);
     assert_eq!(all[1].1, Payload::from("s"));
+    admiral.shutdown().await;
+}
+
+/// What the echo service heard of the admiral's events since it started.
+async fn heard_by_echo(ipc: &carrier::Ipc) -> Vec<AdmiralEvent> {
+    ipc.service_command("echo", Payload::from("admiral-events"))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap()
+}
+
+/// Waits on a subscription for an event `done` accepts.
+async fn hear(events: &mut carrier::AdmiralEvents, done: impl Fn(&AdmiralEvent) -> bool) {
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(event) = events.recv().await
+                && done(&event)
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "no such admiral event within {WAIT:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_hear_the_admirals_events_and_tell_old_processes_and_generations_apart() {
+    let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 2))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let process_of = |workers: &[carrier::admiral::WorkerStatus], id: u32| {
+        workers
+            .iter()
+            .find(|w| w.id == WorkerId::Cluster(id))
+            .and_then(|w| w.process)
+            .unwrap()
+    };
+    let workers = admiral.workers().await.unwrap();
+    let (first0, first1) = (process_of(&workers, 0), process_of(&workers, 1));
+
+    // Subscribed late, the admiral's handle and a cluster both hear the launch's outcome first:
+    // echo and two clusters live, `broken` failed.
+    let mut mine = ipc
+        .subscribe(&[Topic::Lifecycle, Topic::Shards])
+        .await
+        .unwrap();
+    let launched = AdmiralEvent::AllReady { live: 3, failed: 1 };
+    assert_eq!(*mine.try_recv().unwrap().unwrap(), launched);
+    let late: AdmiralEvent = ipc
+        .cluster_command(1, Payload::from("late-subscribe"))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(late, launched);
+
+    // The echo service subscribed before the clusters started (services start together, so it
+    // may or may not have heard `broken` fail): it heard every cluster's steps.
+    let heard = heard_by_echo(ipc).await;
+    for (cluster, process) in [(0, first0), (1, first1)] {
+        assert!(
+            heard.contains(&AdmiralEvent::WorkerReady {
+                worker: Target::Cluster(cluster),
+                process: Some(process),
+            }),
+            "{heard:?}"
+        );
+        assert!(
+            heard.contains(&AdmiralEvent::Shard {
+                cluster,
+                shard: cluster,
+                process,
+                generation: 0,
+                event: ShardEvent::Ready,
+            }),
+            "{heard:?}"
+        );
+    }
+    assert_eq!(heard.last(), Some(&launched), "{heard:?}");
+
+    // A handover: the replacement's shard resumes under its own process, then the old process
+    // is told apart and goes.
+    admiral
+        .restart(&WorkerId::Cluster(0), RestartMode::Handover)
+        .await
+        .unwrap();
+    hear(
+        &mut mine,
+        |e| matches!(e, AdmiralEvent::WorkerExited { process, .. } if *process == first0),
+    )
+    .await;
+    let second0 = process_of(&admiral.workers().await.unwrap(), 0);
+    assert_ne!(second0, first0);
+    let heard = heard_by_echo(ipc).await;
+    let after: Vec<_> = heard
+        .iter()
+        .skip_while(|e| !matches!(e, AdmiralEvent::RestartPending { .. }))
+        .collect();
+    assert_eq!(
+        after.first(),
+        Some(&&AdmiralEvent::RestartPending {
+            worker: Target::Cluster(0),
+            mode: RestartMode::Handover,
+        }),
+        "{heard:?}"
+    );
+    for wanted in [
+        AdmiralEvent::Shard {
+            cluster: 0,
+            shard: 0,
+            process: second0,
+            generation: 0,
+            event: ShardEvent::Resumed,
+        },
+        AdmiralEvent::Restarted {
+            worker: Target::Cluster(0),
+            old: first0,
+            new: second0,
+        },
+        AdmiralEvent::WorkerExited {
+            worker: Target::Cluster(0),
+            process: first0,
+            code: Some(0),
+        },
+    ] {
+        assert!(after.contains(&&wanted), "{wanted:?} not in {after:?}");
+    }
+
+    // A reshard: the new generation's shards are generation 1, and the switch is announced.
+    admiral
+        .reshard(ShardCount::Exact(4), Some(2))
+        .await
+        .unwrap();
+    hear(&mut mine, |e| matches!(e, AdmiralEvent::Resharded { .. })).await;
+    let heard = heard_by_echo(ipc).await;
+    assert!(
+        heard.contains(&AdmiralEvent::Resharded {
+            generation: 1,
+            shard_total: 4,
+            clusters: 2,
+        }),
+        "{heard:?}"
+    );
+    let new_ready: std::collections::BTreeSet<u32> = heard
+        .iter()
+        .filter_map(|e| match e {
+            AdmiralEvent::Shard {
+                shard,
+                generation: 1,
+                event: ShardEvent::Ready,
+                ..
+            } => Some(*shard),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(new_ready, (0..4).collect());
+    assert!(heard.contains(&AdmiralEvent::ReshardProgress { ready: 2, total: 2 }));
     admiral.shutdown().await;
 }

@@ -257,6 +257,18 @@ async fn interval_snapshots_reach_the_workers_and_restarts_are_counted() {
         assert_eq!(shards, 2);
         heard.insert(cluster);
     }
+    // A subscriber to the stats topic hears the snapshots, typed, and nothing else.
+    let mut snapshots = ipc.subscribe(&[carrier::Topic::Stats]).await.unwrap();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(WAIT, snapshots.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let carrier::AdmiralEvent::Stats(stats) = &*event else {
+            panic!("a stats subscriber heard {event:?}");
+        };
+        assert_eq!(stats.shard_count, 2);
+    }
 
     // A killed cluster comes back: one restart, and its shard identified again.
     common::kill(&admiral, &WorkerId::Cluster(1)).await;

@@ -88,7 +88,7 @@ pub use ipc::proto::{
     ClusterAssignment, Fetch, Group, LogLevel, Outcome, Payload, RestartMode, ShardEvent, Status,
     Target, Topology,
 };
-pub use ipc::{Ipc, IpcError, Message};
+pub use ipc::{AdmiralEvent, AdmiralEvents, EventsError, Ipc, IpcError, Message, Topic};
 pub use secret::Secret;
 pub use stats::FleetStats;
 pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};

@@ -89,7 +89,7 @@ pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Durati
             loop {
                 tokio::select! {
                     event = events.recv() => match event {
-                        Ok(FleetEvent::Shard { cluster: 0, shard, event }) => {
+                        Ok(FleetEvent::Shard { cluster: 0, shard, event, .. }) => {
                             gaps.record(shard, &event, started);
                         }
                         Ok(FleetEvent::Lifecycle(LifecycleEvent::RestartFailed { reason, .. })) => {

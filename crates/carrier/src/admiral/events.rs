@@ -19,6 +19,11 @@ pub enum FleetEvent {
         cluster: u32,
         /// Shard id.
         shard: u32,
+        /// The process that runs it (during a restart, old and new ones are told apart).
+        process: ProcessId,
+        /// The plan generation of that process: reshards that went live before it started,
+        /// plus one for a reshard's standby generation.
+        generation: u32,
         /// What happened.
         event: ShardEvent,
     },

@@ -175,6 +175,8 @@ pub(super) struct Inner {
     pub(super) running: tokio::sync::watch::Sender<usize>,
     pub(super) timeout: Duration,
     pub(super) in_flight: Semaphore,
+    /// Subscriptions to the admiral's events.
+    pub(super) subscriptions: super::subscribe::Subscriptions,
 }
 
 /// A handle on the fleet's IPC. Cheap to clone.
@@ -209,6 +211,7 @@ impl Ipc {
                 next_handler: AtomicU64::new(1),
                 timeout,
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
+                subscriptions: super::subscribe::Subscriptions::default(),
             }),
         }
     }
@@ -449,6 +452,7 @@ impl Ipc {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.close_events();
     }
 
     /// Sends a frame to the admiral (worker side only).

@@ -303,6 +303,7 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                 Ok(Down::Shutdown { grace_ms }) => {
                     let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
                 }
+                Ok(Down::Event(event)) => reader_ipc.deliver_event(event),
                 Ok(Down::Welcome(_)) => {
                     tracing::warn!(target: "fleet::ipc", "ignoring a second welcome");
                 }

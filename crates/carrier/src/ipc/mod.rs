@@ -11,7 +11,9 @@ pub mod frame;
 pub mod link;
 pub(crate) mod outbox;
 pub mod proto;
+mod subscribe;
 
 pub use asks::STATS_DEADLINE;
 pub use client::{CommandHandler, HandlerId, Ipc, IpcError, Message};
-pub use proto::{Outcome, Payload, Target};
+pub use proto::{AdmiralEvent, Outcome, Payload, Target, Topic, Topics};
+pub use subscribe::{AdmiralEvents, EVENT_BUFFER, EventsError};

@@ -18,7 +18,7 @@ use super::inbox::ConnId;
 use crate::admiral::lifecycle::{ProcessId, State, WorkerId};
 use crate::ipc::frame;
 use crate::ipc::outbox::{Outbox, Refused};
-use crate::ipc::proto::{Down, Refusal, Target};
+use crate::ipc::proto::{Down, Refusal, Target, Topic, Topics};
 
 /// Requests one connection may have unanswered; more are refused as overloaded. A worker's own
 /// handle allows [`MAX_IN_FLIGHT`](crate::ipc::client::MAX_IN_FLIGHT), half of this.
@@ -35,6 +35,8 @@ pub(crate) struct Conn {
     pub identifies: Vec<AbortHandle>,
     /// Its requests not answered yet.
     requests: usize,
+    /// The admiral events it subscribed to.
+    pub topics: Topics,
 }
 
 /// A process's exit code (`None`: killed by a signal).
@@ -56,6 +58,8 @@ pub(crate) struct ProcessInfo {
     pub started: Option<tokio::time::Instant>,
     /// Round trip of its last answered ping.
     pub ipc_latency: Option<std::time::Duration>,
+    /// The plan generation it runs (a reshard's new generation is one more than the live one).
+    pub generation: u32,
 }
 
 /// Connections by number and processes by number.
@@ -89,8 +93,17 @@ impl Connections {
             corked: false,
             identifies: Vec::new(),
             requests: 0,
+            topics: Topics::NONE,
         };
         self.conns.insert(conn, state);
+    }
+
+    /// The admitted connections subscribed to `topic`.
+    pub fn subscribers(&self, topic: Topic) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns
+            .iter()
+            .filter(move |(_, c)| c.process.is_some() && c.topics.contains(topic))
+            .map(|(conn, _)| *conn)
     }
 
     /// Ties an admitted connection to its process.

@@ -71,7 +71,7 @@ impl Router {
     /// A total shutdown, asked for by the admiral's handle, a signal, or any worker.
     pub(super) fn total_shutdown(&mut self) {
         tracing::info!(target: "fleet::shutdown", "total shutdown");
-        let _ = self.events.send(FleetEvent::ShuttingDown);
+        self.publish(FleetEvent::ShuttingDown);
         self.lifecycle_input(Input::Shutdown);
     }
 
@@ -281,7 +281,7 @@ impl Router {
         }
         // Logged and published first: what it triggers (a next restart, say) comes after it.
         crate::admiral::events::log(event);
-        let _ = self.events.send(FleetEvent::Lifecycle(event.clone()));
+        self.publish(FleetEvent::Lifecycle(event.clone()));
         match event {
             LifecycleEvent::Replaced { worker, .. } => self.finish_restart(worker, Ok(())),
             LifecycleEvent::SoftKillPending {

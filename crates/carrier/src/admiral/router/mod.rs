@@ -9,7 +9,9 @@
 //! - `calls`: call correlation (forwards, fan-outs, searches, deadlines), a plain table;
 //! - `supervision`: hellos, closes, exits, heartbeats, and carrying out the lifecycle's commands;
 //! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`,
-//!   `stats` (the admiral's shard and process records, and stats rounds), and `control` (stop, restart, rolling restarts, reshards and what their waiters hear).
+//!   `stats` (the admiral's shard and process records, and stats rounds), `control` (stop,
+//!   restart, rolling restarts, reshards and what their waiters hear), and `subscriptions`
+//!   (every event the router publishes, and the workers subscribed to them).
 
 mod calls;
 mod commands;
@@ -21,6 +23,7 @@ pub(crate) mod inbox;
 mod messaging;
 mod stats;
 mod store;
+mod subscriptions;
 mod supervision;
 
 use std::path::PathBuf;
@@ -75,6 +78,8 @@ pub(crate) struct Router {
     ipc: Ipc,
     inbox: mpsc::Sender<Inbox>,
     events: broadcast::Sender<FleetEvent>,
+    /// The admiral events the admiral's own handle subscribed to.
+    admiral_topics: crate::ipc::proto::Topics,
     ready: watch::Sender<Option<(usize, usize)>>,
     started: tokio::time::Instant,
     /// The runtime the admiral was started on: user code (the admiral's command handler,
@@ -124,6 +129,7 @@ impl Router {
             ipc,
             inbox,
             events,
+            admiral_topics: crate::ipc::proto::Topics::NONE,
             ready,
             started: tokio::time::Instant::now(),
             user,
@@ -342,6 +348,7 @@ impl Router {
                 at_once,
             } => self.restart_all(waiter, group, mode, at_once),
             Request::Reshard { count, clusters } => self.request_reshard(waiter, count, clusters),
+            Request::Subscribe { topics } => self.subscribe(waiter, &topics),
             Request::Stats { deadline_ms } => {
                 self.stats(waiter, Duration::from_millis(deadline_ms), timeout);
             }

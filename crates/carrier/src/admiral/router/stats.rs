@@ -262,7 +262,7 @@ impl Router {
                 }
             }
         }
-        let _ = self.events.send(FleetEvent::Stats(stats));
+        self.publish(FleetEvent::Stats(stats));
     }
 
     /// Answers [`Request::Workers`](crate::ipc::proto::Request::Workers).

@@ -51,6 +51,7 @@ impl Router {
             (Some(next), true) => next,
             _ => &self.plan,
         };
+        let generation = self.generation + u32::from(standby && self.next_plan.is_some());
         let mut rest_key = None;
         let assignment = match &worker {
             WorkerId::Service(name) => Assignment::Service { name: name.clone() },
@@ -89,13 +90,15 @@ impl Router {
                             .map(|c| (c.id, c.first_shard, c.last_shard))
                             .collect(),
                         process,
-                        self.generation + u32::from(standby && self.next_plan.is_some()),
+                        generation,
                     ),
                 })
             }
         };
         self.links.attach(conn, process, worker.target());
-        self.links.processes.entry(process).or_default().rest_key = rest_key;
+        let info = self.links.processes.entry(process).or_default();
+        info.rest_key = rest_key;
+        info.generation = generation;
         self.links.send(conn, &Down::Welcome(assignment));
         tracing::info!(target: "fleet::lifecycle", %worker, process, "connected; starting");
         self.lifecycle_input(Input::Hello(process));
@@ -128,9 +131,16 @@ impl Router {
                 if let WorkerId::Cluster(cluster) = *worker {
                     tracing::info!(target: "fleet::shard", cluster, shard, ?event);
                     self.stats.shard(cluster, shard, process, &event);
-                    let _ = self.events.send(FleetEvent::Shard {
+                    let generation = self
+                        .links
+                        .processes
+                        .get(&process)
+                        .map_or(self.generation, |p| p.generation);
+                    self.publish(FleetEvent::Shard {
                         cluster,
                         shard,
+                        process,
+                        generation,
                         event,
                     });
                 }
@@ -183,7 +193,7 @@ impl Router {
         self.stats.process_gone(process);
         if let Some(worker) = self.lifecycle.worker_of(process).cloned() {
             tracing::info!(target: "fleet::admiral", %worker, process, ?code, "worker process exited");
-            let _ = self.events.send(FleetEvent::Exited {
+            self.publish(FleetEvent::Exited {
                 worker,
                 process,
                 code,
@@ -259,12 +269,12 @@ impl Router {
             if silent_for > heartbeat.timeout {
                 tracing::error!(target: "fleet::admiral", %worker, process, ?silent_for, "worker unresponsive; killing it");
                 info.last_seen = None;
-                let _ = self.events.send(FleetEvent::Unresponsive {
+                self.links.kill(process);
+                self.publish(FleetEvent::Unresponsive {
                     worker,
                     process,
                     silent_for,
                 });
-                self.links.kill(process);
             } else {
                 self.links.send(conn, &Down::Ping { seq });
             }

@@ -14,7 +14,8 @@
 //!    and each `Down::Fetch { id, .. }` (clusters) the same way with the cached object as JSON,
 //!    and each `Down::CountGuilds { id }` (clusters) with the number of guilds cached, and each
 //!    `Down::Stats { id }` with a `WorkerReport` (an empty one will do);
-//!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`.
+//!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`, and, once it
+//!    sent `Request::Subscribe`, `Down::Event`.
 //!
 //! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
 //!
@@ -24,9 +25,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod events;
 mod values;
 mod worker;
 
+pub use events::{AdmiralEvent, Topic, Topics};
 pub use values::{Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Target};
 pub use worker::{
     Assignment, ClusterAssignment, Fetch, PanicReport, RestartMode, ShardCount, ShardEvent,
@@ -161,6 +164,14 @@ pub enum Request {
         /// How long workers have to report.
         deadline_ms: u64,
     },
+    /// Hear the admiral's events of these topics as [`Down::Event`] from now on, in place of
+    /// whatever this connection subscribed to before (none: unsubscribe). Answered with `Done`;
+    /// a subscriber that arrives after the launch finished hears [`AdmiralEvent::AllReady`] at
+    /// once. An event that finds the subscriber's queue full is dropped for it.
+    Subscribe {
+        /// The topics.
+        topics: Vec<Topic>,
+    },
 }
 
 /// Answers to a [`Request`].
@@ -249,7 +260,7 @@ pub enum Up {
 }
 
 /// Admiral → worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Down {
     /// The handshake succeeded; here is the worker's assignment.
@@ -321,6 +332,8 @@ pub enum Down {
         /// Grace period.
         grace_ms: u64,
     },
+    /// An admiral event of a topic this worker subscribed to ([`Request::Subscribe`]).
+    Event(AdmiralEvent),
 }
 
 #[cfg(test)]
