@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use carrier::ipc::frame;
 use carrier::ipc::proto::{
     Assignment, ClusterAssignment, Down, Fetch, Group, LogLevel, LogRecord, Outcome, Payload,
-    Reply, Request, RestartMode, ShardEvent, ShardSession, Status, StoreRequest, Target, Up,
+    Reply, Request, RestartMode, ShardEvent, ShardSession, Status, StoreRequest, Target, Topic, Up,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
@@ -293,6 +293,15 @@ fn up_seeds() -> Vec<Vec<u8>> {
             guild: u64::MAX,
             payload: payload(),
         }),
+        request(Request::Subscribe {
+            topics: vec![Topic::Lifecycle, Topic::Shards, Topic::Stats, Topic::Shards],
+        }),
+        request(Request::CreateService {
+            name: "fuzzed".into(),
+            kind: "no-such-kind".into(),
+            depends_on: vec!["echo".into(); 3],
+            start_timeout_ms: Some(u64::MAX),
+        }),
         Up::Reply {
             id: 9,
             outcome: Outcome::Ok(payload()),
@@ -333,8 +342,16 @@ fn down_seeds() -> Vec<Vec<u8>> {
             rest_key: Some(carrier::Secret::new("k")),
             topology: carrier::ipc::proto::Topology::new(4, vec![(0, 0, 1), (1, 2, 3)], 9, 1),
         })),
+        Down::Event(carrier::AdmiralEvent::Shard {
+            cluster: 1,
+            shard: 3,
+            process: 7,
+            generation: 2,
+            event: ShardEvent::Disconnected(Some(4009)),
+        }),
         Down::Welcome(Assignment::Service {
-            name: "echo".into(),
+            name: "echo-2".into(),
+            kind: "echo".into(),
         }),
         Down::Reply {
             id: 1,
@@ -714,6 +731,7 @@ pub fn hostile_messages(seed: u64, n: usize) -> Vec<Up> {
                         | Request::Reshard { .. }
                         | Request::Stop { .. }
                         | Request::StopNow { .. }
+                        | Request::CreateService { .. }
                         | Request::Shutdown,
                     ..
                 }

@@ -19,7 +19,8 @@
 //!   (answers `Ipc::workers`), `total-shutdown` (shuts the fleet down), `topology:GUILD` (where
 //!   the guild lives, from the cluster's own topology), `lock:NAME` (takes the store's `lock` key
 //!   if free; answers whether it did), `late-subscribe` (subscribes to the admiral's lifecycle
-//!   events now; answers the first it hears).
+//!   events now; answers the first it hears), `create-service:NAME:KIND[:DEPENDENCY]` (creates
+//!   a service at runtime; answers `created` or the error).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
@@ -71,6 +72,7 @@ pub fn serenity_fleet(mut options: FleetOptions) -> Fleet {
     fleet_serenity::fleet::<SerenityCluster>(options, fleet_serenity::Settings::new(intents))
         .service::<Echo>("echo")
         .service::<Broken>("broken")
+        .service_kind::<Sluggish>("sluggish")
 }
 
 /// The fleet every test and the testbot build: services `echo` and `broken`, twilight clusters
@@ -83,6 +85,7 @@ pub fn fleet(options: FleetOptions) -> Fleet {
     )
     .service::<Echo>("echo")
     .service::<Broken>("broken")
+    .service_kind::<Sluggish>("sluggish")
 }
 
 /// What a cluster answers to `post:CHANNEL:N`.
@@ -272,6 +275,16 @@ impl Service for Broken {
     }
 }
 
+/// Never becomes ready (registered as the kind `sluggish`, for services created at runtime).
+#[derive(Debug)]
+pub struct Sluggish;
+
+impl Service for Sluggish {
+    async fn start(_: ServiceContext) -> Result<Self, BoxError> {
+        std::future::pending().await
+    }
+}
+
 /// What a cluster reports for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -415,6 +428,24 @@ impl ClusterWorker for TestCluster {
                 .await
                 .map_err(|e| e.to_string())?;
             return Payload::encode(&took).map_err(|e| e.to_string());
+        }
+        if let Some(args) = std::str::from_utf8(payload.as_bytes())
+            .ok()
+            .and_then(|t| t.strip_prefix("create-service:"))
+        {
+            // `create-service:NAME:KIND[:DEPENDENCY]`: answers `created`, or the error.
+            let mut args = args.split(':');
+            let (name, kind) = (args.next().unwrap_or(""), args.next().unwrap_or(""));
+            let mut options = carrier::ServiceOptions::new();
+            if let Some(dependency) = args.next() {
+                options = options.depends_on(dependency);
+            }
+            self.context
+                .ipc
+                .create_service(name, kind, options)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(Payload::from("created"));
         }
         if payload.as_bytes() == b"late-subscribe" {
             // Subscribes now, after the launch: answers the first event heard (`AdmiralEvent`).

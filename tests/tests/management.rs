@@ -478,3 +478,125 @@ async fn workers_hear_the_admirals_events_and_tell_old_processes_and_generations
     assert!(heard.contains(&AdmiralEvent::ReshardProgress { ready: 2, total: 2 }));
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_created_at_runtime_is_routed_supervised_and_shut_down_like_the_others() {
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let mut options = options(&mock, 1);
+    options.max_restarts = 1;
+    options.restart_backoff = std::time::Duration::from_millis(50);
+    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let create = |what: &str| {
+        ipc.cluster_command(
+            0,
+            Payload::from(format!("create-service:{what}").into_bytes()),
+        )
+    };
+
+    // From a cluster: a second echo, after the first; it answers at once.
+    assert_eq!(
+        create("echo-2:echo:echo").await.unwrap().as_bytes(),
+        b"created"
+    );
+    let answer = ipc
+        .service_command("echo-2", Payload::from("hi"))
+        .await
+        .unwrap();
+    assert_eq!(answer.as_bytes(), b"hi");
+    let listed = ipc.workers().await.unwrap();
+    let info = listed
+        .iter()
+        .find(|w| w.worker == Target::Service("echo-2".into()))
+        .expect("listed");
+    assert_eq!(info.state, "live");
+
+    // Refused, each with why, and nothing started for them.
+    for (what, why) in [
+        ("echo:echo", "already exists"),
+        (
+            "echo-3:nothing",
+            "no service type is registered as \"nothing\"",
+        ),
+        ("bad name!:echo", "is not a service name"),
+        ("echo-4:echo:ghost", "\"ghost\", which does not exist"),
+        ("doomed:echo:broken", "\"broken\", which is not running"),
+    ] {
+        let error = create(what).await.unwrap_err().to_string();
+        assert!(error.contains(why), "{what}: {error}");
+    }
+    // Its own start timeout: a service that never gets ready is failed after it.
+    let error = admiral
+        .create_service(
+            "stuck",
+            "sluggish",
+            carrier::ServiceOptions::new().start_timeout(std::time::Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not ready within 300ms"), "{error}");
+
+    // Supervised: killed, it is restarted like any service, and serves again.
+    let mut events = admiral.events();
+    common::kill(&admiral, &WorkerId::Service("echo-2".into())).await;
+    until(&mut events, |e| {
+        matches!(
+            e,
+            FleetEvent::Lifecycle(carrier::admiral::LifecycleEvent::Restarting { worker: WorkerId::Service(name), .. })
+                if name == "echo-2"
+        )
+    })
+    .await;
+    until(&mut events, |e| {
+        matches!(
+            e,
+            FleetEvent::Lifecycle(carrier::admiral::LifecycleEvent::Ready(WorkerId::Service(name)))
+                if name == "echo-2"
+        )
+    })
+    .await;
+    let answer = ipc
+        .service_command("echo-2", Payload::from("again"))
+        .await
+        .unwrap();
+    assert_eq!(answer.as_bytes(), b"again");
+
+    // Shut down with the rest: it stops before `echo`, which it depends on.
+    let mut stopped = admiral.events();
+    admiral.shutdown().await;
+    let mut order = Vec::new();
+    while let Ok(event) = stopped.try_recv() {
+        if let FleetEvent::Lifecycle(carrier::admiral::LifecycleEvent::WorkerStopped(
+            WorkerId::Service(name),
+        )) = event
+        {
+            order.push(name);
+        }
+    }
+    let position = |name: &str| order.iter().position(|n| n == name);
+    assert!(
+        position("echo-2").unwrap() < position("echo").unwrap(),
+        "{order:?}"
+    );
+}
+
+#[tokio::test]
+async fn services_that_depend_on_unknown_services_or_on_themselves_are_refused_at_launch() {
+    let mock = MockDiscord::start(mock_config(1, 1, 1)).await.unwrap();
+    let unknown = fleet_tests::fleet(options(&mock, 1)).service_with::<fleet_tests::Echo>(
+        "after",
+        carrier::ServiceOptions::new().depends_on("ghost"),
+    );
+    let error = unknown.run().await.unwrap_err().to_string();
+    assert!(
+        error.contains("\"ghost\", which is not declared"),
+        "{error}"
+    );
+    let circle = fleet_tests::fleet(options(&mock, 1))
+        .service_with::<fleet_tests::Echo>("a", carrier::ServiceOptions::new().depends_on("b"))
+        .service_with::<fleet_tests::Echo>("b", carrier::ServiceOptions::new().depends_on("a"));
+    let error = circle.run().await.unwrap_err().to_string();
+    assert!(error.contains("depends on itself"), "{error}");
+}

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admiral::lifecycle::ServiceSpec;
 use crate::admiral::plan::{self, PlanInput, ShardCount};
 use crate::admiral::{
     self, AdmiralConfig, AdmiralHandle, AutoReshard, Heartbeat, RestartPolicy, Timeouts,
@@ -16,7 +17,7 @@ use crate::identify::{IDENTIFY_INTERVAL, LocalIdentifyQueue};
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::ipc::link::WorkerEnv;
 use crate::rest::{ProxyConfig, ProxyStartError, RestProxy};
-use crate::worker::{self, BoxError, ClusterRunner, Service, ServiceFactory};
+use crate::worker::{self, BoxError, ClusterRunner, Service, ServiceFactory, ServiceOptions};
 
 /// Discord's REST base.
 pub const DISCORD_REST_URL: &str = "https://discord.com";
@@ -199,9 +200,12 @@ pub enum FleetError {
     /// No shard plan could be made.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
-    /// Two services share a name.
-    #[error("two services are named {0:?}")]
+    /// Two services (or service kinds) share a name.
+    #[error("two services or service kinds are named {0:?}")]
     DuplicateService(String),
+    /// A service has a bad name, or depends on one that is not declared, or on itself.
+    #[error("bad services: {0}")]
+    Services(String),
     /// The admiral could not start.
     #[error(transparent)]
     Admiral(#[from] admiral::AdmiralError),
@@ -220,7 +224,10 @@ pub enum FleetError {
 pub struct Fleet {
     options: FleetOptions,
     cluster: Arc<dyn ClusterRunner>,
-    services: Vec<(String, ServiceFactory)>,
+    /// Service types by the name they are registered under.
+    kinds: Vec<(String, ServiceFactory)>,
+    /// Services launched with the fleet.
+    services: Vec<ServiceSpec>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -229,7 +236,7 @@ impl std::fmt::Debug for Fleet {
             .field("options", &self.options)
             .field(
                 "services",
-                &self.services.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                &self.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -242,15 +249,45 @@ impl Fleet {
         Self {
             options,
             cluster,
+            kinds: Vec::new(),
             services: Vec::new(),
         }
     }
 
-    /// Adds a service of type `S` named `name`.
+    /// Adds a service of type `S` named `name`, launched with the fleet. The type is also
+    /// registered as kind `name`, so more services of it can be created at runtime.
     #[must_use]
-    pub fn service<S: Service>(mut self, name: impl Into<String>) -> Self {
-        self.services
-            .push((name.into(), worker::service_factory::<S>()));
+    pub fn service<S: Service>(self, name: impl Into<String>) -> Self {
+        self.service_with::<S>(name, ServiceOptions::new())
+    }
+
+    /// [`service`](Self::service), started after the services it depends on, with its own start
+    /// timeout.
+    #[must_use]
+    pub fn service_with<S: Service>(
+        mut self,
+        name: impl Into<String>,
+        options: ServiceOptions,
+    ) -> Self {
+        let name = name.into();
+        self.kinds
+            .push((name.clone(), worker::service_factory::<S>()));
+        self.services.push(ServiceSpec {
+            kind: name.clone(),
+            name,
+            depends_on: options.depends_on,
+            start_timeout: options.start_timeout,
+        });
+        self
+    }
+
+    /// Registers service type `S` as `kind` without launching it: services of it are created at
+    /// runtime with [`Ipc::create_service`](crate::Ipc::create_service) (eris-fleet's
+    /// `createService`).
+    #[must_use]
+    pub fn service_kind<S: Service>(mut self, kind: impl Into<String>) -> Self {
+        self.kinds
+            .push((kind.into(), worker::service_factory::<S>()));
         self
     }
 
@@ -265,13 +302,14 @@ impl Fleet {
     /// returns `None`; the caller should then return from `main`.
     pub async fn run(self) -> Result<Option<AdmiralHandle>, FleetError> {
         let mut names = std::collections::HashSet::new();
-        for (name, _) in &self.services {
+        for (name, _) in &self.kinds {
             if !names.insert(name.clone()) {
                 return Err(FleetError::DuplicateService(name.clone()));
             }
         }
+        ServiceSpec::check_all(&self.services).map_err(FleetError::Services)?;
         if let Some(env) = WorkerEnv::from_env() {
-            let services: HashMap<String, ServiceFactory> = self.services.into_iter().collect();
+            let services: HashMap<String, ServiceFactory> = self.kinds.into_iter().collect();
             worker::run(&env, &services, &self.cluster).await?;
             return Ok(None);
         }
@@ -351,7 +389,8 @@ impl Fleet {
         };
         let config = AdmiralConfig {
             plan,
-            services: self.services.into_iter().map(|(name, _)| name).collect(),
+            services: self.services,
+            service_kinds: self.kinds.into_iter().map(|(kind, _)| kind).collect(),
             token: options.token,
             gateway_url: options.gateway_url.unwrap_or(gateway.url),
             rest_url: options.rest_url,

@@ -91,7 +91,9 @@ pub use ipc::proto::{
 pub use ipc::{AdmiralEvent, AdmiralEvents, EventsError, Ipc, IpcError, Message, Topic};
 pub use secret::Secret;
 pub use stats::FleetStats;
-pub use worker::{BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext};
+pub use worker::{
+    BotGateway, ClusterContext, ClusterRunner, Service, ServiceContext, ServiceOptions,
+};
 
 /// A boxed error from user or adapter code.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

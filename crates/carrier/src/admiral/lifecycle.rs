@@ -4,10 +4,13 @@
 //! quinn-proto: [`Lifecycle::poll_timeout`] says when the next one passes and
 //! [`Lifecycle::handle_timeout`] handles what is due, so the router keeps no copy of them.
 //!
-//! Launch: services first, all at once; each must report ready or fail within its timeout. Then
-//! the clusters, all at once (the identify queue paces their shards). A failure never stalls the
-//! launch: the worker is marked failed, routing answers "unavailable" for it, and an event says so.
-//! Shutdown: clusters drain first, then services; each is killed if it outlives its grace period.
+//! Launch: services first, each as soon as the services it depends on ([`ServiceSpec`]) are
+//! live; each must report ready or fail within its own timeout, and a service whose dependency
+//! failed fails too. Then the clusters, all at once (the identify queue paces their shards). A
+//! failure never stalls the launch: the worker is marked failed, routing answers "unavailable"
+//! for it, and an event says so. A service added later ([`Input::AddService`]) starts the same
+//! way. Shutdown: clusters drain first, then services, each only once nothing that depends on it
+//! runs; each is killed if it outlives its grace period.
 //!
 //! Crash recovery: a worker that exits unexpectedly, fails to start or times out waits in
 //! [`State::Backoff`] and is started again after an exponential backoff, up to
@@ -173,6 +176,19 @@ pub struct Worker {
     pub retired: bool,
 }
 
+impl Worker {
+    /// A worker not spawned yet.
+    fn pending(id: WorkerId) -> Self {
+        Self {
+            id,
+            state: State::Pending,
+            process: None,
+            replacement: None,
+            retired: false,
+        }
+    }
+}
+
 /// Something that happened to a worker process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -207,6 +223,9 @@ pub enum Input {
     Stop(WorkerId),
     /// As [`Input::Stop`], but kill its process now: no shutdown hook, no grace.
     StopNow(WorkerId),
+    /// Add a service (check [`Lifecycle::can_add_service`] first): it starts once its
+    /// dependencies are live, and is supervised, restarted and stopped like the others.
+    AddService(ServiceSpec),
     /// Start a new generation of clusters with these ids (check [`Lifecycle::can_reshard`]):
     /// each connects in standby; once all are ready they go live together and the old
     /// generation (clusters not in the list included) drains.
@@ -349,6 +368,93 @@ pub enum LifecycleEvent {
     Stopped,
 }
 
+/// A service: its name, the kind of service it runs (the name its type was registered under),
+/// the services it starts after, and its own start timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Its name: the worker's address.
+    pub name: String,
+    /// The registered service type it runs.
+    pub kind: String,
+    /// Services that must be live before it starts.
+    pub depends_on: Vec<String>,
+    /// How long it has to become ready; `None`: [`Timeouts::service_ready`].
+    pub start_timeout: Option<Duration>,
+}
+
+impl ServiceSpec {
+    /// A service of kind `name`, named the same, with no dependencies and the default timeout.
+    #[must_use]
+    pub fn named(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            kind: name.clone(),
+            name,
+            depends_on: Vec::new(),
+            start_timeout: None,
+        }
+    }
+}
+
+/// Services a fleet may hold at most, declared and created together.
+pub const MAX_SERVICES: usize = 256;
+
+impl ServiceSpec {
+    /// Whether `name` may name a service: 1 to 64 ASCII letters, digits, `-`, `_` or `.` (it
+    /// becomes an address, a log tag and a metric label).
+    pub fn check_name(name: &str) -> Result<(), String> {
+        let fits = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name:?} is not a service name (1 to 64 ASCII letters, digits, '-', '_' or '.')"
+            ))
+        }
+    }
+
+    /// Whether these services can launch together: each name valid, every dependency one of
+    /// them, and no service depending on itself, directly or through others.
+    pub fn check_all(specs: &[Self]) -> Result<(), String> {
+        if specs.len() > MAX_SERVICES {
+            return Err(format!("more than {MAX_SERVICES} services"));
+        }
+        let timeouts = Timeouts {
+            service_ready: Duration::ZERO,
+            cluster_ready: Duration::ZERO,
+            kill: Duration::ZERO,
+        };
+        let all = Lifecycle::new(specs.iter().cloned(), [], timeouts);
+        for spec in specs {
+            Self::check_name(&spec.name)?;
+            for dependency in &spec.depends_on {
+                if all.service(dependency).is_none() {
+                    return Err(format!(
+                        "service {:?} depends on {dependency:?}, which is not declared",
+                        spec.name
+                    ));
+                }
+                if dependency == &spec.name || all.depends_on(dependency, &spec.name) {
+                    return Err(format!(
+                        "service {:?} depends on itself through {dependency:?}",
+                        spec.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<String> for ServiceSpec {
+    fn from(name: String) -> Self {
+        Self::named(name)
+    }
+}
+
 /// Timeouts the lifecycle applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -435,6 +541,8 @@ impl Timeout {
 #[derive(Debug)]
 pub struct Lifecycle {
     workers: BTreeMap<WorkerId, Worker>,
+    /// Every service's spec, by name.
+    services: BTreeMap<String, ServiceSpec>,
     processes: BTreeMap<ProcessId, WorkerId>,
     next_process: ProcessId,
     phase: Phase,
@@ -453,29 +561,27 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// A fleet of these services and clusters, not launched yet.
     pub fn new(
-        services: impl IntoIterator<Item = String>,
+        services: impl IntoIterator<Item = impl Into<ServiceSpec>>,
         clusters: impl IntoIterator<Item = u32>,
         timeouts: Timeouts,
     ) -> Self {
-        let workers = services
+        let services: BTreeMap<String, ServiceSpec> = services
             .into_iter()
+            .map(|s| {
+                let spec = s.into();
+                (spec.name.clone(), spec)
+            })
+            .collect();
+        let workers = services
+            .keys()
+            .cloned()
             .map(WorkerId::Service)
             .chain(clusters.into_iter().map(WorkerId::Cluster))
-            .map(|id| {
-                (
-                    id.clone(),
-                    Worker {
-                        id,
-                        state: State::Pending,
-                        process: None,
-                        replacement: None,
-                        retired: false,
-                    },
-                )
-            })
+            .map(|id| (id.clone(), Worker::pending(id)))
             .collect();
         Self {
             workers,
+            services,
             processes: BTreeMap::new(),
             next_process: 1,
             phase: Phase::Idle,
@@ -547,6 +653,70 @@ impl Lifecycle {
     #[must_use]
     pub fn worker(&self, id: &WorkerId) -> Option<&Worker> {
         self.workers.get(id)
+    }
+
+    /// A service's spec.
+    #[must_use]
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.get(name)
+    }
+
+    /// Whether `spec` can be added now ([`Input::AddService`]): the fleet not shutting down, its
+    /// name not taken by a worker that runs or may run again (a stopped or failed one may be
+    /// replaced), and every service it depends on known, none of them depending on it.
+    pub fn can_add_service(&self, spec: &ServiceSpec) -> Result<(), String> {
+        if self.stopping() {
+            return Err("the fleet is shutting down".to_owned());
+        }
+        let id = WorkerId::Service(spec.name.clone());
+        if let Some(worker) = self.workers.get(&id)
+            && !(worker.state.is_terminal() && worker.replacement.is_none())
+        {
+            return Err(format!("{id} already exists ({:?})", worker.state));
+        }
+        for dependency in &spec.depends_on {
+            if !self.services.contains_key(dependency) {
+                return Err(format!(
+                    "it depends on service {dependency:?}, which does not exist"
+                ));
+            }
+            if self.depends_on(dependency, &spec.name) {
+                return Err(format!(
+                    "it depends on service {dependency:?}, which depends on it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether service `name` depends on service `on`, directly or not.
+    fn depends_on(&self, name: &str, on: &str) -> bool {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = vec![name];
+        while let Some(next) = todo.pop() {
+            if !seen.insert(next) {
+                continue;
+            }
+            for dependency in self.services.get(next).map_or(&[][..], |s| &s.depends_on) {
+                if dependency == on {
+                    return true;
+                }
+                todo.push(dependency);
+            }
+        }
+        false
+    }
+
+    /// How long a process of `id` has to become ready.
+    fn start_timeout(&self, id: &WorkerId) -> Duration {
+        match id {
+            WorkerId::Cluster(_) => self.timeouts.cluster_ready,
+            WorkerId::Service(name) => self
+                .services
+                .get(name)
+                .and_then(|s| s.start_timeout)
+                .unwrap_or(self.timeouts.service_ready),
+        }
     }
 
     /// Every worker.
@@ -675,7 +845,15 @@ impl Lifecycle {
             Input::Launch => {
                 if self.phase == Phase::Idle {
                     self.phase = Phase::Services;
-                    self.spawn_all(|w| matches!(w, WorkerId::Service(_)), &mut out);
+                    self.advance(&mut out);
+                }
+            }
+            Input::AddService(spec) => {
+                if self.can_add_service(&spec).is_ok() {
+                    let id = WorkerId::Service(spec.name.clone());
+                    self.restarts.remove(&id);
+                    self.services.insert(spec.name.clone(), spec);
+                    self.workers.insert(id.clone(), Worker::pending(id));
                     self.advance(&mut out);
                 }
             }
@@ -829,11 +1007,7 @@ impl Lifecycle {
                 if let Some(worker) = self.current(process)
                     && matches!(worker.state, State::Spawned | State::Starting)
                 {
-                    let limit = if matches!(worker.id, WorkerId::Cluster(_)) {
-                        self.timeouts.cluster_ready
-                    } else {
-                        self.timeouts.service_ready
-                    };
+                    let limit = self.start_timeout(&worker.id);
                     out.push(Command::Kill(process));
                     self.fail(process, format!("not ready within {limit:?}"), &mut out);
                 }
@@ -1072,13 +1246,9 @@ impl Lifecycle {
             .collect();
         for &cluster in clusters {
             let id = WorkerId::Cluster(cluster);
-            self.workers.entry(id.clone()).or_insert_with(|| Worker {
-                id: id.clone(),
-                state: State::Pending,
-                process: None,
-                replacement: None,
-                retired: false,
-            });
+            self.workers
+                .entry(id.clone())
+                .or_insert_with(|| Worker::pending(id.clone()));
             let (process, after) = self.new_process(&id);
             let worker = self.workers.get_mut(&id).expect("inserted above");
             worker.replacement = Some(Replacement {
@@ -1262,12 +1432,7 @@ impl Lifecycle {
         let process = self.next_process;
         self.next_process += 1;
         self.processes.insert(process, id.clone());
-        let after = if matches!(id, WorkerId::Cluster(_)) {
-            self.timeouts.cluster_ready
-        } else {
-            self.timeouts.service_ready
-        };
-        (process, after)
+        (process, self.start_timeout(id))
     }
 
     fn spawn_one(&mut self, id: WorkerId, out: &mut Vec<Command>) {
@@ -1382,6 +1547,75 @@ impl Lifecycle {
         self.advance(out);
     }
 
+    /// Starts every pending service whose dependencies are all live, and fails every pending
+    /// service one of whose dependencies failed or stopped; until nothing changes.
+    fn start_services(&mut self, out: &mut Vec<Command>) {
+        loop {
+            let mut start = Vec::new();
+            let mut fail = Vec::new();
+            for (name, spec) in &self.services {
+                let id = WorkerId::Service(name.clone());
+                if self
+                    .workers
+                    .get(&id)
+                    .is_none_or(|w| w.state != State::Pending)
+                {
+                    continue;
+                }
+                let states = spec.depends_on.iter().map(|d| {
+                    let state = self.workers.get(&WorkerId::Service(d.clone()));
+                    (d, state.map(|w| &w.state))
+                });
+                let mut ready = true;
+                for (dependency, state) in states {
+                    match state {
+                        Some(State::Live) => {}
+                        Some(s) if s.is_terminal() => {
+                            fail.push((id.clone(), dependency.clone()));
+                            ready = false;
+                            break;
+                        }
+                        _ => ready = false,
+                    }
+                }
+                if ready {
+                    start.push(id);
+                }
+            }
+            if start.is_empty() && fail.is_empty() {
+                return;
+            }
+            for id in start {
+                self.spawn_one(id, out);
+            }
+            for (id, dependency) in fail {
+                let reason = format!("it depends on service {dependency:?}, which is not running");
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    worker.state = State::Failed(reason.clone());
+                }
+                out.push(Command::Emit(LifecycleEvent::Failed { worker: id, reason }));
+            }
+        }
+    }
+
+    /// Stops every service nothing running depends on (the rest wait for their dependents).
+    fn stop_services(&mut self, out: &mut Vec<Command>) {
+        let needed: std::collections::BTreeSet<String> = self
+            .services
+            .values()
+            .filter(|s| {
+                self.workers
+                    .get(&WorkerId::Service(s.name.clone()))
+                    .is_some_and(|w| !w.state.is_terminal())
+            })
+            .flat_map(|s| s.depends_on.iter().cloned())
+            .collect();
+        self.stop_all(
+            |w| matches!(w, WorkerId::Service(name) if !needed.contains(name)),
+            out,
+        );
+    }
+
     /// Moves to the next phase once the current one has settled.
     fn advance(&mut self, out: &mut Vec<Command>) {
         let settled = |which: fn(&WorkerId) -> bool, this: &Self, done: fn(&State) -> bool| {
@@ -1393,6 +1627,9 @@ impl Lifecycle {
         let is_service = |w: &WorkerId| matches!(w, WorkerId::Service(_));
         let is_cluster = |w: &WorkerId| matches!(w, WorkerId::Cluster(_));
         let started = |s: &State| matches!(s, State::Live | State::Failed(_));
+        if !matches!(self.phase, Phase::Idle) && !self.stopping() {
+            self.start_services(out);
+        }
         if self.phase == Phase::Services && settled(is_service, self, started) {
             self.phase = Phase::Clusters;
             out.push(Command::Emit(LifecycleEvent::ServicesLaunched));
@@ -1412,7 +1649,9 @@ impl Lifecycle {
         }
         if self.phase == Phase::StoppingClusters && settled(is_cluster, self, State::is_terminal) {
             self.phase = Phase::StoppingServices;
-            self.stop_all(is_service, out);
+        }
+        if self.phase == Phase::StoppingServices {
+            self.stop_services(out);
         }
         if self.phase == Phase::StoppingServices && settled(is_service, self, State::is_terminal) {
             self.phase = Phase::Stopped;

@@ -32,8 +32,10 @@ use crate::rest::{ProxyStats, ProxyStatsHandle, RestProxy};
 pub struct AdmiralConfig {
     /// The shard plan.
     pub plan: ShardPlan,
-    /// Service names, in launch order.
-    pub services: Vec<String>,
+    /// The services launched with the fleet.
+    pub services: Vec<lifecycle::ServiceSpec>,
+    /// Every registered service type, for services created at runtime.
+    pub service_kinds: Vec<String>,
     /// The bot token.
     pub token: String,
     /// Gateway URL handed to clusters.
@@ -317,6 +319,16 @@ impl AdmiralHandle {
         self.ipc.stop(worker.target(), self.restart_timeout).await
     }
 
+    /// Creates a service at runtime; see [`Ipc::create_service`].
+    pub async fn create_service(
+        &self,
+        name: &str,
+        kind: &str,
+        options: crate::worker::ServiceOptions,
+    ) -> Result<(), IpcError> {
+        self.ipc.create_service(name, kind, options).await
+    }
+
     /// Kills one worker's process now (no shutdown hook, no grace) and resolves once it has
     /// exited; a hard [`restart`](Self::restart) starts it again.
     pub async fn stop_worker_now(&self, worker: &WorkerId) -> Result<(), IpcError> {
@@ -335,7 +347,12 @@ impl AdmiralHandle {
     ) -> Result<std::collections::BTreeMap<Target, Outcome>, IpcError> {
         let workers = match group {
             Group::Clusters => self.plan.borrow().clusters.len(),
-            Group::Services => self.services,
+            Group::Services => self.workers().await.map_or(self.services, |workers| {
+                workers
+                    .iter()
+                    .filter(|w| matches!(w.id, WorkerId::Service(_)))
+                    .count()
+            }),
         } as u32;
         let rounds = workers.div_ceil(at_once.max(1)).max(1);
         self.ipc

@@ -415,6 +415,39 @@ impl Ipc {
         }
     }
 
+    /// Creates a service at runtime (eris-fleet's `createService`) named `name`, running the
+    /// service type registered as `kind` with [`Fleet::service_kind`](crate::Fleet::service_kind)
+    /// (or [`Fleet::service`](crate::Fleet::service)). It starts once the services it depends on
+    /// are live and from then on is routed to, supervised, restarted and shut down like the
+    /// services declared at launch. Resolves once it is ready; refused
+    /// ([`Refusal::CreateFailed`](crate::ipc::proto::Refusal::CreateFailed)) for a name in use
+    /// (a stopped or failed service's may be taken again), an unknown kind or dependency, or a
+    /// failed start. The wait is this handle's timeout plus the service's start timeout (30 s
+    /// when the options give none).
+    pub async fn create_service(
+        &self,
+        name: &str,
+        kind: &str,
+        options: crate::worker::ServiceOptions,
+    ) -> Result<(), IpcError> {
+        let start = options
+            .start_timeout
+            .unwrap_or(Duration::from_secs(30))
+            .min(super::proto::MAX_TIMEOUT);
+        let request = Request::CreateService {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            depends_on: options.depends_on,
+            start_timeout_ms: options
+                .start_timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        };
+        match self.request(request, self.inner.timeout + start).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Shuts the whole fleet down gracefully, this process included (eris-fleet's
     /// `totalShutdown`); resolves as the shutdown begins.
     pub async fn total_shutdown(&self) -> Result<(), IpcError> {

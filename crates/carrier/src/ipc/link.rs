@@ -223,7 +223,7 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
     };
     let me = match &assignment {
         Assignment::Cluster(c) => Target::Cluster(c.id),
-        Assignment::Service { name } => Target::Service(name.clone()),
+        Assignment::Service { name, .. } => Target::Service(name.clone()),
     };
     let (outbox, flusher) = Outbox::new(writer.into_inner(), OUTBOX_LIMIT);
     tokio::spawn(flusher);

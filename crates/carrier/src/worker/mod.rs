@@ -23,6 +23,42 @@ pub struct ServiceContext {
     pub ipc: Ipc,
     /// Its name.
     pub name: String,
+    /// The service type it runs, as registered (its name, unless it was created at runtime
+    /// from a [`Fleet::service_kind`](crate::Fleet::service_kind)).
+    pub kind: String,
+}
+
+/// How a service starts: after which other services, and within how long
+/// ([`Fleet::service_with`](crate::Fleet::service_with), [`Ipc::create_service`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceOptions {
+    /// Services that must be live before this one starts; if one fails, so does this one.
+    pub depends_on: Vec<String>,
+    /// How long it has to become ready. Default `None`: the fleet's `service_ready_timeout`.
+    pub start_timeout: Option<std::time::Duration>,
+}
+
+impl ServiceOptions {
+    /// No dependencies, the fleet's start timeout.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts after service `name` is live.
+    #[must_use]
+    pub fn depends_on(mut self, name: impl Into<String>) -> Self {
+        self.depends_on.push(name.into());
+        self
+    }
+
+    /// Must be ready within `timeout`.
+    #[must_use]
+    pub fn start_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.start_timeout = Some(timeout);
+        self
+    }
 }
 
 /// A service: a worker process that runs no shards and answers commands (a central cache, a job
@@ -197,8 +233,8 @@ pub enum WorkerError {
     /// It could not join the fleet.
     #[error(transparent)]
     Link(#[from] link::LinkError),
-    /// The admiral assigned a service this binary does not have.
-    #[error("this binary has no service named {0:?}")]
+    /// The admiral assigned a service type this binary does not have.
+    #[error("this binary has no service type named {0:?}")]
     UnknownService(String),
     /// The service or cluster failed to start or run.
     #[error("{0}")]
@@ -216,9 +252,9 @@ pub(crate) async fn run(
     crate::panics::install_hook(&ipc);
     let mut control = link.control;
     match link.assignment {
-        Assignment::Service { name } => {
-            let Some(factory) = services.get(&name) else {
-                let error = WorkerError::UnknownService(name);
+        Assignment::Service { name, kind } => {
+            let Some(factory) = services.get(&kind) else {
+                let error = WorkerError::UnknownService(kind);
                 let _ = ipc.report(Status::StartFailed(error.to_string())).await;
                 ipc.flush().await;
                 return Err(error);
@@ -226,6 +262,7 @@ pub(crate) async fn run(
             let context = ServiceContext {
                 ipc: ipc.clone(),
                 name,
+                kind,
             };
             let service = match crate::panics::catch(factory(context)).await {
                 Ok(Ok(service)) => service,

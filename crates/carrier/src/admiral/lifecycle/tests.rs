@@ -990,3 +990,145 @@ fn a_worker_stopped_now_is_killed_at_once_and_stays_stopped() {
     // Nothing to stop twice.
     assert!(l.handle(Input::StopNow(C0)).is_empty());
 }
+
+fn spec(name: &str, depends_on: &[&str], start_timeout: Option<Duration>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_owned(),
+        kind: "kind".to_owned(),
+        depends_on: depends_on.iter().map(|d| (*d).to_owned()).collect(),
+        start_timeout,
+    }
+}
+
+#[test]
+fn a_service_starts_after_those_it_depends_on_with_its_own_timeout_and_stops_before_them() {
+    let slow = Duration::from_secs(90);
+    let mut l = Lifecycle::new(
+        [
+            spec("db", &[], None),
+            spec("api", &["db", "cache"], Some(slow)),
+            spec("cache", &["db"], None),
+        ],
+        0..1,
+        TIMEOUTS,
+    );
+    let (out, timed) = handle_timed(&mut l, Input::Launch);
+    let db = spawned(&out);
+    assert_eq!(
+        db.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
+        [service("db")]
+    );
+    assert!(timed.contains(&(Timeout::Start(db[0].1), TIMEOUTS.service_ready)));
+    let cache = spawned(&l.handle(Input::Ready(db[0].1)));
+    assert_eq!(
+        cache.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
+        [service("cache")]
+    );
+    let (out, timed) = handle_timed(&mut l, Input::Ready(cache[0].1));
+    let api = spawned(&out);
+    assert_eq!(
+        api.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
+        [service("api")]
+    );
+    assert!(
+        timed.contains(&(Timeout::Start(api[0].1), slow)),
+        "its own start timeout: {timed:?}"
+    );
+    let out = l.handle(Input::Ready(api[0].1));
+    let cluster = spawned(&out)[0].1;
+    l.handle(Input::Ready(cluster));
+
+    // Shutdown: the cluster, then api (nothing depends on it), then cache, then db.
+    l.handle(Input::Shutdown);
+    let stops = |out: &[Command]| -> Vec<ProcessId> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Stop { process, .. } => Some(*process),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        stops(&l.handle(Input::Exited(cluster, Some(0)))),
+        [api[0].1]
+    );
+    assert_eq!(
+        stops(&l.handle(Input::Exited(api[0].1, Some(0)))),
+        [cache[0].1]
+    );
+    assert_eq!(
+        stops(&l.handle(Input::Exited(cache[0].1, Some(0)))),
+        [db[0].1]
+    );
+    let out = l.handle(Input::Exited(db[0].1, Some(0)));
+    assert!(events(&out).contains(&LifecycleEvent::Stopped));
+}
+
+#[test]
+fn a_service_whose_dependency_failed_fails_without_stalling_the_launch() {
+    let mut l = Lifecycle::new(
+        [spec("db", &[], None), spec("api", &["db"], None)],
+        0..1,
+        TIMEOUTS,
+    );
+    let db = spawned(&l.handle(Input::Launch))[0].1;
+    let out = l.handle(Input::StartFailed(db, "no disk".into()));
+    let failed: Vec<_> = events(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            LifecycleEvent::Failed { worker, reason } => Some((worker, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[1].0, service("api"));
+    assert!(failed[1].1.contains("\"db\""), "{failed:?}");
+    assert!(events(&out).contains(&LifecycleEvent::ServicesLaunched));
+    assert_eq!(spawned(&out).len(), 1, "the cluster starts");
+}
+
+#[test]
+fn a_service_added_at_runtime_starts_once_its_dependency_is_live_and_names_stay_unique() {
+    let mut l = Lifecycle::new([spec("db", &[], None)], 0..0, TIMEOUTS);
+    let db = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Ready(db));
+    assert!(
+        l.can_add_service(&spec("db", &[], None))
+            .unwrap_err()
+            .contains("already exists")
+    );
+    assert!(
+        l.can_add_service(&spec("x", &["nope"], None))
+            .unwrap_err()
+            .contains("does not exist")
+    );
+    let late = spec("late", &["db"], None);
+    l.can_add_service(&late).unwrap();
+    let out = l.handle(Input::AddService(late));
+    let started = spawned(&out);
+    assert_eq!(
+        started.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
+        [service("late")]
+    );
+    let out = l.handle(Input::Ready(started[0].1));
+    assert_eq!(events(&out), [LifecycleEvent::Ready(service("late"))]);
+    assert_eq!(l.service("late").unwrap().kind, "kind");
+
+    // A stopped service's name may be taken again, but not into a circle.
+    l.handle(Input::Stop(service("db")));
+    l.handle(Input::Exited(db, Some(0)));
+    assert_eq!(l.worker(&service("db")).unwrap().state, State::Stopped);
+    assert!(
+        l.can_add_service(&spec("db", &["late"], None))
+            .unwrap_err()
+            .contains("depends on it")
+    );
+    let again = spec("db", &[], Some(Duration::from_secs(3)));
+    l.can_add_service(&again).unwrap();
+    let (out, timed) = handle_timed(&mut l, Input::AddService(again));
+    let db2 = spawned(&out)[0].1;
+    assert!(timed.contains(&(Timeout::Start(db2), Duration::from_secs(3))));
+    // Shutting down: nothing more is added.
+    l.handle(Input::Shutdown);
+    assert!(l.can_add_service(&spec("other", &[], None)).is_err());
+}

@@ -34,6 +34,8 @@ pub(super) struct Waiting {
     stops: HashMap<WorkerId, Vec<Waiter>>,
     reshard: Option<Waiter>,
     rollings: HashMap<u64, Rolling>,
+    /// Services being created, and who asked.
+    pub(super) creates: HashMap<WorkerId, Vec<Waiter>>,
 }
 
 /// The worker a control request names; the admiral itself is refused with `why`.
@@ -299,6 +301,7 @@ impl Router {
                 for waiter in self.control.stops.remove(worker).unwrap_or_default() {
                     self.reply(waiter, Reply::Done);
                 }
+                self.finish_create(worker, Err("it was stopped before it was ready"));
             }
             LifecycleEvent::Resharded { .. } => {
                 if let Some(waiter) = self.control.reshard.take() {
@@ -315,13 +318,15 @@ impl Router {
             LifecycleEvent::RestartFailed { worker, reason }
             | LifecycleEvent::Failed { worker, reason } => {
                 self.finish_restart(worker, Err(reason));
+                self.finish_create(worker, Err(reason));
             }
             LifecycleEvent::AllReady { live, failed } => {
                 let _ = self.ready.send(Some((*live, *failed)));
             }
             LifecycleEvent::Ready(worker) => {
-                // The end of a hard restart.
+                // The end of a hard restart, or of a creation.
                 self.finish_restart(worker, Ok(()));
+                self.finish_create(worker, Ok(()));
             }
             _ => {}
         }

@@ -10,7 +10,8 @@
 //! - `supervision`: hellos, closes, exits, heartbeats, and carrying out the lifecycle's commands;
 //! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`,
 //!   `stats` (the admiral's shard and process records, and stats rounds), `control` (stop,
-//!   restart, rolling restarts, reshards and what their waiters hear), and `subscriptions`
+//!   restart, rolling restarts, reshards and what their waiters hear), `services` (services
+//!   created at runtime), and `subscriptions`
 //!   (every event the router publishes, and the workers subscribed to them).
 
 mod calls;
@@ -21,6 +22,7 @@ mod fetch;
 mod identify;
 pub(crate) mod inbox;
 mod messaging;
+mod services;
 mod stats;
 mod store;
 mod subscriptions;
@@ -349,6 +351,15 @@ impl Router {
             } => self.restart_all(waiter, group, mode, at_once),
             Request::Reshard { count, clusters } => self.request_reshard(waiter, count, clusters),
             Request::Subscribe { topics } => self.subscribe(waiter, &topics),
+            Request::CreateService {
+                name,
+                kind,
+                depends_on,
+                start_timeout_ms,
+            } => {
+                let spec = services::spec(name, kind, depends_on, start_timeout_ms);
+                self.create_service(waiter, spec);
+            }
             Request::Stats { deadline_ms } => {
                 self.stats(waiter, Duration::from_millis(deadline_ms), timeout);
             }

@@ -54,7 +54,13 @@ impl Router {
         let generation = self.generation + u32::from(standby && self.next_plan.is_some());
         let mut rest_key = None;
         let assignment = match &worker {
-            WorkerId::Service(name) => Assignment::Service { name: name.clone() },
+            WorkerId::Service(name) => Assignment::Service {
+                name: name.clone(),
+                kind: self
+                    .lifecycle
+                    .service(name)
+                    .map_or_else(|| name.clone(), |s| s.kind.clone()),
+            },
             WorkerId::Cluster(id) => {
                 let Some(cluster) = plan.clusters.iter().find(|c| c.id == *id) else {
                     tracing::error!(target: "fleet::ipc", %worker, "no plan for this cluster");

@@ -164,6 +164,22 @@ pub enum Request {
         /// How long workers have to report.
         deadline_ms: u64,
     },
+    /// Start a new service named `name`, running the service type registered as `kind`
+    /// (eris-fleet's `createService`). It starts once the services in `depends_on` are live, has
+    /// `start_timeout_ms` (default: the fleet's service timeout) to become ready, and from then
+    /// on is routed to, supervised, restarted and shut down like a service declared at launch.
+    /// Answered with `Done` once it is ready, or refused: a name in use (a stopped or failed
+    /// service's may be taken again), an unknown kind or dependency, or the start failing.
+    CreateService {
+        /// Its name: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+        name: String,
+        /// The registered service type.
+        kind: String,
+        /// Services that must be live before it starts.
+        depends_on: Vec<String>,
+        /// How long it has to become ready.
+        start_timeout_ms: Option<u64>,
+    },
     /// Hear the admiral's events of these topics as [`Down::Event`] from now on, in place of
     /// whatever this connection subscribed to before (none: unsubscribe). Answered with `Done`;
     /// a subscriber that arrives after the launch finished hears [`AdmiralEvent::AllReady`] at
@@ -217,6 +233,9 @@ pub enum Refusal {
     /// A restart was refused or failed (the old process still serves, unless it was hard).
     #[error("restart failed: {0}")]
     RestartFailed(String),
+    /// A service could not be created, or did not start.
+    #[error("service not created: {0}")]
+    CreateFailed(String),
 }
 
 /// Worker → admiral.

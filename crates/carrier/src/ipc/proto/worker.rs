@@ -17,6 +17,9 @@ pub enum Assignment {
     Service {
         /// The service's name.
         name: String,
+        /// The registered service type it runs (`Fleet::service` registers the type under the
+        /// service's own name, `Fleet::service_kind` under a name of its own).
+        kind: String,
     },
 }
 
