@@ -20,7 +20,8 @@
 //!   the guild lives, from the cluster's own topology), `lock:NAME` (takes the store's `lock` key
 //!   if free; answers whether it did), `late-subscribe` (subscribes to the admiral's lifecycle
 //!   events now; answers the first it hears), `create-service:NAME:KIND[:DEPENDENCY]` (creates
-//!   a service at runtime; answers `created` or the error).
+//!   a service at runtime; answers `created` or the error), `hold-on:ID` (cluster ID answers
+//!   `released` once it gets a `release` message, the others `quick` at once).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
@@ -311,6 +312,8 @@ pub struct TestCluster {
     nonce: u64,
     /// `MESSAGE_CREATE` handlers still to panic (`panic-events:N`).
     panics: AtomicU64,
+    /// Set free by a `release` message (`hold-on:ID`).
+    release: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Broadcast event and central-store key that make clusters report every message they handle
@@ -340,6 +343,9 @@ impl ClusterWorker for TestCluster {
         context.ipc.register(REPORT_EVENTS, move |_| {
             flag.store(true, Ordering::SeqCst);
         });
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let freed = release.clone();
+        context.ipc.register("release", move |_| freed.notify_one());
         context.ipc.register("explode", |_| {
             panic!("a message handler panicked on purpose");
         });
@@ -362,6 +368,7 @@ impl ClusterWorker for TestCluster {
             report,
             nonce: fastrand::u64(..),
             panics: AtomicU64::new(0),
+            release,
         })
     }
 
@@ -446,6 +453,20 @@ impl ClusterWorker for TestCluster {
                 .await
                 .map_err(|e| e.to_string())?;
             return Ok(Payload::from("created"));
+        }
+        if let Some(held) = std::str::from_utf8(payload.as_bytes())
+            .ok()
+            .and_then(|t| t.strip_prefix("hold-on:"))
+        {
+            // `hold-on:ID`: cluster ID answers `released` once a `release` message came; the
+            // others answer `quick` at once.
+            if held.parse() != Ok(self.context.id) {
+                return Ok(Payload::from("quick"));
+            }
+            tokio::time::timeout(Duration::from_secs(10), self.release.notified())
+                .await
+                .map_err(|_| "no release within 10 s".to_owned())?;
+            return Ok(Payload::from("released"));
         }
         if payload.as_bytes() == b"late-subscribe" {
             // Subscribes now, after the launch: answers the first event heard (`AdmiralEvent`).

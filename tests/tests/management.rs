@@ -600,3 +600,69 @@ async fn services_that_depend_on_unknown_services_or_on_themselves_are_refused_a
     let error = circle.run().await.unwrap_err().to_string();
     assert!(error.contains("depends on itself"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_fan_out_hands_over_each_answer_as_it_arrives() {
+    let mock = MockDiscord::start(mock_config(6, 3, 1)).await.unwrap();
+    let (admiral, _events) = launch(fleet_tests::fleet(options(&mock, 3))).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    let mut answers = ipc
+        .command_all_streamed(
+            carrier::Group::Clusters,
+            Payload::from("hold-on:1"),
+            std::time::Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers.targets().len(), 3);
+    // Clusters 0 and 2 answer while cluster 1 still holds its answer back.
+    let mut quick = Vec::new();
+    for _ in 0..2 {
+        let (target, outcome) = tokio::time::timeout(WAIT, answers.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, carrier::Outcome::Ok(Payload::from("quick")));
+        quick.push(target);
+    }
+    quick.sort();
+    assert_eq!(quick, [Target::Cluster(0), Target::Cluster(2)]);
+    assert_eq!(answers.waiting(), 1);
+    ipc.send_to_cluster(1, "release", Payload::empty())
+        .await
+        .unwrap();
+    let last = tokio::time::timeout(WAIT, answers.next()).await.unwrap();
+    assert_eq!(
+        last,
+        Some((
+            Target::Cluster(1),
+            carrier::Outcome::Ok(Payload::from("released"))
+        ))
+    );
+    assert_eq!(answers.next().await, None);
+
+    // With a short deadline: a target that does not answer in time is timed out, and the rest
+    // still arrive.
+    let mut answers = ipc
+        .command_all_streamed(
+            carrier::Group::Clusters,
+            Payload::from("hold-on:2"),
+            std::time::Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+    let mut outcomes = std::collections::BTreeMap::new();
+    while let Some((target, outcome)) = answers.next().await {
+        outcomes.insert(target, outcome);
+    }
+    assert_eq!(outcomes[&Target::Cluster(2)], carrier::Outcome::TimedOut);
+    assert_eq!(
+        outcomes[&Target::Cluster(0)],
+        carrier::Outcome::Ok(Payload::from("quick"))
+    );
+    ipc.send_to_cluster(2, "release", Payload::empty())
+        .await
+        .unwrap();
+    admiral.shutdown().await;
+}

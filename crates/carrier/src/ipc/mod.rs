@@ -7,6 +7,7 @@
 mod answers;
 mod asks;
 pub mod client;
+mod fan_out;
 pub mod frame;
 pub mod link;
 pub(crate) mod outbox;
@@ -15,5 +16,6 @@ mod subscribe;
 
 pub use asks::STATS_DEADLINE;
 pub use client::{CommandHandler, HandlerId, Ipc, IpcError, Message};
+pub use fan_out::FanOut;
 pub use proto::{AdmiralEvent, Outcome, Payload, Target, Topic, Topics};
 pub use subscribe::{AdmiralEvents, EVENT_BUFFER, EventsError};

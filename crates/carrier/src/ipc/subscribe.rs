@@ -96,7 +96,8 @@ impl Ipc {
     /// `broadcastAdmiralEvents`, megane's `allClustersReady`): workers ready and gone, restarts
     /// and reshards, every worker launched, shard progress with the process and generation that
     /// runs the shard, stats snapshots. Events from the moment the admiral answers are heard; a
-    /// subscription made after the launch finished hears [`AdmiralEvent::AllReady`] first. In
+    /// subscription to [`Topic::Lifecycle`] made after the launch finished holds
+    /// [`AdmiralEvent::AllReady`] already when this returns. In
     /// the admiral the same events come from its router directly.
     pub async fn subscribe(&self, topics: &[Topic]) -> Result<AdmiralEvents, IpcError> {
         let wanted = Topics::of(topics);

@@ -11,7 +11,7 @@ use crate::ipc::proto::{AdmiralEvent, Down, Reply, Topic, Topics};
 impl Router {
     /// Answers [`Request::Subscribe`](crate::ipc::proto::Request::Subscribe): the connection (or
     /// the admiral's own handle) hears these topics from now on. A subscriber for lifecycle
-    /// events that arrives after the launch is told its outcome at once.
+    /// events that arrives after the launch is told its outcome before it hears `Done`.
     pub(super) fn subscribe(&mut self, waiter: Waiter, topics: &[Topic]) {
         let topics = Topics::of(topics);
         let conn = match &waiter {
@@ -26,7 +26,7 @@ impl Router {
             }
             None => self.admiral_topics = topics,
         }
-        self.reply(waiter, Reply::Done);
+        // The launch's outcome goes first, so it is waiting when the subscriber hears `Done`.
         let launched = *self.ready.borrow();
         if let Some((live, failed)) = launched
             && topics.contains(Topic::Lifecycle)
@@ -40,6 +40,7 @@ impl Router {
                 None => self.ipc.deliver_event(event),
             }
         }
+        self.reply(waiter, Reply::Done);
     }
 
     /// Publishes an event: to the admiral's stream, then to the workers subscribed to its topic.
