@@ -341,6 +341,7 @@ fn down_seeds() -> Vec<Vec<u8>> {
             rest_proxied: true,
             rest_key: Some(carrier::Secret::new("k")),
             topology: carrier::ipc::proto::Topology::new(4, vec![(0, 0, 1), (1, 2, 3)], 9, 1),
+            data: Payload::from("settings"),
         })),
         Down::Event(carrier::AdmiralEvent::Shard {
             cluster: 1,

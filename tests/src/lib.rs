@@ -21,7 +21,8 @@
 //!   if free; answers whether it did), `late-subscribe` (subscribes to the admiral's lifecycle
 //!   events now; answers the first it hears), `create-service:NAME:KIND[:DEPENDENCY]` (creates
 //!   a service at runtime; answers `created` or the error), `hold-on:ID` (cluster ID answers
-//!   `released` once it gets a `release` message, the others `quick` at once).
+//!   `released` once it gets a `release` message, the others `quick` at once), `cluster-data`
+//!   (answers the cluster's own data as it got it; serenity clusters too).
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
@@ -468,6 +469,9 @@ impl ClusterWorker for TestCluster {
                 .map_err(|_| "no release within 10 s".to_owned())?;
             return Ok(Payload::from("released"));
         }
+        if payload.as_bytes() == b"cluster-data" {
+            return Ok(self.context.cluster_data.clone());
+        }
         if payload.as_bytes() == b"late-subscribe" {
             // Subscribes now, after the launch: answers the first event heard (`AdmiralEvent`).
             let mut events = self
@@ -669,6 +673,9 @@ impl fleet_serenity::ClusterWorker for SerenityCluster {
     }
 
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
+        if payload.as_bytes() == b"cluster-data" {
+            return Ok(self.context.cluster_data.clone());
+        }
         if payload.as_bytes() == b"status" {
             let status = ClusterStatus {
                 id: self.context.id,

@@ -666,3 +666,51 @@ async fn a_streamed_fan_out_hands_over_each_answer_as_it_arrives() {
         .unwrap();
     admiral.shutdown().await;
 }
+
+/// Per-cluster settings as each cluster got them, on one library's fleet.
+async fn cluster_data_reaches_each_cluster(fleet: carrier::Fleet) {
+    let (admiral, mut events) = launch(fleet).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let ipc = admiral.ipc();
+    for id in [0, 2] {
+        let data = ipc
+            .cluster_command(id, Payload::from("cluster-data"))
+            .await
+            .unwrap();
+        let settings: (u32, String) = data.decode().unwrap();
+        assert_eq!(settings, (id, format!("region-{}", id % 2)));
+    }
+    // Its function panicked for cluster 1: reported, and the cluster runs with no data.
+    let data = ipc
+        .cluster_command(1, Payload::from("cluster-data"))
+        .await
+        .unwrap();
+    assert!(data.as_bytes().is_empty());
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::Panic { worker: WorkerId::Cluster(1), report, .. } if report.context == "cluster data")
+    })
+    .await;
+    assert!(
+        matches!(seen.last(), Some(FleetEvent::Panic { report, .. }) if report.message.contains("no settings for 1"))
+    );
+    admiral.shutdown().await;
+}
+
+fn settings(id: u32) -> (u32, String) {
+    assert!(id != 1, "no settings for 1");
+    (id, format!("region-{}", id % 2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_twilight_cluster_gets_its_own_data() {
+    let mock = MockDiscord::start(mock_config(6, 3, 1)).await.unwrap();
+    let fleet = fleet_tests::fleet(options(&mock, 3)).cluster_data(settings);
+    cluster_data_reaches_each_cluster(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_serenity_cluster_gets_its_own_data() {
+    let mock = MockDiscord::start(mock_config(6, 3, 1)).await.unwrap();
+    let fleet = fleet_tests::serenity_fleet(options(&mock, 3)).cluster_data(settings);
+    cluster_data_reaches_each_cluster(fleet).await;
+}

@@ -228,6 +228,7 @@ pub struct Fleet {
     kinds: Vec<(String, ServiceFactory)>,
     /// Services launched with the fleet.
     services: Vec<ServiceSpec>,
+    cluster_data: Option<admiral::ClusterData>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -251,7 +252,24 @@ impl Fleet {
             cluster,
             kinds: Vec::new(),
             services: Vec::new(),
+            cluster_data: None,
         }
+    }
+
+    /// Gives every cluster data of its own (discord-hybrid-sharding's `clusterData`): `make`
+    /// runs in the admiral each time a cluster process starts, with the cluster's id, and its
+    /// answer reaches the cluster in its context (`ClusterContext::data`, decoded with
+    /// `Payload::decode`). It must be quick; one that panics or makes more than 1 MiB is
+    /// reported, and that cluster gets empty data.
+    #[must_use]
+    pub fn cluster_data<T: serde::Serialize>(
+        mut self,
+        make: impl Fn(u32) -> T + Send + Sync + 'static,
+    ) -> Self {
+        self.cluster_data = Some(Arc::new(move |id| {
+            crate::Payload::encode(&make(id)).map_err(|e| e.to_string())
+        }));
+        self
     }
 
     /// Adds a service of type `S` named `name`, launched with the fleet. The type is also
@@ -391,6 +409,7 @@ impl Fleet {
             plan,
             services: self.services,
             service_kinds: self.kinds.into_iter().map(|(kind, _)| kind).collect(),
+            cluster_data: self.cluster_data,
             token: options.token,
             gateway_url: options.gateway_url.unwrap_or(gateway.url),
             rest_url: options.rest_url,

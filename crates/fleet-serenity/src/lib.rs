@@ -92,6 +92,9 @@ pub struct ClusterContext {
     /// The fleet's layout: every cluster's shards, this process, its generation; maps a guild
     /// to its shard and cluster without asking.
     pub topology: carrier::Topology,
+    /// This cluster's own data from `Fleet::cluster_data` (empty without it); read it with
+    /// `cluster_data.decode::<T>()`.
+    pub cluster_data: carrier::Payload,
     /// serenity's HTTP client on the fleet's REST base.
     pub http: Arc<Http>,
     /// The cache every shard of the cluster fills.
@@ -389,6 +392,7 @@ async fn run_cluster<W: ClusterWorker>(
     let user_context = ClusterContext {
         ipc: ipc.clone(),
         topology: assignment.topology.clone(),
+        cluster_data: assignment.data.clone(),
         id: assignment.id,
         shards: shards.clone(),
         shard_total: assignment.shard_total,

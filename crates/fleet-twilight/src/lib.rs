@@ -111,6 +111,9 @@ pub struct ClusterContext {
     /// The fleet's layout: every cluster's shards, this process, its generation; maps a guild
     /// to its shard and cluster without asking.
     pub topology: carrier::Topology,
+    /// This cluster's own data from `Fleet::cluster_data` (empty without it); read it with
+    /// `cluster_data.decode::<T>()`.
+    pub cluster_data: carrier::Payload,
     /// An HTTP client on the fleet's REST base.
     pub http: Arc<twilight_http::Client>,
     /// A sender per shard, for gateway commands (presence, member requests).
@@ -333,6 +336,7 @@ async fn run_cluster<W: ClusterWorker>(
     let user_context = ClusterContext {
         ipc: ipc.clone(),
         topology: assignment.topology.clone(),
+        cluster_data: assignment.data.clone(),
         id: assignment.id,
         shards: shard_ids.clone(),
         shard_total: assignment.shard_total,

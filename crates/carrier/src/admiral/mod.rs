@@ -25,7 +25,7 @@ pub use self::process::WorkerCommand;
 use self::run_dir::{DirGuard, SOCKET_FILE, private_dir, remove_stale_dirs};
 use crate::identify::IdentifyQueue;
 use crate::ipc::client::{Ipc, IpcError, Transport};
-use crate::ipc::proto::{Group, Outcome, Target};
+use crate::ipc::proto::{Group, Outcome, Payload, Target};
 use crate::rest::{ProxyStats, ProxyStatsHandle, RestProxy};
 
 /// Everything the admiral runs with. Built by `Fleet`.
@@ -36,6 +36,8 @@ pub struct AdmiralConfig {
     pub services: Vec<lifecycle::ServiceSpec>,
     /// Every registered service type, for services created at runtime.
     pub service_kinds: Vec<String>,
+    /// Makes each cluster's own data (`Fleet::cluster_data`).
+    pub cluster_data: Option<ClusterData>,
     /// The bot token.
     pub token: String,
     /// Gateway URL handed to clusters.
@@ -84,6 +86,12 @@ pub struct AdmiralConfig {
     /// Whether interval snapshots are broadcast to the workers too.
     pub broadcast_stats: bool,
 }
+
+/// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.
+pub type ClusterData = Arc<dyn Fn(u32) -> Result<Payload, String> + Send + Sync>;
+
+/// The most bytes one cluster's data may have; more is not sent.
+pub const MAX_CLUSTER_DATA: usize = 1 << 20;
 
 /// Fetches Discord's recommended shard count; built by `Fleet` from its adapter.
 pub type Recommender =

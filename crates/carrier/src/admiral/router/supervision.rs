@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use super::connections::Exit;
 use super::{Router, Timer};
-use crate::admiral::FleetEvent;
 use crate::admiral::lifecycle::{Admission, Command, Input, ProcessId, State, WorkerId};
 use crate::admiral::process::{self, SpawnRequest};
+use crate::admiral::{FleetEvent, MAX_CLUSTER_DATA};
 use crate::ipc::link::WorkerEnv;
-use crate::ipc::proto::{Assignment, ClusterAssignment, Down, Status, Topology, Up};
+use crate::ipc::proto::{Assignment, ClusterAssignment, Down, Payload, Status, Topology, Up};
 use crate::rest::RestProxy;
 
 /// How long an exited process's connection may take to drain before the exit is handled anyway.
@@ -98,6 +98,7 @@ impl Router {
                         process,
                         generation,
                     ),
+                    data: self.cluster_data(*id, process),
                 })
             }
         };
@@ -109,6 +110,35 @@ impl Router {
         tracing::info!(target: "fleet::lifecycle", %worker, process, "connected; starting");
         self.lifecycle_input(Input::Hello(process));
         true
+    }
+
+    /// What the user's `cluster_data` function makes for cluster `id`: empty without one, or
+    /// when it panics (reported as the cluster's panic) or makes more than [`MAX_CLUSTER_DATA`].
+    fn cluster_data(&self, id: u32, process: ProcessId) -> Payload {
+        let Some(make) = &self.config.cluster_data else {
+            return Payload::empty();
+        };
+        match crate::panics::catch_sync(|| make(id)) {
+            Ok(Ok(data)) if data.as_bytes().len() <= MAX_CLUSTER_DATA => data,
+            Ok(Ok(data)) => {
+                tracing::error!(target: "fleet::lifecycle", cluster = id, bytes = data.as_bytes().len(), "cluster data is larger than {MAX_CLUSTER_DATA} bytes; the cluster gets none");
+                Payload::empty()
+            }
+            Ok(Err(error)) => {
+                tracing::error!(target: "fleet::lifecycle", cluster = id, %error, "cluster data did not encode; the cluster gets none");
+                Payload::empty()
+            }
+            Err(panicked) => {
+                let report = panicked.report("cluster data", None, None);
+                tracing::error!(target: "fleet::lifecycle", cluster = id, %report, "cluster data panicked; the cluster gets none");
+                let _ = self.events.send(FleetEvent::Panic {
+                    worker: WorkerId::Cluster(id),
+                    process,
+                    report,
+                });
+                Payload::empty()
+            }
+        }
     }
 
     /// What a worker reports about itself (everything but requests and replies).

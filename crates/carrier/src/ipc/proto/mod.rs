@@ -425,6 +425,7 @@ mod tests {
             handover: false,
             standby: false,
             topology: Topology::default(),
+            data: Payload::empty(),
         };
         let printed = format!("{assignment:?}");
         assert!(!printed.contains("secret-token"));

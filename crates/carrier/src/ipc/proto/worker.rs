@@ -62,6 +62,10 @@ pub struct ClusterAssignment {
     /// generation.
     #[serde(default)]
     pub topology: Topology,
+    /// What the fleet's `cluster_data` function made for this cluster (discord-hybrid-sharding's
+    /// `clusterData`); empty when it has none.
+    #[serde(default)]
+    pub data: super::Payload,
 }
 
 /// The fleet's layout, as a cluster knows it without asking: every cluster of its generation and
@@ -139,6 +143,7 @@ impl fmt::Debug for ClusterAssignment {
             .field("handover", &self.handover)
             .field("standby", &self.standby)
             .field("topology", &self.topology)
+            .field("data", &self.data)
             .finish()
     }
 }
