@@ -22,7 +22,11 @@
 //!   events now; answers the first it hears), `create-service:NAME:KIND[:DEPENDENCY]` (creates
 //!   a service at runtime; answers `created` or the error), `hold-on:ID` (cluster ID answers
 //!   `released` once it gets a `release` message, the others `quick` at once), `cluster-data`
-//!   (answers the cluster's own data as it got it; serenity clusters too).
+//!   (answers the cluster's own data as it got it; serenity clusters too), `http-hooked` (how
+//!   many times the process's HTTP configuration hook ran; serenity clusters too).
+//!
+//! Both libraries' shards show the activity [`PRESENCE_TEMPLATE`] (serenity as idle, twilight
+//! as online); twilight's identify with [`LARGE_THRESHOLD`].
 //!
 //! Clusters send `got-stats` with `(id, shard_count)` to the admiral for every stats snapshot
 //! broadcast to them. `echo` answers `stats-panic` and its stats fields panic from then on, and
@@ -71,7 +75,22 @@ pub fn serenity_fleet(mut options: FleetOptions) -> Fleet {
     }
     let intents =
         GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::GUILD_MEMBERS;
-    fleet_serenity::fleet::<SerenityCluster>(options, fleet_serenity::Settings::new(intents))
+    let settings = fleet_serenity::Settings::new(intents)
+        .activity_per_shard(
+            serenity::all::OnlineStatus::Idle,
+            |name| {
+                if name.starts_with("shard 1 of") {
+                    may_panic(1);
+                }
+                serenity::all::ActivityData::watching(name)
+            },
+            PRESENCE_TEMPLATE,
+        )
+        .configure_http(|builder| {
+            HTTP_HOOKED.fetch_add(1, Ordering::SeqCst);
+            builder
+        });
+    fleet_serenity::fleet::<SerenityCluster>(options, settings)
         .service::<Echo>("echo")
         .service::<Broken>("broken")
         .service_kind::<Sluggish>("sluggish")
@@ -81,13 +100,43 @@ pub fn serenity_fleet(mut options: FleetOptions) -> Fleet {
 /// running [`TestCluster`].
 #[must_use]
 pub fn fleet(options: FleetOptions) -> Fleet {
-    fleet_twilight::fleet::<TestCluster>(
-        options,
-        Settings::new(Intents::GUILDS | Intents::GUILD_MESSAGES | Intents::GUILD_MEMBERS),
-    )
-    .service::<Echo>("echo")
-    .service::<Broken>("broken")
-    .service_kind::<Sluggish>("sluggish")
+    use twilight_model::gateway::presence::{ActivityType, Status};
+    let settings =
+        Settings::new(Intents::GUILDS | Intents::GUILD_MESSAGES | Intents::GUILD_MEMBERS)
+            .activity_per_shard(Status::Online, ActivityType::Playing, PRESENCE_TEMPLATE)
+            .configure_shard(|shard, config| {
+                may_panic(shard.number());
+                config.large_threshold(LARGE_THRESHOLD)
+            })
+            .configure_http(|builder| {
+                HTTP_HOOKED.fetch_add(1, Ordering::SeqCst);
+                builder
+            });
+    fleet_twilight::fleet::<TestCluster>(options, settings)
+        .service::<Echo>("echo")
+        .service::<Broken>("broken")
+        .service_kind::<Sluggish>("sluggish")
+}
+
+/// Every shard's activity: `shard 1 of 4 in cluster 0`.
+pub const PRESENCE_TEMPLATE: &str = "shard {shard} of {shard_total} in cluster {cluster}";
+
+/// The `large_threshold` twilight shards identify with (set by a shard configuration hook).
+pub const LARGE_THRESHOLD: u64 = 77;
+
+/// Set in a worker's environment, shard 1's configuration hook (twilight) or presence
+/// (serenity) panics.
+pub const PANIC_SHARD_1_ENV: &str = "TESTBOT_PANIC_SHARD_1";
+
+/// Times this process's HTTP configuration hook ran (`http-hooked` answers it).
+static HTTP_HOOKED: AtomicU64 = AtomicU64::new(0);
+
+/// Panics for shard 1 when the environment asks for it ([`PANIC_SHARD_1_ENV`]).
+fn may_panic(shard: u32) {
+    assert!(
+        shard != 1 || std::env::var_os(PANIC_SHARD_1_ENV).is_none(),
+        "shard 1's hook panicked on purpose"
+    );
 }
 
 /// What a cluster answers to `post:CHANNEL:N`.
@@ -472,6 +521,9 @@ impl ClusterWorker for TestCluster {
         if payload.as_bytes() == b"cluster-data" {
             return Ok(self.context.cluster_data.clone());
         }
+        if payload.as_bytes() == b"http-hooked" {
+            return Payload::encode(&HTTP_HOOKED.load(Ordering::SeqCst)).map_err(|e| e.to_string());
+        }
         if payload.as_bytes() == b"late-subscribe" {
             // Subscribes now, after the launch: answers the first event heard (`AdmiralEvent`).
             let mut events = self
@@ -675,6 +727,9 @@ impl fleet_serenity::ClusterWorker for SerenityCluster {
     async fn handle_command(&self, _: Target, payload: Payload) -> Result<Payload, String> {
         if payload.as_bytes() == b"cluster-data" {
             return Ok(self.context.cluster_data.clone());
+        }
+        if payload.as_bytes() == b"http-hooked" {
+            return Payload::encode(&HTTP_HOOKED.load(Ordering::SeqCst)).map_err(|e| e.to_string());
         }
         if payload.as_bytes() == b"status" {
             let status = ClusterStatus {

@@ -214,6 +214,16 @@ impl ShardReporter {
     }
 }
 
+/// Fills a per-shard text template (a presence per shard, say): `{shard}`, `{shard_total}`
+/// and `{cluster}` become those numbers; everything else stays as written.
+#[must_use]
+pub fn render_template(template: &str, shard: u32, shard_total: u32, cluster: u32) -> String {
+    template
+        .replace("{shard}", &shard.to_string())
+        .replace("{shard_total}", &shard_total.to_string())
+        .replace("{cluster}", &cluster.to_string())
+}
+
 /// Runs a cluster whose worker has started, until it must stop (see the module's docs).
 ///
 /// # Errors

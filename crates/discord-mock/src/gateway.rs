@@ -116,6 +116,8 @@ struct Session {
     resumes: u64,
     events_sent: u64,
     events_acked: u64,
+    presence: Option<Value>,
+    large_threshold: Option<u64>,
 }
 
 /// The event source's state.
@@ -373,9 +375,13 @@ impl Gateway {
                 let session = session.clone();
                 self.on_request_members(conn, now, &session, &d, out);
             }
-            (OpCode::PresenceUpdate, Auth::Session(_)) => {
+            (OpCode::PresenceUpdate, Auth::Session(session)) => {
                 if d.is_object() {
                     self.stats.presence_updates += 1;
+                    let session = session.clone();
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.presence = Some(d.clone());
+                    }
                 } else {
                     self.violate(
                         conn,
@@ -688,6 +694,8 @@ impl Gateway {
                 resumes: s.resumes,
                 events_sent: s.events_sent,
                 events_acked: s.events_acked,
+                presence: s.presence.clone(),
+                large_threshold: s.large_threshold,
             })
             .collect();
         reports.sort_by(|a, b| {
@@ -933,6 +941,8 @@ impl Gateway {
                 resumes: 0,
                 events_sent: 0,
                 events_acked: 0,
+                presence: d.get("presence").filter(|p| p.is_object()).cloned(),
+                large_threshold: d["large_threshold"].as_u64(),
             },
         );
         self.routes

@@ -131,6 +131,11 @@ pub struct SessionReport {
     pub events_sent: u64,
     /// Event-source events the client confirmed.
     pub events_acked: u64,
+    /// The presence the client set: its identify's `presence`, replaced by each presence
+    /// update (op 3) since.
+    pub presence: Option<serde_json::Value>,
+    /// The `large_threshold` its identify asked for.
+    pub large_threshold: Option<u64>,
 }
 
 /// Delivery of the event source's events, judged by what clients confirmed.

@@ -160,7 +160,21 @@ pub struct Settings {
     pub presence: Option<PresenceData>,
     /// Cache settings.
     pub cache: CacheSettings,
+    /// Each shard's own presence, in place of [`presence`](Self::presence)
+    /// ([`presence_per_shard`](Self::presence_per_shard),
+    /// [`activity_per_shard`](Self::activity_per_shard)).
+    pub shard_presence: Option<PresenceFn>,
+    /// Adjusts serenity's HTTP client ([`configure_http`](Self::configure_http)).
+    pub configure_http: Option<HttpHook>,
 }
+
+/// A shard's presence when it identifies, from its id, the shard total and its cluster's id.
+pub type PresenceFn = Arc<dyn Fn(u32, u32, u32) -> PresenceData + Send + Sync>;
+
+/// Adjusts serenity's `HttpBuilder` (an application id, a `reqwest` client of your own, ...).
+/// fleet sets the REST base, no client-side ratelimiter and, with the REST proxy, its key after
+/// it (a client given here then loses to the one carrying the key).
+pub type HttpHook = Arc<dyn Fn(HttpBuilder) -> HttpBuilder + Send + Sync>;
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +192,50 @@ impl Settings {
             intents,
             presence: None,
             cache: CacheSettings::default(),
+            shard_presence: None,
+            configure_http: None,
         }
+    }
+
+    /// Gives each shard its own presence when it identifies, made from the shard's id, the
+    /// shard total and its cluster's id.
+    #[must_use]
+    pub fn presence_per_shard(
+        mut self,
+        presence: impl Fn(u32, u32, u32) -> PresenceData + Send + Sync + 'static,
+    ) -> Self {
+        self.shard_presence = Some(Arc::new(presence));
+        self
+    }
+
+    /// Each shard shows `status` and the activity `activity` makes from `template`, where
+    /// `{shard}`, `{shard_total}` and `{cluster}` become the shard's numbers
+    /// ([`carrier::cluster::render_template`]): `activity_per_shard(OnlineStatus::Online,
+    /// ActivityData::playing, "Shard {shard} of {shard_total}")`.
+    #[must_use]
+    pub fn activity_per_shard(
+        self,
+        status: serenity::all::OnlineStatus,
+        activity: impl Fn(String) -> serenity::all::ActivityData + Send + Sync + 'static,
+        template: &str,
+    ) -> Self {
+        let template = template.to_owned();
+        self.presence_per_shard(move |shard, total, cluster| PresenceData {
+            activity: Some(activity(carrier::cluster::render_template(
+                &template, shard, total, cluster,
+            ))),
+            status,
+        })
+    }
+
+    /// Adjusts serenity's HTTP client before it is built (see [`HttpHook`]).
+    #[must_use]
+    pub fn configure_http(
+        mut self,
+        hook: impl Fn(HttpBuilder) -> HttpBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.configure_http = Some(Arc::new(hook));
+        self
     }
 }
 
@@ -220,14 +277,34 @@ impl<W: ClusterWorker> SerenityRunner<W> {
 /// carries it.
 #[must_use]
 pub fn http_client(token: &str, rest_url: &str, proxy_key: Option<&carrier::Secret>) -> Http {
+    configured_http_client(token, rest_url, proxy_key, None).0
+}
+
+/// [`http_client`], adjusted by the user's hook before fleet sets what it must; and the hook's
+/// panic, if it panicked (the client is then built without it).
+fn configured_http_client(
+    token: &str,
+    rest_url: &str,
+    proxy_key: Option<&carrier::Secret>,
+    hook: Option<&HttpHook>,
+) -> (Http, Option<carrier::panics::Panicked>) {
     carrier::rest::install_crypto_provider();
     let rest_url = rest_url.trim_end_matches('/');
-    if rest_url == DISCORD_REST {
-        return Http::new(token);
+    let mut builder = HttpBuilder::new(token);
+    let mut panicked = None;
+    if let Some(hook) = hook {
+        match carrier::panics::catch_sync(|| hook(builder)) {
+            Ok(configured) => builder = configured,
+            Err(panic) => {
+                panicked = Some(panic);
+                builder = HttpBuilder::new(token);
+            }
+        }
     }
-    let mut builder = HttpBuilder::new(token)
-        .proxy(rest_url)
-        .ratelimiter_disabled(true);
+    if rest_url == DISCORD_REST {
+        return (builder.build(), panicked);
+    }
+    let mut builder = builder.proxy(rest_url).ratelimiter_disabled(true);
     if let Some(key) = proxy_key {
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -240,7 +317,7 @@ pub fn http_client(token: &str, rest_url: &str, proxy_key: Option<&carrier::Secr
             }
         }
     }
-    builder.build()
+    (builder.build(), panicked)
 }
 
 impl<W: ClusterWorker> ClusterRunner for SerenityRunner<W> {
@@ -374,11 +451,18 @@ async fn run_cluster<W: ClusterWorker>(
         let shards = SerenityShards::<W>::refusing(reporter.clone());
         return carrier::cluster::serve(&link, &assignment, control, &reporter, shards).await;
     }
-    let http = Arc::new(http_client(
+    let (http, http_panicked) = configured_http_client(
         &assignment.token,
         &assignment.rest_url,
         assignment.rest_key.as_ref(),
-    ));
+        settings.configure_http.as_ref(),
+    );
+    if let Some(panicked) = http_panicked {
+        reporter
+            .panicked(panicked, "HTTP configuration", None, None)
+            .await;
+    }
+    let http = Arc::new(http);
     let cache = Arc::new(Cache::new_with_settings(settings.cache.clone()));
     link.set_fetch_handler(fetch_handler(cache.clone()));
     let counted = cache.clone();
@@ -428,6 +512,8 @@ async fn run_cluster<W: ClusterWorker>(
         http,
         intents: settings.intents,
         presence: settings.presence,
+        shard_presence: settings.shard_presence,
+        cluster: assignment.id,
         shards,
         shard_total: assignment.shard_total,
     };
@@ -450,6 +536,8 @@ struct ManagerOptions {
     http: Arc<Http>,
     intents: GatewayIntents,
     presence: Option<PresenceData>,
+    shard_presence: Option<PresenceFn>,
+    cluster: u32,
     shards: RangeInclusive<u32>,
     shard_total: u32,
 }
@@ -488,6 +576,22 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
                 return Err("this cluster cannot start".into());
             };
             for shard in o.shards.clone() {
+                let presence = match &o.shard_presence {
+                    Some(make) => {
+                        match carrier::panics::catch_sync(|| make(shard, o.shard_total, o.cluster))
+                        {
+                            Ok(presence) => Some(presence),
+                            Err(panicked) => {
+                                let context = "shard presence";
+                                self.reporter
+                                    .panicked(panicked, context, Some(shard), None)
+                                    .await;
+                                o.presence.clone()
+                            }
+                        }
+                    }
+                    None => o.presence.clone(),
+                };
                 let (manager, mut failures) = ShardManager::new(ShardManagerOptions {
                     data: o.data.clone(),
                     event_handlers: o.handlers.clone(),
@@ -499,7 +603,7 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
                     cache: o.cache.clone(),
                     http: o.http.clone(),
                     intents: o.intents,
-                    presence: o.presence.clone(),
+                    presence,
                 });
                 tokio::spawn(async move {
                     while let Some(result) = failures.next().await {

@@ -92,6 +92,7 @@ use twilight_gateway::{
     ShardId, StreamExt as _,
 };
 use twilight_model::gateway::payload::outgoing::update_presence::UpdatePresencePayload;
+use twilight_model::gateway::presence::{ActivityType, MinimalActivity, Status};
 use twilight_model::id::Id;
 
 /// Discord's gateway; twilight's default when no other URL is configured.
@@ -165,8 +166,26 @@ pub trait ClusterWorker: Send + Sync + Sized + 'static {
     fn stats(&self) -> impl serde::Serialize {}
 }
 
+/// Adjusts one shard's twilight configuration (large threshold, identify properties, TLS,
+/// ratelimiting of gateway commands, ...). fleet sets the token, intents, queue, gateway URL and
+/// the presence first, and the session to resume after; the queue's type keeps identifies
+/// going through the admiral.
+pub type ShardConfigHook =
+    Arc<dyn Fn(ShardId, ConfigBuilder<IpcQueue>) -> ConfigBuilder<IpcQueue> + Send + Sync>;
+
+/// Adjusts the cluster's twilight HTTP client (timeout, default headers, ...). fleet sets the
+/// REST base, and with the REST proxy its key and no client-side ratelimiter, after it.
+pub type HttpHook = Arc<
+    dyn Fn(twilight_http::client::ClientBuilder) -> twilight_http::client::ClientBuilder
+        + Send
+        + Sync,
+>;
+
+/// A shard's presence when it identifies, from the shard and its cluster's id.
+pub type PresenceFn = Arc<dyn Fn(ShardId, u32) -> UpdatePresencePayload + Send + Sync>;
+
 /// twilight settings of every cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Gateway intents.
     pub intents: Intents,
@@ -177,6 +196,28 @@ pub struct Settings {
     /// What the cluster's cache keeps. Default: guilds, channels, members, roles and users,
     /// what `Ipc::fetch_*` answers from. Empty turns the cache off.
     pub cache: ResourceType,
+    /// Each shard's own presence, in place of [`presence`](Self::presence)
+    /// ([`presence_per_shard`](Self::presence_per_shard),
+    /// [`activity_per_shard`](Self::activity_per_shard)).
+    pub shard_presence: Option<PresenceFn>,
+    /// Adjusts each shard's configuration ([`configure_shard`](Self::configure_shard)).
+    pub configure_shard: Option<ShardConfigHook>,
+    /// Adjusts the HTTP client ([`configure_http`](Self::configure_http)).
+    pub configure_http: Option<HttpHook>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("intents", &self.intents)
+            .field("event_types", &self.event_types)
+            .field("presence", &self.presence)
+            .field("cache", &self.cache)
+            .field("shard_presence", &self.shard_presence.is_some())
+            .field("configure_shard", &self.configure_shard.is_some())
+            .field("configure_http", &self.configure_http.is_some())
+            .finish()
+    }
 }
 
 impl Settings {
@@ -192,7 +233,75 @@ impl Settings {
                 | ResourceType::MEMBER
                 | ResourceType::ROLE
                 | ResourceType::USER,
+            shard_presence: None,
+            configure_shard: None,
+            configure_http: None,
         }
+    }
+
+    /// Gives each shard its own presence when it identifies, made from the shard and its
+    /// cluster's id.
+    #[must_use]
+    pub fn presence_per_shard(
+        mut self,
+        presence: impl Fn(ShardId, u32) -> UpdatePresencePayload + Send + Sync + 'static,
+    ) -> Self {
+        self.shard_presence = Some(Arc::new(presence));
+        self
+    }
+
+    /// Each shard shows `status` and one activity of `kind` named by `template`, where
+    /// `{shard}`, `{shard_total}` and `{cluster}` become the shard's numbers
+    /// ([`carrier::cluster::render_template`]): `"Shard {shard} of {shard_total}"`.
+    #[must_use]
+    pub fn activity_per_shard(self, status: Status, kind: ActivityType, template: &str) -> Self {
+        let template = template.to_owned();
+        self.presence_per_shard(move |shard, cluster| {
+            let name = carrier::cluster::render_template(
+                &template,
+                shard.number(),
+                shard.total(),
+                cluster,
+            );
+            let activity = MinimalActivity {
+                kind,
+                name,
+                url: None,
+            };
+            UpdatePresencePayload {
+                activities: vec![activity.into()],
+                afk: false,
+                since: None,
+                status,
+            }
+        })
+    }
+
+    /// Adjusts each shard's twilight configuration before it connects (see
+    /// [`ShardConfigHook`]).
+    #[must_use]
+    pub fn configure_shard(
+        mut self,
+        hook: impl Fn(ShardId, ConfigBuilder<IpcQueue>) -> ConfigBuilder<IpcQueue>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.configure_shard = Some(Arc::new(hook));
+        self
+    }
+
+    /// Adjusts the cluster's HTTP client before it is built (see [`HttpHook`]).
+    #[must_use]
+    pub fn configure_http(
+        mut self,
+        hook: impl Fn(twilight_http::client::ClientBuilder) -> twilight_http::client::ClientBuilder
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.configure_http = Some(Arc::new(hook));
+        self
     }
 }
 
@@ -270,9 +379,30 @@ pub fn http_client(
     rest_url: &str,
     proxy_key: Option<&carrier::Secret>,
 ) -> twilight_http::Client {
+    configured_http_client(token, rest_url, proxy_key, None).0
+}
+
+/// [`http_client`], adjusted by the user's hook before fleet sets what it must; and the hook's
+/// panic, if it panicked (the client is then built without it).
+fn configured_http_client(
+    token: &str,
+    rest_url: &str,
+    proxy_key: Option<&carrier::Secret>,
+    hook: Option<&HttpHook>,
+) -> (twilight_http::Client, Option<carrier::panics::Panicked>) {
     carrier::rest::install_crypto_provider();
-    let mut builder =
-        twilight_http::Client::builder().token(format!("Bot {}", token.trim_start_matches("Bot ")));
+    let token = format!("Bot {}", token.trim_start_matches("Bot "));
+    let mut builder = twilight_http::Client::builder().token(token.clone());
+    let mut panicked = None;
+    if let Some(hook) = hook {
+        match carrier::panics::catch_sync(|| hook(builder)) {
+            Ok(configured) => builder = configured,
+            Err(panic) => {
+                panicked = Some(panic);
+                builder = twilight_http::Client::builder().token(token);
+            }
+        }
+    }
     if let Some(host) = rest_url.strip_prefix("http://") {
         builder = builder.proxy(host.trim_end_matches('/').to_owned(), true);
     } else if let Some(host) = rest_url.strip_prefix("https://")
@@ -285,7 +415,7 @@ pub fn http_client(
             .ratelimiter(None)
             .default_headers(carrier::rest::key_headers(key));
     }
-    builder.build()
+    (builder.build(), panicked)
 }
 
 impl<W: ClusterWorker> ClusterRunner for TwilightRunner<W> {
@@ -306,11 +436,13 @@ async fn run_cluster<W: ClusterWorker>(
         assignment,
         control,
     } = context;
-    let http = Arc::new(http_client(
+    let (http, http_panicked) = configured_http_client(
         &assignment.token,
         &assignment.rest_url,
         assignment.rest_key.as_ref(),
-    ));
+        settings.configure_http.as_ref(),
+    );
+    let http = Arc::new(http);
     let mut config = ConfigBuilder::new(assignment.token.clone(), settings.intents)
         .queue(IpcQueue::new(link.clone()));
     let gateway_url = assignment.gateway_url.trim_end_matches('/');
@@ -355,8 +487,16 @@ async fn run_cluster<W: ClusterWorker>(
         carrier::stats::encode_fields(&for_stats.stats())
     }));
     let reporter = ShardReporter::new(&link, &assignment);
+    if let Some(panicked) = http_panicked {
+        reporter
+            .panicked(panicked, "HTTP configuration", None, None)
+            .await;
+    }
     let shards = TwilightShards {
         config: config.build(),
+        cluster: assignment.id,
+        presence: settings.shard_presence.clone(),
+        configure: settings.configure_shard.clone(),
         shard_ids,
         shard_total: assignment.shard_total,
         event_types: settings.event_types,
@@ -374,6 +514,9 @@ async fn run_cluster<W: ClusterWorker>(
 /// worker.
 struct TwilightShards<W> {
     config: twilight_gateway::Config<IpcQueue>,
+    cluster: u32,
+    presence: Option<PresenceFn>,
+    configure: Option<ShardConfigHook>,
     shard_ids: RangeInclusive<u32>,
     shard_total: u32,
     event_types: EventTypeFlags,
@@ -390,15 +533,38 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
     fn start(&mut self, sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>> {
         let (drive_tx, drive) = watch::channel(Drive::Run);
         let mut generation = BTreeMap::new();
+        let mut panics = Vec::new();
         for id in self.shard_ids.clone() {
-            let mut config = ConfigBuilder::from(self.config.clone());
+            let shard_id = ShardId::new(id, self.shard_total);
+            let presence = self.presence.as_ref().and_then(|presence| {
+                carrier::panics::catch_sync(|| presence(shard_id, self.cluster))
+                    .map_err(|panicked| panics.push((panicked, "shard presence", id)))
+                    .ok()
+            });
+            let base = || {
+                let config = ConfigBuilder::from(self.config.clone());
+                match presence.clone() {
+                    Some(presence) => config.presence(presence),
+                    None => config,
+                }
+            };
+            let mut config = base();
+            if let Some(configure) = &self.configure {
+                match carrier::panics::catch_sync(|| configure(shard_id, config)) {
+                    Ok(configured) => config = configured,
+                    Err(panicked) => {
+                        panics.push((panicked, "shard configuration", id));
+                        config = base();
+                    }
+                }
+            }
             if let Some(session) = sessions.iter().find(|s| s.shard == id) {
                 config = config.session(Session::new(session.sequence, session.session_id.clone()));
                 if let Some(url) = &session.resume_url {
                     config = config.resume_url(url.clone());
                 }
             }
-            let shard = Shard::with_config(ShardId::new(id, self.shard_total), config.build());
+            let shard = Shard::with_config(shard_id, config.build());
             generation.insert(id, shard.sender());
             let cluster = ClusterShared {
                 event_types: self.event_types,
@@ -411,7 +577,16 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
         }
         self.senders.replace(generation);
         self.drive = Some(drive_tx);
-        Box::pin(async { Ok(()) })
+        // A hook that panicked is reported; its shard connects as if it had none.
+        let reporter = self.reporter.clone();
+        Box::pin(async move {
+            for (panicked, context, shard) in panics {
+                reporter
+                    .panicked(panicked, context, Some(shard), None)
+                    .await;
+            }
+            Ok(())
+        })
     }
 
     fn hand_over(&mut self) -> BoxFuture<'_, Vec<ShardSession>> {

@@ -774,16 +774,20 @@ fn member_requests_without_the_intent_go_unanswered() {
 }
 
 #[test]
-fn presence_updates_are_accepted_after_identify() {
+fn presence_updates_are_accepted_after_identify_and_each_session_keeps_its_presence() {
     let mut h = Harness::with(|b| b);
-    let (conn, _) = h.session(Duration::ZERO, [0, 1]);
-    h.send(
-        conn,
-        ms(1),
-        &json!({"op": 3, "d": {"since": null, "activities": [], "status": "idle", "afk": false}}),
-    );
+    let conn = h.open(Duration::ZERO);
+    let presence = json!({"since": null, "activities": [{"name": "shard 0", "type": 0}], "status": "dnd", "afk": false});
+    let identify = json!({"op": 2, "d": {"token": TOKEN, "intents": 513, "shard": [0, 1], "properties": {}, "presence": presence, "large_threshold": 77}});
+    h.send(conn, Duration::ZERO, &identify);
+    let session = &h.g.sessions()[0];
+    assert_eq!(session.presence.as_ref(), Some(&presence));
+    assert_eq!(session.large_threshold, Some(77));
+    let idle = json!({"since": null, "activities": [], "status": "idle", "afk": false});
+    h.send(conn, ms(1), &json!({"op": 3, "d": idle}));
     assert_eq!(h.closed(conn), None);
     assert_eq!(h.g.stats(ms(1)).presence_updates, 1);
+    assert_eq!(h.g.sessions()[0].presence.as_ref(), Some(&idle));
 }
 
 #[test]
