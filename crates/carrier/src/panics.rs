@@ -101,6 +101,19 @@ pub fn catch_sync<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
     })
 }
 
+/// Runs a user's hook that adjusts a builder. If it panics, the builder `fresh` makes is used
+/// instead, and the panic is returned for the caller to report where it happened.
+pub fn adjust<B>(
+    builder: B,
+    hook: impl FnOnce(B) -> B,
+    fresh: impl FnOnce() -> B,
+) -> (B, Option<Panicked>) {
+    match catch_sync(|| hook(builder)) {
+        Ok(adjusted) => (adjusted, None),
+        Err(panicked) => (fresh(), Some(panicked)),
+    }
+}
+
 /// The text of a panic payload.
 fn message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

@@ -290,17 +290,12 @@ fn configured_http_client(
 ) -> (Http, Option<carrier::panics::Panicked>) {
     carrier::rest::install_crypto_provider();
     let rest_url = rest_url.trim_end_matches('/');
-    let mut builder = HttpBuilder::new(token);
-    let mut panicked = None;
-    if let Some(hook) = hook {
-        match carrier::panics::catch_sync(|| hook(builder)) {
-            Ok(configured) => builder = configured,
-            Err(panic) => {
-                panicked = Some(panic);
-                builder = HttpBuilder::new(token);
-            }
+    let (builder, panicked) = match hook {
+        Some(hook) => {
+            carrier::panics::adjust(HttpBuilder::new(token), &**hook, || HttpBuilder::new(token))
         }
-    }
+        None => (HttpBuilder::new(token), None),
+    };
     if rest_url == DISCORD_REST {
         return (builder.build(), panicked);
     }

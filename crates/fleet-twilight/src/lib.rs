@@ -392,17 +392,11 @@ fn configured_http_client(
 ) -> (twilight_http::Client, Option<carrier::panics::Panicked>) {
     carrier::rest::install_crypto_provider();
     let token = format!("Bot {}", token.trim_start_matches("Bot "));
-    let mut builder = twilight_http::Client::builder().token(token.clone());
-    let mut panicked = None;
-    if let Some(hook) = hook {
-        match carrier::panics::catch_sync(|| hook(builder)) {
-            Ok(configured) => builder = configured,
-            Err(panic) => {
-                panicked = Some(panic);
-                builder = twilight_http::Client::builder().token(token);
-            }
-        }
-    }
+    let fresh = || twilight_http::Client::builder().token(token.clone());
+    let (mut builder, panicked) = match hook {
+        Some(hook) => carrier::panics::adjust(fresh(), &**hook, fresh),
+        None => (fresh(), None),
+    };
     if let Some(host) = rest_url.strip_prefix("http://") {
         builder = builder.proxy(host.trim_end_matches('/').to_owned(), true);
     } else if let Some(host) = rest_url.strip_prefix("https://")
@@ -550,12 +544,11 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
             };
             let mut config = base();
             if let Some(configure) = &self.configure {
-                match carrier::panics::catch_sync(|| configure(shard_id, config)) {
-                    Ok(configured) => config = configured,
-                    Err(panicked) => {
-                        panics.push((panicked, "shard configuration", id));
-                        config = base();
-                    }
+                let panicked;
+                (config, panicked) =
+                    carrier::panics::adjust(config, |c| configure(shard_id, c), base);
+                if let Some(panicked) = panicked {
+                    panics.push((panicked, "shard configuration", id));
                 }
             }
             if let Some(session) = sessions.iter().find(|s| s.shard == id) {
