@@ -47,8 +47,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use carrier::admiral::LifecycleEvent;
 use carrier::admiral::WorkerCommand;
+use carrier::admiral::{LifecycleEvent, RestartMode};
 use carrier::{AdmiralHandle, FleetEvent, FleetOptions, Payload, ShardEvent};
 use clap::Parser;
 use discord_mock::{MockConfig, MockDiscord};
@@ -258,9 +258,13 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
             (Lib::Serenity, 4, Duration::from_secs(1)),
             (Lib::Twilight, 1, Duration::from_millis(250)),
         ]);
-    } else if !["ipc", "memory", "events", "restart", "stats"]
-        .iter()
-        .any(|s| asked(s))
+    } else if asked("restart") {
+        scenarios.push((Lib::Serenity, 4, Duration::from_secs(1)));
+    }
+    if !asked("startup")
+        && !["ipc", "memory", "events", "restart", "stats"]
+            .iter()
+            .any(|s| asked(s))
     {
         scenarios.clear();
     }
@@ -289,8 +293,18 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
                 stats::figures(&admiral, "reference scenario").await?;
             }
             if asked("restart") {
-                restart::figures(&admiral, &mock, NOTICE).await?;
+                let modes = [
+                    RestartMode::Handover,
+                    RestartMode::Overlap,
+                    RestartMode::Hard,
+                ];
+                println!("restarts, twilight:");
+                restart::figures(&admiral, &mock, NOTICE, &modes).await?;
             }
+        } else if lib == Lib::Serenity && asked("restart") {
+            println!("restarts, serenity:");
+            let modes = [RestartMode::Handover, RestartMode::Overlap];
+            restart::figures(&admiral, &mock, NOTICE, &modes).await?;
         }
         admiral.shutdown().await;
         let clean = mock.stop().await?;

@@ -69,7 +69,7 @@ async fn main() -> Result<ExitCode> {
         .run()
         .await?
         .context("this process is the admiral")?;
-    let ok = tour(&admiral, mock.as_ref(), started, args.once, args.lib).await;
+    let ok = tour(&admiral, mock.as_ref(), started, args.once).await;
     let ok = match ok {
         Ok(ok) => ok,
         Err(error) => {
@@ -113,7 +113,6 @@ async fn tour(
     mock: Option<&MockDiscord>,
     started: Instant,
     once: bool,
-    lib: Lib,
 ) -> Result<bool> {
     let plan = admiral.plan().clone();
     let total = plan.shard_count();
@@ -175,7 +174,7 @@ async fn tour(
         ok &= fetch_step(admiral, mock).await?;
     }
     let launch_identifies = mock.map(|m| m.stats().identifies);
-    let restart_identifies = soft_restart_step(admiral, mock, lib, &mut ok).await?;
+    let restart_identifies = soft_restart_step(admiral, mock, &mut ok).await?;
     let reshard_identifies = reshard_step(admiral, mock, &mut ok).await?;
 
     if let Some(mock) = mock {
@@ -232,19 +231,14 @@ async fn fetch_step(admiral: &AdmiralHandle, mock: &MockDiscord) -> Result<bool>
     Ok(found["id"].as_str() == Some(guild.to_string().as_str()))
 }
 
-/// Restarts cluster 0 while events flow: twilight hands its sessions over (no identify, no
-/// event lost); serenity cannot, so it overlaps. Returns the identifies the restart spent.
+/// Restarts cluster 0 while events flow: both libraries hand their sessions over (no identify,
+/// no event lost or handled twice). Returns the identifies the restart spent.
 async fn soft_restart_step(
     admiral: &AdmiralHandle,
     mock: Option<&MockDiscord>,
-    lib: Lib,
     ok: &mut bool,
 ) -> Result<u64> {
-    let mode = if lib == Lib::Serenity {
-        RestartMode::Overlap
-    } else {
-        RestartMode::Handover
-    };
+    let mode = RestartMode::Handover;
     let before = mock.map(|m| (m.stats(), m.event_report()));
     let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
     admiral.ipc().register("soft-kill-heard", move |m| {
@@ -280,10 +274,7 @@ async fn soft_restart_step(
         now.lost - report.lost,
         now.duplicates - report.duplicates
     );
-    if mode == RestartMode::Handover {
-        *ok &= identifies == 0 && now.duplicates == report.duplicates;
-    }
-    *ok &= now.lost == report.lost;
+    *ok &= identifies == 0 && now.duplicates == report.duplicates && now.lost == report.lost;
     Ok(identifies)
 }
 

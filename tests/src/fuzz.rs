@@ -316,6 +316,7 @@ fn up_seeds() -> Vec<Vec<u8>> {
             session_id: "abc".into(),
             sequence: 42,
             resume_url: Some("ws://127.0.0.1:1".into()),
+            state: Payload::from("library state"),
         }]),
         Up::Pong { seq: 3 },
         Up::Log(LogRecord {

@@ -650,6 +650,10 @@ struct Counts {
     events: AtomicU64,
     /// `message` handlers still to panic (`panic-events:N`).
     panics: AtomicU64,
+    /// Report each message handled to the admiral as [`Handled`] (see [`REPORT_EVENTS`]).
+    report: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// This process's tag in those reports.
+    nonce: u64,
 }
 
 impl Counts {
@@ -678,9 +682,14 @@ impl serenity::all::EventHandler for Counts {
         self.report().await;
     }
 
-    async fn message(&self, _: serenity::all::Context, _: serenity::all::Message) {
+    async fn message(&self, _: serenity::all::Context, message: serenity::all::Message) {
         self.events.fetch_add(1, Ordering::Relaxed);
         self.report().await;
+        if self.report.load(Ordering::SeqCst) {
+            let handled: Handled = (self.nonce, message.id.get());
+            let payload = Payload::encode(&handled).expect("numbers encode");
+            let _ = self.ipc.send_to_admiral("handled", payload).await;
+        }
         let panic_now = self
             .panics
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -703,12 +712,21 @@ pub struct SerenityCluster {
 
 impl fleet_serenity::ClusterWorker for SerenityCluster {
     async fn start(context: fleet_serenity::ClusterContext) -> Result<Self, BoxError> {
+        let report = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            context.ipc.store_has(REPORT_EVENTS).await?,
+        ));
+        let flag = report.clone();
+        context.ipc.register(REPORT_EVENTS, move |_| {
+            flag.store(true, Ordering::SeqCst);
+        });
         let counts = std::sync::Arc::new(Counts {
             ipc: context.ipc.clone(),
             cluster: context.id,
             guilds: AtomicU64::new(0),
             events: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            report,
+            nonce: fastrand::u64(..),
         });
         Ok(Self { context, counts })
     }

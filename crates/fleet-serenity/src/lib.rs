@@ -33,11 +33,13 @@
 //! through the admiral's REST proxy when it is on (serenity only honours a custom base with its
 //! own rate limiter off, which is what the proxy wants).
 //!
-//! What serenity 0.12 cannot do: resume a session it did not open (its shards take no session to
-//! start from), so a session handover is refused with a clear error and serenity clusters restart
-//! with `RestartMode::Overlap`; and a reshard's new generation has no standby, because serenity's
-//! handlers are fixed when the client is built: they handle events from their first READY, beside
-//! the old generation until it drains.
+//! serenity 0.12 cannot start from a session it did not open, so a session handover goes through
+//! the gate: the old process's gate stops each shard's connection at a dispatch and hands the
+//! session over with its READY and the shard's cached guilds; the replacement's gate resumes it
+//! upstream in place of serenity's IDENTIFY and shows serenity the READY and the guilds, then
+//! Discord's replay. User code handles each event once. A reshard's new generation has no
+//! standby, because serenity's handlers are fixed when the client is built: they handle events
+//! from their first READY, beside the old generation until it drains.
 
 mod relay;
 
@@ -322,12 +324,16 @@ impl<W: ClusterWorker> ClusterRunner for SerenityRunner<W> {
 }
 
 /// Passes shard progress to carrier's [`ShardReporter`].
-struct Reporter(ShardReporter);
+struct Reporter(ShardReporter, relay::Gate);
 
 #[serenity::async_trait]
 impl EventHandler for Reporter {
     async fn ready(&self, ctx: Context, _: Ready) {
-        self.0.report(ctx.shard_id.0, ShardEvent::Ready).await;
+        // A handed-over session's READY is shown before its cached guilds: the shard is ready
+        // at its RESUMED, once serenity has cached them.
+        if !self.1.took_over(ctx.shard_id.0) {
+            self.0.report(ctx.shard_id.0, ShardEvent::Ready).await;
+        }
     }
 
     async fn resume(&self, ctx: Context, _: ResumedEvent) {
@@ -440,12 +446,6 @@ async fn run_cluster<W: ClusterWorker>(
         control,
     } = context;
     let reporter = ShardReporter::new(&link, &assignment);
-    if assignment.handover {
-        // serenity 0.12 opens its sessions itself: carrier refuses the handover before anything
-        // starts, and the old process keeps serving.
-        let shards = SerenityShards::<W>::refusing(reporter.clone());
-        return carrier::cluster::serve(&link, &assignment, control, &reporter, shards).await;
-    }
     let (http, http_panicked) = configured_http_client(
         &assignment.token,
         &assignment.rest_url,
@@ -489,15 +489,15 @@ async fn run_cluster<W: ClusterWorker>(
     link.set_stats_fields(Arc::new(move || {
         carrier::stats::encode_fields(&for_stats.stats())
     }));
-    let gate = relay::start(
+    let gate = relay::Gate::start(
         assignment.gateway_url.trim_end_matches('/').to_owned(),
         link.clone(),
     )
     .await?;
     let mut handlers = worker.event_handlers();
-    handlers.push(Arc::new(Reporter(reporter.clone())));
+    handlers.push(Arc::new(Reporter(reporter.clone(), gate.clone())));
     let mut raw_handlers = worker.raw_event_handlers();
-    raw_handlers.push(Arc::new(Reporter(reporter.clone())));
+    raw_handlers.push(Arc::new(Reporter(reporter.clone(), gate.clone())));
     let options = ManagerOptions {
         data,
         handlers,
@@ -526,7 +526,7 @@ struct ManagerOptions {
     data: Arc<RwLock<TypeMap>>,
     handlers: Vec<Arc<dyn EventHandler>>,
     raw_handlers: Vec<Arc<dyn RawEventHandler>>,
-    gate: String,
+    gate: relay::Gate,
     cache: Arc<Cache>,
     http: Arc<Http>,
     intents: GatewayIntents,
@@ -547,29 +547,49 @@ struct SerenityShards<W> {
     managers: Vec<Arc<ShardManager>>,
 }
 
-impl<W> SerenityShards<W> {
-    /// A handover's replacement: it has nothing to start.
-    fn refusing(reporter: ShardReporter) -> Self {
-        Self {
-            options: None,
-            worker: None,
-            reporter,
-            managers: Vec::new(),
-        }
-    }
+/// How long each shard's connection has to say where its session stands for a handover.
+const HANDOVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The most bytes of cached guilds a handover carries, for all shards together (the sessions
+/// travel in one IPC frame).
+const MAX_HANDED_STATE: usize = 8 << 20;
+
+/// What a serenity replacement needs besides the session: the READY it shows serenity, and the
+/// guilds the old process had cached, as `GUILD_CREATE` payloads.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionState {
+    ready: String,
+    guilds: Vec<String>,
+}
+
+/// The cached guilds of one shard, each as Discord's JSON.
+fn cached_guilds(cache: &Cache, shard: u32, shard_total: u32) -> Vec<String> {
+    cache
+        .guilds()
+        .into_iter()
+        .filter(|id| (id.get() >> 22) % u64::from(shard_total.max(1)) == u64::from(shard))
+        .filter_map(|id| serde_json::to_string(&*cache.guild(id)?).ok())
+        .collect()
 }
 
 impl<W: ClusterWorker> Shards for SerenityShards<W> {
-    fn resumes_sessions(&self) -> bool {
-        // serenity 0.12 offers no way to resume a session it did not open.
-        false
-    }
-
-    fn start(&mut self, _sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>> {
+    fn start(&mut self, sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
+            // Sessions coming back after a failed handover: the quiet shards make way.
+            self.close(std::time::Duration::from_secs(5)).await;
             let Some(o) = &self.options else {
                 return Err("this cluster cannot start".into());
             };
+            o.gate.seed(sessions.into_iter().filter_map(|session| {
+                let state: SessionState = session.state.decode().ok()?;
+                let seed = relay::Seed {
+                    session_id: session.session_id,
+                    seq: session.sequence,
+                    ready: state.ready,
+                    guilds: state.guilds,
+                };
+                Some((session.shard, seed))
+            }));
             for shard in o.shards.clone() {
                 let presence = match &o.shard_presence {
                     Some(make) => {
@@ -594,7 +614,7 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
                     shard_index: shard,
                     shard_init: 1,
                     shard_total: o.shard_total,
-                    ws_url: Arc::new(Mutex::new(o.gate.clone())),
+                    ws_url: Arc::new(Mutex::new(o.gate.url().to_owned())),
                     cache: o.cache.clone(),
                     http: o.http.clone(),
                     intents: o.intents,
@@ -618,11 +638,33 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
     }
 
     fn hand_over(&mut self) -> BoxFuture<'_, Vec<ShardSession>> {
-        // Never asked (the replacement refuses first); should it be, the shards close and the
-        // replacement identifies them.
         Box::pin(async move {
-            self.close(std::time::Duration::from_secs(5)).await;
-            Vec::new()
+            let Some(o) = &self.options else {
+                return Vec::new();
+            };
+            let cuts = o.gate.cut_all(HANDOVER_WITHIN).await;
+            // The cached guilds go along, each shard's within its share of one IPC frame.
+            let budget = MAX_HANDED_STATE / cuts.len().max(1);
+            cuts.into_iter()
+                .map(|cut| {
+                    let mut guilds = cached_guilds(&o.cache, cut.shard, o.shard_total);
+                    if guilds.iter().map(String::len).sum::<usize>() > budget {
+                        tracing::warn!(target: "fleet::restart", shard = cut.shard, guilds = guilds.len(), "the shard's cached guilds are too large to hand over; the replacement's cache starts without them");
+                        guilds.clear();
+                    }
+                    let state = SessionState {
+                        ready: cut.ready,
+                        guilds,
+                    };
+                    ShardSession {
+                        shard: cut.shard,
+                        session_id: cut.session_id,
+                        sequence: cut.seq,
+                        resume_url: cut.resume_url,
+                        state: Payload::encode(&state).unwrap_or_default(),
+                    }
+                })
+                .collect()
         })
     }
 

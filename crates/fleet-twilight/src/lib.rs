@@ -808,6 +808,7 @@ async fn drive_shard<W: ClusterWorker>(
                     session_id: session.id().to_owned(),
                     sequence: session.sequence(),
                     resume_url: shard.resume_url().map(str::to_owned),
+                    state: carrier::Payload::empty(),
                 });
             }
             Drive::Stop if closed => break,

@@ -62,17 +62,18 @@ async fn settle(mock: &MockProcess) -> Result<(serde_json::Value, serde_json::Va
     Ok((report, control(mock, "GET", "/_mock/stats").await?))
 }
 
-/// Restarts cluster 0 once with each strategy and prints what each cost.
-pub async fn figures(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) -> Result<()> {
+/// Restarts cluster 0 once with each strategy and prints what each cost, then reshards.
+pub async fn figures(
+    admiral: &AdmiralHandle,
+    mock: &MockProcess,
+    notice: Duration,
+    modes: &[RestartMode],
+) -> Result<()> {
     let shards = {
         let c = &admiral.plan().clusters[0];
         c.last_shard - c.first_shard + 1
     };
-    for mode in [
-        RestartMode::Handover,
-        RestartMode::Overlap,
-        RestartMode::Hard,
-    ] {
+    for &mode in modes {
         control(mock, "POST", "/_mock/events/start?rate=2").await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before_stats = control(mock, "GET", "/_mock/stats").await?;

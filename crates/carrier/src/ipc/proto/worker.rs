@@ -206,6 +206,10 @@ pub struct ShardSession {
     pub sequence: u64,
     /// Where to resume, if Discord named a URL.
     pub resume_url: Option<String>,
+    /// What else the library needs to take the session over, opaque to carrier (serenity's: the
+    /// session's READY and the shard's cached guilds). Empty for twilight.
+    #[serde(default)]
+    pub state: super::Payload,
 }
 
 impl ShardSession {
@@ -217,6 +221,7 @@ impl ShardSession {
             session_id,
             sequence: 0,
             resume_url,
+            state: super::Payload::empty(),
         }
     }
 }
