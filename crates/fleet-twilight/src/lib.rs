@@ -24,8 +24,9 @@
 //! resumable close (4000) comes back, so a shard's session sequence is exactly the last event
 //! its worker handled, and passes `session_id`, sequence and resume URL over. The replacement
 //! builds its shards with `ConfigBuilder::session` and `resume_url` and resumes: Discord replays
-//! whatever came in between. If the replacement fails, the sessions come back and the old
-//! process resumes them itself.
+//! whatever came in between. Each shard's cached guilds go along with its session (`handed`)
+//! and fill the replacement's cache before it resumes. If the replacement fails, the sessions
+//! come back and the old process resumes them itself.
 //!
 //! Standby (a reshard's new generation): shards connect and fill the cache, but events reach the
 //! worker only after [`ClusterWorker::activate`].
@@ -66,6 +67,8 @@
 //!     Ok(())
 //! }
 //! ```
+
+mod handed;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -336,6 +339,10 @@ impl<W: ClusterWorker> TwilightRunner<W> {
     }
 }
 
+/// The most bytes of cached guilds a handover carries, for all shards together (the sessions
+/// travel in one IPC frame).
+const MAX_HANDED_STATE: usize = 8 << 20;
+
 /// twilight's identify queue for fleet shards: every identify waits for the admiral's queue.
 #[derive(Debug, Clone)]
 pub struct IpcQueue {
@@ -525,6 +532,12 @@ struct TwilightShards<W> {
 
 impl<W: ClusterWorker> Shards for TwilightShards<W> {
     fn start(&mut self, sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>> {
+        // Handed-over guilds fill the cache before any shard resumes.
+        for session in &sessions {
+            if let Ok(guilds) = session.state.decode::<Vec<String>>() {
+                handed::restore(&self.cache, &guilds);
+            }
+        }
         let (drive_tx, drive) = watch::channel(Drive::Run);
         let mut generation = BTreeMap::new();
         let mut panics = Vec::new();
@@ -600,6 +613,17 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
             }
             for task in self.tasks.drain(..) {
                 task.abort();
+            }
+            // Each shard's cached guilds go along, within its share of one IPC frame.
+            let budget = MAX_HANDED_STATE / handed.len().max(1);
+            for session in &mut handed {
+                let mut guilds =
+                    handed::cached_guilds(&self.cache, session.shard, self.shard_total);
+                if guilds.iter().map(String::len).sum::<usize>() > budget {
+                    tracing::warn!(target: "fleet::restart", shard = session.shard, guilds = guilds.len(), "the shard's cached guilds are too large to hand over; the replacement's cache fills from events");
+                    guilds.clear();
+                }
+                session.state = carrier::Payload::encode(&guilds).unwrap_or_default();
             }
             handed
         })
