@@ -331,12 +331,24 @@ async fn rolling_restart(fleet: fn(FleetOptions) -> Fleet) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
+    reshard_4_to_8(fleet_tests::fleet, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serenity_reshard_loses_no_event_and_its_old_generation_stops_handling_them_at_once() {
+    reshard_4_to_8(fleet_tests::serenity_fleet, false).await;
+}
+
+/// Reshards 4 shards to 8 while events flow. User code handles an event twice only between the
+/// moment the new generation handles events (with `standby`, when it goes live; without, from its
+/// first READY) and the moment the old one stops, `SWITCH_GUARD` after the new one went live.
+async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
     let mock = MockDiscord::start(mock_config(16, 4, 4)).await.unwrap();
     let mut options = options(&mock, 2);
     // Longer than the mock's heartbeat: the old generation's sessions confirm every event they
     // handled before they close, so the mock can tell none was lost.
     options.soft_kill_notice = Duration::from_secs(1);
-    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    let (admiral, mut events) = launch(fleet(options)).await;
     admiral.wait_ready(WAIT).await.unwrap();
     assert_eq!(admiral.plan().shard_total, 4);
     let old: Vec<u64> = admiral
@@ -361,7 +373,7 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
     ipc.broadcast(fleet_tests::REPORT_EVENTS, Payload::empty())
         .await
         .unwrap();
-    // The switch window: from the new generation's activation to the old one's last exit.
+    // When the new generation went live, and when the old one's processes exited.
     let mut timed = admiral.events();
     let watcher = tokio::spawn(async move {
         let (mut activated, mut exits) = (None, Vec::new());
@@ -381,9 +393,15 @@ async fn a_reshard_from_4_to_8_shards_goes_live_at_once_and_loses_no_event() {
         }
         (activated, exits.into_iter().max())
     });
+    let started = Instant::now();
     let before = reshard_while_events_flow(&admiral, &mock, 8).await;
     let (activated, last_exit) = watcher.await.unwrap();
-    let window = activated.expect("activation seen")..=last_exit.expect("old generation gone");
+    // The switch window: the old generation stops handling events SWITCH_GUARD after the new one
+    // goes live, long before its processes exit.
+    let activated = activated.expect("activation seen");
+    assert!(last_exit.expect("old generation gone") > activated + Duration::from_millis(900));
+    let from = if standby { activated } else { started };
+    let window = from..=activated + carrier::admiral::lifecycle::SWITCH_GUARD;
 
     let plan = admiral.plan();
     assert_eq!(plan.shard_total, 8);

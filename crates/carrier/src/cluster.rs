@@ -13,7 +13,9 @@
 //! 2. [`Shards::start`] connects every shard, resuming the sessions it was given.
 //! 3. It serves until the admiral asks for something: a standby cluster (a reshard's new
 //!    generation) is activated ([`ShardReporter::is_live`] turns true, then the worker's
-//!    [`Shards::activate`] hook runs); a handover closes every shard resumably
+//!    [`Shards::activate`] hook runs), and an old generation's cluster is deactivated a moment
+//!    after the new one went live (no more events reach its worker); a handover closes every
+//!    shard resumably
 //!    ([`Shards::hand_over`]), sends the sessions, and either stops or, when the replacement
 //!    failed, takes them back and starts again at 2; a shutdown runs the worker's
 //!    [`Shards::shutdown`] hook within the grace period, then [`Shards::close`].
@@ -62,6 +64,13 @@ pub trait Shards: Send {
 
     /// The worker's hook when a standby cluster goes live. Default: nothing.
     fn activate(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// An old generation's cluster stops handing events to the worker (the reporter's standby
+    /// gate is closed already); an adapter whose library hands events to user code past that
+    /// gate stops them here. Default: nothing.
+    fn deactivate(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
 
@@ -205,6 +214,11 @@ impl ShardReporter {
         !self.live.swap(true, Ordering::SeqCst)
     }
 
+    /// Stops handing events to the worker; whether it was live.
+    fn go_standby(&self) -> bool {
+        self.live.swap(false, Ordering::SeqCst)
+    }
+
     /// A new start: readiness is counted afresh.
     fn restart(&self) {
         self.ready
@@ -247,14 +261,20 @@ pub async fn serve(
             return Err(reason.into());
         }
         let _ = ipc.report(Status::Prepared).await;
-        tokio::select! {
-            handoff = handoffs.handoff() => match handoff {
-                Some(Handoff::Sessions(handed)) => sessions = handed,
-                _ => return Ok(()),
-            },
-            stop = control.stopped() => {
-                shut_down(ipc, &mut shards, stop).await;
-                return Ok(());
+        loop {
+            tokio::select! {
+                handoff = handoffs.handoff() => match handoff {
+                    Some(Handoff::Sessions(handed)) => {
+                        sessions = handed;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+                stop = control.stopped() => {
+                    shut_down(ipc, &mut shards, stop).await;
+                    return Ok(());
+                }
             }
         }
     }
@@ -276,6 +296,12 @@ pub async fn serve(
                             guarded(reporter, "activate", shards.activate()).await;
                         }
                     }
+                    Some(Handoff::Deactivate) => {
+                        if reporter.go_standby() {
+                            tracing::info!(target: "fleet::shard", "deactivated: the new generation handles events now");
+                            guarded(reporter, "deactivate", shards.deactivate()).await;
+                        }
+                    }
                     Some(Handoff::CloseResumably) => break,
                     Some(Handoff::Sessions(_)) => {}
                     None => return Ok(()),
@@ -287,18 +313,22 @@ pub async fn serve(
         ipc.hand_over(handed).await?;
         // Now either the replacement serves and this process is told to stop, or it failed and
         // the sessions come back.
-        tokio::select! {
-            stop = control.stopped() => {
-                shut_down(ipc, &mut shards, stop).await;
-                return Ok(());
-            }
-            handoff = handoffs.handoff() => match handoff {
-                Some(Handoff::Sessions(back)) => {
-                    tracing::warn!(target: "fleet::shard", "the replacement failed; resuming the sessions here");
-                    sessions = back;
+        loop {
+            tokio::select! {
+                stop = control.stopped() => {
+                    shut_down(ipc, &mut shards, stop).await;
+                    return Ok(());
                 }
-                _ => return Ok(()),
-            },
+                handoff = handoffs.handoff() => match handoff {
+                    Some(Handoff::Sessions(back)) => {
+                        tracing::warn!(target: "fleet::shard", "the replacement failed; resuming the sessions here");
+                        sessions = back;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+            }
         }
     }
 }

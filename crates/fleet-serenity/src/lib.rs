@@ -668,6 +668,14 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
         })
     }
 
+    fn deactivate(&mut self) -> BoxFuture<'_, ()> {
+        // serenity's handlers cannot be gated: the gate stops the dispatches instead.
+        if let Some(o) = &self.options {
+            o.gate.deactivate();
+        }
+        Box::pin(async {})
+    }
+
     fn close(&mut self, grace: std::time::Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let managers = std::mem::take(&mut self.managers);

@@ -93,6 +93,8 @@ struct Shared {
     upstream: String,
     link: ClusterLink,
     state: Mutex<State>,
+    /// An old generation's cluster after a reshard: dispatches no longer reach serenity.
+    deactivated: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -117,6 +119,7 @@ impl Gate {
             upstream,
             link,
             state: Mutex::default(),
+            deactivated: std::sync::atomic::AtomicBool::new(false),
         });
         let accepting = shared.clone();
         tokio::spawn(async move {
@@ -138,6 +141,14 @@ impl Gate {
         let mut state = self.shared.state();
         state.handed_over = false;
         state.seeds.extend(seeds);
+    }
+
+    /// From now on no dispatch reaches serenity (its heartbeats and their acknowledgements go
+    /// on): the cluster belongs to a reshard's old generation, and the new one handles events.
+    pub(crate) fn deactivate(&self) {
+        self.shared
+            .deactivated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether shard `shard`'s latest READY was a handed-over session's (shown by the relay, not
@@ -263,8 +274,12 @@ impl Connection {
                 from_server = server_rx.next() => {
                     let Some(Ok(message)) = from_server else { break };
                     let closing = message.is_close();
-                    if let Message::Text(text) = &message {
-                        self.follow(text);
+                    let dispatch = match &message {
+                        Message::Text(text) => self.follow(text),
+                        _ => false,
+                    };
+                    if dispatch && self.shared.deactivated.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
                     }
                     if client_tx.send(message).await.is_err() || closing {
                         break;
@@ -342,13 +357,13 @@ impl Connection {
     }
 
     /// Follows a gateway frame on its way to serenity: a dispatch's sequence, and a READY's
-    /// session.
-    fn follow(&mut self, text: &str) {
+    /// session. Whether it is a dispatch.
+    fn follow(&mut self, text: &str) -> bool {
         let Ok(head) = serde_json::from_str::<Head>(text) else {
-            return;
+            return false;
         };
         if head.op != 0 {
-            return;
+            return false;
         }
         if let Some(s) = head.s {
             self.seq = s;
@@ -358,7 +373,7 @@ impl Connection {
         {
             let d = &ready["d"];
             let (Some(id), Some(shard)) = (d["session_id"].as_str(), d["shard"][0].as_u64()) else {
-                return;
+                return true;
             };
             let known = Known {
                 shard: u32::try_from(shard).unwrap_or(u32::MAX),
@@ -368,6 +383,7 @@ impl Connection {
             };
             self.hold(known);
         }
+        true
     }
 
     /// This connection holds `known`'s session now.

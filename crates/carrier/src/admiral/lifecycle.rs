@@ -232,6 +232,8 @@ pub enum Input {
     Reshard(Vec<u32>),
     /// The old generation's notice is over: it drains now.
     DrainDue,
+    /// The new generation has been live for [`SWITCH_GUARD`]: the old one stops handling events.
+    DeactivateDue,
     /// A process handed over the sessions of its shards (closed resumably), as asked by
     /// [`Command::RequestSessions`]; empty if it could not.
     SessionsHandedOver(ProcessId, Vec<ShardSession>),
@@ -274,6 +276,9 @@ pub enum Command {
     },
     /// A process of the new generation goes live: its user code starts receiving events.
     Activate(ProcessId),
+    /// A process of the old generation, once the new one has been live for [`SWITCH_GUARD`]:
+    /// its user code receives no more events (its shards stay connected until it is stopped).
+    Deactivate(ProcessId),
     /// Tell the user.
     Emit(LifecycleEvent),
 }
@@ -395,6 +400,11 @@ impl ServiceSpec {
         }
     }
 }
+
+/// How long after a reshard's new generation goes live the old one stops handing events to user
+/// code: long enough that an event the two generations' sessions receive at slightly different
+/// times is handled by at least one of them.
+pub const SWITCH_GUARD: Duration = Duration::from_millis(250);
 
 /// Services a fleet may hold at most, declared and created together.
 pub const MAX_SERVICES: usize = 256;
@@ -523,6 +533,8 @@ enum Timeout {
     Notice(WorkerId),
     /// [`Input::DrainDue`].
     Drain,
+    /// [`Input::DeactivateDue`].
+    Deactivate,
 }
 
 impl Timeout {
@@ -533,6 +545,7 @@ impl Timeout {
             Self::Restart(worker) => Input::RestartDue(worker),
             Self::Notice(worker) => Input::NoticeOver(worker),
             Self::Drain => Input::DrainDue,
+            Self::Deactivate => Input::DeactivateDue,
         }
     }
 }
@@ -930,6 +943,7 @@ impl Lifecycle {
                 self.fail(process, format!("could not spawn: {reason}"), &mut out);
             }
             Input::DrainDue => self.finish_generation(&mut out),
+            Input::DeactivateDue => self.deactivate_old_generation(&mut out),
             Input::SessionsHandedOver(from, sessions) => {
                 self.sessions_handed_over(from, sessions, &mut out);
             }
@@ -1297,8 +1311,13 @@ impl Lifecycle {
             self.finish_generation(out);
             return;
         }
-        // The old generation is warned, and serves out its notice beside the new one.
+        // The old generation is warned, and serves out its notice beside the new one; its user
+        // code stops receiving events a moment after the new generation's starts, so an event
+        // is handled twice only inside that moment, and none is left unhandled by both.
         let notice = self.notice;
+        if notice > SWITCH_GUARD {
+            self.arm(Timeout::Deactivate, SWITCH_GUARD);
+        }
         for worker in self.workers.values() {
             if let (WorkerId::Cluster(_), Some(process)) = (&worker.id, worker.process) {
                 out.push(Command::Emit(LifecycleEvent::SoftKillPending {
@@ -1309,6 +1328,20 @@ impl Lifecycle {
             }
         }
         self.arm(Timeout::Drain, notice);
+    }
+
+    /// The old generation's live processes stop handing events to user code.
+    fn deactivate_old_generation(&mut self, out: &mut Vec<Command>) {
+        for worker in self.workers.values() {
+            let replaced = worker
+                .replacement
+                .as_ref()
+                .is_some_and(|r| r.generation && r.step == Step::Ready);
+            let old = replaced || self.retiring.contains(&worker.id);
+            if let (true, State::Live, Some(process)) = (old, &worker.state, worker.process) {
+                out.push(Command::Deactivate(process));
+            }
+        }
     }
 
     /// The new generation takes over; the old one drains.

@@ -145,6 +145,8 @@ pub enum Handoff {
     Sessions(Vec<ShardSession>),
     /// A standby cluster goes live.
     Activate,
+    /// An old generation's cluster hands no more events to user code.
+    Deactivate,
 }
 
 /// Why a worker must stop.
@@ -279,6 +281,9 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                 }
                 Ok(Down::Activate) => {
                     let _ = handoff_tx.send(Handoff::Activate);
+                }
+                Ok(Down::Deactivate) => {
+                    let _ = handoff_tx.send(Handoff::Deactivate);
                 }
                 Ok(Down::Sessions(sessions)) => {
                     let _ = handoff_tx.send(Handoff::Sessions(sessions));

@@ -1132,3 +1132,48 @@ fn a_service_added_at_runtime_starts_once_its_dependency_is_live_and_names_stay_
     l.handle(Input::Shutdown);
     assert!(l.can_add_service(&spec("other", &[], None)).is_err());
 }
+
+#[test]
+fn the_old_generation_stops_handling_events_a_moment_after_the_new_one_goes_live() {
+    let notice = Duration::from_secs(1);
+    let (l, old) = live_clusters(3);
+    let mut l = l.with_soft_kill_notice(notice);
+    let new: Vec<ProcessId> = spawned(&l.handle(Input::Reshard(vec![0, 1])))
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    l.handle(Input::Ready(new[0]));
+    let (out, timed) = handle_timed(&mut l, Input::Ready(new[1]));
+    assert!(out.contains(&Command::Activate(new[0])) && out.contains(&Command::Activate(new[1])));
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Deactivate(_))),
+        "not at once"
+    );
+    assert!(
+        timed.contains(&(Timeout::Deactivate, SWITCH_GUARD)),
+        "{timed:?}"
+    );
+    assert!(timed.contains(&(Timeout::Drain, notice)), "{timed:?}");
+    // After the guard: every old process, the retiring cluster 2's included, is deactivated.
+    let out = l.handle_timeout(SWITCH_GUARD);
+    let deactivated: Vec<ProcessId> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Deactivate(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deactivated, old);
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Stop { .. })),
+        "they stay connected"
+    );
+    // After the notice they drain.
+    let out = l.handle_timeout(notice);
+    for p in &old {
+        assert!(out.contains(&Command::Stop {
+            process: *p,
+            grace: TIMEOUTS.kill
+        }));
+    }
+}

@@ -337,6 +337,9 @@ impl Router {
                     self.lifecycle_input(Input::SessionsHandedOver(from, Vec::new()));
                 }
             }
+            Command::Deactivate(process) => {
+                self.links.send_to_process(process, &Down::Deactivate);
+            }
             Command::Activate(process) => {
                 self.links.send_to_process(process, &Down::Activate);
             }

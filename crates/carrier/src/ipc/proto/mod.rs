@@ -339,6 +339,9 @@ pub enum Down {
     Sessions(Vec<ShardSession>),
     /// A standby cluster (a new generation) goes live: hand events to user code from now on.
     Activate,
+    /// An old generation's cluster, once the new one has been live a moment: hand no more
+    /// events to user code (the shards keep their sessions until the process is stopped).
+    Deactivate,
     /// Application heartbeat: answer with [`Up::Pong`] from a task of the worker's runtime, so a
     /// worker whose runtime is stuck stops answering. A worker that answers no ping for longer
     /// than the fleet's heartbeat timeout is treated as crashed.
