@@ -299,12 +299,12 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
                     RestartMode::Hard,
                 ];
                 println!("restarts, twilight:");
-                restart::figures(&admiral, &mock, NOTICE, &modes).await?;
+                restart::figures(&admiral, &mock, NOTICE, interval, &modes).await?;
             }
         } else if lib == Lib::Serenity && asked("restart") {
             println!("restarts, serenity:");
             let modes = [RestartMode::Handover, RestartMode::Overlap];
-            restart::figures(&admiral, &mock, NOTICE, &modes).await?;
+            restart::figures(&admiral, &mock, NOTICE, interval, &modes).await?;
         }
         admiral.shutdown().await;
         let clean = mock.stop().await?;

@@ -67,6 +67,7 @@ pub async fn figures(
     admiral: &AdmiralHandle,
     mock: &MockProcess,
     notice: Duration,
+    interval: Duration,
     modes: &[RestartMode],
 ) -> Result<()> {
     let shards = {
@@ -133,12 +134,17 @@ pub async fn figures(
             diff(&after, &before, "produced"),
         );
     }
-    reshard(admiral, mock, notice).await
+    reshard(admiral, mock, notice, interval).await
 }
 
 /// Reshards to twice the shards while events flow: how long the switch takes against the
 /// identify limit for the new shards, and what it cost.
-async fn reshard(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) -> Result<()> {
+async fn reshard(
+    admiral: &AdmiralHandle,
+    mock: &MockProcess,
+    notice: Duration,
+    interval: Duration,
+) -> Result<()> {
     let plan = admiral.plan();
     let shards = plan.shard_total * 2;
     control(mock, "POST", "/_mock/events/start?rate=2").await?;
@@ -151,12 +157,12 @@ async fn reshard(admiral: &AdmiralHandle, mock: &MockProcess, notice: Duration) 
     let took = started.elapsed();
     let (after, after_stats) = settle(mock).await?;
     let windows = shards.div_ceil(plan.max_concurrency) - 1;
-    let limit = super::IDENTIFY_INTERVAL * windows;
+    let limit = interval * windows;
     println!(
-        "reshard {} -> {shards} shards at max_concurrency {}: live in {took:.2?}; identify limit {windows} x {:.1?} = {limit:.1?}, plus the old generation's {notice:.1?} notice; identifies {}; events lost {}, handled by both generations {} (of {} produced)",
+        "reshard {} -> {shards} shards at max_concurrency {}: live in {took:.2?}; identify limit {windows} x {:.1?} = {limit:.1?}, plus the old generation's {notice:.1?} notice; identifies {}; events lost {}, confirmed by sessions of both generations {} (of {} produced; user code stops in the old generation 250 ms after the new one goes live)",
         plan.shard_total,
         plan.max_concurrency,
-        super::IDENTIFY_INTERVAL,
+        interval,
         diff(&after_stats, &before_stats, "identifies"),
         diff(&after, &before, "lost"),
         diff(&after, &before, "duplicates"),

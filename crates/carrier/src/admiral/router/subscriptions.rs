@@ -46,7 +46,11 @@ impl Router {
     /// Publishes an event: to the admiral's stream, then to the workers subscribed to its topic.
     /// It is encoded once; a subscriber whose queue is full misses it.
     pub(super) fn publish(&mut self, event: FleetEvent) {
-        let forward = self.admiral_event(&event);
+        // Made for workers only when someone subscribed to its topic.
+        let wanted = topic_of(&event).filter(|topic| {
+            self.admiral_topics.contains(*topic) || self.links.subscribers(*topic).next().is_some()
+        });
+        let forward = wanted.and_then(|_| self.admiral_event(&event));
         let _ = self.events.send(event);
         let Some(forward) = forward else {
             return;
@@ -181,5 +185,19 @@ impl Router {
 
     fn process_of_worker(&self, worker: &WorkerId) -> Option<u64> {
         self.lifecycle.worker(worker).and_then(|w| w.process)
+    }
+}
+
+/// The topic workers hear an event under, if they can hear it at all.
+fn topic_of(event: &FleetEvent) -> Option<Topic> {
+    match event {
+        FleetEvent::Lifecycle(LifecycleEvent::Stopped)
+        | FleetEvent::Log { .. }
+        | FleetEvent::Output { .. }
+        | FleetEvent::ProtocolError { .. }
+        | FleetEvent::Panic { .. } => None,
+        FleetEvent::Shard { .. } => Some(Topic::Shards),
+        FleetEvent::Stats(_) => Some(Topic::Stats),
+        _ => Some(Topic::Lifecycle),
     }
 }
