@@ -175,6 +175,11 @@ async fn tour(
     }
     let launch_identifies = mock.map(|m| m.stats().identifies);
     let restart_identifies = soft_restart_step(admiral, mock, &mut ok).await?;
+    if let Some(mock) = mock {
+        // The replacement got the old process's cache with its sessions.
+        print!("after the restart, ");
+        ok &= fetch_step(admiral, mock).await?;
+    }
     let reshard_identifies = reshard_step(admiral, mock, &mut ok).await?;
 
     if let Some(mock) = mock {
@@ -315,7 +320,7 @@ async fn reshard_step(
     let now = mock.event_report();
     let identifies = after.identifies - stats.identifies;
     println!(
-        "reshard {} -> {shards} shards ({} clusters) in {took:.2?} (identify limit {limit:.1?}, {:.1?} notice): {identifies} identifies, {} events lost so far, {} handled by both generations while they overlapped",
+        "reshard {} -> {shards} shards ({} clusters) in {took:.2?} (identify limit {limit:.1?}, {:.1?} notice): {identifies} identifies, {} events lost so far, {} confirmed by sessions of both generations while they overlapped (the old generation's user code stopped 250 ms after the new one went live)",
         plan.shard_total,
         admiral.plan().clusters.len(),
         admiral_notice(),

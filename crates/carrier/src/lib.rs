@@ -25,9 +25,10 @@
 //! for each other ([`Ipc::fetch_guild`] and friends), routed to the cluster owning the guild.
 //!
 //! Workers are replaced without dropping events: the lifecycle ([`admiral::lifecycle`]) starts a
-//! replacement beside the old process and swaps only once it is ready. A twilight cluster hands its
-//! gateway sessions to its replacement (no identify, no event lost); a reshard starts a whole new
-//! generation in standby and switches over once all of it is ready. A worker that stops
+//! replacement beside the old process and swaps only once it is ready. A cluster hands its
+//! gateway sessions and cached guilds to its replacement (no identify, no event lost or handled
+//! twice); a reshard starts a whole new generation in standby and switches over once all of it is
+//! ready, the old generation's user code stopping a moment later. A worker that stops
 //! answering application heartbeats is treated as crashed.
 //!
 //! Everything another process sends is hostile until proven otherwise: a connection reads small
