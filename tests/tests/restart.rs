@@ -339,9 +339,10 @@ async fn a_serenity_reshard_loses_no_event_and_its_old_generation_stops_handling
     reshard_4_to_8(fleet_tests::serenity_fleet, false).await;
 }
 
-/// Reshards 4 shards to 8 while events flow. User code handles an event twice only between the
-/// moment the new generation handles events (with `standby`, when it goes live; without, from its
-/// first READY) and the moment the old one stops, `SWITCH_GUARD` after the new one went live.
+/// Reshards 4 shards to 8 while events flow. User code handles no message twice (the switch time
+/// splits what creates something by its snowflake); other events only between the moment the new
+/// generation handles events (with `standby`, when it goes live; without, from its first READY)
+/// and the moment the old one stops, `SWITCH_GUARD` after the new one went live.
 async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
     let mock = MockDiscord::start(mock_config(16, 4, 4)).await.unwrap();
     let mut options = options(&mock, 2);
@@ -361,10 +362,12 @@ async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
         .collect();
     // Every message each cluster process's user code handles, timed on arrival.
     let handled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = handled.clone();
+    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (sink, ring) = (handled.clone(), arrived.clone());
     admiral.ipc().register("handled", move |m| {
         let (nonce, id): fleet_tests::Handled = m.payload.decode().unwrap();
         sink.lock().unwrap().push((nonce, id, Instant::now()));
+        ring.notify_one();
     });
     let ipc = admiral.ipc();
     ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
@@ -422,6 +425,31 @@ async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
         })
         .count();
     assert_eq!(progress, 2, "one progress event per new cluster");
+    // User code handled every message the mock made: each arrives within WAIT.
+    let every = u64::from(mock.config().member_add_every);
+    let messages: std::collections::BTreeSet<u64> = mock
+        .event_ids()
+        .into_iter()
+        .enumerate()
+        .filter(|(n, _)| every == 0 || !(*n as u64 + 1).is_multiple_of(every))
+        .map(|(_, id)| id)
+        .collect();
+    let all_handled = tokio::time::timeout(WAIT, async {
+        loop {
+            let seen: std::collections::BTreeSet<u64> = handled
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, id, _)| *id)
+                .collect();
+            if messages.is_subset(&seen) {
+                return;
+            }
+            arrived.notified().await;
+        }
+    })
+    .await;
+    assert!(all_handled.is_ok(), "a message reached no user code");
     // User code: an event handled by two processes only inside the switch window.
     let handled = handled.lock().unwrap().clone();
     let mut by_id = std::collections::BTreeMap::<u64, Vec<(u64, Instant)>>::new();
@@ -447,6 +475,8 @@ async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
         outside, 0,
         "no message handled twice outside the switch window"
     );
+    // Messages create something with a snowflake id: the switch time splits them exactly.
+    assert!(twice.is_empty(), "{} messages handled twice", twice.len());
     let once_per_process = by_id.values().all(|h| {
         let processes: std::collections::BTreeSet<u64> = h.iter().map(|(n, _)| *n).collect();
         processes.len() == h.len()

@@ -67,6 +67,11 @@ pub trait Shards: Send {
         Box::pin(async {})
     }
 
+    /// A reshard's switch time reached this cluster (see [`ShardReporter::admits`]); an adapter
+    /// whose library hands events to user code past the reporter applies it here. Default:
+    /// nothing.
+    fn cut(&mut self, _at_ms: u64, _old: bool) {}
+
     /// An old generation's cluster stops handing events to the worker (the reporter's standby
     /// gate is closed already); an adapter whose library hands events to user code past that
     /// gate stops them here. Default: nothing.
@@ -143,6 +148,8 @@ pub struct ShardReporter {
     ready: Arc<Mutex<HashSet<u32>>>,
     /// Whether events reach the worker (false while in standby).
     live: Arc<AtomicBool>,
+    /// A reshard's switch: `(at_ms, old)`, packed as `at_ms << 1 | old` (0: none).
+    cut: Arc<std::sync::atomic::AtomicU64>,
     /// Events and latency per shard, for stats rounds.
     board: Arc<ShardBoard>,
 }
@@ -159,6 +166,7 @@ impl ShardReporter {
             shards,
             ready: Arc::default(),
             live: Arc::new(AtomicBool::new(!assignment.standby)),
+            cut: Arc::default(),
             board,
         }
     }
@@ -197,6 +205,35 @@ impl ShardReporter {
         self.live.load(Ordering::SeqCst)
     }
 
+    /// Whether an event should reach the worker now. `created` is the snowflake id of what the
+    /// event creates (a message, an interaction, a channel, a role), if it creates something:
+    /// during a reshard's switch such an event goes to the generation its creation time belongs
+    /// to ([`Down::Cut`](crate::ipc::proto::Down::Cut)), so each is handled exactly once; every
+    /// other event follows [`is_live`](Self::is_live).
+    #[must_use]
+    pub fn admits(&self, created: Option<u64>) -> bool {
+        let cut = self.cut.load(Ordering::SeqCst);
+        match created {
+            Some(id) if cut != 0 => {
+                let before = snowflake_ms(id) < cut >> 1;
+                let old = cut & 1 == 1;
+                // The new generation takes its share only once live.
+                if old {
+                    before
+                } else {
+                    !before && self.is_live()
+                }
+            }
+            _ => self.is_live(),
+        }
+    }
+
+    /// Sets a reshard's switch time.
+    pub fn cut(&self, at_ms: u64, old: bool) {
+        self.cut
+            .store((at_ms << 1) | u64::from(old), Ordering::SeqCst);
+    }
+
     /// Reports a panic caught in user code (`context`: where; `shard` and `event` if known).
     pub async fn panicked(
         &self,
@@ -226,6 +263,12 @@ impl ShardReporter {
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
     }
+}
+
+/// Milliseconds since the Unix epoch when a Discord snowflake was made.
+#[must_use]
+pub const fn snowflake_ms(id: u64) -> u64 {
+    (id >> 22) + 1_420_070_400_000
 }
 
 /// Fills a per-shard text template (a presence per shard, say): `{shard}`, `{shard_total}`
@@ -295,6 +338,11 @@ pub async fn serve(
                             tracing::info!(target: "fleet::shard", "activated: events reach the worker");
                             guarded(reporter, "activate", shards.activate()).await;
                         }
+                    }
+                    Some(Handoff::Cut { at_ms, old }) => {
+                        tracing::info!(target: "fleet::shard", at_ms, old, "reshard switch time set");
+                        reporter.cut(at_ms, old);
+                        shards.cut(at_ms, old);
                     }
                     Some(Handoff::Deactivate) => {
                         if reporter.go_standby() {

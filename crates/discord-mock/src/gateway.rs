@@ -169,6 +169,13 @@ pub struct Gateway {
     confirmations: Vec<u32>,
     /// What became of each produced event besides confirmations ([`ROUTED`], [`ABANDONED`]).
     fates: Vec<u8>,
+    /// Each produced event's snowflake, by event number.
+    event_ids: Vec<u64>,
+    /// Milliseconds since Discord's epoch when this gateway's clock read zero: snowflakes made
+    /// now carry the time, as Discord's do.
+    wall_base_ms: u64,
+    /// The latest time the gateway was told.
+    clock: Duration,
     stats: Stats,
 }
 
@@ -206,9 +213,26 @@ impl Gateway {
             member_requests: HashMap::new(),
             confirmations: Vec::new(),
             fates: Vec::new(),
+            event_ids: Vec::new(),
+            wall_base_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .saturating_sub(world::DISCORD_EPOCH_MS),
+            clock: Duration::ZERO,
             stats: Stats::default(),
             config,
         }
+    }
+
+    /// Moves the gateway's clock to `now` (it never goes back).
+    pub fn advance(&mut self, now: Duration) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// Every produced event's snowflake, in the order they were produced.
+    #[must_use]
+    pub fn event_ids(&self) -> &[u64] {
+        &self.event_ids
     }
 
     /// The configuration.
@@ -254,6 +278,7 @@ impl Gateway {
 
     /// A new connection. `query` is the URL query (`v=10&encoding=json...`).
     pub fn open(&mut self, now: Duration, query: Option<&str>, out: &mut Vec<Action>) -> ConnId {
+        self.advance(now);
         let conn = self.next_conn;
         self.next_conn += 1;
         self.stats.connections += 1;
@@ -306,6 +331,7 @@ impl Gateway {
 
     /// A text frame from a client.
     pub fn receive_text(&mut self, conn: ConnId, now: Duration, text: &str, out: &mut Vec<Action>) {
+        self.advance(now);
         if !self.count_receive(conn, now, out) {
             return;
         }
@@ -432,6 +458,7 @@ impl Gateway {
     /// Advances time: zombie connections, op 7 deadlines, expired sessions, the session budget's
     /// reset and the event source.
     pub fn tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+        self.advance(now);
         let zombies: Vec<ConnId> = self
             .conns
             .iter()
@@ -522,7 +549,9 @@ impl Gateway {
         self.confirmations.push(0);
         self.fates.push(0);
         self.stats.events_produced += 1;
-        let id = world::event_id(n);
+        let now_ms = self.wall_base_ms + u64::try_from(self.clock.as_millis()).unwrap_or(0);
+        let id = world::snowflake(now_ms, n);
+        self.event_ids.push(id);
         let every = u64::from(self.config.member_add_every);
         let guild = &self.world.guilds[guild_index];
         let guild_id = guild.id;
@@ -732,7 +761,7 @@ impl Gateway {
                     report.lost_abandoned += 1;
                 }
                 if report.lost_ids.len() < 20 {
-                    report.lost_ids.push(world::event_id(n as u64));
+                    report.lost_ids.push(self.event_ids[n]);
                 }
             }
         }

@@ -335,13 +335,22 @@ impl MockDiscord {
         self.shared.with_gateway(|g, _, _| g.stop_events());
     }
 
+    /// Every produced event's id (its message id, or the joining user's id), in the order they
+    /// were produced. Ids are snowflakes of the time they were made, as Discord's are.
+    #[must_use]
+    pub fn event_ids(&self) -> Vec<u64> {
+        self.shared.with_gateway(|g, _, _| g.event_ids().to_vec())
+    }
+
     /// Produces one event in the `guild_index`-th guild now; returns its id.
     ///
     /// # Panics
     /// If there is no such guild.
     pub fn produce_event(&self, guild_index: usize) -> u64 {
-        self.shared
-            .with_gateway(|g, _, out| g.produce_event(guild_index, out))
+        self.shared.with_gateway(|g, now, out| {
+            g.advance(now);
+            g.produce_event(guild_index, out)
+        })
     }
 
     /// Leaves token-reset mode and refills the session budget.
@@ -661,6 +670,9 @@ async fn events_produce(
         )
             .into_response();
     }
-    let id = shared.with_gateway(|g, _, out| g.produce_event(guild, out));
+    let id = shared.with_gateway(|g, now, out| {
+        g.advance(now);
+        g.produce_event(guild, out)
+    });
     axum::Json(json!({"id": id.to_string()})).into_response()
 }

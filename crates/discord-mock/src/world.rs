@@ -21,8 +21,6 @@ const GUILD_BASE: u64 = 720_720 * 400_000;
 const CHANNEL_BASE: u64 = GUILD_BASE + 10_000_000_000;
 /// Member user snowflakes start here.
 const USER_BASE: u64 = GUILD_BASE + 20_000_000_000;
-/// Event (message and joining user) snowflakes start here.
-const EVENT_BASE: u64 = GUILD_BASE + 30_000_000_000;
 
 /// Messages created over REST get snowflakes from here.
 const REST_MESSAGE_BASE: u64 = GUILD_BASE + 40_000_000_000;
@@ -42,10 +40,11 @@ pub const fn shard_for_guild(guild_id: u64, num_shards: u32) -> u32 {
     ((guild_id >> 22) % num_shards as u64) as u32
 }
 
-/// Id of the `n`-th produced event (its message id, or the joining user's id).
+/// The snowflake of the `n`-th produced event (its message id, or the joining user's id), made `ms` after Discord's epoch: its time is `ms`, and
+/// its low 22 bits (worker, process, increment) are `n`'s.
 #[must_use]
-pub const fn event_id(n: u64) -> u64 {
-    (EVENT_BASE << 22) + n
+pub const fn snowflake(ms: u64, n: u64) -> u64 {
+    (ms << 22) | (n & 0x3F_FFFF)
 }
 
 /// Id of the `n`-th message created over REST.

@@ -184,9 +184,7 @@ async fn serenity_handlers_fire_caches_fill_and_a_resume_loses_nothing() {
     }
     let unique: HashSet<u64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "serenity saw no event twice");
-    let produced: HashSet<u64> = (0..report.produced)
-        .map(discord_mock::world::event_id)
-        .collect();
+    let produced: HashSet<u64> = mock.event_ids().into_iter().collect();
     assert_eq!(unique, produced);
     assert_eq!((report.lost, report.duplicates), (0, 0));
 

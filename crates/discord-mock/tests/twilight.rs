@@ -196,9 +196,7 @@ async fn twilight_gets_ready_fills_its_cache_and_resumes_without_losing_an_event
     }
     let unique: HashSet<u64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "twilight saw no event twice");
-    let produced: HashSet<u64> = (0..report.produced)
-        .map(discord_mock::world::event_id)
-        .collect();
+    let produced: HashSet<u64> = mock.event_ids().into_iter().collect();
     assert_eq!(unique, produced, "twilight saw exactly the produced events");
     assert_eq!(
         (report.lost, report.duplicates, report.delivered),

@@ -37,9 +37,14 @@
 //! the gate: the old process's gate stops each shard's connection at a dispatch and hands the
 //! session over with its READY and the shard's cached guilds; the replacement's gate resumes it
 //! upstream in place of serenity's IDENTIFY and shows serenity the READY and the guilds, then
-//! Discord's replay. User code handles each event once. A reshard's new generation has no
-//! standby, because serenity's handlers are fixed when the client is built: they handle events
-//! from their first READY, beside the old generation until it drains.
+//! Discord's replay. User code handles each event once.
+//!
+//! A reshard's new generation has no standby of its own, because serenity's handlers are fixed
+//! when the client is built; the gate stands in. Until the switch it holds back the dispatches
+//! that create something (messages, interactions, channels, threads, roles), which the old
+//! generation handles; at the switch both generations' gates split those by creation time, and
+//! the old one's stops all other dispatches `SWITCH_GUARD` later. Updates and member events
+//! reach the new generation's handlers from its first READY.
 
 mod relay;
 
@@ -492,6 +497,7 @@ async fn run_cluster<W: ClusterWorker>(
     let gate = relay::Gate::start(
         assignment.gateway_url.trim_end_matches('/').to_owned(),
         link.clone(),
+        assignment.standby,
     )
     .await?;
     let mut handlers = worker.event_handlers();
@@ -666,6 +672,12 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
                 })
                 .collect()
         })
+    }
+
+    fn cut(&mut self, at_ms: u64, old: bool) {
+        if let Some(o) = &self.options {
+            o.gate.cut(at_ms, old);
+        }
     }
 
     fn deactivate(&mut self) -> BoxFuture<'_, ()> {

@@ -95,6 +95,32 @@ struct Shared {
     state: Mutex<State>,
     /// An old generation's cluster after a reshard: dispatches no longer reach serenity.
     deactivated: std::sync::atomic::AtomicBool,
+    /// A reshard's new generation: until the switch time is known, what creates something is
+    /// the old generation's to handle.
+    standby: bool,
+    /// A reshard's switch, packed as `at_ms << 1 | old` (0: none).
+    cut: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Whether a dispatch reaches serenity; `created` is the snowflake of what it creates.
+    fn admits(&self, created: Option<u64>) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let cut = self.cut.load(SeqCst);
+        match created {
+            Some(id) if cut != 0 => {
+                let before = carrier::cluster::snowflake_ms(id) < cut >> 1;
+                if cut & 1 == 1 { before } else { !before }
+            }
+            Some(_) if self.standby => false,
+            _ => !self.deactivated.load(SeqCst),
+        }
+    }
+
+    /// Whether dispatches need reading for what they create.
+    fn splitting(&self) -> bool {
+        self.standby || self.cut.load(std::sync::atomic::Ordering::SeqCst) != 0
+    }
 }
 
 impl Shared {
@@ -112,7 +138,11 @@ pub(crate) struct Gate {
 
 impl Gate {
     /// Starts a relay to `upstream` (a gateway URL without query) on `127.0.0.1`.
-    pub(crate) async fn start(upstream: String, link: ClusterLink) -> std::io::Result<Self> {
+    pub(crate) async fn start(
+        upstream: String,
+        link: ClusterLink,
+        standby: bool,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = format!("ws://{}", listener.local_addr()?);
         let shared = Arc::new(Shared {
@@ -120,6 +150,8 @@ impl Gate {
             link,
             state: Mutex::default(),
             deactivated: std::sync::atomic::AtomicBool::new(false),
+            standby,
+            cut: std::sync::atomic::AtomicU64::new(0),
         });
         let accepting = shared.clone();
         tokio::spawn(async move {
@@ -141,6 +173,15 @@ impl Gate {
         let mut state = self.shared.state();
         state.handed_over = false;
         state.seeds.extend(seeds);
+    }
+
+    /// A reshard's switch time: what creates something reaches serenity by the generation its
+    /// creation time belongs to (see `carrier::cluster::ShardReporter::admits`).
+    pub(crate) fn cut(&self, at_ms: u64, old: bool) {
+        self.shared.cut.store(
+            (at_ms << 1) | u64::from(old),
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// From now on no dispatch reaches serenity (its heartbeats and their acknowledgements go
@@ -274,11 +315,13 @@ impl Connection {
                 from_server = server_rx.next() => {
                     let Some(Ok(message)) = from_server else { break };
                     let closing = message.is_close();
-                    let dispatch = match &message {
+                    let frame = match &message {
                         Message::Text(text) => self.follow(text),
-                        _ => false,
+                        _ => Frame::Other,
                     };
-                    if dispatch && self.shared.deactivated.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Frame::Dispatch { created } = frame
+                        && !self.shared.admits(created)
+                    {
                         continue;
                     }
                     if client_tx.send(message).await.is_err() || closing {
@@ -357,14 +400,29 @@ impl Connection {
     }
 
     /// Follows a gateway frame on its way to serenity: a dispatch's sequence, and a READY's
-    /// session. Whether it is a dispatch.
-    fn follow(&mut self, text: &str) -> bool {
+    /// session. What it is: a dispatch (with the snowflake of what it creates, read only while
+    /// a reshard splits such events) or anything else.
+    fn follow(&mut self, text: &str) -> Frame {
         let Ok(head) = serde_json::from_str::<Head>(text) else {
-            return false;
+            return Frame::Other;
         };
         if head.op != 0 {
-            return false;
+            return Frame::Other;
         }
+        let created = match head.t {
+            Some(t) if self.shared.splitting() && CREATING.contains(&t) => {
+                serde_json::from_str::<Value>(text).ok().and_then(|frame| {
+                    let d = &frame["d"];
+                    let id = if t == "GUILD_ROLE_CREATE" {
+                        &d["role"]["id"]
+                    } else {
+                        &d["id"]
+                    };
+                    id.as_str()?.parse().ok()
+                })
+            }
+            _ => None,
+        };
         if let Some(s) = head.s {
             self.seq = s;
         }
@@ -373,7 +431,7 @@ impl Connection {
         {
             let d = &ready["d"];
             let (Some(id), Some(shard)) = (d["session_id"].as_str(), d["shard"][0].as_u64()) else {
-                return true;
+                return Frame::Dispatch { created };
             };
             let known = Known {
                 shard: u32::try_from(shard).unwrap_or(u32::MAX),
@@ -383,7 +441,7 @@ impl Connection {
             };
             self.hold(known);
         }
-        true
+        Frame::Dispatch { created }
     }
 
     /// This connection holds `known`'s session now.
@@ -475,6 +533,23 @@ async fn keep_quiet(mut client_tx: ClientTx, mut client_rx: ClientRx) {
     }
     let _ = client_tx.close().await;
 }
+
+/// A gateway frame, as the relay sees it.
+enum Frame {
+    /// A dispatch, with the snowflake of what it creates if that was read.
+    Dispatch { created: Option<u64> },
+    /// Anything else.
+    Other,
+}
+
+/// Dispatches that create something with a snowflake id (`d.id`, a role's `d.role.id`).
+const CREATING: [&str; 5] = [
+    "MESSAGE_CREATE",
+    "INTERACTION_CREATE",
+    "CHANNEL_CREATE",
+    "THREAD_CREATE",
+    "GUILD_ROLE_CREATE",
+];
 
 /// The head of a gateway frame (read from every frame, so nothing is copied out of it).
 #[derive(serde::Deserialize)]

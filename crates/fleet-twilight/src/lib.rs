@@ -748,6 +748,19 @@ fn cache_counts(cache: &DefaultInMemoryCache, shard_total: u32) -> carrier::stat
     }
 }
 
+/// The snowflake id of what an event creates, if it creates something: a reshard's switch splits
+/// these between the generations by creation time ([`ShardReporter::admits`]).
+fn created(event: &Event) -> Option<u64> {
+    Some(match event {
+        Event::MessageCreate(message) => message.id.get(),
+        Event::InteractionCreate(interaction) => interaction.id.get(),
+        Event::ChannelCreate(channel) => channel.id.get(),
+        Event::ThreadCreate(thread) => thread.id.get(),
+        Event::RoleCreate(role) => role.role.id.get(),
+        _ => return None,
+    })
+}
+
 /// What every shard task of a cluster shares.
 struct ClusterShared<W> {
     event_types: EventTypeFlags,
@@ -812,7 +825,9 @@ async fn drive_shard<W: ClusterWorker>(
         }
         cache.update(&event);
         let closed = matches!(event, Event::GatewayClose(_));
-        if event_types.contains(EventTypeFlags::from(event.kind())) && reporter.is_live() {
+        if event_types.contains(EventTypeFlags::from(event.kind()))
+            && reporter.admits(created(&event))
+        {
             // A panic costs this event only: the shard goes on with the next one.
             let kind = event.kind();
             if let Err(panicked) = carrier::panics::catch(worker.handle_event(id, event)).await {

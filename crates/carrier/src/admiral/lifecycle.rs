@@ -274,6 +274,15 @@ pub enum Command {
         /// The sessions.
         sessions: Vec<ShardSession>,
     },
+    /// A reshard's switch, just before the new generation goes live: both generations learn
+    /// the moment that splits the events that create something between them (the admiral sets
+    /// it [`SWITCH_GUARD`] / 2 from now).
+    Switch {
+        /// The old generation's live processes.
+        old: Vec<ProcessId>,
+        /// The new generation's processes.
+        new: Vec<ProcessId>,
+    },
     /// A process of the new generation goes live: its user code starts receiving events.
     Activate(ProcessId),
     /// A process of the old generation, once the new one has been live for [`SWITCH_GUARD`]:
@@ -1303,6 +1312,10 @@ impl Lifecycle {
             return;
         }
         let processes: Vec<ProcessId> = generation.iter().map(|r| r.process).collect();
+        out.push(Command::Switch {
+            old: self.old_generation(),
+            new: processes.clone(),
+        });
         // Every new process goes live before any old one stops: no event unhandled.
         for &process in &processes {
             out.push(Command::Activate(process));
@@ -1332,16 +1345,23 @@ impl Lifecycle {
 
     /// The old generation's live processes stop handing events to user code.
     fn deactivate_old_generation(&mut self, out: &mut Vec<Command>) {
-        for worker in self.workers.values() {
-            let replaced = worker
-                .replacement
-                .as_ref()
-                .is_some_and(|r| r.generation && r.step == Step::Ready);
-            let old = replaced || self.retiring.contains(&worker.id);
-            if let (true, State::Live, Some(process)) = (old, &worker.state, worker.process) {
-                out.push(Command::Deactivate(process));
-            }
-        }
+        out.extend(self.old_generation().into_iter().map(Command::Deactivate));
+    }
+
+    /// The live processes of the generation a reshard replaces.
+    fn old_generation(&self) -> Vec<ProcessId> {
+        self.workers
+            .values()
+            .filter(|w| {
+                let replaced = w
+                    .replacement
+                    .as_ref()
+                    .is_some_and(|r| r.generation && r.step == Step::Ready);
+                replaced || self.retiring.contains(&w.id)
+            })
+            .filter(|w| w.state == State::Live)
+            .filter_map(|w| w.process)
+            .collect()
     }
 
     /// The new generation takes over; the old one drains.

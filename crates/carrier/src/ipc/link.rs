@@ -147,6 +147,13 @@ pub enum Handoff {
     Activate,
     /// An old generation's cluster hands no more events to user code.
     Deactivate,
+    /// A reshard's switch time (see [`Down::Cut`](super::proto::Down::Cut)).
+    Cut {
+        /// Milliseconds since the Unix epoch.
+        at_ms: u64,
+        /// Whether this cluster belongs to the old generation.
+        old: bool,
+    },
 }
 
 /// Why a worker must stop.
@@ -284,6 +291,9 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                 }
                 Ok(Down::Deactivate) => {
                     let _ = handoff_tx.send(Handoff::Deactivate);
+                }
+                Ok(Down::Cut { at_ms, old }) => {
+                    let _ = handoff_tx.send(Handoff::Cut { at_ms, old });
                 }
                 Ok(Down::Sessions(sessions)) => {
                     let _ = handoff_tx.send(Handoff::Sessions(sessions));

@@ -1145,6 +1145,22 @@ fn the_old_generation_stops_handling_events_a_moment_after_the_new_one_goes_live
     l.handle(Input::Ready(new[0]));
     let (out, timed) = handle_timed(&mut l, Input::Ready(new[1]));
     assert!(out.contains(&Command::Activate(new[0])) && out.contains(&Command::Activate(new[1])));
+    let switch = out
+        .iter()
+        .position(|c| {
+            *c == Command::Switch {
+                old: old.clone(),
+                new: new.clone(),
+            }
+        })
+        .expect("both generations hear the switch");
+    assert!(
+        switch
+            < out
+                .iter()
+                .position(|c| matches!(c, Command::Activate(_)))
+                .unwrap()
+    );
     assert!(
         !out.iter().any(|c| matches!(c, Command::Deactivate(_))),
         "not at once"

@@ -340,6 +340,19 @@ impl Router {
             Command::Deactivate(process) => {
                 self.links.send_to_process(process, &Down::Deactivate);
             }
+            Command::Switch { old, new } => {
+                let at = std::time::SystemTime::now() + crate::admiral::lifecycle::SWITCH_GUARD / 2;
+                let at_ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                tracing::info!(target: "fleet::reshard", at_ms, "the generations switch");
+                for (processes, old) in [(old, true), (new, false)] {
+                    for process in processes {
+                        self.links
+                            .send_to_process(process, &Down::Cut { at_ms, old });
+                    }
+                }
+            }
             Command::Activate(process) => {
                 self.links.send_to_process(process, &Down::Activate);
             }

@@ -342,6 +342,16 @@ pub enum Down {
     /// An old generation's cluster, once the new one has been live a moment: hand no more
     /// events to user code (the shards keep their sessions until the process is stopped).
     Deactivate,
+    /// A reshard's switch: an event that creates something with a snowflake id (a message, an
+    /// interaction, a channel, a role) reaches the old generation's user code if it was created
+    /// before `at_ms` (milliseconds since the Unix epoch), and the new generation's if at or
+    /// after it, so each is handled exactly once. Sent to both generations before `Activate`.
+    Cut {
+        /// The switch time.
+        at_ms: u64,
+        /// Whether this cluster belongs to the old generation.
+        old: bool,
+    },
     /// Application heartbeat: answer with [`Up::Pong`] from a task of the worker's runtime, so a
     /// worker whose runtime is stuck stops answering. A worker that answers no ping for longer
     /// than the fleet's heartbeat timeout is treated as crashed.
