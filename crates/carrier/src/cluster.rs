@@ -148,8 +148,8 @@ pub struct ShardReporter {
     ready: Arc<Mutex<HashSet<u32>>>,
     /// Whether events reach the worker (false while in standby).
     live: Arc<AtomicBool>,
-    /// A reshard's switch: `(at_ms, old)`, packed as `at_ms << 1 | old` (0: none).
-    cut: Arc<std::sync::atomic::AtomicU64>,
+    /// A reshard's switch time, once told.
+    cut: Arc<SwitchTime>,
     /// Events and latency per shard, for stats rounds.
     board: Arc<ShardBoard>,
 }
@@ -212,26 +212,16 @@ impl ShardReporter {
     /// other event follows [`is_live`](Self::is_live).
     #[must_use]
     pub fn admits(&self, created: Option<u64>) -> bool {
-        let cut = self.cut.load(Ordering::SeqCst);
-        match created {
-            Some(id) if cut != 0 => {
-                let before = snowflake_ms(id) < cut >> 1;
-                let old = cut & 1 == 1;
-                // The new generation takes its share only once live.
-                if old {
-                    before
-                } else {
-                    !before && self.is_live()
-                }
-            }
-            _ => self.is_live(),
+        match created.and_then(|id| self.cut.ours(id)) {
+            // The new generation takes its share only once live.
+            Some(ours) => ours && (self.cut.is_old() || self.is_live()),
+            None => self.is_live(),
         }
     }
 
     /// Sets a reshard's switch time.
     pub fn cut(&self, at_ms: u64, old: bool) {
-        self.cut
-            .store((at_ms << 1) | u64::from(old), Ordering::SeqCst);
+        self.cut.set(at_ms, old);
     }
 
     /// Reports a panic caught in user code (`context`: where; `shard` and `event` if known).
@@ -262,6 +252,34 @@ impl ShardReporter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+}
+
+/// A reshard's switch time as one cluster knows it ([`Down::Cut`](crate::ipc::proto::Down::Cut)):
+/// what creates something before it is the old generation's to handle, at or after it the new
+/// one's. Lock-free: it is read for every event.
+#[derive(Debug, Default)]
+pub struct SwitchTime(std::sync::atomic::AtomicU64);
+
+impl SwitchTime {
+    /// Sets the switch time (milliseconds since the Unix epoch) and this cluster's side.
+    pub fn set(&self, at_ms: u64, old: bool) {
+        self.0
+            .store((at_ms << 1) | u64::from(old), Ordering::SeqCst);
+    }
+
+    /// Whether what snowflake `id` created is this cluster's to handle; `None` before a switch
+    /// time is known.
+    #[must_use]
+    pub fn ours(&self, id: u64) -> Option<bool> {
+        let packed = self.0.load(Ordering::SeqCst);
+        (packed != 0).then(|| (snowflake_ms(id) < packed >> 1) == (packed & 1 == 1))
+    }
+
+    /// Whether this cluster belongs to the old generation (false before a switch time is known).
+    #[must_use]
+    pub fn is_old(&self) -> bool {
+        self.0.load(Ordering::SeqCst) & 1 == 1
     }
 }
 
@@ -401,5 +419,43 @@ async fn shut_down(ipc: &Ipc, shards: &mut impl Shards, stop: Stop) -> Duration 
 async fn guarded(reporter: &ShardReporter, context: &str, hook: BoxFuture<'_, ()>) {
     if let Err(panicked) = crate::panics::catch(hook).await {
         reporter.panicked(panicked, context, None, None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snowflake made `ms` after the Unix epoch.
+    fn made_at(ms: u64) -> u64 {
+        ((ms - 1_420_070_400_000) << 22) | 7
+    }
+
+    #[test]
+    fn a_switch_time_gives_each_creation_to_exactly_one_generation() {
+        let at = 1_800_000_000_000;
+        let (old, new) = (SwitchTime::default(), SwitchTime::default());
+        assert_eq!(old.ours(made_at(at)), None, "no switch yet");
+        old.set(at, true);
+        new.set(at, false);
+        assert!(old.is_old() && !new.is_old());
+        for ms in [at - 1_000, at - 1, at, at + 1, at + 60_000] {
+            let id = made_at(ms);
+            assert_eq!(snowflake_ms(id), ms);
+            let (o, n) = (old.ours(id).unwrap(), new.ours(id).unwrap());
+            assert!(
+                o != n,
+                "exactly one generation handles what was made at {ms}"
+            );
+            assert_eq!(o, ms < at);
+        }
+    }
+
+    #[test]
+    fn templates_fill_in_the_shards_numbers() {
+        assert_eq!(
+            render_template("shard {shard}/{shard_total} on {cluster}", 3, 8, 1),
+            "shard 3/8 on 1"
+        );
     }
 }

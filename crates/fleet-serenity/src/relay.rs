@@ -19,6 +19,11 @@
 //! - a shard given a session to take over ([`Gate::seed`]) resumes it upstream in place of its
 //!   first IDENTIFY, and serenity is shown the session's READY (at the handed-over sequence) and
 //!   a `GUILD_CREATE` for each guild the old process had cached; then Discord's replay follows.
+//! - in a reshard, the dispatches that create something (a message, an interaction, a channel, a
+//!   thread, a role) reach serenity by the generation their creation time belongs to
+//!   ([`Gate::cut`]): a new generation's gate holds them back until the switch time is known,
+//!   and an old generation's passes only those made before it. After [`Gate::deactivate`] an
+//!   old generation's gate passes no other dispatch.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -98,28 +103,23 @@ struct Shared {
     /// A reshard's new generation: until the switch time is known, what creates something is
     /// the old generation's to handle.
     standby: bool,
-    /// A reshard's switch, packed as `at_ms << 1 | old` (0: none).
-    cut: std::sync::atomic::AtomicU64,
+    /// A reshard's switch time, once told.
+    cut: carrier::cluster::SwitchTime,
 }
 
 impl Shared {
     /// Whether a dispatch reaches serenity; `created` is the snowflake of what it creates.
     fn admits(&self, created: Option<u64>) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        let cut = self.cut.load(SeqCst);
-        match created {
-            Some(id) if cut != 0 => {
-                let before = carrier::cluster::snowflake_ms(id) < cut >> 1;
-                if cut & 1 == 1 { before } else { !before }
-            }
-            Some(_) if self.standby => false,
-            _ => !self.deactivated.load(SeqCst),
+        match (created, created.and_then(|id| self.cut.ours(id))) {
+            (_, Some(ours)) => ours,
+            (Some(_), None) if self.standby => false,
+            _ => !self.deactivated.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 
     /// Whether dispatches need reading for what they create.
     fn splitting(&self) -> bool {
-        self.standby || self.cut.load(std::sync::atomic::Ordering::SeqCst) != 0
+        self.standby || self.cut.ours(0).is_some()
     }
 }
 
@@ -151,7 +151,7 @@ impl Gate {
             state: Mutex::default(),
             deactivated: std::sync::atomic::AtomicBool::new(false),
             standby,
-            cut: std::sync::atomic::AtomicU64::new(0),
+            cut: carrier::cluster::SwitchTime::default(),
         });
         let accepting = shared.clone();
         tokio::spawn(async move {
@@ -178,10 +178,7 @@ impl Gate {
     /// A reshard's switch time: what creates something reaches serenity by the generation its
     /// creation time belongs to (see `carrier::cluster::ShardReporter::admits`).
     pub(crate) fn cut(&self, at_ms: u64, old: bool) {
-        self.shared.cut.store(
-            (at_ms << 1) | u64::from(old),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        self.shared.cut.set(at_ms, old);
     }
 
     /// From now on no dispatch reaches serenity (its heartbeats and their acknowledgements go
