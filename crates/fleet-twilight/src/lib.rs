@@ -532,11 +532,22 @@ struct TwilightShards<W> {
 
 impl<W: ClusterWorker> Shards for TwilightShards<W> {
     fn start(&mut self, sessions: Vec<ShardSession>) -> BoxFuture<'_, Result<(), BoxError>> {
-        // Handed-over guilds fill the cache before any shard resumes.
-        for session in &sessions {
-            if let Ok(guilds) = session.state.decode::<Vec<String>>() {
-                handed::restore(&self.cache, &guilds);
-            }
+        // Handed-over guilds fill the cache while the shards connect and resume; no shard
+        // handles an event before they are in.
+        let handed: Vec<Vec<String>> = sessions
+            .iter()
+            .filter_map(|s| s.state.decode::<Vec<String>>().ok())
+            .filter(|guilds| !guilds.is_empty())
+            .collect();
+        let (restored_tx, restored) = watch::channel(handed.is_empty());
+        if !handed.is_empty() {
+            let cache = self.cache.clone();
+            tokio::task::spawn_blocking(move || {
+                for guilds in &handed {
+                    handed::restore(&cache, guilds);
+                }
+                let _ = restored_tx.send(true);
+            });
         }
         let (drive_tx, drive) = watch::channel(Drive::Run);
         let mut generation = BTreeMap::new();
@@ -577,6 +588,7 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
                 cache: self.cache.clone(),
                 worker: self.worker.clone(),
                 reporter: self.reporter.clone(),
+                restored: restored.clone(),
             };
             let task = tokio::spawn(drive_shard(shard, cluster, drive.clone()));
             self.tasks.push(task);
@@ -767,6 +779,8 @@ struct ClusterShared<W> {
     cache: Arc<DefaultInMemoryCache>,
     worker: Arc<W>,
     reporter: ShardReporter,
+    /// True once handed-over guilds are in the cache (at once when there are none).
+    restored: watch::Receiver<bool>,
 }
 
 /// Runs one shard until told to stop; after a handover close, returns its session.
@@ -780,7 +794,9 @@ async fn drive_shard<W: ClusterWorker>(
         cache,
         worker,
         reporter,
+        mut restored,
     } = cluster;
+    let mut warm = *restored.borrow();
     let id = shard.id();
     let number = id.number();
     let flags = event_types
@@ -802,6 +818,11 @@ async fn drive_shard<W: ClusterWorker>(
                 continue;
             }
         };
+        if !warm {
+            // The first event waits for the handed-over cache; the connection did not.
+            let _ = restored.wait_for(|done| *done).await;
+            warm = true;
+        }
         if let Event::GatewayHeartbeatAck = event {
             if let Some(latency) = shard.latency().recent().first() {
                 reporter.latency(number, *latency);
