@@ -65,6 +65,18 @@ async fn more_events_delivered(mock: &MockDiscord, n: u64) {
     .unwrap();
 }
 
+/// Every cluster process, running or started later, reports each message its user code handles
+/// to the admiral as `handled` ([`fleet_tests::REPORT_EVENTS`]).
+async fn report_handled_messages(admiral: &AdmiralHandle) {
+    let ipc = admiral.ipc();
+    ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
+        .await
+        .unwrap();
+    ipc.broadcast(fleet_tests::REPORT_EVENTS, Payload::empty())
+        .await
+        .unwrap();
+}
+
 async fn process_of(admiral: &AdmiralHandle, worker: &WorkerId) -> (Option<u64>, State) {
     let workers = admiral.workers().await.unwrap();
     let w = workers.iter().find(|w| &w.id == worker).unwrap();
@@ -129,13 +141,7 @@ async fn handover_restart(fleet: fn(FleetOptions) -> Fleet, checks: Checks) {
         let handled: fleet_tests::Handled = m.payload.decode().unwrap();
         let _ = handled_tx.send(handled);
     });
-    let ipc = admiral.ipc();
-    ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
-        .await
-        .unwrap();
-    ipc.broadcast(fleet_tests::REPORT_EVENTS, Payload::empty())
-        .await
-        .unwrap();
+    report_handled_messages(&admiral).await;
     mock.start_events(Some(20.0)).unwrap();
     let before = mock.stats();
     // Events flow before the handover and go on flowing after it.
@@ -369,13 +375,7 @@ async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
         sink.lock().unwrap().push((nonce, id, Instant::now()));
         ring.notify_one();
     });
-    let ipc = admiral.ipc();
-    ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
-        .await
-        .unwrap();
-    ipc.broadcast(fleet_tests::REPORT_EVENTS, Payload::empty())
-        .await
-        .unwrap();
+    report_handled_messages(&admiral).await;
     // When the new generation went live, and when the old one's processes exited.
     let mut timed = admiral.events();
     let watcher = tokio::spawn(async move {
