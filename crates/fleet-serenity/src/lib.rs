@@ -649,6 +649,12 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
                 return Vec::new();
             };
             let cuts = o.gate.cut_all(HANDOVER_WITHIN).await;
+            // Each session closed resumably at its cut, as a twilight shard's close is reported;
+            // serenity itself, kept quiet by the gate, never sees it.
+            for cut in &cuts {
+                let closed = ShardEvent::Disconnected(Some(4000));
+                self.reporter.report(cut.shard, closed).await;
+            }
             // The cached guilds go along, each shard's within its share of one IPC frame.
             let budget = MAX_HANDED_STATE / cuts.len().max(1);
             cuts.into_iter()
