@@ -318,6 +318,13 @@ fn up_seeds() -> Vec<Vec<u8>> {
             resume_url: Some("ws://127.0.0.1:1".into()),
             state: Payload::from("library state"),
         }]),
+        Up::Checkpoint(vec![ShardSession {
+            shard: 2,
+            session_id: "abc".into(),
+            sequence: 7,
+            resume_url: None,
+            state: Payload::empty(),
+        }]),
         Up::Pong { seq: 3 },
         Up::Log(LogRecord {
             level: LogLevel::Warn,
@@ -343,6 +350,8 @@ fn down_seeds() -> Vec<Vec<u8>> {
             rest_key: Some(carrier::Secret::new("k")),
             topology: carrier::ipc::proto::Topology::new(4, vec![(0, 0, 1), (1, 2, 3)], 9, 1),
             data: Payload::from("settings"),
+            resume: vec![ShardSession::new(2, "s".into(), None)],
+            checkpoint_ms: 1000,
         })),
         Down::Event(carrier::AdmiralEvent::Shard {
             cluster: 1,

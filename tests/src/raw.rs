@@ -126,6 +126,12 @@ impl Shards for RawShards {
         let a = &self.cluster.assignment;
         for shard in a.first_shard..=a.last_shard {
             let session = sessions.iter().find(|s| s.shard == shard).cloned();
+            if let Some(s) = &session {
+                let url = s.resume_url.as_deref();
+                let reporter = &self.cluster.reporter;
+                reporter.opened(shard, &s.session_id, url, carrier::Payload::empty());
+                reporter.handled(shard, s.sequence);
+            }
             let run = run_shard(self.cluster.clone(), shard, session, self.stop.subscribe());
             self.tasks.push(tokio::spawn(run));
         }
@@ -210,6 +216,8 @@ async fn run_shard(
                         Some("READY") => {
                             let id = d["session_id"].as_str()?.to_owned();
                             let url = d["resume_gateway_url"].as_str().map(str::to_owned);
+                            let state = carrier::Payload::empty();
+                            c.reporter.opened(shard, &id, url.as_deref(), state);
                             session = Some(ShardSession::new(shard, id, url));
                             (Some(ShardEvent::Ready), None)
                         }
@@ -225,9 +233,15 @@ async fn run_shard(
                     if let Some(counter) = counter.filter(|_| c.reporter.is_live()) {
                         counter.fetch_add(1, Relaxed);
                     }
+                    if let Some(seq) = seq {
+                        c.reporter.handled(shard, seq);
+                    }
                 }
                 Some(7) => break, // Reconnect and resume.
-                Some(9) if d != &Value::Bool(true) => session = None, // Identify anew.
+                Some(9) if d != &Value::Bool(true) => {
+                    c.reporter.session_ended(shard);
+                    session = None; // Identify anew.
+                }
                 _ => {}
             }
         }

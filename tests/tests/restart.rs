@@ -65,18 +65,6 @@ async fn more_events_delivered(mock: &MockDiscord, n: u64) {
     .unwrap();
 }
 
-/// Every cluster process, running or started later, reports each message its user code handles
-/// to the admiral as `handled` ([`fleet_tests::REPORT_EVENTS`]).
-async fn report_handled_messages(admiral: &AdmiralHandle) {
-    let ipc = admiral.ipc();
-    ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
-        .await
-        .unwrap();
-    ipc.broadcast(fleet_tests::REPORT_EVENTS, Payload::empty())
-        .await
-        .unwrap();
-}
-
 async fn process_of(admiral: &AdmiralHandle, worker: &WorkerId) -> (Option<u64>, State) {
     let workers = admiral.workers().await.unwrap();
     let w = workers.iter().find(|w| &w.id == worker).unwrap();
@@ -136,12 +124,7 @@ async fn handover_restart(fleet: fn(FleetOptions) -> Fleet, checks: Checks) {
     let cluster = WorkerId::Cluster(0);
     let (old, _) = process_of(&admiral, &cluster).await;
     // Every message user code handles, by which process.
-    let (handled_tx, mut handled_rx) = tokio::sync::mpsc::unbounded_channel();
-    admiral.ipc().register("handled", move |m| {
-        let handled: fleet_tests::Handled = m.payload.decode().unwrap();
-        let _ = handled_tx.send(handled);
-    });
-    report_handled_messages(&admiral).await;
+    let handled = common::HandledLog::start(&admiral).await;
     mock.start_events(Some(20.0)).unwrap();
     let before = mock.stats();
     // Events flow before the handover and go on flowing after it.
@@ -209,25 +192,17 @@ async fn handover_restart(fleet: fn(FleetOptions) -> Fleet, checks: Checks) {
         admiral.shutdown().await;
         return;
     }
-    // User code handled each message once. The handlers' reports trail the restart: the last
-    // messages the mock makes are waited for.
-    let last = [mock.produce_event(0), mock.produce_event(0)];
-    let mut handled = Vec::new();
-    let waited = tokio::time::timeout(WAIT, async {
-        while let Some(one) = handled_rx.recv().await {
-            handled.push(one);
-            if last.contains(&one.1) {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "the last messages were never handled");
-    let mut ids: Vec<u64> = handled.iter().map(|(_, id)| *id).collect();
+    // User code handled each message once (its reports trail the restart: they are waited for).
+    assert!(
+        handled.all_handled(&mock).await,
+        "a message reached no user code"
+    );
+    let handled = handled.entries();
+    let mut ids: Vec<u64> = handled.iter().map(|(_, id, _)| *id).collect();
     let total = ids.len();
     ids.sort_unstable();
     ids.dedup();
-    let processes: std::collections::BTreeSet<u64> = handled.iter().map(|(n, _)| *n).collect();
+    let processes: std::collections::BTreeSet<u64> = handled.iter().map(|(n, _, _)| *n).collect();
     assert_eq!(total, ids.len(), "a message was handled twice");
     println!(
         "handover: {total} messages handled by {} processes",
@@ -367,15 +342,7 @@ async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
         .filter_map(|w| w.process)
         .collect();
     // Every message each cluster process's user code handles, timed on arrival.
-    let handled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
-    let (sink, ring) = (handled.clone(), arrived.clone());
-    admiral.ipc().register("handled", move |m| {
-        let (nonce, id): fleet_tests::Handled = m.payload.decode().unwrap();
-        sink.lock().unwrap().push((nonce, id, Instant::now()));
-        ring.notify_one();
-    });
-    report_handled_messages(&admiral).await;
+    let handled = common::HandledLog::start(&admiral).await;
     // When the new generation went live, and when the old one's processes exited.
     let mut timed = admiral.events();
     let watcher = tokio::spawn(async move {
@@ -426,32 +393,12 @@ async fn reshard_4_to_8(fleet: fn(FleetOptions) -> Fleet, standby: bool) {
         .count();
     assert_eq!(progress, 2, "one progress event per new cluster");
     // User code handled every message the mock made: each arrives within WAIT.
-    let every = u64::from(mock.config().member_add_every);
-    let messages: std::collections::BTreeSet<u64> = mock
-        .event_ids()
-        .into_iter()
-        .enumerate()
-        .filter(|(n, _)| every == 0 || !(*n as u64 + 1).is_multiple_of(every))
-        .map(|(_, id)| id)
-        .collect();
-    let all_handled = tokio::time::timeout(WAIT, async {
-        loop {
-            let seen: std::collections::BTreeSet<u64> = handled
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(_, id, _)| *id)
-                .collect();
-            if messages.is_subset(&seen) {
-                return;
-            }
-            arrived.notified().await;
-        }
-    })
-    .await;
-    assert!(all_handled.is_ok(), "a message reached no user code");
+    assert!(
+        handled.all_handled(&mock).await,
+        "a message reached no user code"
+    );
     // User code: an event handled by two processes only inside the switch window.
-    let handled = handled.lock().unwrap().clone();
+    let handled = handled.entries();
     let mut by_id = std::collections::BTreeMap::<u64, Vec<(u64, Instant)>>::new();
     for (nonce, id, at) in handled {
         by_id.entry(id).or_default().push((nonce, at));

@@ -69,6 +69,14 @@ pub struct FleetOptions {
     /// A worker that answers no ping for this long is hung: it is
     /// killed and restarted like a crashed one. Default 30 s; zero turns heartbeats off.
     pub heartbeat_timeout: Duration,
+    /// How often each cluster checkpoints its shards' sessions to the admiral, so that when a
+    /// cluster process crashes (or hangs and is killed) its replacement resumes every session
+    /// instead of identifying: no identify spent, no event lost while Discord keeps the
+    /// session. Events handled after the last checkpoint are replayed to the replacement, so a
+    /// crash hands a handler at most about this long of events a second time (it can tell them:
+    /// `carrier::cluster::Replay`). Default 1 s (at least 50 ms); zero turns crash resume off:
+    /// a crashed cluster's replacement identifies every shard again.
+    pub checkpoint_interval: Duration,
     /// A requested restart warns the worker's old process this long before taking it away
     /// (the IPC event `fleet:soft-kill`, and `LifecycleEvent::SoftKillPending`), so it can warn
     /// its users (voice, long commands). With a handover the warning comes before the sessions
@@ -162,6 +170,7 @@ impl FleetOptions {
             restart_window: Duration::from_mins(10),
             restart_backoff: Duration::from_secs(1),
             soft_kill_notice: Duration::ZERO,
+            checkpoint_interval: Duration::from_secs(1),
             auto_reshard: None,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(30),
@@ -435,6 +444,11 @@ impl Fleet {
             log_format: options.log_format,
             log_filter: options.log_filter,
             soft_kill_notice: options.soft_kill_notice,
+            checkpoint_interval: if options.checkpoint_interval.is_zero() {
+                Duration::ZERO
+            } else {
+                options.checkpoint_interval.max(Duration::from_millis(50))
+            },
             auto_reshard: options.auto_reshard,
             recommend,
             heartbeat: (!options.heartbeat_timeout.is_zero()).then(|| Heartbeat {

@@ -108,6 +108,11 @@ pub struct ClusterContext {
     pub cache: Arc<Cache>,
     /// serenity's `ctx.data`, shared by every shard.
     pub data: Arc<RwLock<TypeMap>>,
+    /// Whether a shard is replaying what a crashed process of this cluster may have handled
+    /// already: after a crash the replacement resumes each session from its last checkpoint
+    /// (`FleetOptions::checkpoint_interval`), and until the shard's RESUMED the events it gets
+    /// may be ones the dead process handled. `replay.is_replaying(ctx.shard_id.0)`.
+    pub replay: carrier::cluster::Replay,
 }
 
 impl std::fmt::Debug for ClusterContext {
@@ -474,6 +479,7 @@ async fn run_cluster<W: ClusterWorker>(
     data.write().await.insert::<FleetIpc>(ipc.clone());
     let shards = assignment.first_shard..=assignment.last_shard;
     let user_context = ClusterContext {
+        replay: reporter.replay(),
         ipc: ipc.clone(),
         topology: assignment.topology.clone(),
         cluster_data: assignment.data.clone(),
@@ -497,6 +503,7 @@ async fn run_cluster<W: ClusterWorker>(
     let gate = relay::Gate::start(
         assignment.gateway_url.trim_end_matches('/').to_owned(),
         link.clone(),
+        reporter.clone(),
         assignment.standby,
     )
     .await?;

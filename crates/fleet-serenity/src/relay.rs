@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use carrier::IpcError;
-use carrier::cluster::ClusterLink;
+use carrier::cluster::{ClusterLink, ShardReporter};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
@@ -97,6 +97,8 @@ struct State {
 struct Shared {
     upstream: String,
     link: ClusterLink,
+    /// Records each session and the last dispatch handed to serenity, for checkpoints.
+    reporter: ShardReporter,
     state: Mutex<State>,
     /// An old generation's cluster after a reshard: dispatches no longer reach serenity.
     deactivated: std::sync::atomic::AtomicBool,
@@ -141,13 +143,18 @@ impl Gate {
     pub(crate) async fn start(
         upstream: String,
         link: ClusterLink,
+        reporter: ShardReporter,
         standby: bool,
     ) -> std::io::Result<Self> {
+        // serenity runs its handlers on tasks of their own: a dispatch handed over may still be
+        // in a handler when the process dies, so checkpoints trail a round behind.
+        reporter.checkpoints_trail();
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = format!("ws://{}", listener.local_addr()?);
         let shared = Arc::new(Shared {
             upstream,
             link,
+            reporter,
             state: Mutex::default(),
             deactivated: std::sync::atomic::AtomicBool::new(false),
             standby,
@@ -436,7 +443,15 @@ impl Connection {
                 ready: Arc::from(text),
                 resume_url: d["resume_gateway_url"].as_str().map(str::to_owned),
             };
+            let url = known.resume_url.as_deref();
+            let state = checkpoint_state(&ready);
+            self.shared
+                .reporter
+                .opened(known.shard, &known.id, url, state);
             self.hold(known);
+        }
+        if let (Some(s), Some(known)) = (head.s, &self.session) {
+            self.shared.reporter.handled(known.shard, s);
         }
         Frame::Dispatch { created }
     }
@@ -504,6 +519,15 @@ impl Connection {
         }
         self.seq = seed.seq;
         let resume_url = ready["d"]["resume_gateway_url"].as_str().map(str::to_owned);
+        let reporter = &self.shared.reporter;
+        let state = checkpoint_state(&ready);
+        reporter.opened(
+            identify.shard,
+            &seed.session_id,
+            resume_url.as_deref(),
+            state,
+        );
+        reporter.handled(identify.shard, seed.seq);
         self.hold(Known {
             shard: identify.shard,
             id: seed.session_id,
@@ -512,6 +536,18 @@ impl Connection {
         });
         Ok(())
     }
+}
+
+/// What a session's checkpoint carries for serenity: its READY without the guild list (a crash's
+/// replacement shows serenity that READY, and its cache starts empty), small enough to keep.
+fn checkpoint_state(ready: &Value) -> carrier::Payload {
+    let mut lean = ready.clone();
+    lean["d"]["guilds"] = Value::Array(Vec::new());
+    let state = crate::SessionState {
+        ready: lean.to_string(),
+        guilds: Vec::new(),
+    };
+    carrier::Payload::encode(&state).unwrap_or_default()
 }
 
 /// Keeps a serenity shard whose session went elsewhere quiet until it closes: its heartbeats

@@ -125,6 +125,11 @@ pub struct ClusterContext {
     /// The cluster's cache, filled from every shard's events before the worker sees them (the
     /// kinds in [`Settings::cache`]). Other workers read it through `Ipc::fetch_*`.
     pub cache: Arc<DefaultInMemoryCache>,
+    /// Whether a shard is replaying what a crashed process of this cluster may have handled
+    /// already: after a crash the replacement resumes each session from its last checkpoint
+    /// (`FleetOptions::checkpoint_interval`), and until the shard's RESUMED the events it gets
+    /// may be ones the dead process handled. `replay.is_replaying(shard.number())`.
+    pub replay: carrier::cluster::Replay,
 }
 
 /// The user's code in a cluster process.
@@ -466,7 +471,9 @@ async fn run_cluster<W: ClusterWorker>(
     let counted = cache.clone();
     let shard_total = assignment.shard_total;
     link.set_cache_counter(Arc::new(move || cache_counts(&counted, shard_total)));
+    let reporter = ShardReporter::new(&link, &assignment);
     let user_context = ClusterContext {
+        replay: reporter.replay(),
         ipc: ipc.clone(),
         topology: assignment.topology.clone(),
         cluster_data: assignment.data.clone(),
@@ -487,7 +494,6 @@ async fn run_cluster<W: ClusterWorker>(
     link.set_stats_fields(Arc::new(move || {
         carrier::stats::encode_fields(&for_stats.stats())
     }));
-    let reporter = ShardReporter::new(&link, &assignment);
     if let Some(panicked) = http_panicked {
         reporter
             .panicked(panicked, "HTTP configuration", None, None)
@@ -580,6 +586,11 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
                 if let Some(url) = &session.resume_url {
                     config = config.resume_url(url.clone());
                 }
+                // Checkpointed from the start: a crash before RESUMED still resumes it.
+                let url = session.resume_url.as_deref();
+                self.reporter
+                    .opened(id, &session.session_id, url, carrier::Payload::empty());
+                self.reporter.handled(id, session.sequence);
             }
             let shard = Shard::with_config(shard_id, config.build());
             generation.insert(id, shard.sender());
@@ -834,8 +845,16 @@ async fn drive_shard<W: ClusterWorker>(
             reporter.event(number);
         }
         let report = match &event {
-            Event::Ready(_) => Some(ShardEvent::Ready),
+            Event::Ready(ready) => {
+                let url = Some(ready.resume_gateway_url.as_str());
+                reporter.opened(number, &ready.session_id, url, carrier::Payload::empty());
+                Some(ShardEvent::Ready)
+            }
             Event::Resumed => Some(ShardEvent::Resumed),
+            Event::GatewayInvalidateSession(false) => {
+                reporter.session_ended(number);
+                None
+            }
             Event::GatewayClose(frame) => {
                 Some(ShardEvent::Disconnected(frame.as_ref().map(|f| f.code)))
             }
@@ -859,7 +878,11 @@ async fn drive_shard<W: ClusterWorker>(
             }
         }
         // Every event received before the close was handled above, so the session's sequence
-        // is exactly what this process handled: the replacement resumes right after it.
+        // is exactly what this process handled: the replacement resumes right after it, and a
+        // crash's replacement right after the last checkpoint of it.
+        if let Some(session) = shard.session() {
+            reporter.handled(number, session.sequence());
+        }
         match *drive.borrow() {
             Drive::CloseResumably if closed => {
                 let session = shard.session()?;

@@ -174,3 +174,64 @@ pub async fn raw_http(url: &str, request: &str) -> (u16, String, String) {
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
+
+/// Every message the cluster processes' user code handles, as each reports it to the admiral
+/// ([`fleet_tests::REPORT_EVENTS`]): `(process nonce, message id, when it arrived)`.
+#[derive(Clone, Default)]
+pub struct HandledLog {
+    entries: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64, std::time::Instant)>>>,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl HandledLog {
+    /// Turns the reports on in every cluster process, running or started later, and collects
+    /// them.
+    pub async fn start(admiral: &AdmiralHandle) -> Self {
+        let log = Self::default();
+        let (sink, ring) = (log.entries.clone(), log.arrived.clone());
+        let ipc = admiral.ipc();
+        ipc.register("handled", move |m| {
+            let (nonce, id): fleet_tests::Handled = m.payload.decode().unwrap();
+            sink.lock()
+                .unwrap()
+                .push((nonce, id, std::time::Instant::now()));
+            ring.notify_one();
+        });
+        ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
+            .await
+            .unwrap();
+        ipc.broadcast(fleet_tests::REPORT_EVENTS, Payload::empty())
+            .await
+            .unwrap();
+        log
+    }
+
+    /// What was reported so far.
+    pub fn entries(&self) -> Vec<(u64, u64, std::time::Instant)> {
+        self.entries.lock().unwrap().clone()
+    }
+
+    /// Waits (up to [`WAIT`]) until every message the mock's event source made has been
+    /// handled at least once; whether they all were.
+    pub async fn all_handled(&self, mock: &MockDiscord) -> bool {
+        let every = u64::from(mock.config().member_add_every);
+        let messages: BTreeSet<u64> = mock
+            .event_ids()
+            .into_iter()
+            .enumerate()
+            .filter(|(n, _)| every == 0 || !(*n as u64 + 1).is_multiple_of(every))
+            .map(|(_, id)| id)
+            .collect();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let seen: BTreeSet<u64> = self.entries().iter().map(|(_, id, _)| *id).collect();
+                if messages.is_subset(&seen) {
+                    return;
+                }
+                self.arrived.notified().await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}

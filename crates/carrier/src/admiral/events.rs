@@ -113,6 +113,9 @@ pub struct WorkerStatus {
     pub process: Option<ProcessId>,
     /// Its operating-system process id.
     pub pid: Option<u32>,
+    /// A cluster's shards whose sessions its process has checkpointed: if it crashed now, its
+    /// replacement would resume these and identify the rest.
+    pub checkpointed: usize,
 }
 
 /// Logs a lifecycle step at the target of its category (see [`crate::logging`]): failures as

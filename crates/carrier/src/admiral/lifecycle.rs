@@ -16,7 +16,10 @@
 //! [`State::Backoff`] and is started again after an exponential backoff, up to
 //! [`RestartPolicy::max_restarts`] restarts within [`RestartPolicy::window`]; past that it is
 //! failed for good. A crash during the launch is recovered the same way, and the launch waits for
-//! it.
+//! it. A cluster process checkpoints its shards' sessions as it serves ([`Input::Checkpoint`]);
+//! when it crashes, its last checkpoints become the worker's [`Worker::resume`], and the next
+//! process resumes those sessions instead of identifying (a requested stop or a hard restart
+//! leaves nothing to resume).
 //!
 //! Each worker incarnation has its own [`ProcessId`], so an old process and its replacement of the
 //! same worker can coexist. A requested restart ([`Input::Restart`]) uses that:
@@ -174,6 +177,9 @@ pub struct Worker {
     pub replacement: Option<Replacement>,
     /// Left out of the plan by a reshard: it drains and leaves the fleet.
     pub retired: bool,
+    /// The sessions its crashed process left (its last checkpoints), for the next process to
+    /// resume ([`Lifecycle::take_resume`]).
+    pub resume: Vec<ShardSession>,
 }
 
 impl Worker {
@@ -185,6 +191,7 @@ impl Worker {
             process: None,
             replacement: None,
             retired: false,
+            resume: Vec::new(),
         }
     }
 }
@@ -237,6 +244,10 @@ pub enum Input {
     /// A process handed over the sessions of its shards (closed resumably), as asked by
     /// [`Command::RequestSessions`]; empty if it could not.
     SessionsHandedOver(ProcessId, Vec<ShardSession>),
+    /// A cluster process's checkpoint of its shards' sessions (checked by the router: its own
+    /// shards only). An empty session id forgets that shard's session; an empty state keeps
+    /// the one the same session had.
+    Checkpoint(ProcessId, Vec<ShardSession>),
 }
 
 /// What the admiral must do.
@@ -578,6 +589,9 @@ pub struct Lifecycle {
     /// Deadlines by time (since the fleet started), in the order they were set.
     timers: std::collections::BTreeSet<(Duration, u64, Timeout)>,
     timer_seq: u64,
+    /// Each serving cluster process's last checkpointed sessions, by shard: what its
+    /// replacement resumes if it crashes.
+    checkpoints: BTreeMap<ProcessId, BTreeMap<u32, ShardSession>>,
 }
 
 impl Lifecycle {
@@ -615,6 +629,7 @@ impl Lifecycle {
             retiring: Vec::new(),
             timers: std::collections::BTreeSet::new(),
             timer_seq: 0,
+            checkpoints: BTreeMap::new(),
         }
     }
 
@@ -942,6 +957,7 @@ impl Lifecycle {
                 self.replacement_failed(process, format!("could not spawn: {reason}"), &mut out);
             }
             Input::Exited(process, code) if self.replacing(process).is_some() => {
+                self.checkpoints.remove(&process);
                 let reason = code.map_or_else(
                     || "killed by a signal".to_owned(),
                     |c| format!("exited with code {c}"),
@@ -954,8 +970,11 @@ impl Lifecycle {
             Input::DrainDue => self.finish_generation(&mut out),
             Input::DeactivateDue => self.deactivate_old_generation(&mut out),
             Input::SessionsHandedOver(from, sessions) => {
+                // What it checkpointed is the replacement's now.
+                self.checkpoints.remove(&from);
                 self.sessions_handed_over(from, sessions, &mut out);
             }
+            Input::Checkpoint(process, sessions) => self.checkpoint(process, sessions),
             Input::Reshard(clusters) => {
                 if self.can_reshard().is_ok() {
                     self.reshard(&clusters, &mut out);
@@ -977,6 +996,7 @@ impl Lifecycle {
                         }
                         _ => {
                             worker.state = State::Stopped;
+                            worker.resume.clear();
                             out.push(Command::Emit(LifecycleEvent::WorkerStopped(id)));
                         }
                     }
@@ -991,6 +1011,7 @@ impl Lifecycle {
                     match (worker.state.clone(), worker.process) {
                         (State::Backoff, _) | (_, None) => {
                             worker.state = State::Stopped;
+                            worker.resume.clear();
                             out.push(Command::Emit(LifecycleEvent::WorkerStopped(id)));
                         }
                         (_, Some(process)) => {
@@ -1036,6 +1057,9 @@ impl Lifecycle {
                 }
             }
             Input::Exited(process, code) => {
+                // A crash moves them to the worker's `resume` first (`fail`); a stop leaves
+                // nothing to resume.
+                let checkpoints = self.checkpoints.remove(&process);
                 if let Some(worker) = self.current_mut(process) {
                     if worker.retired {
                         let id = worker.id.clone();
@@ -1051,6 +1075,9 @@ impl Lifecycle {
                             || "killed by a signal".to_owned(),
                             |c| format!("exited with code {c}"),
                         );
+                        if let Some(checkpoints) = checkpoints {
+                            self.checkpoints.insert(process, checkpoints);
+                        }
                         self.fail(process, format!("process {reason}"), &mut out);
                     }
                 }
@@ -1203,6 +1230,10 @@ impl Lifecycle {
             mode,
         }));
         if mode == RestartMode::Hard {
+            // A hard restart starts afresh: nothing is resumed.
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.resume.clear();
+            }
             let old = self.workers.get(&id).and_then(|w| w.process);
             if let Some(old) = old {
                 out.push(Command::Kill(old));
@@ -1543,6 +1574,11 @@ impl Lifecycle {
             Phase::StoppingClusters | Phase::StoppingServices | Phase::Stopped
         );
         let (now, policy) = (self.now, self.restart);
+        let left: Vec<ShardSession> = self
+            .checkpoints
+            .remove(&process)
+            .map(|sessions| sessions.into_values().collect())
+            .unwrap_or_default();
         let Some(worker) = self.current_mut(process) else {
             return;
         };
@@ -1554,15 +1590,21 @@ impl Lifecycle {
             ..
         }) = worker.replacement.as_mut()
         {
-            // It died before handing its sessions over: the replacement identifies afresh.
-            *held = Some(Vec::new());
+            // It died before handing its sessions over: the replacement resumes them from its
+            // last checkpoints (identifies what they do not name).
+            *held = Some(left.clone());
             out.push(Command::SendSessions {
                 to: *to,
-                sessions: Vec::new(),
+                sessions: left,
             });
-        }
-        if worker.state.is_terminal() || worker.state == State::Backoff {
-            return;
+            if worker.state.is_terminal() || worker.state == State::Backoff {
+                return;
+            }
+        } else {
+            if worker.state.is_terminal() || worker.state == State::Backoff {
+                return;
+            }
+            worker.resume = left;
         }
         let id = worker.id.clone();
         let history = self.restarts.entry(id.clone()).or_default();
@@ -1596,8 +1638,53 @@ impl Lifecycle {
             reason
         };
         worker.state = State::Failed(reason.clone());
+        worker.resume.clear();
         out.push(Command::Emit(LifecycleEvent::Failed { worker: id, reason }));
         self.advance(out);
+    }
+
+    /// Records a cluster process's checkpoint, if it still serves.
+    fn checkpoint(&mut self, process: ProcessId, sessions: Vec<ShardSession>) {
+        let serving = self.current(process).is_some_and(|w| {
+            matches!(w.state, State::Starting | State::Live) && matches!(w.id, WorkerId::Cluster(_))
+        }) || self.replacing(process).is_some();
+        if !serving {
+            return;
+        }
+        let held = self.checkpoints.entry(process).or_default();
+        for session in sessions {
+            if session.session_id.is_empty() {
+                held.remove(&session.shard);
+                continue;
+            }
+            match held.get_mut(&session.shard) {
+                Some(old)
+                    if old.session_id == session.session_id
+                        && session.state.as_bytes().is_empty() =>
+                {
+                    old.sequence = session.sequence;
+                    old.resume_url = session.resume_url;
+                }
+                _ => {
+                    held.insert(session.shard, session);
+                }
+            }
+        }
+    }
+
+    /// The sessions `worker`'s crashed process left, for its new process to resume (taken: a
+    /// session is resumed once).
+    pub fn take_resume(&mut self, worker: &WorkerId) -> Vec<ShardSession> {
+        self.workers
+            .get_mut(worker)
+            .map(|w| std::mem::take(&mut w.resume))
+            .unwrap_or_default()
+    }
+
+    /// How many sessions are checkpointed for `process`.
+    #[must_use]
+    pub fn checkpointed(&self, process: ProcessId) -> usize {
+        self.checkpoints.get(&process).map_or(0, BTreeMap::len)
     }
 
     /// Starts every pending service whose dependencies are all live, and fails every pending

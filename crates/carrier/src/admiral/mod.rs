@@ -67,6 +67,8 @@ pub struct AdmiralConfig {
     pub heartbeat: Option<Heartbeat>,
     /// How long a worker's old process is warned before a requested restart takes it away.
     pub soft_kill_notice: Duration,
+    /// How often clusters checkpoint their sessions (zero: never, and crashes are not resumed).
+    pub checkpoint_interval: Duration,
     /// Reshard on its own when guilds outgrow the shards, if set.
     pub auto_reshard: Option<AutoReshard>,
     /// Discord's recommended shard count (`/gateway/bot`), for reshards that ask for it.

@@ -199,6 +199,14 @@ impl Ipc {
         }
     }
 
+    /// Sends the admiral a checkpoint of some shards' sessions.
+    pub(crate) async fn checkpoint(&self, sessions: Vec<ShardSession>) -> Result<(), IpcError> {
+        match &self.inner.transport {
+            Transport::Socket(up) => up.send(&Up::Checkpoint(sessions)).await,
+            Transport::Local(_) => Ok(()),
+        }
+    }
+
     /// Reports a lifecycle status to the admiral (ready, start failure, shard progress).
     pub(crate) async fn report(&self, status: Status) -> Result<(), IpcError> {
         match &self.inner.transport {

@@ -1193,3 +1193,97 @@ fn the_old_generation_stops_handling_events_a_moment_after_the_new_one_goes_live
         }));
     }
 }
+
+// ---- crash resume ----------------------------------------------------------------------------
+
+/// A checkpoint of `shards` at sequence `seq`, with `state` on the first shard.
+fn checkpoint(shards: std::ops::Range<u32>, seq: u64, state: &str) -> Vec<ShardSession> {
+    shards
+        .map(|shard| ShardSession {
+            sequence: seq,
+            state: if state.is_empty() || shard > 0 {
+                crate::Payload::empty()
+            } else {
+                crate::Payload::encode(&state).unwrap()
+            },
+            ..ShardSession::new(shard, format!("session-{shard}"), Some("ws://r".into()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_crashed_cluster_resumes_from_its_last_checkpoint() {
+    let mut l = fleet(&[], 1).with_restarts(POLICY);
+    let p = spawned(&l.handle(Input::Launch))[0].1;
+    l.handle(Input::Hello(p));
+    l.handle(Input::Checkpoint(p, checkpoint(0..2, 1, "ready")));
+    l.handle(Input::Ready(p));
+    // Later checkpoints move the sequence on and keep the state the session was opened with;
+    // an empty session id forgets the shard.
+    l.handle(Input::Checkpoint(p, checkpoint(0..2, 40, "")));
+    l.handle(Input::Checkpoint(
+        p,
+        vec![ShardSession::new(1, String::new(), None)],
+    ));
+    assert_eq!(l.checkpointed(p), 1);
+    l.handle(Input::Exited(p, None));
+    assert_eq!(l.worker(&C0).unwrap().state, State::Backoff);
+    let next = spawned(&l.handle(Input::RestartDue(C0)))[0].1;
+    let resume = l.take_resume(&C0);
+    assert_eq!(resume.len(), 1);
+    assert_eq!((resume[0].shard, resume[0].sequence), (0, 40));
+    assert_eq!(resume[0].state.decode::<String>().unwrap(), "ready");
+    assert!(l.take_resume(&C0).is_empty(), "a session is resumed once");
+    // The dead process's checkpoints are gone; a late one from it is ignored.
+    l.handle(Input::Checkpoint(p, checkpoint(0..2, 50, "")));
+    assert_eq!(l.checkpointed(p), 0);
+    l.handle(Input::Hello(next));
+    l.handle(Input::Checkpoint(next, checkpoint(0..2, 3, "")));
+    assert_eq!(l.checkpointed(next), 2);
+}
+
+#[test]
+fn a_stopped_or_hard_restarted_cluster_resumes_nothing() {
+    let (mut l, p) = live_cluster();
+    l.handle(Input::Checkpoint(p, checkpoint(0..2, 9, "")));
+    let out = l.handle(Input::Restart(C0, RestartMode::Hard));
+    let next = spawned(&out)[0].1;
+    l.handle(Input::Exited(p, None));
+    assert!(
+        l.take_resume(&C0).is_empty(),
+        "a hard restart starts afresh"
+    );
+    l.handle(Input::Hello(next));
+    l.handle(Input::Ready(next));
+    l.handle(Input::Checkpoint(next, checkpoint(0..2, 9, "")));
+    l.handle(Input::Stop(C0));
+    l.handle(Input::Exited(next, Some(0)));
+    assert!(l.take_resume(&C0).is_empty(), "a stop closes the sessions");
+    assert_eq!(l.checkpointed(next), 0);
+}
+
+#[test]
+fn an_old_process_dying_before_it_hands_over_passes_its_checkpoints_on() {
+    let (mut l, old) = live_cluster();
+    l.handle(Input::Checkpoint(old, checkpoint(0..2, 7, "")));
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    l.handle(Input::Prepared(new));
+    let out = l.handle(Input::Exited(old, None));
+    assert!(
+        out.contains(&Command::SendSessions {
+            to: new,
+            sessions: checkpoint(0..2, 7, "")
+        }),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn handed_over_sessions_are_no_longer_the_old_processes_to_resume() {
+    let (mut l, old) = live_cluster();
+    l.handle(Input::Checkpoint(old, checkpoint(0..2, 7, "")));
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    l.handle(Input::Prepared(new));
+    l.handle(Input::SessionsHandedOver(old, sessions(0..2)));
+    assert_eq!(l.checkpointed(old), 0);
+}

@@ -263,6 +263,7 @@ impl Router {
                             .process
                             .and_then(|p| self.links.processes.get(&p))
                             .and_then(|i| i.pid),
+                        checkpointed: w.process.map_or(0, |p| self.lifecycle.checkpointed(p)),
                     })
                     .collect();
                 let _ = reply.send(workers);

@@ -9,11 +9,19 @@ use crate::admiral::lifecycle::{Admission, Command, Input, ProcessId, State, Wor
 use crate::admiral::process::{self, SpawnRequest};
 use crate::admiral::{FleetEvent, MAX_CLUSTER_DATA};
 use crate::ipc::link::WorkerEnv;
-use crate::ipc::proto::{Assignment, ClusterAssignment, Down, Payload, Status, Topology, Up};
+use crate::ipc::proto::{
+    Assignment, ClusterAssignment, Down, Payload, ShardSession, Status, Topology, Up,
+};
 use crate::rest::RestProxy;
 
 /// How long an exited process's connection may take to drain before the exit is handled anyway.
 const EXIT_DRAIN: Duration = Duration::from_secs(2);
+
+/// The longest session id a checkpoint may carry (Discord's are 32 hex digits).
+const MAX_SESSION_ID: usize = 256;
+
+/// The longest resume URL a checkpoint may carry.
+const MAX_RESUME_URL: usize = 2048;
 
 impl Router {
     /// Admits a connection's process, or refuses it (and forgets the connection); says which.
@@ -45,6 +53,11 @@ impl Router {
         let (handover, standby) = match admission {
             Admission::Replacement { handover, standby } => (handover, standby),
             Admission::Current => (false, false),
+        };
+        // The sessions a crashed process left, if this one follows it.
+        let resume = match admission {
+            Admission::Current => self.lifecycle.take_resume(&worker),
+            Admission::Replacement { .. } => Vec::new(),
         };
         // A process of a new generation runs the next plan; every other one the current plan.
         let plan = match (&self.next_plan, standby) {
@@ -99,6 +112,9 @@ impl Router {
                         generation,
                     ),
                     data: self.cluster_data(*id, process),
+                    checkpoint_ms: u64::try_from(self.config.checkpoint_interval.as_millis())
+                        .unwrap_or(u64::MAX),
+                    resume,
                 })
             }
         };
@@ -106,6 +122,11 @@ impl Router {
         let info = self.links.processes.entry(process).or_default();
         info.rest_key = rest_key;
         info.generation = generation;
+        if let Assignment::Cluster(cluster) = &assignment
+            && !cluster.resume.is_empty()
+        {
+            tracing::info!(target: "fleet::restart", %worker, process, shards = cluster.resume.len(), "resuming the sessions the crashed process left");
+        }
         self.links.send(conn, &Down::Welcome(assignment));
         tracing::info!(target: "fleet::lifecycle", %worker, process, "connected; starting");
         self.lifecycle_input(Input::Hello(process));
@@ -156,6 +177,7 @@ impl Router {
             }
             Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
             Up::Status(Status::Prepared) => self.lifecycle_input(Input::Prepared(process)),
+            Up::Checkpoint(sessions) => self.on_checkpoint(worker, process, sessions),
             Up::Sessions(sessions) => {
                 tracing::info!(target: "fleet::restart", %worker, process, shards = sessions.len(), "sessions handed over");
                 self.lifecycle_input(Input::SessionsHandedOver(process, sessions));
@@ -202,6 +224,47 @@ impl Router {
                 unreachable!("requests and replies are routed, not reported")
             }
         }
+    }
+
+    /// A cluster's checkpoint: only its own shards, with sane sizes, reach the lifecycle.
+    fn on_checkpoint(
+        &mut self,
+        worker: &WorkerId,
+        process: ProcessId,
+        sessions: Vec<ShardSession>,
+    ) {
+        let WorkerId::Cluster(cluster) = *worker else {
+            return self.protocol_error(worker, "a service sent a session checkpoint");
+        };
+        let generation = self
+            .links
+            .processes
+            .get(&process)
+            .map_or(self.generation, |p| p.generation);
+        let plan = if generation == self.generation {
+            Some(&self.plan)
+        } else {
+            self.next_plan.as_ref()
+        };
+        let Some(shards) = plan
+            .and_then(|plan| plan.clusters.iter().find(|c| c.id == cluster))
+            .map(|c| c.first_shard..=c.last_shard)
+        else {
+            return;
+        };
+        match check_checkpoint(&shards, &sessions) {
+            Ok(()) => self.lifecycle_input(Input::Checkpoint(process, sessions)),
+            Err(problem) => self.protocol_error(worker, &problem),
+        }
+    }
+
+    /// Tells of a worker's frame that made no sense (it is dropped; the connection stays).
+    fn protocol_error(&self, worker: &WorkerId, error: &str) {
+        tracing::warn!(target: "fleet::ipc", %worker, error, "dropping a frame");
+        let _ = self.events.send(FleetEvent::ProtocolError {
+            worker: Some(worker.clone()),
+            error: error.to_owned(),
+        });
     }
 
     /// A process ended. What it sent before it died (a start failure, say) is read first: its
@@ -392,5 +455,60 @@ impl Router {
         if let Err(error) = process::spawn(&request, self.inbox.clone(), &self.events) {
             self.lifecycle_input(Input::SpawnFailed(process, error.to_string()));
         }
+    }
+}
+
+/// Whether a cluster's checkpoint names only its own `shards`, each once, within the sizes a
+/// session has.
+fn check_checkpoint(
+    shards: &std::ops::RangeInclusive<u32>,
+    sessions: &[ShardSession],
+) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for s in sessions {
+        if !shards.contains(&s.shard) || !seen.insert(s.shard) {
+            return Err(format!(
+                "a session checkpoint named shard {} (twice, or not the cluster's {shards:?})",
+                s.shard
+            ));
+        }
+        let url = s.resume_url.as_ref().map_or(0, String::len);
+        let state = s.state.as_bytes().len();
+        if s.session_id.len() > MAX_SESSION_ID
+            || url > MAX_RESUME_URL
+            || state > crate::cluster::MAX_CHECKPOINT_STATE
+        {
+            return Err(format!(
+                "a session checkpoint of shard {} is too large ({} bytes of id, {url} of URL, {state} of state)",
+                s.shard,
+                s.session_id.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_may_name_only_the_clusters_own_shards_within_sane_sizes() {
+        let session = |shard| ShardSession::new(shard, "s".repeat(32), Some("wss://r".into()));
+        let shards = 4..=7;
+        assert!(check_checkpoint(&shards, &[session(4), session(7)]).is_ok());
+        assert!(check_checkpoint(&shards, &[]).is_ok());
+        let outside = check_checkpoint(&shards, &[session(8)]).unwrap_err();
+        assert!(outside.contains("shard 8"), "{outside}");
+        assert!(check_checkpoint(&shards, &[session(5), session(5)]).is_err());
+        let mut long = session(5);
+        long.session_id = "x".repeat(MAX_SESSION_ID + 1);
+        assert!(check_checkpoint(&shards, &[long]).is_err());
+        let mut far = session(5);
+        far.resume_url = Some("w".repeat(MAX_RESUME_URL + 1));
+        assert!(check_checkpoint(&shards, &[far]).is_err());
+        let mut heavy = session(5);
+        heavy.state = Payload::from(vec![0; crate::cluster::MAX_CHECKPOINT_STATE + 1]);
+        assert!(check_checkpoint(&shards, &[heavy]).is_err());
     }
 }

@@ -271,6 +271,11 @@ pub enum Up {
     Log(LogRecord),
     /// The sessions of a cluster's shards, closed resumably after [`Down::HandOver`].
     Sessions(Vec<ShardSession>),
+    /// Where the sessions of some of a cluster's shards stand now (those that changed since the
+    /// last checkpoint): the session and the last sequence the worker handled. If the process
+    /// crashes, its replacement resumes from the last of these. `state` is sent once per session
+    /// and kept by the admiral until the session changes.
+    Checkpoint(Vec<ShardSession>),
     /// The answer to a [`Down::Ping`].
     Pong {
         /// The ping's number.
@@ -425,6 +430,8 @@ mod tests {
     #[test]
     fn assignments_never_print_the_token() {
         let assignment = ClusterAssignment {
+            resume: vec![ShardSession::new(0, "s".into(), None)],
+            checkpoint_ms: 1000,
             id: 0,
             first_shard: 0,
             last_shard: 1,

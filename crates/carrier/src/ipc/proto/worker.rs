@@ -66,6 +66,15 @@ pub struct ClusterAssignment {
     /// `clusterData`); empty when it has none.
     #[serde(default)]
     pub data: super::Payload,
+    /// The sessions a crashed process of this cluster left, as its last checkpoints recorded
+    /// them: shards named here resume instead of identifying (Discord replays what came after
+    /// the recorded sequence). Empty for a first start and for handovers.
+    #[serde(default)]
+    pub resume: Vec<ShardSession>,
+    /// How often to checkpoint the shards' sessions to the admiral
+    /// ([`Up::Checkpoint`](super::Up::Checkpoint)), in milliseconds; 0: never.
+    #[serde(default)]
+    pub checkpoint_ms: u64,
 }
 
 /// The fleet's layout, as a cluster knows it without asking: every cluster of its generation and
@@ -144,6 +153,8 @@ impl fmt::Debug for ClusterAssignment {
             .field("standby", &self.standby)
             .field("topology", &self.topology)
             .field("data", &self.data)
+            .field("resume", &self.resume.len())
+            .field("checkpoint_ms", &self.checkpoint_ms)
             .finish()
     }
 }
@@ -195,7 +206,8 @@ pub enum RestartMode {
     Hard,
 }
 
-/// One shard's resumable gateway session, handed from an old cluster process to its replacement.
+/// One shard's resumable gateway session: handed from an old cluster process to its replacement,
+/// or checkpointed to the admiral for the replacement of a process that crashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardSession {
     /// Shard id.

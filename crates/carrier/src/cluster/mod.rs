@@ -24,6 +24,15 @@
 //! connection, READY, RESUMED and close, and, once every shard has been ready, the cluster's
 //! [`Status::Ready`]. What only an adapter may ask of the admiral (permission to identify, the
 //! cache lookup handler) is on its [`ClusterLink`], not on the user's [`Ipc`].
+//!
+//! Crash resume: the shards also record each session and the sequence of every event the worker
+//! handled ([`ShardReporter::opened`], [`ShardReporter::handled`]); `serve` checkpoints those to
+//! the admiral every `checkpoint_ms` (and at once when a session opens). If the process
+//! crashes, its replacement is started with them ([`ClusterAssignment::resume`]) and resumes
+//! instead of identifying; what arrives before each shard's RESUMED may have been handled by the
+//! dead process ([`Replay`]).
+
+mod checkpoint;
 
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
@@ -38,6 +47,8 @@ use crate::ipc::Ipc;
 use crate::ipc::link::{Handoff, Stop, WorkerControl};
 use crate::ipc::proto::{ClusterAssignment, ShardEvent, ShardSession, Status};
 use crate::stats::board::ShardBoard;
+use checkpoint::SessionLog;
+pub use checkpoint::{MAX_CHECKPOINT_STATE, Replay};
 
 /// How long a cluster whose admiral is gone gives its shards to close.
 const DISCONNECTED_GRACE: Duration = Duration::from_secs(5);
@@ -152,6 +163,8 @@ pub struct ShardReporter {
     cut: Arc<SwitchTime>,
     /// Events and latency per shard, for stats rounds.
     board: Arc<ShardBoard>,
+    /// Each shard's session and how far the worker handled it, for checkpoints.
+    sessions: Arc<SessionLog>,
 }
 
 impl ShardReporter {
@@ -168,7 +181,47 @@ impl ShardReporter {
             live: Arc::new(AtomicBool::new(!assignment.standby)),
             cut: Arc::default(),
             board,
+            sessions: Arc::new(SessionLog::new(
+                &(assignment.first_shard..=assignment.last_shard),
+            )),
         }
+    }
+
+    /// `shard` opened session `session_id` (its READY), or took one over: checkpointed at once.
+    /// `state` is whatever else the library needs to resume it in another process (at most
+    /// [`MAX_CHECKPOINT_STATE`] bytes; empty for most).
+    pub fn opened(
+        &self,
+        shard: u32,
+        session_id: &str,
+        resume_url: Option<&str>,
+        state: crate::Payload,
+    ) {
+        self.sessions.open(shard, session_id, resume_url, state);
+    }
+
+    /// The worker has handled `shard`'s events up to gateway sequence `sequence`. One relaxed
+    /// atomic store: call it after every event.
+    pub fn handled(&self, shard: u32, sequence: u64) {
+        self.sessions.handled(shard, sequence);
+    }
+
+    /// `shard`'s session ended for good (Discord invalidated it): nothing to resume.
+    pub fn session_ended(&self, shard: u32) {
+        self.sessions.ended(shard);
+    }
+
+    /// The library hands events to user code without waiting for it to finish, so what
+    /// [`handled`](Self::handled) records is only handed over: checkpoints then trail one
+    /// interval behind, so a crash replays rather than loses what was still being handled.
+    pub fn checkpoints_trail(&self) {
+        self.sessions.set_trailing();
+    }
+
+    /// What tells the worker's handlers which events a crash may make them see twice.
+    #[must_use]
+    pub fn replay(&self) -> Replay {
+        Replay(self.sessions.clone())
     }
 
     /// Counts one gateway event `shard` received (for its events per second in stats). One
@@ -186,6 +239,10 @@ impl ShardReporter {
     /// which is reported once, when the last of its shards gets there.
     pub async fn report(&self, shard: u32, event: ShardEvent) {
         let counts = matches!(event, ShardEvent::Ready | ShardEvent::Resumed);
+        if counts {
+            // A resumed session has replayed what it missed; a new one replays nothing.
+            self.sessions.set_replaying(shard, false);
+        }
         let _ = self.ipc.report(Status::Shard { shard, event }).await;
         if counts && self.shards.contains(&shard) {
             let all_ready = {
@@ -313,7 +370,12 @@ pub async fn serve(
 ) -> Result<(), BoxError> {
     let ipc = &link.ipc;
     let handoffs = control.clone();
-    let mut sessions = Vec::new();
+    // After a crash: the dead process's sessions, from its last checkpoints.
+    let mut sessions = assignment.resume.clone();
+    for session in &sessions {
+        reporter.sessions.set_replaying(session.shard, true);
+    }
+    let every = Duration::from_millis(assignment.checkpoint_ms);
     if assignment.handover {
         if !shards.resumes_sessions() {
             let reason = "this cluster's library cannot resume handed-over sessions; restart it with RestartMode::Overlap";
@@ -342,6 +404,13 @@ pub async fn serve(
     loop {
         reporter.restart();
         shards.start(sessions).await?;
+        let checkpoints = (!every.is_zero()).then(|| {
+            AbortOnDrop(tokio::spawn(checkpoint::run(
+                reporter.sessions.clone(),
+                ipc.clone(),
+                every,
+            )))
+        });
         // Serve until told to stop or to hand the sessions over.
         loop {
             tokio::select! {
@@ -374,6 +443,8 @@ pub async fn serve(
                 },
             }
         }
+        // The sessions are the replacement's now: checkpoints stop here.
+        drop(checkpoints);
         let handed = shards.hand_over().await;
         tracing::info!(target: "fleet::shard", shards = handed.len(), "handing sessions over");
         ipc.hand_over(handed).await?;
@@ -396,6 +467,15 @@ pub async fn serve(
                 },
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
