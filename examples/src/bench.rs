@@ -131,6 +131,9 @@ async fn serve_mock(max_concurrency: u32, interval_ms: u64, shards: u32) -> Resu
             .max_concurrency(max_concurrency)
             .identify_interval(Duration::from_millis(interval_ms))
             .heartbeat_interval(MOCK_HEARTBEAT)
+            // A session nobody resumes expires within a restart row's settling (30 s), so the
+            // events it held count as lost in that row, not in a later one.
+            .resume_timeout(Duration::from_secs(15))
             .build(),
     )
     .await?;

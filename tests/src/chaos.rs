@@ -99,6 +99,11 @@ pub struct ChaosReport {
     pub violations: u64,
     /// Identifies and resumes the mock served.
     pub identifies: u64,
+    /// Of those, the identifies after the launch: what the kills cost (a killed cluster's
+    /// replacement resumes the sessions it checkpointed, so 0 is the target).
+    pub identifies_after_launch: u64,
+    /// Resumes the mock refused (op 9): sessions that could not be taken over.
+    pub resumes_refused: u64,
     /// Resumes the mock served.
     pub resumes: u64,
     /// The mock's event report after settling.
@@ -148,8 +153,13 @@ impl std::fmt::Display for ChaosReport {
         )?;
         writeln!(
             f,
-            "  identify violations and other rule breaks: {}; identifies {}, resumes {}",
-            self.violations, self.identifies, self.resumes
+            "  identify violations and other rule breaks: {}; identifies {} ({} after the launch, {:.2} per SIGKILL), resumes {} ({} refused)",
+            self.violations,
+            self.identifies,
+            self.identifies_after_launch,
+            self.identifies_after_launch as f64 / self.kills.max(1) as f64,
+            self.resumes,
+            self.resumes_refused
         )?;
         writeln!(
             f,
@@ -261,6 +271,7 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
         .expect("the fleet starts");
     mock.start_events(Some(config.event_rate))
         .expect("a rate in range");
+    let launch_identifies = mock.stats().identifies;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut rng = fastrand::Rng::with_seed(config.seed);
@@ -356,6 +367,8 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
         commands: tally.snapshot(),
         violations: stats.total_violations(),
         identifies: stats.identifies,
+        identifies_after_launch: stats.identifies - launch_identifies,
+        resumes_refused: stats.resumes_refused,
         resumes: stats.resumes,
         events: mock.event_report(),
         recovered,

@@ -241,6 +241,8 @@ fn up_seeds() -> Vec<Vec<u8>> {
         Up::Hello {
             secret: carrier::Secret::new("0123456789abcdef"),
             process: 3,
+            protocol: carrier::ipc::proto::PROTOCOL_VERSION,
+            build: "test".into(),
         },
         request(Request::Broadcast {
             event: "hello".into(),

@@ -594,3 +594,68 @@ async fn a_hung_cluster_misses_heartbeats_and_is_killed_and_restarted() {
     );
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_of_another_ipc_protocol_is_refused_and_the_old_process_serves_on() {
+    let mock = MockDiscord::start(mock_config(4, 1, 1)).await.unwrap();
+    let old_build = std::env::temp_dir().join(format!(
+        "fleet-old-build-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut options = options(&mock, 1);
+    if let Some(command) = options.worker_command.as_mut() {
+        command
+            .env
+            .push(("TESTBOT_OLD_BUILD".into(), old_build.clone().into()));
+    }
+    options.build = "testbot new".into();
+    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let cluster = WorkerId::Cluster(0);
+    let before = admiral.workers().await.unwrap();
+    let process = |workers: &[carrier::admiral::WorkerStatus]| {
+        workers.iter().find(|w| w.id == cluster).unwrap().process
+    };
+    // From now on, new worker processes are an old build.
+    std::fs::write(&old_build, b"").unwrap();
+    let mut events = admiral.events();
+    let refused = admiral
+        .restart(&cluster, carrier::admiral::RestartMode::Handover)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, IpcError::Refused(Refusal::RestartFailed(_))),
+        "{refused}"
+    );
+    let seen = until(&mut events, |e| {
+        matches!(e, FleetEvent::ProtocolError { .. })
+    })
+    .await;
+    let Some(FleetEvent::ProtocolError { error, .. }) = seen.last() else {
+        unreachable!()
+    };
+    assert!(
+        error.contains("protocol 0")
+            && error.contains(&carrier::ipc::proto::PROTOCOL_VERSION.to_string())
+            && error.contains("testbot old")
+            && error.contains("testbot new"),
+        "{error}"
+    );
+    println!("refused: {error}");
+    // The old process still serves, and a compatible build restarts fine.
+    let answer = admiral
+        .ipc()
+        .cluster_command(0, Payload::from("status"))
+        .await
+        .unwrap();
+    assert_eq!(status(&answer).shards, vec![0]);
+    assert_eq!(process(&admiral.workers().await.unwrap()), process(&before));
+    std::fs::remove_file(&old_build).unwrap();
+    admiral
+        .restart(&cluster, carrier::admiral::RestartMode::Handover)
+        .await
+        .unwrap();
+    assert_ne!(process(&admiral.workers().await.unwrap()), process(&before));
+    admiral.shutdown().await;
+}

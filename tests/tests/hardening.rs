@@ -86,6 +86,8 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
     let hello = carrier::ipc::proto::Up::Hello {
         secret: carrier::Secret::new(secret.clone()),
         process: 1,
+        protocol: carrier::ipc::proto::PROTOCOL_VERSION,
+        build: "test".into(),
     };
     let env = carrier::ipc::link::WorkerEnv {
         socket: "/tmp/x".into(),
@@ -93,6 +95,7 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
         process: 1,
         max_frame: 1024,
         timeout: Duration::from_secs(1),
+        build: "test".into(),
     };
     // The cluster prints its own context: its IPC handle, HTTP client, senders and cache.
     let cluster_context = admiral
@@ -254,6 +257,8 @@ fn hello(secret: &str, process: u64) -> Vec<u8> {
     let hello = carrier::ipc::proto::Up::Hello {
         secret: carrier::Secret::new(secret),
         process,
+        protocol: carrier::ipc::proto::PROTOCOL_VERSION,
+        build: "test".into(),
     };
     frame(&carrier::ipc::frame::encode(&hello, 1 << 20).unwrap())
 }

@@ -132,6 +132,10 @@ pub struct FleetOptions {
     /// The workers' log filter in `RUST_LOG` syntax (`info,fleet::shard=debug`). Default `None`:
     /// each worker reads `RUST_LOG`, which it inherits from the admiral.
     pub log_filter: Option<String>,
+    /// This binary's build, as workers and admiral tell each other in their hello (and name in
+    /// the error when their IPC protocols do not match). Default carrier's version; set your
+    /// bot's (`env!("CARGO_PKG_VERSION")`, a commit) to tell deploys apart.
+    pub build: String,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -192,6 +196,7 @@ impl FleetOptions {
             ))),
             log_format: crate::logging::LogFormat::Text,
             log_filter: None,
+            build: format!("carrier {}", env!("CARGO_PKG_VERSION")),
         }
     }
 }
@@ -335,7 +340,8 @@ impl Fleet {
             }
         }
         ServiceSpec::check_all(&self.services).map_err(FleetError::Services)?;
-        if let Some(env) = WorkerEnv::from_env() {
+        if let Some(mut env) = WorkerEnv::from_env() {
+            env.build = self.options.build;
             let services: HashMap<String, ServiceFactory> = self.kinds.into_iter().collect();
             worker::run(&env, &services, &self.cluster).await?;
             return Ok(None);
@@ -443,6 +449,7 @@ impl Fleet {
             http: options.http,
             log_format: options.log_format,
             log_filter: options.log_filter,
+            build: options.build,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO

@@ -134,7 +134,65 @@ pub async fn figures(
             diff(&after, &before, "produced"),
         );
     }
+    crash(admiral, mock, shards).await?;
     reshard(admiral, mock, notice, interval).await
+}
+
+/// Kills cluster 0's process (`SIGKILL`) while events flow: its replacement resumes the sessions
+/// it checkpointed. What that cost: identifies, events lost, how long each shard was without a
+/// session (from the kill to its RESUMED).
+async fn crash(admiral: &AdmiralHandle, mock: &MockProcess, shards: u32) -> Result<()> {
+    let cluster = WorkerId::Cluster(0);
+    let status = |workers: &[carrier::admiral::WorkerStatus]| {
+        workers
+            .iter()
+            .find(|w| w.id == cluster)
+            .map(|w| (w.process, w.pid, w.state.clone(), w.checkpointed))
+    };
+    control(mock, "POST", "/_mock/events/start?rate=2").await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let Some((old, Some(pid), _, checkpointed)) = status(&admiral.workers().await?) else {
+        anyhow::bail!("cluster 0 has no process");
+    };
+    let before_stats = control(mock, "GET", "/_mock/stats").await?;
+    let before = control(mock, "GET", "/_mock/events").await?;
+    let mut events = admiral.events();
+    let killed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    let mut gaps = Gaps {
+        hard: true,
+        ..Gaps::default()
+    };
+    let deadline = killed + Duration::from_mins(1);
+    while gaps.gap.len() < shards as usize && Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+            Ok(Ok(FleetEvent::Shard {
+                cluster: 0,
+                shard,
+                event,
+                process,
+                ..
+            })) if Some(process) != old => gaps.record(shard, &event, killed),
+            Ok(Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            _ => break,
+        }
+    }
+    let back = killed.elapsed();
+    let (after, after_stats) = settle(mock).await?;
+    let max = gaps.gap.values().max().copied().unwrap_or_default();
+    let mean = gaps.gap.values().sum::<Duration>() / (gaps.gap.len().max(1) as u32);
+    println!(
+        "SIGKILL cluster 0 ({shards} shards, {checkpointed} sessions checkpointed, restart backoff 1 s included): every shard back in {back:.2?}; per-shard time without a session max {max:.1?}, mean {mean:.1?}; identifies spent {}; resumes {}; resumes refused {}; events lost {}, confirmed twice {} (of {} produced)",
+        diff(&after_stats, &before_stats, "identifies"),
+        diff(&after_stats, &before_stats, "resumes"),
+        diff(&after_stats, &before_stats, "resumes_refused"),
+        diff(&after, &before, "lost"),
+        diff(&after, &before, "duplicates"),
+        diff(&after, &before, "produced"),
+    );
+    Ok(())
 }
 
 /// Reshards to twice the shards while events flow: how long the switch takes against the

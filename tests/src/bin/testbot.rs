@@ -4,7 +4,8 @@
 //! messages (`fleet_tests::fuzz::hostile_messages`, `$FUZZ_MESSAGES` of them, seed
 //! `$FUZZ_SEED`), checking between batches that it still answers; one started as
 //! `service-flood` sends 10,000 requests that will not be answered soon and counts how many the
-//! admiral refuses as overloaded.
+//! admiral refuses as overloaded. While the file named by `$TESTBOT_OLD_BUILD` exists, a worker
+//! says hello as a build of IPC protocol 0 would, and reports the admiral's refusal.
 
 use std::process::ExitCode;
 
@@ -22,6 +23,11 @@ async fn main() -> ExitCode {
         Ok("service-fuzzer") => return fuzzer().await,
         Ok("service-flood") => return flood().await,
         _ => {}
+    }
+    if carrier::is_worker()
+        && std::env::var_os(OLD_BUILD).is_some_and(|p| std::path::Path::new(&p).exists())
+    {
+        return old_build().await;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !carrier::is_worker() && args.first().map(String::as_str) == Some("admiral") {
@@ -97,6 +103,38 @@ async fn admiral(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Names the file whose presence makes workers start as an old build.
+const OLD_BUILD: &str = "TESTBOT_OLD_BUILD";
+
+/// Says hello as a build of IPC protocol 0, and prints the admiral's answer.
+async fn old_build() -> ExitCode {
+    use carrier::ipc::proto::Down;
+    let env = WorkerEnv::from_env().expect("started by an admiral");
+    let stream = tokio::net::UnixStream::connect(&env.socket)
+        .await
+        .expect("admiral socket");
+    let (read, write) = stream.into_split();
+    let mut reader = carrier::ipc::frame::FrameReader::new(read, env.max_frame);
+    let mut writer = FrameWriter::new(write, env.max_frame);
+    let hello = Up::Hello {
+        secret: env.secret.clone(),
+        process: env.process,
+        protocol: 0,
+        build: "testbot old".into(),
+    };
+    writer.send(&hello).await.expect("hello");
+    match reader.next::<Down>().await {
+        Ok(Down::Refused { reason }) => {
+            eprintln!("old build refused: {reason}");
+            ExitCode::from(8)
+        }
+        other => {
+            eprintln!("old build: unexpected answer {other:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Says a proper hello, then sends a frame that is not a message.
 async fn rogue() -> ExitCode {
     let env = WorkerEnv::from_env().expect("started by an admiral");
@@ -109,6 +147,8 @@ async fn rogue() -> ExitCode {
         .send(&Up::Hello {
             secret: env.secret.clone(),
             process: env.process,
+            protocol: carrier::ipc::proto::PROTOCOL_VERSION,
+            build: "test".into(),
         })
         .await
         .expect("hello");
@@ -259,6 +299,8 @@ async fn join_ready(
     let hello = Up::Hello {
         secret: env.secret.clone(),
         process: env.process,
+        protocol: carrier::ipc::proto::PROTOCOL_VERSION,
+        build: "test".into(),
     };
     writer.send(&hello).await.ok()?;
     if !matches!(reader.next::<Down>().await, Ok(Down::Welcome(_))) {

@@ -134,8 +134,13 @@ async fn connection(
     let reader = tokio::spawn(async move {
         let mut reader = FrameReader::new(read, HELLO_MAX_FRAME);
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Up>()).await;
-        let (secret, process) = match hello {
-            Ok(Ok(Up::Hello { secret, process })) => (secret, process),
+        let (secret, process, protocol, build) = match hello {
+            Ok(Ok(Up::Hello {
+                secret,
+                process,
+                protocol,
+                build,
+            })) => (secret, process, protocol, build),
             other => {
                 let error = match other {
                     Err(_) => "no hello in time".to_owned(),
@@ -160,6 +165,8 @@ async fn connection(
                 conn,
                 secret,
                 process,
+                protocol,
+                build,
                 admitted: verdict_tx,
             })
             .await
@@ -259,6 +266,8 @@ mod tests {
         let hello = Up::Hello {
             secret: Secret::new("s"),
             process: 1,
+            protocol: crate::ipc::proto::PROTOCOL_VERSION,
+            build: "test".into(),
         };
         let body = frame::encode(&hello, 1 << 20).unwrap();
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();

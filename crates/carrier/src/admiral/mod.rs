@@ -87,6 +87,8 @@ pub struct AdmiralConfig {
     pub log_filter: Option<String>,
     /// Whether interval snapshots are broadcast to the workers too.
     pub broadcast_stats: bool,
+    /// This binary's build ([`FleetOptions::build`](crate::FleetOptions::build)).
+    pub build: String,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.

@@ -46,6 +46,9 @@ pub struct WorkerEnv {
     pub max_frame: usize,
     /// Default request timeout.
     pub timeout: Duration,
+    /// This worker's build, told to the admiral in its hello (not an environment variable:
+    /// the worker's own binary names it).
+    pub build: String,
 }
 
 impl std::fmt::Debug for WorkerEnv {
@@ -103,6 +106,7 @@ impl WorkerEnv {
             process,
             max_frame,
             timeout,
+            build: String::new(),
         })
     }
 }
@@ -211,6 +215,8 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
         .send(&Up::Hello {
             secret: env.secret.clone(),
             process: env.process,
+            protocol: super::proto::PROTOCOL_VERSION,
+            build: env.build.clone(),
         })
         .await?;
     let welcome = tokio::time::timeout(WELCOME_TIMEOUT, reader.next::<Down>())
@@ -218,6 +224,11 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
         .map_err(|_| LinkError::NotWelcome(format!("no answer within {WELCOME_TIMEOUT:?}")))?;
     let assignment = match welcome {
         Ok(Down::Welcome(assignment)) => assignment,
+        Ok(Down::Refused { reason }) => {
+            return Err(LinkError::NotWelcome(format!(
+                "the admiral refused: {reason}"
+            )));
+        }
         Ok(other) => {
             return Err(LinkError::NotWelcome(format!(
                 "unexpected first message {other:?}"
@@ -319,8 +330,8 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
                     let _ = stop_tx.send(Some(Stop::Shutdown(Duration::from_millis(grace_ms))));
                 }
                 Ok(Down::Event(event)) => reader_ipc.deliver_event(event),
-                Ok(Down::Welcome(_)) => {
-                    tracing::warn!(target: "fleet::ipc", "ignoring a second welcome");
+                Ok(Down::Welcome(_) | Down::Refused { .. }) => {
+                    tracing::warn!(target: "fleet::ipc", "ignoring a second answer to the hello");
                 }
                 Err(error) => {
                     if !matches!(error, FrameError::Closed) {
@@ -375,6 +386,7 @@ mod tests {
             process: 42,
             max_frame: 1 << 20,
             timeout: Duration::from_millis(2500),
+            build: String::new(),
         };
         let vars: std::collections::HashMap<_, _> = env.vars().into_iter().collect();
         let read = WorkerEnv::from_lookup(|name| vars.get(name).cloned()).unwrap();

@@ -34,6 +34,10 @@ pub(crate) enum Inbox {
         conn: ConnId,
         secret: crate::Secret,
         process: ProcessId,
+        /// The IPC protocol it speaks.
+        protocol: u32,
+        /// Its build.
+        build: String,
         /// Told whether the connection is admitted; its reader waits for this.
         admitted: oneshot::Sender<bool>,
     },

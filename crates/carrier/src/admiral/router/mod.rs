@@ -214,9 +214,11 @@ impl Router {
                 conn,
                 secret,
                 process,
+                protocol,
+                build,
                 admitted,
             } => {
-                let ok = self.on_hello(conn, &secret, process);
+                let ok = self.on_hello(conn, &secret, process, protocol, &build);
                 let _ = admitted.send(ok);
             }
             Inbox::Up { conn, up } => self.on_up(conn, up),

@@ -10,7 +10,8 @@ use crate::admiral::process::{self, SpawnRequest};
 use crate::admiral::{FleetEvent, MAX_CLUSTER_DATA};
 use crate::ipc::link::WorkerEnv;
 use crate::ipc::proto::{
-    Assignment, ClusterAssignment, Down, Payload, ShardSession, Status, Topology, Up,
+    Assignment, ClusterAssignment, Down, PROTOCOL_VERSION, Payload, ShardSession, Status, Topology,
+    Up,
 };
 use crate::rest::RestProxy;
 
@@ -30,17 +31,32 @@ impl Router {
         conn: u64,
         secret: &crate::Secret,
         process: ProcessId,
+        protocol: u32,
+        build: &str,
     ) -> bool {
-        let admitted = if !self.secret.matches(secret.expose()) {
-            Err("wrong secret")
+        let proven = self.secret.matches(secret.expose());
+        let admitted = if !proven {
+            Err("wrong secret".to_owned())
+        } else if protocol != PROTOCOL_VERSION {
+            Err(format!(
+                "the worker (build {build:?}) speaks IPC protocol {protocol}, this admiral (build {:?}) speaks {PROTOCOL_VERSION}; run workers and admiral of compatible builds",
+                self.config.build
+            ))
         } else if self.links.conn_of(process).is_some() {
-            Err("process already connected")
+            Err("process already connected".to_owned())
         } else {
-            self.lifecycle.admit(process)
+            self.lifecycle.admit(process).map_err(str::to_owned)
         };
         let (worker, admission) = match admitted {
             Ok(admitted) => admitted,
             Err(problem) => {
+                if proven {
+                    // One of the fleet's own: it is told why before the connection closes.
+                    let refused = Down::Refused {
+                        reason: problem.clone(),
+                    };
+                    self.links.send(conn, &refused);
+                }
                 tracing::error!(target: "fleet::ipc", conn, process, problem, "refusing an IPC connection");
                 let _ = self.events.send(FleetEvent::ProtocolError {
                     worker: None,
@@ -436,6 +452,7 @@ impl Router {
             process,
             max_frame: self.config.max_frame,
             timeout: self.config.request_timeout,
+            build: String::new(),
         }
         .vars();
         let mut env = env;

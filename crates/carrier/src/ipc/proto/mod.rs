@@ -5,11 +5,14 @@
 //! (`{"Request": {...}}`), unit variants are strings. A worker in any language can join a fleet:
 //!
 //! 1. Connect to the Unix socket named by `FLEET_IPC_SOCKET` and send
-//!    `Up::Hello { secret: $FLEET_IPC_SECRET, process: $FLEET_PROCESS }`.
-//! 2. Receive `Down::Welcome` with the worker's [`Assignment`]; a wrong secret or unknown process
-//!    is disconnected.
-//! 3. Send `Up::Status(Ready)` when ready to serve (or `StartFailed`).
-//! 4. Send `Up::Request { id, timeout_ms, request }` and match `Down::Reply { id, reply }`; answer
+//!    `Up::Hello { secret: $FLEET_IPC_SECRET, process: $FLEET_PROCESS, protocol, build }`
+//!    ([`PROTOCOL_VERSION`], and any name for the worker's build).
+//! 2. Receive `Down::Welcome` with the worker's [`Assignment`]; a wrong secret is disconnected,
+//!    and a worker of another protocol (or an unknown process) receives `Down::Refused` with why.
+//! 3. A cluster sends `Up::Checkpoint` with its shards' sessions as they move (optional: without
+//!    it a crashed cluster's replacement identifies again).
+//! 4. Send `Up::Status(Ready)` when ready to serve (or `StartFailed`).
+//! 5. Send `Up::Request { id, timeout_ms, request }` and match `Down::Reply { id, reply }`; answer
 //!    each `Down::Command { id, .. }` with `Up::Reply { id, outcome }` within its `timeout_ms`,
 //!    and each `Down::Fetch { id, .. }` (clusters) the same way with the cached object as JSON,
 //!    and each `Down::CountGuilds { id }` (clusters) with the number of guilds cached, and each
@@ -39,6 +42,14 @@ pub use worker::{
 /// The longest timeout a request may ask for; longer ones are cut to it. A timeout is input
 /// from another process, and no input may make the admiral's timers overflow.
 pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
+
+/// The IPC protocol this build speaks, sent in every worker's [`Up::Hello`]. Frames are named
+/// maps, so adding a field with a default keeps older peers working; what older peers cannot
+/// read (a changed meaning, a required field) bumps this, and an admiral refuses a worker of
+/// another protocol with [`Down::Refused`] naming both, so a deploy of an incompatible build fails
+/// its first replacement and the old processes go on serving. Version 0 is any build from before
+/// the version was sent.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A request's timeout as the admiral applies it: `timeout_ms`, at most [`MAX_TIMEOUT`].
 #[must_use]
@@ -248,6 +259,14 @@ pub enum Up {
         secret: crate::Secret,
         /// The process number the admiral gave this worker.
         process: u64,
+        /// The IPC protocol the worker speaks ([`PROTOCOL_VERSION`]; 0 from builds before it was
+        /// sent).
+        #[serde(default)]
+        protocol: u32,
+        /// The worker's build, as its binary names it (`FleetOptions::build`, by default the
+        /// fleet crate's version), for the admiral's records and deploys.
+        #[serde(default)]
+        build: String,
     },
     /// A request; answered by [`Down::Reply`] with the same id.
     Request {
@@ -371,6 +390,12 @@ pub enum Down {
     },
     /// An admiral event of a topic this worker subscribed to ([`Request::Subscribe`]).
     Event(AdmiralEvent),
+    /// The answer to a hello the admiral refuses from a worker that proved it belongs to the
+    /// fleet (another protocol version, say); the connection closes after it.
+    Refused {
+        /// Why, in words for the worker's error.
+        reason: String,
+    },
 }
 
 #[cfg(test)]
