@@ -20,4 +20,8 @@ async fn the_fleet_survives_half_a_minute_of_chaos() {
     assert_eq!(report.commands.hung, 0, "{report}");
     assert_eq!(report.commands.other_errors, 0, "{report}");
     assert_eq!(report.unexplained_losses(), 0, "{report}");
+    // Every killed cluster was live, so it had checkpointed every session: its replacement
+    // resumed them all.
+    assert_eq!(report.identifies_after_launch, 0, "{report}");
+    assert_eq!(report.events.lost_abandoned, 0, "{report}");
 }

@@ -108,6 +108,29 @@ impl SessionLog {
         }
     }
 
+    /// `shard`'s session as it stands, state included (for the checkpoint sent with its
+    /// readiness).
+    pub(crate) fn current(&self, shard: u32) -> Option<ShardSession> {
+        let slot = self.slot(shard)?;
+        let open = slot
+            .session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let sequence = if self.trailing.load(Ordering::Relaxed) {
+            0
+        } else {
+            slot.handled.load(Ordering::Relaxed)
+        };
+        Some(ShardSession {
+            shard,
+            session_id: open.id,
+            sequence,
+            resume_url: open.resume_url,
+            state: open.state,
+        })
+    }
+
     pub(crate) fn set_trailing(&self) {
         self.trailing.store(true, Ordering::Relaxed);
     }

@@ -242,6 +242,11 @@ impl ShardReporter {
         if counts {
             // A resumed session has replayed what it missed; a new one replays nothing.
             self.sessions.set_replaying(shard, false);
+            // Checkpointed before it counts as ready: once the admiral sees a cluster ready, a
+            // crash of it resumes every shard.
+            if let Some(session) = self.sessions.current(shard) {
+                let _ = self.ipc.checkpoint(vec![session]).await;
+            }
         }
         let _ = self.ipc.report(Status::Shard { shard, event }).await;
         if counts && self.shards.contains(&shard) {
