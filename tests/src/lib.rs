@@ -53,6 +53,10 @@ use twilight_gateway::{Event, Intents, ShardId};
 /// library: [`raw`]) or (default) `twilight`.
 pub const LIB_ENV: &str = "TESTBOT_LIB";
 
+/// With this variable set to a number of milliseconds, a twilight test cluster's process exits
+/// (code 3) that long after all its shards were ready: a build that crashes once it serves.
+pub const CRASH_AFTER_MS_ENV: &str = "TESTBOT_CRASH_AFTER_MS";
+
 /// The fleet for the library named in [`LIB_ENV`].
 #[must_use]
 pub fn fleet_from_env(options: FleetOptions) -> Fleet {
@@ -353,6 +357,8 @@ pub struct ClusterStatus {
 #[derive(Debug)]
 pub struct TestCluster {
     context: ClusterContext,
+    /// Shards that reached READY or RESUMED.
+    ready_shards: AtomicU64,
     guilds: AtomicU64,
     events: AtomicU64,
     /// Set by a [`REPORT_EVENTS`] broadcast, or when the central store holds that key at start:
@@ -413,6 +419,7 @@ impl ClusterWorker for TestCluster {
         });
         Ok(Self {
             context,
+            ready_shards: AtomicU64::new(0),
             guilds: AtomicU64::new(0),
             events: AtomicU64::new(0),
             report,
@@ -423,6 +430,19 @@ impl ClusterWorker for TestCluster {
     }
 
     async fn handle_event(&self, _: ShardId, event: Event) {
+        if matches!(event, Event::Ready(_) | Event::Resumed) {
+            let ready = self.ready_shards.fetch_add(1, Ordering::SeqCst) + 1;
+            // A broken build: the process dies a moment after it went live.
+            let crash = std::env::var(CRASH_AFTER_MS_ENV).ok();
+            if ready == self.context.shards.clone().count() as u64
+                && let Some(after) = crash.and_then(|ms| ms.parse().ok())
+            {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(after)).await;
+                    std::process::exit(3);
+                });
+            }
+        }
         match event {
             Event::GuildCreate(_) => {
                 self.guilds.fetch_add(1, Ordering::Relaxed);

@@ -86,8 +86,8 @@ pub use admiral::{AdmiralHandle, FleetEvent, WorkerId};
 pub use fleet::{DISCORD_REST_URL, Fleet, FleetError, FleetOptions, identify_spacing};
 pub use ipc::client::FetchHandler;
 pub use ipc::proto::{
-    ClusterAssignment, Fetch, Group, LogLevel, Outcome, Payload, RestartMode, ShardEvent, Status,
-    Target, Topology,
+    ClusterAssignment, DeployPlan, DeployReport, Fetch, Group, LogLevel, Outcome, Payload,
+    RestartMode, ShardEvent, Status, Target, Topology,
 };
 pub use ipc::{AdmiralEvent, AdmiralEvents, EventsError, Ipc, IpcError, Message, Topic};
 pub use secret::Secret;

@@ -33,10 +33,9 @@ async fn main() -> ExitCode {
     if !carrier::is_worker() && args.first().map(String::as_str) == Some("admiral") {
         return admiral(&args[1..]).await;
     }
-    match fleet_tests::fleet_from_env(FleetOptions::new(""))
-        .run()
-        .await
-    {
+    let mut options = FleetOptions::new("");
+    options.build = std::env::var("TESTBOT_BUILD").unwrap_or_else(|_| "testbot 1".to_owned());
+    match fleet_tests::fleet_from_env(options).run().await {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(_)) => {
             eprintln!("testbot runs only as a worker of a test's admiral");

@@ -116,6 +116,8 @@ pub struct WorkerStatus {
     /// A cluster's shards whose sessions its process has checkpointed: if it crashed now, its
     /// replacement would resume these and identify the rest.
     pub checkpointed: usize,
+    /// The build its process said it runs (`FleetOptions::build` there).
+    pub build: Option<String>,
 }
 
 /// Logs a lifecycle step at the target of its category (see [`crate::logging`]): failures as

@@ -2,6 +2,7 @@
 //! `process`), and routes IPC between them (`router`). It may not know any Discord library.
 
 mod admission;
+mod deploy;
 mod events;
 mod http;
 pub mod lifecycle;
@@ -315,6 +316,17 @@ impl AdmiralHandle {
             .await
             .map_err(|_| AdmiralError::Stopped)?;
         rx.await.map_err(|_| AdmiralError::Stopped)
+    }
+
+    /// Rolls every worker onto a new build; see [`Ipc::deploy`]. Waits at most a day.
+    ///
+    /// # Errors
+    /// As [`Ipc::deploy`].
+    pub async fn deploy(
+        &self,
+        plan: crate::ipc::proto::DeployPlan,
+    ) -> Result<crate::ipc::proto::DeployReport, IpcError> {
+        self.ipc.deploy(plan, crate::ipc::proto::MAX_TIMEOUT).await
     }
 
     /// Restarts one worker and resolves once its replacement serves; see [`RestartMode`]. A

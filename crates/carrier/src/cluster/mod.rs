@@ -165,6 +165,8 @@ pub struct ShardReporter {
     board: Arc<ShardBoard>,
     /// Each shard's session and how far the worker handled it, for checkpoints.
     sessions: Arc<SessionLog>,
+    /// Whether the fleet checkpoints sessions at all.
+    checkpoints: bool,
 }
 
 impl ShardReporter {
@@ -184,6 +186,7 @@ impl ShardReporter {
             sessions: Arc::new(SessionLog::new(
                 &(assignment.first_shard..=assignment.last_shard),
             )),
+            checkpoints: assignment.checkpoint_ms > 0,
         }
     }
 
@@ -244,7 +247,7 @@ impl ShardReporter {
             self.sessions.set_replaying(shard, false);
             // Checkpointed before it counts as ready: once the admiral sees a cluster ready, a
             // crash of it resumes every shard.
-            if let Some(session) = self.sessions.current(shard) {
+            if let Some(session) = self.sessions.current(shard).filter(|_| self.checkpoints) {
                 let _ = self.ipc.checkpoint(vec![session]).await;
             }
         }

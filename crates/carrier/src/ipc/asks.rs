@@ -484,6 +484,28 @@ impl Ipc {
         }
     }
 
+    /// Rolls every worker onto a new build (see [`DeployPlan`](super::proto::DeployPlan): the
+    /// canary cluster first, then the others, then the services, rolled back on a failure), and
+    /// resolves with what it did once it is over, or at once with what it would do for a dry
+    /// run. A deploy that failed and rolled back is `Ok` too: its report's `failure` says why.
+    ///
+    /// # Errors
+    /// A deploy refused before it began (another under way, a restart or reshard under way, a
+    /// program that is not an executable file, too much of the session budget), or `timeout`.
+    pub async fn deploy(
+        &self,
+        plan: super::proto::DeployPlan,
+        timeout: Duration,
+    ) -> Result<super::proto::DeployReport, IpcError> {
+        match self
+            .request(Request::Deploy(Box::new(plan)), timeout)
+            .await?
+        {
+            Reply::Outcome(Outcome::Ok(report)) => Ok(report.decode()?),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Restarts every worker of `group`, `at_once` at a time, and resolves once all are done
     /// with one outcome per worker (`Ok` or `Error` with why; a failed soft restart leaves that
     /// worker's old process serving). Waits at most `timeout` in all.

@@ -60,6 +60,8 @@ pub(crate) struct ProcessInfo {
     pub ipc_latency: Option<std::time::Duration>,
     /// The plan generation it runs (a reshard's new generation is one more than the live one).
     pub generation: u32,
+    /// The build it said it runs in its hello.
+    pub build: String,
 }
 
 /// Connections by number and processes by number.

@@ -68,6 +68,18 @@ pub(crate) enum Inbox {
     },
     /// Shut the fleet down.
     Shutdown,
+    /// A deploy names the build `worker`'s next process runs (`None`: the fleet's); `done`
+    /// once the router has it.
+    Build {
+        worker: crate::admiral::WorkerId,
+        build: Option<std::sync::Arc<crate::admiral::WorkerCommand>>,
+        done: oneshot::Sender<()>,
+    },
+    /// A deploy's rollout is over.
+    Deployed {
+        waiter: Waiter,
+        report: crate::ipc::proto::DeployReport,
+    },
     /// The workers and their state.
     Workers(oneshot::Sender<Vec<WorkerStatus>>),
     /// Discord's recommended shard count arrived for a reshard.

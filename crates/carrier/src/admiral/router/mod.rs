@@ -18,6 +18,7 @@ mod calls;
 mod commands;
 mod connections;
 mod control;
+mod deploy;
 mod fetch;
 mod identify;
 pub(crate) mod inbox;
@@ -87,6 +88,14 @@ pub(crate) struct Router {
     /// The runtime the admiral was started on: user code (the admiral's command handler,
     /// Discord's recommendation) runs there, never on the router's thread.
     user: tokio::runtime::Handle,
+    /// The build worker processes run (`FleetOptions::worker_command`, then each deploy's).
+    command: Arc<super::WorkerCommand>,
+    /// Workers whose next process runs another build, while a deploy moves them.
+    builds: std::collections::HashMap<super::WorkerId, Arc<super::WorkerCommand>>,
+    /// The deploy under way.
+    deploying: Option<deploy::Deploying>,
+    /// Identifies granted since the start.
+    identifies_granted: u64,
 }
 
 impl Router {
@@ -109,6 +118,7 @@ impl Router {
         )
         .with_restarts(config.restart)
         .with_soft_kill_notice(config.soft_kill_notice);
+        let command = Arc::new(config.worker_command.clone());
         Self {
             identify: config.identify.clone(),
             links: Connections::new(config.max_frame),
@@ -135,6 +145,10 @@ impl Router {
             ready,
             started: tokio::time::Instant::now(),
             user,
+            command,
+            builds: std::collections::HashMap::new(),
+            deploying: None,
+            identifies_granted: 0,
         }
     }
 
@@ -225,6 +239,7 @@ impl Router {
             Inbox::Closed { conn, error } => self.on_closed(conn, error),
             Inbox::Granted { waiter, shard } => {
                 self.stats.identified(shard);
+                self.identifies_granted += 1;
                 self.reply(waiter, Reply::Done);
             }
             Inbox::Stats { asked_for, stats } => self.stats_done(asked_for, stats),
@@ -253,6 +268,15 @@ impl Router {
                 }
             },
             Inbox::Shutdown => self.total_shutdown(),
+            Inbox::Build {
+                worker,
+                build,
+                done,
+            } => {
+                self.set_build(worker, build);
+                let _ = done.send(());
+            }
+            Inbox::Deployed { waiter, report } => self.deployed(waiter, report),
             Inbox::Workers(reply) => {
                 let workers = self
                     .lifecycle
@@ -266,6 +290,11 @@ impl Router {
                             .and_then(|p| self.links.processes.get(&p))
                             .and_then(|i| i.pid),
                         checkpointed: w.process.map_or(0, |p| self.lifecycle.checkpointed(p)),
+                        build: w
+                            .process
+                            .and_then(|p| self.links.processes.get(&p))
+                            .map(|i| i.build.clone())
+                            .filter(|b| !b.is_empty()),
                     })
                     .collect();
                 let _ = reply.send(workers);
@@ -354,6 +383,7 @@ impl Router {
             } => self.restart_all(waiter, group, mode, at_once),
             Request::Reshard { count, clusters } => self.request_reshard(waiter, count, clusters),
             Request::Subscribe { topics } => self.subscribe(waiter, &topics),
+            Request::Deploy(plan) => self.deploy(waiter, *plan),
             Request::CreateService {
                 name,
                 kind,

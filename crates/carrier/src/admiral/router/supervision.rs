@@ -138,6 +138,7 @@ impl Router {
         let info = self.links.processes.entry(process).or_default();
         info.rest_key = rest_key;
         info.generation = generation;
+        build.clone_into(&mut info.build);
         if let Assignment::Cluster(cluster) = &assignment
             && !cluster.resume.is_empty()
         {
@@ -252,6 +253,9 @@ impl Router {
         let WorkerId::Cluster(cluster) = *worker else {
             return self.protocol_error(worker, "a service sent a session checkpoint");
         };
+        if self.config.checkpoint_interval.is_zero() {
+            return; // Crash resume is off: a crash identifies afresh.
+        }
         let generation = self
             .links
             .processes
@@ -460,8 +464,9 @@ impl Router {
             self.config.log_format,
             self.config.log_filter.as_deref(),
         ));
+        let command = self.builds.get(worker).unwrap_or(&self.command).clone();
         let request = SpawnRequest {
-            command: &self.config.worker_command,
+            command: &command,
             worker,
             process,
             env,

@@ -28,10 +28,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod deploy;
 mod events;
 mod values;
 mod worker;
 
+pub use deploy::{DeployPlan, DeployReport};
 pub use events::{AdmiralEvent, Topic, Topics};
 pub use values::{Group, LogLevel, LogRecord, Outcome, Payload, PayloadError, Target};
 pub use worker::{
@@ -191,6 +193,12 @@ pub enum Request {
         /// How long it has to become ready.
         start_timeout_ms: Option<u64>,
     },
+    /// Roll every worker onto a new build (see [`DeployPlan`]); answered with
+    /// `Reply::Outcome(Ok)` holding the [`DeployReport`] once it is over (moved, or rolled back
+    /// with why), or at once for a dry run; refused when another deploy, a restart or a reshard
+    /// is under way, the program is not an executable file, or the plan needs more of the
+    /// session budget than it allows.
+    Deploy(Box<DeployPlan>),
     /// Hear the admiral's events of these topics as [`Down::Event`] from now on, in place of
     /// whatever this connection subscribed to before (none: unsubscribe). Answered with `Done`;
     /// a subscriber that arrives after the launch finished hears [`AdmiralEvent::AllReady`] at

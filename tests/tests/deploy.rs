@@ -1,0 +1,174 @@
+//! Deploys with real worker processes against discord-mock, its event source on: two builds of
+//! the test bot that differ in the build they report, the second one sound or crashing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use carrier::admiral::{RestartMode, WorkerStatus};
+use carrier::{AdmiralHandle, DeployPlan, IpcError, Target, WorkerId};
+use common::{WAIT, launch, mock_config, options, settle};
+use discord_mock::MockDiscord;
+
+/// Each live worker's build, as its process said in its hello (the fleet's `broken` service
+/// never starts).
+async fn builds(admiral: &AdmiralHandle) -> BTreeMap<WorkerId, Option<String>> {
+    let workers: Vec<WorkerStatus> = admiral.workers().await.unwrap();
+    workers
+        .into_iter()
+        .filter(|w| w.state == carrier::admiral::State::Live)
+        .map(|w| (w.id, w.build))
+        .collect()
+}
+
+/// The test bot as build 2 (and whatever else `env` adds).
+fn build_two() -> DeployPlan {
+    DeployPlan::new(env!("CARGO_BIN_EXE_testbot"))
+        .env("TESTBOT_BUILD", "testbot 2")
+        .canary_bake(Duration::from_millis(500))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_moves_every_worker_onto_the_new_build_without_an_identify_or_a_lost_event() {
+    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.max_restarts = 3;
+    options.restart_backoff = Duration::from_millis(100);
+    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let first = builds(&admiral).await;
+    assert!(
+        first.values().all(|b| b.as_deref() == Some("testbot 1")),
+        "{first:?}"
+    );
+    let handled = common::HandledLog::start(&admiral).await;
+    mock.start_events(Some(20.0)).unwrap();
+    let before = mock.stats();
+
+    // A dry run says what it would do, and moves nothing.
+    let dry = admiral.deploy(build_two().dry_run()).await.unwrap();
+    println!("{dry}");
+    let order = vec![
+        Target::Cluster(0),
+        Target::Cluster(1),
+        Target::Service("echo".into()),
+    ];
+    assert_eq!(dry.order, order);
+    assert!(dry.moved.is_empty() && dry.dry_run);
+    assert_eq!(dry.identifies_planned, 0, "handovers spend no identify");
+    assert!(dry.estimate_ms >= 500, "the canary's bake at least");
+    assert!(
+        builds(&admiral)
+            .await
+            .values()
+            .all(|b| b.as_deref() == Some("testbot 1"))
+    );
+
+    let report = admiral.deploy(build_two()).await.unwrap();
+    println!("{report}");
+    assert!(report.succeeded(), "{report}");
+    assert_eq!(report.moved, order);
+    assert_eq!(report.identifies_spent, 0);
+    assert!(
+        builds(&admiral)
+            .await
+            .values()
+            .all(|b| b.as_deref() == Some("testbot 2")),
+        "{:?}",
+        builds(&admiral).await
+    );
+    // Every message was handled exactly once, across the deploy.
+    let report = settle(&mock).await;
+    let after = mock.stats();
+    assert_eq!(after.identifies, before.identifies, "no identify spent");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    assert!(
+        handled.all_handled(&mock).await,
+        "a message reached no user code"
+    );
+    let entries = handled.entries();
+    let mut ids: Vec<u64> = entries.iter().map(|(_, id, _)| *id).collect();
+    ids.sort_unstable();
+    let total = ids.len();
+    ids.dedup();
+    println!("deploy: {} messages handled, {total} times", ids.len());
+    assert_eq!(total, ids.len(), "a message was handled twice");
+    admiral.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_crashes_is_rolled_back_and_the_rest_never_move() {
+    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.max_restarts = 3;
+    options.restart_backoff = Duration::from_millis(100);
+    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let broken = build_two()
+        .env(fleet_tests::CRASH_AFTER_MS_ENV, "300")
+        .canary_bake(Duration::from_secs(20));
+    let report = admiral.deploy(broken).await.unwrap();
+    println!("{report}");
+    assert!(!report.succeeded());
+    let failure = report.failure.as_deref().unwrap_or_default();
+    assert!(failure.contains("cluster 0 crashed"), "{failure}");
+    assert_eq!(report.rolled_back, vec![Target::Cluster(0)]);
+    assert!(report.moved.is_empty());
+    // The canary is back on the old build once its crash restart is done; the rest never left it.
+    admiral.wait_ready(WAIT).await.unwrap();
+    let back = tokio::time::timeout(WAIT, async {
+        loop {
+            let all = builds(&admiral).await;
+            if all.len() == 3 && all.values().all(|b| b.as_deref() == Some("testbot 1")) {
+                return all;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), admiral.events().recv()).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "every worker back on build 1");
+
+    // Refused before anything moves: a program that is not there, a plan that spends more of
+    // the session budget than allowed, and a second deploy at once.
+    let missing = admiral
+        .deploy(DeployPlan::new("/nonexistent/bot"))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, IpcError::Refused(_)), "{missing}");
+    let costly = build_two().mode(RestartMode::Overlap).max_budget_percent(0);
+    let refused = admiral.deploy(costly).await.unwrap_err();
+    assert!(refused.to_string().contains("identifies"), "{refused}");
+    // From a worker's IPC as from the admiral; while one runs, another is refused.
+    let mut events = admiral.events();
+    let from_a_worker = admiral.ipc().clone();
+    let first = tokio::spawn(async move {
+        from_a_worker
+            .deploy(build_two().canary_bake(Duration::from_millis(200)), WAIT)
+            .await
+    });
+    common::until(&mut events, |e| {
+        matches!(
+            e,
+            carrier::FleetEvent::Lifecycle(carrier::admiral::LifecycleEvent::RestartPending { worker, .. })
+                if *worker == WorkerId::Cluster(0)
+        )
+    })
+    .await;
+    let second = admiral.deploy(build_two().dry_run()).await.unwrap_err();
+    assert!(second.to_string().contains("under way"), "{second}");
+    let first = first.await.unwrap().unwrap();
+    assert!(first.succeeded(), "{first}");
+    // A crash after the deploy comes back on the new build.
+    let mut events = admiral.events();
+    common::kill(&admiral, &WorkerId::Cluster(1)).await;
+    common::until(&mut events, |e| {
+        matches!(e, carrier::FleetEvent::Lifecycle(carrier::admiral::LifecycleEvent::Ready(w)) if *w == WorkerId::Cluster(1))
+    })
+    .await;
+    let back = builds(&admiral).await;
+    assert_eq!(back[&WorkerId::Cluster(1)].as_deref(), Some("testbot 2"));
+
+    admiral.shutdown().await;
+}
