@@ -13,7 +13,8 @@
 //! 4. Resident memory of the admiral and of each worker.
 //! 5. Events from the mock's source through the shards to the clusters' handlers, per second.
 //! 6. Restarting a cluster with each strategy while events flow: per-shard unavailability,
-//!    identifies spent, events lost or handled twice ([`restart`]).
+//!    identifies spent, events lost or handled twice; then the same for a `SIGKILL` of a cluster
+//!    (crash resume), a deploy of every worker onto a new build, and a reshard ([`restart`]).
 //! 7. REST through the central proxy: added latency, throughput, and 429s saved when three
 //!    clusters share one channel's limit ([`rest`]).
 //!
@@ -302,12 +303,12 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
                     RestartMode::Hard,
                 ];
                 println!("restarts, twilight:");
-                restart::figures(&admiral, &mock, NOTICE, interval, &modes).await?;
+                restart::figures(&admiral, &mock, NOTICE, interval, &modes, "twilight").await?;
             }
         } else if lib == Lib::Serenity && asked("restart") {
             println!("restarts, serenity:");
             let modes = [RestartMode::Handover, RestartMode::Overlap];
-            restart::figures(&admiral, &mock, NOTICE, interval, &modes).await?;
+            restart::figures(&admiral, &mock, NOTICE, interval, &modes, "serenity").await?;
         }
         admiral.shutdown().await;
         let clean = mock.stop().await?;

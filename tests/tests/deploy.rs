@@ -172,3 +172,51 @@ async fn a_canary_that_crashes_is_rolled_back_and_the_rest_never_move() {
 
     admiral.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_deploys_the_new_build_an_operator_put_in_place() {
+    let mock = MockDiscord::start(mock_config(4, 2, 2)).await.unwrap();
+    let (admiral, ready, mut lines) =
+        common::spawn_admiral_with(&mock, 2, None, &[("TESTBOT_DEPLOY_BUILD", "testbot 2")]).await;
+    let before: Vec<u32> = ready
+        .strip_prefix("ready ")
+        .unwrap()
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(before.len(), 3, "two clusters and echo");
+    let identifies = mock.stats().identifies;
+    let pid = admiral.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-USR2", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the deploy ends")
+        .unwrap()
+        .expect("a line");
+    let after: Vec<u32> = line
+        .strip_prefix("deployed true ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(after.len(), 3);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "every worker runs a new process: {before:?} -> {after:?}"
+    );
+    assert_eq!(mock.stats().identifies, identifies, "no identify spent");
+    let stop = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    let stopped = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped.as_deref(), Some("stopped"));
+}

@@ -132,6 +132,12 @@ pub struct FleetOptions {
     /// The workers' log filter in `RUST_LOG` syntax (`info,fleet::shard=debug`). Default `None`:
     /// each worker reads `RUST_LOG`, which it inherits from the admiral.
     pub log_filter: Option<String>,
+    /// What SIGUSR2 deploys (with [`handle_signals`](Self::handle_signals)): an operator copies a
+    /// new build over the bot's binary and signals the admiral, which rolls every worker onto it
+    /// (see `AdmiralHandle::deploy`; the outcome is a `FleetEvent::Deployed` and a log line).
+    /// Default `None`: the worker command as it is (its program, arguments and environment),
+    /// with a plan's defaults.
+    pub deploy_on_signal: Option<crate::DeployPlan>,
     /// This binary's build, as workers and admiral tell each other in their hello (and name in
     /// the error when their IPC protocols do not match). Default carrier's version; set your
     /// bot's (`env!("CARGO_PKG_VERSION")`, a commit) to tell deploys apart.
@@ -197,6 +203,7 @@ impl FleetOptions {
             log_format: crate::logging::LogFormat::Text,
             log_filter: None,
             build: format!("carrier {}", env!("CARGO_PKG_VERSION")),
+            deploy_on_signal: None,
         }
     }
 }
@@ -389,6 +396,25 @@ impl Fleet {
             Some(command) => command,
             None => WorkerCommand::current().map_err(FleetError::WorkerCommand)?,
         };
+        let deploy_on_signal = options.deploy_on_signal.clone().unwrap_or_else(|| {
+            let mut plan = crate::DeployPlan::new(worker_command.program.clone());
+            plan.args = worker_command
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            plan.env = worker_command
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect();
+            plan
+        });
         tracing::info!(
             target: "fleet::launch",
             shards = plan.shard_total,
@@ -450,6 +476,7 @@ impl Fleet {
             log_format: options.log_format,
             log_filter: options.log_filter,
             build: options.build,
+            deploy_on_signal,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO

@@ -69,6 +69,7 @@ pub async fn figures(
     notice: Duration,
     interval: Duration,
     modes: &[RestartMode],
+    lib: &str,
 ) -> Result<()> {
     let shards = {
         let c = &admiral.plan().clusters[0];
@@ -135,7 +136,42 @@ pub async fn figures(
         );
     }
     crash(admiral, mock, shards).await?;
+    deploy(admiral, mock, lib).await?;
     reshard(admiral, mock, notice, interval).await
+}
+
+/// Deploys this same binary (as a new build) onto every worker while events flow: how long
+/// the rollout takes against its canary bake and notices, and what it cost.
+async fn deploy(admiral: &AdmiralHandle, mock: &MockProcess, lib: &str) -> Result<()> {
+    let mut plan = carrier::DeployPlan::new(std::env::current_exe()?)
+        .env(fleet_examples::LIB_ENV, lib)
+        .canary_bake(Duration::from_secs(2))
+        .at_once(2);
+    plan.args = std::env::args().skip(1).collect();
+    let dry = admiral.deploy(plan.clone().dry_run()).await?;
+    control(mock, "POST", "/_mock/events/start?rate=2").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_stats = control(mock, "GET", "/_mock/stats").await?;
+    let before = control(mock, "GET", "/_mock/events").await?;
+    let report = admiral.deploy(plan).await?;
+    let (after, after_stats) = settle(mock).await?;
+    println!(
+        "deploy onto a new build ({} workers, canary bake 2 s, 2 clusters at once): {}; estimated {:.1?}, took {:.2?}; identifies spent {}; resumes {}; events lost {}, confirmed twice {} (of {} produced)",
+        report.order.len(),
+        if report.succeeded() {
+            "every worker moved".to_owned()
+        } else {
+            format!("failed: {}", report.failure.unwrap_or_default())
+        },
+        Duration::from_millis(dry.estimate_ms),
+        Duration::from_millis(report.took_ms),
+        diff(&after_stats, &before_stats, "identifies"),
+        diff(&after_stats, &before_stats, "resumes"),
+        diff(&after, &before, "lost"),
+        diff(&after, &before, "duplicates"),
+        diff(&after, &before, "produced"),
+    );
+    Ok(())
 }
 
 /// Kills cluster 0's process (`SIGKILL`) while events flow: its replacement resumes the sessions

@@ -72,6 +72,13 @@ async fn admiral(args: &[String]) -> ExitCode {
         args: Vec::new(),
         env: Vec::new(),
     });
+    // SIGUSR2 deploys this build of the test bot.
+    if let Ok(build) = std::env::var("TESTBOT_DEPLOY_BUILD") {
+        let plan = carrier::DeployPlan::new(std::env::current_exe().expect("own path"))
+            .env("TESTBOT_BUILD", build)
+            .canary_bake(std::time::Duration::from_millis(200));
+        options.deploy_on_signal = Some(plan);
+    }
     let admiral = match fleet_tests::fleet(options).run().await {
         Ok(Some(admiral)) => admiral,
         Ok(None) => return ExitCode::FAILURE,
@@ -80,6 +87,7 @@ async fn admiral(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admiral = std::sync::Arc::new(admiral);
     if admiral
         .wait_ready(std::time::Duration::from_mins(1))
         .await
@@ -87,7 +95,27 @@ async fn admiral(args: &[String]) -> ExitCode {
     {
         return ExitCode::FAILURE;
     }
-    let pids: Vec<String> = admiral
+    let pids = live_pids(&admiral).await;
+    println!("ready {}", pids.join(" "));
+    // Each deploy's outcome, and the live workers' pids after it.
+    let mut events = admiral.events();
+    let deploys = admiral.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let carrier::FleetEvent::Deployed(report) = event {
+                let pids = live_pids(&deploys).await;
+                println!("deployed {} {}", report.succeeded(), pids.join(" "));
+            }
+        }
+    });
+    admiral.wait_stopped().await;
+    println!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// The pids of the live workers.
+async fn live_pids(admiral: &carrier::AdmiralHandle) -> Vec<String> {
+    admiral
         .workers()
         .await
         .unwrap_or_default()
@@ -95,11 +123,7 @@ async fn admiral(args: &[String]) -> ExitCode {
         .filter(|w| w.state == carrier::admiral::State::Live)
         .filter_map(|w| w.pid)
         .map(|p| p.to_string())
-        .collect();
-    println!("ready {}", pids.join(" "));
-    admiral.wait_stopped().await;
-    println!("stopped");
-    ExitCode::SUCCESS
+        .collect()
 }
 
 /// Names the file whose presence makes workers start as an old build.

@@ -139,10 +139,25 @@ pub async fn spawn_admiral(
     String,
     tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 ) {
+    spawn_admiral_with(mock, clusters, run_dir, &[]).await
+}
+
+/// [`spawn_admiral`] with more environment for the admiral process.
+pub async fn spawn_admiral_with(
+    mock: &MockDiscord,
+    clusters: u32,
+    run_dir: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
     use tokio::io::AsyncBufReadExt as _;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbot"));
     command
         .args(["admiral", &mock.http_url(), "300", &clusters.to_string()])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
     if let Some(run_dir) = run_dir {

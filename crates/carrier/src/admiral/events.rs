@@ -89,6 +89,9 @@ pub enum FleetEvent {
     },
     /// A total shutdown began.
     ShuttingDown,
+    /// A deploy ended: every worker moved, or the ones that had were rolled back (see its
+    /// `failure`). Dry runs are not told.
+    Deployed(Box<crate::ipc::proto::DeployReport>),
     /// The stats snapshot of an interval (`FleetOptions::stats_interval`).
     Stats(std::sync::Arc<crate::stats::FleetStats>),
 }

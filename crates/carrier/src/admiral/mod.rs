@@ -90,6 +90,8 @@ pub struct AdmiralConfig {
     pub broadcast_stats: bool,
     /// This binary's build ([`FleetOptions::build`](crate::FleetOptions::build)).
     pub build: String,
+    /// What SIGUSR2 deploys.
+    pub deploy_on_signal: crate::ipc::proto::DeployPlan,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.
@@ -467,6 +469,11 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
             let _ = inbox.send(router::inbox::Inbox::Shutdown).await;
         });
         tasks.push(signals.abort_handle());
+        let deploys = tokio::spawn(deploy_on_signal(
+            ipc.clone(),
+            config.deploy_on_signal.clone(),
+        ));
+        tasks.push(deploys.abort_handle());
     }
     if let Some(policy) = config.auto_reshard {
         let task = tokio::spawn(auto_reshard(
@@ -615,6 +622,29 @@ async fn auto_reshard(
             Err(IpcError::Disconnected) => return,
             Err(error) => {
                 tracing::warn!(target: "fleet::admiral", %error, "automatic reshard failed");
+            }
+        }
+    }
+}
+
+/// Deploys `plan` on every SIGUSR2, one at a time.
+async fn deploy_on_signal(ipc: Ipc, plan: crate::ipc::proto::DeployPlan) {
+    let Ok(mut usr2) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+    else {
+        return;
+    };
+    while usr2.recv().await.is_some() {
+        tracing::info!(target: "fleet::restart", program = %plan.program.display(), "SIGUSR2: deploying");
+        match ipc
+            .deploy(plan.clone(), crate::ipc::proto::MAX_TIMEOUT)
+            .await
+        {
+            // The router logs and publishes how it went.
+            Ok(_) => {}
+            Err(IpcError::Disconnected) => return,
+            Err(error) => {
+                tracing::error!(target: "fleet::restart", %error, "SIGUSR2: deploy refused");
             }
         }
     }

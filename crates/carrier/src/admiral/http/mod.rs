@@ -306,6 +306,7 @@ fn describe_event(event: &FleetEvent) -> Option<String> {
             format!("protocol error from {worker:?}: {error}")
         }
         FleetEvent::ShuttingDown => "shutting down".to_owned(),
+        FleetEvent::Deployed(report) => format!("deploy: {report}"),
         _ => return None,
     })
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::Router;
 use super::calls::Waiter;
+use crate::admiral::FleetEvent;
 use crate::admiral::deploy::{self, Rollout};
 use crate::admiral::lifecycle::{State, WorkerId};
 use crate::admiral::process::WorkerCommand;
@@ -118,6 +119,7 @@ impl Router {
             } else {
                 tracing::error!(target: "fleet::restart", %report, "deploy rolled back");
             }
+            self.publish(FleetEvent::Deployed(Box::new(report.clone())));
         }
         let outcome =
             Payload::encode(&report).map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);

@@ -179,7 +179,8 @@ impl Router {
             FleetEvent::Log { .. }
             | FleetEvent::Output { .. }
             | FleetEvent::ProtocolError { .. }
-            | FleetEvent::Panic { .. } => return None,
+            | FleetEvent::Panic { .. }
+            | FleetEvent::Deployed(_) => return None,
         })
     }
 
@@ -195,7 +196,8 @@ fn topic_of(event: &FleetEvent) -> Option<Topic> {
         | FleetEvent::Log { .. }
         | FleetEvent::Output { .. }
         | FleetEvent::ProtocolError { .. }
-        | FleetEvent::Panic { .. } => None,
+        | FleetEvent::Panic { .. }
+        | FleetEvent::Deployed(_) => None,
         FleetEvent::Shard { .. } => Some(Topic::Shards),
         FleetEvent::Stats(_) => Some(Topic::Stats),
         _ => Some(Topic::Lifecycle),
