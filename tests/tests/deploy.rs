@@ -220,3 +220,50 @@ async fn sigusr2_deploys_the_new_build_an_operator_put_in_place() {
         .unwrap();
     assert_eq!(stopped.as_deref(), Some("stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_onto_an_incompatible_build_fails_its_canary_and_crashes_come_back_on_the_old_one()
+{
+    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.max_restarts = 3;
+    options.restart_backoff = Duration::from_millis(100);
+    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    // The new build speaks IPC protocol 0 (the test bot does while this file exists).
+    let old_protocol = std::env::temp_dir().join(format!(
+        "fleet-old-protocol-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::write(&old_protocol, b"").unwrap();
+    let incompatible = build_two().env("TESTBOT_OLD_BUILD", old_protocol.display().to_string());
+    let report = admiral.deploy(incompatible).await.unwrap();
+    std::fs::remove_file(&old_protocol).unwrap();
+    println!("{report}");
+    assert!(!report.succeeded());
+    assert!(
+        report.moved.is_empty() && report.rolled_back.is_empty(),
+        "{report}"
+    );
+    assert!(
+        report
+            .failure
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cluster 0"),
+        "{report}"
+    );
+    // A crash of the canary afterwards restarts it on the build it runs, not the refused one.
+    let mut events = admiral.events();
+    common::kill(&admiral, &WorkerId::Cluster(0)).await;
+    common::until(&mut events, |e| {
+        matches!(e, carrier::FleetEvent::Lifecycle(carrier::admiral::LifecycleEvent::Ready(w)) if *w == WorkerId::Cluster(0))
+    })
+    .await;
+    assert_eq!(
+        builds(&admiral).await[&WorkerId::Cluster(0)].as_deref(),
+        Some("testbot 1")
+    );
+    admiral.shutdown().await;
+}

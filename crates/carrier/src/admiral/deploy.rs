@@ -200,14 +200,20 @@ async fn move_onto(
     build: Option<Arc<WorkerCommand>>,
 ) -> Result<(), String> {
     let worker = worker_of(target).ok_or("the admiral is not a worker")?;
-    if !set_build(&rollout.inbox, worker, build).await {
+    let onto_new = build.is_some();
+    if !set_build(&rollout.inbox, worker.clone(), build).await {
         return Err("the admiral stopped".to_owned());
     }
-    rollout
+    let restarted = rollout
         .ipc
         .restart(target.clone(), rollout.plan.mode, STEP_TIMEOUT)
         .await
-        .map_err(|e| format!("{target}: {e}"))
+        .map_err(|e| format!("{target}: {e}"));
+    if restarted.is_err() && onto_new {
+        // It still runs its old build: so does its next process, should it crash.
+        set_build(&rollout.inbox, worker, None).await;
+    }
+    restarted
 }
 
 /// Whether `event` says `target` is in trouble: it crashed, failed, hung or panicked.

@@ -110,8 +110,10 @@ impl Router {
             report.identifies_spent = self.identifies_granted - deploying.granted_before;
             if report.succeeded() {
                 self.command = deploying.build;
-                self.builds.clear();
             }
+            // Every worker runs the fleet's build now: the new one, or the old one after a
+            // rollback.
+            self.builds.clear();
         }
         if !report.dry_run {
             if report.succeeded() {
