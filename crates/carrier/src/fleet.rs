@@ -62,7 +62,8 @@ pub struct FleetOptions {
     /// The window restarts are counted in. Default 10 minutes.
     pub restart_window: Duration,
     /// Backoff before the first restart, doubling for each further one within the window (at
-    /// most a minute). Default 1 s.
+    /// most a minute). Default 1 s. A cluster with checkpointed sessions to resume
+    /// ([`checkpoint_interval`](Self::checkpoint_interval)) restarts at once the first time.
     pub restart_backoff: Duration,
     /// How often the admiral pings each worker (application heartbeats). Default 5 s.
     pub heartbeat_interval: Duration,

@@ -220,7 +220,7 @@ async fn crash(admiral: &AdmiralHandle, mock: &MockProcess, shards: u32) -> Resu
     let max = gaps.gap.values().max().copied().unwrap_or_default();
     let mean = gaps.gap.values().sum::<Duration>() / (gaps.gap.len().max(1) as u32);
     println!(
-        "SIGKILL cluster 0 ({shards} shards, {checkpointed} sessions checkpointed, restart backoff 1 s included): every shard back in {back:.2?}; per-shard time without a session max {max:.1?}, mean {mean:.1?}; identifies spent {}; resumes {}; resumes refused {}; events lost {}, confirmed twice {} (of {} produced)",
+        "SIGKILL cluster 0 ({shards} shards, {checkpointed} sessions checkpointed; the first crash restart is immediate): every shard back in {back:.2?}; per-shard time without a session max {max:.1?}, mean {mean:.1?}; identifies spent {}; resumes {}; resumes refused {}; events lost {}, confirmed twice {} (of {} produced)",
         diff(&after_stats, &before_stats, "identifies"),
         diff(&after_stats, &before_stats, "resumes"),
         diff(&after_stats, &before_stats, "resumes_refused"),

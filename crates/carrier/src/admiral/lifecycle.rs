@@ -19,7 +19,8 @@
 //! it. A cluster process checkpoints its shards' sessions as it serves ([`Input::Checkpoint`]);
 //! when it crashes, its last checkpoints become the worker's [`Worker::resume`], and the next
 //! process resumes those sessions instead of identifying (a requested stop or a hard restart
-//! leaves nothing to resume).
+//! leaves nothing to resume). Such a worker's first restart within the window is not delayed:
+//! its shards are without a session until it is back.
 //!
 //! Each worker incarnation has its own [`ProcessId`], so an old process and its replacement of the
 //! same worker can coexist. A requested restart ([`Input::Restart`]) uses that:
@@ -1618,7 +1619,13 @@ impl Lifecycle {
         let worker = self.workers.get_mut(&id).expect("found above");
         if !stopping && done < policy.max_restarts {
             let attempt = done + 1;
-            let after = policy.backoff_for(attempt);
+            // Sessions wait to be resumed (and Discord holds their events): the first restart in
+            // the window goes at once; a crash loop backs off from the second.
+            let after = if attempt == 1 && !worker.resume.is_empty() {
+                Duration::ZERO
+            } else {
+                policy.backoff_for(attempt)
+            };
             worker.state = State::Backoff;
             self.arm(Timeout::Restart(id.clone()), after);
             out.push(Command::Emit(LifecycleEvent::Restarting {

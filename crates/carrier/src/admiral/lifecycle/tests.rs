@@ -1226,8 +1226,13 @@ fn a_crashed_cluster_resumes_from_its_last_checkpoint() {
         vec![ShardSession::new(1, String::new(), None)],
     ));
     assert_eq!(l.checkpointed(p), 1);
-    l.handle(Input::Exited(p, None));
+    let (_, timed) = handle_timed(&mut l, Input::Exited(p, None));
     assert_eq!(l.worker(&C0).unwrap().state, State::Backoff);
+    assert_eq!(
+        restart_timer(&timed),
+        Some(Duration::ZERO),
+        "sessions wait: no backoff for the first restart"
+    );
     let next = spawned(&l.handle(Input::RestartDue(C0)))[0].1;
     let resume = l.take_resume(&C0);
     assert_eq!(resume.len(), 1);
@@ -1240,6 +1245,11 @@ fn a_crashed_cluster_resumes_from_its_last_checkpoint() {
     l.handle(Input::Hello(next));
     l.handle(Input::Checkpoint(next, checkpoint(0..2, 3, "")));
     assert_eq!(l.checkpointed(next), 2);
+    // A crash loop backs off from its second restart, sessions or not.
+    l.handle(Input::Ready(next));
+    let (_, timed) = handle_timed(&mut l, Input::Exited(next, None));
+    assert_eq!(restart_timer(&timed), Some(POLICY.backoff_for(2)));
+    assert_eq!(l.take_resume(&C0).len(), 2, "it still resumes");
 }
 
 #[test]
