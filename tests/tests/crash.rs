@@ -14,17 +14,17 @@ use discord_mock::MockDiscord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_twilight_cluster_resumes_its_sessions_and_loses_no_event() {
-    crash_resume(fleet_tests::fleet, true).await;
+    crash_resume(fleet_tests::fleet, true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_serenity_cluster_resumes_its_sessions_and_loses_no_event() {
-    crash_resume(fleet_tests::serenity_fleet, true).await;
+    crash_resume(fleet_tests::serenity_fleet, true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_raw_cluster_resumes_its_sessions_and_loses_no_event() {
-    crash_resume(fleet_tests::raw::raw_fleet, false).await;
+    crash_resume(fleet_tests::raw::raw_fleet, false, false).await;
 }
 
 /// The worker's state and how many of its sessions the admiral holds checkpoints of.
@@ -52,8 +52,9 @@ async fn live_with_checkpoints(
     }
 }
 
-/// Kills cluster 0 of two while events flow; checks what its replacement did.
-async fn crash_resume(fleet: fn(FleetOptions) -> Fleet, user_code: bool) {
+/// Kills cluster 0 of two while events flow; checks what its replacement did (`refills`: its
+/// cache is fetched again).
+async fn crash_resume(fleet: fn(FleetOptions) -> Fleet, user_code: bool, refills: bool) {
     let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
     let mut options = options(&mock, 2);
     options.max_restarts = 3;
@@ -91,6 +92,29 @@ async fn crash_resume(fleet: fn(FleetOptions) -> Fleet, user_code: bool) {
     );
     let new = live_with_checkpoints(&admiral, &cluster, old, 2).await;
     assert_ne!(new, old);
+    if refills {
+        // The replacement's cache fills again over REST: a guild of its shards, and a channel.
+        let guild = mock
+            .guild_ids()
+            .into_iter()
+            .find(|id| (id >> 22) % 4 < 2)
+            .expect("a guild of cluster 0");
+        let channel = mock.guild(guild).expect("a mock guild").channels[0];
+        let ipc = admiral.ipc();
+        let refilled = tokio::time::timeout(WAIT, async {
+            loop {
+                let found: Option<serde_json::Value> = ipc.fetch_guild(guild).await.unwrap();
+                let channel: Option<serde_json::Value> = ipc.fetch_channel(channel).await.unwrap();
+                if found.is_some() && channel.is_some() {
+                    return found;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the guild is cached again");
+        assert_eq!(refilled.unwrap()["id"], guild.to_string());
+    }
     let delivered = mock.event_report().delivered;
     mock.wait_until(WAIT, "events delivered after the crash", |m| {
         m.event_report().delivered > delivered + 10

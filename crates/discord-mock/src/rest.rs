@@ -130,6 +130,7 @@ enum Route {
     CurrentApplication,
     User(u64),
     Guild(u64),
+    GuildChannels(u64),
     Channel(u64),
     Member(u64, u64),
     CreateMessage(u64),
@@ -146,6 +147,7 @@ impl Route {
             ["applications", "@me"] => Self::CurrentApplication,
             ["users", user] => Self::User(id(user)?),
             ["guilds", guild] => Self::Guild(id(guild)?),
+            ["guilds", guild, "channels"] => Self::GuildChannels(id(guild)?),
             ["channels", channel] => Self::Channel(id(channel)?),
             ["guilds", guild, "members", user] => Self::Member(id(guild)?, id(user)?),
             ["channels", channel, "messages"] => Self::CreateMessage(id(channel)?),
@@ -171,6 +173,7 @@ impl Route {
             Self::CurrentApplication => ("applications/@me".to_owned(), "c3b2a1f0e9d8"),
             Self::User(_) => ("users/{id}".to_owned(), "d2e1f0a9b8c7"),
             Self::Guild(g) => (format!("guilds/{g}"), "e1f0a9b8c7d6"),
+            Self::GuildChannels(g) => (format!("guilds/{g}/channels"), "b7c6d5e4f3a2"),
             Self::Channel(c) => (format!("channels/{c}"), "f0a9b8c7d6e5"),
             Self::Member(g, _) => (format!("guilds/{g}/members"), "a9b8c7d6e5f4"),
             Self::CreateMessage(c) => (
@@ -358,6 +361,10 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, body: &[u8]) -> Re
             || Response::error(404, "Unknown Guild", 10004),
             |g| Response::json(200, world.guild_json(g)),
         ),
+        Route::GuildChannels(id) => world.guild(id).map_or_else(
+            || Response::error(404, "Unknown Guild", 10004),
+            |g| Response::json(200, world.guild_channels(g)),
+        ),
         Route::Channel(id) => world.channel(id).map_or_else(
             || Response::error(404, "Unknown Channel", 10003),
             |c| Response::json(200, c),
@@ -488,6 +495,18 @@ mod tests {
             get(&format!("/guilds/{guild}/members/{member}"), AUTH),
         );
         assert_eq!(r.body["user"]["id"], json!(member.to_string()));
+        let r = call(
+            &mut g,
+            &mut l,
+            now,
+            get(&format!("/guilds/{guild}/channels"), AUTH),
+        );
+        let listed = r.body.as_array().expect("a channel list");
+        assert_eq!(listed.len(), g.world().guilds[1].channels.len());
+        assert_eq!(listed[0]["id"], json!(channel.to_string()));
+        assert_eq!(listed[0]["guild_id"], json!(guild.to_string()));
+        let r = call(&mut g, &mut l, now, get("/guilds/1/channels", AUTH));
+        assert_eq!((r.status, r.body["code"].clone()), (404, json!(10004)));
         let r = call(&mut g, &mut l, now, get(&format!("/users/{member}"), AUTH));
         assert_eq!(r.status, 200);
         let r = call(&mut g, &mut l, now, get("/users/1", AUTH));

@@ -238,6 +238,17 @@ impl World {
         value
     }
 
+    /// Every channel of a guild, as `GET /guilds/{id}/channels` lists them.
+    #[must_use]
+    pub fn guild_channels(&self, guild: &Guild) -> Value {
+        guild
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(j, c)| channel_json(guild, j, *c, true))
+            .collect()
+    }
+
     /// A channel object, if the channel is known.
     #[must_use]
     pub fn channel(&self, id: u64) -> Option<Value> {

@@ -28,6 +28,11 @@
 //! and fill the replacement's cache before it resumes. If the replacement fails, the sessions
 //! come back and the old process resumes them itself.
 //!
+//! Crash resume: each session's checkpoint (carrier's) carries the ids of its guilds from its
+//! READY. The replacement of a cluster that crashed resumes the sessions (Discord replays what
+//! came after the checkpoint, and sends no `GUILD_CREATE`), and fetches those guilds and their
+//! channels into its cache over REST, ten requests a second at most.
+//!
 //! Standby (a reshard's new generation): shards connect and fill the cache, but events reach the
 //! worker only after [`ClusterWorker::activate`].
 //!
@@ -449,6 +454,7 @@ async fn run_cluster<W: ClusterWorker>(
         settings.configure_http.as_ref(),
     );
     let http = Arc::new(http);
+    let refill_http = http.clone();
     let mut config = ConfigBuilder::new(assignment.token.clone(), settings.intents)
         .queue(IpcQueue::new(link.clone()));
     let gateway_url = assignment.gateway_url.trim_end_matches('/');
@@ -508,6 +514,7 @@ async fn run_cluster<W: ClusterWorker>(
         shard_total: assignment.shard_total,
         event_types: settings.event_types,
         cache,
+        http: refill_http,
         worker,
         reporter: reporter.clone(),
         senders,
@@ -528,6 +535,8 @@ struct TwilightShards<W> {
     shard_total: u32,
     event_types: EventTypeFlags,
     cache: Arc<DefaultInMemoryCache>,
+    /// Refills the cache over REST after a crash resume.
+    http: Arc<twilight_http::Client>,
     worker: Arc<W>,
     reporter: ShardReporter,
     senders: ShardSenders,
@@ -554,6 +563,16 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
                 }
                 let _ = restored_tx.send(true);
             });
+        }
+        // After a crash the cache starts empty (a resume brings no GUILD_CREATE): the guilds the
+        // dead process's sessions had are fetched again, slowly, through the REST proxy.
+        let refill: Vec<u64> = sessions
+            .iter()
+            .filter_map(|s| s.state.decode::<GuildIds>().ok())
+            .flat_map(|ids| ids.guild_ids)
+            .collect();
+        if !refill.is_empty() && !self.cache.config().resource_types().is_empty() {
+            tokio::spawn(refill_cache(self.http.clone(), self.cache.clone(), refill));
         }
         let (drive_tx, drive) = watch::channel(Drive::Run);
         let mut generation = BTreeMap::new();
@@ -588,8 +607,8 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
                 }
                 // Checkpointed from the start: a crash before RESUMED still resumes it.
                 let url = session.resume_url.as_deref();
-                self.reporter
-                    .opened(id, &session.session_id, url, carrier::Payload::empty());
+                let state = checkpoint_state(&session.state);
+                self.reporter.opened(id, &session.session_id, url, state);
                 self.reporter.handled(id, session.sequence);
             }
             let shard = Shard::with_config(shard_id, config.build());
@@ -771,6 +790,85 @@ fn cache_counts(cache: &DefaultInMemoryCache, shard_total: u32) -> carrier::stat
     }
 }
 
+/// What a twilight session's checkpoint carries: the ids of the shard's guilds (from its READY),
+/// so a crash's replacement can fetch them again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GuildIds {
+    guild_ids: Vec<u64>,
+}
+
+/// The most guild ids one checkpoint carries (within `carrier::cluster::MAX_CHECKPOINT_STATE`);
+/// a shard with more is resumed without a refill.
+const MAX_CHECKPOINTED_GUILDS: usize = 6000;
+
+/// A checkpoint's state holding `ids` (empty past [`MAX_CHECKPOINTED_GUILDS`]).
+fn guild_ids(ids: Vec<u64>) -> carrier::Payload {
+    if ids.len() > MAX_CHECKPOINTED_GUILDS {
+        return carrier::Payload::empty();
+    }
+    carrier::Payload::encode(&GuildIds { guild_ids: ids }).unwrap_or_default()
+}
+
+/// The checkpoint state of a session this process starts with: a crash's guild ids as they
+/// were, or the ids of a handover's guilds.
+fn checkpoint_state(state: &carrier::Payload) -> carrier::Payload {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Id<twilight_model::id::marker::GuildMarker>,
+    }
+    if state.decode::<GuildIds>().is_ok() {
+        return state.clone();
+    }
+    let handed = state.decode::<Vec<String>>().unwrap_or_default();
+    let ids = handed
+        .iter()
+        .filter_map(|g| serde_json::from_str::<IdOnly>(g).ok())
+        .map(|g| g.id.get())
+        .collect();
+    guild_ids(ids)
+}
+
+/// REST requests a cache refill makes per second at most: it shares the fleet's REST budget with
+/// the bot's own requests.
+const REFILL_PER_SECOND: u64 = 10;
+
+/// Fetches `guilds` and their channels into the cache, at [`REFILL_PER_SECOND`]; a guild an
+/// event brought back meanwhile is skipped.
+async fn refill_cache(
+    http: Arc<twilight_http::Client>,
+    cache: Arc<DefaultInMemoryCache>,
+    guilds: Vec<u64>,
+) {
+    use twilight_model::gateway::payload::incoming::{ChannelCreate, GuildCreate};
+    let mut pace = tokio::time::interval(Duration::from_millis(1000 / REFILL_PER_SECOND));
+    let (mut filled, total) = (0, guilds.len());
+    for id in guilds.into_iter().filter_map(Id::new_checked) {
+        if cache.guild(id).is_some() {
+            continue;
+        }
+        pace.tick().await;
+        let guild = match http.guild(id).await {
+            Ok(response) => response.model().await,
+            Err(error) => {
+                tracing::warn!(target: "fleet::shard", guild = id.get(), %error, "cache refill: the guild could not be fetched");
+                continue;
+            }
+        };
+        let Ok(guild) = guild else { continue };
+        cache.update(&Event::GuildCreate(Box::new(GuildCreate::Available(guild))));
+        pace.tick().await;
+        if let Ok(response) = http.guild_channels(id).await
+            && let Ok(channels) = response.models().await
+        {
+            for channel in channels {
+                cache.update(&Event::ChannelCreate(Box::new(ChannelCreate(channel))));
+            }
+        }
+        filled += 1;
+    }
+    tracing::info!(target: "fleet::shard", filled, total, "cache refilled after a crash resume");
+}
+
 /// The snowflake id of what an event creates, if it creates something: a reshard's switch splits
 /// these between the generations by creation time ([`ShardReporter::admits`]).
 fn created(event: &Event) -> Option<u64> {
@@ -847,7 +945,8 @@ async fn drive_shard<W: ClusterWorker>(
         let report = match &event {
             Event::Ready(ready) => {
                 let url = Some(ready.resume_gateway_url.as_str());
-                reporter.opened(number, &ready.session_id, url, carrier::Payload::empty());
+                let ids = ready.guilds.iter().map(|g| g.id.get()).collect();
+                reporter.opened(number, &ready.session_id, url, guild_ids(ids));
                 Some(ShardEvent::Ready)
             }
             Event::Resumed => Some(ShardEvent::Resumed),
