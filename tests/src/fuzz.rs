@@ -521,6 +521,9 @@ fn rest_seeds() -> Vec<Vec<u8>> {
         "POST /channels/4194306/messages\n{\"content\":\"hi\"}",
         "POST /channels/4194306/messages\n{\"content\":\"\",\"embeds\":[{\"title\":\"t\"}]}",
         "GET /applications/@me\n",
+        "GET /guilds/4194304/members?limit=5&after=4194305\n",
+        "GET /users/@me/guilds?limit=2\n",
+        "GET /guilds/4194304/channels\n",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -544,7 +547,8 @@ fn rest_request(
         "ws://127.0.0.1:1",
         discord_mock::rest::Request {
             method,
-            path,
+            path: path.split_once('?').map_or(path, |(p, _)| p),
+            query: path.split_once('?').map(|(_, q)| q),
             authorization: Some("Bot mock-token"),
             body: body.as_bytes(),
         },

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::config::MockConfig;
 use crate::protocol::{
-    API_VERSION, CloseCode, Envelope, MAX_CLIENT_PAYLOAD, OpCode, SEND_WINDOW, intents, raw,
+    API_VERSION, API_VERSIONS, CloseCode, Envelope, MAX_CLIENT_PAYLOAD, OpCode, SEND_WINDOW,
+    intents, raw,
 };
 use crate::stats::{EventReport, SessionReport, Stats, Violation};
 use crate::world::{self, BOT_USER_ID, World};
@@ -95,6 +96,8 @@ enum Auth {
 #[derive(Debug, Clone)]
 struct Conn {
     auth: Auth,
+    /// The API version its URL asked for.
+    version: u8,
     last_heartbeat: Duration,
     received: VecDeque<Duration>,
     close_at: Option<Duration>,
@@ -286,6 +289,7 @@ impl Gateway {
             conn,
             Conn {
                 auth: Auth::Pending,
+                version: API_VERSION,
                 last_heartbeat: now,
                 received: VecDeque::new(),
                 close_at: None,
@@ -295,7 +299,13 @@ impl Gateway {
         let mut json_ok = true;
         for pair in query.unwrap_or("").split('&') {
             match pair.split_once('=') {
-                Some(("v", v)) => version_ok = v == API_VERSION.to_string(),
+                Some(("v", v)) => {
+                    let asked = v.parse::<u8>().ok().filter(|v| API_VERSIONS.contains(v));
+                    version_ok = asked.is_some();
+                    if let (Some(version), Some(c)) = (asked, self.conns.get_mut(&conn)) {
+                        c.version = version;
+                    }
+                }
                 Some(("encoding", e)) => json_ok = e == "json",
                 _ => {}
             }
@@ -983,7 +993,8 @@ impl Gateway {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.auth = Auth::Session(session_id.clone());
         }
-        let ready = raw(&self.ready_payload(&session_id, [shard_id, total], &guilds));
+        let version = self.conns.get(&conn).map_or(API_VERSION, |c| c.version);
+        let ready = raw(&self.ready_payload(&session_id, [shard_id, total], &guilds, version));
         self.dispatch(&session_id, "READY", &ready, None, out);
         for guild in guilds {
             let payload = self
@@ -995,7 +1006,13 @@ impl Gateway {
         }
     }
 
-    fn ready_payload(&self, session_id: &str, shard: [u32; 2], guilds: &[u64]) -> Value {
+    fn ready_payload(
+        &self,
+        session_id: &str,
+        shard: [u32; 2],
+        guilds: &[u64],
+        version: u8,
+    ) -> Value {
         let mut flags = 0u64;
         if self.config.privileged_intents & intents::GUILD_PRESENCES != 0 {
             flags |= 1 << 12;
@@ -1007,7 +1024,7 @@ impl Gateway {
             flags |= 1 << 18;
         }
         json!({
-            "v": API_VERSION,
+            "v": version,
             "user_settings": {},
             "user": World::bot_user(),
             "shard": shard,

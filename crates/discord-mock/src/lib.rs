@@ -1,5 +1,6 @@
-//! A faithful local Discord: the gateway v10 websocket and the REST routes a bot and its shard
-//! manager use, on loopback, with Discord's rules enforced and counted.
+//! A faithful local Discord: the gateway websocket (v10, and the deprecated v9 Discord still
+//! serves) and the REST routes a bot and its shard manager use, on loopback, with Discord's rules
+//! enforced and counted.
 //!
 //! # Theory of operation
 //!
@@ -11,7 +12,8 @@
 //! reads a clock nor touches a socket, so every close code and limit is unit-tested with fake time.
 //!
 //! [`MockDiscord`] is the thin I/O layer around them: an axum server on `127.0.0.1` that serves
-//! the gateway at `/` (and `/resume`, the advertised `resume_gateway_url`), REST under `/api/v10`,
+//! the gateway at `/` (and `/resume`, the advertised `resume_gateway_url`), REST under `/api/v10`
+//! (and `/api/v9`),
 //! and control routes under `/_mock/`. It speaks uncompressed JSON text frames, which stock
 //! twilight and serenity clients accept whatever compression they ask for.
 //!

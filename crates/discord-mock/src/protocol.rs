@@ -285,8 +285,12 @@ pub const SEND_WINDOW: std::time::Duration = std::time::Duration::from_mins(1);
 /// A shard may hold at most 2500 guilds before Discord requires more shards (Gateway › Sharding).
 pub const MAX_GUILDS_PER_SHARD: usize = 2500;
 
-/// The API version the mock speaks; other `v` query values close with 4012.
+/// The API version the mock speaks by default (a connection without `v`, and REST's own).
 pub const API_VERSION: u8 = 10;
+
+/// The API versions the gateway accepts in its `v` query (Discord still serves the deprecated 9:
+/// eris 0.16 speaks only that); others close with 4012. A session's READY names its version.
+pub const API_VERSIONS: [u8; 2] = [9, 10];
 
 /// The envelope of every gateway payload, serialised as Discord does: `t`, `s`, `op` before `d`,
 /// compact, with explicit nulls (twilight finds `op`, `s` and `t` by searching the text, so their

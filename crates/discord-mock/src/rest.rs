@@ -128,9 +128,13 @@ enum Route {
     GatewayBot,
     CurrentUser,
     CurrentApplication,
+    CurrentUserGuilds,
+    CurrentUserChannels,
     User(u64),
     Guild(u64),
     GuildChannels(u64),
+    GuildRoles(u64),
+    GuildMembers(u64),
     Channel(u64),
     Member(u64, u64),
     CreateMessage(u64),
@@ -144,10 +148,16 @@ impl Route {
             ["gateway"] => Self::Gateway,
             ["gateway", "bot"] => Self::GatewayBot,
             ["users", "@me"] => Self::CurrentUser,
-            ["applications", "@me"] => Self::CurrentApplication,
+            ["applications" | "oauth2", "@me"] | ["oauth2", "applications", "@me"] => {
+                Self::CurrentApplication
+            }
+            ["users", "@me", "guilds"] => Self::CurrentUserGuilds,
+            ["users", "@me", "channels"] => Self::CurrentUserChannels,
             ["users", user] => Self::User(id(user)?),
             ["guilds", guild] => Self::Guild(id(guild)?),
             ["guilds", guild, "channels"] => Self::GuildChannels(id(guild)?),
+            ["guilds", guild, "roles"] => Self::GuildRoles(id(guild)?),
+            ["guilds", guild, "members"] => Self::GuildMembers(id(guild)?),
             ["channels", channel] => Self::Channel(id(channel)?),
             ["guilds", guild, "members", user] => Self::Member(id(guild)?, id(user)?),
             ["channels", channel, "messages"] => Self::CreateMessage(id(channel)?),
@@ -171,17 +181,37 @@ impl Route {
             Self::Gateway | Self::GatewayBot => ("gateway".to_owned(), "b6d5f5e0c1a1"),
             Self::CurrentUser => ("users/@me".to_owned(), "a4d2c1f0e9b8"),
             Self::CurrentApplication => ("applications/@me".to_owned(), "c3b2a1f0e9d8"),
+            Self::CurrentUserGuilds => ("users/@me/guilds".to_owned(), "d4c3b2a1f0e9"),
+            Self::CurrentUserChannels => ("users/@me/channels".to_owned(), "e5d4c3b2a1f0"),
             Self::User(_) => ("users/{id}".to_owned(), "d2e1f0a9b8c7"),
             Self::Guild(g) => (format!("guilds/{g}"), "e1f0a9b8c7d6"),
             Self::GuildChannels(g) => (format!("guilds/{g}/channels"), "b7c6d5e4f3a2"),
+            Self::GuildRoles(g) => (format!("guilds/{g}/roles"), "c8d7e6f5a4b3"),
             Self::Channel(c) => (format!("channels/{c}"), "f0a9b8c7d6e5"),
-            Self::Member(g, _) => (format!("guilds/{g}/members"), "a9b8c7d6e5f4"),
+            // Listing members and getting one share Discord's bucket.
+            Self::GuildMembers(g) | Self::Member(g, _) => {
+                (format!("guilds/{g}/members"), "a9b8c7d6e5f4")
+            }
             Self::CreateMessage(c) => (
                 format!("channels/{c}/messages"),
                 "80c17d2f203122d936070c88c8d10f33",
             ),
         }
     }
+}
+
+/// A list route's `limit` (1 to `max`, `default` when absent or unreadable) and `after` (0 when
+/// absent) from its query.
+fn page(query: Option<&str>, default: usize, max: usize) -> (usize, u64) {
+    let (mut limit, mut after) = (default, 0);
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("limit", n)) => limit = n.parse().unwrap_or(default),
+            Some(("after", id)) => after = id.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (limit.clamp(1, max), after)
 }
 
 fn not_found() -> Response {
@@ -195,6 +225,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Path after `/api/v10`.
     pub path: &'a str,
+    /// The query string, without `?` (`limit=100&after=5`).
+    pub query: Option<&'a str>,
     /// The `Authorization` header.
     pub authorization: Option<&'a str>,
     /// Request body.
@@ -253,7 +285,7 @@ pub fn handle(
             return response;
         }
     }
-    let mut response = serve(gateway, now, &route, request.body);
+    let mut response = serve(gateway, now, &route, &request);
     response.headers = bucket_headers(limiter, &key, bucket_id, now, unix_now);
     response
 }
@@ -313,7 +345,8 @@ fn bucket_headers(
     ]
 }
 
-fn serve(gateway: &mut Gateway, now: Duration, route: &Route, body: &[u8]) -> Response {
+fn serve(gateway: &mut Gateway, now: Duration, route: &Route, request: &Request<'_>) -> Response {
+    let body = request.body;
     let world = gateway.world();
     match *route {
         Route::Gateway => unreachable!("answered before authorisation"),
@@ -361,6 +394,49 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, body: &[u8]) -> Re
             || Response::error(404, "Unknown Guild", 10004),
             |g| Response::json(200, world.guild_json(g)),
         ),
+        Route::CurrentUserGuilds => {
+            let (limit, after) = page(request.query, 200, 200);
+            let guilds: Vec<Value> = world
+                .guilds
+                .iter()
+                .filter(|g| g.id > after)
+                .take(limit)
+                .map(|g| {
+                    let full = world.guild_json(g);
+                    json!({
+                        "id": full["id"],
+                        "name": full["name"],
+                        "icon": null,
+                        "banner": null,
+                        "owner": false,
+                        "permissions": "1071698660928",
+                        "features": [],
+                    })
+                })
+                .collect();
+            Response::json(200, Value::Array(guilds))
+        }
+        // A bot's DM channels are not listed by Discord.
+        Route::CurrentUserChannels => Response::json(200, json!([])),
+        Route::GuildRoles(id) => world.guild(id).map_or_else(
+            || Response::error(404, "Unknown Guild", 10004),
+            |g| Response::json(200, world.guild_json(g)["roles"].clone()),
+        ),
+        Route::GuildMembers(id) => match world.guild(id) {
+            None => Response::error(404, "Unknown Guild", 10004),
+            Some(g) => {
+                let (limit, after) = page(request.query, 1, 1000);
+                let mut users = g.members.clone();
+                users.sort_unstable();
+                let members: Vec<Value> = users
+                    .into_iter()
+                    .filter(|u| *u > after)
+                    .take(limit)
+                    .filter_map(|u| world.member(g, u))
+                    .collect();
+                Response::json(200, Value::Array(members))
+            }
+        },
         Route::GuildChannels(id) => world.guild(id).map_or_else(
             || Response::error(404, "Unknown Guild", 10004),
             |g| Response::json(200, world.guild_channels(g)),
@@ -431,6 +507,7 @@ mod tests {
         Request {
             method: "GET",
             path,
+            query: None,
             authorization: auth,
             body: b"",
         }
@@ -528,6 +605,58 @@ mod tests {
     }
 
     #[test]
+    fn the_read_routes_clients_call_at_startup_answer_as_discord_does() {
+        fn with<'a>(path: &'a str, query: Option<&'a str>) -> Request<'a> {
+            Request {
+                query,
+                ..get(path, AUTH)
+            }
+        }
+        let (mut g, mut l) = setup(MockConfig::builder().guilds(5).build());
+        let now = Duration::ZERO;
+        // discord.py's login asks for the application first.
+        let r = call(&mut g, &mut l, now, with("/oauth2/applications/@me", None));
+        assert_eq!(
+            (r.status, r.body["id"].clone()),
+            (200, json!(world::BOT_USER_ID.to_string()))
+        );
+        // The bot's guilds, paged by id.
+        let ids: Vec<u64> = g.world().guilds.iter().map(|g| g.id).collect();
+        let r = call(&mut g, &mut l, now, with("/users/@me/guilds", None));
+        let listed = r.body.as_array().unwrap();
+        assert_eq!(listed.len(), 5);
+        assert_eq!(listed[0]["id"], json!(ids[0].to_string()));
+        assert!(listed[0]["permissions"].is_string() && listed[0]["name"].is_string());
+        let after = format!("limit=2&after={}", ids[1]);
+        let r = call(&mut g, &mut l, now, with("/users/@me/guilds", Some(&after)));
+        let page: Vec<Value> = r.body.as_array().unwrap().clone();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0]["id"], json!(ids[2].to_string()));
+        let r = call(&mut g, &mut l, now, with("/users/@me/channels", None));
+        assert_eq!((r.status, r.body.clone()), (200, json!([])));
+        // A guild's roles and members (members paged: 1 by default, at most 1000).
+        let guild = ids[0];
+        let roles = format!("/guilds/{guild}/roles");
+        let r = call(&mut g, &mut l, now, with(&roles, None));
+        assert_eq!(r.body.as_array().unwrap()[0]["name"], "@everyone");
+        let members = format!("/guilds/{guild}/members");
+        let r = call(&mut g, &mut l, now, with(&members, None));
+        assert_eq!(r.body.as_array().unwrap().len(), 1);
+        let everyone = g.world().guilds[0].members.len();
+        let r = call(&mut g, &mut l, now, with(&members, Some("limit=100000")));
+        let all = r.body.as_array().unwrap().clone();
+        assert_eq!(all.len(), everyone.min(1000));
+        let first = all[0]["user"]["id"].as_str().unwrap().to_owned();
+        let after = format!("limit=1000&after={first}");
+        let r = call(&mut g, &mut l, now, with(&members, Some(&after)));
+        assert_eq!(r.body.as_array().unwrap().len(), all.len() - 1);
+        let r = call(&mut g, &mut l, now, with("/guilds/1/members", None));
+        assert_eq!((r.status, r.body["code"].clone()), (404, json!(10004)));
+        let r = call(&mut g, &mut l, now, with("/guilds/1/roles", None));
+        assert_eq!(r.body["code"], 10004);
+    }
+
+    #[test]
     fn route_bucket_limits_with_headers_then_429_then_resets() {
         let (mut g, mut l) = setup(MockConfig::default());
         let channel = g.world().guilds[0].channels[0];
@@ -535,6 +664,7 @@ mod tests {
         let post = Request {
             method: "POST",
             path: &path,
+            query: None,
             authorization: AUTH,
             body: br#"{"content":"hi"}"#,
         };
@@ -615,6 +745,7 @@ mod tests {
         let post = |body: &'static [u8]| Request {
             method: "POST",
             path: "",
+            query: None,
             authorization: AUTH,
             body,
         };

@@ -415,6 +415,8 @@ fn router(shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Router {
         .route("/resume", get(gateway))
         .route("/resume/", get(gateway))
         .route("/api/v10/{*path}", any(rest_route))
+        // Deprecated, not removed: eris 0.16 speaks only v9.
+        .route("/api/v9/{*path}", any(rest_route))
         .route("/_mock/stats", get(|State((s, _)): State<AppState>| async move { axum::Json(s.lock().gateway.stats(s.now())) }))
         .route("/_mock/sessions", get(|State((s, _)): State<AppState>| async move { axum::Json(s.lock().gateway.sessions()) }))
         .route("/_mock/events", get(|State((s, _)): State<AppState>| async move { axum::Json(s.lock().gateway.event_report()) }))
@@ -544,6 +546,7 @@ async fn rest_route(
     State((shared, _)): State<AppState>,
     method: Method,
     Path(path): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -569,6 +572,7 @@ async fn rest_route(
             rest::Request {
                 method: method.as_str(),
                 path: &path,
+                query: query.as_deref(),
                 authorization,
                 body: &body,
             },

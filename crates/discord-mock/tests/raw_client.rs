@@ -50,6 +50,9 @@ async fn the_binary_serves_gateway_rest_and_control_to_an_independent_client() {
 
     let gateway = http(addr, "GET", "/api/v10/gateway", None, None).await;
     assert_eq!(gateway.body["url"], format!("ws://{addr}"));
+    // The deprecated v9 routes answer the same.
+    let v9 = http(addr, "GET", "/api/v9/gateway", None, None).await;
+    assert_eq!(v9.body, gateway.body);
     let bot = http(addr, "GET", "/api/v10/gateway/bot", AUTH, None).await;
     assert_eq!(bot.status, 200);
     assert_eq!(bot.body["shards"], 2);

@@ -136,9 +136,18 @@ fn hello_carries_the_interval_in_discords_key_order() {
 #[test]
 fn bad_version_closes_4012_and_etf_closes_4002() {
     let mut h = Harness::with(|b| b);
+    for bad in ["v=8&encoding=json", "v=11", "v=x"] {
+        let conn = h.g.open(Duration::ZERO, Some(bad), &mut h.out);
+        assert_eq!(h.closed(conn), Some(4012), "{bad}");
+    }
+    // The deprecated v9 is still served, as Discord does, and its READY says so.
     let conn =
         h.g.open(Duration::ZERO, Some("v=9&encoding=json"), &mut h.out);
-    assert_eq!(h.closed(conn), Some(4012));
+    assert_eq!(h.closed(conn), None);
+    h.frames(conn);
+    let frames = h.identify(conn, Duration::ZERO, [0, 1]);
+    assert_eq!(frames[0]["t"], "READY", "{frames:?}");
+    assert_eq!(frames[0]["d"]["v"], 9);
     let conn =
         h.g.open(Duration::ZERO, Some("v=10&encoding=etf"), &mut h.out);
     assert_eq!(h.closed(conn), Some(4002));
