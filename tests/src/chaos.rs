@@ -168,13 +168,13 @@ impl std::fmt::Display for ChaosReport {
         )?;
         writeln!(
             f,
-            "  events: {} produced, {} delivered, {} lost ({} held unconfirmed by killed sessions, {} with no session to go to, {} otherwise), {} handled twice",
+            "  events: {} produced, {} delivered, {} with no session to go to, {} lost ({} held unconfirmed by killed sessions, {} otherwise), {} handled twice",
             e.produced,
             e.delivered,
+            e.no_session,
             e.lost,
             e.lost_abandoned,
-            e.lost_unrouted,
-            e.lost - e.lost_abandoned - e.lost_unrouted,
+            e.lost - e.lost_abandoned,
             e.duplicates
         )?;
         writeln!(

@@ -762,12 +762,11 @@ impl Gateway {
                 report.duplicates += u64::from(confirmations - 1);
             } else if in_flight[n] {
                 report.in_flight += 1;
+            } else if self.fates[n] & ROUTED == 0 {
+                report.no_session += 1;
             } else {
                 report.lost += 1;
-                let fate = self.fates[n];
-                if fate & ROUTED == 0 {
-                    report.lost_unrouted += 1;
-                } else if fate & ABANDONED != 0 {
+                if self.fates[n] & ABANDONED != 0 {
                     report.lost_abandoned += 1;
                 }
                 if report.lost_ids.len() < 20 {

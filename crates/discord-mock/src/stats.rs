@@ -150,22 +150,52 @@ pub struct EventReport {
     pub delivered: u64,
     /// Events not yet confirmed but still held by a live session, which may yet deliver them.
     pub in_flight: u64,
-    /// Events no live session holds and none confirmed: lost for good.
+    /// Events some session was sent, that no live session holds and none confirmed: lost for
+    /// good. A client that loses nothing shows 0 here, whenever the event source started.
     pub lost: u64,
-    /// Of the lost, those produced while no session of their shard existed: nobody could have
-    /// received them.
-    pub lost_unrouted: u64,
+    /// Events produced while no session of their shard existed: nobody could have received
+    /// them, so they are not counted as lost (nor delivered).
+    pub no_session: u64,
     /// Of the lost, those a session held unconfirmed when its client vanished and never resumed
     /// it (the session expired: a killed process, say). A client that resumes loses none.
     pub lost_abandoned: u64,
     /// Confirmations beyond the first per event (one event handled by two sessions).
     pub duplicates: u64,
-    /// Up to 20 ids of lost events, for diagnosis.
+    /// Up to 20 ids of lost events, for diagnosis; as strings in JSON, as Discord writes
+    /// snowflakes (numbers past 2^53 lose digits in JavaScript and most JSON tooling).
+    #[serde(with = "snowflakes")]
     pub lost_ids: Vec<u64>,
 }
 
+/// Snowflakes as JSON strings; numbers are read too.
+mod snowflakes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ids: &[u64], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(ids.iter().map(u64::to_string))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Id {
+            Text(String),
+            Number(u64),
+        }
+        Vec::<Id>::deserialize(deserializer)?
+            .into_iter()
+            .map(|id| match id {
+                Id::Number(n) => Ok(n),
+                Id::Text(s) => s.parse().map_err(serde::de::Error::custom),
+            })
+            .collect()
+    }
+}
+
 impl EventReport {
-    /// Events produced but not confirmed (in flight or lost).
+    /// Events produced but not confirmed (in flight, lost, or with no session to go to).
     #[must_use]
     pub fn undelivered(&self) -> u64 {
         self.produced - self.delivered

@@ -566,12 +566,16 @@ fn events_reach_every_session_of_the_owning_shard_across_totals() {
 }
 
 #[test]
-fn events_for_a_shard_without_sessions_are_lost() {
+fn events_for_a_shard_without_sessions_go_nowhere_and_are_not_lost() {
     let mut h = Harness::with(|b| b.guilds(2));
     let (_, _) = h.session(Duration::ZERO, [0, 2]);
-    let id = h.g.produce_event(1, &mut h.out);
+    h.g.produce_event(1, &mut h.out);
     let report = h.g.event_report();
-    assert_eq!((report.lost, report.lost_ids.clone()), (1, vec![id]));
+    assert_eq!(
+        (report.lost, report.no_session, report.delivered),
+        (0, 1, 0)
+    );
+    assert!(report.lost_ids.is_empty());
 }
 
 #[test]
@@ -800,7 +804,7 @@ fn presence_updates_are_accepted_after_identify_and_each_session_keeps_its_prese
 }
 
 #[test]
-fn lost_events_say_whether_nobody_could_have_them_or_a_vanished_client_held_them() {
+fn events_nobody_could_have_are_not_lost_and_a_vanished_clients_are() {
     let mut h = Harness::with(|b| b.guilds(1).resume_timeout(ms(1000)));
     // Nobody connected yet: these could reach no one.
     h.g.produce_event(0, &mut h.out);
@@ -817,14 +821,35 @@ fn lost_events_say_whether_nobody_could_have_them_or_a_vanished_client_held_them
     }
     h.g.client_closed(conn, ms(40), None);
     let report = h.g.event_report();
-    assert_eq!((report.lost, report.in_flight), (2, 3), "{report:?}");
-    assert_eq!(report.lost_unrouted, 2);
+    assert_eq!((report.lost, report.in_flight), (0, 3), "{report:?}");
+    assert_eq!(report.no_session, 2);
     // Nobody resumes it: the session expires, and its events were abandoned.
     h.g.tick(ms(2000), &mut h.out);
     let report = h.g.event_report();
     assert_eq!((report.produced, report.delivered), (7, 2));
     assert_eq!(
-        (report.lost, report.lost_unrouted, report.lost_abandoned),
-        (5, 2, 3)
+        (report.lost, report.no_session, report.lost_abandoned),
+        (3, 2, 3)
+    );
+    assert_eq!(report.undelivered(), 5);
+    // In JSON the lost ids are strings, read back either way.
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(
+        json["lost_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(serde_json::Value::is_string)
+    );
+    assert_eq!(
+        serde_json::from_value::<crate::EventReport>(json).unwrap(),
+        report
+    );
+    let numbers = serde_json::json!({"lost_ids": [5, "6"], "produced": 0, "delivered": 0, "in_flight": 0, "lost": 0, "no_session": 0, "lost_abandoned": 0, "duplicates": 0});
+    assert_eq!(
+        serde_json::from_value::<crate::EventReport>(numbers)
+            .unwrap()
+            .lost_ids,
+        vec![5, 6]
     );
 }
