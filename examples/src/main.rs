@@ -181,6 +181,8 @@ async fn tour(
         ok &= fetch_step(admiral, mock).await?;
     }
     let reshard_identifies = reshard_step(admiral, mock, &mut ok).await?;
+    let crash_identifies = crash_step(admiral, mock, &mut ok).await?;
+    deploy_dry_run(admiral, &mut ok).await;
 
     if let Some(mock) = mock {
         if once {
@@ -207,7 +209,8 @@ async fn tour(
             && stats.total_violations() == 0
             && report.lost == 0
             && launch_identifies == Some(u64::from(total))
-            && stats.identifies == u64::from(total) + restart_identifies + reshard_identifies;
+            && stats.identifies
+                == u64::from(total) + restart_identifies + reshard_identifies + crash_identifies;
     }
     println!("{}", if ok { "tour passed" } else { "tour FAILED" });
     Ok(ok)
@@ -281,6 +284,84 @@ async fn soft_restart_step(
     );
     *ok &= identifies == 0 && now.duplicates == report.duplicates && now.lost == report.lost;
     Ok(identifies)
+}
+
+/// Kills cluster 1's process with `SIGKILL` while events flow: its replacement resumes the
+/// sessions it checkpointed. Returns the identifies it spent (none).
+async fn crash_step(
+    admiral: &AdmiralHandle,
+    mock: Option<&MockDiscord>,
+    ok: &mut bool,
+) -> Result<u64> {
+    let cluster = carrier::WorkerId::Cluster(1);
+    let workers = admiral.workers().await?;
+    let Some((pid, checkpointed)) = workers
+        .iter()
+        .find(|w| w.id == cluster)
+        .and_then(|w| Some((w.pid?, w.checkpointed)))
+    else {
+        println!("SIGKILL of cluster 1: it has no process");
+        *ok = false;
+        return Ok(0);
+    };
+    let before = mock.map(|m| (m.stats(), m.event_report()));
+    let mut events = admiral.events();
+    let killed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    // Ready again once it was restarting (a Ready of the reshard's may still be on its way).
+    let mut restarting = false;
+    let back = loop {
+        use carrier::admiral::LifecycleEvent as L;
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Ok(carrier::FleetEvent::Lifecycle(L::Restarting { worker, .. })))
+                if worker == cluster =>
+            {
+                restarting = true;
+            }
+            Ok(Ok(carrier::FleetEvent::Lifecycle(L::Ready(w)))) if w == cluster && restarting => {
+                break Some(killed.elapsed());
+            }
+            Ok(Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            _ => break None,
+        }
+    };
+    let Some(back) = back else {
+        println!("SIGKILL of cluster 1: it never came back");
+        *ok = false;
+        return Ok(0);
+    };
+    let (Some((stats, report)), Some(mock)) = (before, mock) else {
+        println!("SIGKILL of cluster 1: back in {back:.2?}");
+        return Ok(0);
+    };
+    let after = mock.stats();
+    let identifies = after.identifies - stats.identifies;
+    let now = mock.event_report();
+    println!(
+        "SIGKILL of cluster 1 ({checkpointed} sessions checkpointed): back in {back:.2?}, {identifies} identifies spent, {} resumes, {} events lost so far",
+        after.resumes - stats.resumes,
+        now.lost - report.lost,
+    );
+    *ok &= identifies == 0 && now.lost == report.lost;
+    Ok(identifies)
+}
+
+/// What deploying this same binary as a new build would do: the order, the identifies and the
+/// time (`cargo xtask bench restart` runs a real one).
+async fn deploy_dry_run(admiral: &AdmiralHandle, ok: &mut bool) {
+    let mut plan = carrier::DeployPlan::new(std::env::current_exe().unwrap_or_default())
+        .canary_bake(Duration::from_secs(30))
+        .dry_run();
+    plan.args = std::env::args().skip(1).collect();
+    match admiral.deploy(plan).await {
+        Ok(report) => println!("deploy, {report}"),
+        Err(error) => {
+            println!("deploy dry run FAILED: {error}");
+            *ok = false;
+        }
+    }
 }
 
 /// Reshards to half as many shards again while events flow: the new generation connects in
