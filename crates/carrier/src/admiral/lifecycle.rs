@@ -1058,9 +1058,6 @@ impl Lifecycle {
                 }
             }
             Input::Exited(process, code) => {
-                // A crash moves them to the worker's `resume` first (`fail`); a stop leaves
-                // nothing to resume.
-                let checkpoints = self.checkpoints.remove(&process);
                 if let Some(worker) = self.current_mut(process) {
                     if worker.retired {
                         let id = worker.id.clone();
@@ -1076,12 +1073,12 @@ impl Lifecycle {
                             || "killed by a signal".to_owned(),
                             |c| format!("exited with code {c}"),
                         );
-                        if let Some(checkpoints) = checkpoints {
-                            self.checkpoints.insert(process, checkpoints);
-                        }
+                        // Its checkpoints become the worker's `resume` there.
                         self.fail(process, format!("process {reason}"), &mut out);
                     }
                 }
+                // A stop leaves nothing to resume.
+                self.checkpoints.remove(&process);
             }
             Input::Shutdown => {
                 if !matches!(
