@@ -298,6 +298,12 @@ fn up_seeds() -> Vec<Vec<u8>> {
         request(Request::Subscribe {
             topics: vec![Topic::Lifecycle, Topic::Shards, Topic::Stats, Topic::Shards],
         }),
+        request(Request::Deploy(Box::new(
+            carrier::DeployPlan::new("/nonexistent/build")
+                .env("A", "b")
+                .canary_bake(std::time::Duration::from_secs(1))
+                .dry_run(),
+        ))),
         request(Request::CreateService {
             name: "fuzzed".into(),
             kind: "no-such-kind".into(),
@@ -749,6 +755,7 @@ pub fn hostile_messages(seed: u64, n: usize) -> Vec<Up> {
                         | Request::Stop { .. }
                         | Request::StopNow { .. }
                         | Request::CreateService { .. }
+                        | Request::Deploy(_)
                         | Request::Shutdown,
                     ..
                 }

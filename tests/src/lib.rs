@@ -541,6 +541,19 @@ impl ClusterWorker for TestCluster {
         if payload.as_bytes() == b"cluster-data" {
             return Ok(self.context.cluster_data.clone());
         }
+        if payload.as_bytes() == b"deploy-dry-run" {
+            // A deploy asked from a worker's IPC: what it would move.
+            let program = std::env::current_exe().map_err(|e| e.to_string())?;
+            let plan = carrier::DeployPlan::new(program).dry_run();
+            let report = self
+                .context
+                .ipc
+                .deploy(plan, Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
+            let order: Vec<String> = report.order.iter().map(ToString::to_string).collect();
+            return Payload::encode(&order).map_err(|e| e.to_string());
+        }
         if payload.as_bytes() == b"http-hooked" {
             return Payload::encode(&HTTP_HOOKED.load(Ordering::SeqCst)).map_err(|e| e.to_string());
         }

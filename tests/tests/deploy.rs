@@ -64,10 +64,34 @@ async fn a_deploy_moves_every_worker_onto_the_new_build_without_an_identify_or_a
             .values()
             .all(|b| b.as_deref() == Some("testbot 1"))
     );
+    // A cluster asks for one over its own IPC socket.
+    let answer = admiral
+        .ipc()
+        .cluster_command(1, carrier::Payload::from("deploy-dry-run"))
+        .await
+        .unwrap();
+    let asked: Vec<String> = answer.decode().unwrap();
+    assert_eq!(asked, ["cluster 0", "cluster 1", "service \"echo\""]);
 
+    let mut heard = admiral
+        .ipc()
+        .subscribe(&[carrier::Topic::Lifecycle])
+        .await
+        .unwrap();
     let report = admiral.deploy(build_two()).await.unwrap();
     println!("{report}");
     assert!(report.succeeded(), "{report}");
+    // Subscribers hear how it ended.
+    let told = tokio::time::timeout(WAIT, async {
+        loop {
+            if let carrier::AdmiralEvent::Deployed(told) = &*heard.recv().await.unwrap() {
+                return (**told).clone();
+            }
+        }
+    })
+    .await
+    .expect("a Deployed event");
+    assert_eq!(told, report);
     assert_eq!(report.moved, order);
     assert_eq!(report.identifies_spent, 0);
     assert!(

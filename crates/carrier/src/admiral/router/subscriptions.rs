@@ -175,12 +175,12 @@ impl Router {
                 process: *process,
             },
             FleetEvent::ShuttingDown => AdmiralEvent::ShuttingDown,
+            FleetEvent::Deployed(report) => AdmiralEvent::Deployed(report.clone()),
             FleetEvent::Stats(stats) => AdmiralEvent::Stats(Box::new((**stats).clone())),
             FleetEvent::Log { .. }
             | FleetEvent::Output { .. }
             | FleetEvent::ProtocolError { .. }
-            | FleetEvent::Panic { .. }
-            | FleetEvent::Deployed(_) => return None,
+            | FleetEvent::Panic { .. } => return None,
         })
     }
 
@@ -196,8 +196,7 @@ fn topic_of(event: &FleetEvent) -> Option<Topic> {
         | FleetEvent::Log { .. }
         | FleetEvent::Output { .. }
         | FleetEvent::ProtocolError { .. }
-        | FleetEvent::Panic { .. }
-        | FleetEvent::Deployed(_) => None,
+        | FleetEvent::Panic { .. } => None,
         FleetEvent::Shard { .. } => Some(Topic::Shards),
         FleetEvent::Stats(_) => Some(Topic::Stats),
         _ => Some(Topic::Lifecycle),

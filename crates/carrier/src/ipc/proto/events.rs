@@ -188,6 +188,8 @@ pub enum AdmiralEvent {
     },
     /// A total shutdown began.
     ShuttingDown,
+    /// A deploy ended: every worker moved, or those that had were rolled back (its `failure`).
+    Deployed(Box<super::DeployReport>),
     /// A shard's progress.
     Shard {
         /// The cluster that runs it.
