@@ -12,6 +12,10 @@ use crate::stats::FleetStats;
 
 /// How long workers have to report for [`Ipc::stats`].
 pub const STATS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How much longer than its timeout a fan-out's caller waits for the admiral's answer, which
+/// comes at the timeout (the targets that missed it marked timed out) and must still travel.
+const FAN_OUT_GRACE: Duration = Duration::from_secs(1);
 use super::client::{Ipc, IpcError, outcome_result, unexpected};
 use super::proto::{
     Fetch, Group, LogLevel, LogRecord, Outcome, Payload, Reply, Request, RestartMode, ShardCount,
@@ -155,8 +159,13 @@ impl Ipc {
         payload: Payload,
         timeout: Duration,
     ) -> Result<Vec<(Target, Outcome)>, IpcError> {
+        // The admiral answers at the deadline with every target that missed it timed out.
         match self
-            .request(Request::CommandAll { group, payload }, timeout)
+            .request_answered_by(
+                Request::CommandAll { group, payload },
+                timeout,
+                FAN_OUT_GRACE,
+            )
             .await?
         {
             Reply::Outcomes(outcomes) => Ok(outcomes),

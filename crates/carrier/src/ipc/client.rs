@@ -355,10 +355,23 @@ impl Ipc {
         request: Request,
         timeout: Duration,
     ) -> Result<Reply, IpcError> {
+        self.request_answered_by(request, timeout, Duration::ZERO)
+            .await
+    }
+
+    /// A request the admiral answers *at* its `timeout` (a fan-out tells each target that
+    /// missed it as timed out): the reply is waited for `grace` longer, so it is not lost to
+    /// the time it takes to travel.
+    pub(crate) async fn request_answered_by(
+        &self,
+        request: Request,
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Reply, IpcError> {
         let timeout = timeout.min(super::proto::MAX_TIMEOUT);
         // Every wait of the request (a place in flight, room in the outbox, the answer) ends by
         // this deadline.
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout + grace;
         let _permit = tokio::time::timeout_at(deadline, self.inner.in_flight.acquire())
             .await
             .map_err(|_| IpcError::Timeout(timeout))?
