@@ -22,6 +22,17 @@ async fn builds(admiral: &AdmiralHandle) -> BTreeMap<WorkerId, Option<String>> {
         .collect()
 }
 
+/// A ready fleet of two twilight clusters (4 shards) and the echo service, crashes restarted.
+async fn two_clusters() -> (MockDiscord, AdmiralHandle) {
+    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
+    let mut options = options(&mock, 2);
+    options.max_restarts = 3;
+    options.restart_backoff = Duration::from_millis(100);
+    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    (mock, admiral)
+}
+
 /// The test bot as build 2 (and whatever else `env` adds).
 fn build_two() -> DeployPlan {
     DeployPlan::new(env!("CARGO_BIN_EXE_testbot"))
@@ -31,12 +42,7 @@ fn build_two() -> DeployPlan {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_moves_every_worker_onto_the_new_build_without_an_identify_or_a_lost_event() {
-    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
-    let mut options = options(&mock, 2);
-    options.max_restarts = 3;
-    options.restart_backoff = Duration::from_millis(100);
-    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
-    admiral.wait_ready(WAIT).await.unwrap();
+    let (mock, admiral) = two_clusters().await;
     let first = builds(&admiral).await;
     assert!(
         first.values().all(|b| b.as_deref() == Some("testbot 1")),
@@ -124,12 +130,7 @@ async fn a_deploy_moves_every_worker_onto_the_new_build_without_an_identify_or_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_crashes_is_rolled_back_and_the_rest_never_move() {
-    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
-    let mut options = options(&mock, 2);
-    options.max_restarts = 3;
-    options.restart_backoff = Duration::from_millis(100);
-    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
-    admiral.wait_ready(WAIT).await.unwrap();
+    let (_mock, admiral) = two_clusters().await;
     let broken = build_two()
         .env(fleet_tests::CRASH_AFTER_MS_ENV, "300")
         .canary_bake(Duration::from_secs(20));
@@ -248,12 +249,7 @@ async fn sigusr2_deploys_the_new_build_an_operator_put_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_onto_an_incompatible_build_fails_its_canary_and_crashes_come_back_on_the_old_one()
 {
-    let mock = MockDiscord::start(mock_config(8, 4, 4)).await.unwrap();
-    let mut options = options(&mock, 2);
-    options.max_restarts = 3;
-    options.restart_backoff = Duration::from_millis(100);
-    let (admiral, _) = launch(fleet_tests::fleet(options)).await;
-    admiral.wait_ready(WAIT).await.unwrap();
+    let (_mock, admiral) = two_clusters().await;
     // The new build speaks IPC protocol 0 (the test bot does while this file exists).
     let old_protocol = std::env::temp_dir().join(format!(
         "fleet-old-protocol-{}-{}",
