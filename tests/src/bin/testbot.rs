@@ -133,19 +133,10 @@ const OLD_BUILD: &str = "TESTBOT_OLD_BUILD";
 async fn old_build() -> ExitCode {
     use carrier::ipc::proto::Down;
     let env = WorkerEnv::from_env().expect("started by an admiral");
-    let stream = tokio::net::UnixStream::connect(&env.socket)
-        .await
-        .expect("admiral socket");
-    let (read, write) = stream.into_split();
-    let mut reader = carrier::ipc::frame::FrameReader::new(read, env.max_frame);
-    let mut writer = FrameWriter::new(write, env.max_frame);
-    let hello = Up::Hello {
-        secret: env.secret.clone(),
-        process: env.process,
-        protocol: 0,
-        build: "testbot old".into(),
+    let Some((mut reader, _writer)) = hello(&env, 0, "testbot old").await else {
+        eprintln!("old build: the admiral is not there");
+        return ExitCode::FAILURE;
     };
-    writer.send(&hello).await.expect("hello");
     match reader.next::<Down>().await {
         Ok(Down::Refused { reason }) => {
             eprintln!("old build refused: {reason}");
@@ -306,6 +297,29 @@ async fn flood() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A raw connection to the admiral that has said hello as a build of `protocol`.
+async fn hello(
+    env: &WorkerEnv,
+    protocol: u32,
+    build: &str,
+) -> Option<(
+    carrier::ipc::frame::FrameReader<tokio::net::unix::OwnedReadHalf>,
+    FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+)> {
+    let stream = tokio::net::UnixStream::connect(&env.socket).await.ok()?;
+    let (read, write) = stream.into_split();
+    let reader = carrier::ipc::frame::FrameReader::new(read, env.max_frame);
+    let mut writer = FrameWriter::new(write, env.max_frame);
+    let hello = Up::Hello {
+        secret: env.secret.clone(),
+        process: env.process,
+        protocol,
+        build: build.to_owned(),
+    };
+    writer.send(&hello).await.ok()?;
+    Some((reader, writer))
+}
+
 /// A raw connection to the admiral: hello, welcome, then `Ready`, so the admiral counts this
 /// worker as serving. `None` if it was not welcomed.
 async fn join_ready(
@@ -315,17 +329,8 @@ async fn join_ready(
     FrameWriter<tokio::net::unix::OwnedWriteHalf>,
 )> {
     use carrier::ipc::proto::{Down, Status};
-    let stream = tokio::net::UnixStream::connect(&env.socket).await.ok()?;
-    let (read, write) = stream.into_split();
-    let mut reader = carrier::ipc::frame::FrameReader::new(read, env.max_frame);
-    let mut writer = FrameWriter::new(write, env.max_frame);
-    let hello = Up::Hello {
-        secret: env.secret.clone(),
-        process: env.process,
-        protocol: carrier::ipc::proto::PROTOCOL_VERSION,
-        build: "test".into(),
-    };
-    writer.send(&hello).await.ok()?;
+    let protocol = carrier::ipc::proto::PROTOCOL_VERSION;
+    let (mut reader, mut writer) = hello(env, protocol, "test").await?;
     if !matches!(reader.next::<Down>().await, Ok(Down::Welcome(_))) {
         return None;
     }
