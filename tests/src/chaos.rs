@@ -254,7 +254,9 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     let fleet = fleet_twilight::fleet::<crate::TestCluster>(
         options,
         fleet_twilight::Settings::new(
-            twilight_gateway::Intents::GUILDS | twilight_gateway::Intents::GUILD_MESSAGES,
+            twilight_gateway::Intents::GUILDS
+                | twilight_gateway::Intents::GUILD_MESSAGES
+                | twilight_gateway::Intents::GUILD_MEMBERS,
         ),
     )
     .service::<crate::Echo>("echo");

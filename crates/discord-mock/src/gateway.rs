@@ -187,6 +187,8 @@ const ROUTED: u8 = 1;
 /// An event's fate: a session held it unconfirmed when its client vanished and never came back
 /// (the session expired without a resume: a killed process, say).
 const ABANDONED: u8 = 2;
+/// An event's fate: sessions of its shard existed, none with the intent it needs.
+const FILTERED: u8 = 4;
 
 impl Gateway {
     /// A gateway served at `gateway_url` (`ws://127.0.0.1:PORT`); `READY` advertises
@@ -565,7 +567,7 @@ impl Gateway {
         let every = u64::from(self.config.member_add_every);
         let guild = &self.world.guilds[guild_index];
         let guild_id = guild.id;
-        let (event, d) = if every > 0 && (n + 1).is_multiple_of(every) {
+        let (event, d, needs) = if every > 0 && (n + 1).is_multiple_of(every) {
             let name = format!("joined-{n}");
             let user = world::user_json(id, &name);
             self.world.add_user(id, name);
@@ -575,22 +577,40 @@ impl Gateway {
                 "deaf": false, "mute": false, "flags": 0, "pending": false,
             });
             member["guild_id"] = Value::String(guild_id.to_string());
-            ("GUILD_MEMBER_ADD", member)
+            ("GUILD_MEMBER_ADD", member, intents::GUILD_MEMBERS)
         } else {
             let channel = guild.channels[n as usize % guild.text_channels.max(1)];
             let author_id = guild.members[1 + n as usize % (guild.members.len() - 1).max(1)];
             let author = self.world.user(author_id).unwrap_or_else(World::bot_user);
             let d =
                 world::message_json(id, Some(guild_id), channel, &author, &format!("event {n}"));
-            ("MESSAGE_CREATE", d)
+            ("MESSAGE_CREATE", d, intents::GUILD_MESSAGES)
         };
-        let d = raw(&d);
         let sessions = self.sessions_for_guild(guild_id);
-        if !sessions.is_empty() {
+        let (subscribed, filtered): (Vec<String>, Vec<String>) =
+            sessions.into_iter().partition(|s| {
+                self.sessions
+                    .get(s)
+                    .is_some_and(|s| s.intents & needs == needs)
+            });
+        if !subscribed.is_empty() {
             self.fates[n as usize] |= ROUTED;
+        } else if !filtered.is_empty() {
+            self.fates[n as usize] |= FILTERED;
         }
-        for session in sessions {
-            self.dispatch(&session, event, &d, Some(n), out);
+        let full = raw(&d);
+        let mut blank = None;
+        for session in subscribed {
+            let intents = self.sessions.get(&session).map_or(0, |s| s.intents);
+            // Without MESSAGE_CONTENT a guild message that does not mention the bot comes with
+            // its content, embeds, attachments and components blanked.
+            let d: &RawValue =
+                if event == "MESSAGE_CREATE" && intents & intents::MESSAGE_CONTENT == 0 {
+                    blank.get_or_insert_with(|| raw(&without_content(&d)))
+                } else {
+                    &full
+                };
+            self.dispatch(&session, event, d, Some(n), out);
         }
         id
     }
@@ -763,7 +783,11 @@ impl Gateway {
             } else if in_flight[n] {
                 report.in_flight += 1;
             } else if self.fates[n] & ROUTED == 0 {
-                report.no_session += 1;
+                if self.fates[n] & FILTERED == 0 {
+                    report.no_session += 1;
+                } else {
+                    report.filtered += 1;
+                }
             } else {
                 report.lost += 1;
                 if self.fates[n] & ABANDONED != 0 {
@@ -995,13 +1019,20 @@ impl Gateway {
         let version = self.conns.get(&conn).map_or(API_VERSION, |c| c.version);
         let ready = raw(&self.ready_payload(&session_id, [shard_id, total], &guilds, version));
         self.dispatch(&session_id, "READY", &ready, None, out);
-        for guild in guilds {
-            let payload = self
-                .world
-                .guild(guild)
-                .map(|g| g.create_payload.clone())
-                .expect("guild ids come from the world");
-            self.dispatch(&session_id, "GUILD_CREATE", &payload, None, out);
+        // Without GUILDS no GUILD_CREATE comes; without GUILD_MEMBERS it lists only the bot.
+        if intents & intents::GUILDS != 0 {
+            for guild in guilds {
+                let guild = self
+                    .world
+                    .guild(guild)
+                    .expect("guild ids come from the world");
+                let payload = if intents & intents::GUILD_MEMBERS != 0 {
+                    guild.create_payload.clone()
+                } else {
+                    guild.lean_create_payload.clone()
+                };
+                self.dispatch(&session_id, "GUILD_CREATE", &payload, None, out);
+            }
         }
     }
 
@@ -1363,6 +1394,27 @@ impl Gateway {
             .to_owned();
         out.push(Action::Close { conn, code, reason });
     }
+}
+
+/// A message as a session without `MESSAGE_CONTENT` receives it, unless it mentions the bot or
+/// is a DM (Gateway › Gateway Intents › Message Content Intent).
+fn without_content(message: &Value) -> Value {
+    let mentions_bot = message["mentions"].as_array().is_some_and(|m| {
+        m.iter()
+            .any(|u| u["id"].as_str() == Some(&BOT_USER_ID.to_string()))
+    });
+    if message.get("guild_id").is_none() || mentions_bot {
+        return message.clone();
+    }
+    let mut message = message.clone();
+    message["content"] = Value::String(String::new());
+    for key in ["embeds", "attachments", "components"] {
+        message[key] = json!([]);
+    }
+    if let Some(object) = message.as_object_mut() {
+        object.remove("poll");
+    }
+    message
 }
 
 /// `[shard_id, num_shards]` from identify; absent means `[0, 1]`.

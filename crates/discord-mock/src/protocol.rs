@@ -260,9 +260,18 @@ impl TryFrom<u16> for CloseCode {
 }
 
 /// Gateway intents (Gateway › Gateway Intents).
+///
+/// The gateway filters what it sends by them, as Discord does: see
+/// [`Gateway`](crate::gateway::Gateway).
 pub mod intents {
+    /// `GUILDS`: `GUILD_CREATE` and the other guild, channel and role events.
+    pub const GUILDS: u64 = 1 << 0;
     /// `GUILD_MEMBERS` (privileged).
     pub const GUILD_MEMBERS: u64 = 1 << 1;
+    /// `GUILD_MESSAGES`: `MESSAGE_CREATE` in guilds.
+    pub const GUILD_MESSAGES: u64 = 1 << 9;
+    /// `DIRECT_MESSAGES`: `MESSAGE_CREATE` in DMs.
+    pub const DIRECT_MESSAGES: u64 = 1 << 12;
     /// `GUILD_PRESENCES` (privileged).
     pub const GUILD_PRESENCES: u64 = 1 << 8;
     /// `MESSAGE_CONTENT` (privileged).

@@ -156,6 +156,11 @@ pub struct EventReport {
     /// Events produced while no session of their shard existed: nobody could have received
     /// them, so they are not counted as lost (nor delivered).
     pub no_session: u64,
+    /// Events produced while sessions of their shard existed, none of them with the intent the
+    /// event needs (`GUILD_MESSAGES` for a message, `GUILD_MEMBERS` for a join): Discord sends
+    /// them to nobody, so they are not counted as lost (nor delivered).
+    #[serde(default)]
+    pub filtered: u64,
     /// Of the lost, those a session held unconfirmed when its client vanished and never resumed
     /// it (the session expired: a killed process, say). A client that resumes loses none.
     pub lost_abandoned: u64,

@@ -66,6 +66,9 @@ pub struct Guild {
     pub members: Vec<u64>,
     /// The full `GUILD_CREATE` payload.
     pub create_payload: Box<serde_json::value::RawValue>,
+    /// `GUILD_CREATE` as a session without `GUILD_MEMBERS` gets it: the bot is the only member
+    /// listed (`member_count` still counts everyone).
+    pub lean_create_payload: Box<serde_json::value::RawValue>,
 }
 
 /// Everything the mock knows about the bot's guilds and users.
@@ -114,8 +117,12 @@ impl World {
                 text_channels: text,
                 members,
                 create_payload: crate::protocol::raw(&Value::Null),
+                lean_create_payload: crate::protocol::raw(&Value::Null),
             };
-            guild.create_payload = crate::protocol::raw(&world.guild_create(&guild, &joined_at));
+            let mut create = world.guild_create(&guild, &joined_at);
+            guild.create_payload = crate::protocol::raw(&create);
+            create["members"] = json!([world.member_json(&guild, BOT_USER_ID, &joined_at)]);
+            guild.lean_create_payload = crate::protocol::raw(&create);
             world.guilds.push(guild);
         }
         world

@@ -8,6 +8,10 @@ fn ms(n: u64) -> Duration {
 
 const TOKEN: &str = "mock-token";
 
+/// The intents every event of the event source needs, and the content of messages.
+const ALL: u64 =
+    intents::GUILDS | intents::GUILD_MEMBERS | intents::GUILD_MESSAGES | intents::MESSAGE_CONTENT;
+
 struct Harness {
     g: Gateway,
     out: Vec<Action>,
@@ -79,16 +83,31 @@ impl Harness {
         code
     }
 
+    /// Identifies with every intent the event source's events need ([`ALL`]).
     fn identify(&mut self, conn: ConnId, now: Duration, shard: [u32; 2]) -> Vec<Value> {
-        let payload = json!({"op": 2, "d": {"token": TOKEN, "intents": 513, "shard": shard, "properties": {}}});
+        self.identify_with(conn, now, shard, ALL)
+    }
+
+    fn identify_with(
+        &mut self,
+        conn: ConnId,
+        now: Duration,
+        shard: [u32; 2],
+        intents: u64,
+    ) -> Vec<Value> {
+        let payload = json!({"op": 2, "d": {"token": TOKEN, "intents": intents, "shard": shard, "properties": {}}});
         self.send(conn, now, &payload);
         self.frames(conn)
     }
 
     /// Opens a connection and identifies; returns the connection and session id.
     fn session(&mut self, now: Duration, shard: [u32; 2]) -> (ConnId, String) {
+        self.session_with(now, shard, ALL)
+    }
+
+    fn session_with(&mut self, now: Duration, shard: [u32; 2], intents: u64) -> (ConnId, String) {
         let conn = self.open(now);
-        let frames = self.identify(conn, now, shard);
+        let frames = self.identify_with(conn, now, shard, intents);
         assert_eq!(frames[0]["t"], "READY", "{frames:?}");
         (
             conn,
@@ -775,7 +794,8 @@ fn guild_member_requests_are_answered_in_chunks() {
 #[test]
 fn member_requests_without_the_intent_go_unanswered() {
     let mut h = Harness::with(|b| b.guilds(1));
-    let (conn, _) = h.session(Duration::ZERO, [0, 1]); // intents 513: no GUILD_MEMBERS
+    let no_members = intents::GUILDS | intents::GUILD_MESSAGES;
+    let (conn, _) = h.session_with(Duration::ZERO, [0, 1], no_members);
     let guild = world::guild_id(0).to_string();
     h.send(
         conn,
@@ -851,5 +871,113 @@ fn events_nobody_could_have_are_not_lost_and_a_vanished_clients_are() {
             .unwrap()
             .lost_ids,
         vec![5, 6]
+    );
+}
+
+#[test]
+fn sessions_get_only_the_events_their_intents_ask_for() {
+    let mut h = Harness::with(|b| b.guilds(1));
+    // Three generations of shard 0 that differ only in intents.
+    let (all, _) = h.session_with(Duration::ZERO, [0, 1], ALL);
+    let (no_members, _) = h.session_with(
+        ms(6000),
+        [0, 1],
+        intents::GUILDS | intents::GUILD_MESSAGES | intents::MESSAGE_CONTENT,
+    );
+    let (no_content, _) = h.session_with(
+        ms(12000),
+        [0, 1],
+        intents::GUILDS | intents::GUILD_MEMBERS | intents::GUILD_MESSAGES,
+    );
+    for _ in 0..10 {
+        h.g.produce_event(0, &mut h.out);
+    }
+    let kinds = |frames: &[Value]| -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| f["t"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = h.frames(all);
+    assert_eq!(
+        kinds(&all)
+            .iter()
+            .filter(|k| *k == "MESSAGE_CREATE")
+            .count(),
+        9
+    );
+    assert_eq!(kinds(&all)[9], "GUILD_MEMBER_ADD");
+    assert_eq!(all[0]["d"]["content"], "event 0");
+
+    let no_members = h.frames(no_members);
+    assert_eq!(
+        no_members.len(),
+        9,
+        "no GUILD_MEMBER_ADD without GUILD_MEMBERS"
+    );
+    assert!(kinds(&no_members).iter().all(|k| k == "MESSAGE_CREATE"));
+
+    let no_content = h.frames(no_content);
+    assert_eq!(no_content.len(), 10);
+    let message = &no_content[0]["d"];
+    assert_eq!(message["content"], "");
+    assert_eq!(message["embeds"], json!([]));
+    assert_eq!(message["attachments"], json!([]));
+    assert_eq!(message["components"], json!([]));
+    assert_eq!(
+        message["id"], all[0]["d"]["id"],
+        "only the content is blanked"
+    );
+}
+
+#[test]
+fn a_message_that_mentions_the_bot_keeps_its_content_without_the_intent() {
+    let mut message =
+        world::message_json(5 << 22, Some(1 << 22), 2 << 22, &World::bot_user(), "hi");
+    assert_eq!(without_content(&message)["content"], "");
+    message["mentions"] = json!([World::bot_user()]);
+    assert_eq!(without_content(&message)["content"], "hi");
+    let dm = world::message_json(5 << 22, None, 2 << 22, &World::bot_user(), "dm");
+    assert_eq!(without_content(&dm)["content"], "dm");
+}
+
+#[test]
+fn guild_create_needs_guilds_and_lists_only_the_bot_without_guild_members() {
+    let mut h = Harness::with(|b| b.guilds(1));
+    let conn = h.open(Duration::ZERO);
+    let frames = h.identify_with(conn, Duration::ZERO, [0, 1], intents::GUILD_MESSAGES);
+    assert_eq!(frames.len(), 1, "READY only: {frames:?}");
+    assert_eq!(frames[0]["d"]["guilds"].as_array().unwrap().len(), 1);
+
+    let conn = h.open(ms(6000));
+    let frames = h.identify_with(conn, ms(6000), [0, 1], intents::GUILDS);
+    assert_eq!(frames[1]["t"], "GUILD_CREATE");
+    let members = frames[1]["d"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["user"]["id"], BOT_USER_ID.to_string());
+    assert_eq!(frames[1]["d"]["member_count"], 5);
+
+    let conn = h.open(ms(12000));
+    let frames = h.identify_with(conn, ms(12000), [0, 1], ALL);
+    assert_eq!(frames[1]["d"]["members"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn events_no_session_subscribed_to_are_filtered_not_lost() {
+    let mut h = Harness::with(|b| b.guilds(1));
+    let (conn, _) = h.session_with(Duration::ZERO, [0, 1], intents::GUILDS);
+    for _ in 0..10 {
+        h.g.produce_event(0, &mut h.out);
+    }
+    assert!(h.frames(conn).is_empty());
+    let report = h.g.event_report();
+    assert_eq!(
+        (
+            report.produced,
+            report.filtered,
+            report.lost,
+            report.no_session
+        ),
+        (10, 10, 0, 0)
     );
 }

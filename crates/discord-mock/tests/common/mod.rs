@@ -103,7 +103,7 @@ impl RawClient {
 
     pub async fn identify(&mut self, shard: [u32; 2]) {
         self.send(
-            &json!({"op": 2, "d": {"token": TOKEN, "intents": 513, "shard": shard,
+            &json!({"op": 2, "d": {"token": TOKEN, "intents": 1 | 1 << 1 | 1 << 9 | 1 << 15, "shard": shard,
             "properties": {"os": "linux", "browser": "raw", "device": "raw"}}}),
         )
         .await;
