@@ -17,6 +17,7 @@ use crate::protocol::{
     intents, raw,
 };
 use crate::stats::{EventReport, SessionReport, Stats, Violation};
+use crate::transport::{QueryError, WireOptions};
 use crate::world::{self, BOT_USER_ID, World};
 
 /// Identifies one websocket connection.
@@ -77,6 +78,12 @@ pub enum Action {
     },
     /// End the TCP connection without a close frame.
     Drop {
+        /// Connection.
+        conn: ConnId,
+    },
+    /// IDENTIFY asked for `compress: true`: compress each later payload on its own
+    /// ([`Transport::compress_payloads`](crate::transport::Transport::compress_payloads)).
+    CompressPayloads {
         /// Connection.
         conn: ConnId,
     },
@@ -281,7 +288,9 @@ impl Gateway {
         self.stats.token_reset
     }
 
-    /// A new connection. `query` is the URL query (`v=10&encoding=json...`).
+    /// A new connection. `query` is the URL query (`v=10&encoding=json...`): an unknown API
+    /// version closes it with 4012, an unknown encoding or compression with 4002. Encoding and
+    /// compression themselves are the I/O layer's ([`crate::transport`]): the core speaks JSON.
     pub fn open(&mut self, now: Duration, query: Option<&str>, out: &mut Vec<Action>) -> ConnId {
         self.advance(now);
         let conn = self.next_conn;
@@ -297,20 +306,22 @@ impl Gateway {
                 close_at: None,
             },
         );
-        let mut version_ok = true;
-        let mut json_ok = true;
-        for pair in query.unwrap_or("").split('&') {
-            match pair.split_once('=') {
-                Some(("v", v)) => {
-                    let asked = v.parse::<u8>().ok().filter(|v| API_VERSIONS.contains(v));
-                    version_ok = asked.is_some();
-                    if let (Some(version), Some(c)) = (asked, self.conns.get_mut(&conn)) {
-                        c.version = version;
-                    }
-                }
-                Some(("encoding", e)) => json_ok = e == "json",
-                _ => {}
-            }
+        let options = WireOptions::from_query(query);
+        let version_ok = match &options {
+            Ok(WireOptions {
+                version: Some(v), ..
+            }) => API_VERSIONS.contains(v),
+            Err(QueryError::Version(_)) => false,
+            _ => true,
+        };
+        if let (
+            Ok(WireOptions {
+                version: Some(v), ..
+            }),
+            Some(c),
+        ) = (&options, self.conns.get_mut(&conn))
+        {
+            c.version = *v;
         }
         let hello = raw(&json!({
             "heartbeat_interval": self.config.heartbeat_interval.as_millis() as u64,
@@ -328,8 +339,8 @@ impl Gateway {
                 CloseCode::InvalidApiVersion,
                 out,
             );
-        } else if !json_ok {
-            // The mock speaks JSON only; ETF clients get a decode error.
+        } else if options.is_err() {
+            // An encoding or compression the gateway does not speak.
             self.violate(
                 conn,
                 now,
@@ -435,7 +446,21 @@ impl Gateway {
         }
     }
 
-    /// A binary frame from a client: the mock speaks JSON text only, so this is a decode error.
+    /// A frame from a client larger than [`MAX_CLIENT_PAYLOAD`] on the wire, not decoded: 4002.
+    pub fn receive_too_large(&mut self, conn: ConnId, now: Duration, out: &mut Vec<Action>) {
+        if self.count_receive(conn, now, out) {
+            self.violate(
+                conn,
+                now,
+                Violation::PayloadTooLarge,
+                CloseCode::DecodeError,
+                out,
+            );
+        }
+    }
+
+    /// A frame from a client that does not decode on its connection (a binary frame on a JSON
+    /// connection, bad ETF): a decode error, 4002.
     pub fn receive_binary(&mut self, conn: ConnId, now: Duration, out: &mut Vec<Action>) {
         if self.count_receive(conn, now, out) {
             self.violate(
@@ -1015,6 +1040,9 @@ impl Gateway {
             .push(session_id.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
             c.auth = Auth::Session(session_id.clone());
+        }
+        if d["compress"] == Value::Bool(true) {
+            out.push(Action::CompressPayloads { conn });
         }
         let version = self.conns.get(&conn).map_or(API_VERSION, |c| c.version);
         let ready = raw(&self.ready_payload(&session_id, [shard_id, total], &guilds, version));

@@ -51,11 +51,13 @@
 //! ```
 
 pub mod config;
+pub mod etf;
 pub mod gateway;
 pub mod protocol;
 pub mod rest;
 mod server;
 pub mod stats;
+pub mod transport;
 pub mod world;
 
 pub use config::{MockConfig, MockConfigBuilder, RouteLimit};

@@ -27,8 +27,10 @@ use tokio::time::Instant;
 
 use crate::config::MockConfig;
 use crate::gateway::{Action, ConnId, ControlError, Gateway};
+use crate::protocol::MAX_CLIENT_PAYLOAD;
 use crate::rest::{self, RestLimiter};
 use crate::stats::{EventReport, SessionReport, Stats};
+use crate::transport::{Frame, Transport, WireOptions};
 
 /// How often the core's clock advances (zombies, expiries, the event source).
 pub const TICK: Duration = Duration::from_millis(10);
@@ -57,6 +59,7 @@ enum Outbound {
     Text(String),
     Close(u16, String),
     Drop,
+    CompressPayloads,
 }
 
 struct Core {
@@ -82,6 +85,11 @@ impl Core {
                 Action::Drop { conn } => {
                     if let Some(outlet) = self.outlets.remove(&conn) {
                         let _ = outlet.send(Outbound::Drop);
+                    }
+                }
+                Action::CompressPayloads { conn } => {
+                    if let Some(outlet) = self.outlets.get(&conn) {
+                        let _ = outlet.send(Outbound::CompressPayloads);
                     }
                 }
             }
@@ -459,6 +467,9 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let (outlet, mut queue) = mpsc::unbounded_channel();
+    // An unreadable query gets the plain wire: the core closes the connection with 4002 at once.
+    let mut transport =
+        Transport::new(WireOptions::from_query(query.as_deref()).unwrap_or_default());
     let conn = {
         let now = shared.now();
         let mut out = Vec::new();
@@ -477,10 +488,24 @@ async fn connection(
     loop {
         tokio::select! {
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    shared.with_gateway(|g, now, out| g.receive_text(conn, now, text.as_str(), out));
+                Some(Ok(Message::Text(text))) => match transport.decode_text(text.as_str()) {
+                    Ok(json) => shared.with_gateway(|g, now, out| g.receive_text(conn, now, &json, out)),
+                    Err(error) => {
+                        tracing::debug!(conn, %error, "undecodable frame");
+                        shared.with_gateway(|g, now, out| g.receive_binary(conn, now, out));
+                    }
+                },
+                // The size limit applies to what the client sent, not to its JSON rendering.
+                Some(Ok(Message::Binary(bytes))) if bytes.len() > MAX_CLIENT_PAYLOAD => {
+                    shared.with_gateway(|g, now, out| g.receive_too_large(conn, now, out));
                 }
-                Some(Ok(Message::Binary(_))) => shared.with_gateway(|g, now, out| g.receive_binary(conn, now, out)),
+                Some(Ok(Message::Binary(bytes))) => match transport.decode_binary(&bytes) {
+                    Ok(json) => shared.with_gateway(|g, now, out| g.receive_text(conn, now, &json, out)),
+                    Err(error) => {
+                        tracing::debug!(conn, %error, "undecodable frame");
+                        shared.with_gateway(|g, now, out| g.receive_binary(conn, now, out));
+                    }
+                },
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map(|f| f.code);
                     tracing::debug!(conn, ?code, "client closed");
@@ -494,7 +519,7 @@ async fn connection(
             },
             outbound = queue.recv() => {
                 let Some(outbound) = outbound else { break };
-                if !write(&mut socket, outbound, &mut queue).await {
+                if !write(&mut socket, &mut transport, outbound, &mut queue).await {
                     break;
                 }
             }
@@ -510,6 +535,7 @@ async fn connection(
 /// whether the connection goes on.
 async fn write(
     socket: &mut WebSocket,
+    transport: &mut Transport,
     first: Outbound,
     queue: &mut mpsc::UnboundedReceiver<Outbound>,
 ) -> bool {
@@ -517,10 +543,15 @@ async fn write(
     while let Some(outbound) = next.take() {
         match outbound {
             Outbound::Text(text) => {
-                if socket.feed(Message::Text(text.into())).await.is_err() {
+                let message = match transport.encode(&text) {
+                    Frame::Text(text) => Message::Text(text.into()),
+                    Frame::Binary(bytes) => Message::Binary(bytes.into()),
+                };
+                if socket.feed(message).await.is_err() {
                     return false;
                 }
             }
+            Outbound::CompressPayloads => transport.compress_payloads(),
             Outbound::Close(code, reason) => {
                 let frame = CloseFrame {
                     code,

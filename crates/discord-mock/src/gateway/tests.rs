@@ -153,7 +153,7 @@ fn hello_carries_the_interval_in_discords_key_order() {
 }
 
 #[test]
-fn bad_version_closes_4012_and_etf_closes_4002() {
+fn bad_version_closes_4012_and_unknown_encodings_4002() {
     let mut h = Harness::with(|b| b);
     for bad in ["v=8&encoding=json", "v=11", "v=x"] {
         let conn = h.g.open(Duration::ZERO, Some(bad), &mut h.out);
@@ -167,9 +167,19 @@ fn bad_version_closes_4012_and_etf_closes_4002() {
     let frames = h.identify(conn, Duration::ZERO, [0, 1]);
     assert_eq!(frames[0]["t"], "READY", "{frames:?}");
     assert_eq!(frames[0]["d"]["v"], 9);
-    let conn =
-        h.g.open(Duration::ZERO, Some("v=10&encoding=etf"), &mut h.out);
-    assert_eq!(h.closed(conn), Some(4002));
+    // ETF and both transport compressions are spoken (by the I/O layer); others close 4002.
+    for good in [
+        "v=10&encoding=etf",
+        "compress=zlib-stream",
+        "compress=zstd-stream",
+    ] {
+        let conn = h.g.open(Duration::ZERO, Some(good), &mut h.out);
+        assert_eq!(h.closed(conn), None, "{good}");
+    }
+    for bad in ["v=10&encoding=xml", "v=10&compress=gzip"] {
+        let conn = h.g.open(Duration::ZERO, Some(bad), &mut h.out);
+        assert_eq!(h.closed(conn), Some(4002), "{bad}");
+    }
     // serenity sends only `v=10`; no query at all is accepted too.
     let conn = h.g.open(Duration::ZERO, None, &mut h.out);
     assert_eq!(h.closed(conn), None);
