@@ -79,6 +79,16 @@ pub struct MockConfig {
     pub message_limit: RouteLimit,
     /// Limit of every other REST route per top-level resource. Default 30 per second.
     pub route_limit: RouteLimit,
+    /// Whether every bucketed REST response carries `X-RateLimit-Scope: user`, not only 429s.
+    /// Default on.
+    ///
+    /// Discord documents the header on 429 responses only. twilight-http 0.18 reads a response's
+    /// bucket headers only when the scope header is there (`parse_ratelimit_headers` matches on
+    /// it and ignores the others without it): it relies on Discord sending the header on
+    /// successful responses too. Against a server that sends it only on 429s, twilight never
+    /// learns a bucket and meets every limit as a 429. Turn this off to serve exactly what the
+    /// documentation says (a test shows twilight's 429s then).
+    pub scope_on_every_response: bool,
 }
 
 impl Default for MockConfig {
@@ -152,6 +162,7 @@ impl Default for MockConfigBuilder {
                     limit: 30,
                     window: Duration::from_secs(1),
                 },
+                scope_on_every_response: true,
             },
             recommended_shards: None,
             heartbeat_timeout: None,
@@ -217,6 +228,8 @@ impl MockConfigBuilder {
         message_limit: RouteLimit,
         /// See [`MockConfig::route_limit`].
         route_limit: RouteLimit,
+        /// See [`MockConfig::scope_on_every_response`].
+        scope_on_every_response: bool,
     }
 
     /// See [`MockConfig::token`].

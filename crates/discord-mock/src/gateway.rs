@@ -148,6 +148,20 @@ struct Incoming<'a> {
     d: Option<&'a RawValue>,
 }
 
+/// Messages kept per channel for `GET /channels/{id}/messages` (Discord's page holds 100).
+pub const MESSAGE_HISTORY: usize = 100;
+
+/// A message kept for `GET /channels/{id}/messages`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Message id.
+    pub id: u64,
+    /// Author's user id.
+    pub author: u64,
+    /// Content.
+    pub content: String,
+}
+
 /// Most events one tick may produce, so a long pause cannot build an unbounded burst.
 const MAX_EVENTS_PER_TICK: usize = 100_000;
 
@@ -186,6 +200,10 @@ pub struct Gateway {
     wall_base_ms: u64,
     /// The latest time the gateway was told.
     clock: Duration,
+    /// The last snowflake [`Gateway::mint`] made.
+    last_snowflake: u64,
+    /// The newest messages of each channel, oldest first.
+    history: HashMap<u64, VecDeque<StoredMessage>>,
     stats: Stats,
 }
 
@@ -231,6 +249,8 @@ impl Gateway {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .saturating_sub(world::DISCORD_EPOCH_MS),
             clock: Duration::ZERO,
+            last_snowflake: 0,
+            history: HashMap::new(),
             stats: Stats::default(),
             config,
         }
@@ -553,6 +573,34 @@ impl Gateway {
         }
     }
 
+    /// A new snowflake of the gateway's time, greater than every one minted before (event ids,
+    /// messages created over REST), as Discord's ids grow with time.
+    pub fn mint(&mut self) -> u64 {
+        let now_ms = self.wall_base_ms + u64::try_from(self.clock.as_millis()).unwrap_or(0);
+        let id = world::snowflake(now_ms, 0).max(self.last_snowflake + 1);
+        self.last_snowflake = id;
+        id
+    }
+
+    /// Keeps a message for `GET /channels/{id}/messages`: the newest [`MESSAGE_HISTORY`] of each
+    /// channel.
+    pub fn remember(&mut self, channel: u64, id: u64, author: u64, content: String) {
+        let history = self.history.entry(channel).or_default();
+        if history.len() >= MESSAGE_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(StoredMessage {
+            id,
+            author,
+            content,
+        });
+    }
+
+    /// A channel's kept messages, oldest first.
+    pub fn history(&self, channel: u64) -> impl DoubleEndedIterator<Item = &StoredMessage> {
+        self.history.get(&channel).into_iter().flatten()
+    }
+
     /// Starts the event source, optionally at a new rate (events per guild per second).
     ///
     /// A rate that is not finite, is negative, or would make more than
@@ -586,8 +634,7 @@ impl Gateway {
         self.confirmations.push(0);
         self.fates.push(0);
         self.stats.events_produced += 1;
-        let now_ms = self.wall_base_ms + u64::try_from(self.clock.as_millis()).unwrap_or(0);
-        let id = world::snowflake(now_ms, n);
+        let id = self.mint();
         self.event_ids.push(id);
         let every = u64::from(self.config.member_add_every);
         let guild = &self.world.guilds[guild_index];
@@ -607,8 +654,9 @@ impl Gateway {
             let channel = guild.channels[n as usize % guild.text_channels.max(1)];
             let author_id = guild.members[1 + n as usize % (guild.members.len() - 1).max(1)];
             let author = self.world.user(author_id).unwrap_or_else(World::bot_user);
-            let d =
-                world::message_json(id, Some(guild_id), channel, &author, &format!("event {n}"));
+            let content = format!("event {n}");
+            let d = world::message_json(id, Some(guild_id), channel, &author, &content);
+            self.remember(channel, id, author_id, content);
             ("MESSAGE_CREATE", d, intents::GUILD_MESSAGES)
         };
         let sessions = self.sessions_for_guild(guild_id);
@@ -1426,7 +1474,7 @@ impl Gateway {
 
 /// A message as a session without `MESSAGE_CONTENT` receives it, unless it mentions the bot or
 /// is a DM (Gateway › Gateway Intents › Message Content Intent).
-fn without_content(message: &Value) -> Value {
+pub(crate) fn without_content(message: &Value) -> Value {
     let mentions_bot = message["mentions"].as_array().is_some_and(|m| {
         m.iter()
             .any(|u| u["id"].as_str() == Some(&BOT_USER_ID.to_string()))

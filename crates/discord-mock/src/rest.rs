@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::config::RouteLimit;
 use crate::gateway::Gateway;
+use crate::protocol::intents;
 use crate::stats::Violation;
 use crate::world::{self, World};
 
@@ -137,6 +138,7 @@ enum Route {
     GuildMembers(u64),
     Channel(u64),
     Member(u64, u64),
+    ChannelMessages(u64),
     CreateMessage(u64),
 }
 
@@ -160,6 +162,9 @@ impl Route {
             ["guilds", guild, "members"] => Self::GuildMembers(id(guild)?),
             ["channels", channel] => Self::Channel(id(channel)?),
             ["guilds", guild, "members", user] => Self::Member(id(guild)?, id(user)?),
+            ["channels", channel, "messages"] if method == "GET" => {
+                Self::ChannelMessages(id(channel)?)
+            }
             ["channels", channel, "messages"] => Self::CreateMessage(id(channel)?),
             _ => return Err(not_found()),
         };
@@ -188,6 +193,7 @@ impl Route {
             Self::GuildChannels(g) => (format!("guilds/{g}/channels"), "b7c6d5e4f3a2"),
             Self::GuildRoles(g) => (format!("guilds/{g}/roles"), "c8d7e6f5a4b3"),
             Self::Channel(c) => (format!("channels/{c}"), "f0a9b8c7d6e5"),
+            Self::ChannelMessages(c) => (format!("channels/{c}/messages GET"), "a1b2c3d4e5f6"),
             // Listing members and getting one share Discord's bucket.
             Self::GuildMembers(g) | Self::Member(g, _) => {
                 (format!("guilds/{g}/members"), "a9b8c7d6e5f4")
@@ -282,11 +288,19 @@ pub fn handle(
             response
                 .headers
                 .extend(bucket_headers(limiter, &key, bucket_id, now, unix_now));
+            response
+                .headers
+                .push(("x-ratelimit-scope", "user".to_owned()));
             return response;
         }
     }
     let mut response = serve(gateway, now, &route, &request);
     response.headers = bucket_headers(limiter, &key, bucket_id, now, unix_now);
+    if gateway.config().scope_on_every_response && !response.headers.is_empty() {
+        response
+            .headers
+            .push(("x-ratelimit-scope", "user".to_owned()));
+    }
     response
 }
 
@@ -339,9 +353,6 @@ fn bucket_headers(
         ),
         ("x-ratelimit-reset-after", format!("{reset_after:.3}")),
         ("x-ratelimit-bucket", bucket_id.to_owned()),
-        // Sent on every bucketed response, not only on 429s: twilight-http 0.18 learns a bucket
-        // only from responses that carry it.
-        ("x-ratelimit-scope", "user".to_owned()),
     ]
 }
 
@@ -452,8 +463,77 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, request: &Request<
                 |m| Response::json(200, m),
             ),
         },
+        Route::ChannelMessages(channel) => channel_messages(gateway, channel, request.query),
         Route::CreateMessage(channel) => create_message(gateway, channel, body),
     }
+}
+
+/// `GET /channels/{id}/messages`: newest first, `limit` 1 to 100 (50 when absent), and at most
+/// one of `around`, `before` and `after` (Discord takes them in that order). Only the
+/// [`MESSAGE_HISTORY`](crate::gateway::MESSAGE_HISTORY) newest of a channel are kept. Without
+/// `MESSAGE_CONTENT` enabled for the application, content comes blank, as it does from Discord.
+fn channel_messages(gateway: &Gateway, channel: u64, query: Option<&str>) -> Response {
+    let world = gateway.world();
+    let Some(guild) = world.guild_of_channel(channel).map(|g| g.id) else {
+        return Response::error(404, "Unknown Channel", 10003);
+    };
+    let mut limit: usize = 50;
+    let (mut around, mut before, mut after) = (None, None, None);
+    for pair in query.unwrap_or("").split('&') {
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        let id = value.parse::<u64>().ok();
+        match key {
+            "limit" => limit = value.parse().unwrap_or(50),
+            "around" => around = id,
+            "before" => before = id,
+            "after" => after = id,
+            _ => {}
+        }
+    }
+    if !(1..=100).contains(&limit) {
+        return Response::json(
+            400,
+            json!({"message": "Invalid Form Body", "code": 50035, "errors": {"limit": {"_errors": [
+                {"code": "NUMBER_TYPE_MAX", "message": "int value should be less than or equal to 100."}
+            ]}}}),
+        );
+    }
+    let kept: Vec<_> = gateway.history(channel).collect();
+    let page: Vec<_> = if let Some(around) = around {
+        // Half before (and the message itself), half after.
+        let split = kept.partition_point(|m| m.id <= around);
+        let start = split.saturating_sub(limit.div_ceil(2));
+        let end = (start + limit).min(kept.len());
+        kept[start..end].iter().rev().collect()
+    } else if let Some(before) = before {
+        kept.iter()
+            .rev()
+            .filter(|m| m.id < before)
+            .take(limit)
+            .collect()
+    } else if let Some(after) = after {
+        let mut page: Vec<_> = kept.iter().filter(|m| m.id > after).take(limit).collect();
+        page.reverse();
+        page
+    } else {
+        kept.iter().rev().take(limit).collect()
+    };
+    let content = gateway.config().privileged_intents & intents::MESSAGE_CONTENT != 0;
+    let messages: Vec<Value> = page
+        .into_iter()
+        .map(|m| {
+            let author = world.user(m.author).unwrap_or_else(World::bot_user);
+            let message = world::message_json(m.id, Some(guild), channel, &author, &m.content);
+            if content {
+                message
+            } else {
+                crate::gateway::without_content(&message)
+            }
+        })
+        .collect();
+    Response::json(200, Value::Array(messages))
 }
 
 fn create_message(gateway: &mut Gateway, channel: u64, body: &[u8]) -> Response {
@@ -478,18 +558,13 @@ fn create_message(gateway: &mut Gateway, channel: u64, body: &[u8]) -> Response 
             ]}}}),
         );
     }
-    let n = gateway.record(|s| {
+    gateway.record(|s| {
         s.messages_created += 1;
         *s.messages_per_channel.entry(channel).or_default() += 1;
-        s.messages_created
     });
-    let message = world::message_json(
-        world::rest_message_id(n),
-        Some(guild),
-        channel,
-        &World::bot_user(),
-        content,
-    );
+    let id = gateway.mint();
+    gateway.remember(channel, id, world::BOT_USER_ID, content.to_owned());
+    let message = world::message_json(id, Some(guild), channel, &World::bot_user(), content);
     Response::json(200, message)
 }
 
@@ -794,5 +869,98 @@ mod tests {
         assert_eq!(r.status, 200);
         assert_eq!(r.body["content"], "ok");
         assert_eq!(r.body["channel_id"], json!(channel.to_string()));
+    }
+
+    #[test]
+    fn channel_messages_page_newest_first_around_before_and_after() {
+        let config = MockConfig::builder()
+            .guilds(1)
+            .channels_per_guild(1)
+            .member_add_every(0)
+            .build();
+        let (mut g, mut l) = setup(config);
+        let channel = g.world().guilds[0].channels[0];
+        let mut out = Vec::new();
+        let mut ids: Vec<u64> = (0..5).map(|_| g.produce_event(0, &mut out)).collect();
+        let path = format!("/channels/{channel}/messages");
+        let sent = call(
+            &mut g,
+            &mut l,
+            Duration::ZERO,
+            Request {
+                method: "POST",
+                path: &path,
+                query: None,
+                authorization: AUTH,
+                body: br#"{"content":"mine"}"#,
+            },
+        );
+        ids.push(sent.body["id"].as_str().unwrap().parse().unwrap());
+        let list = |g: &mut Gateway, l: &mut RestLimiter, query: &str| -> Vec<u64> {
+            let r = call(
+                g,
+                l,
+                Duration::ZERO,
+                Request {
+                    query: Some(query),
+                    ..get(&path, AUTH)
+                },
+            );
+            assert_eq!(r.status, 200, "{query}: {}", r.body);
+            r.body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().parse().unwrap())
+                .collect()
+        };
+        let newest_first: Vec<u64> = ids.iter().rev().copied().collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids grow with time: {ids:?}"
+        );
+        assert_eq!(list(&mut g, &mut l, ""), newest_first);
+        assert_eq!(list(&mut g, &mut l, "limit=2"), newest_first[..2]);
+        let before = format!("before={}&limit=2", ids[3]);
+        assert_eq!(list(&mut g, &mut l, &before), vec![ids[2], ids[1]]);
+        let after = format!("after={}&limit=2", ids[1]);
+        assert_eq!(list(&mut g, &mut l, &after), vec![ids[3], ids[2]]);
+        let around = format!("around={}&limit=3", ids[2]);
+        assert_eq!(list(&mut g, &mut l, &around), vec![ids[3], ids[2], ids[1]]);
+        let r = call(
+            &mut g,
+            &mut l,
+            Duration::ZERO,
+            Request {
+                query: Some("limit=101"),
+                ..get(&path, AUTH)
+            },
+        );
+        assert_eq!((r.status, &r.body["code"]), (400, &json!(50035)));
+        let r = call(
+            &mut g,
+            &mut l,
+            Duration::ZERO,
+            get("/channels/42/messages", AUTH),
+        );
+        assert_eq!((r.status, &r.body["code"]), (404, &json!(10003)));
+        let r = call(&mut g, &mut l, Duration::ZERO, get(&path, AUTH));
+        assert_eq!(r.body[0]["content"], "mine");
+        assert_eq!(r.body[1]["content"], "event 4");
+    }
+
+    #[test]
+    fn channel_messages_come_blank_without_the_message_content_intent() {
+        let config = MockConfig::builder()
+            .guilds(1)
+            .member_add_every(0)
+            .privileged_intents(intents::GUILD_MEMBERS)
+            .build();
+        let (mut g, mut l) = setup(config);
+        let channel = g.world().guilds[0].channels[0];
+        g.produce_event(0, &mut Vec::new());
+        let path = format!("/channels/{channel}/messages");
+        let r = call(&mut g, &mut l, Duration::ZERO, get(&path, AUTH));
+        assert_eq!(r.body[0]["content"], "");
     }
 }

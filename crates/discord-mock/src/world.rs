@@ -22,9 +22,6 @@ const CHANNEL_BASE: u64 = GUILD_BASE + 10_000_000_000;
 /// Member user snowflakes start here.
 const USER_BASE: u64 = GUILD_BASE + 20_000_000_000;
 
-/// Messages created over REST get snowflakes from here.
-const REST_MESSAGE_BASE: u64 = GUILD_BASE + 40_000_000_000;
-
 /// The bot's own user id (and application id).
 pub const BOT_USER_ID: u64 = (GUILD_BASE - 1_000_000) << 22;
 
@@ -40,17 +37,11 @@ pub const fn shard_for_guild(guild_id: u64, num_shards: u32) -> u32 {
     ((guild_id >> 22) % num_shards as u64) as u32
 }
 
-/// The snowflake of the `n`-th produced event (its message id, or the joining user's id), made `ms` after Discord's epoch: its time is `ms`, and
-/// its low 22 bits (worker, process, increment) are `n`'s.
+/// A snowflake made `ms` after Discord's epoch, with `low` in its low 22 bits (worker, process,
+/// increment).
 #[must_use]
-pub const fn snowflake(ms: u64, n: u64) -> u64 {
-    (ms << 22) | (n & 0x3F_FFFF)
-}
-
-/// Id of the `n`-th message created over REST.
-#[must_use]
-pub const fn rest_message_id(n: u64) -> u64 {
-    (REST_MESSAGE_BASE << 22) + n
+pub const fn snowflake(ms: u64, low: u64) -> u64 {
+    (ms << 22) | (low & 0x3F_FFFF)
 }
 
 /// One guild of the world.

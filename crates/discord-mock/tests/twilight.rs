@@ -340,3 +340,41 @@ async fn twilight_http_reads_the_rest_routes_and_obeys_their_limits() {
     assert_eq!(stats.messages_created, 12);
     assert_eq!(stats.rest_429s, 0, "the headers announced every limit");
 }
+
+/// With `X-RateLimit-Scope` on 429s only, as Discord documents it, twilight-http 0.18 learns no
+/// bucket from successful responses and runs into the limit (it waits and retries on the 429):
+/// why the mock sends the header on every response by default.
+#[tokio::test]
+async fn twilight_http_needs_the_scope_header_on_successful_responses() {
+    install_crypto();
+    let mut rest_429s = Vec::new();
+    for on_every_response in [true, false] {
+        let mock = MockDiscord::start(
+            MockConfig::builder()
+                .guilds(1)
+                .message_limit(RouteLimit {
+                    limit: 2,
+                    window: Duration::from_millis(500),
+                })
+                .scope_on_every_response(on_every_response)
+                .build(),
+        )
+        .await
+        .unwrap();
+        let http = twilight_http::Client::builder()
+            .proxy(mock.addr().to_string(), true)
+            .token(format!("Bot {TOKEN}"))
+            .build();
+        let channel = Id::new(mock.guild(mock.guild_ids()[0]).unwrap().text_channels[0]);
+        for _ in 0..3 {
+            http.create_message(channel).content("m").await.unwrap();
+        }
+        assert_eq!(mock.stats().messages_created, 3);
+        rest_429s.push(mock.stats().rest_429s);
+    }
+    assert_eq!(
+        rest_429s,
+        vec![0, 1],
+        "429s with the header on every response, and without"
+    );
+}
