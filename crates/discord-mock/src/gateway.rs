@@ -3,7 +3,7 @@
 //!
 //! It holds no socket and reads no clock: `now` is the time since the mock started, given by the
 //! caller, so every close-code rule is unit-tested with fake time. The server layer
-//! ([`crate::server`]) turns websocket messages into calls here and carries out the actions.
+//! (the private `server` module) turns websocket messages into calls here and carries out the actions.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};

@@ -13,9 +13,12 @@
 //!
 //! [`MockDiscord`] is the thin I/O layer around them: an axum server on `127.0.0.1` that serves
 //! the gateway at `/` (and `/resume`, the advertised `resume_gateway_url`), REST under `/api/v10`
-//! (and `/api/v9`),
-//! and control routes under `/_mock/`. It speaks uncompressed JSON text frames, which stock
-//! twilight and serenity clients accept whatever compression they ask for.
+//! (and `/api/v9`), and control routes under `/_mock/`. The core speaks JSON; each connection's
+//! [`transport::Transport`] (also sans I/O) turns it into what the client asked for: ETF
+//! ([`etf`]), zlib-stream, zstd-stream or per-payload zlib, and decodes the client's frames.
+//!
+//! Dispatches are filtered by the session's intents as Discord filters them, so a bot's intent
+//! bugs show here as they would in production.
 //!
 //! The world is generated from [`MockConfig`]: `guilds` guilds whose snowflakes spread evenly over
 //! any shard total, each with channels, roles and members, so client caches fill. `READY` lists

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use discord_mock::{CloseCode, MockConfig, MockDiscord};
 
-/// A faithful local Discord (gateway v10 and REST) on loopback. Defaults are Discord's real
+/// A faithful local Discord (gateway v10 and v9, JSON or ETF, compressed or not, and REST) on loopback. Defaults are Discord's real
 /// figures; shrink the intervals for tests.
 #[derive(Debug, Parser)]
 #[command(name = "discord-mock", version)]
@@ -54,6 +54,10 @@ struct Args {
     /// Deny the privileged intents (identify with them fails with 4014).
     #[arg(long)]
     no_privileged_intents: bool,
+    /// Send X-RateLimit-Scope on 429 responses only, as Discord documents it (twilight-http 0.18
+    /// then learns no bucket from successful responses).
+    #[arg(long)]
+    scope_on_429_only: bool,
     /// Members per guild besides the bot.
     #[arg(long, default_value_t = 4)]
     members_per_guild: usize,
@@ -95,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .resume_timeout(Duration::from_millis(args.resume_timeout_ms))
         .max_guilds_per_shard(args.max_guilds_per_shard)
         .large_bot_sharding(args.large_bot)
+        .scope_on_every_response(!args.scope_on_429_only)
         .members_per_guild(args.members_per_guild)
         .zombie_close_code(zombie_close_code);
     if let Some(shards) = args.recommended_shards {
