@@ -704,8 +704,22 @@ impl<W: ClusterWorker> Shards for SerenityShards<W> {
     fn close(&mut self, grace: std::time::Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let managers = std::mem::take(&mut self.managers);
+            if let Some(o) = &self.options {
+                o.gate.retire();
+            }
             let closing = futures::future::join_all(managers.iter().map(|m| m.shutdown_all()));
             let _ = tokio::time::timeout(grace, closing).await;
+            // What serenity did not close in time is ended at the gateway all the same.
+            if let Some(o) = &self.options {
+                let left = o.gate.end_all();
+                if left > 0 {
+                    tracing::warn!(target: "fleet::shard", sessions = left, "serenity did not close every shard in time; the relay ended them");
+                }
+                // The process may exit right after: let the relay's close frames go out first.
+                if !o.gate.settled(std::time::Duration::from_secs(1)).await {
+                    tracing::warn!(target: "fleet::shard", "the relay's gateway connections did not close within 1 s");
+                }
+            }
         })
     }
 

@@ -77,7 +77,13 @@ struct Known {
     resume_url: Option<String>,
 }
 
-type CutRequest = oneshot::Sender<Option<Cut>>;
+/// What a live connection is told to do with its upstream session.
+enum CutRequest {
+    /// Cut it where it stands and answer where it stood (a handover).
+    Cut(oneshot::Sender<Option<Cut>>),
+    /// End it at the gateway with 1000 (a retiring cluster whose client did not close it).
+    End,
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -88,6 +94,10 @@ struct State {
     known: HashMap<String, Known>,
     /// After a handover no connection reaches the gateway.
     handed_over: bool,
+    /// The cluster is retiring: a connection that ends now ends its session at the gateway.
+    retiring: bool,
+    /// Connections relayed to the gateway that have not finished closing.
+    open: usize,
     /// Shards whose handed-over session was resumed and whose READY serenity was shown.
     took_over: std::collections::HashSet<u32>,
     next_conn: u64,
@@ -107,6 +117,8 @@ struct Shared {
     standby: bool,
     /// A reshard's switch time, once told.
     cut: carrier::cluster::SwitchTime,
+    /// Rung when a relayed connection has finished closing.
+    closed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -159,6 +171,7 @@ impl Gate {
             deactivated: std::sync::atomic::AtomicBool::new(false),
             standby,
             cut: carrier::cluster::SwitchTime::default(),
+            closed: tokio::sync::Notify::new(),
         });
         let accepting = shared.clone();
         tokio::spawn(async move {
@@ -202,6 +215,45 @@ impl Gate {
         self.shared.state().took_over.remove(&shard)
     }
 
+    /// The cluster retires: from now on a connection that ends (serenity closing a shard, or
+    /// dropping it) ends its session at the gateway with 1000, instead of leaving it resumable
+    /// for a resume that will never come.
+    pub(crate) fn retire(&self) {
+        self.shared.state().retiring = true;
+    }
+
+    /// Waits, for at most `within`, until every relayed connection has finished closing, so a
+    /// process that exits next leaves none of its close frames unsent. Returns whether they all
+    /// finished.
+    pub(crate) async fn settled(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, async {
+            loop {
+                let closed = self.shared.closed.notified();
+                if self.shared.state().open == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Ends, with 1000 at the gateway, every session a connection still holds: for a cluster that
+    /// retires and whose serenity shards did not close in time, so the gateway keeps no session
+    /// of it resumable (and routes it no events) after it exits. Returns how many were told.
+    pub(crate) fn end_all(&self) -> usize {
+        let orders: Vec<_> = {
+            let mut state = self.shared.state();
+            state.retiring = true;
+            state.live.drain().map(|(_, (_, tx))| tx).collect()
+        };
+        orders
+            .into_iter()
+            .filter(|tx| tx.send(CutRequest::End).is_ok())
+            .count()
+    }
+
     /// Cuts every shard's connection where it stands (see the module's docs) and returns where
     /// each session stood; a connection that does not answer within `within` is left out.
     pub(crate) async fn cut_all(&self, within: Duration) -> Vec<Cut> {
@@ -212,7 +264,7 @@ impl Gate {
         };
         let answers = requests.into_iter().map(|tx| async move {
             let (reply, answer) = oneshot::channel();
-            tx.send(reply).ok()?;
+            tx.send(CutRequest::Cut(reply)).ok()?;
             tokio::time::timeout(within, answer).await.ok()?.ok()?
         });
         futures::future::join_all(answers)
@@ -271,6 +323,7 @@ async fn relay(stream: TcpStream, shared: Arc<Shared>) {
     let conn = {
         let mut state = shared.state();
         state.next_conn += 1;
+        state.open += 1;
         state.next_conn
     };
     let mut connection = Connection {
@@ -290,6 +343,9 @@ async fn relay(stream: TcpStream, shared: Arc<Shared>) {
     {
         state.live.remove(&known.shard);
     }
+    state.open -= 1;
+    drop(state);
+    shared.closed.notify_waiters();
 }
 
 /// One serenity shard connection and the gateway connection it is relayed to.
@@ -378,7 +434,16 @@ impl Connection {
                         }
                     }
                 }
-                Some(reply) = cut_rx.recv() => {
+                Some(order) = cut_rx.recv() => {
+                    let CutRequest::Cut(reply) = order else {
+                        let frame = CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: "retired".into(),
+                        };
+                        let _ = server_tx.send(Message::Close(Some(frame))).await;
+                        let _ = client_tx.close().await;
+                        return;
+                    };
                     let cut = self.session.as_ref().map(|known| Cut {
                         shard: known.shard,
                         session_id: known.id.clone(),
@@ -398,6 +463,13 @@ impl Connection {
                     return;
                 }
             }
+        }
+        if self.shared.state().retiring {
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "retired".into(),
+            };
+            let _ = server_tx.send(Message::Close(Some(frame))).await;
         }
         let _ = server_tx.close().await;
         let _ = client_tx.close().await;
