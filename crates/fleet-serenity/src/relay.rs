@@ -131,6 +131,12 @@ impl Shared {
         }
     }
 
+    /// Whether a dispatch that creates something, and is not admitted, waits for the switch
+    /// time: a standby generation's, before the time is known.
+    fn holds(&self) -> bool {
+        self.standby && self.cut.ours(0).is_none()
+    }
+
     /// Whether dispatches need reading for what they create.
     fn splitting(&self) -> bool {
         self.standby || self.cut.ours(0).is_some()
@@ -370,7 +376,10 @@ impl Connection {
         let (mut server_tx, mut server_rx) = server.split();
         let mut grant: Option<Grant> = None;
         let mut held: VecDeque<Message> = VecDeque::new();
-        loop {
+        // A standby generation's dispatches that create something, until the switch time is
+        // known (see `ShardReporter::placement`).
+        let mut held_for_cut: carrier::cluster::Held<Message> = carrier::cluster::Held::default();
+        'relay: loop {
             tokio::select! {
                 from_server = server_rx.next() => {
                     let Some(Ok(message)) = from_server else { break };
@@ -379,9 +388,20 @@ impl Connection {
                         Message::Text(text) => self.follow(text),
                         _ => Frame::Other,
                     };
+                    // What was held for the switch time goes first, once it is known.
+                    if !held_for_cut.is_empty() && self.shared.cut.ours(0).is_some() {
+                        for message in held_for_cut.release_with(|id| self.shared.admits(Some(id))) {
+                            if client_tx.send(message).await.is_err() {
+                                break 'relay;
+                            }
+                        }
+                    }
                     if let Frame::Dispatch { created } = frame
                         && !self.shared.admits(created)
                     {
+                        if let Some(created) = created.filter(|_| self.shared.holds()) {
+                            held_for_cut.hold(created, message);
+                        }
                         continue;
                     }
                     if client_tx.send(message).await.is_err() || closing {

@@ -82,7 +82,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use carrier::cluster::{ClusterLink, ShardReporter, Shards};
+use carrier::cluster::{ClusterLink, Held, Placement, ShardReporter, Shards};
 use carrier::ipc::proto::ShardSession;
 pub use carrier::worker::BoxError;
 use carrier::worker::start_cluster_worker;
@@ -906,6 +906,7 @@ async fn drive_shard<W: ClusterWorker>(
         mut restored,
     } = cluster;
     let mut warm = *restored.borrow();
+    let mut held: Held<Event> = Held::default();
     let id = shard.id();
     let number = id.number();
     let flags = event_types
@@ -964,9 +965,17 @@ async fn drive_shard<W: ClusterWorker>(
         }
         cache.update(&event);
         let closed = matches!(event, Event::GatewayClose(_));
-        if event_types.contains(EventTypeFlags::from(event.kind()))
-            && reporter.admits(created(&event))
-        {
+        // What a standby cluster held comes first, once it may go to user code.
+        let mut due = held.release(&reporter);
+        if event_types.contains(EventTypeFlags::from(event.kind())) {
+            let created = created(&event);
+            match (reporter.placement(created), created) {
+                (Placement::Handle, _) => due.push(event),
+                (Placement::Hold, Some(created)) => held.hold(created, event),
+                _ => {}
+            }
+        }
+        for event in due {
             // A panic costs this event only: the shard goes on with the next one.
             let kind = event.kind();
             if let Err(panicked) = carrier::panics::catch(worker.handle_event(id, event)).await {

@@ -277,11 +277,17 @@ impl ShardReporter {
     /// other event follows [`is_live`](Self::is_live).
     #[must_use]
     pub fn admits(&self, created: Option<u64>) -> bool {
-        match created.and_then(|id| self.cut.ours(id)) {
-            // The new generation takes its share only once live.
-            Some(ours) => ours && (self.cut.is_old() || self.is_live()),
-            None => self.is_live(),
-        }
+        admitted(&self.cut, self.is_live(), created)
+    }
+
+    /// Where an event goes now: to the worker, nowhere, or held ([`Placement`]). Like
+    /// [`admits`](Self::admits), except that a standby cluster holds what creates something
+    /// until it knows the switch time and is live, instead of dropping it: the switch time is
+    /// chosen a moment ahead, but the admiral's word may reach this process after the events it
+    /// splits do, and dropping them then would leave them to neither generation.
+    #[must_use]
+    pub fn placement(&self, created: Option<u64>) -> Placement {
+        placed(&self.cut, self.is_live(), created)
     }
 
     /// Sets a reshard's switch time.
@@ -317,6 +323,105 @@ impl ShardReporter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+}
+
+/// [`ShardReporter::admits`] for a cluster whose switch time is `cut` and that is `live` or not.
+fn admitted(cut: &SwitchTime, live: bool, created: Option<u64>) -> bool {
+    match created.and_then(|id| cut.ours(id)) {
+        // The new generation takes its share only once live.
+        Some(ours) => ours && (cut.is_old() || live),
+        None => live,
+    }
+}
+
+/// [`ShardReporter::placement`], likewise.
+fn placed(cut: &SwitchTime, live: bool, created: Option<u64>) -> Placement {
+    if admitted(cut, live, created) {
+        return Placement::Handle;
+    }
+    let waiting = created.is_some()
+        && !cut.is_old()
+        && !live
+        && created.and_then(|id| cut.ours(id)) != Some(false);
+    if waiting {
+        Placement::Hold
+    } else {
+        Placement::Skip
+    }
+}
+
+/// Where an event goes ([`ShardReporter::placement`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// To the worker now.
+    Handle,
+    /// Nowhere: another generation handles it, or a standby cluster only caches it.
+    Skip,
+    /// Into a [`Held`] queue until the cluster is live and knows the switch time.
+    Hold,
+}
+
+/// What a standby cluster holds back ([`Placement::Hold`]) until it can tell which generation's
+/// it is: the events of the last [`Held::WINDOW`], at most [`Held::CAP`] of them, oldest
+/// dropped first (an event older than that was the old generation's anyway). One per shard
+/// task; `T` is whatever the adapter handles (a parsed event, a raw frame).
+#[derive(Debug)]
+pub struct Held<T> {
+    items: std::collections::VecDeque<(std::time::Instant, u64, T)>,
+}
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Self {
+            items: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Held<T> {
+    /// How long an event is held at most.
+    pub const WINDOW: Duration = Duration::from_secs(5);
+    /// How many events one queue holds at most.
+    pub const CAP: usize = 10_000;
+
+    /// Holds an event that creates snowflake `created`.
+    pub fn hold(&mut self, created: u64, item: T) {
+        let now = std::time::Instant::now();
+        while self.items.len() >= Self::CAP
+            || self
+                .items
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) > Self::WINDOW)
+        {
+            self.items.pop_front();
+        }
+        self.items.push_back((now, created, item));
+    }
+
+    /// Whether nothing is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Once `reporter` no longer holds (live, or told it is the old generation): the held events
+    /// it admits, oldest first; the others are dropped. Before that: nothing, and all stay held.
+    pub fn release(&mut self, reporter: &ShardReporter) -> Vec<T> {
+        if self.items.is_empty() || (!reporter.is_live() && !reporter.cut.is_old()) {
+            return Vec::new();
+        }
+        self.release_with(|created| reporter.admits(Some(created)))
+    }
+
+    /// Every held event, oldest first, that `admits` the snowflake it creates; the others are
+    /// dropped. For an adapter that decides by itself when holding ends.
+    pub fn release_with(&mut self, admits: impl Fn(u64) -> bool) -> Vec<T> {
+        self.items
+            .drain(..)
+            .filter(|(_, created, _)| admits(*created))
+            .map(|(_, _, item)| item)
+            .collect()
     }
 }
 
@@ -537,6 +642,47 @@ mod tests {
             );
             assert_eq!(o, ms < at);
         }
+    }
+
+    #[test]
+    fn a_standby_generation_holds_what_it_cannot_place_yet() {
+        let at = 1_800_000_000_000;
+        let (before, after) = (Some(made_at(at - 1)), Some(made_at(at)));
+        let new = SwitchTime::default();
+        // Standby, no switch time yet: what creates something waits, the rest is cache only.
+        assert_eq!(placed(&new, false, after), Placement::Hold);
+        assert_eq!(placed(&new, false, None), Placement::Skip);
+        // Told the time, not yet live: its share waits, the old generation's is dropped.
+        new.set(at, false);
+        assert_eq!(placed(&new, false, after), Placement::Hold);
+        assert_eq!(placed(&new, false, before), Placement::Skip);
+        // Live: its share goes to user code.
+        assert_eq!(placed(&new, true, after), Placement::Handle);
+        assert_eq!(placed(&new, true, before), Placement::Skip);
+        // The old generation never holds: before the time it handles all, then its share.
+        let old = SwitchTime::default();
+        assert_eq!(placed(&old, true, after), Placement::Handle);
+        old.set(at, true);
+        assert_eq!(placed(&old, false, before), Placement::Handle);
+        assert_eq!(placed(&old, false, after), Placement::Skip);
+    }
+
+    #[test]
+    fn held_events_come_out_in_order_and_only_when_admitted() {
+        let mut held = Held::default();
+        for (id, item) in [(1, "a"), (2, "b"), (3, "c")] {
+            held.hold(id, item);
+        }
+        assert!(!held.is_empty());
+        assert_eq!(held.release_with(|id| id != 2), vec!["a", "c"]);
+        assert!(held.is_empty(), "released or dropped, nothing stays");
+        let mut full = Held::default();
+        for id in 0..=Held::<u64>::CAP as u64 {
+            full.hold(id, id);
+        }
+        let kept = full.release_with(|_| true);
+        assert_eq!(kept.len(), Held::<u64>::CAP, "the oldest went first");
+        assert_eq!(kept[0], 1);
     }
 
     #[test]
