@@ -557,17 +557,17 @@ impl Gateway {
     fn produce_due_events(&mut self, now: Duration, out: &mut Vec<Action>) {
         let elapsed = now.saturating_sub(self.events.last);
         self.events.last = now;
-        if !self.events.running || self.world.guilds.is_empty() {
+        if !self.events.running || self.world.guild_count() == 0 {
             return;
         }
         let due = self.events.carry
-            + elapsed.as_secs_f64() * self.events.rate * self.world.guilds.len() as f64;
+            + elapsed.as_secs_f64() * self.events.rate * self.world.guild_count() as f64;
         // The epsilon keeps float error from postponing an event that is due exactly now.
         let whole = (due + 1e-9).floor();
         self.events.carry = (due - whole).max(0.0);
         let whole = (whole as usize).min(MAX_EVENTS_PER_TICK);
         for _ in 0..whole {
-            let guild = self.events.cursor % self.world.guilds.len();
+            let guild = self.events.cursor % self.world.guild_count();
             self.events.cursor = self.events.cursor.wrapping_add(1);
             self.produce_event(guild, out);
         }
@@ -607,7 +607,7 @@ impl Gateway {
     /// [`MAX_EVENTS_PER_SECOND`] over all guilds is refused, and nothing changes.
     pub fn start_events(&mut self, now: Duration, rate: Option<f64>) -> Result<(), ControlError> {
         if let Some(rate) = rate {
-            let guilds = self.world.guilds.len();
+            let guilds = self.world.guild_count();
             let max = MAX_EVENTS_PER_SECOND / guilds.max(1) as f64;
             if !rate.is_finite() || !(0.0..=max).contains(&rate) {
                 return Err(ControlError::EventRate { rate, max, guilds });
@@ -637,7 +637,7 @@ impl Gateway {
         let id = self.mint();
         self.event_ids.push(id);
         let every = u64::from(self.config.member_add_every);
-        let guild = &self.world.guilds[guild_index];
+        let guild = self.world.guild_at(guild_index);
         let guild_id = guild.id;
         let (event, d, needs) = if every > 0 && (n + 1).is_multiple_of(every) {
             let name = format!("joined-{n}");
@@ -651,8 +651,8 @@ impl Gateway {
             member["guild_id"] = Value::String(guild_id.to_string());
             ("GUILD_MEMBER_ADD", member, intents::GUILD_MEMBERS)
         } else {
-            let channel = guild.channels[n as usize % guild.text_channels.max(1)];
-            let author_id = guild.members[1 + n as usize % (guild.members.len() - 1).max(1)];
+            let channel = guild.channel(n as usize % guild.text_channels.max(1));
+            let author_id = guild.member(1 + n as usize % (guild.member_count() - 1).max(1));
             let author = self.world.user(author_id).unwrap_or_else(World::bot_user);
             let content = format!("event {n}");
             let d = world::message_json(id, Some(guild_id), channel, &author, &content);
@@ -1102,11 +1102,9 @@ impl Gateway {
                     .world
                     .guild(guild)
                     .expect("guild ids come from the world");
-                let payload = if intents & intents::GUILD_MEMBERS != 0 {
-                    guild.create_payload.clone()
-                } else {
-                    guild.lean_create_payload.clone()
-                };
+                let payload = self
+                    .world
+                    .create_payload(&guild, intents & intents::GUILD_MEMBERS != 0);
                 self.dispatch(&session_id, "GUILD_CREATE", &payload, None, out);
             }
         }
@@ -1275,9 +1273,8 @@ impl Gateway {
                 .take(100)
                 .filter_map(|id| {
                     let m = guild
-                        .members
-                        .contains(id)
-                        .then(|| self.world.member_json(guild, *id, &joined_at));
+                        .has_member(*id)
+                        .then(|| self.world.member_json(&guild, *id, &joined_at));
                     if m.is_none() {
                         not_found.push(id.to_string());
                     }
@@ -1292,15 +1289,14 @@ impl Gateway {
                 limit.clamp(1, 100)
             };
             guild
-                .members
-                .iter()
+                .member_ids()
                 .filter(|id| {
                     self.world
-                        .username(**id)
+                        .username(*id)
                         .is_some_and(|n| n.starts_with(prefix))
                 })
                 .take(cap)
-                .map(|id| self.world.member_json(guild, *id, &joined_at))
+                .map(|id| self.world.member_json(&guild, id, &joined_at))
                 .collect()
         };
         self.stats.member_requests += 1;

@@ -391,7 +391,7 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, request: &Request<
                 "bot_require_code_grant": false,
                 "verify_key": "0".repeat(64),
                 "flags": 0,
-                "approximate_guild_count": world.guilds.len(),
+                "approximate_guild_count": world.guild_count(),
                 "team": null,
                 "owner": world::user_json(world::BOT_USER_ID + 1, "mock-owner"),
                 "bot": World::bot_user(),
@@ -403,17 +403,15 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, request: &Request<
         ),
         Route::Guild(id) => world.guild(id).map_or_else(
             || Response::error(404, "Unknown Guild", 10004),
-            |g| Response::json(200, world.guild_json(g)),
+            |g| Response::json(200, world.guild_json(&g)),
         ),
         Route::CurrentUserGuilds => {
             let (limit, after) = page(request.query, 200, 200);
             let guilds: Vec<Value> = world
-                .guilds
-                .iter()
-                .filter(|g| g.id > after)
+                .guilds_after(after)
                 .take(limit)
                 .map(|g| {
-                    let full = world.guild_json(g);
+                    let full = world.guild_json(&g);
                     json!({
                         "id": full["id"],
                         "name": full["name"],
@@ -431,26 +429,26 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, request: &Request<
         Route::CurrentUserChannels => Response::json(200, json!([])),
         Route::GuildRoles(id) => world.guild(id).map_or_else(
             || Response::error(404, "Unknown Guild", 10004),
-            |g| Response::json(200, world.guild_json(g)["roles"].clone()),
+            |g| Response::json(200, world.guild_json(&g)["roles"].clone()),
         ),
         Route::GuildMembers(id) => match world.guild(id) {
             None => Response::error(404, "Unknown Guild", 10004),
             Some(g) => {
                 let (limit, after) = page(request.query, 1, 1000);
-                let mut users = g.members.clone();
+                let mut users: Vec<u64> = g.member_ids().collect();
                 users.sort_unstable();
                 let members: Vec<Value> = users
                     .into_iter()
                     .filter(|u| *u > after)
                     .take(limit)
-                    .filter_map(|u| world.member(g, u))
+                    .filter_map(|u| world.member(&g, u))
                     .collect();
                 Response::json(200, Value::Array(members))
             }
         },
         Route::GuildChannels(id) => world.guild(id).map_or_else(
             || Response::error(404, "Unknown Guild", 10004),
-            |g| Response::json(200, world.guild_channels(g)),
+            |g| Response::json(200, world.guild_channels(&g)),
         ),
         Route::Channel(id) => world.channel(id).map_or_else(
             || Response::error(404, "Unknown Channel", 10003),
@@ -458,7 +456,7 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, request: &Request<
         ),
         Route::Member(guild, user) => match world.guild(guild) {
             None => Response::error(404, "Unknown Guild", 10004),
-            Some(g) => world.member(g, user).map_or_else(
+            Some(g) => world.member(&g, user).map_or_else(
                 || Response::error(404, "Unknown Member", 10007),
                 |m| Response::json(200, m),
             ),
@@ -624,9 +622,9 @@ mod tests {
     #[test]
     fn lookups_find_world_objects_and_miss_with_discord_codes() {
         let (mut g, mut l) = setup(MockConfig::builder().guilds(3).build());
-        let guild = g.world().guilds[1].id;
-        let channel = g.world().guilds[1].channels[0];
-        let member = g.world().guilds[1].members[1];
+        let guild = g.world().guild_at(1).id;
+        let channel = g.world().guild_at(1).channel(0);
+        let member = g.world().guild_at(1).member(1);
         let now = Duration::ZERO;
         let r = call(&mut g, &mut l, now, get(&format!("/guilds/{guild}"), AUTH));
         assert_eq!(
@@ -654,7 +652,7 @@ mod tests {
             get(&format!("/guilds/{guild}/channels"), AUTH),
         );
         let listed = r.body.as_array().expect("a channel list");
-        assert_eq!(listed.len(), g.world().guilds[1].channels.len());
+        assert_eq!(listed.len(), g.world().guild_at(1).channel_count());
         assert_eq!(listed[0]["id"], json!(channel.to_string()));
         assert_eq!(listed[0]["guild_id"], json!(guild.to_string()));
         let r = call(&mut g, &mut l, now, get("/guilds/1/channels", AUTH));
@@ -696,7 +694,7 @@ mod tests {
             (200, json!(world::BOT_USER_ID.to_string()))
         );
         // The bot's guilds, paged by id.
-        let ids: Vec<u64> = g.world().guilds.iter().map(|g| g.id).collect();
+        let ids: Vec<u64> = g.world().guilds().map(|g| g.id).collect();
         let r = call(&mut g, &mut l, now, with("/users/@me/guilds", None));
         let listed = r.body.as_array().unwrap();
         assert_eq!(listed.len(), 5);
@@ -717,7 +715,7 @@ mod tests {
         let members = format!("/guilds/{guild}/members");
         let r = call(&mut g, &mut l, now, with(&members, None));
         assert_eq!(r.body.as_array().unwrap().len(), 1);
-        let everyone = g.world().guilds[0].members.len();
+        let everyone = g.world().guild_at(0).member_count();
         let r = call(&mut g, &mut l, now, with(&members, Some("limit=100000")));
         let all = r.body.as_array().unwrap().clone();
         assert_eq!(all.len(), everyone.min(1000));
@@ -734,7 +732,7 @@ mod tests {
     #[test]
     fn route_bucket_limits_with_headers_then_429_then_resets() {
         let (mut g, mut l) = setup(MockConfig::default());
-        let channel = g.world().guilds[0].channels[0];
+        let channel = g.world().guild_at(0).channel(0);
         let path = format!("/channels/{channel}/messages");
         let post = Request {
             method: "POST",
@@ -775,7 +773,7 @@ mod tests {
     #[test]
     fn global_limit_applies_across_routes() {
         let (mut g, mut l) = setup(MockConfig::builder().guilds(60).build());
-        let ids: Vec<u64> = g.world().guilds.iter().map(|g| g.id).collect();
+        let ids: Vec<u64> = g.world().guilds().map(|g| g.id).collect();
         let now = Duration::from_millis(10);
         for id in &ids[..50] {
             assert_eq!(
@@ -815,7 +813,7 @@ mod tests {
     #[test]
     fn create_message_validates_its_body() {
         let (mut g, mut l) = setup(MockConfig::default());
-        let channel = g.world().guilds[0].channels[0];
+        let channel = g.world().guild_at(0).channel(0);
         let path = format!("/channels/{channel}/messages");
         let post = |body: &'static [u8]| Request {
             method: "POST",
@@ -879,7 +877,7 @@ mod tests {
             .member_add_every(0)
             .build();
         let (mut g, mut l) = setup(config);
-        let channel = g.world().guilds[0].channels[0];
+        let channel = g.world().guild_at(0).channel(0);
         let mut out = Vec::new();
         let mut ids: Vec<u64> = (0..5).map(|_| g.produce_event(0, &mut out)).collect();
         let path = format!("/channels/{channel}/messages");
@@ -957,7 +955,7 @@ mod tests {
             .privileged_intents(intents::GUILD_MEMBERS)
             .build();
         let (mut g, mut l) = setup(config);
-        let channel = g.world().guilds[0].channels[0];
+        let channel = g.world().guild_at(0).channel(0);
         g.produce_event(0, &mut Vec::new());
         let path = format!("/channels/{channel}/messages");
         let r = call(&mut g, &mut l, Duration::ZERO, get(&path, AUTH));

@@ -279,8 +279,7 @@ impl MockDiscord {
             .lock()
             .gateway
             .world()
-            .guilds
-            .iter()
+            .guilds()
             .map(|g| g.id)
             .collect()
     }
@@ -292,9 +291,9 @@ impl MockDiscord {
         let guild = core.gateway.world().guild(id)?;
         Some(GuildFixture {
             id: guild.id,
-            text_channels: guild.channels[..guild.text_channels].to_vec(),
-            channels: guild.channels.clone(),
-            members: guild.members.clone(),
+            text_channels: guild.channel_ids().take(guild.text_channels).collect(),
+            channels: guild.channel_ids().collect(),
+            members: guild.member_ids().collect(),
         })
     }
 
@@ -697,7 +696,7 @@ async fn events_produce(
     Query(query): Query<EventsQuery>,
 ) -> Response {
     let guild = query.guild.unwrap_or(0);
-    let guilds = shared.lock().gateway.world().guilds.len();
+    let guilds = shared.lock().gateway.world().guild_count();
     if guild >= guilds {
         return (
             StatusCode::BAD_REQUEST,

@@ -1,6 +1,7 @@
 //! The bot's world: its user, its guilds with channels, roles and members, and the payloads built
-//! from them. Generated once from the configuration; immutable afterwards except for users that the
-//! event source adds.
+//! from them. Nothing of it is stored but the figures of the configuration and the users the event
+//! source adds: every id follows from a guild's index, and every payload is made when it is sent,
+//! so a million guilds cost no more memory than ten.
 //!
 //! Ids are real snowflakes. Guild `k` has the timestamp `GUILD_BASE + k`, and `GUILD_BASE` is a
 //! multiple of 720 720 (divisible by every number up to 16), so guild `k` lives on shard
@@ -9,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::config::MockConfig;
@@ -44,103 +46,170 @@ pub const fn snowflake(ms: u64, low: u64) -> u64 {
     (ms << 22) | (low & 0x3F_FFFF)
 }
 
-/// One guild of the world.
-#[derive(Debug, Clone)]
+/// One guild of the world: a view computed from its index. The world stores no guild: ids,
+/// channels and members follow from the index, so a million guilds cost no memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Guild {
     /// Guild id.
     pub id: u64,
-    /// Text and voice channel ids; text channels first.
-    pub channels: Vec<u64>,
-    /// Text channels among [`channels`](Self::channels).
+    /// Its place in the world, from 0.
+    pub index: usize,
+    /// Text channels; a voice channel follows them.
     pub text_channels: usize,
-    /// Member user ids, the bot first.
-    pub members: Vec<u64>,
-    /// The full `GUILD_CREATE` payload.
-    pub create_payload: Box<serde_json::value::RawValue>,
-    /// `GUILD_CREATE` as a session without `GUILD_MEMBERS` gets it: the bot is the only member
-    /// listed (`member_count` still counts everyone).
-    pub lean_create_payload: Box<serde_json::value::RawValue>,
+    /// Members besides the bot.
+    others: usize,
+}
+
+impl Guild {
+    /// Text and voice channels.
+    #[must_use]
+    pub const fn channel_count(&self) -> usize {
+        self.text_channels + 1
+    }
+
+    /// The `j`-th channel's id (text channels first).
+    #[must_use]
+    pub const fn channel(&self, j: usize) -> u64 {
+        (CHANNEL_BASE + (self.index * self.channel_count() + j) as u64) << 22
+    }
+
+    /// Every channel id, text channels first.
+    pub fn channel_ids(&self) -> impl Iterator<Item = u64> + use<> {
+        let guild = *self;
+        (0..guild.channel_count()).map(move |j| guild.channel(j))
+    }
+
+    /// Members, the bot included.
+    #[must_use]
+    pub const fn member_count(&self) -> usize {
+        self.others + 1
+    }
+
+    /// The `i`-th member's user id: the bot first.
+    #[must_use]
+    pub const fn member(&self, i: usize) -> u64 {
+        if i == 0 {
+            BOT_USER_ID
+        } else {
+            (USER_BASE + (self.index * self.others + i - 1) as u64) << 22
+        }
+    }
+
+    /// Every member's user id, the bot first.
+    pub fn member_ids(&self) -> impl Iterator<Item = u64> + use<> {
+        let guild = *self;
+        (0..guild.member_count()).map(move |i| guild.member(i))
+    }
+
+    /// Whether `user` is a member.
+    #[must_use]
+    pub fn has_member(&self, user: u64) -> bool {
+        user == BOT_USER_ID || static_user(user, self.others).is_some_and(|(k, _)| k == self.index)
+    }
+}
+
+/// `(guild index, member index)` of a generated member's user id, when `per_guild` members are
+/// generated per guild.
+fn static_user(user: u64, per_guild: usize) -> Option<(usize, usize)> {
+    let n = (user >> 22).checked_sub(USER_BASE)?;
+    if user.trailing_zeros() < 22 || per_guild == 0 {
+        return None;
+    }
+    let n = usize::try_from(n).ok()?;
+    Some((n / per_guild, n % per_guild))
 }
 
 /// Everything the mock knows about the bot's guilds and users.
 #[derive(Debug, Clone)]
 pub struct World {
-    /// Guilds in id order.
-    pub guilds: Vec<Guild>,
-    guild_index: HashMap<u64, usize>,
-    channel_index: HashMap<u64, (usize, usize)>,
-    user_index: HashMap<u64, String>,
+    guilds: usize,
+    channels_per_guild: usize,
+    members_per_guild: usize,
+    /// Users the event source added, by id.
+    joined: HashMap<u64, String>,
+    /// When every generated member joined.
+    joined_at: String,
 }
 
 impl World {
     /// Builds the world a configuration describes.
     #[must_use]
     pub fn new(config: &MockConfig) -> Self {
-        let mut world = Self {
-            guilds: Vec::with_capacity(config.guilds),
-            guild_index: HashMap::new(),
-            channel_index: HashMap::new(),
-            user_index: HashMap::new(),
-        };
-        world
-            .user_index
-            .insert(BOT_USER_ID, "fleet-mock-bot".to_owned());
-        let joined_at = iso8601(SystemTime::now());
-        for k in 0..config.guilds {
-            let id = guild_id(k);
-            let text = config.channels_per_guild;
-            let channels: Vec<u64> = (0..=text)
-                .map(|j| (CHANNEL_BASE + (k * (text + 1) + j) as u64) << 22)
-                .collect();
-            let mut members = vec![BOT_USER_ID];
-            for m in 0..config.members_per_guild {
-                let user = (USER_BASE + (k * config.members_per_guild + m) as u64) << 22;
-                world.user_index.insert(user, format!("user-{k}-{m}"));
-                members.push(user);
-            }
-            for (j, channel) in channels.iter().enumerate() {
-                world.channel_index.insert(*channel, (k, j));
-            }
-            world.guild_index.insert(id, k);
-            let mut guild = Guild {
-                id,
-                channels,
-                text_channels: text,
-                members,
-                create_payload: crate::protocol::raw(&Value::Null),
-                lean_create_payload: crate::protocol::raw(&Value::Null),
-            };
-            let mut create = world.guild_create(&guild, &joined_at);
-            guild.create_payload = crate::protocol::raw(&create);
-            create["members"] = json!([world.member_json(&guild, BOT_USER_ID, &joined_at)]);
-            guild.lean_create_payload = crate::protocol::raw(&create);
-            world.guilds.push(guild);
+        Self {
+            guilds: config.guilds,
+            channels_per_guild: config.channels_per_guild,
+            members_per_guild: config.members_per_guild,
+            joined: HashMap::new(),
+            joined_at: iso8601(SystemTime::now()),
         }
-        world
+    }
+
+    /// How many guilds there are.
+    #[must_use]
+    pub const fn guild_count(&self) -> usize {
+        self.guilds
+    }
+
+    /// The `k`-th guild.
+    ///
+    /// # Panics
+    /// If there is no such guild.
+    #[must_use]
+    pub fn guild_at(&self, k: usize) -> Guild {
+        assert!(k < self.guilds, "guild {k} of {}", self.guilds);
+        Guild {
+            id: guild_id(k),
+            index: k,
+            text_channels: self.channels_per_guild,
+            others: self.members_per_guild,
+        }
+    }
+
+    /// Every guild, in id order.
+    pub fn guilds(&self) -> impl Iterator<Item = Guild> + '_ {
+        (0..self.guilds).map(|k| self.guild_at(k))
     }
 
     /// The guild with this id.
     #[must_use]
-    pub fn guild(&self, id: u64) -> Option<&Guild> {
-        self.guild_index.get(&id).map(|k| &self.guilds[*k])
+    pub fn guild(&self, id: u64) -> Option<Guild> {
+        let k = (id >> 22).checked_sub(GUILD_BASE)?;
+        let k = usize::try_from(k).ok()?;
+        (id.trailing_zeros() >= 22 && k < self.guilds).then(|| self.guild_at(k))
     }
 
-    /// Guilds a shard `[id, total]` owns.
-    pub fn guilds_of_shard(&self, shard: u32, total: u32) -> impl Iterator<Item = &Guild> {
-        self.guilds
-            .iter()
-            .filter(move |g| shard_for_guild(g.id, total) == shard)
+    /// Guilds whose id is greater than `after`, in id order (a page of `/users/@me/guilds`).
+    pub fn guilds_after(&self, after: u64) -> impl Iterator<Item = Guild> + '_ {
+        let first = ((after >> 22) + 1).saturating_sub(GUILD_BASE);
+        (usize::try_from(first).unwrap_or(usize::MAX)..self.guilds).map(|k| self.guild_at(k))
+    }
+
+    /// Guilds a shard `[id, total]` owns: every `total`-th from the first it owns.
+    pub fn guilds_of_shard(&self, shard: u32, total: u32) -> impl Iterator<Item = Guild> + '_ {
+        let total = u64::from(total.max(1));
+        let first = (u64::from(shard) + total - GUILD_BASE % total) % total;
+        (usize::try_from(first).unwrap_or(usize::MAX)..self.guilds)
+            .step_by(usize::try_from(total).unwrap_or(usize::MAX))
+            .map(|k| self.guild_at(k))
     }
 
     /// Username of a known user.
     #[must_use]
-    pub fn username(&self, id: u64) -> Option<&str> {
-        self.user_index.get(&id).map(String::as_str)
+    pub fn username(&self, id: u64) -> Option<String> {
+        if id == BOT_USER_ID {
+            return Some("fleet-mock-bot".to_owned());
+        }
+        if let Some(name) = self.joined.get(&id) {
+            return Some(name.clone());
+        }
+        static_user(id, self.members_per_guild)
+            .filter(|(k, _)| *k < self.guilds)
+            .map(|(k, m)| format!("user-{k}-{m}"))
     }
 
     /// Records a user that joined through the event source.
     pub fn add_user(&mut self, id: u64, name: String) {
-        self.user_index.insert(id, name);
+        self.joined.insert(id, name);
     }
 
     /// The bot's user object as `READY` and `/users/@me` carry it.
@@ -168,13 +237,18 @@ impl World {
         if id == BOT_USER_ID {
             return Some(Self::bot_user());
         }
-        self.username(id).map(|name| user_json(id, name))
+        self.username(id).map(|name| user_json(id, &name))
     }
 
     /// A guild object as `GET /guilds/{id}` returns it.
     #[must_use]
     pub fn guild_json(&self, guild: &Guild) -> Value {
-        let k = self.guild_index[&guild.id];
+        let k = guild.index;
+        let owner = if guild.member_count() > 1 {
+            guild.member(1)
+        } else {
+            BOT_USER_ID
+        };
         json!({
             "id": guild.id.to_string(),
             "name": format!("Mock Guild {k}"),
@@ -182,7 +256,7 @@ impl World {
             "icon_hash": null,
             "splash": null,
             "discovery_splash": null,
-            "owner_id": guild.members.get(1).unwrap_or(&BOT_USER_ID).to_string(),
+            "owner_id": owner.to_string(),
             "afk_channel_id": null,
             "afk_timeout": 300,
             "widget_enabled": false,
@@ -198,7 +272,7 @@ impl World {
             "features": [],
             "mfa_level": 0,
             "application_id": null,
-            "system_channel_id": guild.channels[0].to_string(),
+            "system_channel_id": guild.channel(0).to_string(),
             "system_channel_flags": 0,
             "rules_channel_id": null,
             "max_members": 500_000,
@@ -216,16 +290,29 @@ impl World {
         })
     }
 
-    fn guild_create(&self, guild: &Guild, joined_at: &str) -> Value {
+    /// The `GUILD_CREATE` payload of a guild, made when it is sent: every member with
+    /// `members`, else only the bot (a session without `GUILD_MEMBERS`); `member_count` counts
+    /// everyone either way.
+    #[must_use]
+    pub fn create_payload(&self, guild: &Guild, members: bool) -> Box<RawValue> {
+        let joined_at = &self.joined_at;
+        let listed: Vec<Value> = if members {
+            guild
+                .member_ids()
+                .map(|m| self.member_json(guild, m, joined_at))
+                .collect()
+        } else {
+            vec![self.member_json(guild, BOT_USER_ID, joined_at)]
+        };
         let mut value = self.guild_json(guild);
         let extra = json!({
             "joined_at": joined_at,
             "large": false,
             "unavailable": false,
-            "member_count": guild.members.len(),
+            "member_count": guild.member_count(),
             "voice_states": [],
-            "members": guild.members.iter().map(|m| self.member_json(guild, *m, joined_at)).collect::<Vec<_>>(),
-            "channels": guild.channels.iter().enumerate().map(|(j, c)| channel_json(guild, j, *c, false)).collect::<Vec<_>>(),
+            "members": listed,
+            "channels": (0..guild.channel_count()).map(|j| channel_json(guild, j, false)).collect::<Vec<_>>(),
             "threads": [],
             "presences": [],
             "stage_instances": [],
@@ -233,42 +320,46 @@ impl World {
             "soundboard_sounds": [],
         });
         merge(&mut value, extra);
-        value
+        crate::protocol::raw(&value)
     }
 
     /// Every channel of a guild, as `GET /guilds/{id}/channels` lists them.
     #[must_use]
     pub fn guild_channels(&self, guild: &Guild) -> Value {
-        guild
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(j, c)| channel_json(guild, j, *c, true))
+        (0..guild.channel_count())
+            .map(|j| channel_json(guild, j, true))
             .collect()
+    }
+
+    /// The guild that holds a channel, and the channel's place in it.
+    fn locate_channel(&self, channel: u64) -> Option<(Guild, usize)> {
+        let n = (channel >> 22).checked_sub(CHANNEL_BASE)?;
+        let n = usize::try_from(n).ok()?;
+        let per_guild = self.channels_per_guild + 1;
+        let k = n / per_guild;
+        (channel.trailing_zeros() >= 22 && k < self.guilds)
+            .then(|| (self.guild_at(k), n % per_guild))
     }
 
     /// A channel object, if the channel is known.
     #[must_use]
     pub fn channel(&self, id: u64) -> Option<Value> {
-        let (k, j) = *self.channel_index.get(&id)?;
-        Some(channel_json(&self.guilds[k], j, id, true))
+        let (guild, j) = self.locate_channel(id)?;
+        Some(channel_json(&guild, j, true))
     }
 
     /// The guild that holds a channel.
     #[must_use]
-    pub fn guild_of_channel(&self, channel: u64) -> Option<&Guild> {
-        self.channel_index
-            .get(&channel)
-            .map(|(k, _)| &self.guilds[*k])
+    pub fn guild_of_channel(&self, channel: u64) -> Option<Guild> {
+        self.locate_channel(channel).map(|(guild, _)| guild)
     }
 
     /// A guild member object, if the user is a member of the guild.
     #[must_use]
     pub fn member(&self, guild: &Guild, user: u64) -> Option<Value> {
         guild
-            .members
-            .contains(&user)
-            .then(|| self.member_json(guild, user, &iso8601(SystemTime::now())))
+            .has_member(user)
+            .then(|| self.member_json(guild, user, &self.joined_at))
     }
 
     /// A member object for a user of the guild.
@@ -323,7 +414,8 @@ fn role_json(id: u64, name: &str, position: i64, permissions: &str) -> Value {
     })
 }
 
-fn channel_json(guild: &Guild, index: usize, id: u64, with_guild_id: bool) -> Value {
+fn channel_json(guild: &Guild, index: usize, with_guild_id: bool) -> Value {
+    let id = guild.channel(index);
     let voice = index >= guild.text_channels;
     let mut channel = if voice {
         json!({
@@ -448,7 +540,7 @@ mod tests {
         let world = World::new(&MockConfig::builder().guilds(48).build());
         for total in 1..=16u32 {
             let mut counts = vec![0usize; total as usize];
-            for g in &world.guilds {
+            for g in world.guilds() {
                 counts[shard_for_guild(g.id, total) as usize] += 1;
             }
             let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
@@ -457,22 +549,54 @@ mod tests {
     }
 
     #[test]
+    fn a_shards_guilds_are_found_without_a_scan() {
+        let world = World::new(&MockConfig::builder().guilds(100).build());
+        for total in [1, 3, 7, 16, 1000] {
+            for shard in 0..total.min(20) {
+                let stepped: Vec<u64> = world.guilds_of_shard(shard, total).map(|g| g.id).collect();
+                let scanned: Vec<u64> = world
+                    .guilds()
+                    .filter(|g| shard_for_guild(g.id, total) == shard)
+                    .map(|g| g.id)
+                    .collect();
+                assert_eq!(stepped, scanned, "shard {shard} of {total}");
+            }
+        }
+        let ids: Vec<u64> = world.guilds().map(|g| g.id).collect();
+        let after: Vec<u64> = world.guilds_after(ids[41] + 1).map(|g| g.id).collect();
+        assert_eq!(after, ids[42..]);
+        assert_eq!(world.guilds_after(0).count(), 100);
+    }
+
+    #[test]
     fn ids_are_unique_and_indexed() {
         let world = World::new(&MockConfig::builder().guilds(20).build());
         let mut seen = std::collections::HashSet::new();
-        for g in &world.guilds {
+        for g in world.guilds() {
             assert!(seen.insert(g.id));
-            for c in &g.channels {
-                assert!(seen.insert(*c));
-                assert_eq!(world.guild_of_channel(*c).unwrap().id, g.id);
+            assert_eq!(world.guild(g.id), Some(g));
+            for c in g.channel_ids() {
+                assert!(seen.insert(c));
+                assert_eq!(world.guild_of_channel(c).unwrap().id, g.id);
+                assert!(world.channel(c).is_some());
             }
-            for m in &g.members[1..] {
-                assert!(seen.insert(*m));
-                assert!(world.member(g, *m).is_some());
+            for m in g.member_ids().skip(1) {
+                assert!(seen.insert(m));
+                assert!(world.member(&g, m).is_some());
+                assert!(world.username(m).is_some());
             }
         }
         assert!(!seen.contains(&BOT_USER_ID));
         assert!(world.user(BOT_USER_ID).is_some());
+        // Ids next to the world's are nobody's.
+        let last = world.guild_at(19);
+        assert_eq!(world.guild(guild_id(20)), None);
+        assert_eq!(
+            world.guild_of_channel(last.channel(last.channel_count() - 1) + (1 << 22)),
+            None
+        );
+        assert_eq!(world.guild(last.id + 1), None);
+        assert!(!world.guild_at(0).has_member(last.member(1)));
     }
 
     #[test]

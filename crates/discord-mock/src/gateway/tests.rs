@@ -780,7 +780,7 @@ fn guild_member_requests_are_answered_in_chunks() {
         (Some("RATE_LIMITED"), Some(8))
     );
     // By id, with one unknown.
-    let member = h.g.world().guilds[0].members[1].to_string();
+    let member = h.g.world().guild_at(0).member(1).to_string();
     h.send(
         conn,
         ms(4),
