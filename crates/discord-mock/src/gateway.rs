@@ -148,14 +148,17 @@ struct Incoming<'a> {
     d: Option<&'a RawValue>,
 }
 
-/// Messages kept per channel for `GET /channels/{id}/messages` (Discord's page holds 100).
-pub const MESSAGE_HISTORY: usize = 100;
+/// Messages kept for `GET /channels/{id}/messages`, over all channels together: the newest
+/// ones, so memory stays bounded however many channels the world has.
+pub const MESSAGE_HISTORY: usize = 100_000;
 
 /// A message kept for `GET /channels/{id}/messages`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// Message id.
     pub id: u64,
+    /// Its channel.
+    pub channel: u64,
     /// Author's user id.
     pub author: u64,
     /// Content.
@@ -202,8 +205,8 @@ pub struct Gateway {
     clock: Duration,
     /// The last snowflake [`Gateway::mint`] made.
     last_snowflake: u64,
-    /// The newest messages of each channel, oldest first.
-    history: HashMap<u64, VecDeque<StoredMessage>>,
+    /// The newest messages of every channel together, oldest first.
+    history: VecDeque<StoredMessage>,
     stats: Stats,
 }
 
@@ -250,7 +253,7 @@ impl Gateway {
                 .saturating_sub(world::DISCORD_EPOCH_MS),
             clock: Duration::ZERO,
             last_snowflake: 0,
-            history: HashMap::new(),
+            history: VecDeque::new(),
             stats: Stats::default(),
             config,
         }
@@ -582,15 +585,15 @@ impl Gateway {
         id
     }
 
-    /// Keeps a message for `GET /channels/{id}/messages`: the newest [`MESSAGE_HISTORY`] of each
-    /// channel.
+    /// Keeps a message for `GET /channels/{id}/messages`: the newest [`MESSAGE_HISTORY`] of all
+    /// channels together are kept.
     pub fn remember(&mut self, channel: u64, id: u64, author: u64, content: String) {
-        let history = self.history.entry(channel).or_default();
-        if history.len() >= MESSAGE_HISTORY {
-            history.pop_front();
+        if self.history.len() >= MESSAGE_HISTORY {
+            self.history.pop_front();
         }
-        history.push_back(StoredMessage {
+        self.history.push_back(StoredMessage {
             id,
+            channel,
             author,
             content,
         });
@@ -598,7 +601,7 @@ impl Gateway {
 
     /// A channel's kept messages, oldest first.
     pub fn history(&self, channel: u64) -> impl DoubleEndedIterator<Item = &StoredMessage> {
-        self.history.get(&channel).into_iter().flatten()
+        self.history.iter().filter(move |m| m.channel == channel)
     }
 
     /// Starts the event source, optionally at a new rate (events per guild per second).

@@ -468,7 +468,7 @@ fn serve(gateway: &mut Gateway, now: Duration, route: &Route, request: &Request<
 
 /// `GET /channels/{id}/messages`: newest first, `limit` 1 to 100 (50 when absent), and at most
 /// one of `around`, `before` and `after` (Discord takes them in that order). Only the
-/// [`MESSAGE_HISTORY`](crate::gateway::MESSAGE_HISTORY) newest of a channel are kept. Without
+/// [`MESSAGE_HISTORY`](crate::gateway::MESSAGE_HISTORY) newest messages of all channels are kept. Without
 /// `MESSAGE_CONTENT` enabled for the application, content comes blank, as it does from Discord.
 fn channel_messages(gateway: &Gateway, channel: u64, query: Option<&str>) -> Response {
     let world = gateway.world();
