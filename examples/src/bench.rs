@@ -22,7 +22,8 @@
 //! with eris-fleet's path, cluster → admiral → service, and the floor of [`floor`] beside them),
 //! `memory` (4), `events` (5), `restart` (6), `rest` (7), `stats` (8: what a stats round costs
 //! the admiral and the workers, at the reference scenario and at 200 shards). With none, all of
-//! them.
+//! them but `scale` (9: 1,000 guilds per shard at 100 and 300 shards, [`scale`]), which runs only
+//! when named: it takes minutes and gigabytes.
 
 #[path = "bench/floor.rs"]
 mod floor;
@@ -30,6 +31,8 @@ mod floor;
 mod rest;
 #[path = "bench/restart.rs"]
 mod restart;
+#[path = "bench/scale.rs"]
+mod scale;
 #[path = "bench/stats.rs"]
 mod stats;
 
@@ -61,8 +64,8 @@ const CLUSTERS: u32 = 4;
 const GUILDS_PER_SHARD: usize = 100;
 
 /// The sections `cargo xtask bench SECTION...` can name.
-const SECTIONS: [&str; 7] = [
-    "startup", "ipc", "memory", "events", "restart", "rest", "stats",
+const SECTIONS: [&str; 8] = [
+    "startup", "ipc", "memory", "events", "restart", "rest", "stats", "scale",
 ];
 
 /// The large scenario of the stats section.
@@ -79,6 +82,8 @@ enum Mode {
         interval_ms: u64,
         #[arg(long, default_value_t = SHARDS)]
         shards: u32,
+        #[arg(long, default_value_t = GUILDS_PER_SHARD)]
+        guilds_per_shard: usize,
     },
 }
 
@@ -98,8 +103,9 @@ async fn main() -> Result<ExitCode> {
                 max_concurrency,
                 interval_ms,
                 shards,
+                guilds_per_shard,
             } = Mode::parse();
-            serve_mock(max_concurrency, interval_ms, shards).await
+            serve_mock(max_concurrency, interval_ms, shards, guilds_per_shard).await
         }
         Some("floor-server") => {
             let path = args.get(1).context("floor-server PATH RESPONSE_BYTES")?;
@@ -124,10 +130,15 @@ async fn main() -> Result<ExitCode> {
     }
 }
 
-async fn serve_mock(max_concurrency: u32, interval_ms: u64, shards: u32) -> Result<ExitCode> {
+async fn serve_mock(
+    max_concurrency: u32,
+    interval_ms: u64,
+    shards: u32,
+    guilds_per_shard: usize,
+) -> Result<ExitCode> {
     let mock = MockDiscord::start(
         MockConfig::builder()
-            .guilds(shards as usize * GUILDS_PER_SHARD)
+            .guilds(shards as usize * guilds_per_shard)
             .recommended_shards(shards)
             .max_concurrency(max_concurrency)
             .identify_interval(Duration::from_millis(interval_ms))
@@ -166,6 +177,16 @@ struct MockProcess {
 }
 
 async fn start_mock(max_concurrency: u32, interval: Duration, shards: u32) -> Result<MockProcess> {
+    start_mock_with(max_concurrency, interval, shards, GUILDS_PER_SHARD).await
+}
+
+/// [`start_mock`] with this many guilds per shard.
+async fn start_mock_with(
+    max_concurrency: u32,
+    interval: Duration,
+    shards: u32,
+    guilds_per_shard: usize,
+) -> Result<MockProcess> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([
             "serve-mock",
@@ -175,6 +196,8 @@ async fn start_mock(max_concurrency: u32, interval: Duration, shards: u32) -> Re
             &interval.as_millis().to_string(),
             "--shards",
             &shards.to_string(),
+            "--guilds-per-shard",
+            &guilds_per_shard.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -193,6 +216,10 @@ async fn start_mock(max_concurrency: u32, interval: Duration, shards: u32) -> Re
 }
 
 impl MockProcess {
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     async fn stop(mut self) -> Result<bool> {
         drop(self.child.stdin.take());
         Ok(self.child.wait().await?.success())
@@ -327,6 +354,10 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
         stats::figures(&admiral, "large scenario").await?;
         admiral.shutdown().await;
         all_ok &= mock.stop().await?;
+    }
+    // Only when named: it takes minutes and gigabytes.
+    if sections.iter().any(|s| s == "scale") {
+        all_ok &= scale::figures().await?;
     }
     // Last, so its in-process mock and clients leave the admiral's memory figure alone.
     if asked("rest") {

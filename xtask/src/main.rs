@@ -3,7 +3,8 @@
 //! - `example [ARGS]`: build and run the fleet example (on an embedded discord-mock unless
 //!   `DISCORD_TOKEN` is set); arguments after `example` go to the example (`--once`, `--lib`).
 //! - `bench [SECTION...]`: build the benchmark harness in release mode and print its figures; with
-//!   sections (`startup`, `ipc`, `memory`, `events`, `restart`, `rest`), only those.
+//!   sections (`startup`, `ipc`, `memory`, `events`, `restart`, `rest`, `stats`, and `scale`, which
+//!   runs only when named), only those.
 //! - `mock [ARGS]`: run the `discord-mock` binary.
 //! - `chaos [--minutes N] [--seed S]`: a long chaos run (clusters killed with `SIGKILL`, gateway faults,
 //!   events and commands) in release mode; prints its invariants and the admiral's memory over

@@ -120,7 +120,7 @@ struct Session {
     conn: Option<ConnId>,
     detached_at: Duration,
     /// Dispatches kept for replay, oldest first.
-    replay: VecDeque<(u64, String)>,
+    replay: VecDeque<(u64, Replay)>,
     /// Event-source events sent and not yet confirmed: `(seq, event number)`.
     unconfirmed: VecDeque<(u64, u64)>,
     resumes: u64,
@@ -138,6 +138,15 @@ struct EventSource {
     last: Duration,
     carry: f64,
     cursor: usize,
+}
+
+/// A dispatch kept for replay: its frame, or for a `GUILD_CREATE` only which guild it was, so a
+/// session's burst of a thousand guilds costs bytes, not megabytes, until it is replayed.
+#[derive(Debug, Clone)]
+enum Replay {
+    Frame(String),
+    /// Guild index, and whether every member was listed.
+    GuildCreate(usize, bool),
 }
 
 /// A client payload before its opcode is known.
@@ -1105,10 +1114,8 @@ impl Gateway {
                     .world
                     .guild(guild)
                     .expect("guild ids come from the world");
-                let payload = self
-                    .world
-                    .create_payload(&guild, intents & intents::GUILD_MEMBERS != 0);
-                self.dispatch(&session_id, "GUILD_CREATE", &payload, None, out);
+                let members = intents & intents::GUILD_MEMBERS != 0;
+                self.dispatch_guild_create(&session_id, guild.index, members, out);
             }
         }
     }
@@ -1192,12 +1199,20 @@ impl Gateway {
         let session = self.sessions.get_mut(&session_id).expect("checked above");
         session.conn = Some(conn);
         session.resumes += 1;
-        for (s, frame) in &session.replay {
+        for (s, kept) in &session.replay {
             if *s > seq {
-                out.push(Action::Send {
-                    conn,
-                    text: frame.clone(),
-                });
+                let text = match kept {
+                    Replay::Frame(frame) => frame.clone(),
+                    Replay::GuildCreate(k, members) => {
+                        let guild = self.world.guild_at(*k);
+                        Envelope::dispatch(
+                            "GUILD_CREATE",
+                            *s,
+                            &self.world.create_payload(&guild, *members),
+                        )
+                    }
+                };
+                out.push(Action::Send { conn, text });
                 self.stats.dispatches_sent += 1;
             }
         }
@@ -1357,7 +1372,37 @@ impl Gateway {
                 text: text.clone(),
             });
         }
-        session.replay.push_back((session.seq, text));
+        session.replay.push_back((session.seq, Replay::Frame(text)));
+    }
+
+    /// Sends guild `k`'s `GUILD_CREATE` on a session, as [`dispatch`](Self::dispatch) does, but
+    /// keeps only which guild it was for replay.
+    fn dispatch_guild_create(
+        &mut self,
+        session_id: &str,
+        k: usize,
+        members: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        session.seq += 1;
+        if session.replay.len() >= self.config.replay_capacity {
+            session.replay.pop_front();
+        }
+        if let Some(conn) = session.conn {
+            let guild = self.world.guild_at(k);
+            let payload = self.world.create_payload(&guild, members);
+            self.stats.dispatches_sent += 1;
+            out.push(Action::Send {
+                conn,
+                text: Envelope::dispatch("GUILD_CREATE", session.seq, &payload),
+            });
+        }
+        session
+            .replay
+            .push_back((session.seq, Replay::GuildCreate(k, members)));
     }
 
     /// The client confirmed every dispatch up to `seq`.

@@ -11,7 +11,7 @@ use carrier::AdmiralHandle;
 const ROUNDS: u32 = 100;
 
 /// CPU time of every thread of `pid` so far (Linux `schedstat`, in nanoseconds).
-fn cpu_ns(pid: u32) -> u64 {
+pub fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
