@@ -1051,6 +1051,8 @@ impl Gateway {
             now.saturating_sub(*last) + self.config.identify_tolerance
                 < self.config.identify_interval
         }) {
+            let gap = now.saturating_sub(self.buckets[&bucket]);
+            tracing::warn!(target: "discord_mock", shard = shard_id, bucket, ?gap, interval = ?self.config.identify_interval, "identify too early: op 9");
             *self
                 .stats
                 .violations
