@@ -25,6 +25,12 @@
 //! [`Status::Ready`]. What only an adapter may ask of the admiral (permission to identify, the
 //! cache lookup handler) is on its [`ClusterLink`], not on the user's [`Ipc`].
 //!
+//! During a reshard both generations receive every event; what reaches user code is decided per
+//! event by [`ShardReporter::placement`]: what creates something (a message, an interaction)
+//! goes to the generation its snowflake's time belongs to, and a standby cluster keeps such
+//! events in a [`Held`] queue until it knows the switch time and is live, so none is left to
+//! neither generation when the admiral's word comes late.
+//!
 //! Crash resume: the shards also record each session and the sequence of every event the worker
 //! handled ([`ShardReporter::opened`], [`ShardReporter::handled`]); `serve` checkpoints those to
 //! the admiral every `checkpoint_ms` (and at once when a session opens). If the process
