@@ -385,24 +385,27 @@ async fn control(mock: &MockProcess, method: &str, path: &str) -> Result<serde_j
     Ok(serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
+/// Events handled by every cluster's user code so far.
+async fn handled(admiral: &AdmiralHandle) -> Result<u64> {
+    let mut total = 0;
+    for outcome in admiral
+        .ipc()
+        .all_clusters_command(Payload::from("status"))
+        .await?
+        .values()
+    {
+        if let carrier::Outcome::Ok(payload) = outcome {
+            total += payload.decode::<fleet_examples::ClusterReport>()?.events;
+        }
+    }
+    Ok(total)
+}
+
 /// Events from discord-mock's source through the shards to the clusters' handlers.
 async fn event_throughput(admiral: &AdmiralHandle, mock: &MockProcess) -> Result<()> {
     let rate = 20; // per guild per second: 32 000 events/s over 1600 guilds
     let window = Duration::from_secs(3);
-    let handled = async || -> Result<u64> {
-        let mut total = 0;
-        for outcome in admiral
-            .ipc()
-            .all_clusters_command(Payload::from("status"))
-            .await?
-            .values()
-        {
-            if let carrier::Outcome::Ok(payload) = outcome {
-                total += payload.decode::<fleet_examples::ClusterReport>()?.events;
-            }
-        }
-        Ok(total)
-    };
+    let handled = async || handled(admiral).await;
     let before = handled().await?;
     let started = Instant::now();
     control(mock, "POST", &format!("/_mock/events/start?rate={rate}")).await?;

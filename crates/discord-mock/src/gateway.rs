@@ -480,29 +480,26 @@ impl Gateway {
 
     /// A frame from a client larger than [`MAX_CLIENT_PAYLOAD`] on the wire, not decoded: 4002.
     pub fn receive_too_large(&mut self, conn: ConnId, now: Duration, out: &mut Vec<Action>) {
+        self.refuse_frame(conn, now, Violation::PayloadTooLarge, out);
+    }
+
+    /// Counts a frame against the send limit, then closes with 4002 for `kind`.
+    fn refuse_frame(
+        &mut self,
+        conn: ConnId,
+        now: Duration,
+        kind: Violation,
+        out: &mut Vec<Action>,
+    ) {
         if self.count_receive(conn, now, out) {
-            self.violate(
-                conn,
-                now,
-                Violation::PayloadTooLarge,
-                CloseCode::DecodeError,
-                out,
-            );
+            self.violate(conn, now, kind, CloseCode::DecodeError, out);
         }
     }
 
     /// A frame from a client that does not decode on its connection (a binary frame on a JSON
     /// connection, bad ETF): a decode error, 4002.
     pub fn receive_binary(&mut self, conn: ConnId, now: Duration, out: &mut Vec<Action>) {
-        if self.count_receive(conn, now, out) {
-            self.violate(
-                conn,
-                now,
-                Violation::DecodeError,
-                CloseCode::DecodeError,
-                out,
-            );
-        }
+        self.refuse_frame(conn, now, Violation::DecodeError, out);
     }
 
     /// The client closed the connection with a close frame (`Some(code)`) or dropped it (`None`).

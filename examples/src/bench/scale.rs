@@ -8,11 +8,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use carrier::{AdmiralHandle, Payload};
 use fleet_examples::{Lib, pss_mib, rss_mib};
 
 use super::stats::cpu_ns;
-use super::{MockProcess, control, launch, start_mock_with};
+use super::{MockProcess, control, handled, launch, start_mock_with};
 
 /// Guilds per shard: Discord's guidance for a full shard.
 pub const GUILDS_PER_SHARD: usize = 1000;
@@ -38,22 +37,6 @@ fn counts() -> Vec<u32> {
         })
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| vec![100, 300])
-}
-
-/// Events handled by every cluster's user code so far.
-async fn handled(admiral: &AdmiralHandle) -> Result<u64> {
-    let mut total = 0;
-    for outcome in admiral
-        .ipc()
-        .all_clusters_command(Payload::from("status"))
-        .await?
-        .values()
-    {
-        if let carrier::Outcome::Ok(payload) = outcome {
-            total += payload.decode::<fleet_examples::ClusterReport>()?.events;
-        }
-    }
-    Ok(total)
 }
 
 /// Runs the scale rows.
