@@ -386,11 +386,34 @@ impl Gateway {
 
     /// A text frame from a client.
     pub fn receive_text(&mut self, conn: ConnId, now: Duration, text: &str, out: &mut Vec<Action>) {
+        self.receive_json(conn, now, text, true, out);
+    }
+
+    /// A frame from a client that the I/O layer decoded to JSON (ETF) after checking its size on
+    /// the wire: its JSON rendering may be longer than [`MAX_CLIENT_PAYLOAD`] and is still fine.
+    pub fn receive_decoded(
+        &mut self,
+        conn: ConnId,
+        now: Duration,
+        json: &str,
+        out: &mut Vec<Action>,
+    ) {
+        self.receive_json(conn, now, json, false, out);
+    }
+
+    fn receive_json(
+        &mut self,
+        conn: ConnId,
+        now: Duration,
+        text: &str,
+        check_size: bool,
+        out: &mut Vec<Action>,
+    ) {
         self.advance(now);
         if !self.count_receive(conn, now, out) {
             return;
         }
-        if text.len() > MAX_CLIENT_PAYLOAD {
+        if check_size && text.len() > MAX_CLIENT_PAYLOAD {
             self.violate(
                 conn,
                 now,

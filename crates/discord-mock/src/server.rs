@@ -499,7 +499,7 @@ async fn connection(
                     shared.with_gateway(|g, now, out| g.receive_too_large(conn, now, out));
                 }
                 Some(Ok(Message::Binary(bytes))) => match transport.decode_binary(&bytes) {
-                    Ok(json) => shared.with_gateway(|g, now, out| g.receive_text(conn, now, &json, out)),
+                    Ok(json) => shared.with_gateway(|g, now, out| g.receive_decoded(conn, now, &json, out)),
                     Err(error) => {
                         tracing::debug!(conn, %error, "undecodable frame");
                         shared.with_gateway(|g, now, out| g.receive_binary(conn, now, out));

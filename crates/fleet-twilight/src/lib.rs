@@ -909,6 +909,16 @@ async fn drive_shard<W: ClusterWorker>(
     let mut held: Held<Event> = Held::default();
     let id = shard.id();
     let number = id.number();
+    // Hands one event to user code; a panic costs this event only: the shard goes on.
+    let handle = async |event: Event| {
+        let kind = event.kind();
+        if let Err(panicked) = carrier::panics::catch(worker.handle_event(id, event)).await {
+            let event = Some(format!("{kind:?}"));
+            reporter
+                .panicked(panicked, "handle_event", Some(number), event)
+                .await;
+        }
+    };
     let flags = event_types
         | EventTypeFlags::READY
         | EventTypeFlags::RESUMED
@@ -932,6 +942,11 @@ async fn drive_shard<W: ClusterWorker>(
             // The first event waits for the handed-over cache; the connection did not.
             let _ = restored.wait_for(|done| *done).await;
             warm = true;
+        }
+        // What a standby cluster held goes to user code first, once it may: on any event,
+        // heartbeat acknowledgements too, so a quiet shard does not keep it.
+        for event in held.release(&reporter) {
+            handle(event).await;
         }
         if let Event::GatewayHeartbeatAck = event {
             if let Some(latency) = shard.latency().recent().first() {
@@ -965,24 +980,12 @@ async fn drive_shard<W: ClusterWorker>(
         }
         cache.update(&event);
         let closed = matches!(event, Event::GatewayClose(_));
-        // What a standby cluster held comes first, once it may go to user code.
-        let mut due = held.release(&reporter);
         if event_types.contains(EventTypeFlags::from(event.kind())) {
             let created = created(&event);
             match (reporter.placement(created), created) {
-                (Placement::Handle, _) => due.push(event),
+                (Placement::Handle, _) => handle(event).await,
                 (Placement::Hold, Some(created)) => held.hold(created, event),
                 _ => {}
-            }
-        }
-        for event in due {
-            // A panic costs this event only: the shard goes on with the next one.
-            let kind = event.kind();
-            if let Err(panicked) = carrier::panics::catch(worker.handle_event(id, event)).await {
-                let event = Some(format!("{kind:?}"));
-                reporter
-                    .panicked(panicked, "handle_event", Some(number), event)
-                    .await;
             }
         }
         // Every event received before the close was handled above, so the session's sequence

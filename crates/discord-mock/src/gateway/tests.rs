@@ -991,3 +991,19 @@ fn events_no_session_subscribed_to_are_filtered_not_lost() {
         (10, 10, 0, 0)
     );
 }
+
+#[test]
+fn the_size_limit_counts_the_wire_not_a_decoded_etf_frames_json() {
+    let mut h = Harness::with(|b| b);
+    let padded = json!({"op": 1, "d": null, "pad": "x".repeat(MAX_CLIENT_PAYLOAD)}).to_string();
+    let conn = h.open(Duration::ZERO);
+    h.g.receive_decoded(conn, ms(1), &padded, &mut h.out);
+    assert_eq!(
+        h.closed(conn),
+        None,
+        "decoded from a frame already checked on the wire"
+    );
+    assert_eq!(h.frames(conn)[0]["op"], 11);
+    h.g.receive_text(conn, ms(2), &padded, &mut h.out);
+    assert_eq!(h.closed(conn), Some(4002));
+}
