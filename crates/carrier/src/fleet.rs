@@ -383,8 +383,9 @@ impl Fleet {
             last_shard: options.last_shard,
         })?;
         let spacing = identify_spacing(options.identify_interval);
-        let identify =
-            LocalIdentifyQueue::new(max_concurrency, spacing).with_budget(gateway.budget());
+        let identify = LocalIdentifyQueue::new(max_concurrency, spacing)
+            .with_budget(gateway.budget())
+            .with_confirmations();
         let startup = spacing * plan.shard_count().div_ceil(max_concurrency);
         let timeouts = Timeouts {
             service_ready: options.service_ready_timeout,

@@ -25,6 +25,12 @@ pub trait IdentifyQueue: Send + Sync + 'static {
     /// Waits for permission to identify `shard`.
     fn acquire(&self, shard: u32) -> BoxFuture<'static, ()>;
 
+    /// `shard`'s session is open (its READY reached the admiral): the IDENTIFY it was granted
+    /// has been sent. Default: nothing.
+    fn confirmed(&self, shard: u32) {
+        let _ = shard;
+    }
+
     /// How many wait, how long until the last is let go, and the session budget, for stats.
     /// Default: nothing known.
     fn stats(&self) -> IdentifyStats {
@@ -51,16 +57,34 @@ struct Budget {
     period: Duration,
 }
 
-/// One bucket: the time of its last grant, behind a fair lock that orders its waiters.
-type Bucket = Arc<Mutex<Option<Instant>>>;
+/// One bucket: its last grant (when, and to which shard), behind a fair lock that orders its
+/// waiters.
+type Bucket = Arc<Mutex<Option<(Instant, u32)>>>;
+
+/// Grants whose IDENTIFY is not known to be sent yet, and when the others were confirmed.
+#[derive(Debug, Default)]
+struct Confirmations {
+    /// Shards granted and not confirmed.
+    pending: std::collections::HashSet<u32>,
+    /// When each confirmed shard's READY came, until its bucket's next grant.
+    at: HashMap<u32, Instant>,
+}
 
 /// The in-admiral identify queue: a FIFO per bucket, spaced by `interval` measured between actual
-/// grants (a late wake-up never squeezes the next grant closer).
+/// grants (a late wake-up never squeezes the next grant closer), and, once a grant's session is
+/// confirmed ([`IdentifyQueue::confirmed`]), from the confirmation: a cluster that sent its
+/// IDENTIFY late after the grant (busy with another shard's burst) does not bring the next one
+/// in its bucket closer than `interval` at Discord. A grant never confirmed holds its bucket for
+/// at most two intervals.
 #[derive(Debug, Clone)]
 pub struct LocalIdentifyQueue {
     max_concurrency: u32,
     interval: Duration,
     buckets: Arc<std::sync::Mutex<HashMap<u32, Bucket>>>,
+    confirmations: Arc<std::sync::Mutex<Confirmations>>,
+    confirmed: Arc<tokio::sync::Notify>,
+    /// Whether grants wait for the previous one's confirmation ([`Self::with_confirmations`]).
+    confirming: bool,
     budget: Arc<Mutex<Option<Budget>>>,
     /// Acquires not granted (nor given up) yet.
     waiting: Arc<AtomicU32>,
@@ -90,9 +114,16 @@ impl LocalIdentifyQueue {
             max_concurrency: max_concurrency.max(1),
             interval,
             buckets: Arc::default(),
+            confirmations: Arc::default(),
+            confirmed: Arc::default(),
+            confirming: false,
             budget: Arc::default(),
             waiting: Arc::default(),
         }
+    }
+
+    fn confirmations(&self) -> std::sync::MutexGuard<'_, Confirmations> {
+        lock(&self.confirmations)
     }
 
     /// Also respects the daily session budget: when it is spent, grants wait for the reset
@@ -107,6 +138,17 @@ impl LocalIdentifyQueue {
         };
         Self {
             budget: Arc::new(Mutex::new(Some(budget))),
+            ..self
+        }
+    }
+
+    /// Spaces a bucket's grants from the previous grant's confirmation too, once it comes (at
+    /// most two intervals after the grant): for a caller that reports every granted shard's
+    /// READY through [`IdentifyQueue::confirmed`], as the admiral does.
+    #[must_use]
+    pub fn with_confirmations(self) -> Self {
+        Self {
+            confirming: true,
             ..self
         }
     }
@@ -157,17 +199,51 @@ impl IdentifyQueue for LocalIdentifyQueue {
         }
     }
 
+    fn confirmed(&self, shard: u32) {
+        let mut confirmations = self.confirmations();
+        if confirmations.pending.remove(&shard) {
+            confirmations.at.insert(shard, Instant::now());
+            drop(confirmations);
+            self.confirmed.notify_waiters();
+        }
+    }
+
     fn acquire(&self, shard: u32) -> BoxFuture<'static, ()> {
         let bucket = self.bucket(shard);
         let budget = self.budget.clone();
         let interval = self.interval;
         let waiting = Waiting::new(&self.waiting);
+        let confirmations = self.confirmations.clone();
+        let confirmed = self.confirmed.clone();
+        let confirming = self.confirming;
         Box::pin(async move {
             let _waiting = waiting;
             // Tokio's mutex is fair: waiters of a bucket are served in arrival order.
             let mut last = bucket.lock().await;
-            if let Some(last) = *last {
-                tokio::time::sleep_until(last + interval).await;
+            if let Some((granted, previous)) = *last {
+                tokio::time::sleep_until(granted + interval).await;
+                // Then `interval` after the previous grant's READY, once it comes (or after two
+                // intervals, if it never does).
+                if confirming {
+                    let cap = granted + interval * 2;
+                    loop {
+                        let notified = confirmed.notified();
+                        let (pending, at) = {
+                            let c = lock(&confirmations);
+                            (c.pending.contains(&previous), c.at.get(&previous).copied())
+                        };
+                        if let Some(at) = at {
+                            tokio::time::sleep_until((at + interval).min(cap)).await;
+                            break;
+                        }
+                        if !pending || tokio::time::timeout_at(cap, notified).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let mut c = lock(&confirmations);
+                c.pending.remove(&previous);
+                c.at.remove(&previous);
             }
             let mut budget = budget.lock().await;
             if let Some(budget) = budget.as_mut() {
@@ -183,10 +259,19 @@ impl IdentifyQueue for LocalIdentifyQueue {
                 }
                 budget.remaining -= 1;
             }
-            *last = Some(Instant::now());
+            *last = Some((Instant::now(), shard));
+            if confirming {
+                lock(&confirmations).pending.insert(shard);
+            }
             tracing::debug!(target: "fleet::identify", shard, "identify granted");
         })
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -213,6 +298,39 @@ mod tests {
             times.push(task.await.unwrap());
         }
         times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_identify_pushes_the_next_grant_of_its_bucket() {
+        let queue = LocalIdentifyQueue::new(2, IDENTIFY_INTERVAL).with_confirmations();
+        let start = Instant::now();
+        queue.acquire(0).await;
+        // Shard 0's READY comes 1.5 s after its grant: its IDENTIFY left that late.
+        let confirm = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                queue.confirmed(0);
+            })
+        };
+        // Another bucket is not held up.
+        queue.acquire(1).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        queue.acquire(2).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(6500),
+            "5 s after the READY"
+        );
+        confirm.await.unwrap();
+        // A grant never confirmed holds its bucket two intervals at most.
+        queue.acquire(4).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(16_500));
+        // A confirmation for a shard nobody was granted changes nothing.
+        queue.confirmed(3);
+        queue.confirmed(4);
+        queue.acquire(3).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(16_500));
     }
 
     #[tokio::test(start_paused = true)]

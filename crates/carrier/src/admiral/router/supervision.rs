@@ -205,6 +205,10 @@ impl Router {
             Up::Status(Status::Shard { shard, event }) => {
                 if let WorkerId::Cluster(cluster) = *worker {
                     tracing::info!(target: "fleet::shard", cluster, shard, ?event);
+                    if event == crate::ShardEvent::Ready {
+                        // Its IDENTIFY went out: the next in its bucket is spaced from now.
+                        self.identify.confirmed(shard);
+                    }
                     self.stats.shard(cluster, shard, process, &event);
                     let generation = self
                         .links
