@@ -691,16 +691,16 @@ impl Gateway {
             self.remember(channel, id, author_id, content);
             ("MESSAGE_CREATE", d, intents::GUILD_MESSAGES)
         };
-        let sessions = self.sessions_for_guild(guild_id);
-        let (subscribed, filtered): (Vec<String>, Vec<String>) =
-            sessions.into_iter().partition(|s| {
-                self.sessions
-                    .get(s)
-                    .is_some_and(|s| s.intents & needs == needs)
-            });
+        let mut subscribed = self.sessions_for_guild(guild_id);
+        let routed = subscribed.len();
+        subscribed.retain(|s| {
+            self.sessions
+                .get(s)
+                .is_some_and(|s| s.intents & needs == needs)
+        });
         if !subscribed.is_empty() {
             self.fates[n as usize] |= ROUTED;
-        } else if !filtered.is_empty() {
+        } else if routed > 0 {
             self.fates[n as usize] |= FILTERED;
         }
         let full = raw(&d);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use fleet_examples::{Lib, pss_mib, rss_mib};
 
-use super::stats::cpu_ns;
-use super::{MockProcess, control, handled, launch, start_mock_with};
+use super::stats::{cpu_ns, worker_pids};
+use super::{control, handled, launch, start_mock_with};
 
 /// Guilds per shard: Discord's guidance for a full shard.
 pub const GUILDS_PER_SHARD: usize = 1000;
@@ -58,12 +58,7 @@ async fn row(shards: u32) -> Result<bool> {
         "scale, {shards} shards, {guilds} guilds, {CLUSTERS} clusters: ready in {startup:.2?}; limit {waits} x {INTERVAL:.2?} + first READY {first_ready:.2?} = {limit:.2?}; ratio {:.3}",
         startup.as_secs_f64() / limit.as_secs_f64()
     );
-    let workers: Vec<u32> = admiral
-        .workers()
-        .await?
-        .iter()
-        .filter_map(|w| w.pid)
-        .collect();
+    let workers = worker_pids(&admiral).await?;
     let mock_pid = mock.pid().context("mock pid")?;
 
     // Steady state: events at a fixed rate over the fleet, CPU over a window.
@@ -113,9 +108,5 @@ async fn row(shards: u32) -> Result<bool> {
         report["lost"], report["duplicates"]
     );
     admiral.shutdown().await;
-    mock_stop(mock).await
-}
-
-async fn mock_stop(mock: MockProcess) -> Result<bool> {
     mock.stop().await
 }

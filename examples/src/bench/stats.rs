@@ -29,14 +29,19 @@ fn cpu_of(workers: &[u32]) -> (u64, u64) {
     (admiral, workers)
 }
 
-/// Runs the measure for the fleet `admiral` runs; `label` names the scenario.
-pub async fn figures(admiral: &AdmiralHandle, label: &str) -> Result<()> {
-    let workers: Vec<u32> = admiral
+/// Every worker's pid.
+pub async fn worker_pids(admiral: &AdmiralHandle) -> Result<Vec<u32>> {
+    Ok(admiral
         .workers()
         .await?
         .iter()
         .filter_map(|w| w.pid)
-        .collect();
+        .collect())
+}
+
+/// Runs the measure for the fleet `admiral` runs; `label` names the scenario.
+pub async fn figures(admiral: &AdmiralHandle, label: &str) -> Result<()> {
+    let workers = worker_pids(admiral).await?;
     for _ in 0..3 {
         admiral.stats().await?;
     }

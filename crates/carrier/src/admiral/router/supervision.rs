@@ -205,8 +205,13 @@ impl Router {
             Up::Status(Status::Shard { shard, event }) => {
                 if let WorkerId::Cluster(cluster) = *worker {
                     tracing::info!(target: "fleet::shard", cluster, shard, ?event);
-                    if event == crate::ShardEvent::Ready {
-                        // Its IDENTIFY went out: the next in its bucket is spaced from now.
+                    // Its IDENTIFY went out: the next in its bucket is spaced from now. Only a
+                    // cluster's own shards: another's READY is not this one's to confirm.
+                    if event == crate::ShardEvent::Ready
+                        && self
+                            .shards_of(process, cluster)
+                            .is_some_and(|shards| shards.contains(&shard))
+                    {
                         self.identify.confirmed(shard);
                     }
                     self.stats.shard(cluster, shard, process, &event);
@@ -260,6 +265,17 @@ impl Router {
         if self.config.checkpoint_interval.is_zero() {
             return; // Crash resume is off: a crash identifies afresh.
         }
+        let Some(shards) = self.shards_of(process, cluster) else {
+            return;
+        };
+        match check_checkpoint(&shards, &sessions) {
+            Ok(()) => self.lifecycle_input(Input::Checkpoint(process, sessions)),
+            Err(problem) => self.protocol_error(worker, &problem),
+        }
+    }
+
+    /// The shards cluster `cluster`'s process `process` runs, by the plan of its generation.
+    fn shards_of(&self, process: ProcessId, cluster: u32) -> Option<std::ops::RangeInclusive<u32>> {
         let generation = self
             .links
             .processes
@@ -270,16 +286,8 @@ impl Router {
         } else {
             self.next_plan.as_ref()
         };
-        let Some(shards) = plan
-            .and_then(|plan| plan.clusters.iter().find(|c| c.id == cluster))
+        plan.and_then(|plan| plan.clusters.iter().find(|c| c.id == cluster))
             .map(|c| c.first_shard..=c.last_shard)
-        else {
-            return;
-        };
-        match check_checkpoint(&shards, &sessions) {
-            Ok(()) => self.lifecycle_input(Input::Checkpoint(process, sessions)),
-            Err(problem) => self.protocol_error(worker, &problem),
-        }
     }
 
     /// Tells of a worker's frame that made no sense (it is dropped; the connection stays).
