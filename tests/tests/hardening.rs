@@ -96,6 +96,7 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
         max_frame: 1024,
         timeout: Duration::from_secs(1),
         build: "test".into(),
+        grace: Duration::from_mins(1),
     };
     // The cluster prints its own context: its IPC handle, HTTP client, senders and cache.
     let cluster_context = admiral

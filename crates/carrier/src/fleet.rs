@@ -143,6 +143,19 @@ pub struct FleetOptions {
     /// the error when their IPC protocols do not match). Default carrier's version; set your
     /// bot's (`env!("CARGO_PKG_VERSION")`, a commit) to tell deploys apart.
     pub build: String,
+    /// How long workers outlive their admiral. When the admiral exits unexpectedly (a crash,
+    /// SIGKILL, the OOM killer) or re-executes itself (`AdmiralHandle::restart_self`, SIGHUP),
+    /// every worker keeps its shards, sessions and cache, queues what it would send, and waits
+    /// this long for the next admiral on the same stable directory (`fleet-<fleet_id>` in
+    /// [`run_dir`](Self::run_dir)), which proves it knows the fleet's secret and adopts them:
+    /// no identify, no event lost. Past it, they close their shards and exit: no orphans.
+    /// Default zero: workers stop the moment their admiral is gone, and the directory is
+    /// private to one admiral.
+    pub admiral_grace: Duration,
+    /// Names the fleet's stable directory (with [`admiral_grace`](Self::admiral_grace)): 1 to
+    /// 64 ASCII letters, digits, `-` or `_`. Default: 16 hex digits of the token's SHA-256, so
+    /// an admiral started again with the same token finds its workers.
+    pub fleet_id: Option<String>,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -205,6 +218,8 @@ impl FleetOptions {
             log_filter: None,
             build: format!("carrier {}", env!("CARGO_PKG_VERSION")),
             deploy_on_signal: None,
+            admiral_grace: Duration::ZERO,
+            fleet_id: None,
         }
     }
 }
@@ -237,6 +252,9 @@ pub enum FleetError {
     /// The worker command could not be determined.
     #[error("cannot find this executable to start workers: {0}")]
     WorkerCommand(std::io::Error),
+    /// [`FleetOptions::fleet_id`] cannot name a directory.
+    #[error("bad fleet id: {0}")]
+    FleetId(String),
     /// This process ran as a worker and failed.
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),
@@ -425,10 +443,31 @@ impl Fleet {
             services = self.services.len(),
             "launching"
         );
+        let fleet_id = match &options.fleet_id {
+            Some(id) => {
+                admiral::check_fleet_id(id).map_err(FleetError::FleetId)?;
+                id.clone()
+            }
+            None => token_id(&options.token),
+        };
         let rest_proxy = if options.rest_proxy {
             let mut proxy = ProxyConfig::new(&options.rest_url, &options.token);
             proxy.global_limit = options.rest_global_limit;
-            Some(RestProxy::start(proxy).await?)
+            // Workers that outlive their admiral send their requests to the port they were
+            // given: the next admiral's proxy listens there again if it can.
+            let port = if options.admiral_grace.is_zero() {
+                0
+            } else {
+                admiral::last_proxy_port(&options.run_dir, &fleet_id)
+            };
+            match RestProxy::start_on(proxy.clone(), port).await {
+                Ok(proxy) => Some(proxy),
+                Err(error) if port != 0 => {
+                    tracing::warn!(target: "fleet::proxy", port, %error, "cannot listen on the last admiral's REST proxy port; adopted workers lose the proxy");
+                    Some(RestProxy::start(proxy).await?)
+                }
+                Err(error) => return Err(error.into()),
+            }
         } else {
             None
         };
@@ -479,6 +518,8 @@ impl Fleet {
             log_filter: options.log_filter,
             build: options.build,
             deploy_on_signal,
+            admiral_grace: options.admiral_grace,
+            fleet_id,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO
@@ -505,6 +546,15 @@ impl Fleet {
 #[must_use]
 pub fn identify_spacing(interval: Duration) -> Duration {
     interval + (interval / 50).max(Duration::from_millis(20))
+}
+
+/// A fleet's default id: 16 hex digits of its token's SHA-256 (the token itself is never shown).
+fn token_id(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let head: [u8; 8] = digest.as_ref()[..8]
+        .try_into()
+        .expect("a SHA-256 has 32 bytes");
+    format!("{:016x}", u64::from_be_bytes(head))
 }
 
 #[cfg(test)]

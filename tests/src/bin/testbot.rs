@@ -50,7 +50,9 @@ async fn main() -> ExitCode {
 
 /// `testbot admiral REST_URL IDENTIFY_INTERVAL_MS CLUSTERS`: an admiral process of its own, for
 /// tests of signals. Prints `ready PID...` once launched and `stopped` at the end. Its IPC
-/// directory goes under `$TESTBOT_RUN_DIR` when that is set.
+/// directory goes under `$TESTBOT_RUN_DIR` when that is set; `$TESTBOT_ADMIRAL_GRACE_MS` is how
+/// long its workers outlive it; with `$TESTBOT_REPORT_EVENTS` set, its clusters report every
+/// message they handle ([`fleet_tests::REPORT_EVENTS`]).
 async fn admiral(args: &[String]) -> ExitCode {
     let [rest_url, interval_ms, clusters] = args else {
         eprintln!("usage: testbot admiral REST_URL IDENTIFY_INTERVAL_MS CLUSTERS");
@@ -64,6 +66,12 @@ async fn admiral(args: &[String]) -> ExitCode {
     options.echo_output = false;
     if let Some(run_dir) = std::env::var_os("TESTBOT_RUN_DIR") {
         options.run_dir = run_dir.into();
+    }
+    if let Some(grace) = std::env::var("TESTBOT_ADMIRAL_GRACE_MS")
+        .ok()
+        .and_then(|g| g.parse().ok())
+    {
+        options.admiral_grace = std::time::Duration::from_millis(grace);
     }
     // The `broken` service never starts; failing it at once keeps the launch short.
     options.max_restarts = 0;
@@ -94,6 +102,21 @@ async fn admiral(args: &[String]) -> ExitCode {
         .is_err()
     {
         return ExitCode::FAILURE;
+    }
+    if std::env::var_os("TESTBOT_REPORT_EVENTS").is_some() {
+        let ipc = admiral.ipc();
+        let empty = carrier::Payload::empty;
+        if ipc
+            .store_set(fleet_tests::REPORT_EVENTS, empty())
+            .await
+            .is_err()
+            || ipc
+                .broadcast(fleet_tests::REPORT_EVENTS, empty())
+                .await
+                .is_err()
+        {
+            return ExitCode::FAILURE;
+        }
     }
     let pids = live_pids(&admiral).await;
     println!("ready {}", pids.join(" "));

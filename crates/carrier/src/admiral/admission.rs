@@ -133,20 +133,9 @@ async fn connection(
     let waiting = unproven.clone();
     let reader = tokio::spawn(async move {
         let mut reader = FrameReader::new(read, HELLO_MAX_FRAME);
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Up>()).await;
-        let (secret, process, protocol, build) = match hello {
-            Ok(Ok(Up::Hello {
-                secret,
-                process,
-                protocol,
-                build,
-            })) => (secret, process, protocol, build),
-            other => {
-                let error = match other {
-                    Err(_) => "no hello in time".to_owned(),
-                    Ok(Err(e)) => format!("bad hello: {e}"),
-                    Ok(Ok(_)) => "first frame was not a hello".to_owned(),
-                };
+        let verdict = match first_frames(conn, &mut reader, &inbox).await {
+            Ok(verdict) => verdict,
+            Err(error) => {
                 waiting.remove(conn);
                 let _ = inbox
                     .send(Inbox::Closed {
@@ -157,23 +146,12 @@ async fn connection(
                 return;
             }
         };
-        // It said hello: no longer an idle stranger (a wrong secret is refused by the router).
+        // It said who it is: no longer an idle stranger (a wrong secret is refused by the
+        // router).
         waiting.remove(conn);
-        let (verdict_tx, verdict) = oneshot::channel();
-        if inbox
-            .send(Inbox::Hello {
-                conn,
-                secret,
-                process,
-                protocol,
-                build,
-                admitted: verdict_tx,
-            })
-            .await
-            .is_err()
-        {
+        let Some(verdict) = verdict else {
             return;
-        }
+        };
         // Nothing more is read from a peer until the router has admitted it.
         if verdict.await != Ok(true) {
             return;
@@ -200,6 +178,58 @@ async fn connection(
         }
     });
     unproven.add(conn, reader.abort_handle());
+}
+
+/// The longest nonce a returning worker may send.
+const MAX_NONCE: usize = 64;
+
+/// Reads what a connection says before it is admitted, within [`HELLO_TIMEOUT`] all told: a
+/// hello, or a returning worker's challenge (answered by the router) and rejoin. Hands it to
+/// the router; returns the verdict to wait for (`None`: the router is gone), or why the
+/// connection is closed.
+async fn first_frames(
+    conn: ConnId,
+    reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
+    inbox: &mpsc::Sender<Inbox>,
+) -> Result<Option<oneshot::Receiver<bool>>, String> {
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let mut next = async || match tokio::time::timeout_at(deadline, reader.next::<Up>()).await {
+        Ok(Ok(up)) => Ok(up),
+        Err(_) => Err("no hello in time".to_owned()),
+        Ok(Err(e)) => Err(format!("bad hello: {e}")),
+    };
+    let (admitted, verdict) = oneshot::channel();
+    let said = match next().await? {
+        Up::Hello {
+            secret,
+            process,
+            protocol,
+            build,
+        } => Inbox::Hello {
+            conn,
+            secret,
+            process,
+            protocol,
+            build,
+            admitted,
+        },
+        Up::Challenge { nonce } if (16..=MAX_NONCE).contains(&nonce.len()) => {
+            if inbox.send(Inbox::Challenge { conn, nonce }).await.is_err() {
+                return Ok(None);
+            }
+            match next().await? {
+                Up::Rejoin(rejoin) => Inbox::Rejoin {
+                    conn,
+                    rejoin,
+                    admitted,
+                },
+                _ => return Err("a challenge was not followed by a rejoin".to_owned()),
+            }
+        }
+        Up::Challenge { .. } => return Err("a challenge's nonce must be 16 to 64 bytes".into()),
+        _ => return Err("first frame was not a hello".to_owned()),
+    };
+    Ok(inbox.send(said).await.is_ok().then_some(verdict))
 }
 
 /// Whether a read failed because the peer went away rather than because of what it sent.

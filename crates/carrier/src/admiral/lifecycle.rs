@@ -202,6 +202,18 @@ impl Worker {
 pub enum Input {
     /// Start launching.
     Launch,
+    /// Before the launch: take over a process a lost admiral had started for `worker`, which
+    /// outlived it and came back (check [`Lifecycle::can_adopt`] first). It is live at once if
+    /// it had reported ready, or starting (within its start timeout) if not; the launch spawns
+    /// only the workers nobody adopted.
+    Adopt {
+        /// The worker it serves.
+        worker: WorkerId,
+        /// Its process number, as the lost admiral gave it.
+        process: ProcessId,
+        /// It had reported ready.
+        ready: bool,
+    },
     /// The process could not be spawned.
     SpawnFailed(ProcessId, String),
     /// The process proved itself over IPC.
@@ -886,6 +898,26 @@ impl Lifecycle {
                     self.advance(&mut out);
                 }
             }
+            Input::Adopt {
+                worker: id,
+                process,
+                ready,
+            } => {
+                if self.can_adopt(&id, process).is_ok() {
+                    self.processes.insert(process, id.clone());
+                    self.next_process = self.next_process.max(process + 1);
+                    let worker = self.workers.get_mut(&id).expect("checked by can_adopt");
+                    worker.process = Some(process);
+                    if ready {
+                        worker.state = State::Live;
+                        out.push(Command::Emit(LifecycleEvent::Ready(id)));
+                    } else {
+                        worker.state = State::Starting;
+                        let after = self.start_timeout(&id);
+                        self.arm(Timeout::Start(process), after);
+                    }
+                }
+            }
             Input::AddService(spec) => {
                 if self.can_add_service(&spec).is_ok() {
                     let id = WorkerId::Service(spec.name.clone());
@@ -1169,6 +1201,22 @@ impl Lifecycle {
                 tracing::warn!(target: "fleet::lifecycle", process = from, "sessions nobody asked for");
             }
             None => out.push(Command::SendSessions { to: from, sessions }),
+        }
+    }
+
+    /// Whether `process` can be adopted for `worker` ([`Input::Adopt`]): only before the launch,
+    /// for a worker of this fleet nobody serves yet, under a number no process has here.
+    pub fn can_adopt(&self, worker: &WorkerId, process: ProcessId) -> Result<(), &'static str> {
+        if self.phase != Phase::Idle {
+            return Err("this admiral has launched the fleet without it");
+        }
+        if process == 0 || self.processes.contains_key(&process) {
+            return Err("another process has its number");
+        }
+        match self.workers.get(worker) {
+            None => Err("the fleet has no such worker"),
+            Some(w) if w.state != State::Pending => Err("another process serves this worker"),
+            Some(_) => Ok(()),
         }
     }
 

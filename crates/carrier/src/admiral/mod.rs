@@ -92,6 +92,11 @@ pub struct AdmiralConfig {
     pub build: String,
     /// What SIGUSR2 deploys.
     pub deploy_on_signal: crate::ipc::proto::DeployPlan,
+    /// How long workers that lose this admiral serve on and wait for the next one on the same
+    /// stable directory (zero: they stop at once, and the directory is private to this admiral).
+    pub admiral_grace: Duration,
+    /// The fleet's id: it names the stable directory (`fleet-<id>` in `run_dir`).
+    pub fleet_id: String,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.
@@ -188,6 +193,60 @@ pub enum AdmiralError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The admiral could not re-execute itself ([`AdmiralHandle::restart_self`]).
+    #[error("the admiral cannot restart itself: {0}")]
+    RestartSelf(String),
+}
+
+/// The admiral's own program and arguments, found at its start, to re-execute it in place.
+#[derive(Debug, Clone)]
+struct OwnCommand {
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl OwnCommand {
+    fn current() -> Option<Self> {
+        Some(Self {
+            program: std::env::current_exe().ok()?,
+            args: std::env::args_os().skip(1).collect(),
+        })
+    }
+}
+
+/// Replaces this process's image with the admiral's program (`own`), the same pid, arguments
+/// and environment: its workers lose their connection, wait (`grace`), and the new image adopts
+/// them. Returns only why it could not.
+fn exec_self(grace: Duration, own: Option<&OwnCommand>) -> AdmiralError {
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    if grace.is_zero() {
+        return AdmiralError::RestartSelf(
+            "its workers would stop with it: set FleetOptions::admiral_grace".into(),
+        );
+    }
+    let Some(own) = own else {
+        return AdmiralError::RestartSelf("its own program could not be found".into());
+    };
+    tracing::info!(target: "fleet::admiral", program = %own.program.display(), "re-executing the admiral in place; its workers wait for it");
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let error = std::process::Command::new(&own.program)
+        .args(&own.args)
+        .exec();
+    AdmiralError::RestartSelf(format!("cannot execute {}: {error}", own.program.display()))
+}
+
+/// Re-executes the admiral on each SIGHUP (logged when it cannot).
+async fn restart_on_signal(grace: Duration, own: Option<OwnCommand>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let error = exec_self(grace, own.as_ref());
+        tracing::error!(target: "fleet::admiral", %error, "SIGHUP: not restarted");
+    }
 }
 
 /// The admiral's handle: its own IPC, its events, and control of the fleet.
@@ -208,6 +267,8 @@ pub struct AdmiralHandle {
     restart_timeout: Duration,
     services: usize,
     tasks: Vec<tokio::task::AbortHandle>,
+    grace: Duration,
+    own: Option<OwnCommand>,
 }
 
 /// How a launch ended.
@@ -392,6 +453,16 @@ impl AdmiralHandle {
         self.wait_stopped().await;
     }
 
+    /// Re-executes the admiral's program in place: the same pid, arguments and environment, and
+    /// the program as it is on disk now (a new build copied over it runs). Every worker keeps
+    /// serving through it and the new image adopts them, with no identify and no event lost
+    /// (see [`FleetOptions::admiral_grace`](crate::FleetOptions::admiral_grace), which it needs).
+    /// SIGHUP does the same when the admiral handles signals. Returns only if it could not.
+    #[must_use]
+    pub fn restart_self(&self) -> AdmiralError {
+        exec_self(self.grace, self.own.as_ref())
+    }
+
     /// Stops the admiral at once, without a graceful shutdown, as if its process had died: the
     /// workers lose their connection and exit on their own.
     pub fn abort(&self) {
@@ -407,6 +478,17 @@ impl AdmiralHandle {
     }
 }
 
+pub(crate) use self::run_dir::check_fleet_id;
+
+/// The port the REST proxy of fleet `id`'s last admiral listened on, if its stable directory in
+/// `run_dir` names one (0 otherwise).
+pub(crate) fn last_proxy_port(run_dir: &std::path::Path, id: &str) -> u16 {
+    std::fs::read_to_string(run_dir::stable_path(run_dir, id).join(run_dir::PROXY_PORT_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Starts an admiral: a private IPC socket, the router, and the launch of every worker.
 #[allow(
     clippy::unused_async,
@@ -417,7 +499,19 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
     if removed > 0 {
         tracing::info!(target: "fleet::admiral", removed, run_dir = %config.run_dir.display(), "removed IPC directories left by admirals that died");
     }
-    let dir = private_dir(&config.run_dir)?;
+    let (dir, secret, waiting) = if config.admiral_grace.is_zero() {
+        (private_dir(&config.run_dir)?, crate::Secret::random(), None)
+    } else {
+        let stable = run_dir::stable_dir(&config.run_dir, &config.fleet_id)?;
+        if let Some(proxy) = &config.rest_proxy {
+            let port = proxy.addr().port().to_string();
+            let _ = std::fs::write(stable.dir.join(run_dir::PROXY_PORT_FILE), port);
+        }
+        if !stable.waiting.is_empty() {
+            tracing::info!(target: "fleet::admiral", workers = stable.waiting.len(), dir = %stable.dir.display(), "the last admiral's workers still run; adopting them");
+        }
+        (stable.dir, stable.secret, Some(stable.waiting))
+    };
     let socket = dir.join(SOCKET_FILE);
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -436,8 +530,8 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         }
         None => None,
     };
-    let secret = crate::Secret::random();
     let config = Arc::new(config);
+    let own = OwnCommand::current();
     let (inbox_tx, inbox_rx) = mpsc::channel(65_536);
     let (local_tx, local_rx) = mpsc::channel(1024);
     let (events, first) = broadcast::channel(8192);
@@ -460,6 +554,10 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         plan_tx,
         tokio::runtime::Handle::current(),
     );
+    let router = match waiting {
+        Some(waiting) => router.with_stable_dir(dir.clone(), waiting),
+        None => router,
+    };
     let mut tasks = Vec::new();
     if config.handle_signals {
         let inbox = inbox_tx.clone();
@@ -474,6 +572,10 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
             config.deploy_on_signal.clone(),
         ));
         tasks.push(deploys.abort_handle());
+        if !config.admiral_grace.is_zero() {
+            let task = tokio::spawn(restart_on_signal(config.admiral_grace, own.clone()));
+            tasks.push(task.abort_handle());
+        }
     }
     if let Some(policy) = config.auto_reshard {
         let task = tokio::spawn(auto_reshard(
@@ -567,6 +669,8 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         socket: socket_path,
         http_url,
         services: config.services.len(),
+        grace: config.admiral_grace,
+        own: own.clone(),
         restart_timeout: config
             .timeouts
             .cluster_ready

@@ -111,6 +111,50 @@ pub(crate) fn spawn(
     Ok(())
 }
 
+/// Watches a process this admiral did not spawn (adopted from a lost admiral): reports it as
+/// [`Inbox::Spawned`] with a kill switch, and [`Inbox::Exited`] once it is gone (its exit code,
+/// if it is this process's child, as after a re-exec; otherwise none). It is looked at every
+/// 100 ms: there is no child handle to wait on.
+pub(crate) fn watch_adopted(process: ProcessId, pid: u32, inbox: mpsc::Sender<Inbox>) {
+    let started = super::run_dir::started_at(pid);
+    let (kill, mut killed) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = inbox
+            .send(Inbox::Spawned {
+                process,
+                pid: Some(pid),
+                kill,
+            })
+            .await;
+        let target = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(100));
+        let code = loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                Ok(()) = &mut killed => {
+                    if let Some(target) = target {
+                        let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+            // A child of this process (the workers of an admiral that re-executed itself) is
+            // reaped here; any other is gone once it no longer runs.
+            if let Some(target) = target
+                && let Ok(Some((_, status))) =
+                    rustix::process::waitpid(Some(target), rustix::process::WaitOptions::NOHANG)
+            {
+                break status.exit_status();
+            }
+            if !started.is_some_and(|started| super::run_dir::alive(pid, started)) {
+                break None;
+            }
+        };
+        let _ = inbox.send(Inbox::Exited { process, code }).await;
+    });
+}
+
 async fn forward_output(
     pipe: Box<dyn AsyncRead + Send + Unpin>,
     (worker, process): (WorkerId, ProcessId),

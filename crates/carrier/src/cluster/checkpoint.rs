@@ -204,6 +204,31 @@ impl SessionLog {
     }
 }
 
+impl SessionLog {
+    /// Every open session as the admiral last heard of it, its state included: what a cluster
+    /// tells an admiral that adopts it.
+    fn all(&self, sent: &[Sent]) -> Vec<ShardSession> {
+        let mut out = Vec::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            let open = slot
+                .session
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(open) = open.filter(|o| o.number == sent[index].number) {
+                out.push(ShardSession {
+                    shard: self.first + index as u32,
+                    session_id: open.id,
+                    sequence: sent[index].sequence,
+                    resume_url: open.resume_url,
+                    state: open.state,
+                });
+            }
+        }
+        out
+    }
+}
+
 /// What the admiral last heard of one shard.
 #[derive(Debug, Clone, Copy, Default)]
 struct Sent {
@@ -219,10 +244,19 @@ pub(crate) async fn run(log: Arc<SessionLog>, ipc: Ipc, every: Duration) {
     let mut seen = vec![0; log.slots.len()];
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rejoins = ipc.rejoins();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = log.opened.notified() => {}
+            Ok(()) = rejoins.changed() => {
+                // A new admiral knows nothing yet: every session as the last one heard of it,
+                // then what changed since.
+                let all = log.all(&sent);
+                if !all.is_empty() && ipc.checkpoint(all).await.is_err() {
+                    return;
+                }
+            }
         }
         let changes = log.changes(&mut sent, &mut seen);
         if !changes.is_empty() && ipc.checkpoint(changes).await.is_err() {

@@ -209,6 +209,11 @@ impl Ipc {
 
     /// Reports a lifecycle status to the admiral (ready, start failure, shard progress).
     pub(crate) async fn report(&self, status: Status) -> Result<(), IpcError> {
+        if status == Status::Ready {
+            self.inner
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         match &self.inner.transport {
             Transport::Socket(up) => up.send(&Up::Status(status)).await,
             Transport::Local(_) => Ok(()),

@@ -108,16 +108,34 @@ pub(crate) struct LocalRequest {
 }
 
 /// A worker's socket to the admiral: frames are encoded by the sender and written through the
-/// connection's [`Outbox`], with no task between.
+/// connection's [`Outbox`], with no task between. The outbox is swapped for a parked one when the
+/// admiral is lost, and that one is given the next admiral's socket.
 #[derive(Debug)]
 pub(crate) struct Uplink {
-    outbox: Outbox,
+    outbox: RwLock<Arc<Outbox>>,
     max_frame: usize,
 }
 
 impl Uplink {
     pub(crate) fn new(outbox: Outbox, max_frame: usize) -> Self {
-        Self { outbox, max_frame }
+        Self {
+            outbox: RwLock::new(Arc::new(outbox)),
+            max_frame,
+        }
+    }
+
+    /// The outbox frames go to now.
+    pub(crate) fn outbox(&self) -> Arc<Outbox> {
+        self.outbox
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends into `outbox` from now on; the one before is dropped (its socket closes once what
+    /// it held is written).
+    pub(crate) fn replace(&self, outbox: Arc<Outbox>) {
+        *self.outbox.write().unwrap_or_else(PoisonError::into_inner) = outbox;
     }
 
     /// Sends one frame, waiting while the outbox is full (back-pressure from a slow admiral).
@@ -130,22 +148,23 @@ impl Uplink {
     pub(super) async fn send_soon(&self, up: &Up, batch: bool) -> Result<(), IpcError> {
         let body = super::frame::encode(up, self.max_frame)?;
         loop {
+            let outbox = self.outbox();
             let queued = if batch {
-                self.outbox.defer(&body)
+                outbox.defer(&body)
             } else {
-                self.outbox.push(&body)
+                outbox.push(&body)
             };
             match queued {
                 Ok(()) => return Ok(()),
                 Err(Refused::Closed) => return Err(IpcError::Disconnected),
-                Err(Refused::Full) => self.outbox.flushed().await,
+                Err(Refused::Full) => outbox.flushed().await,
             }
         }
     }
 
     /// Sends one frame if it fits now; whether it was queued.
     pub(super) fn try_send(&self, up: &Up) -> bool {
-        super::frame::encode(up, self.max_frame).is_ok_and(|body| self.outbox.push(&body).is_ok())
+        super::frame::encode(up, self.max_frame).is_ok_and(|body| self.outbox().push(&body).is_ok())
     }
 }
 
@@ -177,6 +196,10 @@ pub(super) struct Inner {
     pub(super) in_flight: Semaphore,
     /// Subscriptions to the admiral's events.
     pub(super) subscriptions: super::subscribe::Subscriptions,
+    /// It reported itself ready.
+    pub(super) ready: std::sync::atomic::AtomicBool,
+    /// How many times it rejoined an admiral after losing one.
+    pub(super) rejoins: tokio::sync::watch::Sender<u64>,
 }
 
 /// A handle on the fleet's IPC. Cheap to clone.
@@ -212,6 +235,8 @@ impl Ipc {
                 timeout,
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
                 subscriptions: super::subscribe::Subscriptions::default(),
+                ready: std::sync::atomic::AtomicBool::new(false),
+                rejoins: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -460,12 +485,47 @@ impl Ipc {
 
     /// Fails every waiting request at once (the admiral is gone).
     pub(crate) fn disconnect(&self) {
+        self.fail_pending();
+        self.close_events();
+    }
+
+    /// Fails every request waiting for an answer (the admiral that was to answer is gone; a
+    /// worker that waits for the next one keeps its subscriptions).
+    pub(crate) fn fail_pending(&self) {
         self.inner
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        self.close_events();
+    }
+
+    /// Whether this worker reported itself ready.
+    pub(crate) fn reported_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// Changes each time this worker rejoins an admiral after losing one: what it reported
+    /// (its sessions) must be reported again.
+    pub(crate) fn rejoins(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.rejoins.subscribe()
+    }
+
+    /// Counts a rejoin (see [`rejoins`](Self::rejoins)).
+    pub(crate) fn rejoined(&self) {
+        self.inner.rejoins.send_modify(|n| *n += 1);
+    }
+
+    /// The admiral events this handle subscribed to.
+    pub(crate) async fn topics(&self) -> super::proto::Topics {
+        *self.inner.subscriptions.topics.lock().await
+    }
+
+    /// The uplink, in a worker.
+    pub(crate) fn uplink(&self) -> Option<&Uplink> {
+        match &self.inner.transport {
+            Transport::Socket(uplink) => Some(uplink),
+            Transport::Local(_) => None,
+        }
     }
 
     /// Sends a frame to the admiral (worker side only).
@@ -481,9 +541,9 @@ impl Ipc {
     pub(crate) fn cork(&self, cork: bool) {
         if let Transport::Socket(up) = &self.inner.transport {
             if cork {
-                up.outbox.cork();
+                up.outbox().cork();
             } else {
-                up.outbox.uncork();
+                up.outbox().uncork();
             }
         }
     }
@@ -492,7 +552,8 @@ impl Ipc {
     /// last report is not lost). Gives up after two seconds.
     pub async fn flush(&self) {
         if let Transport::Socket(up) = &self.inner.transport {
-            let _ = tokio::time::timeout(Duration::from_secs(2), up.outbox.flushed()).await;
+            let outbox = up.outbox();
+            let _ = tokio::time::timeout(Duration::from_secs(2), outbox.flushed()).await;
         }
     }
 }

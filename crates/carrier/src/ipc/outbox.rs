@@ -43,7 +43,8 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    socket: OwnedWriteHalf,
+    /// Set once: at the start, or by [`Outbox::attach`] for a parked outbox.
+    socket: std::sync::OnceLock<OwnedWriteHalf>,
     /// Wakes the flusher.
     wake: Notify,
     /// Tells waiters the buffer emptied (or the connection closed).
@@ -58,8 +59,11 @@ impl Shared {
 
     /// Writes what the socket takes now; hands the rest to the flusher.
     fn write_through(&self, state: &mut State) {
+        let Some(socket) = self.socket.get() else {
+            return;
+        };
         while !state.buf.is_empty() {
-            match self.socket.try_write(&state.buf) {
+            match socket.try_write(&state.buf) {
                 Ok(0) => {
                     state.closed = true;
                     break;
@@ -100,6 +104,15 @@ impl Outbox {
         socket: OwnedWriteHalf,
         limit: usize,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (outbox, flusher) = Self::parked(limit);
+        let _ = outbox.shared.socket.set(socket);
+        (outbox, flusher)
+    }
+
+    /// An outbox with no socket yet: frames are queued (up to `limit` bytes) until
+    /// [`attach`](Self::attach) gives it one. A worker that lost its admiral sends into one
+    /// while it looks for the next.
+    pub fn parked(limit: usize) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 buf: BytesMut::new(),
@@ -108,7 +121,7 @@ impl Outbox {
                 closed: false,
                 waiting: 0,
             }),
-            socket,
+            socket: std::sync::OnceLock::new(),
             wake: Notify::new(),
             drained: Notify::new(),
             limit,
@@ -153,6 +166,17 @@ impl Outbox {
         state.buf.reserve(4 + body.len());
         state.buf.put_u32(len);
         state.buf.put_slice(body);
+        Ok(())
+    }
+
+    /// Gives a parked outbox its socket and writes what it holds, in order. An outbox that
+    /// already has one keeps it, and gets the socket back as the error.
+    pub fn attach(&self, socket: OwnedWriteHalf) -> Result<(), OwnedWriteHalf> {
+        self.shared.socket.set(socket)?;
+        let mut state = self.shared.lock();
+        if !state.corked && !state.flushing && !state.closed {
+            self.shared.write_through(&mut state);
+        }
         Ok(())
     }
 
@@ -219,16 +243,10 @@ async fn flush(shared: Arc<Shared>) {
         loop {
             let finished = {
                 let mut state = shared.lock();
-                if state.buf.is_empty() {
-                    state.flushing = false;
-                    shared.drained.notify_waiters();
-                    if state.closed {
-                        return;
-                    }
-                    true
-                } else {
+                let socket = shared.socket.get();
+                if let Some(socket) = socket.filter(|_| !state.buf.is_empty()) {
                     state.flushing = true;
-                    match shared.socket.try_write(&state.buf) {
+                    match socket.try_write(&state.buf) {
                         Ok(n) if n > 0 => {
                             state.buf.advance(n);
                             false
@@ -243,12 +261,31 @@ async fn flush(shared: Arc<Shared>) {
                             return;
                         }
                     }
+                } else if socket.is_none() && !state.buf.is_empty() {
+                    // Parked: what it holds waits for `attach`, which writes it.
+                    state.flushing = false;
+                    if state.closed {
+                        shared.drained.notify_waiters();
+                        return;
+                    }
+                    true
+                } else {
+                    state.flushing = false;
+                    shared.drained.notify_waiters();
+                    if state.closed {
+                        return;
+                    }
+                    true
                 }
             };
             if finished {
                 break;
             }
-            if shared.socket.writable().await.is_err() {
+            let writable = match shared.socket.get() {
+                Some(socket) => socket.writable().await,
+                None => Ok(()),
+            };
+            if writable.is_err() {
                 let mut state = shared.lock();
                 state.buf.clear();
                 state.closed = true;
@@ -374,5 +411,24 @@ mod tests {
         }
         assert_eq!(result, Err(Refused::Closed));
         outbox.flushed().await;
+    }
+
+    #[tokio::test]
+    async fn a_parked_outbox_holds_its_frames_until_it_gets_a_socket_then_writes_them_in_order() {
+        let (parked, flusher) = Outbox::parked(1 << 20);
+        tokio::spawn(flusher);
+        parked.push(b"one").unwrap();
+        parked.defer(b"two").unwrap();
+        tokio::task::yield_now().await;
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        parked.attach(write).unwrap();
+        parked.push(b"three").unwrap();
+        parked.flushed().await;
+        let frames = read_frames(&mut peer, 3).await;
+        assert_eq!(frames, [&b"one"[..], b"two", b"three"]);
+        // A second socket is refused: the first stays.
+        let (other, _peer) = UnixStream::pair().unwrap();
+        assert!(parked.attach(other.into_split().1).is_err());
     }
 }

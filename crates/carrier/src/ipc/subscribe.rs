@@ -22,7 +22,7 @@ pub(crate) struct Subscriptions {
     events: std::sync::Mutex<Option<broadcast::Sender<Arc<AdmiralEvent>>>>,
     /// The topics the admiral sends; held across the request that changes them, so two
     /// subscribers never race each other's union.
-    topics: tokio::sync::Mutex<Topics>,
+    pub(super) topics: tokio::sync::Mutex<Topics>,
 }
 
 impl Default for Subscriptions {

@@ -151,6 +151,11 @@ pub struct RestProxy {
 impl RestProxy {
     /// Starts the proxy on `127.0.0.1` with a free port.
     pub async fn start(config: ProxyConfig) -> Result<Self, ProxyStartError> {
+        Self::start_on(config, 0).await
+    }
+
+    /// Starts the proxy on `127.0.0.1:port` (0: a free port).
+    pub async fn start_on(config: ProxyConfig, port: u16) -> Result<Self, ProxyStartError> {
         let upstream = config.upstream.trim_end_matches('/').to_owned();
         let valid = upstream
             .parse::<Uri>()
@@ -161,7 +166,7 @@ impl RestProxy {
         let mut auth = HeaderValue::try_from(format!("Bot {}", config.token))
             .map_err(|_| ProxyStartError::BadToken)?;
         auth.set_sensitive(true);
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             limiter: RateLimiter::new(config.global_limit.max(1)),
@@ -236,6 +241,22 @@ impl RestProxy {
             .entry(caller.to_owned())
             .or_default();
         key
+    }
+
+    /// Lets a caller in again with the key it already has: a worker a new admiral adopted,
+    /// whose key the last admiral's proxy gave it.
+    pub fn admit_key(&self, caller: &str, key: &Secret) {
+        self.shared
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.expose().to_owned(), caller.to_owned());
+        self.shared
+            .callers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(caller.to_owned())
+            .or_default();
     }
 
     /// Refuses a key from now on (its process is gone).

@@ -1297,3 +1297,60 @@ fn handed_over_sessions_are_no_longer_the_old_processes_to_resume() {
     l.handle(Input::SessionsHandedOver(old, sessions(0..2)));
     assert_eq!(l.checkpointed(old), 0);
 }
+
+#[test]
+fn adopted_workers_are_live_and_the_launch_spawns_only_the_rest() {
+    let mut l = fleet(&["db"], 3);
+    // The lost admiral's processes: the service ready, cluster 0 ready, cluster 1 still starting.
+    let out = l.handle(Input::Adopt {
+        worker: service("db"),
+        process: 7,
+        ready: true,
+    });
+    assert_eq!(events(&out), [LifecycleEvent::Ready(service("db"))]);
+    l.handle(Input::Adopt {
+        worker: WorkerId::Cluster(0),
+        process: 9,
+        ready: true,
+    });
+    let (_, timed) = handle_timed(
+        &mut l,
+        Input::Adopt {
+            worker: WorkerId::Cluster(1),
+            process: 8,
+            ready: false,
+        },
+    );
+    assert_eq!(timed, [(Timeout::Start(8), TIMEOUTS.cluster_ready)]);
+    assert_eq!(
+        l.worker(&WorkerId::Cluster(1)).unwrap().state,
+        State::Starting
+    );
+    // Taken: the same worker, or the same number, again.
+    assert!(l.can_adopt(&WorkerId::Cluster(0), 10).is_err());
+    assert!(l.can_adopt(&WorkerId::Cluster(2), 9).is_err());
+    assert!(
+        l.can_adopt(&WorkerId::Cluster(5), 11).is_err(),
+        "not in the plan"
+    );
+
+    let out = l.handle(Input::Launch);
+    // Only cluster 2 is spawned, numbered past every adopted process.
+    assert_eq!(spawned(&out), [(WorkerId::Cluster(2), 10)]);
+    l.handle(Input::Ready(8));
+    let out = l.handle(Input::Ready(10));
+    assert!(
+        events(&out).contains(&LifecycleEvent::AllReady { live: 4, failed: 0 }),
+        "{out:?}"
+    );
+    // Once launched, nobody more is adopted.
+    assert!(l.can_adopt(&WorkerId::Cluster(2), 20).is_err());
+    // An adopted process that dies is a crash like any other.
+    let out = l.handle(Input::Exited(9, None));
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| matches!(e, LifecycleEvent::Failed { worker, .. } if *worker == WorkerId::Cluster(0))),
+        "{out:?}"
+    );
+}

@@ -41,6 +41,15 @@ pub(crate) enum Inbox {
         /// Told whether the connection is admitted; its reader waits for this.
         admitted: oneshot::Sender<bool>,
     },
+    /// A returning worker's challenge: the router answers with its proof.
+    Challenge { conn: ConnId, nonce: Vec<u8> },
+    /// A returning worker's rejoin, after the proof.
+    Rejoin {
+        conn: ConnId,
+        rejoin: Box<crate::ipc::proto::Rejoin>,
+        /// Told whether the worker is adopted; its reader waits for this.
+        admitted: oneshot::Sender<bool>,
+    },
     /// A frame from an admitted connection.
     Up { conn: ConnId, up: Up },
     /// A connection ended; `error` if over a protocol error.

@@ -8,12 +8,14 @@
 //! - `connections`: the connection and process tables, and the one way out to a worker;
 //! - `calls`: call correlation (forwards, fan-outs, searches, deadlines), a plain table;
 //! - `supervision`: hellos, closes, exits, heartbeats, and carrying out the lifecycle's commands;
+//! - `adoption`: taking over the workers a lost admiral left;
 //! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`,
 //!   `stats` (the admiral's shard and process records, and stats rounds), `control` (stop,
 //!   restart, rolling restarts, reshards and what their waiters hear), `services` (services
 //!   created at runtime), and `subscriptions`
 //!   (every event the router publishes, and the workers subscribed to them).
 
+mod adoption;
 mod calls;
 mod commands;
 mod connections;
@@ -57,6 +59,7 @@ enum Timer {
     ExitDrain(ProcessId),
     Heartbeat,
     Stats,
+    Adoption,
 }
 
 pub(crate) struct Router {
@@ -96,6 +99,8 @@ pub(crate) struct Router {
     deploying: Option<deploy::Deploying>,
     /// Identifies granted since the start.
     identifies_granted: u64,
+    /// The stable directory, when workers outlive their admiral.
+    adoption: Option<adoption::Adoption>,
 }
 
 impl Router {
@@ -149,7 +154,15 @@ impl Router {
             builds: std::collections::HashMap::new(),
             deploying: None,
             identifies_granted: 0,
+            adoption: None,
         }
+    }
+
+    /// Records its workers in stable directory `dir`, and waits for the last admiral's workers
+    /// (`waiting`, their pids) to rejoin before it launches.
+    pub(crate) fn with_stable_dir(mut self, dir: PathBuf, waiting: Vec<u32>) -> Self {
+        self.adoption = Some(adoption::Adoption::new(dir, waiting));
+        self
     }
 
     /// Runs until every worker has stopped after a shutdown.
@@ -162,7 +175,7 @@ impl Router {
         // here, so it runs on the router's own runtime.
         let mut deadline = Box::pin(tokio::time::sleep(Duration::ZERO));
         let mut deadline_at = None;
-        self.lifecycle_input(Input::Launch);
+        self.launch_or_adopt();
         if let Some(heartbeat) = self.config.heartbeat {
             self.arm(Timer::Heartbeat, heartbeat.interval);
         }
@@ -235,6 +248,15 @@ impl Router {
                 let ok = self.on_hello(conn, &secret, process, protocol, &build);
                 let _ = admitted.send(ok);
             }
+            Inbox::Challenge { conn, nonce } => self.on_challenge(conn, &nonce),
+            Inbox::Rejoin {
+                conn,
+                rejoin,
+                admitted,
+            } => {
+                let ok = self.on_rejoin(conn, &rejoin);
+                let _ = admitted.send(ok);
+            }
             Inbox::Up { conn, up } => self.on_up(conn, up),
             Inbox::Closed { conn, error } => self.on_closed(conn, error),
             Inbox::Granted { waiter, shard } => {
@@ -252,7 +274,8 @@ impl Router {
                 let info = self.links.processes.entry(process).or_default();
                 info.pid = pid;
                 info.kill = Some(kill);
-                info.started = Some(tokio::time::Instant::now());
+                info.started.get_or_insert_with(tokio::time::Instant::now);
+                self.record_workers();
             }
             Inbox::Exited { process, code } => self.on_exited(process, code),
             Inbox::Recommended {
@@ -421,6 +444,7 @@ impl Router {
             Timer::ExitDrain(process) => self.exit_drained(process),
             Timer::Heartbeat => self.heartbeat(),
             Timer::Stats => self.stats_interval(),
+            Timer::Adoption => self.check_adoption(),
         }
     }
 

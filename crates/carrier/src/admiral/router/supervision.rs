@@ -50,19 +50,8 @@ impl Router {
         let (worker, admission) = match admitted {
             Ok(admitted) => admitted,
             Err(problem) => {
-                if proven {
-                    // One of the fleet's own: it is told why before the connection closes.
-                    let refused = Down::Refused {
-                        reason: problem.clone(),
-                    };
-                    self.links.send(conn, &refused);
-                }
-                tracing::error!(target: "fleet::ipc", conn, process, problem, "refusing an IPC connection");
-                let _ = self.events.send(FleetEvent::ProtocolError {
-                    worker: None,
-                    error: format!("refused a connection claiming process {process}: {problem}"),
-                });
-                self.links.remove(conn);
+                // One of the fleet's own is told why before the connection closes.
+                self.refuse(conn, process, proven, &problem);
                 return false;
             }
         };
@@ -189,7 +178,7 @@ impl Router {
                     info.ipc_latency = latency.or(info.ipc_latency);
                 }
             }
-            Up::Hello { .. } => {
+            Up::Hello { .. } | Up::Challenge { .. } | Up::Rejoin(_) => {
                 tracing::warn!(target: "fleet::ipc", %worker, "ignoring a second hello");
             }
             Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
@@ -339,6 +328,7 @@ impl Router {
         {
             proxy.revoke(&key);
         }
+        self.record_workers();
         self.lifecycle_input(Input::Exited(process, code));
     }
 
@@ -469,6 +459,7 @@ impl Router {
             max_frame: self.config.max_frame,
             timeout: self.config.request_timeout,
             build: String::new(),
+            grace: self.config.admiral_grace,
         }
         .vars();
         let mut env = env;

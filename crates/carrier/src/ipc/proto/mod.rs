@@ -20,6 +20,11 @@
 //!    handle `Down::Message` (broadcasts and direct messages) and `Down::Shutdown`, and, once it
 //!    sent `Request::Subscribe`, `Down::Event`.
 //!
+//! A worker that lost its admiral (`FLEET_ADMIRAL_GRACE_MS` above zero) reconnects to the same
+//! socket with `Up::Challenge { nonce }`, checks the `Down::Proof` (HMAC-SHA256 of
+//! [`PROOF_CONTEXT`] and the nonce under the secret), then sends `Up::Rejoin` and waits for
+//! `Down::Adopted` (or `Down::Refused`).
+//!
 //! User payloads are opaque bytes ([`Payload`]); the admiral forwards them without decoding.
 //!
 //! A `timeout_ms` above [`MAX_TIMEOUT`] (one day) is treated as [`MAX_TIMEOUT`].
@@ -308,6 +313,66 @@ pub enum Up {
         /// The ping's number.
         seq: u64,
     },
+    /// First frame of a worker that lost its admiral and found one on the same socket: before it
+    /// says anything that proves it, the admiral must prove it knows the fleet's secret
+    /// ([`Down::Proof`]). `nonce` is 32 random bytes.
+    Challenge {
+        /// Random bytes for the admiral to sign.
+        nonce: Vec<u8>,
+    },
+    /// Second frame of a returning worker, once the admiral's proof checked out: who it is and
+    /// what it runs, for the admiral to adopt it ([`Down::Adopted`]) or refuse it. After it, a
+    /// cluster sends its every session again ([`Up::Checkpoint`]).
+    Rejoin(Box<Rejoin>),
+}
+
+/// What a worker that outlived its admiral tells the next one ([`Up::Rejoin`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejoin {
+    /// The per-fleet secret.
+    pub secret: crate::Secret,
+    /// Its process number, as the lost admiral gave it.
+    pub process: u64,
+    /// The IPC protocol it speaks.
+    pub protocol: u32,
+    /// Its build.
+    pub build: String,
+    /// Its operating-system process id, for the admiral to watch and signal.
+    pub pid: u32,
+    /// The worker it serves.
+    pub target: Target,
+    /// A cluster's shards: first, last and the fleet's total.
+    pub shards: Option<(u32, u32, u32)>,
+    /// Whether it had reported itself ready.
+    pub ready: bool,
+    /// Its key to the REST proxy, which the new admiral's proxy accepts again.
+    pub rest_key: Option<crate::Secret>,
+    /// The admiral events it had subscribed to.
+    pub topics: Vec<Topic>,
+}
+
+/// The domain an admiral's proof ([`Down::Proof`]) is made in, so it can be taken for nothing
+/// else.
+pub const PROOF_CONTEXT: &[u8] = b"fleet admiral proof v1";
+
+/// The proof that answers `nonce`: HMAC-SHA256 under the secret of [`PROOF_CONTEXT`] and the
+/// nonce.
+#[must_use]
+pub fn admiral_proof(secret: &crate::Secret, nonce: &[u8]) -> Vec<u8> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose().as_bytes());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(PROOF_CONTEXT);
+    context.update(nonce);
+    context.sign().as_ref().to_vec()
+}
+
+/// Whether `proof` answers `nonce` under `secret` (compared in constant time).
+#[must_use]
+pub fn check_admiral_proof(secret: &crate::Secret, nonce: &[u8], proof: &[u8]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose().as_bytes());
+    let mut message = PROOF_CONTEXT.to_vec();
+    message.extend_from_slice(nonce);
+    ring::hmac::verify(&key, &message, proof).is_ok()
 }
 
 /// Admiral → worker.
@@ -404,11 +469,34 @@ pub enum Down {
         /// Why, in words for the worker's error.
         reason: String,
     },
+    /// The answer to an [`Up::Challenge`]: [`admiral_proof`] of its nonce.
+    Proof {
+        /// HMAC-SHA256 of the nonce under the fleet's secret.
+        mac: Vec<u8>,
+    },
+    /// The answer to an [`Up::Rejoin`]: this admiral serves the worker from now on.
+    Adopted,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admirals_proof_checks_only_under_its_secret_and_nonce() {
+        let secret = crate::Secret::new("s3cret");
+        let nonce = [7u8; 32];
+        let proof = admiral_proof(&secret, &nonce);
+        assert!(check_admiral_proof(&secret, &nonce, &proof));
+        assert!(!check_admiral_proof(
+            &crate::Secret::new("other"),
+            &nonce,
+            &proof
+        ));
+        assert!(!check_admiral_proof(&secret, &[8u8; 32], &proof));
+        assert!(!check_admiral_proof(&secret, &nonce, &proof[..31]));
+        assert!(!check_admiral_proof(&secret, &nonce, &[]));
+    }
 
     #[test]
     fn payloads_round_trip_typed_values_and_keep_u64_exact() {

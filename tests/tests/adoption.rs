@@ -1,0 +1,240 @@
+//! Workers that outlive their admiral (`FleetOptions::admiral_grace`): an admiral process is
+//! killed with `SIGKILL` while its clusters serve and Discord keeps sending; the workers serve on,
+//! and the next admiral on the same run directory adopts them: the same processes, no identify,
+//! every message handled. With no admiral coming back, the workers leave once the grace is over.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use carrier::admiral::State;
+use common::{WAIT, launch, mock_config, options};
+use discord_mock::MockDiscord;
+
+/// A run directory of this test's own.
+fn run_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fleet-adopt-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir(&dir).unwrap();
+    dir
+}
+
+/// The pids an admiral process printed in its `ready` line.
+fn pids(ready: &str) -> BTreeSet<u32> {
+    ready
+        .strip_prefix("ready ")
+        .expect("a ready line")
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// Whether a process is still running (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Kills an admiral process with SIGKILL and waits for it to be gone.
+async fn kill_admiral(admiral: &mut tokio::process::Child) {
+    admiral.start_kill().unwrap();
+    tokio::time::timeout(WAIT, admiral.wait())
+        .await
+        .expect("the admiral dies")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_admirals_workers_are_adopted_by_the_next_one_with_no_identify_and_nothing_lost() {
+    let mock = MockDiscord::start(mock_config(8, 4, 2)).await.unwrap();
+    let base = run_dir();
+    let env = [
+        ("TESTBOT_ADMIRAL_GRACE_MS", "60000"),
+        ("TESTBOT_REPORT_EVENTS", "1"),
+    ];
+    let (mut first, ready, _lines) = common::spawn_admiral_with(&mock, 2, Some(&base), &env).await;
+    let workers = pids(&ready);
+    assert_eq!(workers.len(), 3, "echo and two clusters");
+    let before = mock.stats();
+    assert_eq!(before.identifies, 4);
+
+    kill_admiral(&mut first).await;
+    // Discord goes on sending while the fleet has no admiral. The clusters' handlers report each
+    // message to the admiral and wait for its answer, so they wait for the next admiral.
+    mock.start_events(Some(10.0)).unwrap();
+    mock.wait_until(WAIT, "events sent with no admiral", |m| {
+        m.event_report().produced > 40
+    })
+    .await
+    .unwrap();
+    assert!(workers.iter().all(|p| alive(*p)), "the workers serve on");
+
+    // The next admiral of the same fleet, in this process.
+    let mut options = options(&mock, 2);
+    options.run_dir.clone_from(&base);
+    options.admiral_grace = Duration::from_mins(1);
+    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    let handled = common::HandledLog::start(&admiral).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let adopted: BTreeSet<u32> = admiral
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|w| w.state == State::Live)
+        .filter_map(|w| w.pid)
+        .collect();
+    assert_eq!(adopted, workers, "the same processes serve on");
+    // It routes to them: a command, and a stats round over every worker.
+    let stats = admiral.stats().await.unwrap();
+    assert_eq!(stats.guilds, 8, "{stats:?}");
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events delivered after the adoption", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    mock.stop_events();
+
+    assert!(
+        handled.all_handled(&mock).await,
+        "every message reached user code, the ones sent while no admiral ran included"
+    );
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(after.resumes, before.resumes, "no session was even resumed");
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    let report = mock.event_report();
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+
+    admiral.shutdown().await;
+    for pid in &workers {
+        tokio::time::timeout(WAIT, async {
+            while alive(*pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("an adopted worker stops with the fleet");
+    }
+    mock.wait_until(WAIT, "every session closed", |m| {
+        m.sessions().is_empty() && m.stats().open_connections == 0
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_leave_when_no_admiral_comes_back_within_the_grace() {
+    let mock = MockDiscord::start(mock_config(4, 2, 1)).await.unwrap();
+    let base = run_dir();
+    let env = [("TESTBOT_ADMIRAL_GRACE_MS", "1000")];
+    let (mut first, ready, _lines) = common::spawn_admiral_with(&mock, 2, Some(&base), &env).await;
+    let workers = pids(&ready);
+    kill_admiral(&mut first).await;
+    let killed = std::time::Instant::now();
+    for pid in &workers {
+        tokio::time::timeout(WAIT, async {
+            while alive(*pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("no worker outlives its grace");
+    }
+    assert!(
+        killed.elapsed() >= Duration::from_millis(900),
+        "they waited for the grace first"
+    );
+    mock.wait_until(WAIT, "every session ended", |m| {
+        m.stats().open_connections == 0
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_re_executes_the_admiral_in_place_and_it_adopts_its_own_workers() {
+    let mock = MockDiscord::start(mock_config(8, 4, 2)).await.unwrap();
+    let base = run_dir();
+    let env = [("TESTBOT_ADMIRAL_GRACE_MS", "60000")];
+    let (mut admiral, ready, mut lines) =
+        common::spawn_admiral_with(&mock, 2, Some(&base), &env).await;
+    let workers = pids(&ready);
+    let before = mock.stats();
+    mock.start_events(Some(10.0)).unwrap();
+
+    let pid = admiral.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // The new image prints its own `ready` once it has adopted every worker.
+    let again = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the admiral comes back")
+        .unwrap()
+        .expect("a line");
+    assert_eq!(pids(&again), workers, "the same workers serve on");
+    assert!(
+        admiral.try_wait().unwrap().is_none(),
+        "the same admiral process"
+    );
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events delivered after the restart", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    mock.stop_events();
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(after.resumes, before.resumes, "no session was even resumed");
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    let report = mock.event_report();
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(WAIT, admiral.wait())
+        .await
+        .expect("the admiral exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .as_deref(),
+        Some("stopped")
+    );
+    assert!(
+        workers.iter().all(|p| !alive(*p)),
+        "no adopted worker outlives a graceful shutdown"
+    );
+    mock.wait_until(WAIT, "every session closed", |m| {
+        m.sessions().is_empty() && m.stats().open_connections == 0
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+}
