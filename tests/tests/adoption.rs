@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use carrier::WorkerId;
 use carrier::admiral::State;
 use common::{WAIT, launch, mock_config, options};
 use discord_mock::MockDiscord;
@@ -91,6 +92,22 @@ async fn a_killed_admirals_workers_are_adopted_by_the_next_one_with_no_identify_
         .filter_map(|w| w.pid)
         .collect();
     assert_eq!(adopted, workers, "the same processes serve on");
+    // Each cluster told the new admiral its sessions: a crash now would resume them.
+    let mut events = admiral.events();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let workers = admiral.workers().await.unwrap();
+            let clusters = workers
+                .iter()
+                .filter(|w| matches!(w.id, WorkerId::Cluster(_)));
+            if clusters.clone().count() == 2 && clusters.into_iter().all(|w| w.checkpointed == 2) {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+        }
+    })
+    .await
+    .expect("every session checkpointed with the new admiral");
     // It routes to them: a command, and a stats round over every worker.
     let stats = admiral.stats().await.unwrap();
     assert_eq!(stats.guilds, 8, "{stats:?}");

@@ -401,9 +401,24 @@ impl Fleet {
             last_shard: options.last_shard,
         })?;
         let spacing = identify_spacing(options.identify_interval);
+        let fleet_id = match &options.fleet_id {
+            Some(id) => {
+                admiral::check_fleet_id(id).map_err(FleetError::FleetId)?;
+                id.clone()
+            }
+            None => token_id(&options.token),
+        };
         let identify = LocalIdentifyQueue::new(max_concurrency, spacing)
             .with_budget(gateway.budget())
             .with_confirmations();
+        // The last admiral's workers run on: it may have let a shard identify a moment ago.
+        let adopting =
+            !options.admiral_grace.is_zero() && admiral::workers_left(&options.run_dir, &fleet_id);
+        let identify = if adopting {
+            identify.with_recent_grants()
+        } else {
+            identify
+        };
         let startup = spacing * plan.shard_count().div_ceil(max_concurrency);
         let timeouts = Timeouts {
             service_ready: options.service_ready_timeout,
@@ -443,13 +458,6 @@ impl Fleet {
             services = self.services.len(),
             "launching"
         );
-        let fleet_id = match &options.fleet_id {
-            Some(id) => {
-                admiral::check_fleet_id(id).map_err(FleetError::FleetId)?;
-                id.clone()
-            }
-            None => token_id(&options.token),
-        };
         let rest_proxy = if options.rest_proxy {
             let mut proxy = ProxyConfig::new(&options.rest_url, &options.token);
             proxy.global_limit = options.rest_global_limit;

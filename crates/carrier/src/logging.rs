@@ -143,6 +143,7 @@ pub fn init_with_file(
     let ansi = std::io::stderr().is_terminal() && file.is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(|| Both);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(ansi).try_init(),
@@ -160,7 +161,10 @@ struct Both;
 
 impl std::io::Write for Both {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stderr().write_all(buf)?;
+        // A standard error nobody reads any more (a worker whose admiral died, before it moves
+        // its output to a file) loses the line, never fails the caller: the formatter would
+        // report the failure on standard error again, and that panics.
+        let _ = std::io::stderr().write_all(buf);
         if let Some(file) = FILE.get() {
             // A full disk must not stop the fleet's logging to standard error.
             let _ = file.make_writer().write_all(buf);
@@ -169,7 +173,8 @@ impl std::io::Write for Both {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -124,6 +124,12 @@ async fn connection(
     inbox: mpsc::Sender<Inbox>,
     max_frame: usize,
 ) {
+    // Who is on the other end, as the kernel says: a returning worker's pid must be its own.
+    let peer = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok());
     let (read, write) = stream.into_split();
     let (outbox, flusher) = Outbox::new(write, CONNECTION_BUFFER);
     tokio::spawn(flusher);
@@ -133,7 +139,7 @@ async fn connection(
     let waiting = unproven.clone();
     let reader = tokio::spawn(async move {
         let mut reader = FrameReader::new(read, HELLO_MAX_FRAME);
-        let verdict = match first_frames(conn, &mut reader, &inbox).await {
+        let verdict = match first_frames(conn, peer, &mut reader, &inbox).await {
             Ok(verdict) => verdict,
             Err(error) => {
                 waiting.remove(conn);
@@ -189,6 +195,7 @@ const MAX_NONCE: usize = 64;
 /// connection is closed.
 async fn first_frames(
     conn: ConnId,
+    peer: Option<u32>,
     reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
     inbox: &mpsc::Sender<Inbox>,
 ) -> Result<Option<oneshot::Receiver<bool>>, String> {
@@ -221,6 +228,7 @@ async fn first_frames(
                 Up::Rejoin(rejoin) => Inbox::Rejoin {
                     conn,
                     rejoin,
+                    peer,
                     admitted,
                 },
                 _ => return Err("a challenge was not followed by a rejoin".to_owned()),
@@ -292,17 +300,86 @@ mod tests {
         }
     }
 
+    fn framed(up: &Up) -> Vec<u8> {
+        let body = frame::encode(up, 1 << 20).unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
     fn hello_frame() -> Vec<u8> {
-        let hello = Up::Hello {
+        framed(&Up::Hello {
             secret: Secret::new("s"),
             process: 1,
             protocol: crate::ipc::proto::PROTOCOL_VERSION,
             build: "test".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_returning_worker_is_challenged_before_its_rejoin_is_read_and_its_pid_is_known() {
+        let mut rig = rig();
+        let mut peer = rig.dial();
+        assert!(matches!(rig.next().await, Inbox::Connected { .. }));
+        let nonce = vec![5u8; 32];
+        peer.write_all(&framed(&Up::Challenge {
+            nonce: nonce.clone(),
+        }))
+        .await
+        .unwrap();
+        let Inbox::Challenge { nonce: got, .. } = rig.next().await else {
+            panic!("expected the challenge");
         };
-        let body = frame::encode(&hello, 1 << 20).unwrap();
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        frame
+        assert_eq!(got, nonce);
+        let rejoin = crate::ipc::proto::Rejoin {
+            secret: Secret::new("s"),
+            process: 3,
+            protocol: crate::ipc::proto::PROTOCOL_VERSION,
+            build: "test".into(),
+            pid: std::process::id(),
+            target: crate::ipc::proto::Target::Cluster(0),
+            shards: Some((0, 1, 2)),
+            ready: true,
+            rest_key: None,
+            topics: Vec::new(),
+        };
+        peer.write_all(&framed(&Up::Rejoin(Box::new(rejoin.clone()))))
+            .await
+            .unwrap();
+        let Inbox::Rejoin {
+            rejoin: got, peer, ..
+        } = rig.next().await
+        else {
+            panic!("expected the rejoin");
+        };
+        assert_eq!(*got, rejoin);
+        // The peer of a socket pair is this very process.
+        assert_eq!(peer, Some(std::process::id()));
+    }
+
+    #[tokio::test]
+    async fn a_challenge_needs_a_proper_nonce_and_a_rejoin_after_it() {
+        let mut rig = rig();
+        let mut short = rig.dial();
+        assert!(matches!(rig.next().await, Inbox::Connected { .. }));
+        short
+            .write_all(&framed(&Up::Challenge { nonce: vec![1; 4] }))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rig.next().await, Inbox::Closed { error: Some(e), .. } if e.contains("nonce"))
+        );
+        let mut hello_after = rig.dial();
+        assert!(matches!(rig.next().await, Inbox::Connected { .. }));
+        hello_after
+            .write_all(&framed(&Up::Challenge { nonce: vec![1; 32] }))
+            .await
+            .unwrap();
+        assert!(matches!(rig.next().await, Inbox::Challenge { .. }));
+        hello_after.write_all(&hello_frame()).await.unwrap();
+        assert!(
+            matches!(rig.next().await, Inbox::Closed { error: Some(e), .. } if e.contains("rejoin"))
+        );
     }
 
     #[tokio::test]

@@ -489,6 +489,11 @@ pub(crate) fn last_proxy_port(run_dir: &std::path::Path, id: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Whether workers of fleet `id`'s last admiral still run, for the next one to adopt.
+pub(crate) fn workers_left(run_dir: &std::path::Path, id: &str) -> bool {
+    !run_dir::live_workers(&run_dir::stable_path(run_dir, id)).is_empty()
+}
+
 /// Starts an admiral: a private IPC socket, the router, and the launch of every worker.
 #[allow(
     clippy::unused_async,

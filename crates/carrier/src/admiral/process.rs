@@ -115,9 +115,15 @@ pub(crate) fn spawn(
 /// [`Inbox::Spawned`] with a kill switch, and [`Inbox::Exited`] once it is gone (its exit code,
 /// if it is this process's child, as after a re-exec; otherwise none). It is looked at every
 /// 100 ms: there is no child handle to wait on.
-pub(crate) fn watch_adopted(process: ProcessId, pid: u32, inbox: mpsc::Sender<Inbox>) {
+pub(crate) fn watch_adopted(
+    process: ProcessId,
+    pid: u32,
+    inbox: mpsc::Sender<Inbox>,
+    output: AdoptedOutput,
+) {
     let started = super::run_dir::started_at(pid);
     let (kill, mut killed) = oneshot::channel::<()>();
+    let following = tokio::spawn(follow_output(output, process));
     tokio::spawn(async move {
         let _ = inbox
             .send(Inbox::Spawned {
@@ -151,8 +157,58 @@ pub(crate) fn watch_adopted(process: ProcessId, pid: u32, inbox: mpsc::Sender<In
                 break None;
             }
         };
+        following.abort();
         let _ = inbox.send(Inbox::Exited { process, code }).await;
     });
+}
+
+/// Where an adopted worker writes its output, and what becomes of its lines.
+pub(crate) struct AdoptedOutput {
+    /// Its file (the worker moved its output there when it lost its admiral).
+    pub path: PathBuf,
+    /// The worker.
+    pub worker: WorkerId,
+    /// Echo its lines to the admiral's stderr, in this format.
+    pub echo: Option<crate::logging::LogFormat>,
+    /// Where its lines are published.
+    pub events: broadcast::Sender<FleetEvent>,
+}
+
+/// Follows an adopted worker's output file from its end, as [`forward_output`] follows a pipe:
+/// each new line is echoed and published. Looks for more every 250 ms.
+async fn follow_output(output: AdoptedOutput, process: ProcessId) {
+    use tokio::io::AsyncSeekExt as _;
+    let Ok(mut file) = tokio::fs::File::open(&output.path).await else {
+        return;
+    };
+    if file.seek(std::io::SeekFrom::End(0)).await.is_err() {
+        return;
+    }
+    let name = output.worker.to_string();
+    let mut reader = BufReader::new(Box::new(file) as Box<dyn AsyncRead + Send + Unpin>);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line_bounded(&mut reader, &mut line).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                continue;
+            }
+            Err(_) => return,
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        if let Some(format) = output.echo {
+            crate::logging::write_echo(&crate::logging::echo_line(format, &name, &text));
+        }
+        let _ = output.events.send(FleetEvent::Output {
+            worker: output.worker.clone(),
+            process,
+            stream: OutputStream::Stderr,
+            line: text,
+            at: std::time::SystemTime::now(),
+        });
+    }
 }
 
 async fn forward_output(

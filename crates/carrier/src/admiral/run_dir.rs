@@ -79,7 +79,7 @@ pub(crate) fn started_at(pid: u32) -> Option<u64> {
 }
 
 /// The worker pids a stable directory names that still run.
-fn live_workers(dir: &std::path::Path) -> Vec<u32> {
+pub(super) fn live_workers(dir: &std::path::Path) -> Vec<u32> {
     std::fs::read_to_string(dir.join(WORKERS_FILE))
         .unwrap_or_default()
         .lines()

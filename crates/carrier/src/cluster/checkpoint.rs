@@ -237,8 +237,8 @@ struct Sent {
     sequence: u64,
 }
 
-/// Sends the log's changes to the admiral every `every`, and at once when a session opens, until
-/// the admiral is gone.
+/// Sends the log's changes to the admiral every `every`, and at once when a session opens, and
+/// every session again when the worker rejoins a new admiral; it ends with the cluster.
 pub(crate) async fn run(log: Arc<SessionLog>, ipc: Ipc, every: Duration) {
     let mut sent = vec![Sent::default(); log.slots.len()];
     let mut seen = vec![0; log.slots.len()];
@@ -253,14 +253,16 @@ pub(crate) async fn run(log: Arc<SessionLog>, ipc: Ipc, every: Duration) {
                 // A new admiral knows nothing yet: every session as the last one heard of it,
                 // then what changed since.
                 let all = log.all(&sent);
-                if !all.is_empty() && ipc.checkpoint(all).await.is_err() {
-                    return;
+                if !all.is_empty() {
+                    let _ = ipc.checkpoint(all).await;
                 }
             }
         }
         let changes = log.changes(&mut sent, &mut seen);
-        if !changes.is_empty() && ipc.checkpoint(changes).await.is_err() {
-            return;
+        // One that cannot be sent (the admiral is gone) is not retried: a worker that rejoins
+        // the next admiral sends every session again.
+        if !changes.is_empty() {
+            let _ = ipc.checkpoint(changes).await;
         }
     }
 }

@@ -153,6 +153,21 @@ impl LocalIdentifyQueue {
         }
     }
 
+    /// Starts as if every bucket had just let a shard go: the first grant of each waits one
+    /// interval. For an admiral that takes over from one that died, which may have let shards go
+    /// a moment ago.
+    #[must_use]
+    pub fn with_recent_grants(self) -> Self {
+        let now = Instant::now();
+        let buckets = (0..self.max_concurrency)
+            .map(|bucket| (bucket, Arc::new(Mutex::new(Some((now, u32::MAX))))))
+            .collect();
+        Self {
+            buckets: Arc::new(std::sync::Mutex::new(buckets)),
+            ..self
+        }
+    }
+
     /// Buckets.
     #[must_use]
     pub fn max_concurrency(&self) -> u32 {

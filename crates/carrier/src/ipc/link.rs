@@ -472,11 +472,12 @@ async fn rejoin(
             }
             Err(_) => {}
         }
-        if tokio::time::Instant::now() + REJOIN_EVERY >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             tracing::error!(target: "fleet::ipc", grace = ?env.grace, "no admiral came back within the grace; stopping");
             return None;
         }
-        tokio::time::sleep(REJOIN_EVERY).await;
+        tokio::time::sleep_until((now + REJOIN_EVERY).min(deadline)).await;
     }
 }
 

@@ -93,7 +93,7 @@ impl Router {
     }
 
     /// Adopts a returning worker, or refuses it; says which.
-    pub(super) fn on_rejoin(&mut self, conn: u64, rejoin: &Rejoin) -> bool {
+    pub(super) fn on_rejoin(&mut self, conn: u64, rejoin: &Rejoin, peer: Option<u32>) -> bool {
         let proven = self.secret.matches(rejoin.secret.expose());
         let worker = match &rejoin.target {
             Target::Cluster(id) => Some(WorkerId::Cluster(*id)),
@@ -109,6 +109,12 @@ impl Router {
             ))
         } else if self.adoption.as_ref().is_none_or(|a| a.waiting.is_none()) {
             Err("this admiral has launched the fleet already".to_owned())
+        } else if peer != Some(rejoin.pid) {
+            // The admiral signals this pid: it must be the process on the socket.
+            Err(format!(
+                "it says it is pid {}, the connection's process is {peer:?}",
+                rejoin.pid
+            ))
         } else if self.links.conn_of(rejoin.process).is_some() {
             Err("process already connected".to_owned())
         } else {
@@ -146,7 +152,17 @@ impl Router {
             proxy.admit_key(&worker.to_string(), key);
             info.rest_key = Some(key.clone());
         }
-        process::watch_adopted(process, rejoin.pid, self.inbox.clone());
+        let output = process::AdoptedOutput {
+            path: self
+                .adoption
+                .as_ref()
+                .map(|a| a.dir.join(format!("{worker}.log")))
+                .unwrap_or_default(),
+            worker: worker.clone(),
+            echo: self.config.echo_output.then_some(self.config.log_format),
+            events: self.events.clone(),
+        };
+        process::watch_adopted(process, rejoin.pid, self.inbox.clone(), output);
         if let Some(waiting) = self.adoption.as_mut().and_then(|a| a.waiting.as_mut()) {
             waiting.retain(|pid| *pid != rejoin.pid);
         }

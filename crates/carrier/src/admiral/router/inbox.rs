@@ -47,6 +47,8 @@ pub(crate) enum Inbox {
     Rejoin {
         conn: ConnId,
         rejoin: Box<crate::ipc::proto::Rejoin>,
+        /// The pid at the other end of the connection, as the kernel says.
+        peer: Option<u32>,
         /// Told whether the worker is adopted; its reader waits for this.
         admitted: oneshot::Sender<bool>,
     },

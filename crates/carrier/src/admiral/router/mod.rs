@@ -252,9 +252,10 @@ impl Router {
             Inbox::Rejoin {
                 conn,
                 rejoin,
+                peer,
                 admitted,
             } => {
-                let ok = self.on_rejoin(conn, &rejoin);
+                let ok = self.on_rejoin(conn, &rejoin, peer);
                 let _ = admitted.send(ok);
             }
             Inbox::Up { conn, up } => self.on_up(conn, up),
