@@ -255,3 +255,68 @@ async fn sighup_re_executes_the_admiral_in_place_and_it_adopts_its_own_workers()
     .unwrap();
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts_them() {
+    let mock = MockDiscord::start(mock_config(8, 4, 2)).await.unwrap();
+    let base = run_dir();
+    let env = [
+        ("TESTBOT_ADMIRAL_GRACE_MS", "60000"),
+        ("TESTBOT_DEPLOY_BUILD", "testbot 2"),
+    ];
+    let (mut admiral, ready, mut lines) =
+        common::spawn_admiral_with(&mock, 2, Some(&base), &env).await;
+    let before = pids(&ready);
+    let identifies = mock.stats().identifies;
+    mock.start_events(Some(10.0)).unwrap();
+
+    let pid = admiral.id().unwrap().to_string();
+    let usr2 = std::process::Command::new("kill")
+        .args(["-USR2", &pid])
+        .status()
+        .unwrap();
+    assert!(usr2.success());
+    let mut next = async || {
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("a line")
+    };
+    let deployed = next().await;
+    let moved: BTreeSet<u32> = deployed
+        .strip_prefix("deployed true ")
+        .unwrap_or_else(|| panic!("{deployed}"))
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(moved.is_disjoint(&before), "{before:?} -> {moved:?}");
+    // Then the admiral re-executes itself and adopts the workers the deploy started.
+    let again = next().await;
+    assert_eq!(pids(&again), moved, "the new build's workers serve on");
+    assert!(
+        admiral.try_wait().unwrap().is_none(),
+        "the same admiral process"
+    );
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events delivered after the restart", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    mock.stop_events();
+    let after = mock.stats();
+    assert_eq!(after.identifies, identifies, "no identify spent");
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    let report = mock.event_report();
+    assert_eq!(report.lost, 0, "{report:?}");
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(next().await, "stopped");
+    let _ = tokio::time::timeout(WAIT, admiral.wait()).await;
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -156,7 +156,8 @@ async fn a_canary_that_crashes_is_rolled_back_and_the_rest_never_move() {
     assert!(back.is_ok(), "every worker back on build 1");
 
     // Refused before anything moves: a program that is not there, a plan that spends more of
-    // the session budget than allowed, and a second deploy at once.
+    // the session budget than allowed, an admiral restart without a grace, and a second deploy
+    // at once.
     let missing = admiral
         .deploy(DeployPlan::new("/nonexistent/bot"))
         .await
@@ -165,6 +166,12 @@ async fn a_canary_that_crashes_is_rolled_back_and_the_rest_never_move() {
     let costly = build_two().mode(RestartMode::Overlap).max_budget_percent(0);
     let refused = admiral.deploy(costly).await.unwrap_err();
     assert!(refused.to_string().contains("identifies"), "{refused}");
+    // The admiral cannot follow its workers onto the new build if they would not outlive it.
+    let alone = admiral
+        .deploy(build_two().restart_admiral())
+        .await
+        .unwrap_err();
+    assert!(alone.to_string().contains("admiral_grace"), "{alone}");
     // From a worker's IPC as from the admiral; while one runs, another is refused.
     let mut events = admiral.events();
     let from_a_worker = admiral.ipc().clone();

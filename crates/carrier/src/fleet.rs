@@ -137,7 +137,8 @@ pub struct FleetOptions {
     /// new build over the bot's binary and signals the admiral, which rolls every worker onto it
     /// (see `AdmiralHandle::deploy`; the outcome is a `FleetEvent::Deployed` and a log line).
     /// Default `None`: the worker command as it is (its program, arguments and environment),
-    /// with a plan's defaults.
+    /// with a plan's defaults; with [`admiral_grace`](Self::admiral_grace) set, the admiral then
+    /// re-executes itself onto the new build too (`DeployPlan::restart_admiral`).
     pub deploy_on_signal: Option<crate::DeployPlan>,
     /// This binary's build, as workers and admiral tell each other in their hello (and name in
     /// the error when their IPC protocols do not match). Default carrier's version; set your
@@ -433,6 +434,8 @@ impl Fleet {
         };
         let deploy_on_signal = options.deploy_on_signal.clone().unwrap_or_else(|| {
             let mut plan = crate::DeployPlan::new(worker_command.program.clone());
+            // With workers that outlive it, the admiral follows them onto the new build.
+            plan.restart_admiral = !options.admiral_grace.is_zero();
             plan.args = worker_command
                 .args
                 .iter()

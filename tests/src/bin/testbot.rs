@@ -82,9 +82,11 @@ async fn admiral(args: &[String]) -> ExitCode {
     });
     // SIGUSR2 deploys this build of the test bot.
     if let Ok(build) = std::env::var("TESTBOT_DEPLOY_BUILD") {
-        let plan = carrier::DeployPlan::new(std::env::current_exe().expect("own path"))
+        let mut plan = carrier::DeployPlan::new(std::env::current_exe().expect("own path"))
             .env("TESTBOT_BUILD", build)
             .canary_bake(std::time::Duration::from_millis(200));
+        // With workers that outlive it, the admiral follows them onto the new build.
+        plan.restart_admiral = !options.admiral_grace.is_zero();
         options.deploy_on_signal = Some(plan);
     }
     let admiral = match fleet_tests::fleet(options).run().await {

@@ -200,7 +200,7 @@ pub enum AdmiralError {
 
 /// The admiral's own program and arguments, found at its start, to re-execute it in place.
 #[derive(Debug, Clone)]
-struct OwnCommand {
+pub(crate) struct OwnCommand {
     program: PathBuf,
     args: Vec<std::ffi::OsString>,
 }
@@ -217,7 +217,7 @@ impl OwnCommand {
 /// Replaces this process's image with the admiral's program (`own`), the same pid, arguments
 /// and environment: its workers lose their connection, wait (`grace`), and the new image adopts
 /// them. Returns only why it could not.
-fn exec_self(grace: Duration, own: Option<&OwnCommand>) -> AdmiralError {
+pub(crate) fn exec_self(grace: Duration, own: Option<&OwnCommand>) -> AdmiralError {
     use std::io::Write as _;
     use std::os::unix::process::CommandExt as _;
     if grace.is_zero() {
@@ -562,7 +562,8 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
     let router = match waiting {
         Some(waiting) => router.with_stable_dir(dir.clone(), waiting),
         None => router,
-    };
+    }
+    .restarts_as(own.clone());
     let mut tasks = Vec::new();
     if config.handle_signals {
         let inbox = inbox_tx.clone();

@@ -18,6 +18,8 @@ pub(super) struct Deploying {
     build: Arc<WorkerCommand>,
     /// Identify grants when it started.
     granted_before: u64,
+    /// The admiral re-executes itself once it succeeded.
+    restart_admiral: bool,
 }
 
 impl Router {
@@ -35,6 +37,10 @@ impl Router {
         }
         if let Err(why) = self.lifecycle.can_reshard() {
             return refuse(self, waiter, why);
+        }
+        if plan.restart_admiral && self.config.admiral_grace.is_zero() {
+            let why = "restart_admiral needs FleetOptions::admiral_grace: the workers would stop with the admiral";
+            return refuse(self, waiter, why.to_owned());
         }
         let build = match deploy::check(&plan) {
             Ok(build) => Arc::new(build),
@@ -80,6 +86,7 @@ impl Router {
         self.deploying = Some(Deploying {
             build: build.clone(),
             granted_before: self.identifies_granted,
+            restart_admiral: plan.restart_admiral,
         });
         let rollout = Rollout {
             ipc: self.ipc.clone(),
@@ -106,10 +113,12 @@ impl Router {
 
     /// A deploy is over: a full one makes its build the fleet's.
     pub(super) fn deployed(&mut self, waiter: Waiter, mut report: DeployReport) {
+        let mut restart_admiral = false;
         if let Some(deploying) = self.deploying.take() {
             report.identifies_spent = self.identifies_granted - deploying.granted_before;
             if report.succeeded() {
                 self.command = deploying.build;
+                restart_admiral = deploying.restart_admiral;
             }
             // Every worker runs the fleet's build now: the new one, or the old one after a
             // rollback.
@@ -126,5 +135,22 @@ impl Router {
         let outcome =
             Payload::encode(&report).map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
         self.reply(waiter, Reply::Outcome(outcome));
+        if restart_admiral {
+            self.restart_self_soon();
+        }
+    }
+
+    /// Re-executes the admiral a quarter second from now: long enough for the deploy's answer
+    /// and event to reach whoever waits for them.
+    fn restart_self_soon(&mut self) {
+        // What this turn sent goes out now.
+        self.links.end_batch();
+        self.links.begin_batch();
+        let (grace, own) = (self.config.admiral_grace, self.own.clone());
+        self.user.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let error = crate::admiral::exec_self(grace, own.as_ref());
+            tracing::error!(target: "fleet::admiral", %error, "the deploy could not restart the admiral");
+        });
     }
 }

@@ -101,6 +101,8 @@ pub(crate) struct Router {
     identifies_granted: u64,
     /// The stable directory, when workers outlive their admiral.
     adoption: Option<adoption::Adoption>,
+    /// The admiral's own program, to re-execute it after a deploy.
+    own: Option<super::OwnCommand>,
 }
 
 impl Router {
@@ -155,7 +157,14 @@ impl Router {
             deploying: None,
             identifies_granted: 0,
             adoption: None,
+            own: None,
         }
+    }
+
+    /// Re-executes `own` when a deploy asks it to.
+    pub(crate) fn restarts_as(mut self, own: Option<super::OwnCommand>) -> Self {
+        self.own = own;
+        self
     }
 
     /// Records its workers in stable directory `dir`, and waits for the last admiral's workers

@@ -34,6 +34,11 @@ pub struct DeployPlan {
     pub max_budget_percent: u32,
     /// Only say what the deploy would do and cost; move nothing.
     pub dry_run: bool,
+    /// Once every worker moved, the admiral re-executes itself in place (its own program as it
+    /// is on disk now) and adopts them all again: the whole fleet, admiral included, on the new
+    /// build. Needs `FleetOptions::admiral_grace`.
+    #[serde(default)]
+    pub restart_admiral: bool,
 }
 
 impl DeployPlan {
@@ -50,7 +55,16 @@ impl DeployPlan {
             at_once: 1,
             max_budget_percent: 10,
             dry_run: false,
+            restart_admiral: false,
         }
+    }
+
+    /// Has the admiral re-execute itself once every worker moved (see
+    /// [`restart_admiral`](Self::restart_admiral)).
+    #[must_use]
+    pub fn restart_admiral(mut self) -> Self {
+        self.restart_admiral = true;
+        self
     }
 
     /// Adds an argument.
