@@ -15,16 +15,20 @@
 //! 6. Restarting a cluster with each strategy while events flow: per-shard unavailability,
 //!    identifies spent, events lost or handled twice; then the same for a `SIGKILL` of a cluster
 //!    (crash resume), a deploy of every worker onto a new build, and a reshard ([`restart`]).
+//!    In a section of its own, `admiral`: the admiral itself killed with `SIGKILL` and adopted by
+//!    the next one, then re-executed in place with `SIGHUP` ([`admiral`]).
 //! 7. REST through the central proxy: added latency, throughput, and 429s saved when three
 //!    clusters share one channel's limit ([`rest`]).
 //!
 //! `cargo xtask bench [SECTION...]` runs only the named sections: `startup` (1), `ipc` (2, 3,
 //! with eris-fleet's path, cluster → admiral → service, and the floor of [`floor`] beside them),
-//! `memory` (4), `events` (5), `restart` (6), `rest` (7), `stats` (8: what a stats round costs
+//! `memory` (4), `events` (5), `restart` (6), `admiral` (6, the admiral's own), `rest` (7), `stats` (8: what a stats round costs
 //! the admiral and the workers, at the reference scenario and at 200 shards). With none, all of
 //! them but `scale` (9: 1,000 guilds per shard at 100 and 300 shards, [`scale`]), which runs only
 //! when named: it takes minutes and gigabytes.
 
+#[path = "bench/admiral.rs"]
+mod admiral;
 #[path = "bench/floor.rs"]
 mod floor;
 #[path = "bench/rest.rs"]
@@ -64,8 +68,8 @@ const CLUSTERS: u32 = 4;
 const GUILDS_PER_SHARD: usize = 100;
 
 /// The sections `cargo xtask bench SECTION...` can name.
-const SECTIONS: [&str; 8] = [
-    "startup", "ipc", "memory", "events", "restart", "rest", "stats", "scale",
+const SECTIONS: [&str; 9] = [
+    "startup", "ipc", "memory", "events", "restart", "admiral", "rest", "stats", "scale",
 ];
 
 /// The large scenario of the stats section.
@@ -107,6 +111,7 @@ async fn main() -> Result<ExitCode> {
             } = Mode::parse();
             serve_mock(max_concurrency, interval_ms, shards, guilds_per_shard).await
         }
+        Some("admiral-process") => admiral::serve(&args[1..]).await,
         Some("floor-server") => {
             let path = args.get(1).context("floor-server PATH RESPONSE_BYTES")?;
             let response = args.get(2).context("floor-server PATH RESPONSE_BYTES")?;
@@ -353,6 +358,13 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
         let (admiral, _, _) = launch(&mock, interval, Lib::Twilight, LARGE_CLUSTERS).await?;
         stats::figures(&admiral, "large scenario").await?;
         admiral.shutdown().await;
+        all_ok &= mock.stop().await?;
+    }
+    if asked("admiral") {
+        // The admiral's own restarts, its fleet on a mock of its own.
+        println!("admiral restarts, twilight:");
+        let mock = start_mock(16, IDENTIFY_INTERVAL, SHARDS).await?;
+        admiral::figures(&mock, IDENTIFY_INTERVAL).await?;
         all_ok &= mock.stop().await?;
     }
     // Only when named: it takes minutes and gigabytes.

@@ -320,3 +320,48 @@ async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts
     let _ = tokio::time::timeout(WAIT, admiral.wait()).await;
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_do_not_fit_the_next_admirals_plan_are_refused_and_replaced() {
+    let mock = MockDiscord::start(mock_config(8, 4, 2)).await.unwrap();
+    let base = run_dir();
+    let env = [("TESTBOT_ADMIRAL_GRACE_MS", "60000")];
+    let (mut first, ready, _lines) = common::spawn_admiral_with(&mock, 2, Some(&base), &env).await;
+    let old = pids(&ready);
+    let identifies = mock.stats().identifies;
+    kill_admiral(&mut first).await;
+
+    // The next admiral splits the same shards over four clusters: the two old clusters run
+    // shards it plans otherwise. The echo service has no shards, and is adopted.
+    let mut options = options(&mock, 4);
+    options.run_dir.clone_from(&base);
+    options.admiral_grace = Duration::from_mins(1);
+    let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    let workers = admiral.workers().await.unwrap();
+    let pid_of = |id: &WorkerId| workers.iter().find(|w| &w.id == id).and_then(|w| w.pid);
+    let echo = pid_of(&WorkerId::Service("echo".into())).unwrap();
+    assert!(old.contains(&echo), "the service was adopted");
+    for cluster in 0..4 {
+        let pid = pid_of(&WorkerId::Cluster(cluster)).unwrap();
+        assert!(!old.contains(&pid), "cluster {cluster} runs a new process");
+    }
+    for pid in old.iter().filter(|p| **p != echo) {
+        tokio::time::timeout(WAIT, async {
+            while alive(*pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a refused worker leaves");
+    }
+    let stats = mock.stats();
+    assert_eq!(
+        stats.identifies,
+        identifies + 4,
+        "the new clusters identified"
+    );
+    assert_eq!(stats.total_violations(), 0, "{:?}", stats.violations);
+    admiral.shutdown().await;
+    let _ = std::fs::remove_dir_all(&base);
+}

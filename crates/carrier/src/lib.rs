@@ -31,6 +31,13 @@
 //! ready, the old generation's user code stopping a moment later. A worker that stops
 //! answering application heartbeats is treated as crashed.
 //!
+//! Nothing is lost when a process dies either. A crashed cluster's replacement resumes the
+//! sessions it checkpointed to the admiral. With [`FleetOptions::admiral_grace`], workers also
+//! outlive the admiral: they serve on, queue what they send, and rejoin the next admiral on the
+//! fleet's stable directory once it proves it knows the secret; that admiral adopts them
+//! (`admiral/router/adoption.rs`) and launches only what nobody adopted, which is also how the
+//! admiral re-executes itself in place ([`AdmiralHandle::restart_self`]).
+//!
 //! Everything another process sends is hostile until proven otherwise: a connection reads small
 //! frames only until its hello is accepted, unproven connections are capped, timeouts, request
 //! counts, the store and reshards are bounded, and the REST proxy serves only keyed fleet

@@ -45,13 +45,13 @@ impl Gaps {
 }
 
 /// `a[key] - b[key]` of two mock reports.
-fn diff(a: &serde_json::Value, b: &serde_json::Value, key: &str) -> u64 {
+pub(super) fn diff(a: &serde_json::Value, b: &serde_json::Value, key: &str) -> u64 {
     a[key].as_u64().unwrap_or(0) - b[key].as_u64().unwrap_or(0)
 }
 
 /// Stops the event source and waits (30 s at most) until every event is confirmed or lost;
 /// returns the mock's event report and stats then.
-async fn settle(mock: &MockProcess) -> Result<(serde_json::Value, serde_json::Value)> {
+pub(super) async fn settle(mock: &MockProcess) -> Result<(serde_json::Value, serde_json::Value)> {
     control(mock, "POST", "/_mock/events/stop").await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut report = control(mock, "GET", "/_mock/events").await?;

@@ -147,6 +147,7 @@ impl Router {
         }
         let info = self.links.processes.entry(process).or_default();
         info.build.clone_from(&rejoin.build);
+        info.pid = Some(rejoin.pid);
         info.started = Some(tokio::time::Instant::now());
         if let (Some(proxy), Some(key)) = (&self.config.rest_proxy, &rejoin.rest_key) {
             proxy.admit_key(&worker.to_string(), key);
