@@ -370,6 +370,23 @@ pub struct TestCluster {
     panics: AtomicU64,
     /// Set free by a `release` message (`hold-on:ID`).
     release: std::sync::Arc<tokio::sync::Notify>,
+    /// Where each `MESSAGE_CREATE` handled is written, a message id a line, when
+    /// [`HANDLED_FILE`] names a file: a ledger that needs no admiral.
+    ledger: Option<std::sync::Mutex<std::fs::File>>,
+}
+
+/// Environment variable naming the file cluster processes append each message id they handle to.
+pub const HANDLED_FILE: &str = "TESTBOT_HANDLED_FILE";
+
+/// The ledger file of [`HANDLED_FILE`], opened to append.
+fn ledger() -> Option<std::sync::Mutex<std::fs::File>> {
+    let path = std::env::var_os(HANDLED_FILE)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()?;
+    Some(std::sync::Mutex::new(file))
 }
 
 /// Broadcast event and central-store key that make clusters report every message they handle
@@ -426,6 +443,7 @@ impl ClusterWorker for TestCluster {
             nonce: fastrand::u64(..),
             panics: AtomicU64::new(0),
             release,
+            ledger: ledger(),
         })
     }
 
@@ -454,6 +472,11 @@ impl ClusterWorker for TestCluster {
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok();
                 assert!(!panic_now, "the event handler panicked on purpose");
+                if let Some(ledger) = &self.ledger {
+                    use std::io::Write as _;
+                    let line = format!("{}\n", message.id.get());
+                    let _ = ledger.lock().unwrap().write_all(line.as_bytes());
+                }
                 if self.report.load(Ordering::SeqCst) {
                     let handled: Handled = (self.nonce, message.id.get());
                     let payload = Payload::encode(&handled).expect("numbers encode");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use carrier::WorkerId;
@@ -260,9 +260,12 @@ async fn sighup_re_executes_the_admiral_in_place_and_it_adopts_its_own_workers()
 async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts_them() {
     let mock = MockDiscord::start(mock_config(8, 4, 2)).await.unwrap();
     let base = run_dir();
+    let ledger = base.join("handled");
+    let ledger_path = ledger.to_str().unwrap();
     let env = [
         ("TESTBOT_ADMIRAL_GRACE_MS", "60000"),
         ("TESTBOT_DEPLOY_BUILD", "testbot 2"),
+        (fleet_tests::HANDLED_FILE, ledger_path),
     ];
     let (mut admiral, ready, mut lines) =
         common::spawn_admiral_with(&mock, 2, Some(&base), &env).await;
@@ -310,6 +313,28 @@ async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts
     assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
     let report = mock.event_report();
     assert_eq!(report.lost, 0, "{report:?}");
+    // Every message of the run reaches user code exactly once: across the deploy's handovers and
+    // the admiral's restart.
+    let every = u64::from(mock.config().member_add_every);
+    let messages: Vec<u64> = mock
+        .event_ids()
+        .into_iter()
+        .enumerate()
+        .filter(|(n, _)| every == 0 || !(*n as u64 + 1).is_multiple_of(every))
+        .map(|(_, id)| id)
+        .collect();
+    assert!(messages.len() > 40, "{} messages", messages.len());
+    let all_handled = tokio::time::timeout(WAIT, async {
+        loop {
+            let times = handled_times(&ledger);
+            if messages.iter().all(|id| times.contains_key(id)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(all_handled.is_ok(), "every message handled");
 
     let term = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -318,7 +343,22 @@ async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts
     assert!(term.success());
     assert_eq!(next().await, "stopped");
     let _ = tokio::time::timeout(WAIT, admiral.wait()).await;
+    let times = handled_times(&ledger);
+    let missed = messages.iter().filter(|id| !times.contains_key(id)).count();
+    let twice = times.values().filter(|n| **n > 1).count();
+    assert_eq!((missed, twice), (0, 0), "of {} messages", messages.len());
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// How many times each message id was handled, from a ledger file ([`fleet_tests::HANDLED_FILE`]).
+fn handled_times(ledger: &std::path::Path) -> BTreeMap<u64, usize> {
+    let mut times = BTreeMap::new();
+    for line in std::fs::read_to_string(ledger).unwrap_or_default().lines() {
+        if let Ok(id) = line.parse() {
+            *times.entry(id).or_default() += 1;
+        }
+    }
+    times
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
