@@ -42,6 +42,26 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// Sends `signal` (`-HUP`, `-TERM`) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Waits (up to [`WAIT`]) until process `pid` is gone; `why` says what that shows.
+async fn gone(pid: u32, why: &str) {
+    let waited = tokio::time::timeout(WAIT, async {
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{why}");
+}
+
 /// Kills an admiral process with SIGKILL and waits for it to be gone.
 async fn kill_admiral(admiral: &mut tokio::process::Child) {
     admiral.start_kill().unwrap();
@@ -135,13 +155,7 @@ async fn a_killed_admirals_workers_are_adopted_by_the_next_one_with_no_identify_
 
     admiral.shutdown().await;
     for pid in &workers {
-        tokio::time::timeout(WAIT, async {
-            while alive(*pid) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("an adopted worker stops with the fleet");
+        gone(*pid, "an adopted worker stops with the fleet").await;
     }
     mock.wait_until(WAIT, "every session closed", |m| {
         m.sessions().is_empty() && m.stats().open_connections == 0
@@ -161,13 +175,7 @@ async fn workers_leave_when_no_admiral_comes_back_within_the_grace() {
     kill_admiral(&mut first).await;
     let killed = std::time::Instant::now();
     for pid in &workers {
-        tokio::time::timeout(WAIT, async {
-            while alive(*pid) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("no worker outlives its grace");
+        gone(*pid, "no worker outlives its grace").await;
     }
     assert!(
         killed.elapsed() >= Duration::from_millis(900),
@@ -193,11 +201,7 @@ async fn sighup_re_executes_the_admiral_in_place_and_it_adopts_its_own_workers()
     mock.start_events(Some(10.0)).unwrap();
 
     let pid = admiral.id().unwrap().to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(&pid, "-HUP");
     // The new image prints its own `ready` once it has adopted every worker.
     let again = tokio::time::timeout(WAIT, lines.next_line())
         .await
@@ -226,11 +230,7 @@ async fn sighup_re_executes_the_admiral_in_place_and_it_adopts_its_own_workers()
     let report = mock.event_report();
     assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
 
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    signal(&pid, "-TERM");
     let status = tokio::time::timeout(WAIT, admiral.wait())
         .await
         .expect("the admiral exits")
@@ -274,11 +274,7 @@ async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts
     mock.start_events(Some(10.0)).unwrap();
 
     let pid = admiral.id().unwrap().to_string();
-    let usr2 = std::process::Command::new("kill")
-        .args(["-USR2", &pid])
-        .status()
-        .unwrap();
-    assert!(usr2.success());
+    signal(&pid, "-USR2");
     let mut next = async || {
         tokio::time::timeout(WAIT, lines.next_line())
             .await
@@ -315,14 +311,7 @@ async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts
     assert_eq!(report.lost, 0, "{report:?}");
     // Every message of the run reaches user code exactly once: across the deploy's handovers and
     // the admiral's restart.
-    let every = u64::from(mock.config().member_add_every);
-    let messages: Vec<u64> = mock
-        .event_ids()
-        .into_iter()
-        .enumerate()
-        .filter(|(n, _)| every == 0 || !(*n as u64 + 1).is_multiple_of(every))
-        .map(|(_, id)| id)
-        .collect();
+    let messages = common::messages(&mock);
     assert!(messages.len() > 40, "{} messages", messages.len());
     let all_handled = tokio::time::timeout(WAIT, async {
         loop {
@@ -336,11 +325,7 @@ async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts
     .await;
     assert!(all_handled.is_ok(), "every message handled");
 
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    signal(&pid, "-TERM");
     assert_eq!(next().await, "stopped");
     let _ = tokio::time::timeout(WAIT, admiral.wait()).await;
     let times = handled_times(&ledger);
@@ -387,13 +372,7 @@ async fn workers_that_do_not_fit_the_next_admirals_plan_are_refused_and_replaced
         assert!(!old.contains(&pid), "cluster {cluster} runs a new process");
     }
     for pid in old.iter().filter(|p| **p != echo) {
-        tokio::time::timeout(WAIT, async {
-            while alive(*pid) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("a refused worker leaves");
+        gone(*pid, "a refused worker leaves").await;
     }
     let stats = mock.stats();
     assert_eq!(

@@ -193,6 +193,17 @@ pub async fn raw_http(url: &str, request: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
+/// The ids of the messages (not the member joins) the mock's event source has made.
+pub fn messages(mock: &MockDiscord) -> BTreeSet<u64> {
+    let every = u64::from(mock.config().member_add_every);
+    mock.event_ids()
+        .into_iter()
+        .enumerate()
+        .filter(|(n, _)| every == 0 || !(*n as u64 + 1).is_multiple_of(every))
+        .map(|(_, id)| id)
+        .collect()
+}
+
 /// Every message the cluster processes' user code handles, as each reports it to the admiral
 /// ([`fleet_tests::REPORT_EVENTS`]): `(process nonce, message id, when it arrived)`.
 #[derive(Clone, Default)]
@@ -232,14 +243,7 @@ impl HandledLog {
     /// Waits (up to [`WAIT`]) until every message the mock's event source made has been
     /// handled at least once; whether they all were.
     pub async fn all_handled(&self, mock: &MockDiscord) -> bool {
-        let every = u64::from(mock.config().member_add_every);
-        let messages: BTreeSet<u64> = mock
-            .event_ids()
-            .into_iter()
-            .enumerate()
-            .filter(|(n, _)| every == 0 || !(*n as u64 + 1).is_multiple_of(every))
-            .map(|(_, id)| id)
-            .collect();
+        let messages = messages(mock);
         tokio::time::timeout(WAIT, async {
             loop {
                 let seen: BTreeSet<u64> = self.entries().iter().map(|(_, id, _)| *id).collect();

@@ -229,17 +229,7 @@ impl RestProxy {
     /// it in [`ProxyStats::callers`]; several keys may share a name (a worker's processes).
     pub fn admit(&self, caller: &str) -> Secret {
         let key = Secret::random();
-        self.shared
-            .keys
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.expose().to_owned(), caller.to_owned());
-        self.shared
-            .callers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(caller.to_owned())
-            .or_default();
+        self.admit_key(caller, &key);
         key
     }
 
