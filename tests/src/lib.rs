@@ -39,6 +39,7 @@
 pub mod chaos;
 pub mod fuzz;
 pub mod raw;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

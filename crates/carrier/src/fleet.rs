@@ -157,6 +157,13 @@ pub struct FleetOptions {
     /// 64 ASCII letters, digits, `-` or `_`. Default: 16 hex digits of the token's SHA-256, so
     /// an admiral started again with the same token finds its workers.
     pub fleet_id: Option<String>,
+    /// A Redis shared by every host that runs this bot (`redis://host:port/db`, credentials
+    /// allowed; never logged). With it, identifies are paced for the whole fleet: several hosts,
+    /// each running a part of the shards (`first_shard`/`last_shard`), together never break
+    /// Discord's limit per bucket, and share the daily session budget. An unreachable Redis fails
+    /// the start with a clear error; there is no silent fallback to pacing alone. Default `None`:
+    /// one host, nothing else to run.
+    pub redis_url: Option<String>,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -221,6 +228,7 @@ impl FleetOptions {
             deploy_on_signal: None,
             admiral_grace: Duration::ZERO,
             fleet_id: None,
+            redis_url: None,
         }
     }
 }
@@ -256,6 +264,9 @@ pub enum FleetError {
     /// [`FleetOptions::fleet_id`] cannot name a directory.
     #[error("bad fleet id: {0}")]
     FleetId(String),
+    /// [`FleetOptions::redis_url`] names a Redis that cannot be reached.
+    #[error(transparent)]
+    Redis(#[from] crate::identify::fleetwide::RedisError),
     /// This process ran as a worker and failed.
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),
@@ -420,6 +431,20 @@ impl Fleet {
         } else {
             identify
         };
+        let identify: Arc<dyn crate::identify::IdentifyQueue> = match &options.redis_url {
+            Some(url) => {
+                let config = crate::identify::fleetwide::RedisIdentifyConfig {
+                    fleet_id: fleet_id.clone(),
+                    max_concurrency,
+                    window: spacing,
+                    budget: gateway.budget(),
+                };
+                Arc::new(
+                    crate::identify::fleetwide::RedisIdentifyQueue::connect(url, config).await?,
+                )
+            }
+            None => Arc::new(identify),
+        };
         let startup = spacing * plan.shard_count().div_ceil(max_concurrency);
         let timeouts = Timeouts {
             service_ready: options.service_ready_timeout,
@@ -516,7 +541,7 @@ impl Fleet {
             },
             request_timeout: options.request_timeout,
             max_frame: options.max_frame,
-            identify: Arc::new(identify),
+            identify,
             worker_command,
             echo_output: options.echo_output,
             handle_signals: options.handle_signals,

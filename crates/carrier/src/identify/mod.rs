@@ -3,7 +3,10 @@
 //!
 //! It owns only pacing. It knows nothing of processes or sockets: the admiral's IPC router calls
 //! [`IdentifyQueue::acquire`] when a worker asks to identify a shard and answers when it resolves.
-//! Other implementations (one shared across hosts, say) plug in through the trait.
+//! Other implementations plug in through the trait: [`fleetwide::RedisIdentifyQueue`] paces
+//! every host of a fleet together through Redis.
+
+pub mod fleetwide;
 
 use std::collections::HashMap;
 use std::sync::Arc;

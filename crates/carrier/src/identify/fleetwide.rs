@@ -1,0 +1,292 @@
+//! One identify queue for every host of a fleet, kept in Redis ([`RedisIdentifyQueue`]).
+//!
+//! Each bucket has a key holding the Redis time (ms) of its next free identify slot. A Lua script
+//! reserves one: `now = TIME; at = max(now, next); next = at + window`, takes one identify off
+//! the daily session budget, and returns how long to wait (`at - now`). The caller sleeps that
+//! long on its own monotonic clock: host clocks are never compared, no lock is held in Redis (a
+//! host that dies after reserving wastes one slot and blocks nobody), and nobody polls. On each
+//! host a fair lock per bucket lets only the head of the local queue ask Redis, so the order
+//! within a host is its arrival order.
+//!
+//! When Redis cannot be reached, identifies wait (and are retried every second); nothing else of
+//! the fleet needs Redis to go on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::Mutex;
+
+use super::{IdentifyQueue, IdentifyStats, SessionBudget};
+
+/// How long an identify waits before it asks a Redis that failed again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The longest wait the script may return that is believed (a day): anything longer is a broken
+/// key, and the wait is cut to it.
+const MAX_WAIT: Duration = Duration::from_hours(24);
+
+/// Reserves a bucket's next identify slot and one identify of the budget.
+///
+/// KEYS: the bucket's next-slot key, the budget key. ARGV: the window (ms), the budget's total,
+/// its period (ms). Returns `{wait_ms, remaining}`, or `{-1, ms_until_refill}` when the budget is
+/// spent.
+const RESERVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local left = redis.call('GET', KEYS[2])
+if left then
+  left = tonumber(left)
+  if left <= 0 then
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl < 0 then ttl = 1000 end
+    return {-1, ttl}
+  end
+  left = redis.call('DECR', KEYS[2])
+else
+  left = tonumber(ARGV[2]) - 1
+  redis.call('SET', KEYS[2], left, 'PX', ARGV[3])
+end
+local next = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = math.max(now, next)
+redis.call('SET', KEYS[1], at + window, 'PX', at - now + window)
+return {at - now, left}
+";
+
+/// Where a fleet's identify keys live in Redis, and how it paces.
+#[derive(Debug, Clone)]
+pub struct RedisIdentifyConfig {
+    /// The fleet's id: keys go under `fleet:{<id>}:` (one hash slot, for Redis Cluster).
+    pub fleet_id: String,
+    /// Buckets (`max_concurrency`).
+    pub max_concurrency: u32,
+    /// One identify per bucket per this long, Discord's interval and a margin.
+    pub window: Duration,
+    /// The budget as `/gateway/bot` gave it at this host's start: written to Redis only if no
+    /// other host has written it yet.
+    pub budget: SessionBudget,
+}
+
+/// An identify queue shared by every host of a fleet through Redis (see the module's
+/// documentation). Build it with [`RedisIdentifyQueue::connect`].
+pub struct RedisIdentifyQueue {
+    config: RedisIdentifyConfig,
+    client: redis::Client,
+    connection: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    script: Arc<redis::Script>,
+    buckets: std::sync::Mutex<HashMap<u32, Arc<Mutex<()>>>>,
+    waiting: Arc<AtomicU32>,
+    /// The budget left, as the last reservation saw it (-1: not known yet).
+    remaining: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for RedisIdentifyQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisIdentifyQueue")
+            .field("fleet_id", &self.config.fleet_id)
+            .field("max_concurrency", &self.config.max_concurrency)
+            .field("window", &self.config.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the queue could not reach Redis at the start. It names the server by host and port only:
+/// a URL's password never reaches a log.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach Redis at {server}: {reason}")]
+pub struct RedisError {
+    server: String,
+    reason: String,
+}
+
+/// A Redis URL's host and port, without its credentials, for errors and logs.
+#[must_use]
+pub fn redis_server(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    rest.split(['/', '?']).next().unwrap_or_default().to_owned()
+}
+
+impl RedisIdentifyQueue {
+    /// Connects to the Redis at `url` (`redis://host:port/db`, credentials allowed) and seeds the
+    /// session budget there if no host has yet. Fails with a clear error if Redis cannot be
+    /// reached: a fleet told to share its identifies never falls back to pacing alone.
+    pub async fn connect(url: &str, config: RedisIdentifyConfig) -> Result<Self, RedisError> {
+        let fail = |reason: String| RedisError {
+            server: redis_server(url),
+            reason,
+        };
+        let client = redis::Client::open(url).map_err(|e| fail(e.to_string()))?;
+        let mut connection = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| fail("no answer within 10 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+        let queue = Self {
+            client,
+            connection: Arc::new(Mutex::new(None)),
+            script: Arc::new(redis::Script::new(RESERVE)),
+            buckets: std::sync::Mutex::default(),
+            waiting: Arc::default(),
+            remaining: Arc::new(AtomicI64::new(-1)),
+            config,
+        };
+        let budget = queue.config.budget;
+        let reset = u64::try_from(budget.reset_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let seeded: Option<String> = redis::cmd("SET")
+            .arg(queue.key("identify:remaining"))
+            .arg(budget.remaining)
+            .arg("PX")
+            .arg(reset)
+            .arg("NX")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(target: "fleet::identify", server = %redis_server(url), seeded = seeded.is_some(), "identifies are paced for the whole fleet in Redis");
+        *queue.connection.lock().await = Some(connection);
+        Ok(queue)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("fleet:{{{}}}:{name}", self.config.fleet_id)
+    }
+
+    fn bucket(&self, shard: u32) -> (u32, Arc<Mutex<()>>) {
+        let bucket = shard % self.config.max_concurrency.max(1);
+        let lock = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(bucket)
+            .or_default()
+            .clone();
+        (bucket, lock)
+    }
+}
+
+/// What one reservation needs, cheap to move into the acquiring future.
+struct Reserver {
+    client: redis::Client,
+    connection: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    script: Arc<redis::Script>,
+    keys: [String; 2],
+    args: [u64; 3],
+    remaining: Arc<AtomicI64>,
+}
+
+impl Reserver {
+    /// One reservation: how long to wait for the slot, or (`Err`) how long until the budget
+    /// refills. A Redis that fails is reconnected on the next try.
+    async fn reserve(&self) -> redis::RedisResult<Result<Duration, Duration>> {
+        let mut slot = self.connection.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.client.get_multiplexed_async_connection().await?);
+        }
+        let Some(connection) = slot.as_mut() else {
+            unreachable!("just connected");
+        };
+        let mut invocation = self.script.key(&self.keys[0]);
+        invocation.key(&self.keys[1]);
+        for arg in self.args {
+            invocation.arg(arg);
+        }
+        let answer: redis::RedisResult<(i64, i64)> = invocation.invoke_async(connection).await;
+        let (wait, second) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                *slot = None;
+                return Err(error);
+            }
+        };
+        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_WAIT);
+        if wait < 0 {
+            self.remaining.store(0, Ordering::Relaxed);
+            return Ok(Err(millis(second)));
+        }
+        self.remaining.store(second, Ordering::Relaxed);
+        Ok(Ok(millis(wait)))
+    }
+}
+
+impl IdentifyQueue for RedisIdentifyQueue {
+    fn acquire(&self, shard: u32) -> BoxFuture<'static, ()> {
+        let (bucket, lock) = self.bucket(shard);
+        let window = u64::try_from(self.config.window.as_millis()).unwrap_or(u64::MAX);
+        let reserver = Reserver {
+            client: self.client.clone(),
+            connection: self.connection.clone(),
+            script: self.script.clone(),
+            keys: [
+                self.key(&format!("identify:next:{bucket}")),
+                self.key("identify:remaining"),
+            ],
+            args: [
+                window.max(1),
+                u64::from(self.config.budget.total.max(1)),
+                // Discord's session budget refills a day after its first identify.
+                86_400_000,
+            ],
+            remaining: self.remaining.clone(),
+        };
+        let waiting = super::Waiting::new(&self.waiting);
+        Box::pin(async move {
+            let _waiting = waiting;
+            // The head of this host's queue for the bucket asks Redis; the rest wait their turn.
+            let _turn = lock.lock().await;
+            loop {
+                match reserver.reserve().await {
+                    Ok(Ok(wait)) => {
+                        tokio::time::sleep(wait).await;
+                        return;
+                    }
+                    Ok(Err(refill)) => {
+                        tracing::warn!(target: "fleet::identify", shard, wait = ?refill, "session budget spent; waiting for its reset");
+                        tokio::time::sleep(refill).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "fleet::identify", shard, %error, "Redis did not reserve an identify; trying again");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        })
+    }
+
+    fn stats(&self) -> IdentifyStats {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        let rounds = u64::from(waiting.div_ceil(self.config.max_concurrency.max(1)));
+        let eta = self
+            .config
+            .window
+            .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
+        let remaining = self.remaining.load(Ordering::Relaxed);
+        IdentifyStats {
+            waiting,
+            eta_ms: u64::try_from(eta.as_millis()).unwrap_or(u64::MAX),
+            sessions_remaining: u32::try_from(remaining).ok(),
+            sessions_total: Some(self.config.budget.total),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_url_is_named_without_its_credentials() {
+        assert_eq!(
+            redis_server("redis://user:hunter2@10.0.0.5:6380/2"),
+            "10.0.0.5:6380"
+        );
+        assert_eq!(redis_server("redis://127.0.0.1:6379"), "127.0.0.1:6379");
+        assert_eq!(redis_server("rediss://:pw@host?x=1"), "host");
+    }
+}
