@@ -67,6 +67,10 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
     let mut options = options(&mock, 1);
     options.token = TOKEN.into();
     let options_debug = format!("{options:?}");
+    // A Redis URL's password is a secret too.
+    let mut shared = carrier::FleetOptions::new(TOKEN);
+    shared.redis_url = Some(format!("redis://fleet:{TOKEN}@127.0.0.1:6379/0"));
+    let shared_debug = format!("{shared:?}");
     let fleet = fleet_tests::fleet(options);
     let fleet_debug = format!("{fleet:?}");
     let (admiral, _events) = launch(fleet).await;
@@ -106,6 +110,7 @@ async fn no_debug_output_shows_the_token_or_the_ipc_secret() {
         .unwrap();
     let printed = [
         ("FleetOptions", options_debug),
+        ("FleetOptions with Redis", shared_debug),
         ("Fleet", fleet_debug),
         ("AdmiralHandle", format!("{admiral:?}")),
         ("RestProxy", format!("{proxy:?}")),
