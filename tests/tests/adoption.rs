@@ -84,6 +84,20 @@ async fn a_killed_admirals_workers_are_adopted_by_the_next_one_with_no_identify_
     assert_eq!(workers.len(), 3, "echo and two clusters");
     let before = mock.stats();
     assert_eq!(before.identifies, 4);
+    // The admiral writes its central store (where it noted REPORT_EVENTS) for the next one.
+    let fleet_dir = std::fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("fleet-"))
+        .expect("the fleet's directory")
+        .path();
+    tokio::time::timeout(WAIT, async {
+        while !fleet_dir.join("store").exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the store is written within a second of changing");
 
     kill_admiral(&mut first).await;
     // Discord goes on sending while the fleet has no admiral. The clusters' handlers report each
@@ -101,6 +115,14 @@ async fn a_killed_admirals_workers_are_adopted_by_the_next_one_with_no_identify_
     options.run_dir.clone_from(&base);
     options.admiral_grace = Duration::from_mins(1);
     let (admiral, _events) = launch(fleet_tests::fleet(options)).await;
+    assert!(
+        admiral
+            .ipc()
+            .store_has(fleet_tests::REPORT_EVENTS)
+            .await
+            .unwrap(),
+        "the central store came along"
+    );
     let handled = common::HandledLog::start(&admiral).await;
     admiral.wait_ready(WAIT).await.unwrap();
     let adopted: BTreeSet<u32> = admiral

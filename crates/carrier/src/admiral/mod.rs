@@ -237,13 +237,31 @@ pub(crate) fn exec_self(grace: Duration, own: Option<&OwnCommand>) -> AdmiralErr
     AdmiralError::RestartSelf(format!("cannot execute {}: {error}", own.program.display()))
 }
 
+/// Has the router write the central store for the next admiral, and waits (5 s at most) until
+/// it is on disk.
+async fn save_store(inbox: &mpsc::Sender<router::inbox::Inbox>) {
+    let (done, saved) = oneshot::channel();
+    if inbox
+        .send(router::inbox::Inbox::SaveStore(done))
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(5), saved).await;
+    }
+}
+
 /// Re-executes the admiral on each SIGHUP (logged when it cannot).
-async fn restart_on_signal(grace: Duration, own: Option<OwnCommand>) {
+async fn restart_on_signal(
+    grace: Duration,
+    own: Option<OwnCommand>,
+    inbox: mpsc::Sender<router::inbox::Inbox>,
+) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
         return;
     };
     while hangups.recv().await.is_some() {
+        save_store(&inbox).await;
         let error = exec_self(grace, own.as_ref());
         tracing::error!(target: "fleet::admiral", %error, "SIGHUP: not restarted");
     }
@@ -458,8 +476,10 @@ impl AdmiralHandle {
     /// serving through it and the new image adopts them, with no identify and no event lost
     /// (see [`FleetOptions::admiral_grace`](crate::FleetOptions::admiral_grace), which it needs).
     /// SIGHUP does the same when the admiral handles signals. Returns only if it could not.
-    #[must_use]
-    pub fn restart_self(&self) -> AdmiralError {
+    /// The central store goes along: it is written to the fleet's directory first, and the new
+    /// image takes it back.
+    pub async fn restart_self(&self) -> AdmiralError {
+        save_store(&self.inbox).await;
         exec_self(self.grace, self.own.as_ref())
     }
 
@@ -579,7 +599,11 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         ));
         tasks.push(deploys.abort_handle());
         if !config.admiral_grace.is_zero() {
-            let task = tokio::spawn(restart_on_signal(config.admiral_grace, own.clone()));
+            let task = tokio::spawn(restart_on_signal(
+                config.admiral_grace,
+                own.clone(),
+                inbox_tx.clone(),
+            ));
             tasks.push(task.abort_handle());
         }
     }

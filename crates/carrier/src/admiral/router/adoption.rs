@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use super::{Router, Timer};
 use crate::admiral::FleetEvent;
 use crate::admiral::lifecycle::{Input, WorkerId};
@@ -19,11 +21,69 @@ pub(crate) const ADOPTION_WINDOW: Duration = Duration::from_secs(10);
 /// How often the router looks whether the workers it waits for still run.
 const ADOPTION_CHECK: Duration = Duration::from_millis(100);
 
+/// How often the central store is written to the stable directory, when it changed.
+pub(super) const STORE_EVERY: Duration = Duration::from_secs(1);
+
+/// The central store's file in the stable directory.
+const STORE_FILE: &str = "store";
+
+/// Writes store snapshots to a stable directory on a thread of its own, the newest first: the
+/// router never waits for the disk.
+#[derive(Debug)]
+pub(crate) struct StoreWriter(std::sync::mpsc::Sender<(Vec<u8>, Option<oneshot::Sender<()>>)>);
+
+impl StoreWriter {
+    fn start(dir: PathBuf) -> Option<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, Option<oneshot::Sender<()>>)>();
+        std::thread::Builder::new()
+            .name("fleet-store".into())
+            .spawn(move || {
+                while let Ok(mut next) = rx.recv() {
+                    let mut done = Vec::new();
+                    // Only the newest snapshot matters; every waiter hears once it is written.
+                    loop {
+                        done.extend(next.1.take());
+                        match rx.try_recv() {
+                            Ok(newer) => next = newer,
+                            Err(_) => break,
+                        }
+                    }
+                    write_store(&dir, &next.0);
+                    for waiter in done {
+                        let _ = waiter.send(());
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self(tx))
+    }
+}
+
+/// Writes a snapshot as the directory's store file (only this user may read it), atomically.
+fn write_store(dir: &std::path::Path, snapshot: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temporary = dir.join(format!("{STORE_FILE}.new"));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(snapshot))
+        .and_then(|()| std::fs::rename(&temporary, dir.join(STORE_FILE)));
+    if let Err(error) = written {
+        tracing::warn!(target: "fleet::admiral", %error, "cannot write the central store for the next admiral");
+    }
+}
+
 /// A stable directory's admiral: where it records its workers, and whom it still waits for.
 #[derive(Debug)]
 pub(crate) struct Adoption {
     /// The stable directory.
     pub dir: PathBuf,
+    /// Writes the central store there.
+    pub store: Option<StoreWriter>,
     /// Pids of the last admiral's workers that neither rejoined nor died yet; `None` once the
     /// fleet has launched.
     pub waiting: Option<Vec<u32>>,
@@ -35,6 +95,7 @@ impl Adoption {
     /// Waits for `waiting` from now.
     pub fn new(dir: PathBuf, waiting: Vec<u32>) -> Self {
         Self {
+            store: StoreWriter::start(dir.clone()),
             dir,
             waiting: Some(waiting),
             until: tokio::time::Instant::now() + ADOPTION_WINDOW,
@@ -43,6 +104,51 @@ impl Adoption {
 }
 
 impl Router {
+    /// Takes the central store the last admiral left back, if its workers run on (otherwise
+    /// the fleet starts afresh, and so does the store).
+    pub(super) fn restore_store(&mut self) {
+        let Some(adoption) = &self.adoption else {
+            return;
+        };
+        let path = adoption.dir.join(STORE_FILE);
+        let adopting = adoption.waiting.as_ref().is_some_and(|w| !w.is_empty());
+        match std::fs::read(&path) {
+            Ok(snapshot) if adopting => match self.store.restore(&snapshot) {
+                Ok(keys) => {
+                    tracing::info!(target: "fleet::admiral", keys, "took the central store back from the last admiral");
+                }
+                Err(error) => {
+                    tracing::warn!(target: "fleet::admiral", %error, "the last admiral's store does not decode; starting empty");
+                }
+            },
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Hands the store to the writer if it changed (or `always`); `done` hears once it is on
+    /// disk (at once, when there is nothing to write or nowhere to write it).
+    pub(super) fn save_store(&mut self, always: bool, done: Option<oneshot::Sender<()>>) {
+        let writer = self.adoption.as_ref().and_then(|a| a.store.as_ref());
+        let snapshot = writer.and_then(|_| self.store.snapshot(always));
+        match (writer, snapshot) {
+            (Some(writer), Some(snapshot)) => {
+                if let Err(std::sync::mpsc::SendError((_, Some(done)))) =
+                    writer.0.send((snapshot, done))
+                {
+                    let _ = done.send(());
+                }
+            }
+            _ => {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
     /// Launches now, or once the last admiral's workers are back.
     pub(super) fn launch_or_adopt(&mut self) {
         match self.adoption.as_ref().and_then(|a| a.waiting.as_ref()) {

@@ -147,7 +147,10 @@ impl Router {
         self.links.end_batch();
         self.links.begin_batch();
         let (grace, own) = (self.config.admiral_grace, self.own.clone());
+        let (saved, on_disk) = tokio::sync::oneshot::channel();
+        self.save_store(true, Some(saved));
         self.user.spawn(async move {
+            let _ = on_disk.await;
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             let error = crate::admiral::exec_self(grace, own.as_ref());
             tracing::error!(target: "fleet::admiral", %error, "the deploy could not restart the admiral");

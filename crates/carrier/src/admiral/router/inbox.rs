@@ -79,6 +79,9 @@ pub(crate) enum Inbox {
     },
     /// Shut the fleet down.
     Shutdown,
+    /// Write the central store for the next admiral now (before a re-execution); `done` once
+    /// it is on disk.
+    SaveStore(oneshot::Sender<()>),
     /// A deploy names the build `worker`'s next process runs (`None`: the fleet's); `done`
     /// once the router has it.
     Build {

@@ -60,6 +60,7 @@ enum Timer {
     Heartbeat,
     Stats,
     Adoption,
+    StoreSnapshot,
 }
 
 pub(crate) struct Router {
@@ -184,6 +185,10 @@ impl Router {
         // here, so it runs on the router's own runtime.
         let mut deadline = Box::pin(tokio::time::sleep(Duration::ZERO));
         let mut deadline_at = None;
+        self.restore_store();
+        if self.adoption.is_some() {
+            self.arm(Timer::StoreSnapshot, adoption::STORE_EVERY);
+        }
         self.launch_or_adopt();
         if let Some(heartbeat) = self.config.heartbeat {
             self.arm(Timer::Heartbeat, heartbeat.interval);
@@ -301,6 +306,7 @@ impl Router {
                 }
             },
             Inbox::Shutdown => self.total_shutdown(),
+            Inbox::SaveStore(done) => self.save_store(true, Some(done)),
             Inbox::Build {
                 worker,
                 build,
@@ -455,6 +461,10 @@ impl Router {
             Timer::Heartbeat => self.heartbeat(),
             Timer::Stats => self.stats_interval(),
             Timer::Adoption => self.check_adoption(),
+            Timer::StoreSnapshot => {
+                self.save_store(false, None);
+                self.arm(Timer::StoreSnapshot, adoption::STORE_EVERY);
+            }
         }
     }
 

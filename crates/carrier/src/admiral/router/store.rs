@@ -14,7 +14,24 @@ use crate::ipc::proto::{Outcome, Payload, Refusal, Reply, StoreRequest};
 pub(crate) trait Store: Send + std::fmt::Debug {
     /// Carries out one operation and says how it went.
     fn handle(&mut self, request: StoreRequest) -> Reply;
+
+    /// Everything it holds, encoded, if it changed since the last snapshot (or `always`): what
+    /// the next admiral of a fleet whose workers outlive it starts from. `None` by default.
+    fn snapshot(&mut self, always: bool) -> Option<Vec<u8>> {
+        let _ = always;
+        None
+    }
+
+    /// Takes back what a [`snapshot`](Self::snapshot) held; how many keys. Nothing by default.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<usize, String> {
+        let _ = snapshot;
+        Ok(0)
+    }
 }
+
+/// What a [`MemoryStore`] snapshot holds: each key, its value, and the milliseconds left of its
+/// time to live, if it has one.
+type Snapshot = Vec<(String, Payload, Option<u64>)>;
 
 /// The default store: a map in the admiral's memory, holding at most `limit` bytes of keys and
 /// values.
@@ -30,6 +47,8 @@ pub(crate) struct MemoryStore {
     expiries: HashMap<String, Instant>,
     /// The most bytes one answer may carry (a frame's limit).
     max_answer: usize,
+    /// Something changed since the last snapshot.
+    dirty: bool,
 }
 
 /// The longest time to live a key gets.
@@ -46,6 +65,7 @@ impl MemoryStore {
             deadlines: BTreeSet::new(),
             expiries: HashMap::new(),
             max_answer,
+            dirty: false,
         }
     }
 
@@ -65,6 +85,7 @@ impl MemoryStore {
 
     fn remove(&mut self, key: &str) -> Option<Payload> {
         let removed = self.entries.remove(key)?;
+        self.dirty = true;
         self.bytes -= key.len() + removed.0.len();
         if let Some(at) = self.expiries.remove(key) {
             self.deadlines.remove(&(at, key.to_owned()));
@@ -92,6 +113,7 @@ impl MemoryStore {
         }
         self.bytes = after;
         self.entries.insert(key, value);
+        self.dirty = true;
         Reply::Done
     }
 
@@ -123,6 +145,7 @@ impl Store for MemoryStore {
             StoreRequest::Has(key) => Reply::Flag(self.entries.contains_key(&key)),
             StoreRequest::Delete(key) => Reply::Flag(self.remove(&key).is_some()),
             StoreRequest::Clear => {
+                self.dirty = true;
                 self.entries.clear();
                 self.deadlines.clear();
                 self.expiries.clear();
@@ -165,6 +188,40 @@ impl Store for MemoryStore {
             }
         }
     }
+
+    fn snapshot(&mut self, always: bool) -> Option<Vec<u8>> {
+        if !self.dirty && !always {
+            return None;
+        }
+        let now = Instant::now();
+        self.expire(now);
+        self.dirty = false;
+        let snapshot: Snapshot = self
+            .entries
+            .iter()
+            .map(|(key, value)| {
+                let left = self.expiries.get(key).map(|at| {
+                    u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+                });
+                (key.clone(), value.clone(), left)
+            })
+            .collect();
+        rmp_serde::to_vec(&snapshot).ok()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<usize, String> {
+        let snapshot: Snapshot = rmp_serde::from_slice(snapshot).map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let mut restored = 0;
+        for (key, value, left) in snapshot {
+            let ttl = left.map(Duration::from_millis);
+            if matches!(self.write(key, value, ttl, now), Reply::Done) {
+                restored += 1;
+            }
+        }
+        self.dirty = false;
+        Ok(restored)
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +231,28 @@ mod tests {
     fn set(store: &mut MemoryStore, key: &str, bytes: usize) -> Reply {
         let value = Payload(vec![0; bytes].into());
         store.handle(StoreRequest::Set(key.into(), value))
+    }
+
+    #[test]
+    fn a_snapshot_is_taken_only_after_a_change_and_restores_keys_and_times_to_live() {
+        let mut store = MemoryStore::new(1024, 1 << 20);
+        assert!(store.snapshot(false).is_none(), "nothing changed");
+        assert!(matches!(set(&mut store, "kept", 3), Reply::Done));
+        let timed = StoreRequest::SetFor("timed".into(), Payload::from("x"), 60_000);
+        assert!(matches!(store.handle(timed), Reply::Done));
+        let snapshot = store.snapshot(false).expect("it changed");
+        assert!(store.snapshot(false).is_none(), "taken already");
+        assert!(store.snapshot(true).is_some(), "unless asked for anyway");
+
+        let mut next = MemoryStore::new(1024, 1 << 20);
+        assert_eq!(next.restore(&snapshot), Ok(2));
+        assert!(matches!(
+            next.handle(StoreRequest::Get("kept".into())),
+            Reply::Value(Some(v)) if v.0.len() == 3
+        ));
+        let left = next.expiries.get("timed").expect("still timed");
+        assert!(left.saturating_duration_since(Instant::now()) > Duration::from_secs(50));
+        assert!(next.restore(b"not a snapshot").is_err());
     }
 
     #[test]
