@@ -23,6 +23,28 @@ impl RedisServer {
             .port();
         let dir = std::env::temp_dir().join(format!("fleet-redis-{:016x}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
+        Self::start_on(port, dir).await
+    }
+
+    /// Stops it (as a crash would: no save) and starts it again, empty, on the same port.
+    pub async fn restart_empty(self) -> Self {
+        let (port, dir) = (self.port, self.dir.clone());
+        let mut this = self;
+        let _ = this.child.kill();
+        let _ = this.child.wait();
+        // Its directory is the new one's: forget it here without removing it.
+        this.dir = std::path::PathBuf::new();
+        drop(this);
+        Self::start_on(port, dir).await
+    }
+
+    /// Stops it, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn start_on(port: u16, dir: std::path::PathBuf) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -78,6 +100,8 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -155,3 +155,33 @@ async fn two_hosts_each_running_half_the_shards_identify_within_discords_limit()
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifies_wait_while_redis_is_down_and_go_on_when_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let queue = RedisIdentifyQueue::connect(
+        &redis.url(),
+        config("outage", 1000, Duration::from_hours(24)),
+    )
+    .await
+    .unwrap();
+    queue.acquire(0).await;
+    redis.kill();
+    // Nothing paces identifies now: the next one waits rather than going alone.
+    let mut waiting = queue.acquire(2);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut waiting)
+            .await
+            .is_err(),
+        "no identify without Redis"
+    );
+    assert_eq!(queue.stats().waiting, 1);
+    // Back, empty (as after a crash without persistence): the waiting one goes, and the budget
+    // is seeded again.
+    let _redis = redis.restart_empty().await;
+    tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("it goes once Redis is back");
+    assert_eq!(queue.stats().waiting, 0);
+    assert_eq!(queue.stats().sessions_remaining, Some(999));
+}
