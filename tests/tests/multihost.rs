@@ -132,6 +132,7 @@ async fn two_hosts_each_running_half_the_shards_identify_within_discords_limit()
         options.first_shard = Some(first);
         options.last_shard = Some(last);
         options.redis_url = Some(redis.url());
+        options.host_id = Some(format!("host-{first}"));
         options
     };
     // Both hosts start at the same moment: each one's first shard of a bucket would identify
@@ -184,4 +185,32 @@ async fn identifies_wait_while_redis_is_down_and_go_on_when_it_is_back() {
         .expect("it goes once Redis is back");
     assert_eq!(queue.stats().waiting, 0);
     assert_eq!(queue.stats().sessions_remaining, Some(999));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_admiral_with_a_running_hosts_id_refuses_to_start() {
+    let mock = MockDiscord::start(mock_config(4, 2, 1)).await.unwrap();
+    let redis = RedisServer::start().await;
+    let host = |id: &str| {
+        let mut options = options(&mock, 1);
+        options.redis_url = Some(redis.url());
+        options.host_id = Some(id.to_owned());
+        options
+    };
+    let (first, _) = launch(fleet_tests::fleet(host("east"))).await;
+    first.wait_ready(WAIT).await.unwrap();
+    let identifies = mock.stats().identifies;
+    // Another machine given the same id: refused before it starts anything.
+    let refused = fleet_tests::fleet(host("east"))
+        .run()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("\"east\" is held"), "{refused}");
+    assert_eq!(mock.stats().identifies, identifies, "it identified nothing");
+    // A clean stop gives the id up at once.
+    first.shutdown().await;
+    let (again, _) = launch(fleet_tests::fleet(host("east"))).await;
+    again.wait_ready(WAIT).await.unwrap();
+    again.shutdown().await;
 }

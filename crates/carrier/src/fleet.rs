@@ -164,6 +164,11 @@ pub struct FleetOptions {
     /// the start with a clear error; there is no silent fallback to pacing alone. Default `None`:
     /// one host, nothing else to run.
     pub redis_url: Option<String>,
+    /// This host's id among the bot's hosts (with [`redis_url`](Self::redis_url)): 1 to 64 ASCII
+    /// letters, digits, `-` or `_`. The admiral holds it as a lease in Redis while it runs, and a
+    /// second admiral given the same id while the first runs refuses to start. Default: the
+    /// machine's hostname.
+    pub host_id: Option<String>,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -229,6 +234,7 @@ impl FleetOptions {
             admiral_grace: Duration::ZERO,
             fleet_id: None,
             redis_url: None,
+            host_id: None,
         }
     }
 }
@@ -267,6 +273,9 @@ pub enum FleetError {
     /// [`FleetOptions::redis_url`] names a Redis that cannot be reached.
     #[error(transparent)]
     Redis(#[from] crate::identify::fleetwide::RedisError),
+    /// This host's lease could not be taken (its id is another running admiral's, say).
+    #[error(transparent)]
+    Lease(#[from] crate::hosts::LeaseError),
     /// This process ran as a worker and failed.
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),
@@ -431,6 +440,19 @@ impl Fleet {
         } else {
             identify
         };
+        let host_lease = match &options.redis_url {
+            Some(url) => {
+                let host = match &options.host_id {
+                    Some(host) => host.clone(),
+                    None => hostname(),
+                };
+                admiral::check_fleet_id(&host)
+                    .map_err(|e| FleetError::FleetId(format!("host id: {e}")))?;
+                let ttl = crate::hosts::HOST_LEASE_TTL;
+                Some(crate::hosts::HostLease::take(url, &fleet_id, &host, ttl).await?)
+            }
+            None => None,
+        };
         let identify: Arc<dyn crate::identify::IdentifyQueue> = match &options.redis_url {
             Some(url) => {
                 let config = crate::identify::fleetwide::RedisIdentifyConfig {
@@ -556,6 +578,7 @@ impl Fleet {
             deploy_on_signal,
             admiral_grace: options.admiral_grace,
             fleet_id,
+            host_lease,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO
@@ -582,6 +605,22 @@ impl Fleet {
 #[must_use]
 pub fn identify_spacing(interval: Duration) -> Duration {
     interval + (interval / 50).max(Duration::from_millis(20))
+}
+
+/// This machine's hostname, as a host id (its characters outside a host id's are dropped).
+fn hostname() -> String {
+    let name: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "host".to_owned()
+    } else {
+        name
+    }
 }
 
 /// A fleet's default id: 16 hex digits of its token's SHA-256 (the token itself is never shown).

@@ -78,6 +78,7 @@
 pub mod admiral;
 pub mod cluster;
 mod fleet;
+pub mod hosts;
 pub mod identify;
 mod ids;
 pub mod ipc;

@@ -97,6 +97,9 @@ pub struct AdmiralConfig {
     pub admiral_grace: Duration,
     /// The fleet's id: it names the stable directory (`fleet-<id>` in `run_dir`).
     pub fleet_id: String,
+    /// This host's lease in Redis, when the bot runs on several hosts: renewed while the admiral
+    /// runs, given up when it stops.
+    pub host_lease: Option<crate::hosts::HostLease>,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.
@@ -287,6 +290,8 @@ pub struct AdmiralHandle {
     tasks: Vec<tokio::task::AbortHandle>,
     grace: Duration,
     own: Option<OwnCommand>,
+    /// Turns true once this host's lease in Redis is given up, after the stop.
+    lease_released: Option<watch::Receiver<bool>>,
 }
 
 /// How a launch ended.
@@ -491,10 +496,15 @@ impl AdmiralHandle {
         }
     }
 
-    /// Waits until the fleet has stopped.
+    /// Waits until the fleet has stopped (and, on several hosts, this host's lease is given up:
+    /// 5 s at most).
     pub async fn wait_stopped(&self) {
         let mut stopped = self.stopped.clone();
         let _ = stopped.wait_for(|s| *s).await;
+        if let Some(released) = &self.lease_released {
+            let mut released = released.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), released.wait_for(|r| *r)).await;
+        }
     }
 }
 
@@ -555,6 +565,8 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         }
         None => None,
     };
+    let mut config = config;
+    let host_lease = config.host_lease.take();
     let config = Arc::new(config);
     let own = OwnCommand::current();
     let (inbox_tx, inbox_rx) = mpsc::channel(65_536);
@@ -617,6 +629,11 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         ));
         tasks.push(task.abort_handle());
     }
+    let lease_released = host_lease.map(|lease| {
+        let (released, on_release) = watch::channel(false);
+        tasks.push(tokio::spawn(lease.keep(stopped.clone(), released)).abort_handle());
+        on_release
+    });
     let http_url = http.as_ref().map(|(_, bound)| http::url(*bound));
     if let Some((listener, bound)) = http {
         tracing::info!(target: "fleet::http", url = %http::url(bound), "status page at /, metrics at /metrics, health at /health");
@@ -701,6 +718,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         services: config.services.len(),
         grace: config.admiral_grace,
         own: own.clone(),
+        lease_released,
         restart_timeout: config
             .timeouts
             .cluster_ready

@@ -102,6 +102,24 @@ pub struct RedisError {
     reason: String,
 }
 
+impl RedisError {
+    /// `error`, from the Redis at `server` (host and port).
+    pub(crate) fn new(server: &str, error: &redis::RedisError) -> Self {
+        Self {
+            server: server.to_owned(),
+            reason: error.to_string(),
+        }
+    }
+
+    /// The Redis at `server` did not answer in time.
+    pub(crate) fn timed_out(server: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            reason: "no answer within 10 s".to_owned(),
+        }
+    }
+}
+
 /// A Redis URL's host and port, without its credentials, for errors and logs.
 #[must_use]
 pub fn redis_server(url: &str) -> String {

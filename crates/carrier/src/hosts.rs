@@ -1,0 +1,192 @@
+//! A host's lease in Redis, for a bot that runs on several hosts ([`HostLease`]).
+//!
+//! Each host holds `fleet:{<fleet id>}:host:<host id>`, a key with a time to live whose value is
+//! the host's incarnation (random per start), and its entry in the `hosts` sorted set (host id by
+//! lease deadline, on Redis's clock). A Lua script renews both every sixth of the lease; it
+//! refuses when another incarnation holds the key: two machines given one host id. A clean stop
+//! deletes the key if it is still this incarnation's.
+
+use std::time::Duration;
+
+use crate::identify::fleetwide::{RedisError, redis_server};
+
+/// How long a host's lease lasts unless renewed.
+pub const HOST_LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// Takes or renews the lease. KEYS: the host key, the hosts set. ARGV: incarnation, time to live
+/// (ms), host id. Returns the lease deadline (Redis ms), or the error `FENCED` when another
+/// incarnation holds it.
+const RENEW: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then
+  return redis.error_reply('FENCED')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], deadline, ARGV[3])
+return deadline
+";
+
+/// Gives the lease up if this incarnation still holds it. KEYS: the host key, the hosts set.
+/// ARGV: incarnation, host id.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Why a host could not take its lease.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// Redis could not be reached.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// A running admiral holds this host id.
+    #[error(
+        "host id {0:?} is held by another running admiral of this bot (two machines with one host id?); give each host its own FleetOptions::host_id"
+    )]
+    Taken(String),
+}
+
+/// This host's lease in Redis: taken at start, renewed by [`HostLease::keep`], given up by
+/// [`HostLease::release`].
+pub struct HostLease {
+    client: redis::Client,
+    host: String,
+    keys: [String; 2],
+    incarnation: String,
+    ttl: Duration,
+    server: String,
+}
+
+impl std::fmt::Debug for HostLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLease")
+            .field("host", &self.host)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostLease {
+    /// Takes host `host`'s lease of fleet `fleet_id` for `ttl`, or says why not.
+    pub async fn take(
+        url: &str,
+        fleet_id: &str,
+        host: &str,
+        ttl: Duration,
+    ) -> Result<Self, LeaseError> {
+        let server = redis_server(url);
+        let client = redis::Client::open(url).map_err(|e| RedisError::new(&server, &e))?;
+        let lease = Self {
+            client,
+            host: host.to_owned(),
+            keys: [
+                format!("fleet:{{{fleet_id}}}:host:{host}"),
+                format!("fleet:{{{fleet_id}}}:hosts"),
+            ],
+            incarnation: crate::Secret::random().expose()[..32].to_owned(),
+            ttl,
+            server,
+        };
+        let mut connection = lease.connect().await?;
+        lease.renew(&mut connection).await?;
+        tracing::info!(target: "fleet::admiral", host, ttl = ?ttl, "took this host's lease in Redis");
+        Ok(lease)
+    }
+
+    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, LeaseError> {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| RedisError::timed_out(&self.server))?
+        .map_err(|e| RedisError::new(&self.server, &e).into())
+    }
+
+    async fn renew(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), LeaseError> {
+        let ttl = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let renewed: redis::RedisResult<i64> = redis::Script::new(RENEW)
+            .key(&self.keys[0])
+            .key(&self.keys[1])
+            .arg(&self.incarnation)
+            .arg(ttl)
+            .arg(&self.host)
+            .invoke_async(connection)
+            .await;
+        match renewed {
+            Ok(_) => Ok(()),
+            Err(error) if error.to_string().contains("FENCED") => {
+                Err(LeaseError::Taken(self.host.clone()))
+            }
+            Err(error) => Err(RedisError::new(&self.server, &error).into()),
+        }
+    }
+
+    /// Renews the lease every sixth of its time to live until `stopped` turns true, then gives
+    /// it up and says so on `released`. A renewal that fails is logged and tried again at the
+    /// next turn; one refused because another incarnation took the host id is logged as an error.
+    pub async fn keep(
+        self,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+        released: tokio::sync::watch::Sender<bool>,
+    ) {
+        let mut ticks = tokio::time::interval(self.ttl / 6);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connection = None;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stopped.wait_for(|s| *s) => break,
+            }
+            if connection.is_none() {
+                connection = self.connect().await.ok();
+            }
+            let Some(open) = connection.as_mut() else {
+                tracing::warn!(target: "fleet::admiral", host = %self.host, "cannot reach Redis to renew this host's lease");
+                continue;
+            };
+            match self.renew(open).await {
+                Ok(()) => {}
+                Err(LeaseError::Taken(host)) => {
+                    tracing::error!(target: "fleet::admiral", host, "another admiral took this host's lease");
+                }
+                Err(error) => {
+                    tracing::warn!(target: "fleet::admiral", %error, "renewing this host's lease failed");
+                    connection = None;
+                }
+            }
+        }
+        self.release().await;
+        let _ = released.send(true);
+    }
+
+    /// Gives the lease up, if this incarnation still holds it.
+    pub async fn release(&self) {
+        let Ok(mut connection) = self.connect().await else {
+            return;
+        };
+        let released: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+            .key(&self.keys[0])
+            .key(&self.keys[1])
+            .arg(&self.incarnation)
+            .arg(&self.host)
+            .invoke_async(&mut connection)
+            .await;
+        if released.is_ok() {
+            tracing::info!(target: "fleet::admiral", host = %self.host, "gave this host's lease up");
+        }
+    }
+}
