@@ -62,6 +62,16 @@ async fn gone(pid: u32, why: &str) {
     assert!(waited.is_ok(), "{why}");
 }
 
+/// Waits until the mock has delivered 20 more events (`what` names the wait), then stops its
+/// event source.
+async fn deliver_more_then_stop(mock: &MockDiscord, what: &str) {
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, what, |m| m.event_report().delivered > delivered + 20)
+        .await
+        .unwrap();
+    mock.stop_events();
+}
+
 /// Kills an admiral process with SIGKILL and waits for it to be gone.
 async fn kill_admiral(admiral: &mut tokio::process::Child) {
     admiral.start_kill().unwrap();
@@ -153,13 +163,7 @@ async fn a_killed_admirals_workers_are_adopted_by_the_next_one_with_no_identify_
     // It routes to them: a command, and a stats round over every worker.
     let stats = admiral.stats().await.unwrap();
     assert_eq!(stats.guilds, 8, "{stats:?}");
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events delivered after the adoption", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
-    mock.stop_events();
+    deliver_more_then_stop(&mock, "events delivered after the adoption").await;
 
     assert!(
         handled.all_handled(&mock).await,
@@ -235,13 +239,7 @@ async fn sighup_re_executes_the_admiral_in_place_and_it_adopts_its_own_workers()
         admiral.try_wait().unwrap().is_none(),
         "the same admiral process"
     );
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events delivered after the restart", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
-    mock.stop_events();
+    deliver_more_then_stop(&mock, "events delivered after the restart").await;
     let after = mock.stats();
     assert_eq!(
         after.identifies, before.identifies,
@@ -319,13 +317,7 @@ async fn a_deploy_moves_every_worker_then_the_admiral_restarts_itself_and_adopts
         admiral.try_wait().unwrap().is_none(),
         "the same admiral process"
     );
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events delivered after the restart", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
-    mock.stop_events();
+    deliver_more_then_stop(&mock, "events delivered after the restart").await;
     let after = mock.stats();
     assert_eq!(after.identifies, identifies, "no identify spent");
     assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
