@@ -22,7 +22,8 @@
 //!
 //! `cargo xtask bench [SECTION...]` runs only the named sections: `startup` (1), `ipc` (2, 3,
 //! with eris-fleet's path, cluster → admiral → service, and the floor of [`floor`] beside them),
-//! `memory` (4), `events` (5), `restart` (6), `admiral` (6, the admiral's own), `rest` (7), `stats` (8: what a stats round costs
+//! `memory` (4), `events` (5), `restart` (6), `admiral` (6, the admiral's own), `hosts` (one bot
+//! on three hosts sharing a Redis, [`hosts`]), `rest` (7), `stats` (8: what a stats round costs
 //! the admiral and the workers, at the reference scenario and at 200 shards). With none, all of
 //! them but `scale` (9: 1,000 guilds per shard at 100 and 300 shards, [`scale`]), which runs only
 //! when named: it takes minutes and gigabytes.
@@ -31,6 +32,8 @@
 mod admiral;
 #[path = "bench/floor.rs"]
 mod floor;
+#[path = "bench/hosts.rs"]
+mod hosts;
 #[path = "bench/rest.rs"]
 mod rest;
 #[path = "bench/restart.rs"]
@@ -68,8 +71,8 @@ const CLUSTERS: u32 = 4;
 const GUILDS_PER_SHARD: usize = 100;
 
 /// The sections `cargo xtask bench SECTION...` can name.
-const SECTIONS: [&str; 9] = [
-    "startup", "ipc", "memory", "events", "restart", "admiral", "rest", "stats", "scale",
+const SECTIONS: [&str; 10] = [
+    "startup", "ipc", "memory", "events", "restart", "admiral", "hosts", "rest", "stats", "scale",
 ];
 
 /// The large scenario of the stats section.
@@ -237,6 +240,17 @@ async fn launch(
     lib: Lib,
     clusters: u32,
 ) -> Result<(AdmiralHandle, Duration, Duration)> {
+    launch_with(mock, interval, lib, clusters, |_| {}).await
+}
+
+/// [`launch`], with `tweak` applied to the fleet's options last.
+async fn launch_with(
+    mock: &MockProcess,
+    interval: Duration,
+    lib: Lib,
+    clusters: u32,
+    tweak: impl FnOnce(&mut FleetOptions),
+) -> Result<(AdmiralHandle, Duration, Duration)> {
     let mut options = FleetOptions::new("mock-token");
     options.rest_url = mock.url.clone();
     options.clusters = Some(clusters);
@@ -251,6 +265,7 @@ async fn launch(
     };
     command.env.push((LIB_ENV.into(), name.into()));
     options.worker_command = Some(command);
+    tweak(&mut options);
     let started = Instant::now();
     let admiral = fleet_examples::fleet_for(lib, options)
         .run()
@@ -359,6 +374,9 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
         stats::figures(&admiral, "large scenario").await?;
         admiral.shutdown().await;
         all_ok &= mock.stop().await?;
+    }
+    if asked("hosts") {
+        all_ok &= hosts::figures().await?;
     }
     if asked("admiral") {
         // The admiral's own restarts, its fleet on a mock of its own.

@@ -56,6 +56,45 @@ redis.call('SET', KEYS[1], at + window, 'PX', at - now + window)
 return {at - now, left}
 ";
 
+/// Lets a reserved slot's holder go, once it is due: the bucket's previous grant must have
+/// been confirmed (its READY seen) a window ago, or have gone unconfirmed for two windows (a
+/// shard whose IDENTIFY is sent late must not bring the next one closer than the window at
+/// Discord). KEYS: the bucket's pending grant (`shard:granted_ms`), its last confirmation (ms).
+/// ARGV: the window (ms), this shard. Returns 0 (go: it is the bucket's pending grant now) or how
+/// long to wait before asking again.
+const GRANT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local pending = redis.call('GET', KEYS[1])
+if pending then
+  local shard, at = string.match(pending, '^(%d+):(%d+)$')
+  if shard and shard ~= ARGV[2] and now < tonumber(at) + 2 * window then
+    return math.min(100, tonumber(at) + 2 * window - now)
+  end
+end
+local ready = redis.call('GET', KEYS[2])
+if ready and tonumber(ready) + window > now then
+  return tonumber(ready) + window - now
+end
+redis.call('SET', KEYS[1], ARGV[2] .. ':' .. now, 'PX', 2 * window)
+return 0
+";
+
+/// A granted shard's READY came: its bucket's next grant is spaced from now. KEYS: the pending
+/// grant, the last confirmation. ARGV: the window (ms), the shard.
+const CONFIRM: &str = r"
+local pending = redis.call('GET', KEYS[1])
+if pending and string.match(pending, '^(%d+):') == ARGV[2] then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], now, 'PX', ARGV[1])
+  return 1
+end
+return 0
+";
+
 /// Where a fleet's identify keys live in Redis, and how it paces.
 #[derive(Debug, Clone)]
 pub struct RedisIdentifyConfig {
@@ -77,6 +116,8 @@ pub struct RedisIdentifyQueue {
     client: redis::Client,
     connection: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
     script: Arc<redis::Script>,
+    grant: Arc<redis::Script>,
+    confirm: Arc<redis::Script>,
     buckets: std::sync::Mutex<HashMap<u32, Arc<Mutex<()>>>>,
     waiting: Arc<AtomicU32>,
     /// The budget left, as the last reservation saw it (-1: not known yet).
@@ -149,6 +190,8 @@ impl RedisIdentifyQueue {
             client,
             connection: Arc::new(Mutex::new(None)),
             script: Arc::new(redis::Script::new(RESERVE)),
+            grant: Arc::new(redis::Script::new(GRANT)),
+            confirm: Arc::new(redis::Script::new(CONFIRM)),
             buckets: std::sync::Mutex::default(),
             waiting: Arc::default(),
             remaining: Arc::new(AtomicI64::new(-1)),
@@ -194,12 +237,47 @@ struct Reserver {
     client: redis::Client,
     connection: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
     script: Arc<redis::Script>,
+    grant: Arc<redis::Script>,
     keys: [String; 2],
+    /// The bucket's pending grant and last confirmation.
+    grant_keys: [String; 2],
     args: [u64; 3],
+    shard: u32,
     remaining: Arc<AtomicI64>,
 }
 
+/// The bucket keys of a grant: its pending grant, its last confirmation.
+fn grant_keys(queue: &RedisIdentifyQueue, bucket: u32) -> [String; 2] {
+    [
+        queue.key(&format!("identify:pending:{bucket}")),
+        queue.key(&format!("identify:ready:{bucket}")),
+    ]
+}
+
 impl Reserver {
+    /// Once the reserved slot is due: zero when the shard may go, or how long to wait first.
+    async fn may_go(&self) -> redis::RedisResult<Duration> {
+        let mut slot = self.connection.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.client.get_multiplexed_async_connection().await?);
+        }
+        let Some(connection) = slot.as_mut() else {
+            unreachable!("just connected");
+        };
+        let mut invocation = self.grant.key(&self.grant_keys[0]);
+        invocation
+            .key(&self.grant_keys[1])
+            .arg(self.args[0])
+            .arg(self.shard);
+        match invocation.invoke_async::<i64>(connection).await {
+            Ok(wait) => Ok(Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(MAX_WAIT)),
+            Err(error) => {
+                *slot = None;
+                Err(error)
+            }
+        }
+    }
+
     /// One reservation: how long to wait for the slot, or (`Err`) how long until the budget
     /// refills. A Redis that fails is reconnected on the next try.
     async fn reserve(&self) -> redis::RedisResult<Result<Duration, Duration>> {
@@ -251,6 +329,9 @@ impl IdentifyQueue for RedisIdentifyQueue {
                 // Discord's session budget refills a day after its first identify.
                 86_400_000,
             ],
+            grant: self.grant.clone(),
+            grant_keys: grant_keys(self, bucket),
+            shard,
             remaining: self.remaining.clone(),
         };
         let waiting = super::Waiting::new(&self.waiting);
@@ -262,7 +343,7 @@ impl IdentifyQueue for RedisIdentifyQueue {
                 match reserver.reserve().await {
                     Ok(Ok(wait)) => {
                         tokio::time::sleep(wait).await;
-                        return;
+                        break;
                     }
                     Ok(Err(refill)) => {
                         tracing::warn!(target: "fleet::identify", shard, wait = ?refill, "session budget spent; waiting for its reset");
@@ -274,7 +355,43 @@ impl IdentifyQueue for RedisIdentifyQueue {
                     }
                 }
             }
+            // The slot is due; the bucket's previous shard must have been seen READY a window
+            // ago too (or be two windows late).
+            loop {
+                match reserver.may_go().await {
+                    Ok(wait) if wait.is_zero() => return,
+                    Ok(wait) => tokio::time::sleep(wait).await,
+                    Err(error) => {
+                        tracing::warn!(target: "fleet::identify", shard, %error, "Redis did not let an identify go; trying again");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
         })
+    }
+
+    fn confirmed(&self, shard: u32) {
+        let bucket = shard % self.config.max_concurrency.max(1);
+        let keys = grant_keys(self, bucket);
+        let window = u64::try_from(self.config.window.as_millis()).unwrap_or(u64::MAX);
+        let (connection, client, confirm) = (
+            self.connection.clone(),
+            self.client.clone(),
+            self.confirm.clone(),
+        );
+        tokio::spawn(async move {
+            let mut slot = connection.lock().await;
+            if slot.is_none() {
+                *slot = client.get_multiplexed_async_connection().await.ok();
+            }
+            if let Some(connection) = slot.as_mut() {
+                let mut invocation = confirm.key(&keys[0]);
+                invocation.key(&keys[1]).arg(window.max(1)).arg(shard);
+                if invocation.invoke_async::<i64>(connection).await.is_err() {
+                    *slot = None;
+                }
+            }
+        });
     }
 
     fn stats(&self) -> IdentifyStats {
