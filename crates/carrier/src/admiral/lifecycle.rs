@@ -439,6 +439,10 @@ impl ServiceSpec {
 /// times is handled by at least one of them.
 pub const SWITCH_GUARD: Duration = Duration::from_millis(250);
 
+/// The largest process number an adopted process may bring: a fleet numbers its processes from
+/// 1 up, and a number past this one (from a hostile peer) would leave no room for the next.
+pub const MAX_ADOPTED_PROCESS: ProcessId = 1 << 48;
+
 /// Services a fleet may hold at most, declared and created together.
 pub const MAX_SERVICES: usize = 256;
 
@@ -905,7 +909,7 @@ impl Lifecycle {
             } => {
                 if self.can_adopt(&id, process).is_ok() {
                     self.processes.insert(process, id.clone());
-                    self.next_process = self.next_process.max(process + 1);
+                    self.next_process = self.next_process.max(process.saturating_add(1));
                     let worker = self.workers.get_mut(&id).expect("checked by can_adopt");
                     worker.process = Some(process);
                     if ready {
@@ -1210,7 +1214,10 @@ impl Lifecycle {
         if self.phase != Phase::Idle {
             return Err("this admiral has launched the fleet without it");
         }
-        if process == 0 || self.processes.contains_key(&process) {
+        if process == 0 || process > MAX_ADOPTED_PROCESS {
+            return Err("not a process number this fleet gives");
+        }
+        if self.processes.contains_key(&process) {
             return Err("another process has its number");
         }
         match self.workers.get(worker) {

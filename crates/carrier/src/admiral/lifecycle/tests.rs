@@ -1333,6 +1333,11 @@ fn adopted_workers_are_live_and_the_launch_spawns_only_the_rest() {
         l.can_adopt(&WorkerId::Cluster(5), 11).is_err(),
         "not in the plan"
     );
+    assert!(l.can_adopt(&WorkerId::Cluster(2), 0).is_err());
+    assert!(
+        l.can_adopt(&WorkerId::Cluster(2), u64::MAX).is_err(),
+        "no number that leaves no room"
+    );
 
     let out = l.handle(Input::Launch);
     // Only cluster 2 is spawned, numbered past every adopted process.
