@@ -132,6 +132,12 @@ impl Uplink {
             .clone()
     }
 
+    /// Runs `f` on the outbox frames go to now, without taking a reference to it (the common
+    /// path of every send: one uncontended read lock).
+    fn with_outbox<T>(&self, f: impl FnOnce(&Outbox) -> T) -> T {
+        f(&self.outbox.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Sends into `outbox` from now on; the one before is dropped (its socket closes once what
     /// it held is written).
     pub(crate) fn replace(&self, outbox: Arc<Outbox>) {
@@ -148,23 +154,25 @@ impl Uplink {
     pub(super) async fn send_soon(&self, up: &Up, batch: bool) -> Result<(), IpcError> {
         let body = super::frame::encode(up, self.max_frame)?;
         loop {
-            let outbox = self.outbox();
-            let queued = if batch {
-                outbox.defer(&body)
-            } else {
-                outbox.push(&body)
-            };
+            let queued = self.with_outbox(|outbox| {
+                if batch {
+                    outbox.defer(&body)
+                } else {
+                    outbox.push(&body)
+                }
+            });
             match queued {
                 Ok(()) => return Ok(()),
                 Err(Refused::Closed) => return Err(IpcError::Disconnected),
-                Err(Refused::Full) => outbox.flushed().await,
+                Err(Refused::Full) => self.outbox().flushed().await,
             }
         }
     }
 
     /// Sends one frame if it fits now; whether it was queued.
     pub(super) fn try_send(&self, up: &Up) -> bool {
-        super::frame::encode(up, self.max_frame).is_ok_and(|body| self.outbox().push(&body).is_ok())
+        super::frame::encode(up, self.max_frame)
+            .is_ok_and(|body| self.with_outbox(|outbox| outbox.push(&body).is_ok()))
     }
 }
 
@@ -540,11 +548,13 @@ impl Ipc {
     /// side only).
     pub(crate) fn cork(&self, cork: bool) {
         if let Transport::Socket(up) = &self.inner.transport {
-            if cork {
-                up.outbox().cork();
-            } else {
-                up.outbox().uncork();
-            }
+            up.with_outbox(|outbox| {
+                if cork {
+                    outbox.cork();
+                } else {
+                    outbox.uncork();
+                }
+            });
         }
     }
 
