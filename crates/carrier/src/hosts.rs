@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::identify::fleetwide::{RedisError, redis_server};
+use crate::identify::fleetwide::{RedisError, redis_server, redis_time};
 
 /// How long a host's lease lasts unless renewed.
 pub const HOST_LEASE_TTL: Duration = Duration::from_secs(15);
@@ -16,18 +16,18 @@ pub const HOST_LEASE_TTL: Duration = Duration::from_secs(15);
 /// Takes or renews the lease. KEYS: the host key, the hosts set. ARGV: incarnation, time to live
 /// (ms), host id. Returns the lease deadline (Redis ms), or the error `FENCED` when another
 /// incarnation holds it.
-const RENEW: &str = r"
+const RENEW: &str = redis_time!(
+    r"
 local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[1] then
   return redis.error_reply('FENCED')
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], deadline, ARGV[3])
 return deadline
-";
+"
+);
 
 /// Gives the lease up if this incarnation still holds it. KEYS: the host key, the hosts set.
 /// ARGV: incarnation, host id.

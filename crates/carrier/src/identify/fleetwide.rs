@@ -28,14 +28,26 @@ const RETRY: Duration = Duration::from_secs(1);
 /// key, and the wait is cut to it.
 const MAX_WAIT: Duration = Duration::from_hours(24);
 
+/// A Lua script that starts with `now`: Redis's time in milliseconds, the one clock every host
+/// of a fleet goes by.
+macro_rules! redis_time {
+    ($body:literal) => {
+        concat!(
+            "local t = redis.call('TIME')\n",
+            "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)",
+            $body
+        )
+    };
+}
+pub(crate) use redis_time;
+
 /// Reserves a bucket's next identify slot and one identify of the budget.
 ///
 /// KEYS: the bucket's next-slot key, the budget key. ARGV: the window (ms), the budget's total,
 /// its period (ms). Returns `{wait_ms, remaining}`, or `{-1, ms_until_refill}` when the budget is
 /// spent.
-const RESERVE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+const RESERVE: &str = redis_time!(
+    r"
 local window = tonumber(ARGV[1])
 local left = redis.call('GET', KEYS[2])
 if left then
@@ -54,7 +66,8 @@ local next = tonumber(redis.call('GET', KEYS[1]) or '0')
 local at = math.max(now, next)
 redis.call('SET', KEYS[1], at + window, 'PX', at - now + window)
 return {at - now, left}
-";
+"
+);
 
 /// Lets a reserved slot's holder go, once it is due: the bucket's previous grant must have
 /// been confirmed (its READY seen) a window ago, or have gone unconfirmed for two windows (a
@@ -62,9 +75,8 @@ return {at - now, left}
 /// Discord). KEYS: the bucket's pending grant (`shard:granted_ms`), its last confirmation (ms).
 /// ARGV: the window (ms), this shard. Returns 0 (go: it is the bucket's pending grant now) or how
 /// long to wait before asking again.
-const GRANT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+const GRANT: &str = redis_time!(
+    r"
 local window = tonumber(ARGV[1])
 local pending = redis.call('GET', KEYS[1])
 if pending then
@@ -79,21 +91,22 @@ if ready and tonumber(ready) + window > now then
 end
 redis.call('SET', KEYS[1], ARGV[2] .. ':' .. now, 'PX', 2 * window)
 return 0
-";
+"
+);
 
 /// A granted shard's READY came: its bucket's next grant is spaced from now. KEYS: the pending
 /// grant, the last confirmation. ARGV: the window (ms), the shard.
-const CONFIRM: &str = r"
+const CONFIRM: &str = redis_time!(
+    r"
 local pending = redis.call('GET', KEYS[1])
 if pending and string.match(pending, '^(%d+):') == ARGV[2] then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('DEL', KEYS[1])
   redis.call('SET', KEYS[2], now, 'PX', ARGV[1])
   return 1
 end
 return 0
-";
+"
+);
 
 /// Where a fleet's identify keys live in Redis, and how it paces.
 #[derive(Debug, Clone)]
@@ -109,12 +122,37 @@ pub struct RedisIdentifyConfig {
     pub budget: SessionBudget,
 }
 
+/// A Redis connection made when first needed and made again after it failed.
+struct Link {
+    client: redis::Client,
+    connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+impl Link {
+    /// Runs a script on the connection, connecting first if there is none; a failure drops the
+    /// connection, so the next call reconnects.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        let mut slot = self.connection.lock().await;
+        let connection = match slot.as_mut() {
+            Some(connection) => connection,
+            None => slot.insert(self.client.get_multiplexed_async_connection().await?),
+        };
+        let answer = invocation.invoke_async(connection).await;
+        if answer.is_err() {
+            *slot = None;
+        }
+        answer
+    }
+}
+
 /// An identify queue shared by every host of a fleet through Redis (see the module's
 /// documentation). Build it with [`RedisIdentifyQueue::connect`].
 pub struct RedisIdentifyQueue {
     config: RedisIdentifyConfig,
-    client: redis::Client,
-    connection: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    link: Arc<Link>,
     script: Arc<redis::Script>,
     grant: Arc<redis::Script>,
     confirm: Arc<redis::Script>,
@@ -187,8 +225,10 @@ impl RedisIdentifyQueue {
         .map_err(|_| fail("no answer within 10 s".into()))?
         .map_err(|e| fail(e.to_string()))?;
         let queue = Self {
-            client,
-            connection: Arc::new(Mutex::new(None)),
+            link: Arc::new(Link {
+                client,
+                connection: Mutex::new(None),
+            }),
             script: Arc::new(redis::Script::new(RESERVE)),
             grant: Arc::new(redis::Script::new(GRANT)),
             confirm: Arc::new(redis::Script::new(CONFIRM)),
@@ -211,7 +251,7 @@ impl RedisIdentifyQueue {
             .await
             .map_err(|e| fail(e.to_string()))?;
         tracing::info!(target: "fleet::identify", server = %redis_server(url), seeded = seeded.is_some(), "identifies are paced for the whole fleet in Redis");
-        *queue.connection.lock().await = Some(connection);
+        *queue.link.connection.lock().await = Some(connection);
         Ok(queue)
     }
 
@@ -234,8 +274,7 @@ impl RedisIdentifyQueue {
 
 /// What one reservation needs, cheap to move into the acquiring future.
 struct Reserver {
-    client: redis::Client,
-    connection: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    link: Arc<Link>,
     script: Arc<redis::Script>,
     grant: Arc<redis::Script>,
     keys: [String; 2],
@@ -257,50 +296,24 @@ fn grant_keys(queue: &RedisIdentifyQueue, bucket: u32) -> [String; 2] {
 impl Reserver {
     /// Once the reserved slot is due: zero when the shard may go, or how long to wait first.
     async fn may_go(&self) -> redis::RedisResult<Duration> {
-        let mut slot = self.connection.lock().await;
-        if slot.is_none() {
-            *slot = Some(self.client.get_multiplexed_async_connection().await?);
-        }
-        let Some(connection) = slot.as_mut() else {
-            unreachable!("just connected");
-        };
         let mut invocation = self.grant.key(&self.grant_keys[0]);
         invocation
             .key(&self.grant_keys[1])
             .arg(self.args[0])
             .arg(self.shard);
-        match invocation.invoke_async::<i64>(connection).await {
-            Ok(wait) => Ok(Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(MAX_WAIT)),
-            Err(error) => {
-                *slot = None;
-                Err(error)
-            }
-        }
+        let wait: i64 = self.link.invoke(&invocation).await?;
+        Ok(Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(MAX_WAIT))
     }
 
     /// One reservation: how long to wait for the slot, or (`Err`) how long until the budget
     /// refills. A Redis that fails is reconnected on the next try.
     async fn reserve(&self) -> redis::RedisResult<Result<Duration, Duration>> {
-        let mut slot = self.connection.lock().await;
-        if slot.is_none() {
-            *slot = Some(self.client.get_multiplexed_async_connection().await?);
-        }
-        let Some(connection) = slot.as_mut() else {
-            unreachable!("just connected");
-        };
         let mut invocation = self.script.key(&self.keys[0]);
         invocation.key(&self.keys[1]);
         for arg in self.args {
             invocation.arg(arg);
         }
-        let answer: redis::RedisResult<(i64, i64)> = invocation.invoke_async(connection).await;
-        let (wait, second) = match answer {
-            Ok(answer) => answer,
-            Err(error) => {
-                *slot = None;
-                return Err(error);
-            }
-        };
+        let (wait, second): (i64, i64) = self.link.invoke(&invocation).await?;
         let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_WAIT);
         if wait < 0 {
             self.remaining.store(0, Ordering::Relaxed);
@@ -316,8 +329,7 @@ impl IdentifyQueue for RedisIdentifyQueue {
         let (bucket, lock) = self.bucket(shard);
         let window = u64::try_from(self.config.window.as_millis()).unwrap_or(u64::MAX);
         let reserver = Reserver {
-            client: self.client.clone(),
-            connection: self.connection.clone(),
+            link: self.link.clone(),
             script: self.script.clone(),
             keys: [
                 self.key(&format!("identify:next:{bucket}")),
@@ -374,23 +386,13 @@ impl IdentifyQueue for RedisIdentifyQueue {
         let bucket = shard % self.config.max_concurrency.max(1);
         let keys = grant_keys(self, bucket);
         let window = u64::try_from(self.config.window.as_millis()).unwrap_or(u64::MAX);
-        let (connection, client, confirm) = (
-            self.connection.clone(),
-            self.client.clone(),
-            self.confirm.clone(),
-        );
+        let (link, confirm) = (self.link.clone(), self.confirm.clone());
         tokio::spawn(async move {
-            let mut slot = connection.lock().await;
-            if slot.is_none() {
-                *slot = client.get_multiplexed_async_connection().await.ok();
-            }
-            if let Some(connection) = slot.as_mut() {
-                let mut invocation = confirm.key(&keys[0]);
-                invocation.key(&keys[1]).arg(window.max(1)).arg(shard);
-                if invocation.invoke_async::<i64>(connection).await.is_err() {
-                    *slot = None;
-                }
-            }
+            let mut invocation = confirm.key(&keys[0]);
+            invocation.key(&keys[1]).arg(window.max(1)).arg(shard);
+            // A confirmation that cannot be written costs the next grant its wait for this
+            // READY (two windows at most); nothing waits on it.
+            let _: redis::RedisResult<i64> = link.invoke(&invocation).await;
         });
     }
 
