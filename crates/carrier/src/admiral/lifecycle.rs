@@ -261,6 +261,24 @@ pub enum Input {
     /// shards only). An empty session id forgets that shard's session; an empty state keeps
     /// the one the same session had.
     Checkpoint(ProcessId, Vec<ShardSession>),
+    /// On several hosts: this host was given cluster `cluster` (a range of the bot's shards) and
+    /// starts it, resuming `resume` (the last owner's checkpoints). Ignored when it already runs
+    /// the cluster or the fleet is stopping.
+    Take {
+        /// The cluster.
+        cluster: u32,
+        /// The sessions its first process resumes.
+        resume: Vec<ShardSession>,
+    },
+    /// On several hosts: this host's lease may lapse. Every serving cluster closes its shards
+    /// resumably and hands the sessions here, where they are held; no cluster starts, restarts
+    /// or reshards until [`Input::Unfence`].
+    Fence,
+    /// The lease holds again: each fenced cluster gets its sessions back and resumes them.
+    Unfence,
+    /// On several hosts: cluster `cluster` is another host's now. It stops, and leaves this
+    /// host's fleet; the sessions it held are not resumed here.
+    Lose(u32),
 }
 
 /// What the admiral must do.
@@ -587,6 +605,9 @@ impl Timeout {
     }
 }
 
+/// Why nothing restarts on a fenced host.
+const FENCED: &str = "this host is fenced: its lease in Redis may have lapsed";
+
 /// The lifecycle of every worker of a fleet.
 #[derive(Debug)]
 pub struct Lifecycle {
@@ -609,6 +630,12 @@ pub struct Lifecycle {
     /// Each serving cluster process's last checkpointed sessions, by shard: what its
     /// replacement resumes if it crashes.
     checkpoints: BTreeMap<ProcessId, BTreeMap<u32, ShardSession>>,
+    /// Fenced ([`Input::Fence`]): this host's lease in Redis may have lapsed.
+    fenced: bool,
+    /// The sessions each fenced cluster process handed over, until [`Input::Unfence`].
+    held: BTreeMap<ProcessId, Vec<ShardSession>>,
+    /// Workers whose restart came due while fenced: they start at [`Input::Unfence`].
+    deferred: std::collections::BTreeSet<WorkerId>,
 }
 
 impl Lifecycle {
@@ -647,6 +674,9 @@ impl Lifecycle {
             timers: std::collections::BTreeSet::new(),
             timer_seq: 0,
             checkpoints: BTreeMap::new(),
+            fenced: false,
+            held: BTreeMap::new(),
+            deferred: std::collections::BTreeSet::new(),
         }
     }
 
@@ -805,6 +835,9 @@ impl Lifecycle {
     /// Whether a reshard can start now: the fleet running, every cluster live, no restart or
     /// reshard under way.
     pub fn can_reshard(&self) -> Result<(), String> {
+        if self.fenced {
+            return Err(FENCED.to_owned());
+        }
         if self.phase != Phase::Running {
             return Err("the fleet is not running (launching or shutting down)".to_owned());
         }
@@ -828,6 +861,9 @@ impl Lifecycle {
         if self.stopping() {
             return Err("the fleet is shutting down".to_owned());
         }
+        if self.fenced {
+            return Err(FENCED.to_owned());
+        }
         if worker.replacement.is_some() {
             return Err(format!("{id} is already being restarted"));
         }
@@ -844,7 +880,7 @@ impl Lifecycle {
             .workers
             .get(id)
             .is_some_and(|w| w.state.is_terminal() && w.replacement.is_none());
-        if mode == RestartMode::Hard && again && !self.stopping() {
+        if mode == RestartMode::Hard && again && !self.stopping() && !self.fenced {
             return Ok(());
         }
         self.can_soft_restart(id)
@@ -1017,6 +1053,10 @@ impl Lifecycle {
                     self.reshard(&clusters, &mut out);
                 }
             }
+            Input::Take { cluster, resume } => self.take(cluster, resume, &mut out),
+            Input::Fence => self.fence(&mut out),
+            Input::Unfence => self.unfence(&mut out),
+            Input::Lose(cluster) => self.lose(cluster, &mut out),
             Input::Restart(id, mode) => {
                 if self.can_restart(&id, mode).is_ok() {
                     self.restart(id, mode, &mut out);
@@ -1131,12 +1171,14 @@ impl Lifecycle {
                     self.phase,
                     Phase::StoppingClusters | Phase::StoppingServices | Phase::Stopped
                 );
-                if !stopping
-                    && self
-                        .workers
-                        .get(&worker)
-                        .is_some_and(|w| w.state == State::Backoff)
-                {
+                let backoff = self
+                    .workers
+                    .get(&worker)
+                    .is_some_and(|w| w.state == State::Backoff);
+                if !stopping && backoff && self.fenced && matches!(worker, WorkerId::Cluster(_)) {
+                    // A cluster connects nothing while this host may not run its shards.
+                    self.deferred.insert(worker);
+                } else if !stopping && backoff {
                     self.restarts
                         .entry(worker.clone())
                         .or_default()
@@ -1203,6 +1245,9 @@ impl Lifecycle {
             }
             Some(_) => {
                 tracing::warn!(target: "fleet::lifecycle", process = from, "sessions nobody asked for");
+            }
+            None if self.fenced => {
+                self.held.insert(from, sessions);
             }
             None => out.push(Command::SendSessions { to: from, sessions }),
         }
@@ -1627,11 +1672,14 @@ impl Lifecycle {
             Phase::StoppingClusters | Phase::StoppingServices | Phase::Stopped
         );
         let (now, policy) = (self.now, self.restart);
-        let left: Vec<ShardSession> = self
-            .checkpoints
-            .remove(&process)
-            .map(|sessions| sessions.into_values().collect())
-            .unwrap_or_default();
+        let checkpointed = self.checkpoints.remove(&process);
+        // A fenced process handed its sessions here: those are its last word.
+        let left: Vec<ShardSession> = match self.held.remove(&process) {
+            Some(held) if !held.is_empty() => held,
+            _ => checkpointed
+                .map(|sessions| sessions.into_values().collect())
+                .unwrap_or_default(),
+        };
         let Some(worker) = self.current_mut(process) else {
             return;
         };
@@ -1816,6 +1864,164 @@ impl Lifecycle {
     }
 
     /// Moves to the next phase once the current one has settled.
+    /// Whether this host is fenced ([`Input::Fence`]).
+    #[must_use]
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// [`Input::Take`].
+    fn take(&mut self, cluster: u32, resume: Vec<ShardSession>, out: &mut Vec<Command>) {
+        let id = WorkerId::Cluster(cluster);
+        if self.stopping() {
+            return;
+        }
+        if let Some(worker) = self.workers.get(&id) {
+            if !worker.state.is_terminal() && !worker.retired {
+                return; // Runs here already.
+            }
+            // Lost a moment ago and still leaving: the taken cluster starts afresh.
+            if let Some(process) = worker.process {
+                self.processes.remove(&process);
+                self.held.remove(&process);
+                self.checkpoints.remove(&process);
+            }
+        }
+        let mut worker = Worker::pending(id.clone());
+        worker.resume = resume;
+        self.workers.insert(id.clone(), worker);
+        if self.fenced {
+            self.workers.get_mut(&id).expect("inserted").state = State::Backoff;
+            self.deferred.insert(id);
+        } else if matches!(self.phase, Phase::Clusters | Phase::Running) {
+            self.spawn_one(id, out);
+        }
+    }
+
+    /// [`Input::Fence`].
+    fn fence(&mut self, out: &mut Vec<Command>) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        // A restart, a reshard or a deploy under way could connect shards: it is called off.
+        // Its replacements stop; the old processes stay and are fenced below (sessions already
+        // handed to a replacement are held for the old process).
+        let grace = self.timeouts.kill;
+        let mut aborted = false;
+        let mut handed = Vec::new();
+        for worker in self.workers.values_mut() {
+            let Some(replacement) = worker.replacement.take() else {
+                continue;
+            };
+            aborted |= replacement.generation;
+            out.push(Command::Stop {
+                process: replacement.process,
+                grace,
+            });
+            match (replacement.step, worker.process) {
+                (
+                    Step::HandingOver {
+                        sessions: Some(sessions),
+                    },
+                    Some(old),
+                ) => {
+                    handed.push((old, Some(sessions)));
+                }
+                // The old process closes its shards and hands the sessions over: held then.
+                (Step::HandingOver { sessions: None }, Some(old)) => handed.push((old, None)),
+                _ => {}
+            }
+        }
+        for (old, sessions) in handed {
+            match sessions {
+                Some(sessions) => {
+                    self.held.insert(old, sessions);
+                }
+                None => {
+                    self.held.entry(old).or_default();
+                }
+            }
+        }
+        if aborted {
+            self.workers
+                .retain(|_, w| w.process.is_some() || !matches!(w.id, WorkerId::Cluster(_)));
+            self.retiring.clear();
+            out.push(Command::Emit(LifecycleEvent::ReshardFailed {
+                reason: FENCED.to_owned(),
+            }));
+        }
+        for worker in self.workers.values() {
+            if let (WorkerId::Cluster(_), Some(process)) = (&worker.id, worker.process)
+                && matches!(worker.state, State::Spawned | State::Starting | State::Live)
+                && !self.held.contains_key(&process)
+            {
+                out.push(Command::RequestSessions {
+                    from: process,
+                    to: process,
+                });
+            }
+        }
+    }
+
+    /// [`Input::Unfence`].
+    fn unfence(&mut self, out: &mut Vec<Command>) {
+        if !self.fenced {
+            return;
+        }
+        self.fenced = false;
+        for (process, sessions) in std::mem::take(&mut self.held) {
+            if self.current(process).is_some() {
+                out.push(Command::SendSessions {
+                    to: process,
+                    sessions,
+                });
+            }
+        }
+        for worker in std::mem::take(&mut self.deferred) {
+            let pending = self
+                .workers
+                .get(&worker)
+                .is_some_and(|w| w.state == State::Backoff);
+            if pending && matches!(self.phase, Phase::Clusters | Phase::Running) {
+                self.spawn_one(worker, out);
+            } else if pending {
+                self.workers.get_mut(&worker).expect("checked").state = State::Pending;
+            }
+        }
+    }
+
+    /// [`Input::Lose`].
+    fn lose(&mut self, cluster: u32, out: &mut Vec<Command>) {
+        let id = WorkerId::Cluster(cluster);
+        self.deferred.remove(&id);
+        let grace = self.timeouts.kill;
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        worker.resume.clear();
+        worker.retired = true;
+        if let Some(replacement) = worker.replacement.take() {
+            out.push(Command::Stop {
+                process: replacement.process,
+                grace,
+            });
+        }
+        match (worker.process, &worker.state) {
+            (Some(process), State::Spawned | State::Starting | State::Live | State::Draining) => {
+                worker.state = State::Draining;
+                self.held.remove(&process);
+                self.checkpoints.remove(&process);
+                out.push(Command::Stop { process, grace });
+            }
+            _ => {
+                self.workers.remove(&id);
+            }
+        }
+        out.push(Command::Emit(LifecycleEvent::WorkerStopped(id)));
+        self.advance(out);
+    }
+
     fn advance(&mut self, out: &mut Vec<Command>) {
         let settled = |which: fn(&WorkerId) -> bool, this: &Self, done: fn(&State) -> bool| {
             this.workers

@@ -1359,3 +1359,183 @@ fn adopted_workers_are_live_and_the_launch_spawns_only_the_rest() {
         "{out:?}"
     );
 }
+
+// ---- several hosts: ranges taken, fenced and lost ---------------------------------------------
+
+const POLICY_ONCE: RestartPolicy = RestartPolicy {
+    max_restarts: 3,
+    window: Duration::from_mins(1),
+    backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(4),
+};
+
+#[test]
+fn a_host_with_no_cluster_yet_starts_each_one_it_takes_resuming_its_sessions() {
+    let mut l = fleet(&["cache"], 0);
+    let cache = spawned(&l.handle(Input::Launch))[0].1;
+    // Taken during the launch: it waits for the services like any cluster.
+    assert!(
+        spawned(&l.handle(Input::Take {
+            cluster: 3,
+            resume: sessions(6..8)
+        }))
+        .is_empty()
+    );
+    let out = l.handle(Input::Ready(cache));
+    let c3 = WorkerId::Cluster(3);
+    assert_eq!(spawned(&out), [(c3.clone(), cache + 1)]);
+    assert_eq!(
+        l.take_resume(&c3),
+        sessions(6..8),
+        "the last owner's sessions"
+    );
+    l.handle(Input::Ready(cache + 1));
+    // Taken while running: at once. Taken again: nothing.
+    let out = l.handle(Input::Take {
+        cluster: 5,
+        resume: Vec::new(),
+    });
+    assert_eq!(spawned(&out), [(WorkerId::Cluster(5), cache + 2)]);
+    assert!(
+        l.handle(Input::Take {
+            cluster: 5,
+            resume: Vec::new()
+        })
+        .is_empty()
+    );
+    assert!(
+        l.handle(Input::Take {
+            cluster: 3,
+            resume: Vec::new()
+        })
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_fenced_host_holds_every_clusters_sessions_and_gives_them_back_when_unfenced() {
+    let (mut l, ps) = live_clusters(2);
+    let out = l.handle(Input::Fence);
+    assert_eq!(
+        out,
+        [
+            Command::RequestSessions {
+                from: ps[0],
+                to: ps[0]
+            },
+            Command::RequestSessions {
+                from: ps[1],
+                to: ps[1]
+            },
+        ]
+    );
+    assert!(l.is_fenced());
+    assert!(l.handle(Input::Fence).is_empty(), "fenced once");
+    // The sessions stay here: nothing resumes them while fenced.
+    assert!(
+        l.handle(Input::SessionsHandedOver(ps[0], sessions(0..2)))
+            .is_empty()
+    );
+    assert!(
+        l.handle(Input::SessionsHandedOver(ps[1], sessions(2..4)))
+            .is_empty()
+    );
+    assert_eq!(l.can_soft_restart(&C0), Err(FENCED.into()));
+    assert_eq!(l.can_reshard(), Err(FENCED.into()));
+    let out = l.handle(Input::Unfence);
+    assert_eq!(
+        out,
+        [
+            Command::SendSessions {
+                to: ps[0],
+                sessions: sessions(0..2)
+            },
+            Command::SendSessions {
+                to: ps[1],
+                sessions: sessions(2..4)
+            },
+        ]
+    );
+    assert!(!l.is_fenced());
+    assert!(l.handle(Input::Unfence).is_empty());
+    assert_eq!(l.can_soft_restart(&C0), Ok(()));
+}
+
+#[test]
+fn a_cluster_that_crashes_while_fenced_restarts_only_when_unfenced_with_the_held_sessions() {
+    let (l, ps) = live_clusters(1);
+    let mut l = l.with_restarts(POLICY_ONCE);
+    l.handle(Input::Fence);
+    l.handle(Input::SessionsHandedOver(ps[0], sessions(0..2)));
+    let (_, timed) = handle_timed(&mut l, Input::Exited(ps[0], None));
+    assert_eq!(restart_timer(&timed), Some(Duration::ZERO), "sessions wait");
+    let out = l.handle_timeout(Duration::ZERO);
+    assert!(spawned(&out).is_empty(), "no shard connects while fenced");
+    // Taken while fenced: it waits too.
+    assert!(
+        spawned(&l.handle(Input::Take {
+            cluster: 1,
+            resume: Vec::new()
+        }))
+        .is_empty()
+    );
+    let out = l.handle(Input::Unfence);
+    let started: Vec<WorkerId> = spawned(&out).into_iter().map(|(w, _)| w).collect();
+    assert_eq!(started, [C0, WorkerId::Cluster(1)]);
+    assert_eq!(l.take_resume(&C0), sessions(0..2), "what it handed over");
+}
+
+#[test]
+fn fencing_calls_off_a_handover_and_holds_the_sessions_for_the_old_process() {
+    let (mut l, old) = live_cluster();
+    let new = spawned(&l.handle(Input::Restart(C0, RestartMode::Handover)))[0].1;
+    l.handle(Input::Prepared(new));
+    l.handle(Input::SessionsHandedOver(old, sessions(0..2)));
+    let out = l.handle(Input::Fence);
+    assert_eq!(
+        out,
+        [Command::Stop {
+            process: new,
+            grace: TIMEOUTS.kill
+        }],
+        "the replacement goes; the old process closed its shards already"
+    );
+    assert_eq!(l.live_process(&C0), Some(old));
+    assert_eq!(
+        l.handle(Input::Unfence),
+        [Command::SendSessions {
+            to: old,
+            sessions: sessions(0..2)
+        }]
+    );
+}
+
+#[test]
+fn a_lost_cluster_stops_and_leaves_the_fleet_without_resuming_anything() {
+    let (mut l, ps) = live_clusters(2);
+    l.handle(Input::Fence);
+    l.handle(Input::SessionsHandedOver(ps[1], sessions(2..4)));
+    let out = l.handle(Input::Lose(1));
+    assert!(out.contains(&Command::Stop {
+        process: ps[1],
+        grace: TIMEOUTS.kill
+    }));
+    assert!(events(&out).contains(&LifecycleEvent::WorkerStopped(WorkerId::Cluster(1))));
+    assert!(l.handle(Input::Exited(ps[1], Some(0))).is_empty());
+    assert!(
+        l.worker(&WorkerId::Cluster(1)).is_none(),
+        "gone from this host"
+    );
+    let out = l.handle(Input::Unfence);
+    assert!(
+        out.iter()
+            .all(|c| !matches!(c, Command::SendSessions { to, .. } if *to == ps[1])),
+        "{out:?}"
+    );
+    // Taken back later: a fresh process.
+    let out = l.handle(Input::Take {
+        cluster: 1,
+        resume: Vec::new(),
+    });
+    assert_eq!(spawned(&out).len(), 1);
+}
