@@ -37,6 +37,7 @@
 //! and panic on an `explode` message.
 
 pub mod chaos;
+pub mod faults;
 pub mod fuzz;
 pub mod raw;
 pub mod redis;

@@ -89,6 +89,41 @@ impl RedisServer {
             && &answer == b"+PONG\r\n"
     }
 
+    /// How many of `keys` exist now (`EXISTS`); 0 when it does not answer.
+    pub async fn exists(&self, keys: &[&str]) -> u64 {
+        use std::fmt::Write as _;
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return 0;
+        };
+        let mut stream = tokio::io::BufReader::new(stream);
+        let mut command = format!("*{}\r\n$6\r\nEXISTS\r\n", keys.len() + 1);
+        for key in keys {
+            let _ = write!(command, "${}\r\n{key}\r\n", key.len());
+        }
+        let mut answer = String::new();
+        if stream
+            .get_mut()
+            .write_all(command.as_bytes())
+            .await
+            .is_err()
+            || stream.read_line(&mut answer).await.is_err()
+        {
+            return 0;
+        }
+        answer
+            .trim()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Its address.
+    #[must_use]
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// Its URL.
     #[must_use]
     pub fn url(&self) -> String {

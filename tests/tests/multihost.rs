@@ -1,6 +1,7 @@
-//! One bot on several hosts, the first part: identifies paced for the whole fleet through a real
-//! Redis. Two hosts that each run half of a bot's shards, started together against one
-//! discord-mock, never identify two shards of one bucket closer than Discord's interval.
+//! One bot on several hosts, through a real Redis: identifies paced for the whole fleet (two
+//! hosts started together never identify two shards of one bucket closer than Discord's
+//! interval), ranges assigned in Redis, a killed host's ranges resumed on another, and a host
+//! cut from Redis fencing itself before anyone takes its shards over.
 
 mod common;
 
@@ -199,6 +200,7 @@ async fn a_second_admiral_with_a_running_hosts_id_refuses_to_start() {
     };
     let (first, _) = launch(fleet_tests::fleet(host("east"))).await;
     first.wait_ready(WAIT).await.unwrap();
+    attached(&mock, 2, "the first host runs the bot").await;
     let identifies = mock.stats().identifies;
     // Another machine given the same id: refused before it starts anything.
     let refused = fleet_tests::fleet(host("east"))
@@ -213,4 +215,278 @@ async fn a_second_admiral_with_a_running_hosts_id_refuses_to_start() {
     let (again, _) = launch(fleet_tests::fleet(host("east"))).await;
     again.wait_ready(WAIT).await.unwrap();
     again.shutdown().await;
+}
+
+/// Waits until the mock holds `sessions` sessions, each with a connection.
+async fn attached(mock: &MockDiscord, sessions: usize, what: &str) {
+    mock.wait_until(WAIT, what, |m| {
+        let all = m.sessions();
+        all.len() == sessions && all.iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+}
+
+/// The Redis keys of shards `shards`' checkpoints, in fleet `fleet`.
+fn checkpoint_keys(fleet: &str, shards: std::ops::Range<u32>) -> Vec<String> {
+    shards
+        .map(|shard| format!("fleet:{{{fleet}}}:shard:{shard}"))
+        .collect()
+}
+
+/// Waits until every shard of `shards` has a checkpoint in Redis.
+async fn checkpointed(redis: &RedisServer, fleet: &str, shards: std::ops::Range<u32>) {
+    let keys = checkpoint_keys(fleet, shards);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let written = tokio::time::timeout(WAIT, async {
+        while redis.exists(&keys).await < keys.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(written.is_ok(), "every session checkpointed in Redis");
+}
+
+/// The pids of `pid`'s child processes.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                let after = stat.rsplit(')').next().unwrap_or("");
+                after.split_whitespace().nth(1) == Some(&pid.to_string())
+            })
+        })
+        .collect()
+}
+
+/// Waits until a condition of the admiral's workers holds.
+async fn workers_until(
+    admiral: &carrier::AdmiralHandle,
+    what: &str,
+    done: impl Fn(&[carrier::admiral::WorkerStatus]) -> bool,
+) {
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            if done(&admiral.workers().await.unwrap_or_default()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}");
+}
+
+/// The clusters among `workers`.
+fn clusters(workers: &[carrier::admiral::WorkerStatus]) -> Vec<u32> {
+    workers
+        .iter()
+        .filter_map(|w| match w.id {
+            carrier::WorkerId::Cluster(c) => Some(c),
+            carrier::WorkerId::Service(_) => None,
+        })
+        .collect()
+}
+
+/// The lease the fault tests give each host: a fence 4.8 s and a takeover 6.8 s after a host's
+/// last renewal.
+const LEASE_MS: &str = "6000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_range_resumes_on_another_host_with_no_identify_and_nothing_lost() {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let url = redis.url();
+    let env = |host: &'static str, capacity: &'static str| {
+        [
+            ("TESTBOT_REDIS_URL", url.clone()),
+            ("TESTBOT_FLEET_ID", "takeover".to_owned()),
+            ("TESTBOT_HOST_ID", host.to_owned()),
+            ("TESTBOT_HOST_CAPACITY", capacity.to_owned()),
+            ("TESTBOT_HOST_LEASE_MS", LEASE_MS.to_owned()),
+        ]
+    };
+    let spawn = |host, capacity| {
+        let env = env(host, capacity);
+        let mock = &mock;
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            common::spawn_admiral_with(mock, 2, None, &env).await
+        }
+    };
+    // Host a takes one of the two ranges (its capacity), host b the other.
+    let (mut a, _, _a_lines) = spawn("a", "1").await;
+    attached(&mock, 2, "host a runs its range").await;
+    let (mut b, _, _b_lines) = spawn("b", "2").await;
+    attached(&mock, 4, "host b runs the other range").await;
+    checkpointed(&redis, "takeover", 0..4).await;
+    mock.start_events(Some(20.0)).unwrap();
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    let before = mock.stats();
+    assert_eq!(before.identifies, 4);
+
+    // Host a dies at once, workers and all, as in a power cut.
+    let pid = a.id().unwrap();
+    let workers = children(pid);
+    assert!(
+        workers.len() >= 2,
+        "a cluster and the echo service: {workers:?}"
+    );
+    for worker in &workers {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &worker.to_string()])
+            .status();
+    }
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    mock.wait_until(
+        WAIT,
+        "host a's sessions are left without a connection",
+        |m| m.sessions().iter().filter(|s| !s.attached).count() == 2,
+    )
+    .await
+    .unwrap();
+
+    // Host b takes the range once a's lease is over, and resumes both sessions.
+    mock.wait_until(WAIT, "host b resumes host a's sessions", |m| {
+        m.stats().resumes >= before.resumes + 2 && m.sessions().iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow after the takeover", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    mock.stop_events();
+    mock.wait_until(WAIT, "every event confirmed", |m| {
+        m.event_report().in_flight == 0
+    })
+    .await
+    .unwrap();
+
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(
+        after.resumes,
+        before.resumes + 2,
+        "each of a's sessions resumed once"
+    );
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    assert_eq!(mock.sessions().len(), 4, "one session a shard");
+    let report = mock.event_report();
+    assert_eq!(report.lost, 0, "{report:?}");
+    // A resume replays what came after the last checkpoint Redis holds: at most about two
+    // checkpoint intervals (the cluster's and the host's write) of 20 events a second.
+    assert!(report.duplicates <= 80, "{report:?}");
+
+    let b_pid = b.id().unwrap().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &b_pid])
+        .status();
+    tokio::time::timeout(WAIT, b.wait()).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_from_redis_fences_itself_before_its_range_resumes_elsewhere_and_never_comes_back()
+ {
+    use fleet_tests::faults::{Fault, FaultProxy};
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(redis.addr()).await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let host = |id: &str, url: String, capacity: u32| {
+        let mut options = options(&mock, 2);
+        options.redis_url = Some(url);
+        options.fleet_id = Some("fence".to_owned());
+        options.host_id = Some(id.to_owned());
+        options.host_capacity = Some(capacity);
+        options.host_lease_ttl = Duration::from_millis(LEASE_MS.parse().unwrap());
+        options
+    };
+    let through_proxy = format!("redis://{}/0", proxy.addr());
+    let (a, _) = launch(fleet_tests::fleet(host("a", through_proxy, 1))).await;
+    attached(&mock, 2, "host a runs its range").await;
+    let (b, _) = launch(fleet_tests::fleet(host("b", redis.url(), 2))).await;
+    attached(&mock, 4, "host b runs the other range").await;
+    checkpointed(&redis, "fence", 0..4).await;
+    let a_range = clusters(&a.workers().await.unwrap());
+    assert_eq!(a_range.len(), 1, "{a_range:?}");
+    mock.start_events(Some(20.0)).unwrap();
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    let before = mock.stats();
+
+    // Host a loses Redis, not Discord: it fences itself (its shards close resumably) while its
+    // lease still holds, so before b may take the range.
+    proxy.set(Fault::Blackhole);
+    mock.wait_until(WAIT, "host a fences its shards", |m| {
+        m.sessions().iter().filter(|s| !s.attached).count() == 2
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        mock.stats().resumes,
+        before.resumes,
+        "nobody resumed a's sessions before it fenced them"
+    );
+    mock.wait_until(WAIT, "host b resumes a's sessions", |m| {
+        m.stats().resumes >= before.resumes + 2 && m.sessions().iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+    workers_until(&b, "host b runs both ranges", |w| clusters(w).len() == 2).await;
+
+    // Redis is back for a: it learns the range is b's and stops its cluster, resuming nothing.
+    proxy.set(Fault::Pass);
+    workers_until(&a, "host a lets its old range go", |w| {
+        clusters(w).is_empty()
+    })
+    .await;
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow after the takeover", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    mock.stop_events();
+    mock.wait_until(WAIT, "every event confirmed", |m| {
+        m.event_report().in_flight == 0
+    })
+    .await
+    .unwrap();
+    let after = mock.stats();
+    assert_eq!(
+        after.resumes,
+        before.resumes + 2,
+        "a never took its sessions back"
+    );
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    assert_eq!(mock.sessions().len(), 4, "one session a shard");
+    let report = mock.event_report();
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(report.duplicates <= 80, "{report:?}");
+    a.shutdown().await;
+    b.shutdown().await;
 }

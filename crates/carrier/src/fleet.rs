@@ -158,17 +158,40 @@ pub struct FleetOptions {
     /// an admiral started again with the same token finds its workers.
     pub fleet_id: Option<String>,
     /// A Redis shared by every host that runs this bot (`redis://host:port/db`, credentials
-    /// allowed; never logged). With it, identifies are paced for the whole fleet: several hosts,
-    /// each running a part of the shards (`first_shard`/`last_shard`), together never break
-    /// Discord's limit per bucket, and share the daily session budget. An unreachable Redis fails
-    /// the start with a clear error; there is no silent fallback to pacing alone. Default `None`:
-    /// one host, nothing else to run.
+    /// allowed; never logged). With it, several admirals started with the same token form one
+    /// fleet:
+    /// - identifies are paced for the whole fleet (never two of one bucket within Discord's
+    ///   interval, one daily session budget);
+    /// - each cluster of the bot's plan is a range of shards that Redis assigns to one host: a
+    ///   host takes its share of the ranges nobody runs (at most
+    ///   [`host_capacity`](Self::host_capacity)), and the ranges of a host whose lease lapsed,
+    ///   resuming their shards' sessions from the checkpoints the last owner wrote there;
+    /// - a host that cannot renew its lease fences itself before anyone may take over: its
+    ///   clusters close their shards resumably and wait, and resume them if the lease holds
+    ///   again and the ranges are still its own.
+    ///
+    /// Every host must plan the same shards and clusters (a host that does not is refused). With
+    /// `first_shard`/`last_shard` set, the host runs just those (pinned, as in a Kubernetes stateful set) and
+    /// Redis paces its identifies only. An unreachable Redis fails the start with a clear error;
+    /// there is no silent fallback to running alone. Default `None`: one host, nothing else to
+    /// run.
     pub redis_url: Option<String>,
     /// This host's id among the bot's hosts (with [`redis_url`](Self::redis_url)): 1 to 64 ASCII
     /// letters, digits, `-` or `_`. The admiral holds it as a lease in Redis while it runs, and a
     /// second admiral given the same id while the first runs refuses to start. Default: the
     /// machine's hostname.
     pub host_id: Option<String>,
+    /// The most clusters (ranges) this host runs when Redis assigns them (with
+    /// [`redis_url`](Self::redis_url)). A host takes at most its fair share (the ranges over the
+    /// live hosts) and never more than this; leave room on each host for the ranges of one that
+    /// dies. Default `None`: the fair share.
+    pub host_capacity: Option<u32>,
+    /// How long this host's lease in Redis lasts unless renewed (with
+    /// [`redis_url`](Self::redis_url); default 15 s, at least 3 s). It is renewed every sixth
+    /// of it; a host that could not renew it for four fifths of it fences itself, and its ranges
+    /// may be taken two fifteenths of it after it ran out: with the default, a dead host's
+    /// shards resume elsewhere about 17 s after its last renewal.
+    pub host_lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -235,6 +258,8 @@ impl FleetOptions {
             fleet_id: None,
             redis_url: None,
             host_id: None,
+            host_capacity: None,
+            host_lease_ttl: crate::hosts::HOST_LEASE_TTL,
         }
     }
 }
@@ -440,7 +465,9 @@ impl Fleet {
         } else {
             identify
         };
-        let host_lease = match &options.redis_url {
+        // Redis assigns the ranges unless this host's shards are pinned.
+        let assigned = options.first_shard.is_none() && options.last_shard.is_none();
+        let (host, host_checkpoints) = match &options.redis_url {
             Some(url) => {
                 let host = match &options.host_id {
                     Some(host) => host.clone(),
@@ -448,10 +475,27 @@ impl Fleet {
                 };
                 admiral::check_fleet_id(&host)
                     .map_err(|e| FleetError::FleetId(format!("host id: {e}")))?;
-                let ttl = crate::hosts::HOST_LEASE_TTL;
-                Some(crate::hosts::HostLease::take(url, &fleet_id, &host, ttl).await?)
+                let ttl = options.host_lease_ttl.max(Duration::from_secs(3));
+                let lease = crate::hosts::HostLease::take(url, &fleet_id, &host, ttl).await?;
+                let assignment = if assigned {
+                    let assignment = crate::hosts::assign::Assignment::new(
+                        &fleet_id,
+                        &host,
+                        lease.incarnation(),
+                        plan.clone(),
+                        options.host_capacity.unwrap_or(u32::MAX),
+                        crate::hosts::agent::takeover_grace(ttl),
+                    );
+                    lease.join(&assignment).await?;
+                    Some(assignment)
+                } else {
+                    None
+                };
+                let checkpoints = assignment.as_ref().map(|_| Arc::default());
+                let agent = crate::hosts::agent::HostAgent::new(lease, assignment);
+                (Some(crate::hosts::HostPart { agent }), checkpoints)
             }
-            None => None,
+            None => (None, None),
         };
         let identify: Arc<dyn crate::identify::IdentifyQueue> = match &options.redis_url {
             Some(url) => {
@@ -578,7 +622,8 @@ impl Fleet {
             deploy_on_signal,
             admiral_grace: options.admiral_grace,
             fleet_id,
-            host_lease,
+            host,
+            host_checkpoints,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO

@@ -52,7 +52,8 @@ async fn main() -> ExitCode {
 /// tests of signals. Prints `ready PID...` once launched and `stopped` at the end. Its IPC
 /// directory goes under `$TESTBOT_RUN_DIR` when that is set; `$TESTBOT_ADMIRAL_GRACE_MS` is how
 /// long its workers outlive it; with `$TESTBOT_REPORT_EVENTS` set, its clusters report every
-/// message they handle ([`fleet_tests::REPORT_EVENTS`]).
+/// message they handle ([`fleet_tests::REPORT_EVENTS`]). With `$TESTBOT_REDIS_URL` it is one host
+/// of a fleet on several (see below for the rest of that family).
 async fn admiral(args: &[String]) -> ExitCode {
     let [rest_url, interval_ms, clusters] = args else {
         eprintln!("usage: testbot admiral REST_URL IDENTIFY_INTERVAL_MS CLUSTERS");
@@ -72,6 +73,20 @@ async fn admiral(args: &[String]) -> ExitCode {
         .and_then(|g| g.parse().ok())
     {
         options.admiral_grace = std::time::Duration::from_millis(grace);
+    }
+    // One host of a fleet on several: `$TESTBOT_REDIS_URL`, `$TESTBOT_FLEET_ID`,
+    // `$TESTBOT_HOST_ID`, `$TESTBOT_HOST_CAPACITY` (ranges), `$TESTBOT_HOST_LEASE_MS`.
+    options.redis_url = std::env::var("TESTBOT_REDIS_URL").ok();
+    options.fleet_id = std::env::var("TESTBOT_FLEET_ID").ok();
+    options.host_id = std::env::var("TESTBOT_HOST_ID").ok();
+    options.host_capacity = std::env::var("TESTBOT_HOST_CAPACITY")
+        .ok()
+        .and_then(|c| c.parse().ok());
+    if let Some(ttl) = std::env::var("TESTBOT_HOST_LEASE_MS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        options.host_lease_ttl = std::time::Duration::from_millis(ttl);
     }
     // The `broken` service never starts; failing it at once keeps the launch short.
     options.max_restarts = 0;

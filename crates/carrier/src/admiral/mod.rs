@@ -98,8 +98,10 @@ pub struct AdmiralConfig {
     /// The fleet's id: it names the stable directory (`fleet-<id>` in `run_dir`).
     pub fleet_id: String,
     /// This host's lease in Redis, when the bot runs on several hosts: renewed while the admiral
-    /// runs, given up when it stops.
-    pub host_lease: Option<crate::hosts::HostLease>,
+    /// runs, given up when it stops; with its ranges, when Redis assigns them.
+    pub host: Option<crate::hosts::HostPart>,
+    /// Where the clusters' checkpoints go to be written to Redis (with `host`'s ranges).
+    pub(crate) host_checkpoints: Option<Arc<crate::hosts::agent::Checkpoints>>,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.
@@ -566,7 +568,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         None => None,
     };
     let mut config = config;
-    let host_lease = config.host_lease.take();
+    let host = config.host.take();
     let config = Arc::new(config);
     let own = OwnCommand::current();
     let (inbox_tx, inbox_rx) = mpsc::channel(65_536);
@@ -629,9 +631,23 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         ));
         tasks.push(task.abort_handle());
     }
-    let lease_released = host_lease.map(|lease| {
+    let lease_released = host.map(|host| {
         let (released, on_release) = watch::channel(false);
-        tasks.push(tokio::spawn(lease.keep(stopped.clone(), released)).abort_handle());
+        let (events_tx, mut events_rx) = mpsc::channel(64);
+        let checkpoints = config.host_checkpoints.clone().unwrap_or_default();
+        let agent = host
+            .agent
+            .run(stopped.clone(), released, events_tx, checkpoints);
+        tasks.push(tokio::spawn(agent).abort_handle());
+        let inbox = inbox_tx.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                if inbox.send(router::inbox::Inbox::Host(event)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tasks.push(forward.abort_handle());
         on_release
     });
     let http_url = http.as_ref().map(|(_, bound)| http::url(*bound));

@@ -190,6 +190,14 @@ impl RedisError {
         }
     }
 
+    /// The Redis at `server` failed: `reason` says how.
+    pub(crate) fn other(server: &str, reason: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
     /// The Redis at `server` did not answer in time.
     pub(crate) fn timed_out(server: &str) -> Self {
         Self {

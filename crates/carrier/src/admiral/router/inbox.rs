@@ -27,6 +27,8 @@ pub(crate) enum Waiter {
 /// Everything that reaches the router's task.
 #[derive(Debug)]
 pub(crate) enum Inbox {
+    /// What this host's agent decided, on several hosts.
+    Host(crate::hosts::agent::HostEvent),
     /// A connection was accepted; `outbox` writes to its socket.
     Connected { conn: ConnId, outbox: Outbox },
     /// A connection's first frame.

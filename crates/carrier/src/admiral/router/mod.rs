@@ -9,6 +9,7 @@
 //! - `calls`: call correlation (forwards, fan-outs, searches, deadlines), a plain table;
 //! - `supervision`: hellos, closes, exits, heartbeats, and carrying out the lifecycle's commands;
 //! - `adoption`: taking over the workers a lost admiral left;
+//! - `hosts`: this host's part of a fleet on several hosts (ranges taken, lost and fenced);
 //! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`,
 //!   `stats` (the admiral's shard and process records, and stats rounds), `control` (stop,
 //!   restart, rolling restarts, reshards and what their waiters hear), `services` (services
@@ -22,6 +23,7 @@ mod connections;
 mod control;
 mod deploy;
 mod fetch;
+mod hosts;
 mod identify;
 pub(crate) mod inbox;
 mod messaging;
@@ -119,13 +121,15 @@ impl Router {
         plan_tx: watch::Sender<ShardPlan>,
         user: tokio::runtime::Handle,
     ) -> Self {
-        let lifecycle = Lifecycle::new(
-            config.services.iter().cloned(),
-            config.plan.clusters.iter().map(|c| c.id),
-            config.timeouts,
-        )
-        .with_restarts(config.restart)
-        .with_soft_kill_notice(config.soft_kill_notice);
+        // On several hosts with ranges assigned in Redis, clusters start as they are taken.
+        let clusters = if config.host_checkpoints.is_some() {
+            Vec::new()
+        } else {
+            config.plan.clusters.iter().map(|c| c.id).collect()
+        };
+        let lifecycle = Lifecycle::new(config.services.iter().cloned(), clusters, config.timeouts)
+            .with_restarts(config.restart)
+            .with_soft_kill_notice(config.soft_kill_notice);
         let command = Arc::new(config.worker_command.clone());
         Self {
             identify: config.identify.clone(),
@@ -306,6 +310,7 @@ impl Router {
                 }
             },
             Inbox::Shutdown => self.total_shutdown(),
+            Inbox::Host(event) => self.on_host(event),
             Inbox::SaveStore(done) => self.save_store(true, Some(done)),
             Inbox::Build {
                 worker,

@@ -186,6 +186,9 @@ impl Router {
             Up::Checkpoint(sessions) => self.on_checkpoint(worker, process, sessions),
             Up::Sessions(sessions) => {
                 tracing::info!(target: "fleet::restart", %worker, process, shards = sessions.len(), "sessions handed over");
+                if let WorkerId::Cluster(cluster) = *worker {
+                    self.checkpoint_to_redis(cluster, &sessions);
+                }
                 self.lifecycle_input(Input::SessionsHandedOver(process, sessions));
             }
             Up::Status(Status::StartFailed(reason)) => {
@@ -258,7 +261,10 @@ impl Router {
             return;
         };
         match check_checkpoint(&shards, &sessions) {
-            Ok(()) => self.lifecycle_input(Input::Checkpoint(process, sessions)),
+            Ok(()) => {
+                self.checkpoint_to_redis(cluster, &sessions);
+                self.lifecycle_input(Input::Checkpoint(process, sessions));
+            }
             Err(problem) => self.protocol_error(worker, &problem),
         }
     }

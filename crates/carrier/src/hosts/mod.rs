@@ -5,6 +5,13 @@
 //! lease deadline, on Redis's clock). A Lua script renews both every sixth of the lease; it
 //! refuses when another incarnation holds the key: two machines given one host id. A clean stop
 //! deletes the key if it is still this incarnation's.
+//!
+//! With the lease come the ranges ([`assign`]): which host runs which of the bot's clusters,
+//! claimed and handed on in Redis, and the sessions their shards resume from on the next host.
+//! The admiral's [`agent`] keeps all of it, and fences the host before its lease can lapse.
+
+pub(crate) mod agent;
+pub(crate) mod assign;
 
 use std::time::Duration;
 
@@ -40,6 +47,18 @@ end
 return 0
 ";
 
+/// This host's part of a fleet on several hosts, as the admiral runs it: its lease and, when
+/// Redis assigns the ranges, its share of them.
+pub struct HostPart {
+    pub(crate) agent: agent::HostAgent,
+}
+
+impl std::fmt::Debug for HostPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostPart").finish_non_exhaustive()
+    }
+}
+
 /// Why a host could not take its lease.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -52,17 +71,24 @@ pub enum LeaseError {
         "host id {0:?} is held by another running admiral of this bot (two machines with one host id?); give each host its own FleetOptions::host_id"
     )]
     Taken(String),
+    /// This host plans other shards than the bot's other hosts.
+    #[error(
+        "this host plans other shards than the bot's other hosts (Redis holds shard total and clusters {0}): give every host the same shards and clusters options"
+    )]
+    Plan(String),
 }
 
 /// This host's lease in Redis: taken at start, renewed by [`HostLease::keep`], given up by
 /// [`HostLease::release`].
 pub struct HostLease {
     client: redis::Client,
-    host: String,
+    pub(crate) host: String,
     keys: [String; 2],
     incarnation: String,
-    ttl: Duration,
+    pub(crate) ttl: Duration,
     server: String,
+    /// When the request that took the lease was sent.
+    pub(crate) taken_at: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for HostLease {
@@ -94,6 +120,7 @@ impl HostLease {
             incarnation: crate::Secret::random().expose()[..32].to_owned(),
             ttl,
             server,
+            taken_at: tokio::time::Instant::now(),
         };
         let mut connection = lease.connect().await?;
         lease.renew(&mut connection).await?;
@@ -101,7 +128,26 @@ impl HostLease {
         Ok(lease)
     }
 
-    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, LeaseError> {
+    /// Checks this host's plan against the bot's other hosts' (or records it, as the first).
+    pub(crate) async fn join(&self, assignment: &assign::Assignment) -> Result<(), LeaseError> {
+        let mut connection = self.connect().await?;
+        match assignment.join(&mut connection).await {
+            Ok(()) => Ok(()),
+            Err(assign::ClaimError::Plan(theirs)) => Err(LeaseError::Plan(theirs)),
+            Err(error) => Err(LeaseError::Redis(RedisError::other(
+                &self.server,
+                &format!("{error:?}"),
+            ))),
+        }
+    }
+
+    /// This start's incarnation (random).
+    pub(crate) fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// A new connection to the lease's Redis.
+    pub(crate) async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, LeaseError> {
         tokio::time::timeout(
             Duration::from_secs(10),
             self.client.get_multiplexed_async_connection(),
@@ -111,7 +157,8 @@ impl HostLease {
         .map_err(|e| RedisError::new(&self.server, &e).into())
     }
 
-    async fn renew(
+    /// Renews the lease once, or says why not.
+    pub(crate) async fn renew(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
     ) -> Result<(), LeaseError> {
@@ -133,44 +180,6 @@ impl HostLease {
             }
             Err(error) => Err(RedisError::new(&self.server, &error).into()),
         }
-    }
-
-    /// Renews the lease every sixth of its time to live until `stopped` turns true, then gives
-    /// it up and says so on `released`. A renewal that fails is logged and tried again at the
-    /// next turn; one refused because another incarnation took the host id is logged as an error.
-    pub async fn keep(
-        self,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
-        released: tokio::sync::watch::Sender<bool>,
-    ) {
-        let mut ticks = tokio::time::interval(self.ttl / 6);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut connection = None;
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = stopped.wait_for(|s| *s) => break,
-            }
-            if connection.is_none() {
-                connection = self.connect().await.ok();
-            }
-            let Some(open) = connection.as_mut() else {
-                tracing::warn!(target: "fleet::admiral", host = %self.host, "cannot reach Redis to renew this host's lease");
-                continue;
-            };
-            match self.renew(open).await {
-                Ok(()) => {}
-                Err(LeaseError::Taken(host)) => {
-                    tracing::error!(target: "fleet::admiral", host, "another admiral took this host's lease");
-                }
-                Err(error) => {
-                    tracing::warn!(target: "fleet::admiral", %error, "renewing this host's lease failed");
-                    connection = None;
-                }
-            }
-        }
-        self.release().await;
-        let _ = released.send(true);
     }
 
     /// Gives the lease up, if this incarnation still holds it.

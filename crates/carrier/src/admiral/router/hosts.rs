@@ -1,0 +1,51 @@
+//! This host's part of a fleet on several hosts: what the host agent decides (ranges taken and
+//! lost, the fence) reaches the lifecycle here, and the sessions the clusters checkpoint go to
+//! the agent, which writes them to Redis for whichever host runs the range next.
+
+use super::Router;
+use crate::admiral::lifecycle::Input;
+use crate::hosts::agent::HostEvent;
+use crate::ipc::proto::ShardSession;
+
+impl Router {
+    /// What the host agent decided.
+    pub(super) fn on_host(&mut self, event: HostEvent) {
+        match event {
+            HostEvent::Take { cluster, resume } => {
+                let Some(shards) = self
+                    .plan
+                    .clusters
+                    .iter()
+                    .find(|c| c.id == cluster)
+                    .map(crate::admiral::plan::ClusterPlan::shards)
+                else {
+                    tracing::warn!(target: "fleet::hosts", cluster, "took a range this plan does not have");
+                    return;
+                };
+                let resume: Vec<ShardSession> = resume
+                    .into_iter()
+                    .filter(|s| shards.contains(&s.shard))
+                    .collect();
+                tracing::info!(target: "fleet::hosts", cluster, resumes = resume.len(), "starting a range this host took");
+                self.lifecycle_input(Input::Take { cluster, resume });
+            }
+            HostEvent::Fence => self.lifecycle_input(Input::Fence),
+            HostEvent::Unfence => self.lifecycle_input(Input::Unfence),
+            HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
+        }
+    }
+
+    /// Passes sessions cluster `cluster` checkpointed or handed over (its own shards only) on
+    /// to Redis, on several hosts.
+    pub(super) fn checkpoint_to_redis(&self, cluster: u32, sessions: &[ShardSession]) {
+        let Some(checkpoints) = &self.config.host_checkpoints else {
+            return;
+        };
+        let Some(plan) = self.plan.clusters.iter().find(|c| c.id == cluster) else {
+            return;
+        };
+        if sessions.iter().all(|s| plan.shards().contains(&s.shard)) {
+            checkpoints.record(cluster, sessions);
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Which host runs which range of the bot's shards, in Redis ([`Assignment`]), and the sessions
+//! each range's shards had when their owner last wrote them (`shard:<id>`).
+//!
+//! A range is one cluster of the bot's plan (every host plans the same clusters; `meta` holds
+//! the shard total and the range count, and a host whose plan differs is refused). `assign`
+//! maps a range to its owner, `host|incarnation|epoch` (the epoch is Redis's time in µs when the
+//! range was claimed, so it survives Redis losing its last writes). Only the claim script
+//! changes it, by compare-and-set inside Lua: a host takes a range that nobody owns, that a past
+//! incarnation of itself owned, or whose owner's lease is gone and whose lease deadline is
+//! `grace` behind Redis's clock. It never takes a range from a live host. Checkpoints are
+//! written by a script that checks the writer still owns the range: a host that lost a range
+//! cannot overwrite its new owner's sessions.
+
+use std::collections::BTreeMap;
+
+use crate::admiral::ShardPlan;
+use crate::identify::fleetwide::{RedisError, redis_time};
+use crate::ipc::proto::ShardSession;
+
+/// The largest checkpoint written for one shard (a serenity session carries its READY and
+/// cached guilds).
+const MAX_SESSION_BYTES: usize = 8 << 20;
+
+/// Sets `meta` if no host did, or checks this host's plan against it. KEYS: meta. ARGV: shard
+/// total, range count. Returns `OK`, or the error `PLAN <total> <ranges>`.
+const JOIN: &str = r"
+local total = redis.call('HGET', KEYS[1], 'shard_total')
+local ranges = redis.call('HGET', KEYS[1], 'ranges')
+if not total or not ranges then
+  redis.call('HSET', KEYS[1], 'shard_total', ARGV[1], 'ranges', ARGV[2])
+  return 'OK'
+end
+if total ~= ARGV[1] or ranges ~= ARGV[2] then
+  return redis.error_reply('PLAN ' .. total .. ' ' .. ranges)
+end
+return 'OK'
+";
+
+/// Claims this host's share of the ranges nobody serves, and lists the ranges it owns.
+///
+/// KEYS: assign, hosts, meta, assign:ver. ARGV: host id, incarnation, host key prefix, takeover
+/// grace (ms), range count, capacity, shard total. Returns a flat list `range, owner, ...` of
+/// this incarnation's ranges, or the error `NOLEASE` (this host holds no lease) or `PLAN`.
+const CLAIM: &str = redis_time!(
+    r"
+local me, incarnation, prefix = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('GET', prefix .. me) ~= incarnation then
+  return redis.error_reply('NOLEASE')
+end
+local total = redis.call('HGET', KEYS[3], 'shard_total')
+if total and total ~= ARGV[7] then
+  return redis.error_reply('PLAN ' .. total)
+end
+if not total then
+  redis.call('HSET', KEYS[3], 'shard_total', ARGV[7], 'ranges', ARGV[5])
+end
+local grace, ranges, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local live = math.max(redis.call('ZCOUNT', KEYS[2], now, '+inf'), 1)
+local share = math.min(math.ceil(ranges / live), capacity)
+local mine, free = {}, {}
+for r = 0, ranges - 1 do
+  local owner = redis.call('HGET', KEYS[1], r)
+  if not owner then
+    table.insert(free, r)
+  else
+    local host, inc = string.match(owner, '^([^|]*)|([^|]*)|')
+    if host == me and inc == incarnation then
+      table.insert(mine, r)
+    elseif host == me then
+      -- A past life of this host: this incarnation holds the lease now.
+      table.insert(free, 1, r)
+    elseif redis.call('GET', prefix .. host) ~= inc then
+      local deadline = redis.call('ZSCORE', KEYS[2], host)
+      local holder = redis.call('GET', prefix .. host)
+      if holder or not deadline or tonumber(deadline) + grace <= now then
+        table.insert(free, r)
+      end
+    end
+  end
+end
+local epoch = tostring(tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local owner = me .. '|' .. incarnation .. '|' .. epoch
+local out = {}
+for _, r in ipairs(mine) do
+  table.insert(out, r)
+  table.insert(out, redis.call('HGET', KEYS[1], r))
+end
+local claimed = false
+for _, r in ipairs(free) do
+  if #out / 2 >= share then break end
+  redis.call('HSET', KEYS[1], r, owner)
+  table.insert(out, r)
+  table.insert(out, owner)
+  claimed = true
+end
+if claimed then redis.call('INCR', KEYS[4]) end
+return out
+"
+);
+
+/// Writes checkpoints its writer still owns. KEYS: assign, then one `shard:<id>` key per
+/// checkpoint. ARGV: per checkpoint, its range, the writer's owner entry and the session (an
+/// empty one deletes the key). Returns how many were written.
+const CHECKPOINT: &str = r"
+local written = 0
+for i = 2, #KEYS do
+  local at = (i - 2) * 3
+  if redis.call('HGET', KEYS[1], ARGV[at + 1]) == ARGV[at + 2] then
+    if ARGV[at + 3] == '' then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], ARGV[at + 3])
+    end
+    written = written + 1
+  end
+end
+return written
+";
+
+/// Gives this incarnation's ranges up (a clean stop). KEYS: assign, assign:ver. ARGV: host id,
+/// incarnation.
+const RELEASE: &str = r"
+local prefix = ARGV[1] .. '|' .. ARGV[2] .. '|'
+local released = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if string.sub(all[i + 1], 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], all[i])
+    released = released + 1
+  end
+end
+if released > 0 then redis.call('INCR', KEYS[2]) end
+return released
+";
+
+/// Why a host may not run its part of the bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClaimError {
+    /// Redis did not answer, or failed.
+    Redis(String),
+    /// This host holds no lease (it lapsed): it claims nothing until renewed.
+    NoLease,
+    /// The bot's hosts plan different shards: the message says what Redis holds.
+    Plan(String),
+}
+
+/// This host's view of the range table in Redis.
+pub(crate) struct Assignment {
+    host: String,
+    incarnation: String,
+    prefix: String,
+    /// The bot's whole plan: one range per cluster.
+    plan: ShardPlan,
+    /// The most ranges this host runs.
+    capacity: u32,
+    /// How long after a dead host's lease deadline its ranges may be taken.
+    grace: std::time::Duration,
+}
+
+impl std::fmt::Debug for Assignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assignment")
+            .field("host", &self.host)
+            .field("ranges", &self.plan.clusters.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Assignment {
+    /// Host `host` (incarnation `incarnation`) of fleet `fleet_id`, running at most `capacity`
+    /// of `plan`'s clusters.
+    pub(crate) fn new(
+        fleet_id: &str,
+        host: &str,
+        incarnation: &str,
+        plan: ShardPlan,
+        capacity: u32,
+        grace: std::time::Duration,
+    ) -> Self {
+        Self {
+            host: host.to_owned(),
+            incarnation: incarnation.to_owned(),
+            prefix: format!("fleet:{{{fleet_id}}}:"),
+            plan,
+            capacity: capacity.max(1),
+            grace,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Checks this host's plan against the one the bot's other hosts run (or records it).
+    pub(crate) async fn join(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), ClaimError> {
+        let joined: redis::RedisResult<String> = redis::Script::new(JOIN)
+            .key(self.key("meta"))
+            .arg(self.plan.shard_total)
+            .arg(self.plan.clusters.len())
+            .invoke_async(connection)
+            .await;
+        joined.map(drop).map_err(|e| claim_error(&e))
+    }
+
+    /// Claims what this host should take and returns every range it owns, with its owner entry.
+    pub(crate) async fn claim(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<BTreeMap<u32, String>, ClaimError> {
+        let claimed: redis::RedisResult<Vec<redis::Value>> = redis::Script::new(CLAIM)
+            .key(self.key("assign"))
+            .key(self.key("hosts"))
+            .key(self.key("meta"))
+            .key(self.key("assign:ver"))
+            .arg(&self.host)
+            .arg(&self.incarnation)
+            .arg(self.key("host:"))
+            .arg(u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.plan.clusters.len())
+            .arg(self.capacity)
+            .arg(self.plan.shard_total)
+            .invoke_async(connection)
+            .await;
+        let flat = claimed.map_err(|e| claim_error(&e))?;
+        let mut ranges = BTreeMap::new();
+        for pair in flat.chunks(2) {
+            let [range, entry] = pair else { continue };
+            let range: Option<u32> = redis::from_redis_value_ref(range).ok();
+            let entry: Option<String> = redis::from_redis_value_ref(entry).ok();
+            if let (Some(range), Some(entry)) = (range, entry)
+                && (range as usize) < self.plan.clusters.len()
+            {
+                ranges.insert(range, entry);
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// Writes `sessions` (by range) for the ranges `ranges` names this host's owner entry of; returns
+    /// how many Redis took.
+    pub(crate) async fn write_checkpoints(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        ranges: &BTreeMap<u32, String>,
+        sessions: &[(u32, ShardSession)],
+    ) -> Result<usize, ClaimError> {
+        let checkpoint = redis::Script::new(CHECKPOINT);
+        let mut script = checkpoint.prepare_invoke();
+        script.key(self.key("assign"));
+        let mut any = false;
+        for (range, session) in sessions {
+            let Some(entry) = ranges.get(range) else {
+                continue;
+            };
+            let blob = if session.session_id.is_empty() {
+                Vec::new()
+            } else {
+                match rmp_serde::to_vec_named(session) {
+                    Ok(blob) if blob.len() <= MAX_SESSION_BYTES => blob,
+                    _ => continue,
+                }
+            };
+            script
+                .key(self.key(&format!("shard:{}", session.shard)))
+                .arg(range)
+                .arg(entry)
+                .arg(blob);
+            any = true;
+        }
+        if !any {
+            return Ok(0);
+        }
+        let written: redis::RedisResult<usize> = script.invoke_async(connection).await;
+        written.map_err(|e| claim_error(&e))
+    }
+
+    /// The sessions the last owner of range `range` checkpointed.
+    pub(crate) async fn read_checkpoints(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        range: u32,
+    ) -> Result<Vec<ShardSession>, ClaimError> {
+        let Some(cluster) = self.plan.clusters.iter().find(|c| c.id == range) else {
+            return Ok(Vec::new());
+        };
+        let keys: Vec<String> = cluster
+            .shards()
+            .map(|shard| self.key(&format!("shard:{shard}")))
+            .collect();
+        let blobs: redis::RedisResult<Vec<Option<Vec<u8>>>> =
+            redis::cmd("MGET").arg(&keys).query_async(connection).await;
+        let blobs = blobs.map_err(|e| claim_error(&e))?;
+        Ok(cluster
+            .shards()
+            .zip(blobs)
+            .filter_map(|(shard, blob)| {
+                let session: ShardSession = rmp_serde::from_slice(&blob?).ok()?;
+                (session.shard == shard && !session.session_id.is_empty()).then_some(session)
+            })
+            .collect())
+    }
+
+    /// Gives every range of this incarnation up.
+    pub(crate) async fn release(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<usize, ClaimError> {
+        let released: redis::RedisResult<usize> = redis::Script::new(RELEASE)
+            .key(self.key("assign"))
+            .key(self.key("assign:ver"))
+            .arg(&self.host)
+            .arg(&self.incarnation)
+            .invoke_async(connection)
+            .await;
+        released.map_err(|e| claim_error(&e))
+    }
+}
+
+fn claim_error(error: &redis::RedisError) -> ClaimError {
+    let text = error.to_string();
+    if text.contains("NOLEASE") {
+        ClaimError::NoLease
+    } else if let Some(at) = text.find("PLAN") {
+        ClaimError::Plan(text[at + 4..].trim().to_owned())
+    } else {
+        ClaimError::Redis(RedisError::new("redis", error).to_string())
+    }
+}
