@@ -1,5 +1,6 @@
 //! A real `redis-server` for the tests (Debian's package; `.ci/run` installs it): started on a
-//! free loopback port with its own empty directory and no persistence, stopped when dropped.
+//! free loopback port with its own empty directory and no persistence (or an append-only file,
+//! when a test restarts it), stopped when dropped.
 
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ pub struct RedisServer {
     child: std::process::Child,
     port: u16,
     dir: std::path::PathBuf,
+    /// Persisted in an append-only file, written on every change.
+    aof: bool,
 }
 
 impl RedisServer {
@@ -17,25 +20,51 @@ impl RedisServer {
     /// # Panics
     /// If `redis-server` is not installed or does not come up.
     pub async fn start() -> Self {
+        Self::start_new(false).await
+    }
+
+    /// Starts one that keeps its data in an append-only file (fsynced on every write), so
+    /// [`restart`](Self::restart) brings it back as it was.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub async fn start_with_aof() -> Self {
+        Self::start_new(true).await
+    }
+
+    async fn start_new(aof: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let dir = std::env::temp_dir().join(format!("fleet-redis-{:016x}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
-        Self::start_on(port, dir).await
+        Self::start_on(port, dir, aof).await
+    }
+
+    /// Starts it again after [`kill`](Self::kill), on the same port and directory: with its
+    /// data if it keeps an append-only file, empty if not.
+    pub async fn restart(self) -> Self {
+        let (port, dir, aof) = (self.port, self.dir.clone(), self.aof);
+        let mut this = self;
+        let _ = this.child.kill();
+        let _ = this.child.wait();
+        this.dir = std::path::PathBuf::new();
+        drop(this);
+        Self::start_on(port, dir, aof).await
     }
 
     /// Stops it (as a crash would: no save) and starts it again, empty, on the same port.
     pub async fn restart_empty(self) -> Self {
         let (port, dir) = (self.port, self.dir.clone());
+        let _ = std::fs::remove_dir_all(dir.join("appendonlydir"));
         let mut this = self;
         let _ = this.child.kill();
         let _ = this.child.wait();
         // Its directory is the new one's: forget it here without removing it.
         this.dir = std::path::PathBuf::new();
         drop(this);
-        Self::start_on(port, dir).await
+        Self::start_on(port, dir, false).await
     }
 
     /// Stops it, as a crash would.
@@ -44,7 +73,12 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
-    async fn start_on(port: u16, dir: std::path::PathBuf) -> Self {
+    async fn start_on(port: u16, dir: std::path::PathBuf, aof: bool) -> Self {
+        let appendonly: &[&str] = if aof {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -54,13 +88,19 @@ impl RedisServer {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
+            .args(appendonly)
+            .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(&dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server runs: install Debian's redis-server (.ci/run does)");
-        let server = Self { child, port, dir };
+        let server = Self {
+            child,
+            port,
+            dir,
+            aof,
+        };
         let answered = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if server.ping().await {
@@ -91,31 +131,27 @@ impl RedisServer {
 
     /// How many of `keys` exist now (`EXISTS`); 0 when it does not answer.
     pub async fn exists(&self, keys: &[&str]) -> u64 {
+        let mut command = vec!["EXISTS"];
+        command.extend_from_slice(keys);
+        self.integer(&command).await.unwrap_or(0)
+    }
+
+    /// The answer to a command whose answer is an integer (`EXISTS`, `HLEN`), if it answers.
+    pub async fn integer(&self, command: &[&str]) -> Option<u64> {
         use std::fmt::Write as _;
         use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return 0;
-        };
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
         let mut stream = tokio::io::BufReader::new(stream);
-        let mut command = format!("*{}\r\n$6\r\nEXISTS\r\n", keys.len() + 1);
-        for key in keys {
-            let _ = write!(command, "${}\r\n{key}\r\n", key.len());
+        let mut request = format!("*{}\r\n", command.len());
+        for word in command {
+            let _ = write!(request, "${}\r\n{word}\r\n", word.len());
         }
         let mut answer = String::new();
-        if stream
-            .get_mut()
-            .write_all(command.as_bytes())
-            .await
-            .is_err()
-            || stream.read_line(&mut answer).await.is_err()
-        {
-            return 0;
-        }
-        answer
-            .trim()
-            .strip_prefix(':')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        stream.get_mut().write_all(request.as_bytes()).await.ok()?;
+        stream.read_line(&mut answer).await.ok()?;
+        answer.trim().strip_prefix(':')?.parse().ok()
     }
 
     /// Its address.

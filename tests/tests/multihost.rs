@@ -264,6 +264,136 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Which worker process `pid` is (its `FLEET_WORKER`), if it runs.
+fn worker_name(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|var| std::str::from_utf8(var).ok())
+        .find_map(|var| var.strip_prefix("FLEET_WORKER="))
+        .map(str::to_owned)
+}
+
+/// Sends `signal` (`-KILL`, `-STOP`) to each of `pids`.
+fn signal_all(pids: &[u32], signal: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    }
+}
+
+/// Spawns one host of fleet `fleet` as an admiral process: `(process, its lines)`.
+async fn spawn_host(
+    mock: &MockDiscord,
+    redis: &str,
+    fleet: &str,
+    host: &str,
+    capacity: u32,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    let capacity = capacity.to_string();
+    let env = [
+        ("TESTBOT_REDIS_URL", redis),
+        ("TESTBOT_FLEET_ID", fleet),
+        ("TESTBOT_HOST_ID", host),
+        ("TESTBOT_HOST_CAPACITY", capacity.as_str()),
+        ("TESTBOT_HOST_LEASE_MS", LEASE_MS),
+    ];
+    let (admiral, _, lines) = common::spawn_admiral_with(mock, 2, None, &env).await;
+    (admiral, lines)
+}
+
+/// Options of one host of fleet `fleet` in this process, on the Redis at `url`.
+fn host_options(
+    mock: &MockDiscord,
+    url: String,
+    fleet: &str,
+    host: &str,
+    capacity: u32,
+) -> carrier::FleetOptions {
+    let mut options = options(mock, 2);
+    options.redis_url = Some(url);
+    options.fleet_id = Some(fleet.to_owned());
+    options.host_id = Some(host.to_owned());
+    options.host_capacity = Some(capacity);
+    options.host_lease_ttl = Duration::from_millis(LEASE_MS.parse().unwrap());
+    options
+}
+
+/// Each live cluster of an admiral and its pid.
+async fn cluster_pids(admiral: &carrier::AdmiralHandle) -> BTreeMap<u32, u32> {
+    admiral
+        .workers()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|w| w.state == carrier::admiral::State::Live)
+        .filter_map(|w| match w.id {
+            carrier::WorkerId::Cluster(c) => Some((c, w.pid?)),
+            carrier::WorkerId::Service(_) => None,
+        })
+        .collect()
+}
+
+/// Starts two hosts of fleet `fleet` in this process (a on `a_url` with room for one range, b
+/// on `b_url`), waits until they run the bot and every session is checkpointed, and starts
+/// Discord's events.
+async fn two_hosts(
+    mock: &MockDiscord,
+    redis: &RedisServer,
+    fleet: &str,
+    a_url: String,
+) -> (carrier::AdmiralHandle, carrier::AdmiralHandle) {
+    let (a, _) = launch(fleet_tests::fleet(host_options(mock, a_url, fleet, "a", 1))).await;
+    attached(mock, 2, "host a runs its range").await;
+    let (b, _) = launch(fleet_tests::fleet(host_options(
+        mock,
+        redis.url(),
+        fleet,
+        "b",
+        2,
+    )))
+    .await;
+    attached(mock, 4, "host b runs the other range").await;
+    checkpointed(redis, fleet, 0..4).await;
+    mock.start_events(Some(20.0)).unwrap();
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    (a, b)
+}
+
+/// Lets events flow a while longer, stops them, and waits until every one is confirmed.
+async fn drain_events(mock: &MockDiscord, what: &str) {
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, what, |m| m.event_report().delivered > delivered + 20)
+        .await
+        .unwrap();
+    mock.stop_events();
+    mock.wait_until(WAIT, "every event confirmed", |m| {
+        m.event_report().in_flight == 0
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until a Redis key exists (`true`) or is gone (`false`).
+async fn key_until(redis: &RedisServer, key: &str, exists: bool) {
+    let waited = tokio::time::timeout(WAIT, async {
+        while (redis.exists(&[key]).await == 1) != exists {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{key} exists: {exists}");
+}
+
 /// Waits until a condition of the admiral's workers holds.
 async fn workers_until(
     admiral: &carrier::AdmiralHandle,
@@ -301,28 +431,10 @@ const LEASE_MS: &str = "6000";
 async fn a_killed_hosts_range_resumes_on_another_host_with_no_identify_and_nothing_lost() {
     let redis = RedisServer::start().await;
     let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
-    let url = redis.url();
-    let env = |host: &'static str, capacity: &'static str| {
-        [
-            ("TESTBOT_REDIS_URL", url.clone()),
-            ("TESTBOT_FLEET_ID", "takeover".to_owned()),
-            ("TESTBOT_HOST_ID", host.to_owned()),
-            ("TESTBOT_HOST_CAPACITY", capacity.to_owned()),
-            ("TESTBOT_HOST_LEASE_MS", LEASE_MS.to_owned()),
-        ]
-    };
-    let spawn = |host, capacity| {
-        let env = env(host, capacity);
-        let mock = &mock;
-        async move {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            common::spawn_admiral_with(mock, 2, None, &env).await
-        }
-    };
     // Host a takes one of the two ranges (its capacity), host b the other.
-    let (mut a, _, _a_lines) = spawn("a", "1").await;
+    let (mut a, _a_lines) = spawn_host(&mock, &redis.url(), "takeover", "a", 1).await;
     attached(&mock, 2, "host a runs its range").await;
-    let (mut b, _, _b_lines) = spawn("b", "2").await;
+    let (mut b, _b_lines) = spawn_host(&mock, &redis.url(), "takeover", "b", 2).await;
     attached(&mock, 4, "host b runs the other range").await;
     checkpointed(&redis, "takeover", 0..4).await;
     mock.start_events(Some(20.0)).unwrap();
@@ -342,11 +454,7 @@ async fn a_killed_hosts_range_resumes_on_another_host_with_no_identify_and_nothi
         workers.len() >= 2,
         "a cluster and the echo service: {workers:?}"
     );
-    for worker in &workers {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &worker.to_string()])
-            .status();
-    }
+    signal_all(&workers, "-KILL");
     a.start_kill().unwrap();
     a.wait().await.unwrap();
     mock.wait_until(
@@ -487,6 +595,183 @@ async fn a_host_cut_from_redis_fences_itself_before_its_range_resumes_elsewhere_
     let report = mock.event_report();
     assert_eq!(report.lost, 0, "{report:?}");
     assert!(report.duplicates <= 80, "{report:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_stopped_past_its_lease_comes_back_fenced_and_never_takes_its_sessions_back() {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (a, _a_lines) = spawn_host(&mock, &redis.url(), "paused", "a", 1).await;
+    attached(&mock, 2, "host a runs its range").await;
+    let (mut b, _b_lines) = spawn_host(&mock, &redis.url(), "paused", "b", 2).await;
+    attached(&mock, 4, "host b runs the other range").await;
+    checkpointed(&redis, "paused", 0..4).await;
+    mock.start_events(Some(20.0)).unwrap();
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    let before = mock.stats();
+
+    // Host a stops dead (SIGSTOP of its admiral and workers) for longer than its lease: its
+    // connections stay open but answer nothing, and b takes the range over.
+    let pid = a.id().unwrap();
+    let mut host = children(pid);
+    let cluster: Vec<u32> = host
+        .iter()
+        .copied()
+        .filter(|p| worker_name(*p).is_some_and(|w| w.starts_with("cluster-")))
+        .collect();
+    assert_eq!(cluster.len(), 1, "host a runs one cluster");
+    host.push(pid);
+    signal_all(&host, "-STOP");
+    mock.wait_until(WAIT, "host b resumes a's sessions", |m| {
+        m.stats().resumes >= before.resumes + 2 && m.sessions().iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+
+    // Host a goes on: its lease is over by its own clock, so it fences at once, learns the
+    // range is b's, and its cluster leaves without resuming anything (the gateway closed its
+    // old connections when b resumed; a library left alone would resume them right back).
+    signal_all(&host, "-CONT");
+    let left = tokio::time::timeout(WAIT, async {
+        while worker_name(cluster[0]).is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(left.is_ok(), "host a's cluster leaves");
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow after a is back", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
+    mock.stop_events();
+    mock.wait_until(WAIT, "every event confirmed", |m| {
+        m.event_report().in_flight == 0
+    })
+    .await
+    .unwrap();
+    let after = mock.stats();
+    assert_eq!(
+        after.resumes,
+        before.resumes + 2,
+        "a never took its sessions back"
+    );
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    assert!(
+        mock.sessions().iter().all(|s| s.attached),
+        "one live session a shard"
+    );
+    let report = mock.event_report();
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(report.duplicates <= 80, "{report:?}");
+    for admiral in [&mut b] {
+        let pid = admiral.id().unwrap();
+        signal_all(&[pid], "-TERM");
+        tokio::time::timeout(WAIT, admiral.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_reassigns_nothing_while_the_hosts_put_their_ranges_back() {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (a, b) = two_hosts(&mock, &redis, "empty", redis.url()).await;
+    let (a_runs, b_runs) = (cluster_pids(&a).await, cluster_pids(&b).await);
+    assert_eq!((a_runs.len(), b_runs.len()), (1, 1));
+    let before = mock.stats();
+
+    // Redis crashes and comes back with nothing: no lease, no range, no checkpoint.
+    let redis = redis.restart_empty().await;
+    // The first host to claim sees that Redis forgot everything and opens the recovery window,
+    // in which each host puts back the ranges it runs, and nobody claims another's.
+    key_until(&redis, "fleet:{empty}:recovery", true).await;
+    key_until(&redis, "fleet:{empty}:recovery", false).await;
+    let owned = redis.integer(&["HLEN", "fleet:{empty}:assign"]).await;
+    assert_eq!(owned, Some(2), "both ranges put back");
+    checkpointed(&redis, "empty", 0..4).await;
+    assert_eq!(
+        cluster_pids(&a).await,
+        a_runs,
+        "a runs what it ran, in the same process"
+    );
+    assert_eq!(cluster_pids(&b).await, b_runs, "b too");
+    drain_events(&mock, "events flow after the restart").await;
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(after.resumes, before.resumes, "no shard even reconnected");
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    let report = mock.event_report();
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_fenced_by_a_long_redis_outage_resume_their_own_ranges_when_it_returns_from_its_log()
+{
+    let mut redis = RedisServer::start_with_aof().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (a, b) = two_hosts(&mock, &redis, "outage", redis.url()).await;
+    let (a_runs, b_runs) = (cluster_pids(&a).await, cluster_pids(&b).await);
+    let before = mock.stats();
+
+    // Redis is down for longer than the hosts' leases: every host fences its shards.
+    redis.kill();
+    mock.wait_until(WAIT, "every host fences its shards", |m| {
+        m.sessions().iter().all(|s| !s.attached)
+    })
+    .await
+    .unwrap();
+    // The outage itself: past every lease's end, so Redis comes back with none.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS.parse().unwrap())).await;
+    let redis = redis.restart().await;
+    // Back from its log with the ranges but no lease: the recovery window keeps b from taking
+    // a's range for dead (or a b's) before each renews its lease.
+    mock.wait_until(WAIT, "each host resumes its own sessions", |m| {
+        m.stats().resumes >= before.resumes + 4 && m.sessions().iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        cluster_pids(&a).await,
+        a_runs,
+        "a resumed its range in the same process"
+    );
+    assert_eq!(cluster_pids(&b).await, b_runs, "b too");
+    key_until(&redis, "fleet:{outage}:recovery", false).await;
+    drain_events(&mock, "events flow after the outage").await;
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(
+        after.resumes,
+        before.resumes + 4,
+        "each session resumed once"
+    );
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    let report = mock.event_report();
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -484,7 +484,7 @@ impl Fleet {
                         lease.incarnation(),
                         plan.clone(),
                         options.host_capacity.unwrap_or(u32::MAX),
-                        crate::hosts::agent::takeover_grace(ttl),
+                        ttl,
                     );
                     lease.join(&assignment).await?;
                     Some(assignment)

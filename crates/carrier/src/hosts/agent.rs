@@ -190,6 +190,8 @@ impl HostAgent {
         };
         let limit = call_timeout(ttl);
         let mut connection = None;
+        let mut run_id = String::new();
+        let mut renewed = self.lease.taken_at;
         let mut owned: BTreeMap<u32, String> = BTreeMap::new();
         let stop = async move {
             while !*stopped.borrow_and_update() {
@@ -204,12 +206,29 @@ impl HostAgent {
                 () = &mut stop => break,
                 () = tokio::time::sleep_until(fence.at), if !fence.up => fence.raise().await,
                 _ = renewals.tick() => {
+                    let fresh = connection.is_none();
                     let Some(open) = self.connection(&mut connection, &mut fence).await else {
                         continue;
                     };
+                    if fresh || run_id.is_empty() {
+                        // A Redis that restarted has another run id: the claim sees it.
+                        let asked = guarded(super::assign::run_id(open), limit, &mut fence).await;
+                        let Some(Ok(id)) = asked else {
+                            connection = None;
+                            continue;
+                        };
+                        run_id = id;
+                    }
                     let sent = Instant::now();
+                    // Whether the lease may have lapsed since the last renewal: then another
+                    // host may run this host's ranges, and it keeps only those Redis still
+                    // names it for.
+                    let lapsed = sent.duration_since(renewed) >= ttl;
                     match guarded(self.lease.renew(open), limit, &mut fence).await {
-                        Some(Ok(())) => fence.at = sent + ttl.saturating_sub(fence_margin(ttl)),
+                        Some(Ok(())) => {
+                            renewed = sent;
+                            fence.at = sent + ttl.saturating_sub(fence_margin(ttl));
+                        }
                         Some(Err(super::LeaseError::Taken(host))) => {
                             tracing::error!(target: "fleet::hosts", host, "another admiral took this host's lease");
                             continue;
@@ -229,7 +248,9 @@ impl HostAgent {
                         fence.lower(0).await;
                         continue;
                     };
-                    let now_owned = match guarded(assignment.claim(open), limit, &mut fence).await {
+                    let keep = if lapsed { BTreeMap::new() } else { owned.clone() };
+                    let claim = assignment.claim(open, &run_id, &keep);
+                    let now_owned = match guarded(claim, limit, &mut fence).await {
                         Some(Ok(now_owned)) => now_owned,
                         Some(Err(ClaimError::Plan(theirs))) => {
                             tracing::error!(target: "fleet::hosts", theirs, "this host plans other shards than the bot's other hosts (shard total, clusters): it runs none");

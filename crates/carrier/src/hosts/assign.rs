@@ -21,26 +21,38 @@ use crate::ipc::proto::ShardSession;
 /// cached guilds).
 const MAX_SESSION_BYTES: usize = 8 << 20;
 
-/// Sets `meta` if no host did, or checks this host's plan against it. KEYS: meta. ARGV: shard
-/// total, range count. Returns `OK`, or the error `PLAN <total> <ranges>`.
+/// Sets `meta` if no host did, or checks this host's plan against it. KEYS: meta, recovery.
+/// ARGV: shard total, range count, Redis's run id, recovery window (ms). Returns `OK`, or the
+/// error `PLAN <total> <ranges>`. A Redis that restarted since a host last wrote its run id
+/// opens the recovery window (see [`CLAIM`]).
 const JOIN: &str = r"
 local total = redis.call('HGET', KEYS[1], 'shard_total')
 local ranges = redis.call('HGET', KEYS[1], 'ranges')
 if not total or not ranges then
-  redis.call('HSET', KEYS[1], 'shard_total', ARGV[1], 'ranges', ARGV[2])
+  redis.call('HSET', KEYS[1], 'shard_total', ARGV[1], 'ranges', ARGV[2], 'run_id', ARGV[3])
   return 'OK'
 end
 if total ~= ARGV[1] or ranges ~= ARGV[2] then
   return redis.error_reply('PLAN ' .. total .. ' ' .. ranges)
+end
+if redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[3] then
+  redis.call('HSET', KEYS[1], 'run_id', ARGV[3])
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
 end
 return 'OK'
 ";
 
 /// Claims this host's share of the ranges nobody serves, and lists the ranges it owns.
 ///
-/// KEYS: assign, hosts, meta, assign:ver. ARGV: host id, incarnation, host key prefix, takeover
-/// grace (ms), range count, capacity, shard total. Returns a flat list `range, owner, ...` of
-/// this incarnation's ranges, or the error `NOLEASE` (this host holds no lease) or `PLAN`.
+/// KEYS: assign, hosts, meta, assign:ver, recovery. ARGV: host id, incarnation, host key
+/// prefix, takeover grace (ms), range count, capacity, shard total, Redis's run id, recovery
+/// window (ms), then `range, owner entry` of each range this host runs and may keep (its lease
+/// cannot have lapsed). Returns a flat list `range, owner, ...` of this incarnation's ranges,
+/// or the error `NOLEASE` (this host holds no lease) or `PLAN`.
+///
+/// Redis that lost its data (`meta` gone) or restarted (another run id) opens a recovery window:
+/// for its length no range is claimed or taken over, only put back by the hosts that run them,
+/// so that a host whose lease Redis forgot is not taken for dead.
 const CLAIM: &str = redis_time!(
     r"
 local me, incarnation, prefix = ARGV[1], ARGV[2], ARGV[3]
@@ -51,8 +63,15 @@ local total = redis.call('HGET', KEYS[3], 'shard_total')
 if total and total ~= ARGV[7] then
   return redis.error_reply('PLAN ' .. total)
 end
-if not total then
-  redis.call('HSET', KEYS[3], 'shard_total', ARGV[7], 'ranges', ARGV[5])
+if not total or redis.call('HGET', KEYS[3], 'run_id') ~= ARGV[8] then
+  redis.call('HSET', KEYS[3], 'shard_total', ARGV[7], 'ranges', ARGV[5], 'run_id', ARGV[8])
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[9])
+end
+local recovering = redis.call('EXISTS', KEYS[5]) == 1
+for i = 10, #ARGV, 2 do
+  if not redis.call('HGET', KEYS[1], ARGV[i]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 local grace, ranges, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local live = math.max(redis.call('ZCOUNT', KEYS[2], now, '+inf'), 1)
@@ -87,7 +106,7 @@ for _, r in ipairs(mine) do
 end
 local claimed = false
 for _, r in ipairs(free) do
-  if #out / 2 >= share then break end
+  if recovering or #out / 2 >= share then break end
   redis.call('HSET', KEYS[1], r, owner)
   table.insert(out, r)
   table.insert(out, owner)
@@ -155,6 +174,9 @@ pub(crate) struct Assignment {
     capacity: u32,
     /// How long after a dead host's lease deadline its ranges may be taken.
     grace: std::time::Duration,
+    /// How long, after Redis lost its data or restarted, only the hosts that run a range may
+    /// claim it.
+    recovery: std::time::Duration,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -168,15 +190,15 @@ impl std::fmt::Debug for Assignment {
 }
 
 impl Assignment {
-    /// Host `host` (incarnation `incarnation`) of fleet `fleet_id`, running at most `capacity`
-    /// of `plan`'s clusters.
+    /// Host `host` (incarnation `incarnation`, with a lease of `ttl`) of fleet `fleet_id`,
+    /// running at most `capacity` of `plan`'s clusters.
     pub(crate) fn new(
         fleet_id: &str,
         host: &str,
         incarnation: &str,
         plan: ShardPlan,
         capacity: u32,
-        grace: std::time::Duration,
+        ttl: std::time::Duration,
     ) -> Self {
         Self {
             host: host.to_owned(),
@@ -184,7 +206,8 @@ impl Assignment {
             prefix: format!("fleet:{{{fleet_id}}}:"),
             plan,
             capacity: capacity.max(1),
-            grace,
+            grace: super::agent::takeover_grace(ttl),
+            recovery: ttl * 2,
         }
     }
 
@@ -197,34 +220,49 @@ impl Assignment {
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
     ) -> Result<(), ClaimError> {
+        let run_id = run_id(connection).await?;
         let joined: redis::RedisResult<String> = redis::Script::new(JOIN)
             .key(self.key("meta"))
+            .key(self.key("recovery"))
             .arg(self.plan.shard_total)
             .arg(self.plan.clusters.len())
+            .arg(run_id)
+            .arg(millis(self.recovery))
             .invoke_async(connection)
             .await;
         joined.map(drop).map_err(|e| claim_error(&e))
     }
 
     /// Claims what this host should take and returns every range it owns, with its owner entry.
+    /// `keep` are the ranges it runs (with their owner entries) that Redis should know as its
+    /// own: put back if Redis forgot them.
     pub(crate) async fn claim(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
+        run_id: &str,
+        keep: &BTreeMap<u32, String>,
     ) -> Result<BTreeMap<u32, String>, ClaimError> {
-        let claimed: redis::RedisResult<Vec<redis::Value>> = redis::Script::new(CLAIM)
+        let script = redis::Script::new(CLAIM);
+        let mut claim = script.prepare_invoke();
+        claim
             .key(self.key("assign"))
             .key(self.key("hosts"))
             .key(self.key("meta"))
             .key(self.key("assign:ver"))
+            .key(self.key("recovery"))
             .arg(&self.host)
             .arg(&self.incarnation)
             .arg(self.key("host:"))
-            .arg(u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(self.grace))
             .arg(self.plan.clusters.len())
             .arg(self.capacity)
             .arg(self.plan.shard_total)
-            .invoke_async(connection)
-            .await;
+            .arg(run_id)
+            .arg(millis(self.recovery));
+        for (range, entry) in keep {
+            claim.arg(range).arg(entry);
+        }
+        let claimed: redis::RedisResult<Vec<redis::Value>> = claim.invoke_async(connection).await;
         let flat = claimed.map_err(|e| claim_error(&e))?;
         let mut ranges = BTreeMap::new();
         for pair in flat.chunks(2) {
@@ -318,6 +356,28 @@ impl Assignment {
             .await;
         released.map_err(|e| claim_error(&e))
     }
+}
+
+/// Milliseconds, for a script.
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The run id of the Redis behind `connection` (it changes when Redis restarts).
+pub(crate) async fn run_id(
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Result<String, ClaimError> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(connection)
+        .await
+        .map_err(|e| claim_error(&e))?;
+    Ok(info
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned())
 }
 
 fn claim_error(error: &redis::RedisError) -> ClaimError {

@@ -30,7 +30,14 @@ impl Router {
                 self.lifecycle_input(Input::Take { cluster, resume });
             }
             HostEvent::Fence => self.lifecycle_input(Input::Fence),
-            HostEvent::Unfence => self.lifecycle_input(Input::Unfence),
+            HostEvent::Unfence => {
+                self.lifecycle_input(Input::Unfence);
+                for (waiter, shard) in std::mem::take(&mut self.fenced_grants) {
+                    self.stats.identified(shard);
+                    self.identifies_granted += 1;
+                    self.reply(waiter, crate::ipc::proto::Reply::Done);
+                }
+            }
             HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
         }
     }

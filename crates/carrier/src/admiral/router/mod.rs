@@ -106,6 +106,8 @@ pub(crate) struct Router {
     adoption: Option<adoption::Adoption>,
     /// The admiral's own program, to re-execute it after a deploy.
     own: Option<super::OwnCommand>,
+    /// Identifies granted while this host was fenced: answered once the fence lifts.
+    fenced_grants: Vec<(Waiter, u32)>,
 }
 
 impl Router {
@@ -163,6 +165,7 @@ impl Router {
             identifies_granted: 0,
             adoption: None,
             own: None,
+            fenced_grants: Vec::new(),
         }
     }
 
@@ -278,6 +281,10 @@ impl Router {
             }
             Inbox::Up { conn, up } => self.on_up(conn, up),
             Inbox::Closed { conn, error } => self.on_closed(conn, error),
+            Inbox::Granted { waiter, shard } if self.lifecycle.is_fenced() => {
+                // No shard of a fenced host connects: the grant waits for the fence to lift.
+                self.fenced_grants.push((waiter, shard));
+            }
             Inbox::Granted { waiter, shard } => {
                 self.stats.identified(shard);
                 self.identifies_granted += 1;
