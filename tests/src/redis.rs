@@ -138,6 +138,18 @@ impl RedisServer {
 
     /// The answer to a command whose answer is an integer (`EXISTS`, `HLEN`), if it answers.
     pub async fn integer(&self, command: &[&str]) -> Option<u64> {
+        self.ask(command).await?.strip_prefix(':')?.parse().ok()
+    }
+
+    /// The answer to a command whose answer is a string (`GET`, `HGET`), if it has one.
+    pub async fn string(&self, command: &[&str]) -> Option<String> {
+        let answer = self.ask(command).await?;
+        let (_, value) = answer.split_once('\n')?;
+        Some(value.trim_end().to_owned())
+    }
+
+    /// The first line of the answer to `command` (two for a string), if it answers.
+    async fn ask(&self, command: &[&str]) -> Option<String> {
         use std::fmt::Write as _;
         use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
@@ -151,7 +163,10 @@ impl RedisServer {
         let mut answer = String::new();
         stream.get_mut().write_all(request.as_bytes()).await.ok()?;
         stream.read_line(&mut answer).await.ok()?;
-        answer.trim().strip_prefix(':')?.parse().ok()
+        if answer.starts_with('$') && !answer.starts_with("$-1") {
+            stream.read_line(&mut answer).await.ok()?;
+        }
+        Some(answer.trim_end().to_owned())
     }
 
     /// Its address.

@@ -728,10 +728,15 @@ async fn redis_restarted_empty_reassigns_nothing_while_the_hosts_put_their_range
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_fenced_by_a_long_redis_outage_resume_their_own_ranges_when_it_returns_from_its_log()
 {
+    use fleet_tests::faults::{Fault, FaultProxy};
     let mut redis = RedisServer::start_with_aof().await;
+    let proxy = FaultProxy::start(redis.addr()).await;
     let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
-    let (a, b) = two_hosts(&mock, &redis, "outage", redis.url()).await;
+    let through_proxy = format!("redis://{}/0", proxy.addr());
+    let (a, b) = two_hosts(&mock, &redis, "outage", through_proxy).await;
     let (a_runs, b_runs) = (cluster_pids(&a).await, cluster_pids(&b).await);
+    let a_range = *a_runs.keys().next().unwrap();
+    let a_key = a_range.to_string();
     let before = mock.stats();
 
     // Redis is down for longer than the hosts' leases: every host fences its shards.
@@ -743,10 +748,41 @@ async fn hosts_fenced_by_a_long_redis_outage_resume_their_own_ranges_when_it_ret
     .unwrap();
     // The outage itself: past every lease's end, so Redis comes back with none.
     tokio::time::sleep(Duration::from_millis(LEASE_MS.parse().unwrap())).await;
+    // It comes back from its log, with the ranges but no lease; host a is still cut off.
+    proxy.set(Fault::Blackhole);
     let redis = redis.restart().await;
-    // Back from its log with the ranges but no lease: the recovery window keeps b from taking
-    // a's range for dead (or a b's) before each renews its lease.
-    mock.wait_until(WAIT, "each host resumes its own sessions", |m| {
+    mock.wait_until(WAIT, "host b resumes its own sessions", |m| {
+        m.stats().resumes >= before.resumes + 2
+    })
+    .await
+    .unwrap();
+    // b renews and claims every turn, and sees a's lease gone long ago; the recovery window
+    // keeps it from taking a's range for dead. Two more of b's renewals, so at least one claim.
+    let deadline = || redis.string(&["ZSCORE", "fleet:{outage}:hosts", "b"]);
+    let first: f64 = deadline().await.unwrap().parse().unwrap();
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            let now: f64 = deadline().await.unwrap_or_default().parse().unwrap_or(0.0);
+            if now >= first + 1500.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "b renews its lease");
+    let owner = redis
+        .string(&["HGET", "fleet:{outage}:assign", &a_key])
+        .await;
+    assert!(
+        owner.as_deref().is_some_and(|o| o.starts_with("a|")),
+        "{owner:?}"
+    );
+    assert_eq!(cluster_pids(&b).await, b_runs, "b runs its own range only");
+
+    // a reaches Redis again within the window: it renews and resumes its own range.
+    proxy.set(Fault::Pass);
+    mock.wait_until(WAIT, "host a resumes its own sessions", |m| {
         m.stats().resumes >= before.resumes + 4 && m.sessions().iter().all(|s| s.attached)
     })
     .await
@@ -756,7 +792,6 @@ async fn hosts_fenced_by_a_long_redis_outage_resume_their_own_ranges_when_it_ret
         a_runs,
         "a resumed its range in the same process"
     );
-    assert_eq!(cluster_pids(&b).await, b_runs, "b too");
     key_until(&redis, "fleet:{outage}:recovery", false).await;
     drain_events(&mock, "events flow after the outage").await;
     let after = mock.stats();
@@ -772,6 +807,11 @@ async fn hosts_fenced_by_a_long_redis_outage_resume_their_own_ranges_when_it_ret
     assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
     let report = mock.event_report();
     assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    assert_eq!(
+        cluster_pids(&b).await,
+        b_runs,
+        "b still runs its own range only"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
