@@ -815,3 +815,53 @@ async fn hosts_fenced_by_a_long_redis_outage_resume_their_own_ranges_when_it_ret
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_hands_its_range_on_with_no_identify_no_loss_and_no_duplicate() {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (a, b) = two_hosts(&mock, &redis, "drain", redis.url()).await;
+    let b_runs = cluster_pids(&b).await;
+    let before = mock.stats();
+
+    // A clean stop (a deploy, a drained machine): a's shards close resumably, its final
+    // sessions go to Redis, it gives the range up and says so; b takes it at once.
+    a.shutdown().await;
+    a.wait_stopped().await;
+    mock.wait_until(WAIT, "host b resumes a's sessions", |m| {
+        m.stats().resumes >= before.resumes + 2
+            && m.sessions().len() == 4
+            && m.sessions().iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+    workers_until(&b, "host b runs both ranges", |w| {
+        w.iter()
+            .filter(|w| w.state == carrier::admiral::State::Live)
+            .filter(|w| matches!(w.id, carrier::WorkerId::Cluster(_)))
+            .count()
+            == 2
+    })
+    .await;
+    let now_b = cluster_pids(&b).await;
+    assert!(
+        b_runs.iter().all(|(c, p)| now_b.get(c) == Some(p)),
+        "b's own range ran on"
+    );
+    drain_events(&mock, "events flow after the hand-off").await;
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(
+        after.resumes,
+        before.resumes + 2,
+        "each of a's sessions resumed once"
+    );
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    let report = mock.event_report();
+    // The sessions a handed over carry the last event its clusters handled: b replays none.
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    b.shutdown().await;
+}

@@ -904,6 +904,12 @@ impl Lifecycle {
         }
     }
 
+    /// Whether the fleet is shutting down (or has).
+    #[must_use]
+    pub fn is_stopping(&self) -> bool {
+        self.stopping()
+    }
+
     fn stopping(&self) -> bool {
         matches!(
             self.phase,
@@ -1868,6 +1874,17 @@ impl Lifecycle {
     #[must_use]
     pub fn is_fenced(&self) -> bool {
         self.fenced
+    }
+
+    /// Whether every cluster process of a fenced host has handed its sessions over.
+    #[must_use]
+    pub fn fence_complete(&self) -> bool {
+        self.fenced
+            && self.workers.values().all(|w| {
+                !matches!(w.id, WorkerId::Cluster(_))
+                    || !matches!(w.state, State::Spawned | State::Starting | State::Live)
+                    || w.process.is_none_or(|p| self.held.contains_key(&p))
+            })
     }
 
     /// [`Input::Take`].

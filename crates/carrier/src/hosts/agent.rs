@@ -59,12 +59,25 @@ pub(crate) enum HostEvent {
     Unfence,
     /// Cluster `cluster` is another host's now.
     Lose(u32),
+    /// Every range was handed on ([`Checkpoints::drain`]).
+    Drained,
 }
 
-/// The latest session of each shard this host runs, waiting to be written to Redis.
-#[derive(Debug, Default)]
+/// The latest session of each shard this host runs, waiting to be written to Redis; and the
+/// router's word that the host stops and hands its ranges on.
+#[derive(Debug)]
 pub(crate) struct Checkpoints {
     inner: Mutex<CheckpointsInner>,
+    drain: watch::Sender<bool>,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            drain: watch::channel(false).0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +103,12 @@ impl Checkpoints {
             inner.dirty.insert(session.shard);
             inner.known.insert(session.shard, (range, session));
         }
+    }
+
+    /// Asks the agent to hand every range on, once the sessions the clusters handed over are
+    /// recorded: it writes them, gives the ranges up, and answers [`HostEvent::Drained`].
+    pub(crate) fn drain(&self) {
+        self.drain.send_replace(true);
     }
 
     /// The changed sessions, taken.
@@ -158,11 +177,31 @@ pub(crate) struct HostAgent {
     assignment: Option<Assignment>,
 }
 
+/// What the agent keeps between turns.
+struct State<'a> {
+    fence: Fence<'a>,
+    connection: Option<redis::aio::MultiplexedConnection>,
+    /// The run id of the Redis the connection reached.
+    run_id: String,
+    /// When the last renewal Redis confirmed was sent.
+    renewed: Instant,
+    /// This host's ranges, with their owner entries, as the last claim saw them.
+    owned: BTreeMap<u32, String>,
+    /// Handed every range on (a clean stop): it claims nothing more.
+    drained: bool,
+    /// What the next claim puts back, when not `owned` (nothing, once the lease lapsed).
+    keep: Option<BTreeMap<u32, String>>,
+}
+
 impl HostAgent {
     /// An agent for `lease`; with `assignment`, it also claims ranges (without, the host runs
     /// the shards its options pin).
     pub(crate) fn new(lease: HostLease, assignment: Option<Assignment>) -> Self {
         Self { lease, assignment }
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.lease.key(name)
     }
 
     /// Runs until `stopped` turns true; then gives the ranges and the lease up and says so on
@@ -182,17 +221,20 @@ impl HostAgent {
         renewals.tick().await;
         let mut writes = tokio::time::interval(CHECKPOINT_EVERY);
         writes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut fence = Fence {
-            at: self.lease.taken_at + ttl.saturating_sub(fence_margin(ttl)),
-            up: false,
-            events: &events,
-            host: &self.lease.host,
+        let mut state = State {
+            fence: Fence {
+                at: self.lease.taken_at + ttl.saturating_sub(fence_margin(ttl)),
+                up: false,
+                events: &events,
+                host: &self.lease.host,
+            },
+            connection: None,
+            run_id: String::new(),
+            renewed: self.lease.taken_at,
+            owned: BTreeMap::new(),
+            drained: false,
+            keep: None,
         };
-        let limit = call_timeout(ttl);
-        let mut connection = None;
-        let mut run_id = String::new();
-        let mut renewed = self.lease.taken_at;
-        let mut owned: BTreeMap<u32, String> = BTreeMap::new();
         let stop = async move {
             while !*stopped.borrow_and_update() {
                 if stopped.changed().await.is_err() {
@@ -201,119 +243,219 @@ impl HostAgent {
             }
         };
         tokio::pin!(stop);
+        let mut drain_asked = checkpoints.drain.subscribe();
+        let drain = async move {
+            while !*drain_asked.borrow_and_update() {
+                if drain_asked.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::pin!(drain);
+        // Another host changed the assignment (it drained, say): claim now, not at the next turn.
+        let hints = Arc::new(tokio::sync::Notify::new());
+        let listening = self.assignment.is_some().then(|| {
+            AbortOnDrop(tokio::spawn(listen(
+                self.lease.client.clone(),
+                self.key("bus:all"),
+                hints.clone(),
+            )))
+        });
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                () = tokio::time::sleep_until(fence.at), if !fence.up => fence.raise().await,
-                _ = renewals.tick() => {
-                    let fresh = connection.is_none();
-                    let Some(open) = self.connection(&mut connection, &mut fence).await else {
-                        continue;
-                    };
-                    if fresh || run_id.is_empty() {
-                        // A Redis that restarted has another run id: the claim sees it.
-                        let asked = guarded(super::assign::run_id(open), limit, &mut fence).await;
-                        let Some(Ok(id)) = asked else {
-                            connection = None;
-                            continue;
-                        };
-                        run_id = id;
+                () = tokio::time::sleep_until(state.fence.at), if !state.fence.up => {
+                    state.fence.raise().await;
+                }
+                _ = renewals.tick(), if !state.drained => {
+                    if self.renew(&mut state).await {
+                        self.claim(&mut state, &events).await;
                     }
-                    let sent = Instant::now();
-                    // Whether the lease may have lapsed since the last renewal: then another
-                    // host may run this host's ranges, and it keeps only those Redis still
-                    // names it for.
-                    let lapsed = sent.duration_since(renewed) >= ttl;
-                    match guarded(self.lease.renew(open), limit, &mut fence).await {
-                        Some(Ok(())) => {
-                            renewed = sent;
-                            fence.at = sent + ttl.saturating_sub(fence_margin(ttl));
-                        }
-                        Some(Err(super::LeaseError::Taken(host))) => {
-                            tracing::error!(target: "fleet::hosts", host, "another admiral took this host's lease");
-                            continue;
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(target: "fleet::hosts", %error, "renewing this host's lease failed");
-                            connection = None;
-                            continue;
-                        }
-                        None => {
-                            tracing::warn!(target: "fleet::hosts", "Redis did not answer the lease renewal in time");
-                            connection = None;
-                            continue;
-                        }
-                    }
-                    let Some(assignment) = &self.assignment else {
-                        fence.lower(0).await;
-                        continue;
-                    };
-                    let keep = if lapsed { BTreeMap::new() } else { owned.clone() };
-                    let claim = assignment.claim(open, &run_id, &keep);
-                    let now_owned = match guarded(claim, limit, &mut fence).await {
-                        Some(Ok(now_owned)) => now_owned,
-                        Some(Err(ClaimError::Plan(theirs))) => {
-                            tracing::error!(target: "fleet::hosts", theirs, "this host plans other shards than the bot's other hosts (shard total, clusters): it runs none");
-                            continue;
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(target: "fleet::hosts", ?error, "claiming ranges failed");
-                            continue;
-                        }
-                        None => {
-                            connection = None;
-                            continue;
-                        }
-                    };
-                    for range in owned.keys().filter(|r| !now_owned.contains_key(r)) {
-                        tracing::warn!(target: "fleet::hosts", range, "another host runs this range now");
-                        let _ = events.send(HostEvent::Lose(*range)).await;
-                    }
-                    for (range, owner) in &now_owned {
-                        if owned.get(range) == Some(owner) {
-                            continue;
-                        }
-                        let read = guarded(assignment.read_checkpoints(open, *range), limit, &mut fence);
-                        let resume = match read.await {
-                            Some(Ok(sessions)) => sessions,
-                            _ => Vec::new(),
-                        };
-                        tracing::info!(target: "fleet::hosts", range, resumes = resume.len(), "took a range");
-                        let _ = events
-                            .send(HostEvent::Take { cluster: *range, resume })
-                            .await;
-                    }
-                    owned = now_owned;
-                    fence.lower(owned.len()).await;
+                }
+                () = hints.notified(), if self.assignment.is_some() && !state.fence.up => {
+                    self.claim(&mut state, &events).await;
+                }
+                () = &mut drain, if !state.drained => {
+                    self.drain(&mut state, &checkpoints).await;
+                    let _ = events.send(HostEvent::Drained).await;
                 }
                 _ = writes.tick(), if self.assignment.is_some() => {
-                    let dirty = checkpoints.take_dirty();
-                    if dirty.is_empty() {
-                        continue;
-                    }
-                    let (Some(assignment), Some(open)) =
-                        (&self.assignment, self.connection(&mut connection, &mut fence).await)
-                    else {
-                        checkpoints.redo(&dirty);
-                        continue;
-                    };
-                    let write = assignment.write_checkpoints(open, &owned, &dirty);
-                    if !matches!(guarded(write, limit, &mut fence).await, Some(Ok(_))) {
-                        checkpoints.redo(&dirty);
-                        connection = None;
-                    }
+                    self.write(&mut state, &checkpoints).await;
                 }
             }
         }
+        drop(listening);
         // A clean stop: the ranges first (others take them at once), then the lease.
-        if let (Some(assignment), Some(open)) = (
-            &self.assignment,
-            self.connection(&mut connection, &mut fence).await,
-        ) {
-            let _ = guarded(assignment.release(open), limit, &mut fence).await;
+        if !state.drained {
+            self.drain(&mut state, &checkpoints).await;
         }
         self.lease.release().await;
         let _ = released.send(true);
+    }
+
+    /// Renews the lease; whether Redis confirmed it.
+    async fn renew(&self, state: &mut State<'_>) -> bool {
+        let ttl = self.lease.ttl;
+        let limit = call_timeout(ttl);
+        let fresh = state.connection.is_none();
+        let Some(open) = self
+            .connection(&mut state.connection, &mut state.fence)
+            .await
+        else {
+            return false;
+        };
+        if fresh || state.run_id.is_empty() {
+            // A Redis that restarted has another run id: the claim sees it.
+            let asked = guarded(super::assign::run_id(open), limit, &mut state.fence).await;
+            let Some(Ok(id)) = asked else {
+                state.connection = None;
+                return false;
+            };
+            state.run_id = id;
+        }
+        let sent = Instant::now();
+        match guarded(self.lease.renew(open), limit, &mut state.fence).await {
+            Some(Ok(())) => {
+                // The lease may have lapsed since the last renewal: then another host may run
+                // this host's ranges, and it keeps only those Redis still names it for.
+                if sent.duration_since(state.renewed) >= ttl {
+                    state.owned_lapsed();
+                }
+                state.renewed = sent;
+                state.fence.at = sent + ttl.saturating_sub(fence_margin(ttl));
+                true
+            }
+            Some(Err(super::LeaseError::Taken(host))) => {
+                tracing::error!(target: "fleet::hosts", host, "another admiral took this host's lease");
+                false
+            }
+            Some(Err(error)) => {
+                tracing::warn!(target: "fleet::hosts", %error, "renewing this host's lease failed");
+                state.connection = None;
+                false
+            }
+            None => {
+                tracing::warn!(target: "fleet::hosts", "Redis did not answer the lease renewal in time");
+                state.connection = None;
+                false
+            }
+        }
+    }
+
+    /// Claims what this host should run; tells the router what it takes and what it lost, and
+    /// lifts the fence.
+    async fn claim(&self, state: &mut State<'_>, events: &mpsc::Sender<HostEvent>) {
+        let Some(assignment) = &self.assignment else {
+            state.fence.lower(0).await;
+            return;
+        };
+        if state.drained {
+            return;
+        }
+        let limit = call_timeout(self.lease.ttl);
+        let Some(open) = state.connection.as_mut() else {
+            return;
+        };
+        let keep = state.keep.take().unwrap_or_else(|| state.owned.clone());
+        let claim = assignment.claim(open, &state.run_id, &keep);
+        let now_owned = match guarded(claim, limit, &mut state.fence).await {
+            Some(Ok(now_owned)) => now_owned,
+            Some(Err(ClaimError::Plan(theirs))) => {
+                tracing::error!(target: "fleet::hosts", theirs, "this host plans other shards than the bot's other hosts (shard total, clusters): it runs none");
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::warn!(target: "fleet::hosts", ?error, "claiming ranges failed");
+                return;
+            }
+            None => {
+                state.connection = None;
+                return;
+            }
+        };
+        for range in state.owned.keys().filter(|r| !now_owned.contains_key(r)) {
+            tracing::warn!(target: "fleet::hosts", range, "another host runs this range now");
+            let _ = events.send(HostEvent::Lose(*range)).await;
+        }
+        let Some(open) = state.connection.as_mut() else {
+            return;
+        };
+        for (range, owner) in &now_owned {
+            if state.owned.get(range) == Some(owner) {
+                continue;
+            }
+            let read = guarded(
+                assignment.read_checkpoints(open, *range),
+                limit,
+                &mut state.fence,
+            );
+            let resume = match read.await {
+                Some(Ok(sessions)) => sessions,
+                _ => Vec::new(),
+            };
+            tracing::info!(target: "fleet::hosts", range, resumes = resume.len(), "took a range");
+            let _ = events
+                .send(HostEvent::Take {
+                    cluster: *range,
+                    resume,
+                })
+                .await;
+        }
+        state.owned = now_owned;
+        state.fence.lower(state.owned.len()).await;
+    }
+
+    /// Writes the checkpoints that changed.
+    async fn write(&self, state: &mut State<'_>, checkpoints: &Checkpoints) {
+        let dirty = checkpoints.take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        let limit = call_timeout(self.lease.ttl);
+        let (Some(assignment), Some(open)) = (
+            &self.assignment,
+            self.connection(&mut state.connection, &mut state.fence)
+                .await,
+        ) else {
+            checkpoints.redo(&dirty);
+            return;
+        };
+        let write = assignment.write_checkpoints(open, &state.owned, &dirty);
+        if !matches!(guarded(write, limit, &mut state.fence).await, Some(Ok(_))) {
+            checkpoints.redo(&dirty);
+            state.connection = None;
+        }
+    }
+
+    /// Hands every range on: writes the last checkpoints (the sessions the clusters handed
+    /// over), gives the ranges and the lease up and tells the other hosts, which take the
+    /// ranges at once. The host renews and claims nothing after.
+    async fn drain(&self, state: &mut State<'_>, checkpoints: &Checkpoints) {
+        state.drained = true;
+        let Some(assignment) = &self.assignment else {
+            return;
+        };
+        self.write(state, checkpoints).await;
+        let limit = call_timeout(self.lease.ttl);
+        let Some(open) = self
+            .connection(&mut state.connection, &mut state.fence)
+            .await
+        else {
+            return;
+        };
+        let released = guarded(assignment.release(open), limit, &mut state.fence).await;
+        if let Some(Ok(ranges)) = released {
+            tracing::info!(target: "fleet::hosts", ranges, "handed this host's ranges on");
+            // The lease too: the other hosts' shares count the live hosts.
+            let _ = guarded(self.lease.release_on(open), limit, &mut state.fence).await;
+            let hint: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(self.key("bus:all"))
+                .arg("assign")
+                .query_async(open)
+                .await;
+            drop(hint);
+        }
+        state.owned.clear();
     }
 
     /// The open connection, or a new one (`None` when Redis cannot be reached now).
@@ -332,5 +474,38 @@ impl HostAgent {
             }
         }
         connection.as_mut()
+    }
+}
+
+impl State<'_> {
+    /// The lease lapsed: the next claim puts nothing back.
+    fn owned_lapsed(&mut self) {
+        self.keep = Some(BTreeMap::new());
+    }
+}
+
+/// Listens on `channel` and wakes `hints` at each message, reconnecting as needed.
+async fn listen(client: redis::Client, channel: String, hints: Arc<tokio::sync::Notify>) {
+    use futures::StreamExt as _;
+    loop {
+        if let Ok(Ok(mut pubsub)) =
+            tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub()).await
+            && pubsub.subscribe(&channel).await.is_ok()
+        {
+            let mut messages = pubsub.on_message();
+            while messages.next().await.is_some() {
+                hints.notify_one();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

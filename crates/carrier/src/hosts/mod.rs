@@ -81,7 +81,7 @@ pub enum LeaseError {
 /// This host's lease in Redis: taken at start, renewed by [`HostLease::keep`], given up by
 /// [`HostLease::release`].
 pub struct HostLease {
-    client: redis::Client,
+    pub(crate) client: redis::Client,
     pub(crate) host: String,
     keys: [String; 2],
     incarnation: String,
@@ -141,6 +141,12 @@ impl HostLease {
         }
     }
 
+    /// Key `name` of this fleet.
+    pub(crate) fn key(&self, name: &str) -> String {
+        let hosts = &self.keys[1];
+        format!("{}{name}", &hosts[..hosts.len() - "hosts".len()])
+    }
+
     /// This start's incarnation (random).
     pub(crate) fn incarnation(&self) -> &str {
         &self.incarnation
@@ -187,14 +193,19 @@ impl HostLease {
         let Ok(mut connection) = self.connect().await else {
             return;
         };
+        self.release_on(&mut connection).await;
+    }
+
+    /// [`release`](Self::release), on an open connection.
+    pub(crate) async fn release_on(&self, connection: &mut redis::aio::MultiplexedConnection) {
         let released: redis::RedisResult<i64> = redis::Script::new(RELEASE)
             .key(&self.keys[0])
             .key(&self.keys[1])
             .arg(&self.incarnation)
             .arg(&self.host)
-            .invoke_async(&mut connection)
+            .invoke_async(connection)
             .await;
-        if released.is_ok() {
+        if released.is_ok_and(|r| r == 1) {
             tracing::info!(target: "fleet::admiral", host = %self.host, "gave this host's lease up");
         }
     }

@@ -72,8 +72,20 @@ impl Router {
 
     /// A total shutdown, asked for by the admiral's handle, a signal, or any worker.
     pub(super) fn total_shutdown(&mut self) {
+        if self.handing_off {
+            return;
+        }
         tracing::info!(target: "fleet::shutdown", "total shutdown");
         self.publish(FleetEvent::ShuttingDown);
+        if self.config.host_checkpoints.is_some() && !self.lifecycle.is_stopping() {
+            // On several hosts, the ranges go to the other hosts first, resumably: every shard
+            // closes and hands its session over, the agent writes them and gives the ranges up.
+            self.handing_off = true;
+            self.lifecycle_input(Input::Fence);
+            self.arm(super::Timer::HandOff, super::hosts::HAND_OFF_WITHIN);
+            self.hand_off_if_fenced();
+            return;
+        }
         self.lifecycle_input(Input::Shutdown);
     }
 

@@ -2,10 +2,16 @@
 //! lost, the fence) reaches the lifecycle here, and the sessions the clusters checkpoint go to
 //! the agent, which writes them to Redis for whichever host runs the range next.
 
+use std::time::Duration;
+
 use super::Router;
 use crate::admiral::lifecycle::Input;
 use crate::hosts::agent::HostEvent;
 use crate::ipc::proto::ShardSession;
+
+/// How long a host that stops waits for its clusters' sessions and the agent's hand-off before
+/// it stops anyway.
+pub(super) const HAND_OFF_WITHIN: Duration = Duration::from_secs(5);
 
 impl Router {
     /// What the host agent decided.
@@ -39,6 +45,26 @@ impl Router {
                 }
             }
             HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
+            HostEvent::Drained => self.handed_off(),
+        }
+    }
+
+    /// A stopping host whose clusters all handed their sessions over asks the agent to hand
+    /// the ranges on.
+    pub(super) fn hand_off_if_fenced(&self) {
+        if self.handing_off
+            && self.lifecycle.fence_complete()
+            && let Some(checkpoints) = &self.config.host_checkpoints
+        {
+            checkpoints.drain();
+        }
+    }
+
+    /// The ranges are handed on (or the wait is over): the host stops.
+    pub(super) fn handed_off(&mut self) {
+        if self.handing_off && !self.lifecycle.is_stopping() {
+            tracing::info!(target: "fleet::shutdown", "ranges handed on; stopping");
+            self.lifecycle_input(Input::Shutdown);
         }
     }
 

@@ -63,6 +63,7 @@ enum Timer {
     Stats,
     Adoption,
     StoreSnapshot,
+    HandOff,
 }
 
 pub(crate) struct Router {
@@ -108,6 +109,8 @@ pub(crate) struct Router {
     own: Option<super::OwnCommand>,
     /// Identifies granted while this host was fenced: answered once the fence lifts.
     fenced_grants: Vec<(Waiter, u32)>,
+    /// Stopping on several hosts: the ranges are being handed to the other hosts first.
+    handing_off: bool,
 }
 
 impl Router {
@@ -166,6 +169,7 @@ impl Router {
             adoption: None,
             own: None,
             fenced_grants: Vec::new(),
+            handing_off: false,
         }
     }
 
@@ -473,6 +477,7 @@ impl Router {
             Timer::Heartbeat => self.heartbeat(),
             Timer::Stats => self.stats_interval(),
             Timer::Adoption => self.check_adoption(),
+            Timer::HandOff => self.handed_off(),
             Timer::StoreSnapshot => {
                 self.save_store(false, None);
                 self.arm(Timer::StoreSnapshot, adoption::STORE_EVERY);

@@ -190,6 +190,7 @@ impl Router {
                     self.checkpoint_to_redis(cluster, &sessions);
                 }
                 self.lifecycle_input(Input::SessionsHandedOver(process, sessions));
+                self.hand_off_if_fenced();
             }
             Up::Status(Status::StartFailed(reason)) => {
                 self.lifecycle_input(Input::StartFailed(process, reason));
@@ -426,6 +427,7 @@ impl Router {
                 // Gone already: it hands over nothing, and the replacement starts fresh.
                 if !self.links.send_to_process(from, &Down::HandOver) {
                     self.lifecycle_input(Input::SessionsHandedOver(from, Vec::new()));
+                    self.hand_off_if_fenced();
                 }
             }
             Command::Deactivate(process) => {
