@@ -91,6 +91,9 @@ enum Mode {
         shards: u32,
         #[arg(long, default_value_t = GUILDS_PER_SHARD)]
         guilds_per_shard: usize,
+        /// How long a disconnected session stays resumable.
+        #[arg(long, default_value_t = 15_000)]
+        resume_timeout_ms: u64,
     },
 }
 
@@ -111,10 +114,20 @@ async fn main() -> Result<ExitCode> {
                 interval_ms,
                 shards,
                 guilds_per_shard,
+                resume_timeout_ms,
             } = Mode::parse();
-            serve_mock(max_concurrency, interval_ms, shards, guilds_per_shard).await
+            let resume_timeout = Duration::from_millis(resume_timeout_ms);
+            serve_mock(
+                max_concurrency,
+                interval_ms,
+                shards,
+                guilds_per_shard,
+                resume_timeout,
+            )
+            .await
         }
         Some("admiral-process") => admiral::serve(&args[1..]).await,
+        Some("host-process") => hosts::serve(&args[1..]).await,
         Some("floor-server") => {
             let path = args.get(1).context("floor-server PATH RESPONSE_BYTES")?;
             let response = args.get(2).context("floor-server PATH RESPONSE_BYTES")?;
@@ -143,6 +156,7 @@ async fn serve_mock(
     interval_ms: u64,
     shards: u32,
     guilds_per_shard: usize,
+    resume_timeout: Duration,
 ) -> Result<ExitCode> {
     let mock = MockDiscord::start(
         MockConfig::builder()
@@ -151,9 +165,9 @@ async fn serve_mock(
             .max_concurrency(max_concurrency)
             .identify_interval(Duration::from_millis(interval_ms))
             .heartbeat_interval(MOCK_HEARTBEAT)
-            // A session nobody resumes expires within a restart row's settling (30 s), so the
-            // events it held count as lost in that row, not in a later one.
-            .resume_timeout(Duration::from_secs(15))
+            // By default a session nobody resumes expires within a restart row's settling
+            // (30 s), so the events it held count as lost in that row, not in a later one.
+            .resume_timeout(resume_timeout)
             .build(),
     )
     .await?;
@@ -195,6 +209,24 @@ async fn start_mock_with(
     shards: u32,
     guilds_per_shard: usize,
 ) -> Result<MockProcess> {
+    start_mock_resumable(
+        max_concurrency,
+        interval,
+        shards,
+        guilds_per_shard,
+        Duration::from_secs(15),
+    )
+    .await
+}
+
+/// [`start_mock_with`], its sessions resumable this long after a disconnect.
+async fn start_mock_resumable(
+    max_concurrency: u32,
+    interval: Duration,
+    shards: u32,
+    guilds_per_shard: usize,
+    resume_timeout: Duration,
+) -> Result<MockProcess> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([
             "serve-mock",
@@ -206,6 +238,8 @@ async fn start_mock_with(
             &shards.to_string(),
             "--guilds-per-shard",
             &guilds_per_shard.to_string(),
+            "--resume-timeout-ms",
+            &resume_timeout.as_millis().to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -447,13 +447,16 @@ async fn a_killed_hosts_range_resumes_on_another_host_with_no_identify_and_nothi
     let before = mock.stats();
     assert_eq!(before.identifies, 4);
 
-    // Host a dies at once, workers and all, as in a power cut.
+    // Host a dies at once, workers and all, as in a power cut: frozen first, so that its
+    // admiral restarts no worker and no worker closes its shards when it sees another go.
     let pid = a.id().unwrap();
+    signal_all(&[pid], "-STOP");
     let workers = children(pid);
     assert!(
         workers.len() >= 2,
         "a cluster and the echo service: {workers:?}"
     );
+    signal_all(&workers, "-STOP");
     signal_all(&workers, "-KILL");
     a.start_kill().unwrap();
     a.wait().await.unwrap();

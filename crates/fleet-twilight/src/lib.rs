@@ -646,13 +646,21 @@ impl<W: ClusterWorker> Shards for TwilightShards<W> {
             for sender in self.senders.all().values() {
                 let _ = sender.close(CloseFrame::RESUME);
             }
-            let mut handed = Vec::new();
-            let closing = futures::future::join_all(self.tasks.iter_mut());
-            // A shard still waiting to identify has no session to close: it is left to
-            // identify in the replacement.
-            if let Ok(closed) = tokio::time::timeout(HANDOVER_CLOSE, closing).await {
-                handed.extend(closed.into_iter().filter_map(|t| t.ok().flatten()));
-            }
+            // Each shard that closes in time hands its session over. One still waiting to
+            // identify has no session to close, and one that does not close in time (it is
+            // reconnecting, say) is stopped without: the next process identifies those, or
+            // resumes them from an older checkpoint.
+            let deadline = tokio::time::Instant::now() + HANDOVER_CLOSE;
+            let closing = futures::future::join_all(
+                self.tasks
+                    .iter_mut()
+                    .map(|task| tokio::time::timeout_at(deadline, task)),
+            );
+            let mut handed: Vec<ShardSession> = closing
+                .await
+                .into_iter()
+                .filter_map(|closed| closed.ok()?.ok().flatten())
+                .collect();
             for task in self.tasks.drain(..) {
                 task.abort();
             }

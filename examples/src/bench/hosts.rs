@@ -1,19 +1,279 @@
-//! One bot on three hosts: three admirals, each running a third of 48 shards
-//! (`first_shard`/`last_shard`), pace their identifies together through one Redis (Debian's
-//! `redis-server`, started here on a free loopback port). The figure: startup against the identify
-//! limit of the whole bot, `(ceil(48 / 16) - 1)` intervals plus the first READY, at
-//! `max_concurrency` 16 and Discord's 5 s interval, with the mock's count of identifies too early.
+//! One bot on three hosts sharing one Redis (Debian's `redis-server`, started here on a free
+//! loopback port), 48 shards at `max_concurrency` 16 and Discord's 5 s interval.
+//!
+//! 1. Pinned: three admirals in this process, each running a third of the shards
+//!    (`first_shard`/`last_shard`), pace their identifies together. Startup against the identify
+//!    limit of the whole bot, `(ceil(48 / 16) - 1)` intervals plus the first READY, with the
+//!    mock's count of identifies too early.
+//! 2. Assigned: three host processes (this binary with `host-process`) over six ranges, with
+//!    the default lease, while the mock's events flow. Startup (the first claim waits one
+//!    renewal, so hosts started together see each other); Redis commands per second in steady
+//!    state; a planned move (`SIGTERM` of one host: its ranges go to the others); a takeover
+//!    (`SIGKILL` of a host and its workers: the design expects about lease + grace + resume,
+//!    about 18 s). Each with identifies, resumes, events lost and confirmed twice.
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
-use carrier::admiral::ShardCount;
+use anyhow::{Context as _, Result, bail};
+use carrier::FleetOptions;
+use carrier::admiral::{ShardCount, WorkerCommand};
+use tokio::io::AsyncBufReadExt as _;
 
-use super::{IDENTIFY_INTERVAL, Lib, launch_with, start_mock_with};
+use super::restart::{diff, settle};
+use super::{
+    IDENTIFY_INTERVAL, Lib, MockProcess, control, launch_with, start_mock_resumable,
+    start_mock_with,
+};
 
 const SHARDS: u32 = 48;
 const HOSTS: u32 = 3;
 const MAX_CONCURRENCY: u32 = 16;
+
+/// Ranges (clusters) of the assigned run: two a host.
+const RANGES: u32 = 6;
+
+/// `host-process REST_URL INTERVAL_MS REDIS_URL HOST_ID`: one host of the assigned run. Prints
+/// `ready` once launched (its ranges start as it claims them) and `stopped` at the end.
+pub async fn serve(args: &[String]) -> Result<std::process::ExitCode> {
+    let [rest_url, interval_ms, redis_url, host] = args else {
+        bail!("host-process REST_URL INTERVAL_MS REDIS_URL HOST_ID");
+    };
+    let mut options = FleetOptions::new("mock-token");
+    options.rest_url.clone_from(rest_url);
+    options.identify_interval = Duration::from_millis(interval_ms.parse()?);
+    options.shards = ShardCount::Exact(SHARDS);
+    options.clusters = Some(RANGES);
+    options.echo_output = false;
+    options.redis_url = Some(redis_url.clone());
+    options.host_id = Some(host.clone());
+    options.worker_command = Some(WorkerCommand::current()?);
+    let admiral = fleet_examples::fleet(options)
+        .run()
+        .await?
+        .context("admiral")?;
+    admiral.wait_ready(Duration::from_mins(5)).await?;
+    println!("ready");
+    admiral.wait_stopped().await;
+    println!("stopped");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A host process.
+struct Host {
+    child: tokio::process::Child,
+    _lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Host {
+    async fn start(mock: &MockProcess, redis: &str, host: &str) -> Result<Self> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("host-process")
+            .arg(&mock.url)
+            .arg(IDENTIFY_INTERVAL.as_millis().to_string())
+            .arg(redis)
+            .arg(host)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let line = tokio::time::timeout(Duration::from_mins(2), lines.next_line())
+            .await
+            .context("no ready line")??;
+        anyhow::ensure!(line.as_deref() == Some("ready"), "host {host}: {line:?}");
+        Ok(Self {
+            child,
+            _lines: lines,
+        })
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.child.id().context("no pid")
+    }
+}
+
+/// Sends `signal` to `pids`.
+fn signal(pids: &[u32], signal: &str) -> Result<()> {
+    for pid in pids {
+        std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+    }
+    Ok(())
+}
+
+/// The pids of `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                let after = stat.rsplit(')').next().unwrap_or("");
+                after.split_whitespace().nth(1) == Some(&pid.to_string())
+            })
+        })
+        .collect()
+}
+
+/// Waits (`limit` at most) until the mock holds one attached session for each of the bot's
+/// shards; how long that took.
+async fn all_attached(mock: &MockProcess, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let sessions = control(mock, "GET", "/_mock/sessions").await?;
+        let sessions = sessions.as_array().cloned().unwrap_or_default();
+        if sessions.len() == SHARDS as usize
+            && sessions
+                .iter()
+                .all(|s| s["attached"].as_bool() == Some(true))
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            bail!("the bot's {SHARDS} shards did not all have a session within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Redis's `INFO stats` field `name`.
+async fn redis_stat(port: u16, name: &str) -> Result<u64> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut stream = tokio::io::BufReader::new(stream);
+    stream.get_mut().write_all(b"INFO stats\r\n").await?;
+    let mut head = String::new();
+    stream.read_line(&mut head).await?;
+    let length: usize = head
+        .trim()
+        .strip_prefix('$')
+        .and_then(|l| l.parse().ok())
+        .context("not a bulk reply")?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")).map(str::to_owned))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no such Redis stat")
+}
+
+/// The mock's event report and stats now.
+async fn counts(mock: &MockProcess) -> Result<(serde_json::Value, serde_json::Value)> {
+    Ok((
+        control(mock, "GET", "/_mock/events").await?,
+        control(mock, "GET", "/_mock/stats").await?,
+    ))
+}
+
+/// Prints what the mock counted between `before` and `after`.
+fn costs(
+    (before, before_stats): &(serde_json::Value, serde_json::Value),
+    (after, after_stats): &(serde_json::Value, serde_json::Value),
+) -> String {
+    format!(
+        "identifies spent {}; resumes {}; resumes refused {}; events lost {}, confirmed twice {} (of {} produced); rule violations {}",
+        diff(after_stats, before_stats, "identifies"),
+        diff(after_stats, before_stats, "resumes"),
+        diff(after_stats, before_stats, "resumes_refused"),
+        diff(after, before, "lost"),
+        diff(after, before, "duplicates"),
+        diff(after, before, "produced"),
+        after_stats["violations"].as_object().map_or(0, |v| v
+            .values()
+            .filter_map(serde_json::Value::as_u64)
+            .sum::<u64>()),
+    )
+}
+
+/// The assigned run's figures.
+async fn assigned(redis: &Redis) -> Result<()> {
+    let url = format!("redis://127.0.0.1:{}/0", redis.1);
+    // Sessions stay resumable for 90 s after a disconnect, as measured on Discord: a takeover
+    // waits out the dead host's lease first.
+    let resumable = Duration::from_secs(90);
+    let mock =
+        start_mock_resumable(MAX_CONCURRENCY, IDENTIFY_INTERVAL, SHARDS, 100, resumable).await?;
+    let started = Instant::now();
+    let names: Vec<String> = (0..HOSTS).map(|h| format!("host-{h}")).collect();
+    let hosts =
+        futures::future::try_join_all(names.iter().map(|h| Host::start(&mock, &url, h))).await?;
+    all_attached(&mock, Duration::from_mins(3)).await?;
+    let took = started.elapsed();
+    let waits = SHARDS.div_ceil(MAX_CONCURRENCY) - 1;
+    let limit = IDENTIFY_INTERVAL * waits;
+    println!(
+        "assigned ranges, {HOSTS} host processes over {RANGES} ranges: every shard READY {took:.2?} after the hosts started; identify limit {waits} x {IDENTIFY_INTERVAL:.2?} = {limit:.2?}, plus the first claim's wait of one renewal ({:.2?}) and the first READY",
+        carrier::hosts::HOST_LEASE_TTL / 6
+    );
+    control(&mock, "POST", "/_mock/events/start?rate=0.5").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commands = redis_stat(redis.1, "total_commands_processed").await?;
+    let window = Duration::from_secs(5);
+    tokio::time::sleep(window).await;
+    let per_second = (redis_stat(redis.1, "total_commands_processed").await? - commands) as f64
+        / window.as_secs_f64();
+    println!(
+        "assigned ranges, steady state with 2,400 events a second (half an event per guild): {per_second:.1} Redis commands a second for the whole bot (leases, claims, checkpoints)"
+    );
+
+    // A planned move: host 2 stops; its ranges go to hosts 0 and 1.
+    let before = counts(&mock).await?;
+    let moved = Instant::now();
+    signal(&[hosts[2].pid()?], "-TERM")?;
+    // Its sessions close resumably at once; wait until they are all resumed elsewhere.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let back = all_attached(&mock, Duration::from_mins(1)).await? + Duration::from_millis(50);
+    let (after_events, after_stats) = settle(&mock).await?;
+    println!(
+        "planned move (SIGTERM of a host running 2 ranges, 16 shards): every shard resumed on another host {back:.2?} after the signal (an upper bound of each shard's time without a session; {:.2?} to settle); {}",
+        moved.elapsed(),
+        costs(&before, &(after_events, after_stats)),
+    );
+
+    // A takeover: host 1 dies with its workers; host 0 takes its ranges after its lease.
+    control(&mock, "POST", "/_mock/events/start?rate=0.5").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = counts(&mock).await?;
+    let pid = hosts[1].pid()?;
+    // The whole host at once, as a power cut: frozen first, so that its admiral restarts no
+    // worker and no worker closes its shards when it sees another go.
+    signal(&[pid], "-STOP")?;
+    let mut doomed = children(pid);
+    signal(&doomed, "-STOP")?;
+    doomed.push(pid);
+    let killed = Instant::now();
+    signal(&doomed, "-KILL")?;
+    // The dead host's sessions wait without a connection until host 0 resumes them.
+    loop {
+        let sessions = control(&mock, "GET", "/_mock/sessions").await?;
+        if sessions
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["attached"].as_bool() == Some(false)))
+            || killed.elapsed() > Duration::from_secs(10)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back = all_attached(&mock, Duration::from_mins(1)).await?;
+    let back = killed.elapsed().max(back);
+    let after = settle(&mock).await?;
+    let ttl = carrier::hosts::HOST_LEASE_TTL;
+    println!(
+        "takeover (SIGKILL of a host and its workers, 3 ranges, 24 shards): every shard resumed on the last host {back:.2?} after the kill (lease {ttl:.0?} + grace {:.0?}, less the time since its last renewal, plus the resume); {}",
+        carrier::hosts::takeover_grace(ttl),
+        costs(&before, &after),
+    );
+    signal(&[hosts[0].pid()?], "-TERM")?;
+    drop(hosts);
+    mock.stop().await?;
+    Ok(())
+}
 
 /// A `redis-server` of the bench's own, stopped when dropped.
 struct Redis(std::process::Child, u16);
@@ -87,7 +347,7 @@ pub async fn figures() -> Result<bool> {
     }
     let clean = mock.stop().await?;
     println!(
-        "one bot on {HOSTS} hosts sharing Redis, {SHARDS} shards, max_concurrency {MAX_CONCURRENCY}, interval {IDENTIFY_INTERVAL:.2?}: every host ready in {took:.3?}; limit {waits} x {IDENTIFY_INTERVAL:.2?} + first READY {first_ready:.3?} = {limit:.3?}; ratio {:.3}; {}",
+        "pinned slices, one bot on {HOSTS} hosts sharing Redis, {SHARDS} shards, max_concurrency {MAX_CONCURRENCY}, interval {IDENTIFY_INTERVAL:.2?}: every host ready in {took:.3?}; limit {waits} x {IDENTIFY_INTERVAL:.2?} + first READY {first_ready:.3?} = {limit:.3?}; ratio {:.3}; {}",
         took.as_secs_f64() / limit.as_secs_f64(),
         if clean {
             "no identify too early"
@@ -95,5 +355,6 @@ pub async fn figures() -> Result<bool> {
             "discord-mock counted rule violations"
         }
     );
+    assigned(&redis).await?;
     Ok(clean)
 }

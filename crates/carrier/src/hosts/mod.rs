@@ -13,6 +13,8 @@
 pub(crate) mod agent;
 pub(crate) mod assign;
 
+pub use agent::{fence_margin, takeover_grace};
+
 use std::time::Duration;
 
 use crate::identify::fleetwide::{RedisError, redis_server, redis_time};
