@@ -34,6 +34,21 @@ struct Args {
     /// The mock's identify buckets (`max_concurrency`).
     #[arg(long, default_value_t = 2)]
     max_concurrency: u32,
+    /// Run as one host of a bot on several, sharing this Redis (`redis://127.0.0.1:6379/0`):
+    /// the host runs the ranges Redis gives it and shows them as they change, until Ctrl-C
+    /// hands them to the other hosts.
+    #[arg(long)]
+    redis: Option<String>,
+    /// This host's id among the bot's hosts (with `--redis`) [default: the hostname].
+    #[arg(long)]
+    host: Option<String>,
+    /// A discord-mock (or other Discord) already running, shared by the hosts:
+    /// `http://127.0.0.1:7878` (`cargo xtask mock -- --addr 127.0.0.1:7878`).
+    #[arg(long)]
+    rest_url: Option<String>,
+    /// Its identify interval, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    identify_interval_ms: u64,
 }
 
 #[tokio::main]
@@ -47,6 +62,9 @@ async fn main() -> Result<ExitCode> {
             .run()
             .await?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if args.redis.is_some() {
+        return several_hosts(&args).await;
     }
     let token = std::env::var("DISCORD_TOKEN").ok();
     let mock = match token {
@@ -89,6 +107,76 @@ async fn main() -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One host of a bot on several: runs what Redis assigns it and says what that is whenever it
+/// changes, until Ctrl-C.
+async fn several_hosts(args: &Args) -> Result<ExitCode> {
+    let token = std::env::var("DISCORD_TOKEN").unwrap_or_else(|_| "mock-token".to_owned());
+    let mut options = FleetOptions::new(token);
+    options.clusters = Some(args.clusters);
+    options.redis_url.clone_from(&args.redis);
+    options.host_id.clone_from(&args.host);
+    if let Some(url) = &args.rest_url {
+        options.rest_url.clone_from(url);
+    }
+    options.identify_interval = Duration::from_millis(args.identify_interval_ms);
+    let admiral = fleet_examples::fleet_for(args.lib, options)
+        .run()
+        .await?
+        .context("this process is the admiral")?;
+    let plan = admiral.plan().clone();
+    println!(
+        "one host of a bot on several: {} shards in {} ranges (clusters); this host runs the ones Redis gives it; Ctrl-C hands them on",
+        plan.shard_total,
+        plan.clusters.len()
+    );
+    let mut shown = None;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let running: BTreeSet<u32> = admiral
+            .workers()
+            .await?
+            .iter()
+            .filter(|w| w.state == carrier::admiral::State::Live)
+            .filter_map(|w| match w.id {
+                WorkerId::Cluster(c) => Some(c),
+                WorkerId::Service(_) => None,
+            })
+            .collect();
+        if shown.as_ref() != Some(&running) {
+            let ranges: Vec<String> = plan
+                .clusters
+                .iter()
+                .filter(|c| running.contains(&c.id))
+                .map(|c| {
+                    format!(
+                        "cluster {} (shards {}-{})",
+                        c.id, c.first_shard, c.last_shard
+                    )
+                })
+                .collect();
+            println!(
+                "this host runs {}",
+                if ranges.is_empty() {
+                    "nothing yet".to_owned()
+                } else {
+                    ranges.join(", ")
+                }
+            );
+            shown = Some(running);
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    println!("handing this host's ranges on and shutting down");
+    admiral.shutdown().await;
+    admiral.wait_stopped().await;
+    println!("every worker has stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn start_mock(args: &Args) -> Result<MockDiscord> {
