@@ -283,17 +283,20 @@ fn signal_all(pids: &[u32], signal: &str) {
     }
 }
 
-/// Spawns one host of fleet `fleet` as an admiral process: `(process, its lines)`.
+/// An admiral process and its output.
+type HostProcess = (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+);
+
+/// Spawns one host of fleet `fleet` as an admiral process.
 async fn spawn_host(
     mock: &MockDiscord,
     redis: &str,
     fleet: &str,
     host: &str,
     capacity: u32,
-) -> (
-    tokio::process::Child,
-    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-) {
+) -> HostProcess {
     let capacity = capacity.to_string();
     let env = [
         ("TESTBOT_REDIS_URL", redis),
@@ -304,6 +307,33 @@ async fn spawn_host(
     ];
     let (admiral, _, lines) = common::spawn_admiral_with(mock, 2, None, &env).await;
     (admiral, lines)
+}
+
+/// Host processes a (with room for one range) and b of fleet `fleet`, once they run the bot,
+/// every session is checkpointed and Discord's events flow.
+async fn two_host_processes(
+    mock: &MockDiscord,
+    redis: &RedisServer,
+    fleet: &str,
+) -> (HostProcess, HostProcess) {
+    let a = spawn_host(mock, &redis.url(), fleet, "a", 1).await;
+    attached(mock, 2, "host a runs its range").await;
+    let b = spawn_host(mock, &redis.url(), fleet, "b", 2).await;
+    attached(mock, 4, "host b runs the other range").await;
+    checkpointed(redis, fleet, 0..4).await;
+    events_flow(mock).await;
+    (a, b)
+}
+
+/// Starts Discord's events and waits until some are delivered.
+async fn events_flow(mock: &MockDiscord) {
+    mock.start_events(Some(20.0)).unwrap();
+    let delivered = mock.event_report().delivered;
+    mock.wait_until(WAIT, "events flow", |m| {
+        m.event_report().delivered > delivered + 20
+    })
+    .await
+    .unwrap();
 }
 
 /// Options of one host of fleet `fleet` in this process, on the Redis at `url`.
@@ -359,13 +389,7 @@ async fn two_hosts(
     .await;
     attached(mock, 4, "host b runs the other range").await;
     checkpointed(redis, fleet, 0..4).await;
-    mock.start_events(Some(20.0)).unwrap();
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events flow", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
+    events_flow(mock).await;
     (a, b)
 }
 
@@ -381,6 +405,28 @@ async fn drain_events(mock: &MockDiscord, what: &str) {
     })
     .await
     .unwrap();
+}
+
+/// Checks what the mock counted since `before`: no identify, `resumes` more resumes (each
+/// moved session resumed once, none taken back), no rule broken, one live session a shard,
+/// nothing lost, at most `duplicates` events confirmed twice.
+fn assert_costs(mock: &MockDiscord, before: &discord_mock::Stats, resumes: u64, duplicates: u64) {
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies, before.identifies,
+        "no shard identified again"
+    );
+    assert_eq!(after.resumes, before.resumes + resumes, "resumes");
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+    let sessions = mock.sessions();
+    let shards: std::collections::BTreeSet<u32> = sessions.iter().map(|s| s.shard[0]).collect();
+    assert!(
+        shards.len() == sessions.len() && sessions.iter().all(|s| s.attached),
+        "one live session a shard: {sessions:?}"
+    );
+    let report = mock.event_report();
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(report.duplicates <= duplicates, "{report:?}");
 }
 
 /// Waits until a Redis key exists (`true`) or is gone (`false`).
@@ -431,19 +477,8 @@ const LEASE_MS: &str = "6000";
 async fn a_killed_hosts_range_resumes_on_another_host_with_no_identify_and_nothing_lost() {
     let redis = RedisServer::start().await;
     let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
-    // Host a takes one of the two ranges (its capacity), host b the other.
-    let (mut a, _a_lines) = spawn_host(&mock, &redis.url(), "takeover", "a", 1).await;
-    attached(&mock, 2, "host a runs its range").await;
-    let (mut b, _b_lines) = spawn_host(&mock, &redis.url(), "takeover", "b", 2).await;
-    attached(&mock, 4, "host b runs the other range").await;
-    checkpointed(&redis, "takeover", 0..4).await;
-    mock.start_events(Some(20.0)).unwrap();
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events flow", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
+    let ((mut a, _a_lines), (mut b, _b_lines)) =
+        two_host_processes(&mock, &redis, "takeover").await;
     let before = mock.stats();
     assert_eq!(before.identifies, 4);
 
@@ -474,36 +509,11 @@ async fn a_killed_hosts_range_resumes_on_another_host_with_no_identify_and_nothi
     })
     .await
     .unwrap();
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events flow after the takeover", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
-    mock.stop_events();
-    mock.wait_until(WAIT, "every event confirmed", |m| {
-        m.event_report().in_flight == 0
-    })
-    .await
-    .unwrap();
+    drain_events(&mock, "events flow after the takeover").await;
 
-    let after = mock.stats();
-    assert_eq!(
-        after.identifies, before.identifies,
-        "no shard identified again"
-    );
-    assert_eq!(
-        after.resumes,
-        before.resumes + 2,
-        "each of a's sessions resumed once"
-    );
-    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
-    assert_eq!(mock.sessions().len(), 4, "one session a shard");
-    let report = mock.event_report();
-    assert_eq!(report.lost, 0, "{report:?}");
     // A resume replays what came after the last checkpoint Redis holds: at most about two
     // checkpoint intervals (the cluster's and the host's write) of 20 events a second.
-    assert!(report.duplicates <= 80, "{report:?}");
+    assert_costs(&mock, &before, 2, 80);
 
     let b_pid = b.id().unwrap().to_string();
     let _ = std::process::Command::new("kill")
@@ -519,30 +529,10 @@ async fn a_host_cut_from_redis_fences_itself_before_its_range_resumes_elsewhere_
     let redis = RedisServer::start().await;
     let proxy = FaultProxy::start(redis.addr()).await;
     let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
-    let host = |id: &str, url: String, capacity: u32| {
-        let mut options = options(&mock, 2);
-        options.redis_url = Some(url);
-        options.fleet_id = Some("fence".to_owned());
-        options.host_id = Some(id.to_owned());
-        options.host_capacity = Some(capacity);
-        options.host_lease_ttl = Duration::from_millis(LEASE_MS.parse().unwrap());
-        options
-    };
     let through_proxy = format!("redis://{}/0", proxy.addr());
-    let (a, _) = launch(fleet_tests::fleet(host("a", through_proxy, 1))).await;
-    attached(&mock, 2, "host a runs its range").await;
-    let (b, _) = launch(fleet_tests::fleet(host("b", redis.url(), 2))).await;
-    attached(&mock, 4, "host b runs the other range").await;
-    checkpointed(&redis, "fence", 0..4).await;
+    let (a, b) = two_hosts(&mock, &redis, "fence", through_proxy).await;
     let a_range = clusters(&a.workers().await.unwrap());
     assert_eq!(a_range.len(), 1, "{a_range:?}");
-    mock.start_events(Some(20.0)).unwrap();
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events flow", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
     let before = mock.stats();
 
     // Host a loses Redis, not Discord: it fences itself (its shards close resumably) while its
@@ -571,33 +561,8 @@ async fn a_host_cut_from_redis_fences_itself_before_its_range_resumes_elsewhere_
         clusters(w).is_empty()
     })
     .await;
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events flow after the takeover", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
-    mock.stop_events();
-    mock.wait_until(WAIT, "every event confirmed", |m| {
-        m.event_report().in_flight == 0
-    })
-    .await
-    .unwrap();
-    let after = mock.stats();
-    assert_eq!(
-        after.resumes,
-        before.resumes + 2,
-        "a never took its sessions back"
-    );
-    assert_eq!(
-        after.identifies, before.identifies,
-        "no shard identified again"
-    );
-    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
-    assert_eq!(mock.sessions().len(), 4, "one session a shard");
-    let report = mock.event_report();
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert!(report.duplicates <= 80, "{report:?}");
+    drain_events(&mock, "events flow after the takeover").await;
+    assert_costs(&mock, &before, 2, 80);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -606,18 +571,7 @@ async fn a_host_cut_from_redis_fences_itself_before_its_range_resumes_elsewhere_
 async fn a_host_stopped_past_its_lease_comes_back_fenced_and_never_takes_its_sessions_back() {
     let redis = RedisServer::start().await;
     let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
-    let (a, _a_lines) = spawn_host(&mock, &redis.url(), "paused", "a", 1).await;
-    attached(&mock, 2, "host a runs its range").await;
-    let (mut b, _b_lines) = spawn_host(&mock, &redis.url(), "paused", "b", 2).await;
-    attached(&mock, 4, "host b runs the other range").await;
-    checkpointed(&redis, "paused", 0..4).await;
-    mock.start_events(Some(20.0)).unwrap();
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events flow", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
+    let ((a, _a_lines), (mut b, _b_lines)) = two_host_processes(&mock, &redis, "paused").await;
     let before = mock.stats();
 
     // Host a stops dead (SIGSTOP of its admiral and workers) for longer than its lease: its
@@ -649,36 +603,8 @@ async fn a_host_stopped_past_its_lease_comes_back_fenced_and_never_takes_its_ses
     })
     .await;
     assert!(left.is_ok(), "host a's cluster leaves");
-    let delivered = mock.event_report().delivered;
-    mock.wait_until(WAIT, "events flow after a is back", |m| {
-        m.event_report().delivered > delivered + 20
-    })
-    .await
-    .unwrap();
-    mock.stop_events();
-    mock.wait_until(WAIT, "every event confirmed", |m| {
-        m.event_report().in_flight == 0
-    })
-    .await
-    .unwrap();
-    let after = mock.stats();
-    assert_eq!(
-        after.resumes,
-        before.resumes + 2,
-        "a never took its sessions back"
-    );
-    assert_eq!(
-        after.identifies, before.identifies,
-        "no shard identified again"
-    );
-    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
-    assert!(
-        mock.sessions().iter().all(|s| s.attached),
-        "one live session a shard"
-    );
-    let report = mock.event_report();
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert!(report.duplicates <= 80, "{report:?}");
+    drain_events(&mock, "events flow after a is back").await;
+    assert_costs(&mock, &before, 2, 80);
     for admiral in [&mut b] {
         let pid = admiral.id().unwrap();
         signal_all(&[pid], "-TERM");
@@ -715,15 +641,7 @@ async fn redis_restarted_empty_reassigns_nothing_while_the_hosts_put_their_range
     );
     assert_eq!(cluster_pids(&b).await, b_runs, "b too");
     drain_events(&mock, "events flow after the restart").await;
-    let after = mock.stats();
-    assert_eq!(
-        after.identifies, before.identifies,
-        "no shard identified again"
-    );
-    assert_eq!(after.resumes, before.resumes, "no shard even reconnected");
-    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
-    let report = mock.event_report();
-    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    assert_costs(&mock, &before, 0, 0);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -797,19 +715,7 @@ async fn hosts_fenced_by_a_long_redis_outage_resume_their_own_ranges_when_it_ret
     );
     key_until(&redis, "fleet:{outage}:recovery", false).await;
     drain_events(&mock, "events flow after the outage").await;
-    let after = mock.stats();
-    assert_eq!(
-        after.identifies, before.identifies,
-        "no shard identified again"
-    );
-    assert_eq!(
-        after.resumes,
-        before.resumes + 4,
-        "each session resumed once"
-    );
-    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
-    let report = mock.event_report();
-    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    assert_costs(&mock, &before, 4, 0);
     assert_eq!(
         cluster_pids(&b).await,
         b_runs,
@@ -852,19 +758,7 @@ async fn a_host_that_stops_hands_its_range_on_with_no_identify_no_loss_and_no_du
         "b's own range ran on"
     );
     drain_events(&mock, "events flow after the hand-off").await;
-    let after = mock.stats();
-    assert_eq!(
-        after.identifies, before.identifies,
-        "no shard identified again"
-    );
-    assert_eq!(
-        after.resumes,
-        before.resumes + 2,
-        "each of a's sessions resumed once"
-    );
-    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
-    let report = mock.event_report();
     // The sessions a handed over carry the last event its clusters handled: b replays none.
-    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    assert_costs(&mock, &before, 2, 0);
     b.shutdown().await;
 }

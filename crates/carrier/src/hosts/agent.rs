@@ -297,22 +297,12 @@ impl HostAgent {
     async fn renew(&self, state: &mut State<'_>) -> bool {
         let ttl = self.lease.ttl;
         let limit = call_timeout(ttl);
-        let fresh = state.connection.is_none();
-        let Some(open) = self
-            .connection(&mut state.connection, &mut state.fence)
-            .await
-        else {
+        if !self.connect(state).await {
+            return false;
+        }
+        let Some(open) = state.connection.as_mut() else {
             return false;
         };
-        if fresh || state.run_id.is_empty() {
-            // A Redis that restarted has another run id: the claim sees it.
-            let asked = guarded(super::assign::run_id(open), limit, &mut state.fence).await;
-            let Some(Ok(id)) = asked else {
-                state.connection = None;
-                return false;
-            };
-            state.run_id = id;
-        }
         let sent = Instant::now();
         match guarded(self.lease.renew(open), limit, &mut state.fence).await {
             Some(Ok(())) => {
@@ -412,11 +402,10 @@ impl HostAgent {
             return;
         }
         let limit = call_timeout(self.lease.ttl);
-        let (Some(assignment), Some(open)) = (
-            &self.assignment,
-            self.connection(&mut state.connection, &mut state.fence)
-                .await,
-        ) else {
+        let connected = self.connect(state).await;
+        let (Some(assignment), Some(open), true) =
+            (&self.assignment, state.connection.as_mut(), connected)
+        else {
             checkpoints.redo(&dirty);
             return;
         };
@@ -437,10 +426,10 @@ impl HostAgent {
         };
         self.write(state, checkpoints).await;
         let limit = call_timeout(self.lease.ttl);
-        let Some(open) = self
-            .connection(&mut state.connection, &mut state.fence)
-            .await
-        else {
+        if !self.connect(state).await {
+            return;
+        }
+        let Some(open) = state.connection.as_mut() else {
             return;
         };
         let released = guarded(assignment.release(open), limit, &mut state.fence).await;
@@ -458,22 +447,25 @@ impl HostAgent {
         state.owned.clear();
     }
 
-    /// The open connection, or a new one (`None` when Redis cannot be reached now).
-    async fn connection<'a>(
-        &self,
-        connection: &'a mut Option<redis::aio::MultiplexedConnection>,
-        fence: &mut Fence<'_>,
-    ) -> Option<&'a mut redis::aio::MultiplexedConnection> {
-        if connection.is_none() {
+    /// Makes sure a connection is open (`false` when Redis cannot be reached now). A new one
+    /// learns the run id of the Redis it reached (a Redis that restarted has another, and the
+    /// claim opens the recovery window on it): the id always belongs to the connection.
+    async fn connect(&self, state: &mut State<'_>) -> bool {
+        if state.connection.is_none() {
             let limit = call_timeout(self.lease.ttl);
-            match guarded(self.lease.connect(), limit, fence).await {
-                Some(Ok(open)) => *connection = Some(open),
-                _ => {
-                    tracing::warn!(target: "fleet::hosts", host = %self.lease.host, "cannot reach Redis");
-                }
-            }
+            let connected = guarded(self.lease.connect(), limit, &mut state.fence).await;
+            let Some(Ok(mut open)) = connected else {
+                tracing::warn!(target: "fleet::hosts", host = %self.lease.host, "cannot reach Redis");
+                return false;
+            };
+            let asked = guarded(super::assign::run_id(&mut open), limit, &mut state.fence).await;
+            let Some(Ok(id)) = asked else {
+                return false;
+            };
+            state.run_id = id;
+            state.connection = Some(open);
         }
-        connection.as_mut()
+        true
     }
 }
 
