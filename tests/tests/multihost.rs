@@ -79,6 +79,30 @@ async fn two_hosts_sharing_redis_keep_each_buckets_pace_and_one_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_dies_holding_an_identify_reservation_blocks_nobody() {
+    let redis = RedisServer::start().await;
+    let day = Duration::from_hours(24);
+    let dying = RedisIdentifyQueue::connect(&redis.url(), config("reserved", 1000, day))
+        .await
+        .unwrap();
+    // Granted, and the host dies before its shard is READY: nothing ever confirms the grant.
+    dying.acquire(0).await;
+    let granted = Instant::now();
+    drop(dying);
+    let living = RedisIdentifyQueue::connect(&redis.url(), config("reserved", 1000, day))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, living.acquire(2))
+        .await
+        .expect("the bucket's next shard goes without the dead host's READY");
+    assert!(
+        granted.elapsed() + Duration::from_millis(25) >= WINDOW,
+        "a window after the dead host's grant, still: {:?}",
+        granted.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_budget_makes_identifies_wait_for_its_refill() {
     let redis = RedisServer::start().await;
     let queue = RedisIdentifyQueue::connect(

@@ -264,7 +264,8 @@ impl HostAgent {
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                () = tokio::time::sleep_until(state.fence.at), if !state.fence.up => {
+                // A drained host runs no shard any more: nothing to fence.
+                () = tokio::time::sleep_until(state.fence.at), if !state.fence.up && !state.drained => {
                     state.fence.raise().await;
                 }
                 _ = renewals.tick(), if !state.drained => {
@@ -500,4 +501,51 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(shard: u32, id: &str, state: &[u8]) -> ShardSession {
+        let mut session = ShardSession::new(shard, id.to_owned(), None);
+        session.state = crate::Payload::from(state.to_vec());
+        session
+    }
+
+    #[test]
+    fn checkpoints_keep_each_shards_latest_session_and_its_state_until_written() {
+        let checkpoints = Checkpoints::default();
+        checkpoints.record(0, &[session(0, "a", b"guilds"), session(1, "b", b"")]);
+        // A later checkpoint of the same session without its state keeps the state.
+        let mut later = session(0, "a", b"");
+        later.sequence = 7;
+        checkpoints.record(0, &[later]);
+        let dirty = checkpoints.take_dirty();
+        assert_eq!(dirty.len(), 2);
+        assert_eq!(dirty[0].1.sequence, 7);
+        assert_eq!(dirty[0].1.state.0.as_ref(), b"guilds");
+        assert!(checkpoints.take_dirty().is_empty(), "written once");
+        // A write that failed is tried again; a new session replaces the old state.
+        checkpoints.redo(&dirty[..1]);
+        checkpoints.record(0, &[session(1, "c", b"")]);
+        let again = checkpoints.take_dirty();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[1].1.session_id, "c");
+    }
+
+    #[test]
+    fn the_fence_comes_a_margin_before_the_lease_ends_and_the_takeover_a_grace_after() {
+        let ttl = HOST_LEASE_DEFAULT;
+        assert_eq!(fence_margin(ttl), Duration::from_secs(3));
+        assert_eq!(takeover_grace(ttl), Duration::from_secs(2));
+        assert!(call_timeout(ttl) < fence_margin(ttl));
+        let short = Duration::from_secs(3);
+        assert!(
+            call_timeout(short) < fence_margin(short),
+            "a stalled call never hides the fence"
+        );
+    }
+
+    const HOST_LEASE_DEFAULT: Duration = crate::hosts::HOST_LEASE_TTL;
 }
