@@ -486,7 +486,11 @@ impl Fleet {
                         options.host_capacity.unwrap_or(u32::MAX),
                         ttl,
                     );
-                    lease.join(&assignment).await?;
+                    if let Err(error) = lease.join(&assignment).await {
+                        // Refused: the host id is free for the next try at once.
+                        lease.release().await;
+                        return Err(error.into());
+                    }
                     Some(assignment)
                 } else {
                     None

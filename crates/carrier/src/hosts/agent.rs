@@ -69,6 +69,9 @@ pub(crate) enum HostEvent {
 pub(crate) struct Checkpoints {
     inner: Mutex<CheckpointsInner>,
     drain: watch::Sender<bool>,
+    /// When the fence comes up unless the lease is renewed first: the router checks it itself
+    /// before it lets a shard identify, so no message from the agent can come too late.
+    fence_at: Mutex<Option<Instant>>,
 }
 
 impl Default for Checkpoints {
@@ -76,6 +79,7 @@ impl Default for Checkpoints {
         Self {
             inner: Mutex::default(),
             drain: watch::channel(false).0,
+            fence_at: Mutex::new(None),
         }
     }
 }
@@ -111,6 +115,18 @@ impl Checkpoints {
         self.drain.send_replace(true);
     }
 
+    /// Whether this host's lease may have lapsed by now (its fence is due).
+    pub(crate) fn fence_due(&self) -> bool {
+        self.fence_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| Instant::now() >= at)
+    }
+
+    fn set_fence_at(&self, at: Instant) {
+        *self.fence_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(at);
+    }
+
     /// The changed sessions, taken.
     fn take_dirty(&self) -> Vec<(u32, ShardSession)> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -134,9 +150,16 @@ struct Fence<'a> {
     up: bool,
     events: &'a mpsc::Sender<HostEvent>,
     host: &'a str,
+    shared: &'a Checkpoints,
 }
 
 impl Fence<'_> {
+    /// The fence comes up at `at` unless the lease is renewed before.
+    fn due_at(&mut self, at: Instant) {
+        self.at = at;
+        self.shared.set_fence_at(at);
+    }
+
     async fn raise(&mut self) {
         if !self.up {
             self.up = true;
@@ -223,10 +246,11 @@ impl HostAgent {
         writes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state = State {
             fence: Fence {
-                at: self.lease.taken_at + ttl.saturating_sub(fence_margin(ttl)),
+                at: self.lease.taken_at,
                 up: false,
                 events: &events,
                 host: &self.lease.host,
+                shared: &checkpoints,
             },
             connection: None,
             run_id: String::new(),
@@ -243,6 +267,9 @@ impl HostAgent {
             }
         };
         tokio::pin!(stop);
+        state
+            .fence
+            .due_at(self.lease.taken_at + ttl.saturating_sub(fence_margin(ttl)));
         let mut drain_asked = checkpoints.drain.subscribe();
         let drain = async move {
             while !*drain_asked.borrow_and_update() {
@@ -313,7 +340,9 @@ impl HostAgent {
                     state.owned_lapsed();
                 }
                 state.renewed = sent;
-                state.fence.at = sent + ttl.saturating_sub(fence_margin(ttl));
+                state
+                    .fence
+                    .due_at(sent + ttl.saturating_sub(fence_margin(ttl)));
                 true
             }
             Some(Err(super::LeaseError::Taken(host))) => {

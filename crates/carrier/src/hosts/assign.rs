@@ -21,11 +21,14 @@ use crate::ipc::proto::ShardSession;
 /// cached guilds).
 const MAX_SESSION_BYTES: usize = 8 << 20;
 
-/// Sets `meta` if no host did, or checks this host's plan against it. KEYS: meta, recovery.
-/// ARGV: shard total, range count, Redis's run id, recovery window (ms). Returns `OK`, or the
-/// error `PLAN <total> <ranges>`. A Redis that restarted since a host last wrote its run id
-/// opens the recovery window (see [`CLAIM`]).
-const JOIN: &str = r"
+/// Sets `meta` if no host did, or checks this host's plan against it. KEYS: meta, recovery,
+/// hosts, assign, assign:ver. ARGV: shard total, range count, Redis's run id, recovery window
+/// (ms). Returns `OK`, or the error `PLAN <total> <ranges>` while another host runs another
+/// plan; with none running, the new plan replaces the old (a bot restarted with another shard
+/// count) and the old assignment goes. A Redis that restarted since a host last wrote its run
+/// id opens the recovery window (see [`CLAIM`]).
+const JOIN: &str = redis_time!(
+    r"
 local total = redis.call('HGET', KEYS[1], 'shard_total')
 local ranges = redis.call('HGET', KEYS[1], 'ranges')
 if not total or not ranges then
@@ -33,14 +36,22 @@ if not total or not ranges then
   return 'OK'
 end
 if total ~= ARGV[1] or ranges ~= ARGV[2] then
-  return redis.error_reply('PLAN ' .. total .. ' ' .. ranges)
+  -- This host's own lease is live: any other makes two.
+  if redis.call('ZCOUNT', KEYS[3], now, '+inf') > 1 then
+    return redis.error_reply('PLAN ' .. total .. ' ' .. ranges)
+  end
+  redis.call('DEL', KEYS[4])
+  redis.call('INCR', KEYS[5])
+  redis.call('HSET', KEYS[1], 'shard_total', ARGV[1], 'ranges', ARGV[2], 'run_id', ARGV[3])
+  return 'OK'
 end
 if redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[3] then
   redis.call('HSET', KEYS[1], 'run_id', ARGV[3])
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
 end
 return 'OK'
-";
+"
+);
 
 /// Claims this host's share of the ranges nobody serves, and lists the ranges it owns.
 ///
@@ -215,6 +226,12 @@ impl Assignment {
         format!("{}{name}", self.prefix)
     }
 
+    /// The key of shard `shard`'s checkpoint. The shard total is part of it: a session of
+    /// another plan is never resumed.
+    fn shard_key(&self, shard: u32) -> String {
+        self.key(&format!("shard:{}:{shard}", self.plan.shard_total))
+    }
+
     /// Checks this host's plan against the one the bot's other hosts run (or records it).
     pub(crate) async fn join(
         &self,
@@ -224,6 +241,9 @@ impl Assignment {
         let joined: redis::RedisResult<String> = redis::Script::new(JOIN)
             .key(self.key("meta"))
             .key(self.key("recovery"))
+            .key(self.key("hosts"))
+            .key(self.key("assign"))
+            .key(self.key("assign:ver"))
             .arg(self.plan.shard_total)
             .arg(self.plan.clusters.len())
             .arg(run_id)
@@ -303,7 +323,7 @@ impl Assignment {
                 }
             };
             script
-                .key(self.key(&format!("shard:{}", session.shard)))
+                .key(self.shard_key(session.shard))
                 .arg(range)
                 .arg(entry)
                 .arg(blob);
@@ -327,7 +347,7 @@ impl Assignment {
         };
         let keys: Vec<String> = cluster
             .shards()
-            .map(|shard| self.key(&format!("shard:{shard}")))
+            .map(|shard| self.shard_key(shard))
             .collect();
         let blobs: redis::RedisResult<Vec<Option<Vec<u8>>>> =
             redis::cmd("MGET").arg(&keys).query_async(connection).await;

@@ -139,6 +139,11 @@ impl Router {
         count: ShardCount,
         clusters: Option<u32>,
     ) {
+        if self.config.host_checkpoints.is_some() {
+            // Every host plans the same ranges; a new plan must go live on all of them at once.
+            let reason = "this fleet runs on several hosts, which cannot reshard yet: restart every host with the new shard count".to_owned();
+            return self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
+        }
         if let Err(reason) = self.lifecycle.can_reshard() {
             return self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
         }

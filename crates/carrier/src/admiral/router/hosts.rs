@@ -5,13 +5,17 @@
 use std::time::Duration;
 
 use super::Router;
+use super::calls::Waiter;
 use crate::admiral::lifecycle::Input;
 use crate::hosts::agent::HostEvent;
-use crate::ipc::proto::ShardSession;
+use crate::ipc::proto::{Refusal, Reply, ShardSession};
 
 /// How long a host that stops waits for its clusters' sessions and the agent's hand-off before
 /// it stops anyway.
 pub(super) const HAND_OFF_WITHIN: Duration = Duration::from_secs(5);
+
+/// How often identifies held while fenced are looked at again.
+const GRANTS_CHECKED_EVERY: Duration = Duration::from_millis(250);
 
 impl Router {
     /// What the host agent decided.
@@ -38,15 +42,78 @@ impl Router {
             HostEvent::Fence => self.lifecycle_input(Input::Fence),
             HostEvent::Unfence => {
                 self.lifecycle_input(Input::Unfence);
-                for (waiter, shard) in std::mem::take(&mut self.fenced_grants) {
-                    self.stats.identified(shard);
-                    self.identifies_granted += 1;
-                    self.reply(waiter, crate::ipc::proto::Reply::Done);
-                }
+                self.release_fenced_grants();
             }
             HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
             HostEvent::Drained => self.handed_off(),
         }
+    }
+
+    /// Holds an identify granted while this host's lease may have lapsed, until it holds again.
+    pub(super) fn hold_grant(&mut self, waiter: Waiter, shard: u32) {
+        if self.fenced_grants.is_empty() {
+            self.arm(super::Timer::FencedGrants, GRANTS_CHECKED_EVERY);
+        }
+        self.fenced_grants.push((waiter, shard));
+    }
+
+    /// Answers the identifies held while fenced, once the lease holds: granted to a process that
+    /// still runs the shard, refused to any other. Checked again later while still fenced.
+    pub(super) fn release_fenced_grants(&mut self) {
+        if self.fenced_grants.is_empty() {
+            return;
+        }
+        if self.fenced_now() {
+            self.arm(super::Timer::FencedGrants, GRANTS_CHECKED_EVERY);
+            return;
+        }
+        for (waiter, shard) in std::mem::take(&mut self.fenced_grants) {
+            if self.still_runs(&waiter, shard) {
+                self.stats.identified(shard);
+                self.identifies_granted += 1;
+                self.reply(waiter, Reply::Done);
+            } else {
+                let refusal = Refusal::Invalid(format!("shard {shard} runs on another host now"));
+                self.reply(waiter, Reply::Refused(refusal));
+            }
+        }
+    }
+
+    /// Whether this host's lease may have lapsed: fenced, or the fence is due (checked here,
+    /// not only when the agent's word arrives, so no identify slips through the gap).
+    pub(super) fn fenced_now(&self) -> bool {
+        self.lifecycle.is_fenced()
+            || self
+                .config
+                .host_checkpoints
+                .as_ref()
+                .is_some_and(|c| c.fence_due())
+    }
+
+    /// Whether the process that asked (through `waiter`) to identify `shard` is still the
+    /// current process of a cluster this host runs, with that shard.
+    fn still_runs(&self, waiter: &Waiter, shard: u32) -> bool {
+        let Waiter::Conn(conn, _) = waiter else {
+            return true;
+        };
+        let Some(process) = self.links.process_of(*conn) else {
+            return false;
+        };
+        let Some(crate::admiral::WorkerId::Cluster(cluster)) =
+            self.lifecycle.worker_of(process).cloned()
+        else {
+            return false;
+        };
+        let current = self
+            .lifecycle
+            .worker(&crate::admiral::WorkerId::Cluster(cluster))
+            .is_some_and(|w| w.process == Some(process) && !w.retired);
+        current
+            && self
+                .plan
+                .clusters
+                .iter()
+                .any(|c| c.id == cluster && c.shards().contains(&shard))
     }
 
     /// A stopping host whose clusters all handed their sessions over asks the agent to hand

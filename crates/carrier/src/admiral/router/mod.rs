@@ -64,6 +64,7 @@ enum Timer {
     Adoption,
     StoreSnapshot,
     HandOff,
+    FencedGrants,
 }
 
 pub(crate) struct Router {
@@ -285,9 +286,9 @@ impl Router {
             }
             Inbox::Up { conn, up } => self.on_up(conn, up),
             Inbox::Closed { conn, error } => self.on_closed(conn, error),
-            Inbox::Granted { waiter, shard } if self.lifecycle.is_fenced() => {
+            Inbox::Granted { waiter, shard } if self.fenced_now() => {
                 // No shard of a fenced host connects: the grant waits for the fence to lift.
-                self.fenced_grants.push((waiter, shard));
+                self.hold_grant(waiter, shard);
             }
             Inbox::Granted { waiter, shard } => {
                 self.stats.identified(shard);
@@ -478,6 +479,7 @@ impl Router {
             Timer::Stats => self.stats_interval(),
             Timer::Adoption => self.check_adoption(),
             Timer::HandOff => self.handed_off(),
+            Timer::FencedGrants => self.release_fenced_grants(),
             Timer::StoreSnapshot => {
                 self.save_store(false, None);
                 self.arm(Timer::StoreSnapshot, adoption::STORE_EVERY);
