@@ -1002,20 +1002,39 @@ async fn drive_shard<W: ClusterWorker>(
         if let Some(session) = shard.session() {
             reporter.handled(number, session.sequence());
         }
-        match *drive.borrow() {
-            Drive::CloseResumably if closed => {
-                let session = shard.session()?;
-                return Some(ShardSession {
-                    shard: number,
-                    session_id: session.id().to_owned(),
-                    sequence: session.sequence(),
-                    resume_url: shard.resume_url().map(str::to_owned),
-                    state: carrier::Payload::empty(),
-                });
+        // On several hosts: a connection that closed is not opened again while this host's
+        // licence has run out (another host may be resuming the session); the admiral says
+        // what comes next (a renewed licence, a handover, a stop).
+        if closed && !reporter.licensed() && *drive.borrow() == Drive::Run {
+            tracing::warn!(target: "fleet::shard", shard = number, "this host's licence ran out: not reconnecting until the admiral renews it");
+            while !reporter.licensed() && *drive.borrow() == Drive::Run {
+                tokio::select! {
+                    changed = drive.changed() => if changed.is_err() { return None },
+                    () = tokio::time::sleep(LICENCE_CHECKED_EVERY) => {}
+                }
             }
+        }
+        let now = *drive.borrow();
+        match now {
+            Drive::CloseResumably if closed => return closed_session(&shard, number),
             Drive::Stop if closed => break,
             _ => {}
         }
     }
     None
+}
+
+/// How often a shard waiting for its host's licence looks again.
+const LICENCE_CHECKED_EVERY: Duration = Duration::from_millis(100);
+
+/// The session of a shard closed resumably, as handed over.
+fn closed_session(shard: &Shard<IpcQueue>, number: u32) -> Option<ShardSession> {
+    let session = shard.session()?;
+    Some(ShardSession {
+        shard: number,
+        session_id: session.id().to_owned(),
+        sequence: session.sequence(),
+        resume_url: shard.resume_url().map(str::to_owned),
+        state: carrier::Payload::empty(),
+    })
 }

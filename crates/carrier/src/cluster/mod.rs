@@ -176,6 +176,16 @@ pub struct ShardReporter {
 }
 
 impl ShardReporter {
+    /// Whether this cluster's host may run shards now. On several hosts the admiral renews a
+    /// licence with every renewal of the host's lease; once it runs out (the admiral could not
+    /// renew, or was frozen with the whole host), an adapter must not reconnect a shard whose
+    /// connection closed (another host may resume that session) until it holds again or the
+    /// admiral says what to do. Always true on one host.
+    #[must_use]
+    pub fn licensed(&self) -> bool {
+        self.ipc.licensed()
+    }
+
     /// A reporter for the cluster `assignment` describes.
     #[must_use]
     pub fn new(link: &ClusterLink, assignment: &ClusterAssignment) -> Self {

@@ -61,6 +61,9 @@ pub(crate) enum HostEvent {
     Lose(u32),
     /// Every range was handed on ([`Checkpoints::drain`]).
     Drained,
+    /// The lease was renewed: the clusters may run their shards this long from now (until the
+    /// fence would come up).
+    Renewed(Duration),
 }
 
 /// The latest session of each shard this host runs, waiting to be written to Redis; and the
@@ -340,9 +343,10 @@ impl HostAgent {
                     state.owned_lapsed();
                 }
                 state.renewed = sent;
-                state
-                    .fence
-                    .due_at(sent + ttl.saturating_sub(fence_margin(ttl)));
+                let fence_at = sent + ttl.saturating_sub(fence_margin(ttl));
+                state.fence.due_at(fence_at);
+                let valid = fence_at.saturating_duration_since(Instant::now());
+                let _ = state.fence.events.send(HostEvent::Renewed(valid)).await;
                 true
             }
             Some(Err(super::LeaseError::Taken(host))) => {

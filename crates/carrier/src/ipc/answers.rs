@@ -111,6 +111,27 @@ impl Ipc {
         set(&self.inner.shard_board, board);
     }
 
+    /// Whether this host may run shards now: no licence was ever given (one host), or the last
+    /// one holds ([`Down::Licence`](crate::ipc::proto::Down::Licence)).
+    #[must_use]
+    pub fn licensed(&self) -> bool {
+        self.inner
+            .licence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// The admiral's licence: shards may run `valid` from now.
+    pub(crate) fn set_licence(&self, valid: std::time::Duration) {
+        let until = tokio::time::Instant::now() + valid.min(crate::ipc::proto::MAX_TIMEOUT);
+        *self
+            .inner
+            .licence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+    }
+
     /// Adds this worker's own fields to every stats snapshot, under this worker: `fields` runs
     /// once per round, on the worker's IPC reader, so it should only read what it has at hand.
     /// Returning `()` adds nothing. A panic in it, or a value that does not encode, shows in the

@@ -208,6 +208,9 @@ pub(super) struct Inner {
     pub(super) ready: std::sync::atomic::AtomicBool,
     /// How many times it rejoined an admiral after losing one.
     pub(super) rejoins: tokio::sync::watch::Sender<u64>,
+    /// Until when this host may run shards ([`Down::Licence`](super::proto::Down::Licence));
+    /// `None`: no limit (one host, or none told yet).
+    pub(super) licence: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A handle on the fleet's IPC. Cheap to clone.
@@ -237,6 +240,7 @@ impl Ipc {
                 guilds: RwLock::default(),
                 cache_counts: RwLock::default(),
                 shard_board: RwLock::default(),
+                licence: Mutex::new(None),
                 stats_fields: RwLock::default(),
                 running: tokio::sync::watch::Sender::new(0),
                 next_handler: AtomicU64::new(1),

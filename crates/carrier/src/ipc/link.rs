@@ -377,6 +377,9 @@ async fn read_frames(
             Ok(Down::Sessions(sessions)) => {
                 let _ = handoff_tx.send(Handoff::Sessions(sessions));
             }
+            Ok(Down::Licence { valid_ms }) => {
+                reader_ipc.set_licence(Duration::from_millis(valid_ms));
+            }
             Ok(Down::Ping { seq }) => {
                 // From a task, not the reader: a stuck runtime must not answer.
                 let ipc = reader_ipc.clone();

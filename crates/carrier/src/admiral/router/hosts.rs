@@ -46,6 +46,26 @@ impl Router {
             }
             HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
             HostEvent::Drained => self.handed_off(),
+            HostEvent::Renewed(valid) => self.license(valid),
+        }
+    }
+
+    /// Tells every cluster process how long its shards may run ([`HostEvent::Renewed`]).
+    fn license(&mut self, valid: Duration) {
+        let valid_ms = u64::try_from(valid.as_millis()).unwrap_or(u64::MAX);
+        let processes: Vec<_> = self
+            .lifecycle
+            .workers()
+            .filter(|w| matches!(w.id, crate::admiral::WorkerId::Cluster(_)))
+            .flat_map(|w| {
+                w.process
+                    .into_iter()
+                    .chain(w.replacement.as_ref().map(|r| r.process))
+            })
+            .collect();
+        for process in processes {
+            self.links
+                .send_to_process(process, &crate::ipc::proto::Down::Licence { valid_ms });
         }
     }
 

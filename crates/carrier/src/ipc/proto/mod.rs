@@ -456,6 +456,13 @@ pub enum Down {
         /// A number to echo.
         seq: u64,
     },
+    /// On several hosts: this host may run its shards for `valid_ms` from now, unless told
+    /// again. A cluster whose licence ran out (its admiral could not renew the host's lease, or
+    /// was frozen with it) reconnects no shard on its own until it is renewed.
+    Licence {
+        /// How long the licence holds, from its receipt.
+        valid_ms: u64,
+    },
     /// Shut down gracefully within `grace_ms`, then exit.
     Shutdown {
         /// Grace period.
