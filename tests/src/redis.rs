@@ -49,22 +49,17 @@ impl RedisServer {
         let mut this = self;
         let _ = this.child.kill();
         let _ = this.child.wait();
+        // Its directory is the new one's: forget it here without removing it.
         this.dir = std::path::PathBuf::new();
         drop(this);
         Self::start_on(port, dir, aof).await
     }
 
     /// Stops it (as a crash would: no save) and starts it again, empty, on the same port.
-    pub async fn restart_empty(self) -> Self {
-        let (port, dir) = (self.port, self.dir.clone());
-        let _ = std::fs::remove_dir_all(dir.join("appendonlydir"));
-        let mut this = self;
-        let _ = this.child.kill();
-        let _ = this.child.wait();
-        // Its directory is the new one's: forget it here without removing it.
-        this.dir = std::path::PathBuf::new();
-        drop(this);
-        Self::start_on(port, dir, false).await
+    pub async fn restart_empty(mut self) -> Self {
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        self.aof = false;
+        self.restart().await
     }
 
     /// Stops it, as a crash would.

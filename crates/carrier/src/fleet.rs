@@ -187,7 +187,7 @@ pub struct FleetOptions {
     /// dies. Default `None`: the fair share.
     pub host_capacity: Option<u32>,
     /// How long this host's lease in Redis lasts unless renewed (with
-    /// [`redis_url`](Self::redis_url); default 15 s, at least 3 s). It is renewed every sixth
+    /// [`redis_url`](Self::redis_url); default 15 s, from 3 s to 10 min). It is renewed every sixth
     /// of it; a host that could not renew it for four fifths of it fences itself, and its ranges
     /// may be taken two fifteenths of it after it ran out: with the default, a dead host's
     /// shards resume elsewhere about 17 s after its last renewal.
@@ -475,7 +475,9 @@ impl Fleet {
                 };
                 admiral::check_fleet_id(&host)
                     .map_err(|e| FleetError::FleetId(format!("host id: {e}")))?;
-                let ttl = options.host_lease_ttl.max(Duration::from_secs(3));
+                let ttl = options
+                    .host_lease_ttl
+                    .clamp(Duration::from_secs(3), Duration::from_mins(10));
                 let lease = crate::hosts::HostLease::take(url, &fleet_id, &host, ttl).await?;
                 let assignment = if assigned {
                     let assignment = crate::hosts::assign::Assignment::new(

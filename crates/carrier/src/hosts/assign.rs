@@ -99,11 +99,15 @@ for r = 0, ranges - 1 do
     elseif host == me then
       -- A past life of this host: this incarnation holds the lease now.
       table.insert(free, 1, r)
-    elseif redis.call('GET', prefix .. host) ~= inc then
-      local deadline = redis.call('ZSCORE', KEYS[2], host)
+    else
+      -- Another host's: taken when its lease is another incarnation's, or gone with its
+      -- deadline a grace behind.
       local holder = redis.call('GET', prefix .. host)
-      if holder or not deadline or tonumber(deadline) + grace <= now then
-        table.insert(free, r)
+      if holder ~= inc then
+        local deadline = redis.call('ZSCORE', KEYS[2], host)
+        if holder or not deadline or tonumber(deadline) + grace <= now then
+          table.insert(free, r)
+        end
       end
     end
   end

@@ -86,6 +86,8 @@ pub struct HostLease {
     pub(crate) client: redis::Client,
     pub(crate) host: String,
     keys: [String; 2],
+    /// Every key of this fleet starts with it: `fleet:{<fleet id>}:`.
+    prefix: String,
     incarnation: String,
     pub(crate) ttl: Duration,
     server: String,
@@ -119,6 +121,7 @@ impl HostLease {
                 format!("fleet:{{{fleet_id}}}:host:{host}"),
                 format!("fleet:{{{fleet_id}}}:hosts"),
             ],
+            prefix: format!("fleet:{{{fleet_id}}}:"),
             incarnation: crate::Secret::random().expose()[..32].to_owned(),
             ttl,
             server,
@@ -145,8 +148,7 @@ impl HostLease {
 
     /// Key `name` of this fleet.
     pub(crate) fn key(&self, name: &str) -> String {
-        let hosts = &self.keys[1];
-        format!("{}{name}", &hosts[..hosts.len() - "hosts".len()])
+        format!("{}{name}", self.prefix)
     }
 
     /// This start's incarnation (random).
