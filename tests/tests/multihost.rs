@@ -828,3 +828,190 @@ async fn a_host_planning_other_ranges_is_refused_while_the_old_plan_runs_and_tak
     );
     b.shutdown().await;
 }
+
+/// Fails unless `result` is "unavailable".
+fn assert_unavailable<T: std::fmt::Debug>(result: &Result<T, carrier::IpcError>) {
+    assert!(
+        matches!(
+            result,
+            Err(carrier::IpcError::Refused(
+                carrier::ipc::proto::Refusal::Unavailable(_)
+            ))
+        ),
+        "{result:?}"
+    );
+}
+
+/// Asks `admiral` for cluster `cluster`'s status until it answers (the other host's range may
+/// not be routed to yet).
+async fn status_of(admiral: &carrier::AdmiralHandle, cluster: u32) -> fleet_tests::ClusterStatus {
+    let asked = tokio::time::timeout(WAIT, async {
+        loop {
+            match admiral
+                .ipc()
+                .cluster_command(cluster, carrier::Payload::from("status"))
+                .await
+            {
+                Ok(status) => return status.decode().unwrap(),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    asked.unwrap_or_else(|_| panic!("cluster {cluster} never answered"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_reaches_the_clusters_of_the_other_host_with_the_same_outcomes() {
+    use carrier::{Outcome, Payload};
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (a, b) = two_hosts(&mock, &redis, "bus", redis.url()).await;
+    assert_eq!(clusters(&a.workers().await.unwrap()), vec![0]);
+
+    // Whoever can reach Redis can write on the bus: garbage, a frame of another version and
+    // an answer to nothing are dropped, and a serves on.
+    for junk in [
+        &b"\xc1 not messagepack"[..],
+        &b"\x83\xa1v\x09\xa4host\xa1b\xa4body\xc0"[..],
+    ] {
+        let junk = String::from_utf8_lossy(junk).into_owned();
+        let published = redis
+            .integer(&["PUBLISH", "fleet:{bus}:bus:h:a", &junk])
+            .await;
+        assert_eq!(published, Some(1), "a listens on its channel");
+    }
+    // A command to the cluster b runs, asked on a, is answered by that cluster.
+    let status = status_of(&a, 1).await;
+    assert_eq!((status.id, status.shards), (1, vec![2, 3]));
+    // By shard and by guild: shard 3 and a guild on shard 2 are b's.
+    let by_shard = a.ipc().shard_command(3, Payload::from("status")).await;
+    let by_shard: fleet_tests::ClusterStatus = by_shard.unwrap().decode().unwrap();
+    assert_eq!(by_shard.id, 1);
+    let by_guild = a
+        .ipc()
+        .guild_command(2 << 22, Payload::from("status"))
+        .await;
+    let by_guild: fleet_tests::ClusterStatus = by_guild.unwrap().decode().unwrap();
+    assert_eq!(by_guild.id, 1);
+
+    // A fan-out asked on either host answers for every cluster of the bot, once each.
+    for host in [&a, &b] {
+        let outcomes = host
+            .ipc()
+            .all_clusters_command(Payload::from("status"))
+            .await
+            .unwrap();
+        let ids: Vec<u32> = outcomes
+            .values()
+            .map(|o| match o {
+                Outcome::Ok(status) => status.decode::<fleet_tests::ClusterStatus>().unwrap().id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![0, 1]);
+    }
+    // The guild count is the whole bot's.
+    let (guilds, missing) = a.ipc().guild_count().await.unwrap();
+    assert_eq!((guilds, missing), (8, vec![]));
+    // A handler's error comes back as that cluster's error.
+    let failed = a.ipc().cluster_command(1, Payload::from("fail")).await;
+    assert!(
+        matches!(&failed, Err(carrier::IpcError::Remote { target, message })
+            if *target == carrier::Target::Cluster(1) && message.contains("failed on request")),
+        "{failed:?}"
+    );
+    // A message to the other host's cluster arrives (it is queued there).
+    a.ipc()
+        .send_to_cluster(1, "hello", Payload::from("from a"))
+        .await
+        .unwrap();
+    // A broadcast reaches the other host's admiral (and its workers), once.
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    b.ipc().register("cross", move |message| {
+        let _ = heard_tx.send((message.from.clone(), message.payload.clone()));
+    });
+    a.ipc()
+        .broadcast("cross", Payload::from("to all"))
+        .await
+        .unwrap();
+    let (from, payload) = tokio::time::timeout(WAIT, heard.recv())
+        .await
+        .expect("b hears a's broadcast")
+        .unwrap();
+    assert_eq!(
+        (from, payload.as_bytes()),
+        (carrier::Target::Admiral, &b"to all"[..])
+    );
+
+    // A command that outlives its timeout times out on the asker's clock; nothing hangs. The
+    // cluster tells its own admiral (b's) each time it sleeps on a command.
+    let (asleep_tx, mut asleep) = tokio::sync::mpsc::unbounded_channel();
+    b.ipc().register("sleeping", move |_| {
+        let _ = asleep_tx.send(());
+    });
+    let started = Instant::now();
+    let slow = a
+        .ipc()
+        .command_within(
+            carrier::Target::Cluster(1),
+            Payload::from("sleep"),
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(
+        matches!(slow, Err(carrier::IpcError::TargetTimedOut(_))),
+        "{slow:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tokio::time::timeout(WAIT, asleep.recv())
+        .await
+        .expect("b's cluster slept on the first command");
+    assert!(
+        heard.try_recv().is_err(),
+        "the broadcast was delivered once"
+    );
+
+    // b goes while a waits on one of its clusters: a hears "unavailable", long before its
+    // timeout.
+    let sleeping = tokio::spawn({
+        let ipc = a.ipc().clone();
+        async move {
+            let started = Instant::now();
+            let outcome = ipc
+                .command_within(
+                    carrier::Target::Cluster(1),
+                    Payload::from("sleep"),
+                    Duration::from_mins(1),
+                )
+                .await;
+            (outcome, started.elapsed())
+        }
+    });
+    tokio::time::timeout(WAIT, asleep.recv())
+        .await
+        .expect("b's cluster sleeps on a's command");
+    b.shutdown().await;
+    let (outcome, waited) = sleeping.await.unwrap();
+    assert_unavailable(&outcome);
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    b.wait_stopped().await;
+    // a has room for one range: nobody runs b's now, and a says so at once.
+    let started = Instant::now();
+    let gone = a
+        .ipc()
+        .command_within(
+            carrier::Target::Cluster(1),
+            Payload::from("status"),
+            Duration::from_mins(1),
+        )
+        .await;
+    assert_unavailable(&gone);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let unsent = a
+        .ipc()
+        .send_to_cluster(1, "hello", Payload::from("nobody"))
+        .await;
+    assert_unavailable(&unsent);
+    a.shutdown().await;
+}

@@ -467,7 +467,7 @@ impl Fleet {
         };
         // Redis assigns the ranges unless this host's shards are pinned.
         let assigned = options.first_shard.is_none() && options.last_shard.is_none();
-        let (host, host_checkpoints) = match &options.redis_url {
+        let (host, host_checkpoints, host_bus) = match &options.redis_url {
             Some(url) => {
                 let host = match &options.host_id {
                     Some(host) => host.clone(),
@@ -498,10 +498,18 @@ impl Fleet {
                     None
                 };
                 let checkpoints = assignment.as_ref().map(|_| Arc::default());
-                let agent = crate::hosts::agent::HostAgent::new(lease, assignment);
-                (Some(crate::hosts::HostPart { agent }), checkpoints)
+                let assigned = assignment.is_some();
+                let mut agent = crate::hosts::agent::HostAgent::new(lease, assignment);
+                // Requests, answers and broadcasts between the hosts of a split bot.
+                let mut bus = None;
+                if assigned {
+                    let (out, bus_in) = crate::hosts::bus::BusOut::new(&host, options.max_frame);
+                    agent = agent.with_bus(bus_in);
+                    bus = Some(out);
+                }
+                (Some(crate::hosts::HostPart { agent }), checkpoints, bus)
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let identify: Arc<dyn crate::identify::IdentifyQueue> = match &options.redis_url {
             Some(url) => {
@@ -630,6 +638,7 @@ impl Fleet {
             fleet_id,
             host,
             host_checkpoints,
+            host_bus,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO

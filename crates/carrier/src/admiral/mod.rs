@@ -102,6 +102,8 @@ pub struct AdmiralConfig {
     pub host: Option<crate::hosts::HostPart>,
     /// Where the clusters' checkpoints go to be written to Redis (with `host`'s ranges).
     pub(crate) host_checkpoints: Option<Arc<crate::hosts::agent::Checkpoints>>,
+    /// The router's end of the bus to the bot's other hosts (with `host`'s ranges).
+    pub(crate) host_bus: Option<crate::hosts::bus::BusOut>,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.

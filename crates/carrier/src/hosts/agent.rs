@@ -64,6 +64,12 @@ pub(crate) enum HostEvent {
     /// The lease was renewed: the clusters may run their shards this long from now (until the
     /// fence would come up).
     Renewed(Duration),
+    /// Which host each range's owner entry names, when it changed.
+    Owners(BTreeMap<u32, String>),
+    /// A message from another host's admiral, on the bus (at most the frame limit).
+    Bus(Vec<u8>),
+    /// The bus publish with this token reached no host.
+    Undelivered(u64),
 }
 
 /// The latest session of each shard this host runs, waiting to be written to Redis; and the
@@ -201,6 +207,7 @@ async fn guarded<T>(
 pub(crate) struct HostAgent {
     lease: HostLease,
     assignment: Option<Assignment>,
+    bus: Option<super::bus::BusIn>,
 }
 
 /// What the agent keeps between turns.
@@ -215,6 +222,8 @@ struct State<'a> {
     owned: BTreeMap<u32, String>,
     /// Handed every range on (a clean stop): it claims nothing more.
     drained: bool,
+    /// The owners the router last heard of.
+    owners: BTreeMap<u32, String>,
     /// What the next claim puts back, when not `owned` (nothing, once the lease lapsed).
     keep: Option<BTreeMap<u32, String>>,
 }
@@ -223,7 +232,17 @@ impl HostAgent {
     /// An agent for `lease`; with `assignment`, it also claims ranges (without, the host runs
     /// the shards its options pin).
     pub(crate) fn new(lease: HostLease, assignment: Option<Assignment>) -> Self {
-        Self { lease, assignment }
+        Self {
+            lease,
+            assignment,
+            bus: None,
+        }
+    }
+
+    /// Also carries the cross-host bus.
+    pub(crate) fn with_bus(mut self, bus: super::bus::BusIn) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
     fn key(&self, name: &str) -> String {
@@ -233,7 +252,7 @@ impl HostAgent {
     /// Runs until `stopped` turns true; then gives the ranges and the lease up and says so on
     /// `released`.
     pub(crate) async fn run(
-        self,
+        mut self,
         mut stopped: watch::Receiver<bool>,
         released: watch::Sender<bool>,
         events: mpsc::Sender<HostEvent>,
@@ -260,6 +279,7 @@ impl HostAgent {
             renewed: self.lease.taken_at,
             owned: BTreeMap::new(),
             drained: false,
+            owners: BTreeMap::new(),
             keep: None,
         };
         let stop = async move {
@@ -284,10 +304,12 @@ impl HostAgent {
         tokio::pin!(drain);
         // Another host changed the assignment (it drained, say): claim now, not at the next turn.
         let hints = Arc::new(tokio::sync::Notify::new());
-        let listening = self.assignment.is_some().then(|| {
-            AbortOnDrop(tokio::spawn(listen(
+        let listening = self.bus.take().map(|bus| {
+            AbortOnDrop(tokio::spawn(bus.run(
                 self.lease.client.clone(),
-                self.key("bus:all"),
+                self.key(""),
+                self.lease.host.clone(),
+                events.clone(),
                 hints.clone(),
             )))
         });
@@ -404,10 +426,12 @@ impl HostAgent {
         let Some(open) = state.connection.as_mut() else {
             return;
         };
+        let mut took = false;
         for (range, owner) in &now_owned {
             if state.owned.get(range) == Some(owner) {
                 continue;
             }
+            took = true;
             let read = guarded(
                 assignment.read_checkpoints(open, *range),
                 limit,
@@ -427,6 +451,23 @@ impl HostAgent {
         }
         state.owned = now_owned;
         state.fence.lower(state.owned.len()).await;
+        if took && let Some(open) = state.connection.as_mut() {
+            // The other hosts learn at once where the ranges run now (their calls route by it).
+            let mut publish = redis::cmd("PUBLISH");
+            publish
+                .arg(self.key("bus:all"))
+                .arg(super::bus::ASSIGN_HINT);
+            let hint = publish.query_async::<i64>(open);
+            drop(guarded(hint, limit, &mut state.fence).await);
+        }
+        if let Some(open) = state.connection.as_mut()
+            && let Some(Ok(owners)) =
+                guarded(assignment.owners(open), limit, &mut state.fence).await
+            && owners != state.owners
+        {
+            state.owners.clone_from(&owners);
+            let _ = events.send(HostEvent::Owners(owners)).await;
+        }
     }
 
     /// Writes the checkpoints that changed.
@@ -473,7 +514,7 @@ impl HostAgent {
             let _ = guarded(self.lease.release_on(open), limit, &mut state.fence).await;
             let hint: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                 .arg(self.key("bus:all"))
-                .arg("assign")
+                .arg(super::bus::ASSIGN_HINT)
                 .query_async(open)
                 .await;
             drop(hint);
@@ -507,23 +548,6 @@ impl State<'_> {
     /// The lease lapsed: the next claim puts nothing back.
     fn owned_lapsed(&mut self) {
         self.keep = Some(BTreeMap::new());
-    }
-}
-
-/// Listens on `channel` and wakes `hints` at each message, reconnecting as needed.
-async fn listen(client: redis::Client, channel: String, hints: Arc<tokio::sync::Notify>) {
-    use futures::StreamExt as _;
-    loop {
-        if let Ok(Ok(mut pubsub)) =
-            tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub()).await
-            && pubsub.subscribe(&channel).await.is_ok()
-        {
-            let mut messages = pubsub.on_message();
-            while messages.next().await.is_some() {
-                hints.notify_one();
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -366,6 +366,28 @@ impl Assignment {
             .collect())
     }
 
+    /// Which host each range's owner entry names (the owner may be gone: its lease is not
+    /// looked at). Ranges outside the plan and malformed entries are left out.
+    pub(crate) async fn owners(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<BTreeMap<u32, String>, ClaimError> {
+        let entries: redis::RedisResult<BTreeMap<String, String>> = redis::cmd("HGETALL")
+            .arg(self.key("assign"))
+            .query_async(connection)
+            .await;
+        let entries = entries.map_err(|e| claim_error(&e))?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(range, entry)| {
+                let range: u32 = range.parse().ok()?;
+                let host = entry.split('|').next()?;
+                ((range as usize) < self.plan.clusters.len() && !host.is_empty())
+                    .then(|| (range, host.to_owned()))
+            })
+            .collect())
+    }
+
     /// Gives every range of this incarnation up.
     pub(crate) async fn release(
         &self,

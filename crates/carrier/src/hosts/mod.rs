@@ -9,9 +9,12 @@
 //! With the lease come the ranges ([`assign`]): which host runs which of the bot's clusters,
 //! claimed and handed on in Redis, and the sessions their shards resume from on the next host.
 //! The admiral's [`agent`] keeps all of it, and fences the host before its lease can lapse.
+//! Between the hosts' admirals runs the [`bus`] (Redis Pub/Sub): calls to another host's
+//! clusters, their answers, broadcasts, and the hint that the assignment changed.
 
 pub(crate) mod agent;
 pub(crate) mod assign;
+pub(crate) mod bus;
 
 pub use agent::{fence_margin, takeover_grace};
 

@@ -33,6 +33,8 @@ pub(crate) enum Route {
     Part(u64),
     /// Into search number `n`.
     Search(u64),
+    /// A message to one target: the waiter hears whether it arrived.
+    Sent(Waiter),
 }
 
 #[derive(Debug)]
@@ -186,6 +188,16 @@ impl Calls {
                 Some(Answer { waiter, reply })
             }
             Route::Search(search) => self.searched(search, target, outcome),
+            Route::Sent(waiter) => {
+                let reply = match outcome {
+                    Outcome::Ok(_) => Reply::Done,
+                    Outcome::Error(error) => Reply::Refused(Refusal::Invalid(error)),
+                    Outcome::TimedOut | Outcome::Unavailable => {
+                        Reply::Refused(Refusal::Unavailable(target))
+                    }
+                };
+                Some(Answer { waiter, reply })
+            }
             Route::Part(fanout) => {
                 let f = self.fanouts.get_mut(&fanout)?;
                 f.outcomes.insert(target, outcome);

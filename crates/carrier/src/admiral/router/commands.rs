@@ -12,13 +12,18 @@ use crate::ipc::proto::{Down, Fetch, Group, Outcome, Payload, Refusal, Reply, Ta
 /// Process number standing for the admiral itself when it answers commands.
 pub(super) const ADMIRAL_PROCESS: ProcessId = 0;
 
-/// What a forward asks of its target.
-#[derive(Debug)]
+/// What a forward asks of its target (also across hosts, on the bus).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum Ask {
     Command(Payload),
     Fetch(Fetch),
     CountGuilds,
     Stats,
+    /// Deliver a message (answered once it is queued to the target).
+    Message {
+        event: String,
+        payload: Payload,
+    },
 }
 
 impl Router {
@@ -46,15 +51,23 @@ impl Router {
         payload: &Payload,
         timeout: Duration,
     ) {
-        let targets: Vec<Target> = self
-            .lifecycle
-            .workers()
-            .filter(|w| match group {
-                Group::Clusters => matches!(w.id, WorkerId::Cluster(_)),
-                Group::Services => matches!(w.id, WorkerId::Service(_)),
-            })
-            .map(|w| w.id.target())
-            .collect();
+        let targets: Vec<Target> = if group == Group::Clusters && self.config.host_bus.is_some() {
+            // A bot split across hosts: every cluster of the plan, wherever it runs.
+            self.plan
+                .clusters
+                .iter()
+                .map(|c| Target::Cluster(c.id))
+                .collect()
+        } else {
+            self.lifecycle
+                .workers()
+                .filter(|w| match group {
+                    Group::Clusters => matches!(w.id, WorkerId::Cluster(_)),
+                    Group::Services => matches!(w.id, WorkerId::Service(_)),
+                })
+                .map(|w| w.id.target())
+                .collect()
+        };
         self.fan_out(from, waiter, targets, timeout, || {
             Ask::Command(payload.clone())
         });
@@ -129,9 +142,28 @@ impl Router {
         }
     }
 
-    /// Sends a command or lookup to one target's live process (or runs the admiral's own
-    /// command handler), tracked until it is answered, its process goes, or it times out.
+    /// Sends a command or lookup to one target, on this host or the host that runs it, tracked
+    /// until it is answered, its process goes, or it times out.
     pub(super) fn forward(
+        &mut self,
+        from: &Target,
+        target: Target,
+        ask: Ask,
+        timeout: Duration,
+        route: Route,
+    ) {
+        if let Some(host) = self.remote_owner(&target) {
+            // Answer a little before the asker gives up, so it hears "timed out" from us.
+            let deadline = timeout.saturating_sub(timeout / 20);
+            self.forward_remote(&host, from, target, ask, deadline, route);
+        } else {
+            self.forward_here(from, target, ask, timeout, route);
+        }
+    }
+
+    /// Sends a command or lookup to one target's live process on this host (or runs the
+    /// admiral's own command handler).
+    pub(super) fn forward_here(
         &mut self,
         from: &Target,
         target: Target,
@@ -166,6 +198,7 @@ impl Router {
             self.undelivered(route, target);
             return;
         };
+        let message = matches!(ask, Ask::Message { .. });
         let down = match ask {
             Ask::Command(payload) => Down::Command {
                 id,
@@ -176,6 +209,11 @@ impl Router {
             Ask::Fetch(query) => Down::Fetch { id, query },
             Ask::CountGuilds => Down::CountGuilds { id },
             Ask::Stats => Down::Stats { id },
+            Ask::Message { event, payload } => Down::Message {
+                from: from.clone(),
+                event,
+                payload,
+            },
         };
         let sent = match self.links.encode(&down) {
             Ok(body) => self.links.send_body(conn, &body),
@@ -186,11 +224,21 @@ impl Router {
             self.undelivered(route, target);
             return;
         }
+        if message {
+            // Nothing answers a message: it arrived once it is queued.
+            if let Some(answer) = self
+                .calls
+                .settle(route, target, Outcome::Ok(Payload::empty()))
+            {
+                self.answer(answer);
+            }
+            return;
+        }
         self.calls.track(id, process, target, route, deadline);
     }
 
     /// A forward that never left counts as its target being unavailable.
-    fn undelivered(&mut self, route: Route, target: Target) {
+    pub(super) fn undelivered(&mut self, route: Route, target: Target) {
         if let Some(answer) = self.calls.settle(route, target, Outcome::Unavailable) {
             self.answer(answer);
         }

@@ -246,7 +246,12 @@ impl Router {
     pub(super) fn known(&self, target: &Target) -> Result<(), Refusal> {
         let exists = match target {
             Target::Admiral => true,
-            Target::Cluster(id) => self.lifecycle.worker(&WorkerId::Cluster(*id)).is_some(),
+            Target::Cluster(id) => {
+                self.lifecycle.worker(&WorkerId::Cluster(*id)).is_some()
+                    // A bot split across hosts: any cluster of the plan, wherever it runs.
+                    || (self.config.host_bus.is_some()
+                        && self.plan.clusters.iter().any(|c| c.id == *id))
+            }
             Target::Service(name) => self
                 .lifecycle
                 .worker(&WorkerId::Service(name.clone()))

@@ -47,6 +47,9 @@ impl Router {
             HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
             HostEvent::Drained => self.handed_off(),
             HostEvent::Renewed(valid) => self.license(valid),
+            HostEvent::Owners(owners) => self.on_owners(owners),
+            HostEvent::Bus(bytes) => self.on_bus(&bytes),
+            HostEvent::Undelivered(forward) => self.on_undelivered(forward),
         }
     }
 

@@ -27,6 +27,11 @@ impl Router {
         let conn = match &waiter {
             Waiter::Conn(conn, _) => Some(*conn),
             Waiter::Local(_) => None,
+            Waiter::Remote { .. } => {
+                let refusal = Refusal::Invalid("identifies do not cross hosts".into());
+                self.reply(waiter, Reply::Refused(refusal));
+                return;
+            }
         };
         let grant = self.identify.acquire(shard);
         let inbox = self.inbox.clone();

@@ -22,6 +22,8 @@ pub(crate) enum Waiter {
     Conn(ConnId, u64),
     /// The admiral's own handle.
     Local(oneshot::Sender<Reply>),
+    /// Ask `id` of another host's admiral, over the bus.
+    Remote { host: String, id: u64 },
 }
 
 /// Everything that reaches the router's task.
@@ -66,7 +68,8 @@ pub(crate) enum Inbox {
         asked_for: bool,
         stats: Result<std::sync::Arc<crate::stats::FleetStats>, String>,
     },
-    /// The admiral's own command handler answered forward `forward`.
+    /// The admiral's own command handler answered forward `forward` (or a bus publish for it
+    /// reached no host: unavailable).
     Answer { forward: u64, outcome: Outcome },
     /// A worker process started.
     Spawned {

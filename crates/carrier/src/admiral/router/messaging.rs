@@ -2,7 +2,8 @@
 //! to one target. Neither waits for the receivers; the asker hears whether it was queued.
 
 use super::Router;
-use super::calls::Waiter;
+use super::calls::{Route, Waiter};
+use super::commands::Ask;
 use super::inbox::ConnId;
 use crate::ipc::client::Message;
 use crate::ipc::proto::{Down, Payload, Reply, Target};
@@ -35,6 +36,7 @@ impl Router {
                     payload,
                 } = down
                 {
+                    self.broadcast_remote(&from, &event, &payload);
                     self.ipc.deliver(&Message {
                         from,
                         event,
@@ -52,10 +54,19 @@ impl Router {
         &mut self,
         from: &Target,
         waiter: Waiter,
-        target: &Target,
+        target: Target,
         event: String,
         payload: Payload,
+        timeout: std::time::Duration,
     ) {
+        if let Some(host) = self.remote_owner(&target) {
+            // Another host's cluster: the waiter hears once that host has queued it.
+            let ask = Ask::Message { event, payload };
+            let deadline = timeout.saturating_sub(timeout / 20);
+            self.forward_remote(&host, from, target, ask, deadline, Route::Sent(waiter));
+            return;
+        }
+        let target = &target;
         let from = from.clone();
         let reply = if *target == Target::Admiral {
             self.ipc.deliver(&Message {

@@ -10,6 +10,7 @@
 //! - `supervision`: hellos, closes, exits, heartbeats, and carrying out the lifecycle's commands;
 //! - `adoption`: taking over the workers a lost admiral left;
 //! - `hosts`: this host's part of a fleet on several hosts (ranges taken, lost and fenced);
+//! - `remote`: calls and broadcasts to the clusters of the bot's other hosts, over the bus;
 //! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`,
 //!   `stats` (the admiral's shard and process records, and stats rounds), `control` (stop,
 //!   restart, rolling restarts, reshards and what their waiters hear), `services` (services
@@ -27,6 +28,7 @@ mod hosts;
 mod identify;
 pub(crate) mod inbox;
 mod messaging;
+mod remote;
 mod services;
 mod stats;
 mod store;
@@ -112,6 +114,8 @@ pub(crate) struct Router {
     fenced_grants: Vec<(Waiter, u32)>,
     /// Stopping on several hosts: the ranges are being handed to the other hosts first.
     handing_off: bool,
+    /// The bot's other hosts, on several hosts: who runs which range, asks open.
+    remote: remote::Remote,
 }
 
 impl Router {
@@ -171,6 +175,7 @@ impl Router {
             own: None,
             fenced_grants: Vec::new(),
             handing_off: false,
+            remote: remote::Remote::default(),
         }
     }
 
@@ -403,7 +408,7 @@ impl Router {
                 target,
                 event,
                 payload,
-            } => self.send_to(from, waiter, &target, event, payload),
+            } => self.send_to(from, waiter, target, event, payload, timeout),
             Request::Command { target, payload } => {
                 self.command(from, waiter, target, payload, timeout);
             }
@@ -465,6 +470,7 @@ impl Router {
                 self.links.end_request(conn);
                 self.links.send(conn, &Down::Reply { id, reply });
             }
+            Waiter::Remote { host, id } => self.reply_remote(host, id, reply),
         }
     }
 

@@ -6,7 +6,7 @@ use super::Router;
 use super::calls::Waiter;
 use crate::admiral::FleetEvent;
 use crate::admiral::lifecycle::{LifecycleEvent, WorkerId};
-use crate::ipc::proto::{AdmiralEvent, Down, Reply, Topic, Topics};
+use crate::ipc::proto::{AdmiralEvent, Down, Refusal, Reply, Topic, Topics};
 
 impl Router {
     /// Answers [`Request::Subscribe`](crate::ipc::proto::Request::Subscribe): the connection (or
@@ -17,6 +17,11 @@ impl Router {
         let conn = match &waiter {
             Waiter::Conn(conn, _) => Some(*conn),
             Waiter::Local(_) => None,
+            Waiter::Remote { .. } => {
+                let refusal = Refusal::Invalid("subscriptions do not cross hosts".into());
+                self.reply(waiter, Reply::Refused(refusal));
+                return;
+            }
         };
         match conn {
             Some(conn) => {

@@ -1,0 +1,368 @@
+//! Calls across hosts, on a bot whose ranges Redis assigns: a forward to a cluster another host
+//! runs goes to that host's admiral over the bus ([`crate::hosts::bus`]), which asks its cluster
+//! and publishes the outcome back. The asking router tracks the forward in its call table like
+//! any other, under a process number that stands for the other host, so a remote target ends
+//! the same ways a local one does: ok, error, timed out at the deadline, or unavailable (no
+//! host listens, the host gave the range up, or it does not run the cluster).
+//!
+//! Broadcasts go to every host on `bus:all`; each delivers to its own workers. Services run on
+//! every host, so a service is always asked on this host.
+//!
+//! A frame from the bus is hostile until proven otherwise: it must decode, name this bot's
+//! version of the bus and a known cluster; a host may have only [`MAX_ASKS_PER_HOST`] asks open
+//! here; answers count only from the host that was asked.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Router;
+use super::calls::{Route, Waiter};
+use super::commands::Ask;
+use crate::admiral::WorkerId;
+use crate::admiral::lifecycle::ProcessId;
+use crate::hosts::bus::Channel;
+use crate::ipc::client::Message;
+use crate::ipc::proto::{Down, Outcome, Payload, Reply, Target, clamp_timeout};
+
+/// The bus's wire version: a frame of another is dropped.
+const BUS_VERSION: u8 = 1;
+/// Asks one host may have open at this host; more are answered "overloaded" at once.
+pub(super) const MAX_ASKS_PER_HOST: usize = 4096;
+/// Process numbers from here up stand for other hosts in the call table (local processes count
+/// up from 1 and never get near).
+const REMOTE_PROCESS_BASE: ProcessId = 1 << 62;
+/// Time kept back from a forward's deadline for the way across Redis and back.
+const TRANSIT: Duration = Duration::from_millis(50);
+
+/// One message on the bus.
+#[derive(Debug, Serialize, Deserialize)]
+struct Frame {
+    v: u8,
+    /// The sending host.
+    host: String,
+    body: Body,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Body {
+    /// Ask your cluster `target` and answer [`Body::Answer`] with `id`.
+    Ask {
+        id: u64,
+        from: Target,
+        target: Target,
+        timeout_ms: u64,
+        ask: Ask,
+    },
+    /// The outcome of the sender's ask `id`.
+    Answer { id: u64, outcome: Outcome },
+    /// Deliver to every worker of yours, and the admiral's handlers.
+    Broadcast {
+        from: Target,
+        event: String,
+        payload: Payload,
+    },
+}
+
+/// The router's records of the other hosts.
+#[derive(Debug, Default)]
+pub(super) struct Remote {
+    /// Which host runs each range, as Redis last said.
+    owners: BTreeMap<u32, String>,
+    /// The process number standing for each host asked so far.
+    processes: HashMap<String, ProcessId>,
+    /// Asks each other host has open here.
+    open: HashMap<String, usize>,
+    /// All of them.
+    open_total: usize,
+}
+
+impl Remote {
+    fn process(&mut self, host: &str) -> ProcessId {
+        let next = REMOTE_PROCESS_BASE + self.processes.len() as u64;
+        *self.processes.entry(host.to_owned()).or_insert(next)
+    }
+}
+
+impl Router {
+    /// The other host that runs `target` now, when it is a cluster this host does not run.
+    pub(super) fn remote_owner(&self, target: &Target) -> Option<String> {
+        let bus = self.config.host_bus.as_ref()?;
+        let Target::Cluster(cluster) = target else {
+            return None;
+        };
+        let here = self
+            .lifecycle
+            .worker(&WorkerId::Cluster(*cluster))
+            .is_some_and(|w| !w.retired && !w.state.is_terminal());
+        if here {
+            return None;
+        }
+        let host = self.remote.owners.get(cluster)?;
+        (host != bus.host()).then(|| host.clone())
+    }
+
+    /// Sends `ask` for `target` to `host`'s admiral, tracked like a local forward.
+    pub(super) fn forward_remote(
+        &mut self,
+        host: &str,
+        from: &Target,
+        target: Target,
+        ask: Ask,
+        deadline: Duration,
+        route: Route,
+    ) {
+        let id = self.calls.next_id();
+        let frame = self.frame(Body::Ask {
+            id,
+            from: from.clone(),
+            target: target.clone(),
+            timeout_ms: u64::try_from(deadline.saturating_sub(TRANSIT).as_millis())
+                .unwrap_or(u64::MAX),
+            ask,
+        });
+        let queued = frame.is_some_and(|body| {
+            self.config
+                .host_bus
+                .as_ref()
+                .is_some_and(|bus| bus.publish(Channel::Host(host.to_owned()), body, Some(id)))
+        });
+        if !queued {
+            tracing::warn!(target: "fleet::ipc", %target, host, "request to another host not sent");
+            self.undelivered(route, target);
+            return;
+        }
+        let process = self.remote.process(host);
+        self.calls.track(id, process, target, route, deadline);
+    }
+
+    /// Delivers a broadcast to the bot's other hosts.
+    pub(super) fn broadcast_remote(&self, from: &Target, event: &str, payload: &Payload) {
+        let Some(bus) = &self.config.host_bus else {
+            return;
+        };
+        let body = Body::Broadcast {
+            from: from.clone(),
+            event: event.to_owned(),
+            payload: payload.clone(),
+        };
+        if let Some(frame) = self.frame(body)
+            && !bus.publish(Channel::All, frame, None)
+        {
+            tracing::warn!(target: "fleet::ipc", event, "broadcast not sent to the other hosts: the bus is full");
+        }
+    }
+
+    /// Which host runs which range now (from Redis): forwards to hosts that run nothing any
+    /// more end as unavailable.
+    pub(super) fn on_owners(&mut self, owners: BTreeMap<u32, String>) {
+        let gone: Vec<ProcessId> = self
+            .remote
+            .processes
+            .iter()
+            .filter(|(host, _)| !owners.values().any(|h| h == *host))
+            .map(|(_, process)| *process)
+            .collect();
+        self.remote.owners = owners;
+        for process in gone {
+            for answer in self.calls.orphaned(process) {
+                self.answer(answer);
+            }
+        }
+    }
+
+    /// A bus publish reached no host: its forward ends as unavailable.
+    pub(super) fn on_undelivered(&mut self, forward: u64) {
+        if let Some(answer) = self.calls.answered(forward, None, Outcome::Unavailable) {
+            self.answer(answer);
+        }
+    }
+
+    /// A message from another host's admiral.
+    pub(super) fn on_bus(&mut self, bytes: &[u8]) {
+        let frame: Frame = match rmp_serde::from_slice(bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(target: "fleet::ipc", %error, "dropped a malformed bus message");
+                return;
+            }
+        };
+        let me = self
+            .config
+            .host_bus
+            .as_ref()
+            .map(crate::hosts::bus::BusOut::host);
+        if frame.v != BUS_VERSION || me == Some(frame.host.as_str()) {
+            return;
+        }
+        match frame.body {
+            Body::Ask {
+                id,
+                from,
+                target,
+                timeout_ms,
+                ask,
+            } => self.remote_ask(frame.host, id, &from, target, timeout_ms, ask),
+            Body::Answer { id, outcome } => {
+                let Some(&process) = self.remote.processes.get(&frame.host) else {
+                    return;
+                };
+                if let Some(answer) = self.calls.answered(id, Some(process), outcome) {
+                    self.answer(answer);
+                }
+            }
+            Body::Broadcast {
+                from,
+                event,
+                payload,
+            } => self.deliver_here(from, event, payload),
+        }
+    }
+
+    /// Another host asks one of this host's clusters.
+    fn remote_ask(
+        &mut self,
+        host: String,
+        id: u64,
+        from: &Target,
+        target: Target,
+        timeout_ms: u64,
+        ask: Ask,
+    ) {
+        let open = self.remote.open.get(&host).copied().unwrap_or(0);
+        let waiter = Waiter::Remote { host, id };
+        if !matches!(target, Target::Cluster(_)) {
+            let error = format!("{target} is not reached across hosts");
+            self.reply(waiter, Reply::Outcome(Outcome::Error(error)));
+            return;
+        }
+        if open >= MAX_ASKS_PER_HOST || self.remote.open_total >= 4 * MAX_ASKS_PER_HOST {
+            let error = format!("{target}'s host is overloaded with requests from other hosts");
+            self.reply(waiter, Reply::Outcome(Outcome::Error(error)));
+            return;
+        }
+        if let Waiter::Remote { host, .. } = &waiter {
+            *self.remote.open.entry(host.clone()).or_default() += 1;
+            self.remote.open_total += 1;
+        }
+        let timeout = clamp_timeout(timeout_ms);
+        // Never passed on again: two hosts with different views of the owners must not bounce
+        // a request between them.
+        self.forward_here(from, target, ask, timeout, Route::Single(waiter));
+    }
+
+    /// Answers an ask of another host's (`id`) with what its forward came to.
+    pub(super) fn reply_remote(&mut self, host: String, id: u64, reply: Reply) {
+        if let Some(open) = self.remote.open.get_mut(&host) {
+            self.remote.open_total = self.remote.open_total.saturating_sub(1);
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                self.remote.open.remove(&host);
+            }
+        }
+        let outcome = match reply {
+            Reply::Outcome(outcome) => outcome,
+            Reply::Done => Outcome::Ok(Payload::empty()),
+            Reply::Refused(crate::ipc::proto::Refusal::Unavailable(_)) => Outcome::Unavailable,
+            Reply::Refused(refusal) => Outcome::Error(refusal.to_string()),
+            other => Outcome::Error(format!("unexpected reply across hosts: {other:?}")),
+        };
+        let Some(frame) = self.frame(Body::Answer { id, outcome }) else {
+            return;
+        };
+        if let Some(bus) = &self.config.host_bus
+            && !bus.publish(Channel::Host(host), frame, None)
+        {
+            tracing::warn!(target: "fleet::ipc", "an answer to another host was not sent: the bus is full");
+        }
+    }
+
+    /// Delivers a message to every serving worker of this host and the admiral's handlers.
+    pub(super) fn deliver_here(&mut self, from: Target, event: String, payload: Payload) {
+        let down = Down::Message {
+            from,
+            event,
+            payload,
+        };
+        let Ok(body) = self.links.encode(&down) else {
+            return;
+        };
+        let conns: Vec<_> = self.serving_conns().collect();
+        for conn in conns {
+            let _ = self.links.send_body(conn, &body);
+        }
+        if let Down::Message {
+            from,
+            event,
+            payload,
+        } = down
+        {
+            self.ipc.deliver(&Message {
+                from,
+                event,
+                payload,
+            });
+        }
+    }
+
+    /// `body` as a frame from this host, or `None` (logged) when it is over the frame limit.
+    fn frame(&self, body: Body) -> Option<Vec<u8>> {
+        let host = self.config.host_bus.as_ref()?.host().to_owned();
+        let frame = Frame {
+            v: BUS_VERSION,
+            host,
+            body,
+        };
+        match rmp_serde::to_vec_named(&frame) {
+            Ok(bytes) if bytes.len() <= self.config.max_frame => Some(bytes),
+            Ok(bytes) => {
+                tracing::warn!(target: "fleet::ipc", bytes = bytes.len(), max_frame = self.config.max_frame, "a message for another host is over the frame limit");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(target: "fleet::ipc", %error, "a message for another host could not be encoded");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_hosts_get_their_own_process_numbers() {
+        let frame = Frame {
+            v: BUS_VERSION,
+            host: "a".into(),
+            body: Body::Ask {
+                id: 7,
+                from: Target::Cluster(1),
+                target: Target::Cluster(2),
+                timeout_ms: 900,
+                ask: Ask::Command(Payload::encode(&"ping").unwrap()),
+            },
+        };
+        let bytes = rmp_serde::to_vec_named(&frame).unwrap();
+        let back: Frame = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(matches!(
+            back.body,
+            Body::Ask {
+                id: 7,
+                target: Target::Cluster(2),
+                timeout_ms: 900,
+                ..
+            }
+        ));
+        assert!(rmp_serde::from_slice::<Frame>(b"\xc1garbage").is_err());
+
+        let mut remote = Remote::default();
+        let a = remote.process("a");
+        let b = remote.process("b");
+        assert_ne!(a, b);
+        assert_eq!(remote.process("a"), a);
+        assert!(a >= REMOTE_PROCESS_BASE && b >= REMOTE_PROCESS_BASE);
+    }
+}
