@@ -497,7 +497,7 @@ async fn event_throughput(admiral: &AdmiralHandle, mock: &MockProcess) -> Result
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 

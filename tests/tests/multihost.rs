@@ -374,6 +374,8 @@ fn host_options(
     options.host_id = Some(host.to_owned());
     options.host_capacity = Some(capacity);
     options.host_lease_ttl = Duration::from_millis(LEASE_MS.parse().unwrap());
+    // The whole bot's central store (in Redis) holds a mebibyte.
+    options.store_limit = 1 << 20;
     options
 }
 
@@ -944,6 +946,31 @@ async fn every_call_reaches_the_clusters_of_the_other_host_with_the_same_outcome
         (carrier::Target::Admiral, &b"to all"[..])
     );
 
+    // A restart of b's cluster, asked on a, runs on b: a handover, so no shard identifies.
+    let b_before = cluster_pids(&b).await;
+    let identifies = mock.stats().identifies;
+    a.ipc()
+        .restart(
+            carrier::Target::Cluster(1),
+            carrier::RestartMode::Handover,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let b_after = cluster_pids(&b).await;
+    assert_ne!(b_after.get(&1), b_before.get(&1), "b runs a new process");
+    assert_eq!(mock.stats().identifies, identifies);
+    // A restart of a cluster nobody has asked for by that name is refused as before.
+    let unknown = a
+        .ipc()
+        .restart(
+            carrier::Target::Cluster(9),
+            carrier::RestartMode::Handover,
+            WAIT,
+        )
+        .await;
+    assert!(unknown.is_err(), "{unknown:?}");
+
     // A command that outlives its timeout times out on the asker's clock; nothing hangs. The
     // cluster tells its own admiral (b's) each time it sleeps on a command.
     let (asleep_tx, mut asleep) = tokio::sync::mpsc::unbounded_channel();
@@ -1014,4 +1041,104 @@ async fn every_call_reaches_the_clusters_of_the_other_host_with_the_same_outcome
         .await;
     assert_unavailable(&unsent);
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_central_store_is_one_for_every_host_keeps_its_limit_and_fails_clearly_without_redis() {
+    use carrier::Payload;
+    let mut redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (a, b) = two_hosts(&mock, &redis, "store", redis.url()).await;
+    let (a, b) = (a.ipc().clone(), b.ipc().clone());
+
+    // What one host writes, the other reads; compare-and-set decides between them.
+    a.store_set("guild:1:prefix", Payload::from("!"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store_get("guild:1:prefix").await.unwrap(),
+        Some(Payload::from("!"))
+    );
+    assert!(b.store_has("guild:1:prefix").await.unwrap());
+    let won = a
+        .store_compare_and_set("lock", None, Some(Payload::from("a")))
+        .await
+        .unwrap();
+    let lost = b
+        .store_compare_and_set("lock", None, Some(Payload::from("b")))
+        .await
+        .unwrap();
+    assert!(won && !lost, "one host takes the lock");
+    assert!(
+        b.store_compare_and_set("lock", Some(Payload::from("a")), None)
+            .await
+            .unwrap(),
+        "the holder's value releases it"
+    );
+    assert!(!a.store_has("lock").await.unwrap());
+    b.store_set("guild:2:prefix", Payload::from("?"))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.store_keys("guild:").await.unwrap(),
+        vec!["guild:1:prefix".to_owned(), "guild:2:prefix".to_owned()]
+    );
+    let entries = a.store_entries("guild:2").await.unwrap();
+    assert_eq!(
+        entries,
+        vec![("guild:2:prefix".to_owned(), Payload::from("?"))]
+    );
+    assert!(a.store_delete("guild:2:prefix").await.unwrap());
+    assert!(!b.store_delete("guild:2:prefix").await.unwrap());
+
+    // A key with a time to live goes for every host at once (Redis's clock).
+    a.store_set_for("cooldown", Payload::from("1"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(b.store_has("cooldown").await.unwrap());
+    let gone = tokio::time::timeout(WAIT, async {
+        while b.store_has("cooldown").await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the key expired");
+
+    // The store's limit holds for the whole bot: a write past it is refused and loses nothing.
+    let big = Payload::from(vec![b'x'; 600 << 10]);
+    a.store_set("big", big.clone()).await.unwrap();
+    let refused = b.store_set("bigger", big).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("store_limit")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        b.store_get("guild:1:prefix").await.unwrap(),
+        Some(Payload::from("!"))
+    );
+
+    // Redis gone: every operation fails with a clear error, none hangs; back, the store serves.
+    redis.kill();
+    let started = Instant::now();
+    let failed = a.store_get("guild:1:prefix").await;
+    assert!(
+        failed
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("shared store")),
+        "{failed:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let _redis = redis.restart().await;
+    let back = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(value) = b.store_get("guild:1:prefix").await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "the store serves again");
 }

@@ -168,7 +168,12 @@ pub struct FleetOptions {
     ///   resuming their shards' sessions from the checkpoints the last owner wrote there;
     /// - a host that cannot renew its lease fences itself before anyone may take over: its
     ///   clusters close their shards resumably and wait, and resume them if the lease holds
-    ///   again and the ranges are still its own.
+    ///   again and the ranges are still its own;
+    /// - calls reach the clusters of every host (commands, by shard or guild, fan-outs, guild
+    ///   counts, fetches, messages, broadcasts, restarts and stops of one cluster), with the
+    ///   same outcomes as on one host; services run on every host, and are asked on this one;
+    /// - the central store is one for every host, in Redis ([`store_limit`](Self::store_limit)
+    ///   for the whole bot, time to live on Redis's clock); with pinned shards too.
     ///
     /// Every host must plan the same shards and clusters (a host that does not is refused). With
     /// `first_shard`/`last_shard` set, the host runs just those (pinned, as in a Kubernetes stateful set) and
@@ -467,7 +472,7 @@ impl Fleet {
         };
         // Redis assigns the ranges unless this host's shards are pinned.
         let assigned = options.first_shard.is_none() && options.last_shard.is_none();
-        let (host, host_checkpoints, host_bus) = match &options.redis_url {
+        let (host, host_checkpoints, host_bus, host_store) = match &options.redis_url {
             Some(url) => {
                 let host = match &options.host_id {
                     Some(host) => host.clone(),
@@ -507,9 +512,17 @@ impl Fleet {
                     agent = agent.with_bus(bus_in);
                     bus = Some(out);
                 }
-                (Some(crate::hosts::HostPart { agent }), checkpoints, bus)
+                // One central store for every host.
+                let (store, task) = crate::hosts::store::SharedStore::new(
+                    agent.client(),
+                    &fleet_id,
+                    options.store_limit,
+                    options.max_frame.saturating_sub(1024),
+                );
+                let part = crate::hosts::HostPart { agent, store: task };
+                (Some(part), checkpoints, bus, Some(store))
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         let identify: Arc<dyn crate::identify::IdentifyQueue> = match &options.redis_url {
             Some(url) => {
@@ -639,6 +652,7 @@ impl Fleet {
             host,
             host_checkpoints,
             host_bus,
+            host_store,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO

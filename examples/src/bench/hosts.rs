@@ -54,15 +54,70 @@ pub async fn serve(args: &[String]) -> Result<std::process::ExitCode> {
         .context("admiral")?;
     admiral.wait_ready(Duration::from_mins(5)).await?;
     println!("ready");
+    let admiral = std::sync::Arc::new(admiral);
+    // `rtt N` on stdin: N commands to the clusters other hosts run, and N to this host's.
+    let asks = {
+        let admiral = admiral.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some(n) = line.strip_prefix("rtt ").and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                match round_trips(&admiral, n).await {
+                    Ok(figures) => println!("rtt {figures}"),
+                    Err(error) => println!("rtt failed: {error:#}"),
+                }
+            }
+        })
+    };
     admiral.wait_stopped().await;
+    asks.abort();
     println!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `n` sequential commands to the clusters of other hosts and `n` to this host's own, from the
+/// admiral's handle: `p50 p99` of each, in µs.
+async fn round_trips(admiral: &carrier::AdmiralHandle, n: usize) -> Result<String> {
+    let here: Vec<u32> = admiral
+        .workers()
+        .await?
+        .iter()
+        .filter_map(|w| match w.id {
+            carrier::WorkerId::Cluster(c) if w.state == carrier::admiral::State::Live => Some(c),
+            _ => None,
+        })
+        .collect();
+    let there: Vec<u32> = (0..RANGES).filter(|c| !here.contains(c)).collect();
+    anyhow::ensure!(
+        !here.is_empty() && !there.is_empty(),
+        "runs {here:?} of {RANGES}"
+    );
+    let mut figures = Vec::new();
+    for clusters in [there, here] {
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n {
+            let cluster = clusters[i % clusters.len()];
+            let started = Instant::now();
+            admiral
+                .ipc()
+                .cluster_command(cluster, carrier::Payload::from("ping"))
+                .await?;
+            times.push(started.elapsed());
+        }
+        times.sort_unstable();
+        for p in [0.5, 0.99] {
+            figures.push(super::percentile(&times, p).as_micros().to_string());
+        }
+    }
+    Ok(figures.join(" "))
 }
 
 /// A host process.
 struct Host {
     child: tokio::process::Child,
-    _lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
 
 impl Host {
@@ -74,6 +129,7 @@ impl Host {
             .arg(redis)
             .arg(host)
             .stdout(Stdio::piped())
+            .stdin(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
         let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
@@ -81,10 +137,29 @@ impl Host {
             .await
             .context("no ready line")??;
         anyhow::ensure!(line.as_deref() == Some("ready"), "host {host}: {line:?}");
-        Ok(Self {
-            child,
-            _lines: lines,
-        })
+        Ok(Self { child, lines })
+    }
+
+    /// Cross-host and local command round trips measured by this host (`n` of each): p50 and
+    /// p99 of each, in µs.
+    async fn round_trips(&mut self, n: usize) -> Result<[u64; 4]> {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        stdin.write_all(format!("rtt {n}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        let line = tokio::time::timeout(Duration::from_mins(2), self.lines.next_line())
+            .await
+            .context("no rtt line")??
+            .unwrap_or_default();
+        let figures: Vec<u64> = line
+            .strip_prefix("rtt ")
+            .unwrap_or_default()
+            .split(' ')
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        figures
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("round trips: {line}"))
     }
 
     fn pid(&self) -> Result<u32> {
@@ -200,7 +275,7 @@ async fn assigned(redis: &Redis) -> Result<()> {
         start_mock_resumable(MAX_CONCURRENCY, IDENTIFY_INTERVAL, SHARDS, 100, resumable).await?;
     let started = Instant::now();
     let names: Vec<String> = (0..HOSTS).map(|h| format!("host-{h}")).collect();
-    let hosts =
+    let mut hosts =
         futures::future::try_join_all(names.iter().map(|h| Host::start(&mock, &url, h))).await?;
     all_attached(&mock, Duration::from_mins(3)).await?;
     let took = started.elapsed();
@@ -219,6 +294,13 @@ async fn assigned(redis: &Redis) -> Result<()> {
         / window.as_secs_f64();
     println!(
         "assigned ranges, steady state with 2,400 events a second (half an event per guild): {per_second:.1} Redis commands a second for the whole bot (leases, claims, checkpoints)"
+    );
+
+    let n = 2000;
+    let [there_50, there_99, here_50, here_99] = hosts[0].round_trips(n).await?;
+    println!(
+        "command round trip from a host's admiral, {n} sequential commands each, events flowing: to another host's cluster p50 {there_50} µs, p99 {there_99} µs; to its own cluster p50 {here_50} µs, p99 {here_99} µs (across hosts / local, p50: {:.1}x)",
+        there_50 as f64 / here_50.max(1) as f64
     );
 
     // A planned move: host 2 stops; its ranges go to hosts 0 and 1.

@@ -104,6 +104,8 @@ pub struct AdmiralConfig {
     pub(crate) host_checkpoints: Option<Arc<crate::hosts::agent::Checkpoints>>,
     /// The router's end of the bus to the bot's other hosts (with `host`'s ranges).
     pub(crate) host_bus: Option<crate::hosts::bus::BusOut>,
+    /// The central store in Redis, shared by the bot's hosts (with `host`).
+    pub(crate) host_store: Option<crate::hosts::store::SharedStore>,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.
@@ -637,6 +639,7 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         let (released, on_release) = watch::channel(false);
         let (events_tx, mut events_rx) = mpsc::channel(64);
         let checkpoints = config.host_checkpoints.clone().unwrap_or_default();
+        tasks.push(tokio::spawn(host.store.run()).abort_handle());
         let agent = host
             .agent
             .run(stopped.clone(), released, events_tx, checkpoints);

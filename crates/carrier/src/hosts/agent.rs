@@ -239,6 +239,11 @@ impl HostAgent {
         }
     }
 
+    /// A client of the agent's Redis.
+    pub(crate) fn client(&self) -> redis::Client {
+        self.lease.client.clone()
+    }
+
     /// Also carries the cross-host bus.
     pub(crate) fn with_bus(mut self, bus: super::bus::BusIn) -> Self {
         self.bus = Some(bus);

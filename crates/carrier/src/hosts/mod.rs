@@ -10,11 +10,13 @@
 //! claimed and handed on in Redis, and the sessions their shards resume from on the next host.
 //! The admiral's [`agent`] keeps all of it, and fences the host before its lease can lapse.
 //! Between the hosts' admirals runs the [`bus`] (Redis Pub/Sub): calls to another host's
-//! clusters, their answers, broadcasts, and the hint that the assignment changed.
+//! clusters, their answers, broadcasts, and the hint that the assignment changed. The central
+//! [`store`] lives in Redis too, one for every host.
 
 pub(crate) mod agent;
 pub(crate) mod assign;
 pub(crate) mod bus;
+pub(crate) mod store;
 
 pub use agent::{fence_margin, takeover_grace};
 
@@ -56,6 +58,8 @@ return 0
 /// Redis assigns the ranges, its share of them.
 pub struct HostPart {
     pub(crate) agent: agent::HostAgent,
+    /// Runs the shared store's operations against Redis.
+    pub(crate) store: store::StoreTask,
 }
 
 impl std::fmt::Debug for HostPart {

@@ -35,6 +35,8 @@ pub(crate) enum Route {
     Search(u64),
     /// A message to one target: the waiter hears whether it arrived.
     Sent(Waiter),
+    /// A request run on another host: the waiter gets its reply, carried in the outcome.
+    Relay(Waiter),
 }
 
 #[derive(Debug)]
@@ -185,6 +187,21 @@ impl Calls {
         match route {
             Route::Single(waiter) => {
                 let reply = Reply::Outcome(outcome);
+                Some(Answer { waiter, reply })
+            }
+            Route::Relay(waiter) => {
+                let reply = match outcome {
+                    Outcome::Ok(reply) => reply.decode().unwrap_or_else(|error| {
+                        Reply::Refused(Refusal::Invalid(format!(
+                            "{target}'s host answered with a reply this build cannot read: {error}"
+                        )))
+                    }),
+                    Outcome::Error(error) => Reply::Refused(Refusal::Invalid(error)),
+                    Outcome::TimedOut => Reply::Refused(Refusal::Invalid(format!(
+                        "{target}'s host did not answer in time"
+                    ))),
+                    Outcome::Unavailable => Reply::Refused(Refusal::Unavailable(target)),
+                };
                 Some(Answer { waiter, reply })
             }
             Route::Search(search) => self.searched(search, target, outcome),
@@ -435,6 +452,41 @@ mod tests {
         assert!(matches!(
             rx.await.unwrap(),
             Reply::Outcomes(o) if matches!(o[..], [(_, Outcome::TimedOut)])
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_message_hears_whether_it_arrived_and_a_relayed_request_gets_its_reply_whole() {
+        let mut calls = Calls::default();
+        let target = Target::Cluster(3);
+        let (waiter, rx) = local();
+        let arrived = calls.settle(Route::Sent(waiter), target.clone(), ok("queued"));
+        deliver(arrived);
+        assert!(matches!(rx.await.unwrap(), Reply::Done));
+        let (waiter, rx) = local();
+        deliver(calls.settle(Route::Sent(waiter), target.clone(), Outcome::TimedOut));
+        assert!(matches!(
+            rx.await.unwrap(),
+            Reply::Refused(Refusal::Unavailable(t)) if t == target
+        ));
+
+        let (waiter, rx) = local();
+        let refused = Reply::Refused(Refusal::RestartFailed("not ready".into()));
+        let carried = Outcome::Ok(Payload::encode(&refused).unwrap());
+        deliver(calls.settle(Route::Relay(waiter), target.clone(), carried));
+        assert_eq!(rx.await.unwrap(), refused);
+        let (waiter, rx) = local();
+        let garbled = Outcome::Ok(Payload::from("not a reply"));
+        deliver(calls.settle(Route::Relay(waiter), target.clone(), garbled));
+        assert!(matches!(
+            rx.await.unwrap(),
+            Reply::Refused(Refusal::Invalid(_))
+        ));
+        let (waiter, rx) = local();
+        deliver(calls.settle(Route::Relay(waiter), target.clone(), Outcome::Unavailable));
+        assert!(matches!(
+            rx.await.unwrap(),
+            Reply::Refused(Refusal::Unavailable(t)) if t == target
         ));
     }
 

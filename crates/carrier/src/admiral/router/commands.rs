@@ -24,6 +24,9 @@ pub(super) enum Ask {
         event: String,
         payload: Payload,
     },
+    /// Run a request about the target (a restart or stop) on the host that runs it; its whole
+    /// reply comes back. Only ever sent across hosts.
+    Relay(Box<crate::ipc::proto::Request>),
 }
 
 impl Router {
@@ -214,6 +217,10 @@ impl Router {
                 event,
                 payload,
             },
+            Ask::Relay(_) => {
+                self.undelivered(route, target);
+                return;
+            }
         };
         let sent = match self.links.encode(&down) {
             Ok(body) => self.links.send_body(conn, &body),

@@ -22,8 +22,9 @@ pub(crate) enum Waiter {
     Conn(ConnId, u64),
     /// The admiral's own handle.
     Local(oneshot::Sender<Reply>),
-    /// Ask `id` of another host's admiral, over the bus.
-    Remote { host: String, id: u64 },
+    /// Ask `id` of another host's admiral, over the bus; `whole`: it wants the reply itself
+    /// (a relayed request), not an outcome.
+    Remote { host: String, id: u64, whole: bool },
 }
 
 /// Everything that reaches the router's task.
@@ -71,6 +72,8 @@ pub(crate) enum Inbox {
     /// The admiral's own command handler answered forward `forward` (or a bus publish for it
     /// reached no host: unavailable).
     Answer { forward: u64, outcome: Outcome },
+    /// The shared store (Redis) answered an operation.
+    Stored { waiter: Waiter, reply: Reply },
     /// A worker process started.
     Spawned {
         process: ProcessId,

@@ -301,6 +301,7 @@ impl Router {
                 self.reply(waiter, Reply::Done);
             }
             Inbox::Stats { asked_for, stats } => self.stats_done(asked_for, stats),
+            Inbox::Stored { waiter, reply } => self.reply(waiter, reply),
             Inbox::Answer { forward, outcome } => {
                 if let Some(answer) = self.calls.answered(forward, None, outcome) {
                     self.answer(answer);
@@ -423,11 +424,16 @@ impl Router {
             }
             Request::CountGuilds => self.count_guilds(from, waiter, timeout),
             Request::Fetch(query) => self.fetch(from, waiter, query, timeout),
-            Request::Store(operation) => {
-                let reply = self.store.handle(operation);
-                self.reply(waiter, reply);
-            }
+            Request::Store(operation) => self.store(waiter, operation),
             Request::Identify { shard } => self.identify(from, waiter, shard),
+            Request::Stop { ref worker }
+            | Request::StopNow { ref worker }
+            | Request::Restart { ref worker, .. }
+                if self.remote_owner(worker).is_some() =>
+            {
+                let worker = worker.clone();
+                self.relay(from, waiter, worker, request, timeout);
+            }
             Request::Stop { worker } => self.stop(waiter, worker, false),
             Request::StopNow { worker } => self.stop(waiter, worker, true),
             Request::Shutdown => {
@@ -470,7 +476,7 @@ impl Router {
                 self.links.end_request(conn);
                 self.links.send(conn, &Down::Reply { id, reply });
             }
-            Waiter::Remote { host, id } => self.reply_remote(host, id, reply),
+            Waiter::Remote { host, id, whole } => self.reply_remote(host, id, whole, reply),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::admiral::WorkerId;
 use crate::admiral::lifecycle::ProcessId;
 use crate::hosts::bus::Channel;
 use crate::ipc::client::Message;
-use crate::ipc::proto::{Down, Outcome, Payload, Reply, Target, clamp_timeout};
+use crate::ipc::proto::{Down, Outcome, Payload, Reply, Request, Target, clamp_timeout};
 
 /// The bus's wire version: a frame of another is dropped.
 const BUS_VERSION: u8 = 1;
@@ -137,6 +137,27 @@ impl Router {
         self.calls.track(id, process, target, route, deadline);
     }
 
+    /// Runs `request` about `worker` (a restart or stop) on the host that runs it.
+    pub(super) fn relay(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        worker: Target,
+        request: crate::ipc::proto::Request,
+        timeout: Duration,
+    ) {
+        let Some(host) = self.remote_owner(&worker) else {
+            self.reply(
+                waiter,
+                Reply::Refused(crate::ipc::proto::Refusal::Unavailable(worker)),
+            );
+            return;
+        };
+        let deadline = timeout.saturating_sub(timeout / 20);
+        let ask = Ask::Relay(Box::new(request));
+        self.forward_remote(&host, from, worker, ask, deadline, Route::Relay(waiter));
+    }
+
     /// Delivers a broadcast to the bot's other hosts.
     pub(super) fn broadcast_remote(&self, from: &Target, event: &str, payload: &Payload) {
         let Some(bus) = &self.config.host_bus else {
@@ -231,7 +252,8 @@ impl Router {
         ask: Ask,
     ) {
         let open = self.remote.open.get(&host).copied().unwrap_or(0);
-        let waiter = Waiter::Remote { host, id };
+        let whole = matches!(ask, Ask::Relay(_));
+        let waiter = Waiter::Remote { host, id, whole };
         if !matches!(target, Target::Cluster(_)) {
             let error = format!("{target} is not reached across hosts");
             self.reply(waiter, Reply::Outcome(Outcome::Error(error)));
@@ -249,11 +271,31 @@ impl Router {
         let timeout = clamp_timeout(timeout_ms);
         // Never passed on again: two hosts with different views of the owners must not bounce
         // a request between them.
-        self.forward_here(from, target, ask, timeout, Route::Single(waiter));
+        let here = self.remote_owner(&target).is_none() && self.live_conn(&target).is_ok();
+        match ask {
+            Ask::Relay(request) if here => {
+                // Only a restart or stop of the target itself: anything else could send the
+                // request on again.
+                let about_target = matches!(
+                    &*request,
+                    Request::Restart { worker, .. } | Request::Stop { worker } | Request::StopNow { worker }
+                        if *worker == target
+                );
+                if about_target {
+                    self.on_request(from, waiter, *request, timeout);
+                } else {
+                    let error =
+                        format!("only restarts and stops of {target} are relayed to its host");
+                    self.reply(waiter, Reply::Outcome(Outcome::Error(error)));
+                }
+            }
+            Ask::Relay(_) => self.reply(waiter, Reply::Outcome(Outcome::Unavailable)),
+            ask => self.forward_here(from, target, ask, timeout, Route::Single(waiter)),
+        }
     }
 
     /// Answers an ask of another host's (`id`) with what its forward came to.
-    pub(super) fn reply_remote(&mut self, host: String, id: u64, reply: Reply) {
+    pub(super) fn reply_remote(&mut self, host: String, id: u64, whole: bool, reply: Reply) {
         if let Some(open) = self.remote.open.get_mut(&host) {
             self.remote.open_total = self.remote.open_total.saturating_sub(1);
             *open = open.saturating_sub(1);
@@ -262,6 +304,12 @@ impl Router {
             }
         }
         let outcome = match reply {
+            // A relayed request's reply goes back whole.
+            Reply::Outcome(Outcome::Unavailable) if whole => Outcome::Unavailable,
+            reply if whole => match Payload::encode(&reply) {
+                Ok(reply) => Outcome::Ok(reply),
+                Err(error) => Outcome::Error(error.to_string()),
+            },
             Reply::Outcome(outcome) => outcome,
             Reply::Done => Outcome::Ok(Payload::empty()),
             Reply::Refused(crate::ipc::proto::Refusal::Unavailable(_)) => Outcome::Unavailable,

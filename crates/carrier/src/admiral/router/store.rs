@@ -7,7 +7,31 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::ipc::proto::{Outcome, Payload, Refusal, Reply, StoreRequest};
+use crate::ipc::proto::{Payload, Refusal, Reply, StoreRequest};
+
+impl super::Router {
+    /// One store operation: answered by the admiral's own store, or (on several hosts) by the
+    /// one in Redis, whose answer comes back through the inbox.
+    pub(super) fn store(&mut self, waiter: super::Waiter, operation: StoreRequest) {
+        let Some(shared) = &self.config.host_store else {
+            let reply = self.store.handle(operation);
+            self.reply(waiter, reply);
+            return;
+        };
+        match shared.handle(operation) {
+            Ok(answer) => {
+                let inbox = self.inbox.clone();
+                tokio::spawn(async move {
+                    let reply = answer.await.unwrap_or_else(|_| {
+                        Reply::Refused(Refusal::Invalid("the shared store stopped".into()))
+                    });
+                    let _ = inbox.send(super::Inbox::Stored { waiter, reply }).await;
+                });
+            }
+            Err(reply) => self.reply(waiter, reply),
+        }
+    }
+}
 
 /// Answers store operations. The router calls it on its own task: an implementation must not
 /// block.
@@ -98,10 +122,7 @@ impl MemoryStore {
         let old = self.entries.get(&key).map_or(0, |v| key.len() + v.0.len());
         let after = self.bytes - old + key.len() + value.0.len();
         if after > self.limit {
-            return Reply::Refused(Refusal::Invalid(format!(
-                "the store holds {} bytes; this write would take it past its limit of {} (FleetOptions::store_limit)",
-                self.bytes, self.limit
-            )));
+            return crate::hosts::store::over_limit(self.bytes as u64, self.limit);
         }
         if let Some(at) = self.expiries.remove(&key) {
             self.deadlines.remove(&(at, key.clone()));
@@ -118,17 +139,7 @@ impl MemoryStore {
     }
 
     fn answer<T: serde::Serialize>(&self, value: &T) -> Reply {
-        match Payload::encode(value) {
-            Ok(payload) if payload.0.len() <= self.max_answer => {
-                Reply::Outcome(Outcome::Ok(payload))
-            }
-            Ok(payload) => Reply::Refused(Refusal::Invalid(format!(
-                "the answer would be {} bytes, more than one frame holds ({}); ask for a narrower prefix",
-                payload.0.len(),
-                self.max_answer
-            ))),
-            Err(error) => Reply::Refused(Refusal::Invalid(error.to_string())),
-        }
+        crate::hosts::store::answer_within(value, self.max_answer)
     }
 }
 
@@ -227,6 +238,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipc::proto::Outcome;
 
     fn set(store: &mut MemoryStore, key: &str, bytes: usize) -> Reply {
         let value = Payload(vec![0; bytes].into());
