@@ -564,6 +564,11 @@ async fn a_host_cut_from_redis_fences_itself_before_its_range_resumes_elsewhere_
     // Host a loses Redis, not Discord: it fences itself (its shards close resumably) while its
     // lease still holds, so before b may take the range.
     proxy.set(Fault::Blackhole);
+    // Stats asked on b meanwhile come without a's snapshot, saying so, and in time.
+    let partial = tokio::spawn({
+        let ipc = b.ipc().clone();
+        async move { ipc.stats().await }
+    });
     mock.wait_until(WAIT, "host a fences its shards", |m| {
         m.sessions().iter().filter(|s| !s.attached).count() == 2
     })
@@ -580,6 +585,9 @@ async fn a_host_cut_from_redis_fences_itself_before_its_range_resumes_elsewhere_
     .await
     .unwrap();
     workers_until(&b, "host b runs both ranges", |w| clusters(w).len() == 2).await;
+    let partial = partial.await.unwrap().unwrap();
+    assert_eq!(partial.hosts, vec!["b".to_owned()]);
+    assert_eq!(partial.missing_hosts, vec!["a".to_owned()]);
 
     // Redis is back for a: it learns the range is b's and stops its cluster, resuming nothing.
     proxy.set(Fault::Pass);
@@ -916,6 +924,26 @@ async fn every_call_reaches_the_clusters_of_the_other_host_with_the_same_outcome
     // The guild count is the whole bot's.
     let (guilds, missing) = a.ipc().guild_count().await.unwrap();
     assert_eq!((guilds, missing), (8, vec![]));
+    // Stats asked on either host are the whole bot's, each cluster listed with its host.
+    for (host, other) in [(&a, "b"), (&b, "a")] {
+        let snapshot = host.ipc().stats().await.unwrap();
+        assert_eq!(snapshot.hosts.len(), 2, "{:?}", snapshot.hosts);
+        assert_eq!(snapshot.hosts[1], other);
+        assert!(
+            snapshot.missing_hosts.is_empty(),
+            "{:?}",
+            snapshot.missing_hosts
+        );
+        assert_eq!((snapshot.shard_count, snapshot.shards_ready), (4, 4));
+        assert_eq!(snapshot.guilds, 8);
+        let clusters: Vec<(u32, Option<&str>)> = snapshot
+            .clusters
+            .iter()
+            .map(|c| (c.id, c.host.as_deref()))
+            .collect();
+        assert_eq!(clusters, vec![(0, Some("a")), (1, Some("b"))]);
+        assert_eq!(snapshot.services.len(), 4, "each host runs both services");
+    }
     // A handler's error comes back as that cluster's error.
     let failed = a.ipc().cluster_command(1, Payload::from("fail")).await;
     assert!(

@@ -185,6 +185,7 @@ pub(crate) fn assemble(
                 }
                 stats.clusters.push(ClusterStats {
                     id,
+                    host: None,
                     process: worker.process,
                     restarts: worker.restarts,
                     state: worker.state,
@@ -204,6 +205,7 @@ pub(crate) fn assemble(
                 stats.services_ram_bytes += usage.ram_bytes;
                 stats.services.push(ServiceStats {
                     name,
+                    host: None,
                     process: worker.process,
                     restarts: worker.restarts,
                     state: worker.state,

@@ -83,9 +83,65 @@ pub struct FleetStats {
     pub identify: IdentifyStats,
     /// The central REST proxy, when it runs.
     pub rest: Option<ProxyStats>,
+    /// On a bot split across hosts, asked for (`Ipc::stats`, `AdmiralHandle::stats`): the hosts
+    /// whose snapshots this one sums up, the answering host first. Empty on one host.
+    pub hosts: Vec<String>,
+    /// The bot's other hosts whose snapshot did not arrive by the deadline (this snapshot is
+    /// partial without them).
+    pub missing_hosts: Vec<String>,
 }
 
 impl FleetStats {
+    /// This host's snapshot (`host`) with the other hosts' (`others`) added in: counts summed,
+    /// clusters and services listed with their host, the ones of `missing` hosts named.
+    #[must_use]
+    pub(crate) fn with_hosts(
+        mut self,
+        host: &str,
+        others: Vec<(String, FleetStats)>,
+        missing: Vec<String>,
+    ) -> Self {
+        for cluster in &mut self.clusters {
+            cluster.host = Some(host.to_owned());
+        }
+        for service in &mut self.services {
+            service.host = Some(host.to_owned());
+        }
+        self.hosts = vec![host.to_owned()];
+        for (name, other) in others {
+            self.collected_in_us = self.collected_in_us.max(other.collected_in_us);
+            self.guilds += other.guilds;
+            self.users += other.users;
+            self.members += other.members;
+            self.large_guilds += other.large_guilds;
+            if let Some(voice) = other.voice_connections {
+                *self.voice_connections.get_or_insert(0) += voice;
+            }
+            self.shard_count += other.shard_count;
+            self.shards_ready += other.shards_ready;
+            self.clusters_ram_bytes += other.clusters_ram_bytes;
+            self.services_ram_bytes += other.services_ram_bytes;
+            self.total_ram_bytes += other.total_ram_bytes;
+            self.identify.waiting += other.identify.waiting;
+            self.identify.eta_ms = self.identify.eta_ms.max(other.identify.eta_ms);
+            self.clusters
+                .extend(other.clusters.into_iter().map(|mut c| {
+                    c.host = Some(name.clone());
+                    c
+                }));
+            self.services
+                .extend(other.services.into_iter().map(|mut s| {
+                    s.host = Some(name.clone());
+                    s
+                }));
+            self.missing.extend(other.missing);
+            self.hosts.push(name);
+        }
+        self.clusters.sort_by_key(|c| c.id);
+        self.missing_hosts = missing;
+        self
+    }
+
     /// Every shard of every cluster, in shard order.
     pub fn shards(&self) -> impl Iterator<Item = &ShardStats> {
         self.clusters.iter().flat_map(|c| c.shards.iter())
@@ -125,6 +181,8 @@ pub struct ProcessUsage {
 pub struct ClusterStats {
     /// Cluster id.
     pub id: u32,
+    /// The host that runs it, in a snapshot of a bot split across hosts.
+    pub host: Option<String>,
     /// The process serving it now (fleet's process number) and its generation: how many
     /// processes have run this cluster before it.
     pub process: Option<u64>,
@@ -207,6 +265,9 @@ pub struct ShardStats {
 pub struct ServiceStats {
     /// Its name.
     pub name: String,
+    /// The host that runs it, in a snapshot of a bot split across hosts (each runs every
+    /// service).
+    pub host: Option<String>,
     /// The process serving it now.
     pub process: Option<u64>,
     /// Processes started for it before the current one.

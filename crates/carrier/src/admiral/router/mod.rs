@@ -67,6 +67,8 @@ enum Timer {
     StoreSnapshot,
     HandOff,
     FencedGrants,
+    /// The other hosts' stats snapshots are due.
+    StatsGather,
 }
 
 pub(crate) struct Router {
@@ -461,7 +463,7 @@ impl Router {
                 self.create_service(waiter, spec);
             }
             Request::Stats { deadline_ms } => {
-                self.stats(waiter, Duration::from_millis(deadline_ms), timeout);
+                self.stats(waiter, Duration::from_millis(deadline_ms), timeout, true);
             }
         }
     }
@@ -492,6 +494,7 @@ impl Router {
             Timer::Adoption => self.check_adoption(),
             Timer::HandOff => self.handed_off(),
             Timer::FencedGrants => self.release_fenced_grants(),
+            Timer::StatsGather => self.stats_gathered(true),
             Timer::StoreSnapshot => {
                 self.save_store(false, None);
                 self.arm(Timer::StoreSnapshot, adoption::STORE_EVERY);

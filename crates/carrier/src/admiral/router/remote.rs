@@ -57,6 +57,13 @@ enum Body {
     },
     /// The outcome of the sender's ask `id`.
     Answer { id: u64, outcome: Outcome },
+    /// Make a stats snapshot of your own (workers within `deadline_ms`) and answer
+    /// [`Body::Answer`] with `id`.
+    Stats {
+        id: u64,
+        deadline_ms: u64,
+        timeout_ms: u64,
+    },
     /// Deliver to every worker of yours, and the admiral's handlers.
     Broadcast {
         from: Target,
@@ -74,8 +81,26 @@ pub(super) struct Remote {
     processes: HashMap<String, ProcessId>,
     /// Asks each other host has open here.
     open: HashMap<String, usize>,
+    /// Fleet-wide stats being gathered from the other hosts.
+    gather: Option<Gather>,
     /// All of them.
     open_total: usize,
+}
+
+/// The other hosts' stats snapshots for the askers of the whole bot's.
+#[derive(Debug)]
+pub(super) struct Gather {
+    /// Snapshots asked for and not in yet: by ask id, the host.
+    asks: HashMap<u64, String>,
+    /// Snapshots in.
+    got: Vec<(String, crate::stats::FleetStats)>,
+    /// Hosts that failed to answer.
+    missing: Vec<String>,
+    /// This host's, once its round ended.
+    here: Option<Result<std::sync::Arc<crate::stats::FleetStats>, String>>,
+    /// The askers' forwards.
+    waiters: Vec<u64>,
+    timer: tokio_util::time::delay_queue::Key,
 }
 
 impl Remote {
@@ -195,6 +220,14 @@ impl Router {
 
     /// A bus publish reached no host: its forward ends as unavailable.
     pub(super) fn on_undelivered(&mut self, forward: u64) {
+        if let Some(gather) = &mut self.remote.gather
+            && let Some(host) = gather.asks.remove(&forward)
+        {
+            // Nobody listens on that host's channel: it is missing, at once.
+            gather.missing.push(host);
+            self.stats_gathered(false);
+            return;
+        }
         if let Some(answer) = self.calls.answered(forward, None, Outcome::Unavailable) {
             self.answer(answer);
         }
@@ -226,6 +259,9 @@ impl Router {
                 ask,
             } => self.remote_ask(frame.host, id, &from, target, timeout_ms, ask),
             Body::Answer { id, outcome } => {
+                if self.gathered(&frame.host, id, &outcome).is_some() {
+                    return;
+                }
                 let Some(&process) = self.remote.processes.get(&frame.host) else {
                     return;
                 };
@@ -238,7 +274,147 @@ impl Router {
                 event,
                 payload,
             } => self.deliver_here(from, event, payload),
+            Body::Stats {
+                id,
+                deadline_ms,
+                timeout_ms,
+            } => {
+                let waiter = Waiter::Remote {
+                    host: frame.host,
+                    id,
+                    whole: false,
+                };
+                let (deadline, timeout) = (clamp_timeout(deadline_ms), clamp_timeout(timeout_ms));
+                // This host's own snapshot only: asking on would go round in circles.
+                self.stats(waiter, deadline, timeout, false);
+            }
         }
+    }
+
+    /// Asks every other host that runs a range for its stats snapshot (workers within
+    /// `deadline`), unless a gathering is under way; the ones not in by `within` are missing.
+    pub(super) fn gather_stats(&mut self, deadline: Duration, within: Duration) {
+        let Some(bus) = self.config.host_bus.clone() else {
+            return;
+        };
+        if self.remote.gather.is_some() {
+            return;
+        }
+        let mut hosts: Vec<String> = self.remote.owners.values().cloned().collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts.retain(|h| h != bus.host());
+        if hosts.is_empty() {
+            return;
+        }
+        let mut asks = HashMap::new();
+        for host in hosts {
+            let id = self.calls.next_id();
+            let body = Body::Stats {
+                id,
+                deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms: u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
+            };
+            if let Some(frame) = self.frame(body)
+                && bus.publish(Channel::Host(host.clone()), frame, Some(id))
+            {
+                asks.insert(id, host);
+            }
+        }
+        let timer = self.arm(super::Timer::StatsGather, within);
+        self.remote.gather = Some(Gather {
+            asks,
+            got: Vec::new(),
+            missing: Vec::new(),
+            here: None,
+            waiters: Vec::new(),
+            timer,
+        });
+    }
+
+    /// This host's round ended: the askers of the whole bot's wait for the other hosts (when
+    /// a gathering runs), or hear this host's snapshot.
+    pub(super) fn gathered_here(
+        &mut self,
+        waiters: Vec<u64>,
+        stats: Result<std::sync::Arc<crate::stats::FleetStats>, String>,
+    ) {
+        if waiters.is_empty() {
+            return;
+        }
+        let Some(gather) = &mut self.remote.gather else {
+            // No other host runs a range: the bot's snapshot is this host's.
+            let host = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
+            let stats = stats.map(|s| match host {
+                Some(host) => {
+                    std::sync::Arc::new((*s).clone().with_hosts(&host, Vec::new(), Vec::new()))
+                }
+                None => s,
+            });
+            self.answer_stats(&waiters, stats.as_deref());
+            return;
+        };
+        gather.waiters.extend(waiters);
+        gather.here = Some(stats);
+        self.stats_gathered(false);
+    }
+
+    /// Answers the askers of the whole bot's stats once every host's snapshot is in (or,
+    /// `due`, with those in by now).
+    pub(super) fn stats_gathered(&mut self, due: bool) {
+        let Some(gather) = &self.remote.gather else {
+            return;
+        };
+        if gather.here.is_none() && !due {
+            return;
+        }
+        if !gather.asks.is_empty() && !due {
+            return;
+        }
+        let Some(gather) = self.remote.gather.take() else {
+            return;
+        };
+        if !due {
+            self.timers.remove(&gather.timer);
+        }
+        let Some(here) = gather.here else {
+            // This host's round has not ended: its askers hear it alone when it does.
+            return;
+        };
+        let host = self
+            .config
+            .host_bus
+            .as_ref()
+            .map(|b| b.host().to_owned())
+            .unwrap_or_default();
+        let mut missing = gather.missing;
+        missing.extend(gather.asks.into_values());
+        missing.sort_unstable();
+        let merged = here.map(|stats| (*stats).clone().with_hosts(&host, gather.got, missing));
+        self.answer_stats(&gather.waiters, merged.as_ref());
+    }
+
+    /// A host's stats snapshot (or its failure) arrived: `None` if `id` is no ask of the
+    /// gathering from `host`.
+    fn gathered(&mut self, host: &str, id: u64, outcome: &Outcome) -> Option<()> {
+        let gather = self.remote.gather.as_mut()?;
+        if gather.asks.get(&id).is_none_or(|h| h != host) {
+            return None;
+        }
+        gather.asks.remove(&id);
+        let stats = match outcome {
+            Outcome::Ok(payload) => payload.decode().map_err(|e| e.to_string()),
+            other => Err(format!("{other:?}")),
+        };
+        match stats {
+            Ok(stats) => gather.got.push((host.to_owned(), stats)),
+            Err(error) => {
+                tracing::warn!(target: "fleet::stats", host, %error, "another host's stats snapshot failed");
+                gather.missing.push(host.to_owned());
+            }
+        }
+        self.stats_gathered(false);
+        Some(())
     }
 
     /// Another host asks one of this host's clusters.

@@ -60,7 +60,8 @@ pub(super) struct StatsBook {
     /// While a round asked for is under way: the forwards waiting for it. Others asking
     /// meanwhile join it instead of starting rounds of their own, so no worker can make the
     /// admiral ask every worker more than once at a time.
-    joined: Option<Vec<u64>>,
+    /// With each, whether it asked for the whole bot (several hosts) or this host only.
+    joined: Option<Vec<(u64, bool)>>,
 }
 
 impl StatsBook {
@@ -185,18 +186,31 @@ impl Router {
     /// A round asked for by `waiter`: workers get `deadline` (at most 80% of `timeout`). The
     /// asker is answered through the call table, so it hears "timed out" rather than nothing if
     /// the round never ends; while one round is under way, later askers join it.
-    pub(super) fn stats(&mut self, waiter: Waiter, deadline: Duration, timeout: Duration) {
+    /// `fleet_wide`: on a bot split across hosts, the other hosts' snapshots are asked for
+    /// too and summed into this one's ([`FleetStats::hosts`]).
+    pub(super) fn stats(
+        &mut self,
+        waiter: Waiter,
+        deadline: Duration,
+        timeout: Duration,
+        fleet_wide: bool,
+    ) {
         let id = self.calls.next_id();
         let due = timeout.saturating_sub(timeout / 20);
         let route = Route::Single(waiter);
         self.calls
             .track(id, ADMIRAL_PROCESS, Target::Admiral, route, due);
+        let deadline = deadline.min(timeout.mul_f64(0.8)).min(MAX_DEADLINE);
+        if fleet_wide {
+            // Half way between the workers' deadline and the asker's: the hosts that have not
+            // answered by then are named missing.
+            self.gather_stats(deadline, deadline + due.saturating_sub(deadline) / 2);
+        }
         if let Some(joined) = &mut self.stats.joined {
-            joined.push(id);
+            joined.push((id, fleet_wide));
             return;
         }
-        self.stats.joined = Some(vec![id]);
-        let deadline = deadline.min(timeout.mul_f64(0.8)).min(MAX_DEADLINE);
+        self.stats.joined = Some(vec![(id, fleet_wide)]);
         self.stats_round(true, deadline);
     }
 
@@ -237,13 +251,17 @@ impl Router {
     /// A round ended (or failed to assemble).
     pub(super) fn stats_done(&mut self, asked_for: bool, stats: Result<Arc<FleetStats>, String>) {
         if asked_for {
-            let outcome = stats.and_then(|s| Payload::encode(&*s).map_err(|e| e.to_string()));
-            let outcome = outcome.map_or_else(Outcome::Error, Outcome::Ok);
-            for forward in self.stats.joined.take().unwrap_or_default() {
-                if let Some(answer) = self.calls.answered(forward, None, outcome.clone()) {
-                    self.answer(answer);
-                }
-            }
+            let (whole_bot, here): (Vec<_>, Vec<_>) = self
+                .stats
+                .joined
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .partition(|(_, fleet_wide)| *fleet_wide);
+            let here: Vec<u64> = here.into_iter().map(|(forward, _)| forward).collect();
+            self.answer_stats(&here, stats.as_deref());
+            let whole_bot: Vec<u64> = whole_bot.into_iter().map(|(forward, _)| forward).collect();
+            self.gathered_here(whole_bot, stats);
             return;
         }
         let Ok(stats) = stats else {
@@ -263,6 +281,22 @@ impl Router {
             }
         }
         self.publish(FleetEvent::Stats(stats));
+    }
+
+    /// Answers the stats askers waiting as `forwards` with `stats`.
+    pub(super) fn answer_stats(&mut self, forwards: &[u64], stats: Result<&FleetStats, &String>) {
+        if forwards.is_empty() {
+            return;
+        }
+        let outcome = stats
+            .map_err(Clone::clone)
+            .and_then(|s| Payload::encode(s).map_err(|e| e.to_string()));
+        let outcome = outcome.map_or_else(Outcome::Error, Outcome::Ok);
+        for forward in forwards {
+            if let Some(answer) = self.calls.answered(*forward, None, outcome.clone()) {
+                self.answer(answer);
+            }
+        }
     }
 
     /// Answers [`Request::Workers`](crate::ipc::proto::Request::Workers).
@@ -331,10 +365,19 @@ impl Router {
                 }
             })
             .collect();
+        // On a bot split across hosts, the shards of the ranges this host runs.
+        let split = self.config.host_bus.is_some();
         let shards = self
             .plan
             .clusters
             .iter()
+            .filter(|c| {
+                !split
+                    || self
+                        .lifecycle
+                        .worker(&WorkerId::Cluster(c.id))
+                        .is_some_and(|w| !w.retired)
+            })
             .flat_map(|c| (c.first_shard..=c.last_shard).map(|s| (s, c.id)))
             .map(|(shard, cluster)| self.stats.shard_stats(shard, cluster))
             .collect();
