@@ -62,6 +62,27 @@ impl RedisServer {
         self.restart().await
     }
 
+    /// Freezes it (`SIGSTOP`): connections stay open and nothing answers, as with a stalled
+    /// server or a long pause of its machine. [`thaw`](Self::thaw) lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill {signal} redis-server"
+        );
+    }
+
     /// Stops it, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1170,3 +1170,52 @@ async fn the_central_store_is_one_for_every_host_keeps_its_limit_and_fails_clear
     .await;
     assert!(back.is_ok(), "the store serves again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_fences_every_host_and_each_range_resumes_once_when_it_goes_on() {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let (a, b) = two_hosts(&mock, &redis, "stall", redis.url()).await;
+    let before = mock.stats();
+
+    // Redis stops answering (connections open, nothing comes back): no host can renew, so
+    // every host fences itself before its lease could lapse.
+    redis.freeze();
+    mock.wait_until(WAIT, "both hosts fence their shards", |m| {
+        m.sessions().iter().filter(|s| !s.attached).count() == 4
+    })
+    .await
+    .unwrap();
+    assert_eq!(mock.stats().resumes, before.resumes, "nobody resumed");
+    // The stall outlasts the leases on Redis's clock: when it goes on, every lease is gone
+    // and each range is free to whichever host claims first.
+    let lease = Duration::from_millis(LEASE_MS.parse().unwrap());
+    tokio::time::sleep(lease).await;
+    redis.thaw();
+
+    // Each shard resumes exactly once, on one host, from its session: none identifies, none
+    // is run twice.
+    mock.wait_until(WAIT, "every shard resumed", |m| {
+        m.stats().resumes >= before.resumes + 4 && m.sessions().iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+    let ranges = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut both = clusters(&a.workers().await.unwrap_or_default());
+            let on_b = clusters(&b.workers().await.unwrap_or_default());
+            both.extend(&on_b);
+            both.sort_unstable();
+            if both == [0, 1] {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ranges.is_ok(), "each range runs on one host");
+    drain_events(&mock, "events flow after the stall").await;
+    assert_costs(&mock, &before, 4, 80);
+    a.shutdown().await;
+    b.shutdown().await;
+}
