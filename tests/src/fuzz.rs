@@ -360,6 +360,7 @@ fn down_seeds() -> Vec<Vec<u8>> {
             data: Payload::from("settings"),
             resume: vec![ShardSession::new(2, "s".into(), None)],
             checkpoint_ms: 1000,
+            licence_ms: None,
         })),
         Down::Event(carrier::AdmiralEvent::Shard {
             cluster: 1,

@@ -286,6 +286,9 @@ type ClientTx = SplitSink<WebSocketStream<TcpStream>, Message>;
 type ClientRx = SplitStream<WebSocketStream<TcpStream>>;
 type ServerTx = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
+/// How often a shard waiting for this host's licence looks again.
+const LICENCE_CHECKED_EVERY: Duration = Duration::from_millis(100);
+
 async fn relay(stream: TcpStream, shared: Arc<Shared>) {
     let mut query = String::new();
     #[allow(
@@ -306,6 +309,17 @@ async fn relay(stream: TcpStream, shared: Arc<Shared>) {
             keep_quiet(client_tx, client_rx).await;
         }
         return;
+    }
+    // On several hosts: no gateway connection while this host's licence has run out (another
+    // host may be resuming the session); the shard waits until the admiral renews it.
+    if !shared.reporter.licensed() {
+        tracing::warn!(target: "fleet::shard", "this host's licence ran out: not connecting until the admiral renews it");
+        while !shared.reporter.licensed() {
+            if shared.state().handed_over {
+                return;
+            }
+            tokio::time::sleep(LICENCE_CHECKED_EVERY).await;
+        }
     }
     let upstream = &shared.upstream;
     let target = if query.is_empty() {

@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, watch};
 use super::client::{Ipc, Message, Transport, Uplink};
 use super::frame::{DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter};
 use super::outbox::Outbox;
-use super::proto::{Assignment, Down, Rejoin, ShardSession, Target, Up, check_admiral_proof};
+use super::proto::{
+    Assignment, ClusterAssignment, Down, Rejoin, ShardSession, Target, Up, check_admiral_proof,
+};
 
 /// Environment variable: path of the admiral's IPC socket.
 pub const ENV_SOCKET: &str = "FLEET_IPC_SOCKET";
@@ -268,6 +270,14 @@ pub async fn connect(env: &WorkerEnv) -> Result<WorkerLink, LinkError> {
     tokio::spawn(flusher);
     let uplink = Uplink::new(outbox, env.max_frame);
     let ipc = Ipc::new(me.clone(), Transport::Socket(uplink), env.timeout);
+    // Licensed (or not) before any shard starts.
+    if let Assignment::Cluster(ClusterAssignment {
+        licence_ms: Some(valid_ms),
+        ..
+    }) = &assignment
+    {
+        ipc.set_licence(Duration::from_millis(*valid_ms));
+    }
     let (stop_tx, stop) = watch::channel(None);
     let (handoff_tx, handoffs) = mpsc::unbounded_channel();
 

@@ -53,8 +53,22 @@ impl Router {
         }
     }
 
+    /// How long a cluster process that starts now may run its shards: what is left of the
+    /// last renewal's licence (0 while fenced), on a bot split across hosts; `None` on one.
+    pub(super) fn licence_ms(&self) -> Option<u64> {
+        self.config.host_checkpoints.as_ref()?;
+        if self.fenced_now() {
+            return Some(0);
+        }
+        let left = self.licence_until.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(tokio::time::Instant::now())
+        });
+        Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// Tells every cluster process how long its shards may run ([`HostEvent::Renewed`]).
     fn license(&mut self, valid: Duration) {
+        self.licence_until = Some(tokio::time::Instant::now() + valid);
         let valid_ms = u64::try_from(valid.as_millis()).unwrap_or(u64::MAX);
         let processes: Vec<_> = self
             .lifecycle

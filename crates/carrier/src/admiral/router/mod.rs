@@ -118,6 +118,9 @@ pub(crate) struct Router {
     handing_off: bool,
     /// The bot's other hosts, on several hosts: who runs which range, asks open.
     remote: remote::Remote,
+    /// Until when this host's clusters may run their shards (the last lease renewal's
+    /// licence), on several hosts.
+    licence_until: Option<tokio::time::Instant>,
 }
 
 impl Router {
@@ -178,6 +181,7 @@ impl Router {
             fenced_grants: Vec::new(),
             handing_off: false,
             remote: remote::Remote::default(),
+            licence_until: None,
         }
     }
 

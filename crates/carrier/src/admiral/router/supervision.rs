@@ -119,6 +119,7 @@ impl Router {
                     data: self.cluster_data(*id, process),
                     checkpoint_ms: u64::try_from(self.config.checkpoint_interval.as_millis())
                         .unwrap_or(u64::MAX),
+                    licence_ms: self.licence_ms(),
                     resume,
                 })
             }

@@ -560,6 +560,7 @@ mod tests {
         let assignment = ClusterAssignment {
             resume: vec![ShardSession::new(0, "s".into(), None)],
             checkpoint_ms: 1000,
+            licence_ms: None,
             id: 0,
             first_shard: 0,
             last_shard: 1,

@@ -75,6 +75,11 @@ pub struct ClusterAssignment {
     /// ([`Up::Checkpoint`](super::Up::Checkpoint)), in milliseconds; 0: never.
     #[serde(default)]
     pub checkpoint_ms: u64,
+    /// On a bot split across hosts: how long its shards may run from now (the host's lease
+    /// licence, [`Down::Licence`](super::Down::Licence)); 0 while the host is fenced. `None`
+    /// on one host: no limit.
+    #[serde(default)]
+    pub licence_ms: Option<u64>,
 }
 
 /// The fleet's layout, as a cluster knows it without asking: every cluster of its generation and
@@ -155,6 +160,7 @@ impl fmt::Debug for ClusterAssignment {
             .field("data", &self.data)
             .field("resume", &self.resume.len())
             .field("checkpoint_ms", &self.checkpoint_ms)
+            .field("licence_ms", &self.licence_ms)
             .finish()
     }
 }
