@@ -328,6 +328,7 @@ async fn spawn_host(
         ("TESTBOT_HOST_ID", host),
         ("TESTBOT_HOST_CAPACITY", capacity.as_str()),
         ("TESTBOT_HOST_LEASE_MS", LEASE_MS),
+        ("TESTBOT_HOST_REBALANCE", "0"),
     ];
     let (admiral, _, lines) = common::spawn_admiral_with(mock, 2, None, &env).await;
     (admiral, lines)
@@ -376,6 +377,8 @@ fn host_options(
     options.host_lease_ttl = Duration::from_millis(LEASE_MS.parse().unwrap());
     // The whole bot's central store (in Redis) holds a mebibyte.
     options.store_limit = 1 << 20;
+    // The fault tests count each move: a host that comes back gets no range back.
+    options.host_rebalance = false;
     options
 }
 
@@ -1216,6 +1219,51 @@ async fn a_stalled_redis_fences_every_host_and_each_range_resumes_once_when_it_g
     assert!(ranges.is_ok(), "each range runs on one host");
     drain_events(&mock, "events flow after the stall").await;
     assert_costs(&mock, &before, 4, 80);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_joins_a_full_fleet_gets_its_share_by_planned_moves_with_no_identify_or_loss() {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let mut a_options = host_options(&mock, redis.url(), "rebalance", "a", 2);
+    a_options.host_rebalance = true;
+    let (a, _) = launch(fleet_tests::fleet(a_options)).await;
+    attached(&mock, 4, "host a runs the whole bot").await;
+    checkpointed(&redis, "rebalance", 0..4).await;
+    events_flow(&mock).await;
+    let before = mock.stats();
+
+    // b joins: a runs more than its fair share while b has room, so it hands a range on: the
+    // cluster's shards close resumably and b resumes them.
+    let mut b_options = host_options(&mock, redis.url(), "rebalance", "b", 2);
+    b_options.host_rebalance = true;
+    let (b, _) = launch(fleet_tests::fleet(b_options)).await;
+    workers_until(&b, "host b runs a range", |w| {
+        w.iter()
+            .filter(|w| w.state == carrier::admiral::State::Live)
+            .filter(|w| matches!(w.id, carrier::WorkerId::Cluster(_)))
+            .count()
+            == 1
+    })
+    .await;
+    workers_until(&a, "host a runs one range", |w| {
+        w.iter()
+            .filter(|w| matches!(w.id, carrier::WorkerId::Cluster(_)))
+            .filter(|w| !matches!(w.state, carrier::admiral::State::Stopped))
+            .count()
+            == 1
+    })
+    .await;
+    mock.wait_until(WAIT, "b resumes the sessions a handed on", |m| {
+        m.stats().resumes >= before.resumes + 2 && m.sessions().iter().all(|s| s.attached)
+    })
+    .await
+    .unwrap();
+    drain_events(&mock, "events flow after the move").await;
+    // The handed-over sessions carry the last event a handled: b replays none.
+    assert_costs(&mock, &before, 2, 0);
     a.shutdown().await;
     b.shutdown().await;
 }

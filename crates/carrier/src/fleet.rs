@@ -188,9 +188,15 @@ pub struct FleetOptions {
     pub host_id: Option<String>,
     /// The most clusters (ranges) this host runs when Redis assigns them (with
     /// [`redis_url`](Self::redis_url)). A host takes at most its fair share (the ranges over the
-    /// live hosts) and never more than this; leave room on each host for the ranges of one that
-    /// dies. Default `None`: the fair share.
+    /// live hosts) and never more than this (more than the fair share only when the other hosts
+    /// have no room for the rest); leave room on each host for the ranges of one that dies.
+    /// Default `None`: the fair share.
     pub host_capacity: Option<u32>,
+    /// Whether a host running more than its fair share hands ranges on to a host with room (one
+    /// that joined, or came back after a restart), one planned move each: the cluster's shards
+    /// close resumably and resume on the other host, with no identify and no event lost.
+    /// Default `true`; without it a host gets ranges only as they come free.
+    pub host_rebalance: bool,
     /// How long this host's lease in Redis lasts unless renewed (with
     /// [`redis_url`](Self::redis_url); default 15 s, from 3 s to 10 min). It is renewed every sixth
     /// of it; a host that could not renew it for four fifths of it fences itself, and its ranges
@@ -264,6 +270,7 @@ impl FleetOptions {
             redis_url: None,
             host_id: None,
             host_capacity: None,
+            host_rebalance: true,
             host_lease_ttl: crate::hosts::HOST_LEASE_TTL,
         }
     }
@@ -504,7 +511,8 @@ impl Fleet {
                 };
                 let checkpoints = assignment.as_ref().map(|_| Arc::default());
                 let assigned = assignment.is_some();
-                let mut agent = crate::hosts::agent::HostAgent::new(lease, assignment);
+                let mut agent = crate::hosts::agent::HostAgent::new(lease, assignment)
+                    .rebalancing(options.host_rebalance);
                 // Requests, answers and broadcasts between the hosts of a split bot.
                 let mut bus = None;
                 if assigned {

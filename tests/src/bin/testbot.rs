@@ -75,13 +75,16 @@ async fn admiral(args: &[String]) -> ExitCode {
         options.admiral_grace = std::time::Duration::from_millis(grace);
     }
     // One host of a fleet on several: `$TESTBOT_REDIS_URL`, `$TESTBOT_FLEET_ID`,
-    // `$TESTBOT_HOST_ID`, `$TESTBOT_HOST_CAPACITY` (ranges), `$TESTBOT_HOST_LEASE_MS`.
+    // `$TESTBOT_HOST_ID`, `$TESTBOT_HOST_CAPACITY` (ranges), `$TESTBOT_HOST_LEASE_MS`,
+    // `$TESTBOT_HOST_REBALANCE`.
     options.redis_url = std::env::var("TESTBOT_REDIS_URL").ok();
     options.fleet_id = std::env::var("TESTBOT_FLEET_ID").ok();
     options.host_id = std::env::var("TESTBOT_HOST_ID").ok();
     options.host_capacity = std::env::var("TESTBOT_HOST_CAPACITY")
         .ok()
         .and_then(|c| c.parse().ok());
+    // `$TESTBOT_HOST_REBALANCE=0`: no planned moves onto a host with room.
+    options.host_rebalance = std::env::var("TESTBOT_HOST_REBALANCE").map_or(true, |r| r != "0");
     if let Some(ttl) = std::env::var("TESTBOT_HOST_LEASE_MS")
         .ok()
         .and_then(|t| t.parse().ok())

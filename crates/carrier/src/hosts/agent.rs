@@ -59,6 +59,9 @@ pub(crate) enum HostEvent {
     Unfence,
     /// Cluster `cluster` is another host's now.
     Lose(u32),
+    /// Hand cluster `cluster` on to a host with room (a planned move): close its shards
+    /// resumably, record their sessions, then say so ([`Checkpoints::given`]).
+    Give(u32),
     /// Every range was handed on ([`Checkpoints::drain`]).
     Drained,
     /// The lease was renewed: the clusters may run their shards this long from now (until the
@@ -81,6 +84,10 @@ pub(crate) struct Checkpoints {
     /// When the fence comes up unless the lease is renewed first: the router checks it itself
     /// before it lets a shard identify, so no message from the agent can come too late.
     fence_at: Mutex<Option<Instant>>,
+    /// Ranges being handed on whose sessions are recorded: the agent writes them and gives
+    /// the ranges up.
+    given: Mutex<Vec<u32>>,
+    gifts: tokio::sync::Notify,
 }
 
 impl Default for Checkpoints {
@@ -89,6 +96,8 @@ impl Default for Checkpoints {
             inner: Mutex::default(),
             drain: watch::channel(false).0,
             fence_at: Mutex::new(None),
+            given: Mutex::new(Vec::new()),
+            gifts: tokio::sync::Notify::new(),
         }
     }
 }
@@ -122,6 +131,16 @@ impl Checkpoints {
     /// recorded: it writes them, gives the ranges up, and answers [`HostEvent::Drained`].
     pub(crate) fn drain(&self) {
         self.drain.send_replace(true);
+    }
+
+    /// Range `range`, being handed on ([`HostEvent::Give`]), has its sessions recorded (or its
+    /// process is gone): the agent writes them and gives the range up.
+    pub(crate) fn given(&self, range: u32) {
+        self.given
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(range);
+        self.gifts.notify_one();
     }
 
     /// Whether this host's lease may have lapsed by now (its fence is due).
@@ -208,6 +227,8 @@ pub(crate) struct HostAgent {
     lease: HostLease,
     assignment: Option<Assignment>,
     bus: Option<super::bus::BusIn>,
+    /// Hands ranges beyond its fair share on to hosts with room.
+    rebalance: bool,
 }
 
 /// What the agent keeps between turns.
@@ -224,6 +245,8 @@ struct State<'a> {
     drained: bool,
     /// The owners the router last heard of.
     owners: BTreeMap<u32, String>,
+    /// Ranges being handed on to hosts with room.
+    giving: std::collections::BTreeSet<u32>,
     /// What the next claim puts back, when not `owned` (nothing, once the lease lapsed).
     keep: Option<BTreeMap<u32, String>>,
 }
@@ -236,7 +259,14 @@ impl HostAgent {
             lease,
             assignment,
             bus: None,
+            rebalance: true,
         }
+    }
+
+    /// Whether it hands ranges beyond its fair share on (`FleetOptions::host_rebalance`).
+    pub(crate) fn rebalancing(mut self, rebalance: bool) -> Self {
+        self.rebalance = rebalance;
+        self
     }
 
     /// A client of the agent's Redis.
@@ -285,6 +315,7 @@ impl HostAgent {
             owned: BTreeMap::new(),
             drained: false,
             owners: BTreeMap::new(),
+            giving: std::collections::BTreeSet::new(),
             keep: None,
         };
         let stop = async move {
@@ -332,6 +363,9 @@ impl HostAgent {
                 }
                 () = hints.notified(), if self.assignment.is_some() && !state.fence.up => {
                     self.claim(&mut state, &events).await;
+                }
+                () = checkpoints.gifts.notified(), if !state.drained => {
+                    self.give_up(&mut state, &checkpoints).await;
                 }
                 () = &mut drain, if !state.drained => {
                     self.drain(&mut state, &checkpoints).await;
@@ -409,8 +443,11 @@ impl HostAgent {
         };
         let keep = state.keep.take().unwrap_or_else(|| state.owned.clone());
         let claim = assignment.claim(open, &state.run_id, &keep);
-        let now_owned = match guarded(claim, limit, &mut state.fence).await {
-            Some(Ok(now_owned)) => now_owned,
+        let (now_owned, give) = match guarded(claim, limit, &mut state.fence).await {
+            Some(Ok(claimed)) => (
+                claimed.ranges,
+                if self.rebalance { claimed.give } else { 0 },
+            ),
             Some(Err(ClaimError::Plan(theirs))) => {
                 tracing::error!(target: "fleet::hosts", theirs, "this host plans other shards than the bot's other hosts (shard total, clusters): it runs none");
                 return;
@@ -455,7 +492,24 @@ impl HostAgent {
                 .await;
         }
         state.owned = now_owned;
+        state.giving.retain(|r| state.owned.contains_key(r));
         state.fence.lower(state.owned.len()).await;
+        // More than a fair share while another host has room: hand the highest ranges on, one
+        // planned move each (the router closes the cluster's shards resumably first).
+        let more = give.saturating_sub(state.giving.len());
+        let gifts: Vec<u32> = state
+            .owned
+            .keys()
+            .rev()
+            .filter(|r| !state.giving.contains(r))
+            .take(more)
+            .copied()
+            .collect();
+        for range in gifts {
+            tracing::info!(target: "fleet::hosts", range, "handing a range on to a host with room");
+            state.giving.insert(range);
+            let _ = events.send(HostEvent::Give(range)).await;
+        }
         if took && let Some(open) = state.connection.as_mut() {
             // The other hosts learn at once where the ranges run now (their calls route by it).
             let mut publish = redis::cmd("PUBLISH");
@@ -472,6 +526,43 @@ impl HostAgent {
         {
             state.owners.clone_from(&owners);
             let _ = events.send(HostEvent::Owners(owners)).await;
+        }
+    }
+
+    /// Gives up the ranges the router has handed on: their last sessions first, then the
+    /// ranges, then a hint so the host with room claims them at once.
+    async fn give_up(&self, state: &mut State<'_>, checkpoints: &Checkpoints) {
+        let given: Vec<u32> = std::mem::take(
+            &mut *checkpoints
+                .given
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.write(state, checkpoints).await;
+        let limit = call_timeout(self.lease.ttl);
+        let Some(assignment) = &self.assignment else {
+            return;
+        };
+        let mut released = false;
+        for range in given {
+            state.giving.remove(&range);
+            let Some(open) = state.connection.as_mut() else {
+                break;
+            };
+            let release = assignment.release_range(open, range);
+            if let Some(Ok(true)) = guarded(release, limit, &mut state.fence).await {
+                tracing::info!(target: "fleet::hosts", range, "handed a range on");
+                state.owned.remove(&range);
+                released = true;
+            }
+        }
+        if released && let Some(open) = state.connection.as_mut() {
+            let mut publish = redis::cmd("PUBLISH");
+            publish
+                .arg(self.key("bus:all"))
+                .arg(super::bus::ASSIGN_HINT);
+            let hint = publish.query_async::<i64>(open);
+            drop(guarded(hint, limit, &mut state.fence).await);
         }
     }
 

@@ -58,8 +58,14 @@ return 'OK'
 /// KEYS: assign, hosts, meta, assign:ver, recovery. ARGV: host id, incarnation, host key
 /// prefix, takeover grace (ms), range count, capacity, shard total, Redis's run id, recovery
 /// window (ms), then `range, owner entry` of each range this host runs and may keep (its lease
-/// cannot have lapsed). Returns a flat list `range, owner, ...` of this incarnation's ranges,
-/// or the error `NOLEASE` (this host holds no lease) or `PLAN`.
+/// cannot have lapsed). KEYS also: caps (each host's capacity). Returns how many ranges this
+/// host should hand to others, then a flat list `range, owner, ...` of this incarnation's
+/// ranges; or the error `NOLEASE` (this host holds no lease) or `PLAN`.
+///
+/// A host takes its fair share, `ceil(ranges / live hosts)` (at most its capacity), and more
+/// when the other live hosts could not take what would be left (their capacity); it hands on
+/// what it runs beyond its fair share while another live host has room for it (a host that
+/// joins a full fleet gets its share by planned moves).
 ///
 /// Redis that lost its data (`meta` gone) or restarted (another run id) opens a recovery window:
 /// for its length no range is claimed or taken over, only put back by the hosts that run them,
@@ -85,8 +91,11 @@ for i = 10, #ARGV, 2 do
   end
 end
 local grace, ranges, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+redis.call('HSET', KEYS[6], me, capacity)
 local live = math.max(redis.call('ZCOUNT', KEYS[2], now, '+inf'), 1)
-local share = math.min(math.ceil(ranges / live), capacity)
+local fair = math.ceil(ranges / live)
+-- Ranges each other host runs under its live lease.
+local counts = {}
 local mine, free = {}, {}
 for r = 0, ranges - 1 do
   local owner = redis.call('HGET', KEYS[1], r)
@@ -103,7 +112,9 @@ for r = 0, ranges - 1 do
       -- Another host's: taken when its lease is another incarnation's, or gone with its
       -- deadline a grace behind.
       local holder = redis.call('GET', prefix .. host)
-      if holder ~= inc then
+      if holder == inc then
+        counts[host] = (counts[host] or 0) + 1
+      else
         local deadline = redis.call('ZSCORE', KEYS[2], host)
         if holder or not deadline or tonumber(deadline) + grace <= now then
           table.insert(free, r)
@@ -119,9 +130,23 @@ for _, r in ipairs(mine) do
   table.insert(out, r)
   table.insert(out, redis.call('HGET', KEYS[1], r))
 end
+-- Room the other live hosts have for ranges, each up to its fair share and capacity.
+local spare = 0
+for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
+  if h ~= me then
+    local cap = tonumber(redis.call('HGET', KEYS[6], h) or ranges)
+    spare = spare + math.max(0, math.min(cap, fair) - (counts[h] or 0))
+  end
+end
+local share = math.min(fair, capacity)
+local left = #free - math.max(0, share - #mine)
+if left > spare then share = math.min(capacity, share + left - spare) end
+local give = 0
+if not recovering and #mine > fair and #free == 0 then give = math.min(#mine - fair, spare) end
+table.insert(out, 1, give)
 local claimed = false
 for _, r in ipairs(free) do
-  if recovering or #out / 2 >= share then break end
+  if recovering or (#out - 1) / 2 >= share then break end
   redis.call('HSET', KEYS[1], r, owner)
   table.insert(out, r)
   table.insert(out, owner)
@@ -166,6 +191,28 @@ end
 if released > 0 then redis.call('INCR', KEYS[2]) end
 return released
 ";
+
+/// Gives one range of this incarnation up (a planned move). KEYS: assign, assign:ver. ARGV:
+/// host id, incarnation, range.
+const RELEASE_ONE: &str = r"
+local prefix = ARGV[1] .. '|' .. ARGV[2] .. '|'
+local owner = redis.call('HGET', KEYS[1], ARGV[3])
+if owner and string.sub(owner, 1, #prefix) == prefix then
+  redis.call('HDEL', KEYS[1], ARGV[3])
+  redis.call('INCR', KEYS[2])
+  return 1
+end
+return 0
+";
+
+/// What a claim left this host with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claimed {
+    /// The ranges it owns, with their owner entries.
+    pub ranges: BTreeMap<u32, String>,
+    /// How many of them it should hand to hosts with room.
+    pub give: usize,
+}
 
 /// Why a host may not run its part of the bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +312,7 @@ impl Assignment {
         connection: &mut redis::aio::MultiplexedConnection,
         run_id: &str,
         keep: &BTreeMap<u32, String>,
-    ) -> Result<BTreeMap<u32, String>, ClaimError> {
+    ) -> Result<Claimed, ClaimError> {
         let script = redis::Script::new(CLAIM);
         let mut claim = script.prepare_invoke();
         claim
@@ -274,6 +321,7 @@ impl Assignment {
             .key(self.key("meta"))
             .key(self.key("assign:ver"))
             .key(self.key("recovery"))
+            .key(self.key("caps"))
             .arg(&self.host)
             .arg(&self.incarnation)
             .arg(self.key("host:"))
@@ -288,8 +336,12 @@ impl Assignment {
         }
         let claimed: redis::RedisResult<Vec<redis::Value>> = claim.invoke_async(connection).await;
         let flat = claimed.map_err(|e| claim_error(&e))?;
+        let give = flat
+            .first()
+            .and_then(|g| redis::from_redis_value_ref::<usize>(g).ok())
+            .unwrap_or(0);
         let mut ranges = BTreeMap::new();
-        for pair in flat.chunks(2) {
+        for pair in flat.get(1..).unwrap_or_default().chunks(2) {
             let [range, entry] = pair else { continue };
             let range: Option<u32> = redis::from_redis_value_ref(range).ok();
             let entry: Option<String> = redis::from_redis_value_ref(entry).ok();
@@ -299,7 +351,25 @@ impl Assignment {
                 ranges.insert(range, entry);
             }
         }
-        Ok(ranges)
+        Ok(Claimed { ranges, give })
+    }
+
+    /// Gives range `range` up, if this incarnation still owns it (a planned move to a host
+    /// with room); whether it did.
+    pub(crate) async fn release_range(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        range: u32,
+    ) -> Result<bool, ClaimError> {
+        let released: redis::RedisResult<i64> = redis::Script::new(RELEASE_ONE)
+            .key(self.key("assign"))
+            .key(self.key("assign:ver"))
+            .arg(&self.host)
+            .arg(&self.incarnation)
+            .arg(range)
+            .invoke_async(connection)
+            .await;
+        released.map(|n| n == 1).map_err(|e| claim_error(&e))
     }
 
     /// Writes `sessions` (by range) for the ranges `ranges` names this host's owner entry of; returns

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Router;
 use super::calls::Waiter;
-use crate::admiral::lifecycle::Input;
+use crate::admiral::lifecycle::{Input, ProcessId};
 use crate::hosts::agent::HostEvent;
 use crate::ipc::proto::{Refusal, Reply, ShardSession};
 
@@ -45,6 +45,7 @@ impl Router {
                 self.release_fenced_grants();
             }
             HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
+            HostEvent::Give(cluster) => self.give(cluster),
             HostEvent::Drained => self.handed_off(),
             HostEvent::Renewed(valid) => self.license(valid),
             HostEvent::Owners(owners) => self.on_owners(owners),
@@ -64,6 +65,61 @@ impl Router {
             until.saturating_duration_since(tokio::time::Instant::now())
         });
         Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Hands cluster `cluster` on to a host with room (a planned move): its process closes its
+    /// shards resumably and hands the sessions over ([`Router::gave`]); then the agent writes
+    /// them and gives the range up, and the process stops. A process that does not answer
+    /// within [`HAND_OFF_WITHIN`] stops anyway (the range's last checkpoints stand).
+    fn give(&mut self, cluster: u32) {
+        let Some(checkpoints) = self.config.host_checkpoints.clone() else {
+            return;
+        };
+        if self.fenced_now() || self.handing_off || self.giving.contains_key(&cluster) {
+            return;
+        }
+        let process = self
+            .lifecycle
+            .live_process(&crate::admiral::WorkerId::Cluster(cluster));
+        let asked = process.is_some_and(|p| {
+            self.links
+                .send_to_process(p, &crate::ipc::proto::Down::HandOver)
+        });
+        match process {
+            Some(process) if asked => {
+                tracing::info!(target: "fleet::hosts", cluster, "handing a range on: closing its shards resumably");
+                self.giving.insert(cluster, process);
+                self.arm(super::Timer::Give(cluster), HAND_OFF_WITHIN);
+            }
+            _ => {
+                checkpoints.given(cluster);
+                self.lifecycle_input(Input::Lose(cluster));
+            }
+        }
+    }
+
+    /// The sessions `process` handed over, if it is a cluster being handed on: recorded for
+    /// the range's next host, and the range given up. `false` when it is not.
+    pub(super) fn gave(&mut self, process: ProcessId, sessions: &[ShardSession]) -> bool {
+        let Some((&cluster, _)) = self.giving.iter().find(|(_, p)| **p == process) else {
+            return false;
+        };
+        self.giving.remove(&cluster);
+        self.checkpoint_to_redis(cluster, sessions);
+        if let Some(checkpoints) = &self.config.host_checkpoints {
+            checkpoints.given(cluster);
+        }
+        self.lifecycle_input(Input::Lose(cluster));
+        true
+    }
+
+    /// A range being handed on took too long to hand its sessions over: it goes anyway.
+    pub(super) fn give_due(&mut self, cluster: u32) {
+        let Some(process) = self.giving.get(&cluster).copied() else {
+            return;
+        };
+        tracing::warn!(target: "fleet::hosts", cluster, "a range being handed on did not hand its sessions over in time: it goes with its last checkpoints");
+        self.gave(process, &[]);
     }
 
     /// Tells every cluster process how long its shards may run ([`HostEvent::Renewed`]).

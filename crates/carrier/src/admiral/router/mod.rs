@@ -69,6 +69,8 @@ enum Timer {
     FencedGrants,
     /// The other hosts' stats snapshots are due.
     StatsGather,
+    /// A cluster being handed on to another host is due to have handed its sessions over.
+    Give(u32),
 }
 
 pub(crate) struct Router {
@@ -121,6 +123,8 @@ pub(crate) struct Router {
     /// Until when this host's clusters may run their shards (the last lease renewal's
     /// licence), on several hosts.
     licence_until: Option<tokio::time::Instant>,
+    /// Clusters being handed on to another host (a planned move), and their processes.
+    giving: std::collections::BTreeMap<u32, ProcessId>,
 }
 
 impl Router {
@@ -182,6 +186,7 @@ impl Router {
             handing_off: false,
             remote: remote::Remote::default(),
             licence_until: None,
+            giving: std::collections::BTreeMap::new(),
         }
     }
 
@@ -499,6 +504,7 @@ impl Router {
             Timer::HandOff => self.handed_off(),
             Timer::FencedGrants => self.release_fenced_grants(),
             Timer::StatsGather => self.stats_gathered(true),
+            Timer::Give(cluster) => self.give_due(cluster),
             Timer::StoreSnapshot => {
                 self.save_store(false, None);
                 self.arm(Timer::StoreSnapshot, adoption::STORE_EVERY);

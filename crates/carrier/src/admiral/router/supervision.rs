@@ -185,6 +185,7 @@ impl Router {
             Up::Status(Status::Ready) => self.lifecycle_input(Input::Ready(process)),
             Up::Status(Status::Prepared) => self.lifecycle_input(Input::Prepared(process)),
             Up::Checkpoint(sessions) => self.on_checkpoint(worker, process, sessions),
+            Up::Sessions(sessions) if self.gave(process, &sessions) => {}
             Up::Sessions(sessions) => {
                 tracing::info!(target: "fleet::restart", %worker, process, shards = sessions.len(), "sessions handed over");
                 if let WorkerId::Cluster(cluster) = *worker {
