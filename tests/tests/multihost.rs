@@ -1267,3 +1267,45 @@ async fn a_host_that_joins_a_full_fleet_gets_its_share_by_planned_moves_with_no_
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_on_a_host_re_executes_its_admiral_which_keeps_its_lease_its_ranges_and_its_workers()
+{
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let base = std::env::temp_dir().join(format!("fleet-hosts-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir(&base).unwrap();
+    let url = redis.url();
+    let env = [
+        ("TESTBOT_REDIS_URL", url.as_str()),
+        ("TESTBOT_FLEET_ID", "sighup"),
+        ("TESTBOT_HOST_ID", "a"),
+        ("TESTBOT_HOST_CAPACITY", "2"),
+        ("TESTBOT_HOST_LEASE_MS", LEASE_MS),
+        ("TESTBOT_ADMIRAL_GRACE_MS", "60000"),
+    ];
+    let (admiral, _, mut lines) = common::spawn_admiral_with(&mock, 2, Some(&base), &env).await;
+    attached(&mock, 4, "host a runs the bot").await;
+    events_flow(&mock).await;
+    let pid = admiral.id().unwrap();
+    let workers: std::collections::BTreeSet<u32> = children(pid).into_iter().collect();
+    assert_eq!(workers.len(), 3, "two clusters and echo: {workers:?}");
+    let before = mock.stats();
+
+    // SIGHUP: the admiral re-executes itself in place. The new image goes on with the lease it
+    // held (another admiral of host a would be refused) and adopts the clusters of its ranges.
+    signal_all(&[pid], "-HUP");
+    let again = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the admiral comes back")
+        .unwrap()
+        .expect("a line");
+    assert!(again.starts_with("ready"), "{again}");
+    drain_events(&mock, "events flow after the restart").await;
+    let now: std::collections::BTreeSet<u32> = children(pid).into_iter().collect();
+    assert_eq!(now, workers, "the same workers serve on");
+    assert_costs(&mock, &before, 0, 0);
+    signal_all(&[pid], "-TERM");
+    let _ = tokio::time::timeout(WAIT, lines.next_line()).await;
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -479,6 +479,8 @@ impl Fleet {
         };
         // Redis assigns the ranges unless this host's shards are pinned.
         let assigned = options.first_shard.is_none() && options.last_shard.is_none();
+        // The ranges whose clusters the last admiral of this host left running.
+        let mut adoptable = Vec::new();
         let (host, host_checkpoints, host_bus, host_store) = match &options.redis_url {
             Some(url) => {
                 let host = match &options.host_id {
@@ -490,7 +492,14 @@ impl Fleet {
                 let ttl = options
                     .host_lease_ttl
                     .clamp(Duration::from_secs(3), Duration::from_mins(10));
-                let lease = crate::hosts::HostLease::take(url, &fleet_id, &host, ttl).await?;
+                // Adopting the workers of an admiral of this host that was re-executed (or
+                // died): its lease and ranges go on as this one's.
+                let incarnation = adopting
+                    .then(|| admiral::host_incarnation(&options.run_dir, &fleet_id))
+                    .flatten();
+                let lease =
+                    crate::hosts::HostLease::take_as(url, &fleet_id, &host, ttl, incarnation)
+                        .await?;
                 let assignment = if assigned {
                     let assignment = crate::hosts::assign::Assignment::new(
                         &fleet_id,
@@ -504,6 +513,9 @@ impl Fleet {
                         // Refused: the host id is free for the next try at once.
                         lease.release().await;
                         return Err(error.into());
+                    }
+                    if adopting && let Ok(mut open) = lease.connect().await {
+                        adoptable = assignment.owned(&mut open).await.unwrap_or_default();
                     }
                     Some(assignment)
                 } else {
@@ -661,6 +673,7 @@ impl Fleet {
             host_checkpoints,
             host_bus,
             host_store,
+            host_adoptable: adoptable,
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO

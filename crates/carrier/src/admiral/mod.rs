@@ -106,6 +106,9 @@ pub struct AdmiralConfig {
     pub(crate) host_bus: Option<crate::hosts::bus::BusOut>,
     /// The central store in Redis, shared by the bot's hosts (with `host`).
     pub(crate) host_store: Option<crate::hosts::store::SharedStore>,
+    /// With ranges assigned in Redis: those this host's last admiral ran, whose clusters it
+    /// may adopt.
+    pub(crate) host_adoptable: Vec<u32>,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.
@@ -530,6 +533,18 @@ pub(crate) fn workers_left(run_dir: &std::path::Path, id: &str) -> bool {
     !run_dir::live_workers(&run_dir::stable_path(run_dir, id)).is_empty()
 }
 
+/// The file in the stable directory that names the incarnation of this host's lease in Redis,
+/// for the admiral that adopts the workers.
+const HOST_INCARNATION_FILE: &str = "host-incarnation";
+
+/// The incarnation of the lease this host's last admiral held, if it left one.
+pub(crate) fn host_incarnation(run_dir: &std::path::Path, id: &str) -> Option<String> {
+    let path = run_dir::stable_path(run_dir, id).join(HOST_INCARNATION_FILE);
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|i| i.trim().to_owned())
+}
+
 /// Starts an admiral: a private IPC socket, the router, and the launch of every worker.
 #[allow(
     clippy::unused_async,
@@ -550,6 +565,14 @@ pub async fn start(config: AdmiralConfig) -> Result<AdmiralHandle, AdmiralError>
         }
         if !stable.waiting.is_empty() {
             tracing::info!(target: "fleet::admiral", workers = stable.waiting.len(), dir = %stable.dir.display(), "the last admiral's workers still run; adopting them");
+        }
+        // The next admiral on this directory goes on with this host's lease (only this user
+        // may read it: the directory is private).
+        if let Some(host) = &config.host {
+            let path = stable.dir.join(HOST_INCARNATION_FILE);
+            if let Err(error) = std::fs::write(&path, host.agent.incarnation()) {
+                tracing::warn!(target: "fleet::admiral", %error, "cannot record this host's lease for the next admiral");
+            }
         }
         (stable.dir, stable.secret, Some(stable.waiting))
     };

@@ -269,6 +269,11 @@ impl HostAgent {
         self
     }
 
+    /// The incarnation of this host's lease.
+    pub(crate) fn incarnation(&self) -> &str {
+        self.lease.incarnation()
+    }
+
     /// A client of the agent's Redis.
     pub(crate) fn client(&self) -> redis::Client {
         self.lease.client.clone()

@@ -354,6 +354,26 @@ impl Assignment {
         Ok(Claimed { ranges, give })
     }
 
+    /// The ranges Redis names this incarnation the owner of (an admiral adopting the workers of
+    /// the one it follows finds their clusters here).
+    pub(crate) async fn owned(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Vec<u32>, ClaimError> {
+        let entries: redis::RedisResult<BTreeMap<String, String>> = redis::cmd("HGETALL")
+            .arg(self.key("assign"))
+            .query_async(connection)
+            .await;
+        let prefix = format!("{}|{}|", self.host, self.incarnation);
+        Ok(entries
+            .map_err(|e| claim_error(&e))?
+            .into_iter()
+            .filter(|(_, owner)| owner.starts_with(&prefix))
+            .filter_map(|(range, _)| range.parse().ok())
+            .filter(|range: &u32| (*range as usize) < self.plan.clusters.len())
+            .collect())
+    }
+
     /// Gives range `range` up, if this incarnation still owns it (a planned move to a host
     /// with room); whether it did.
     pub(crate) async fn release_range(

@@ -119,6 +119,19 @@ impl HostLease {
         host: &str,
         ttl: Duration,
     ) -> Result<Self, LeaseError> {
+        Self::take_as(url, fleet_id, host, ttl, None).await
+    }
+
+    /// [`take`](Self::take), going on as incarnation `incarnation` when given: the admiral that
+    /// held the lease was re-executed in place (or died) and this one adopts its workers, so
+    /// its lease and ranges are this one's.
+    pub(crate) async fn take_as(
+        url: &str,
+        fleet_id: &str,
+        host: &str,
+        ttl: Duration,
+        incarnation: Option<String>,
+    ) -> Result<Self, LeaseError> {
         let server = redis_server(url);
         let client = redis::Client::open(url).map_err(|e| RedisError::new(&server, &e))?;
         let lease = Self {
@@ -129,7 +142,9 @@ impl HostLease {
                 format!("fleet:{{{fleet_id}}}:hosts"),
             ],
             prefix: format!("fleet:{{{fleet_id}}}:"),
-            incarnation: crate::Secret::random().expose()[..32].to_owned(),
+            incarnation: incarnation
+                .filter(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .unwrap_or_else(|| crate::Secret::random().expose()[..32].to_owned()),
             ttl,
             server,
             taken_at: tokio::time::Instant::now(),

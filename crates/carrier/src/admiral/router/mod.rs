@@ -142,7 +142,8 @@ impl Router {
     ) -> Self {
         // On several hosts with ranges assigned in Redis, clusters start as they are taken.
         let clusters = if config.host_checkpoints.is_some() {
-            Vec::new()
+            // Unless this admiral adopts the clusters of the ranges its last one ran.
+            config.host_adoptable.clone()
         } else {
             config.plan.clusters.iter().map(|c| c.id).collect()
         };
