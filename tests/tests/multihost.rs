@@ -991,6 +991,34 @@ async fn every_call_reaches_the_clusters_of_the_other_host_with_the_same_outcome
     let b_after = cluster_pids(&b).await;
     assert_ne!(b_after.get(&1), b_before.get(&1), "b runs a new process");
     assert_eq!(mock.stats().identifies, identifies);
+    // A rolling restart of every cluster, asked on a, restarts each on its own host: one
+    // outcome per cluster of the bot, and still no identify.
+    let a_before = cluster_pids(&a).await;
+    let b_before = cluster_pids(&b).await;
+    let rolled = a
+        .ipc()
+        .restart_all(
+            carrier::Group::Clusters,
+            carrier::RestartMode::Handover,
+            1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let rolled: Vec<_> = rolled
+        .iter()
+        .map(|(t, o)| (t.clone(), matches!(o, Outcome::Ok(_))))
+        .collect();
+    assert_eq!(
+        rolled,
+        vec![
+            (carrier::Target::Cluster(0), true),
+            (carrier::Target::Cluster(1), true)
+        ]
+    );
+    assert_ne!(cluster_pids(&a).await.get(&0), a_before.get(&0));
+    assert_ne!(cluster_pids(&b).await.get(&1), b_before.get(&1));
+    assert_eq!(mock.stats().identifies, identifies);
     // A restart of a cluster nobody has asked for by that name is refused as before.
     let unknown = a
         .ipc()

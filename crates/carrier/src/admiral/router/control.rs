@@ -112,6 +112,8 @@ impl Router {
         let queue = self
             .lifecycle
             .workers()
+            // A range another host runs now is restarted there.
+            .filter(|w| !w.retired)
             .filter(|w| match group {
                 Group::Clusters => matches!(w.id, WorkerId::Cluster(_)),
                 Group::Services => matches!(w.id, WorkerId::Service(_)),

@@ -27,7 +27,7 @@ impl Router {
         let conn = match &waiter {
             Waiter::Conn(conn, _) => Some(*conn),
             Waiter::Local(_) => None,
-            Waiter::Remote { .. } => {
+            Waiter::Remote { .. } | Waiter::Merge { .. } => {
                 let refusal = Refusal::Invalid("identifies do not cross hosts".into());
                 self.reply(waiter, Reply::Refused(refusal));
                 return;

@@ -25,6 +25,12 @@ pub(crate) enum Waiter {
     /// Ask `id` of another host's admiral, over the bus; `whole`: it wants the reply itself
     /// (a relayed request), not an outcome.
     Remote { host: String, id: u64, whole: bool },
+    /// One host's part of reply `id`, made of every host's (covering these targets, should the
+    /// part fail).
+    Merge {
+        id: u64,
+        covers: Vec<crate::ipc::proto::Target>,
+    },
 }
 
 /// Everything that reaches the router's task.

@@ -456,6 +456,13 @@ impl Router {
             Request::Workers => self.workers(waiter),
             Request::Restart { worker, mode } => self.restart(waiter, worker, mode),
             Request::RestartAll {
+                group: crate::ipc::proto::Group::Clusters,
+                mode,
+                at_once,
+            } if self.config.host_bus.is_some() => {
+                self.restart_all_hosts(from, waiter, mode, at_once, timeout);
+            }
+            Request::RestartAll {
                 group,
                 mode,
                 at_once,
@@ -489,6 +496,7 @@ impl Router {
                 self.links.send(conn, &Down::Reply { id, reply });
             }
             Waiter::Remote { host, id, whole } => self.reply_remote(host, id, whole, reply),
+            Waiter::Merge { id, covers } => self.merge_part(id, &covers, reply),
         }
     }
 

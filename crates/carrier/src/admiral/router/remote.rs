@@ -83,8 +83,19 @@ pub(super) struct Remote {
     open: HashMap<String, usize>,
     /// Fleet-wide stats being gathered from the other hosts.
     gather: Option<Gather>,
+    /// Replies being merged from every host's part (a rolling restart of the whole bot).
+    merges: HashMap<u64, Merge>,
     /// All of them.
     open_total: usize,
+}
+
+/// One reply made of every host's part.
+#[derive(Debug)]
+pub(super) struct Merge {
+    waiter: Waiter,
+    /// Parts not in yet.
+    remaining: usize,
+    outcomes: Vec<(Target, Outcome)>,
 }
 
 /// The other hosts' stats snapshots for the askers of the whole bot's.
@@ -181,6 +192,94 @@ impl Router {
         let deadline = timeout.saturating_sub(timeout / 20);
         let ask = Ask::Relay(Box::new(request));
         self.forward_remote(&host, from, worker, ask, deadline, Route::Relay(waiter));
+    }
+
+    /// A rolling restart of every cluster of the bot: each host restarts its own (this one
+    /// here, the others asked over the bus), and the asker hears every cluster's outcome once
+    /// all hosts are done; a host that cannot be asked has its clusters' outcomes unavailable.
+    pub(super) fn restart_all_hosts(
+        &mut self,
+        from: &Target,
+        waiter: Waiter,
+        mode: crate::ipc::proto::RestartMode,
+        at_once: u32,
+        timeout: Duration,
+    ) {
+        let me = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
+        let mut by_host: BTreeMap<String, Vec<Target>> = BTreeMap::new();
+        for (range, host) in &self.remote.owners {
+            if Some(host) != me.as_ref() && self.remote_owner(&Target::Cluster(*range)).is_some() {
+                by_host
+                    .entry(host.clone())
+                    .or_default()
+                    .push(Target::Cluster(*range));
+            }
+        }
+        let id = self.calls.next_id();
+        self.remote.merges.insert(
+            id,
+            Merge {
+                waiter,
+                remaining: by_host.len() + 1,
+                outcomes: Vec::new(),
+            },
+        );
+        let deadline = timeout.saturating_sub(timeout / 20);
+        let group = crate::ipc::proto::Group::Clusters;
+        for (host, covers) in by_host {
+            let request = Request::RestartAll {
+                group,
+                mode,
+                at_once,
+            };
+            let part = Waiter::Merge { id, covers };
+            let ask = Ask::Relay(Box::new(request));
+            self.forward_remote(
+                &host,
+                from,
+                Target::Admiral,
+                ask,
+                deadline,
+                Route::Relay(part),
+            );
+        }
+        let here = Waiter::Merge {
+            id,
+            covers: Vec::new(),
+        };
+        self.restart_all(here, group, mode, at_once);
+    }
+
+    /// One host's part of a merged reply arrived (for the targets it `covers`, if it failed).
+    pub(super) fn merge_part(&mut self, id: u64, covers: &[Target], reply: Reply) {
+        let Some(merge) = self.remote.merges.get_mut(&id) else {
+            return;
+        };
+        match reply {
+            Reply::Outcomes(outcomes) => merge.outcomes.extend(outcomes),
+            Reply::Refused(crate::ipc::proto::Refusal::Unavailable(_)) => merge
+                .outcomes
+                .extend(covers.iter().map(|t| (t.clone(), Outcome::Unavailable))),
+            other => {
+                let error = match other {
+                    Reply::Refused(refusal) => refusal.to_string(),
+                    other => format!("unexpected reply: {other:?}"),
+                };
+                merge.outcomes.extend(
+                    covers
+                        .iter()
+                        .map(|t| (t.clone(), Outcome::Error(error.clone()))),
+                );
+            }
+        }
+        merge.remaining -= 1;
+        if merge.remaining > 0 {
+            return;
+        }
+        if let Some(mut merge) = self.remote.merges.remove(&id) {
+            merge.outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+            self.reply(merge.waiter, Reply::Outcomes(merge.outcomes));
+        }
     }
 
     /// Delivers a broadcast to the bot's other hosts.
@@ -430,7 +529,10 @@ impl Router {
         let open = self.remote.open.get(&host).copied().unwrap_or(0);
         let whole = matches!(ask, Ask::Relay(_));
         let waiter = Waiter::Remote { host, id, whole };
-        if !matches!(target, Target::Cluster(_)) {
+        // A rolling restart of the other host's clusters goes to its admiral.
+        let rolling = target == Target::Admiral
+            && matches!(&ask, Ask::Relay(r) if matches!(**r, Request::RestartAll { group: crate::ipc::proto::Group::Clusters, .. }));
+        if !matches!(target, Target::Cluster(_)) && !rolling {
             let error = format!("{target} is not reached across hosts");
             self.reply(waiter, Reply::Outcome(Outcome::Error(error)));
             return;
@@ -449,6 +551,17 @@ impl Router {
         // a request between them.
         let here = self.remote_owner(&target).is_none() && self.live_conn(&target).is_ok();
         match ask {
+            Ask::Relay(request) if rolling => {
+                if let Request::RestartAll {
+                    group,
+                    mode,
+                    at_once,
+                } = *request
+                {
+                    // This host's clusters only: asking on would go round in circles.
+                    self.restart_all(waiter, group, mode, at_once);
+                }
+            }
             Ask::Relay(request) if here => {
                 // Only a restart or stop of the target itself: anything else could send the
                 // request on again.

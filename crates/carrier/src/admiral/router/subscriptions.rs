@@ -17,7 +17,7 @@ impl Router {
         let conn = match &waiter {
             Waiter::Conn(conn, _) => Some(*conn),
             Waiter::Local(_) => None,
-            Waiter::Remote { .. } => {
+            Waiter::Remote { .. } | Waiter::Merge { .. } => {
                 let refusal = Refusal::Invalid("subscriptions do not cross hosts".into());
                 self.reply(waiter, Reply::Refused(refusal));
                 return;
