@@ -947,6 +947,25 @@ async fn every_call_reaches_the_clusters_of_the_other_host_with_the_same_outcome
         assert_eq!(clusters, vec![(0, Some("a")), (1, Some("b"))]);
         assert_eq!(snapshot.services.len(), 4, "each host runs both services");
     }
+    // The workers asked on either host are the whole bot's, each named with its host.
+    for host in [&a, &b] {
+        let workers = host.ipc().workers().await.unwrap();
+        let listed: Vec<(carrier::Target, Option<&str>)> = workers
+            .iter()
+            .filter(|w| w.state == "live")
+            .map(|w| (w.worker.clone(), w.host.as_deref()))
+            .collect();
+        let echo = carrier::Target::Service("echo".into());
+        assert_eq!(
+            listed,
+            vec![
+                (carrier::Target::Cluster(0), Some("a")),
+                (carrier::Target::Cluster(1), Some("b")),
+                (echo.clone(), Some("a")),
+                (echo, Some("b")),
+            ]
+        );
+    }
     // A handler's error comes back as that cluster's error.
     let failed = a.ipc().cluster_command(1, Payload::from("fail")).await;
     assert!(

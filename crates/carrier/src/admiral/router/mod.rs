@@ -453,6 +453,9 @@ impl Router {
                 self.reply(waiter, Reply::Done);
                 self.total_shutdown();
             }
+            Request::Workers if self.config.host_bus.is_some() => {
+                self.workers_of_hosts(from, waiter, timeout);
+            }
             Request::Workers => self.workers(waiter),
             Request::Restart { worker, mode } => self.restart(waiter, worker, mode),
             Request::RestartAll {

@@ -95,7 +95,10 @@ pub(super) struct Merge {
     waiter: Waiter,
     /// Parts not in yet.
     remaining: usize,
+    /// A rolling restart's: one outcome per worker.
     outcomes: Vec<(Target, Outcome)>,
+    /// A workers listing's (`Some`): every host's workers.
+    workers: Option<Vec<crate::ipc::proto::WorkerInfo>>,
 }
 
 /// The other hosts' stats snapshots for the askers of the whole bot's.
@@ -222,6 +225,7 @@ impl Router {
                 waiter,
                 remaining: by_host.len() + 1,
                 outcomes: Vec::new(),
+                workers: None,
             },
         );
         let deadline = timeout.saturating_sub(timeout / 20);
@@ -250,11 +254,68 @@ impl Router {
         self.restart_all(here, group, mode, at_once);
     }
 
+    /// Every worker of the bot: this host's, and each other host's asked over the bus.
+    pub(super) fn workers_of_hosts(&mut self, from: &Target, waiter: Waiter, timeout: Duration) {
+        let me = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
+        let mut hosts: Vec<String> = self.remote.owners.values().cloned().collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts.retain(|h| Some(h) != me.as_ref());
+        let id = self.calls.next_id();
+        self.remote.merges.insert(
+            id,
+            Merge {
+                waiter,
+                remaining: hosts.len() + 1,
+                outcomes: Vec::new(),
+                workers: Some(Vec::new()),
+            },
+        );
+        let deadline = timeout.saturating_sub(timeout / 20);
+        for host in hosts {
+            let part = Waiter::Merge {
+                id,
+                covers: Vec::new(),
+            };
+            let ask = Ask::Relay(Box::new(Request::Workers));
+            self.forward_remote(
+                &host,
+                from,
+                Target::Admiral,
+                ask,
+                deadline,
+                Route::Relay(part),
+            );
+        }
+        let mine = Payload::encode(&self.workers_info())
+            .map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
+        self.merge_part(id, &[], Reply::Outcome(mine));
+    }
+
     /// One host's part of a merged reply arrived (for the targets it `covers`, if it failed).
     pub(super) fn merge_part(&mut self, id: u64, covers: &[Target], reply: Reply) {
         let Some(merge) = self.remote.merges.get_mut(&id) else {
             return;
         };
+        if let Some(workers) = &mut merge.workers {
+            // A host that cannot answer lists nothing; its workers are missing from the list.
+            if let Reply::Outcome(Outcome::Ok(payload)) = reply
+                && let Ok(theirs) = payload.decode::<Vec<crate::ipc::proto::WorkerInfo>>()
+            {
+                workers.extend(theirs);
+            }
+            merge.remaining -= 1;
+            if merge.remaining == 0
+                && let Some(merge) = self.remote.merges.remove(&id)
+            {
+                let mut workers = merge.workers.unwrap_or_default();
+                workers.sort_by(|a, b| a.worker.cmp(&b.worker).then(a.host.cmp(&b.host)));
+                let outcome = Payload::encode(&workers)
+                    .map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
+                self.reply(merge.waiter, Reply::Outcome(outcome));
+            }
+            return;
+        }
         match reply {
             Reply::Outcomes(outcomes) => merge.outcomes.extend(outcomes),
             Reply::Refused(crate::ipc::proto::Refusal::Unavailable(_)) => merge
@@ -531,7 +592,7 @@ impl Router {
         let waiter = Waiter::Remote { host, id, whole };
         // A rolling restart of the other host's clusters goes to its admiral.
         let rolling = target == Target::Admiral
-            && matches!(&ask, Ask::Relay(r) if matches!(**r, Request::RestartAll { group: crate::ipc::proto::Group::Clusters, .. }));
+            && matches!(&ask, Ask::Relay(r) if matches!(**r, Request::RestartAll { group: crate::ipc::proto::Group::Clusters, .. } | Request::Workers));
         if !matches!(target, Target::Cluster(_)) && !rolling {
             let error = format!("{target} is not reached across hosts");
             self.reply(waiter, Reply::Outcome(Outcome::Error(error)));
@@ -551,17 +612,15 @@ impl Router {
         // a request between them.
         let here = self.remote_owner(&target).is_none() && self.live_conn(&target).is_ok();
         match ask {
-            Ask::Relay(request) if rolling => {
-                if let Request::RestartAll {
+            Ask::Relay(request) if rolling => match *request {
+                // This host's own only: asking on would go round in circles.
+                Request::RestartAll {
                     group,
                     mode,
                     at_once,
-                } = *request
-                {
-                    // This host's clusters only: asking on would go round in circles.
-                    self.restart_all(waiter, group, mode, at_once);
-                }
-            }
+                } => self.restart_all(waiter, group, mode, at_once),
+                _ => self.workers(waiter),
+            },
             Ask::Relay(request) if here => {
                 // Only a restart or stop of the target itself: anything else could send the
                 // request on again.

@@ -307,11 +307,13 @@ impl Router {
     }
 
     /// Every worker with its state, shards and uptime, for any process that asks.
-    fn workers_info(&self) -> Vec<WorkerInfo> {
+    pub(super) fn workers_info(&self) -> Vec<WorkerInfo> {
         let facts = self.stats_facts();
         facts
             .workers
             .into_iter()
+            // On a bot split across hosts, a range another host runs now is listed there.
+            .filter(|w| self.remote_owner(&w.target).is_none())
             .map(|w| {
                 let shards = match w.target {
                     Target::Cluster(id) => self
@@ -331,6 +333,7 @@ impl Router {
                     shards,
                     uptime_ms: w.uptime_ms,
                     restarts: w.restarts,
+                    host: self.config.host_bus.as_ref().map(|b| b.host().to_owned()),
                 }
             })
             .collect()

@@ -380,4 +380,7 @@ pub struct WorkerInfo {
     pub uptime_ms: u64,
     /// Processes started for it before the current one.
     pub restarts: u32,
+    /// The host that runs it, on a bot split across hosts.
+    #[serde(default)]
+    pub host: Option<String>,
 }
