@@ -839,7 +839,19 @@ async fn a_host_planning_other_ranges_is_refused_while_the_old_plan_runs_and_tak
         refusal.to_string().contains("several hosts"),
         "a split fleet does not reshard alone: {refusal}"
     );
+    // The shards are the same: their checkpoints stay for whoever runs them next.
+    checkpointed(&redis, "replan", 0..4).await;
     b.shutdown().await;
+    b.wait_stopped().await;
+    // A bot restarted with another shard total replaces the plan and drops the old total's
+    // checkpoints: no session of it is resumed, and none is left in Redis.
+    let mut eight = host_options(&mock, redis.url(), "replan", "c", 2);
+    eight.shards = ShardCount::Exact(8);
+    let (c, _) = launch(fleet_tests::fleet(eight)).await;
+    let keys = checkpoint_keys("replan", 0..4);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_eq!(redis.exists(&keys).await, 0, "the old checkpoints are gone");
+    c.shutdown().await;
 }
 
 /// Fails unless `result` is "unavailable".

@@ -23,10 +23,11 @@ const MAX_SESSION_BYTES: usize = 8 << 20;
 
 /// Sets `meta` if no host did, or checks this host's plan against it. KEYS: meta, recovery,
 /// hosts, assign, assign:ver. ARGV: shard total, range count, Redis's run id, recovery window
-/// (ms). Returns `OK`, or the error `PLAN <total> <ranges>` while another host runs another
-/// plan; with none running, the new plan replaces the old (a bot restarted with another shard
-/// count) and the old assignment goes. A Redis that restarted since a host last wrote its run
-/// id opens the recovery window (see [`CLAIM`]).
+/// (ms), the fleet's key prefix. Returns `OK`, or the error `PLAN <total> <ranges>` while
+/// another host runs another plan; with none running, the new plan replaces the old (a bot
+/// restarted with another shard count) and the old assignment goes, with the checkpoints of
+/// an old shard total. A Redis that restarted since a host last wrote its run id opens the
+/// recovery window (see [`CLAIM`]).
 const JOIN: &str = redis_time!(
     r"
 local total = redis.call('HGET', KEYS[1], 'shard_total')
@@ -42,6 +43,12 @@ if total ~= ARGV[1] or ranges ~= ARGV[2] then
   end
   redis.call('DEL', KEYS[4])
   redis.call('INCR', KEYS[5])
+  -- Another shard total: the old one's checkpoints are never resumed (their keys name it).
+  if total ~= ARGV[1] then
+    for shard = 0, tonumber(total) - 1 do
+      redis.call('DEL', ARGV[5] .. 'shard:' .. total .. ':' .. shard)
+    end
+  end
   redis.call('HSET', KEYS[1], 'shard_total', ARGV[1], 'ranges', ARGV[2], 'run_id', ARGV[3])
   return 'OK'
 end
@@ -299,6 +306,7 @@ impl Assignment {
             .arg(self.plan.clusters.len())
             .arg(run_id)
             .arg(millis(self.recovery))
+            .arg(&self.prefix)
             .invoke_async(connection)
             .await;
         joined.map(drop).map_err(|e| claim_error(&e))
