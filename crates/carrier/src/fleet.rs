@@ -170,8 +170,11 @@ pub struct FleetOptions {
     ///   clusters close their shards resumably and wait, and resume them if the lease holds
     ///   again and the ranges are still its own;
     /// - calls reach the clusters of every host (commands, by shard or guild, fan-outs, guild
-    ///   counts, fetches, messages, broadcasts, restarts and stops of one cluster), with the
-    ///   same outcomes as on one host; services run on every host, and are asked on this one;
+    ///   counts, fetches, messages, broadcasts, the workers list, restarts and stops of one
+    ///   cluster, rolling restarts of all), with the same outcomes as on one host; services run
+    ///   on every host, and are asked on this one; stats are the whole bot's;
+    /// - a host that joins gets its fair share by planned moves
+    ///   ([`host_rebalance`](Self::host_rebalance));
     /// - the central store is one for every host, in Redis ([`store_limit`](Self::store_limit)
     ///   for the whole bot, time to live on Redis's clock); with pinned shards too.
     ///
