@@ -515,14 +515,9 @@ impl HostAgent {
             state.giving.insert(range);
             let _ = events.send(HostEvent::Give(range)).await;
         }
-        if took && let Some(open) = state.connection.as_mut() {
+        if took {
             // The other hosts learn at once where the ranges run now (their calls route by it).
-            let mut publish = redis::cmd("PUBLISH");
-            publish
-                .arg(self.key("bus:all"))
-                .arg(super::bus::ASSIGN_HINT);
-            let hint = publish.query_async::<i64>(open);
-            drop(guarded(hint, limit, &mut state.fence).await);
+            self.hint(state).await;
         }
         if let Some(open) = state.connection.as_mut()
             && let Some(Ok(owners)) =
@@ -561,14 +556,23 @@ impl HostAgent {
                 released = true;
             }
         }
-        if released && let Some(open) = state.connection.as_mut() {
-            let mut publish = redis::cmd("PUBLISH");
-            publish
-                .arg(self.key("bus:all"))
-                .arg(super::bus::ASSIGN_HINT);
-            let hint = publish.query_async::<i64>(open);
-            drop(guarded(hint, limit, &mut state.fence).await);
+        if released {
+            self.hint(state).await;
         }
+    }
+
+    /// Tells the other hosts that the assignment changed: they claim (and learn who runs what)
+    /// at once, not at their next turn.
+    async fn hint(&self, state: &mut State<'_>) {
+        let Some(open) = state.connection.as_mut() else {
+            return;
+        };
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(self.key("bus:all"))
+            .arg(super::bus::ASSIGN_HINT);
+        let hint = publish.query_async::<i64>(open);
+        drop(guarded(hint, call_timeout(self.lease.ttl), &mut state.fence).await);
     }
 
     /// Writes the checkpoints that changed.

@@ -218,16 +218,7 @@ impl Router {
                     .push(Target::Cluster(*range));
             }
         }
-        let id = self.calls.next_id();
-        self.remote.merges.insert(
-            id,
-            Merge {
-                waiter,
-                remaining: by_host.len() + 1,
-                outcomes: Vec::new(),
-                workers: None,
-            },
-        );
+        let id = self.open_merge(waiter, by_host.len() + 1, false);
         let deadline = timeout.saturating_sub(timeout / 20);
         let group = crate::ipc::proto::Group::Clusters;
         for (host, covers) in by_host {
@@ -256,21 +247,8 @@ impl Router {
 
     /// Every worker of the bot: this host's, and each other host's asked over the bus.
     pub(super) fn workers_of_hosts(&mut self, from: &Target, waiter: Waiter, timeout: Duration) {
-        let me = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
-        let mut hosts: Vec<String> = self.remote.owners.values().cloned().collect();
-        hosts.sort_unstable();
-        hosts.dedup();
-        hosts.retain(|h| Some(h) != me.as_ref());
-        let id = self.calls.next_id();
-        self.remote.merges.insert(
-            id,
-            Merge {
-                waiter,
-                remaining: hosts.len() + 1,
-                outcomes: Vec::new(),
-                workers: Some(Vec::new()),
-            },
-        );
+        let hosts = self.other_hosts();
+        let id = self.open_merge(waiter, hosts.len() + 1, true);
         let deadline = timeout.saturating_sub(timeout / 20);
         for host in hosts {
             let part = Waiter::Merge {
@@ -290,6 +268,29 @@ impl Router {
         let mine = Payload::encode(&self.workers_info())
             .map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
         self.merge_part(id, &[], Reply::Outcome(mine));
+    }
+
+    /// The other hosts that run ranges, by Redis's last word.
+    fn other_hosts(&self) -> Vec<String> {
+        let me = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
+        let mut hosts: Vec<String> = self.remote.owners.values().cloned().collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts.retain(|h| Some(h) != me.as_ref());
+        hosts
+    }
+
+    /// Opens a reply of `parts` hosts' parts (`workers`: a workers listing); its number.
+    fn open_merge(&mut self, waiter: Waiter, parts: usize, workers: bool) -> u64 {
+        let id = self.calls.next_id();
+        let merge = Merge {
+            waiter,
+            remaining: parts,
+            outcomes: Vec::new(),
+            workers: workers.then(Vec::new),
+        };
+        self.remote.merges.insert(id, merge);
+        id
     }
 
     /// One host's part of a merged reply arrived (for the targets it `covers`, if it failed).
@@ -460,10 +461,7 @@ impl Router {
         if self.remote.gather.is_some() {
             return;
         }
-        let mut hosts: Vec<String> = self.remote.owners.values().cloned().collect();
-        hosts.sort_unstable();
-        hosts.dedup();
-        hosts.retain(|h| h != bus.host());
+        let hosts = self.other_hosts();
         if hosts.is_empty() {
             return;
         }
