@@ -1368,3 +1368,23 @@ async fn sighup_on_a_host_re_executes_its_admiral_which_keeps_its_lease_its_rang
     let _ = tokio::time::timeout(WAIT, lines.next_line()).await;
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_room_runs_what_the_others_have_no_room_for_beyond_its_fair_share() {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(16, 8, 1)).await.unwrap();
+    // Four ranges, two hosts: the fair share is two each, but a has room for one only.
+    let mut small = host_options(&mock, redis.url(), "room", "a", 1);
+    small.clusters = Some(4);
+    let (a, _) = launch(fleet_tests::fleet(small)).await;
+    attached(&mock, 2, "host a runs the one range it has room for").await;
+    let mut large = host_options(&mock, redis.url(), "room", "b", 8);
+    large.clusters = Some(4);
+    let (b, _) = launch(fleet_tests::fleet(large)).await;
+    // b takes the three others, one beyond its share, so no range is left unrun.
+    attached(&mock, 8, "every shard of the bot runs").await;
+    workers_until(&b, "host b runs three ranges", |w| clusters(w).len() == 3).await;
+    assert_eq!(clusters(&a.workers().await.unwrap()).len(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
