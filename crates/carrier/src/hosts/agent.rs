@@ -245,8 +245,6 @@ struct State<'a> {
     drained: bool,
     /// The owners the router last heard of.
     owners: BTreeMap<u32, String>,
-    /// Ranges being handed on to hosts with room.
-    giving: std::collections::BTreeSet<u32>,
     /// What the next claim puts back, when not `owned` (nothing, once the lease lapsed).
     keep: Option<BTreeMap<u32, String>>,
 }
@@ -320,7 +318,6 @@ impl HostAgent {
             owned: BTreeMap::new(),
             drained: false,
             owners: BTreeMap::new(),
-            giving: std::collections::BTreeSet::new(),
             keep: None,
         };
         let stop = async move {
@@ -497,22 +494,13 @@ impl HostAgent {
                 .await;
         }
         state.owned = now_owned;
-        state.giving.retain(|r| state.owned.contains_key(r));
         state.fence.lower(state.owned.len()).await;
         // More than a fair share while another host has room: hand the highest ranges on, one
-        // planned move each (the router closes the cluster's shards resumably first).
-        let more = give.saturating_sub(state.giving.len());
-        let gifts: Vec<u32> = state
-            .owned
-            .keys()
-            .rev()
-            .filter(|r| !state.giving.contains(r))
-            .take(more)
-            .copied()
-            .collect();
+        // planned move each (the router closes the cluster's shards resumably first). Asked
+        // again at each claim until given up: the router carries out each once, and one it
+        // could not start (fenced meanwhile) is asked for again.
+        let gifts: Vec<u32> = state.owned.keys().rev().take(give).copied().collect();
         for range in gifts {
-            tracing::info!(target: "fleet::hosts", range, "handing a range on to a host with room");
-            state.giving.insert(range);
             let _ = events.send(HostEvent::Give(range)).await;
         }
         if took {
@@ -545,7 +533,6 @@ impl HostAgent {
         };
         let mut released = false;
         for range in given {
-            state.giving.remove(&range);
             let Some(open) = state.connection.as_mut() else {
                 break;
             };

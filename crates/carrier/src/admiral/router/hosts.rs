@@ -75,7 +75,14 @@ impl Router {
         let Some(checkpoints) = self.config.host_checkpoints.clone() else {
             return;
         };
-        if self.fenced_now() || self.handing_off || self.giving.contains_key(&cluster) {
+        // Fenced, stopping, under way already, or being restarted: asked again at the next
+        // claim.
+        let restarting = self
+            .lifecycle
+            .worker(&crate::admiral::WorkerId::Cluster(cluster))
+            .is_some_and(|w| w.replacement.is_some());
+        if self.fenced_now() || self.handing_off || restarting || self.giving.contains_key(&cluster)
+        {
             return;
         }
         let process = self
