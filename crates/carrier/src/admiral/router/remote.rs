@@ -8,6 +8,12 @@
 //! Broadcasts go to every host on `bus:all`; each delivers to its own workers. Services run on
 //! every host, so a service is always asked on this host.
 //!
+//! Restarts and stops of one cluster are relayed whole to its host, and its reply comes back
+//! as it is. Requests about the whole bot (a rolling restart of every cluster, the workers
+//! list) ask each other host's admiral for its own part and merge the parts ([`Merge`]); stats
+//! gather each host's own snapshot and sum them ([`Gather`]). A host asked for its part never
+//! asks on.
+//!
 //! A frame from the bus is hostile until proven otherwise: it must decode, name this bot's
 //! version of the bus and a known cluster; a host may have only [`MAX_ASKS_PER_HOST`] asks open
 //! here; answers count only from the host that was asked.
