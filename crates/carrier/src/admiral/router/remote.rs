@@ -233,16 +233,7 @@ impl Router {
                 mode,
                 at_once,
             };
-            let part = Waiter::Merge { id, covers };
-            let ask = Ask::Relay(Box::new(request));
-            self.forward_remote(
-                &host,
-                from,
-                Target::Admiral,
-                ask,
-                deadline,
-                Route::Relay(part),
-            );
+            self.ask_part(&host, from, (id, covers), request, deadline);
         }
         let here = Waiter::Merge {
             id,
@@ -257,23 +248,26 @@ impl Router {
         let id = self.open_merge(waiter, hosts.len() + 1, true);
         let deadline = timeout.saturating_sub(timeout / 20);
         for host in hosts {
-            let part = Waiter::Merge {
-                id,
-                covers: Vec::new(),
-            };
-            let ask = Ask::Relay(Box::new(Request::Workers));
-            self.forward_remote(
-                &host,
-                from,
-                Target::Admiral,
-                ask,
-                deadline,
-                Route::Relay(part),
-            );
+            self.ask_part(&host, from, (id, Vec::new()), Request::Workers, deadline);
         }
         let mine = Payload::encode(&self.workers_info())
             .map_or_else(|e| Outcome::Error(e.to_string()), Outcome::Ok);
         self.merge_part(id, &[], Reply::Outcome(mine));
+    }
+
+    /// Asks `host`'s admiral for its own part of a merged reply (the merge's number, and the
+    /// targets the part stands for should it fail): `request`, run there for that host only.
+    fn ask_part(
+        &mut self,
+        host: &str,
+        from: &Target,
+        (id, covers): (u64, Vec<Target>),
+        request: Request,
+        deadline: Duration,
+    ) {
+        let part = Route::Relay(Waiter::Merge { id, covers });
+        let ask = Ask::Relay(Box::new(request));
+        self.forward_remote(host, from, Target::Admiral, ask, deadline, part);
     }
 
     /// The other hosts that run ranges, by Redis's last word.
