@@ -834,13 +834,30 @@ async fn a_host_planning_other_ranges_is_refused_while_the_old_plan_runs_and_tak
     })
     .await;
     attached(&mock, 4, "every shard runs again").await;
-    let refusal = b.reshard(ShardCount::Exact(8), None).await.unwrap_err();
-    assert!(
-        refusal.to_string().contains("several hosts"),
-        "a split fleet does not reshard alone: {refusal}"
-    );
     // The shards are the same: their checkpoints stay for whoever runs them next.
     checkpointed(&redis, "replan", 0..4).await;
+    // A reshard of the bot (b is all of it now) puts its plan in Redis.
+    b.reshard(ShardCount::Exact(8), None).await.unwrap();
+    assert_eq!(b.plan().shard_total, 8);
+    mock.wait_until(WAIT, "the new generation serves alone", |m| {
+        let sessions = m.sessions();
+        sessions.iter().filter(|s| s.attached).count() == 8
+            && sessions.iter().all(|s| s.shard[1] == 8 || !s.attached)
+    })
+    .await
+    .unwrap();
+    // A host started from the options the bot started with follows the resharded plan.
+    let (d, _) = launch(fleet_tests::fleet(host_options(
+        &mock,
+        redis.url(),
+        "replan",
+        "d",
+        1,
+    )))
+    .await;
+    assert_eq!(d.plan().shard_total, 8, "the running plan wins");
+    assert_eq!(d.plan().clusters.len(), 3);
+    d.shutdown().await;
     b.shutdown().await;
     b.wait_stopped().await;
     // A bot restarted with another shard total replaces the plan and drops the old total's
@@ -1385,6 +1402,153 @@ async fn a_host_with_room_runs_what_the_others_have_no_room_for_beyond_its_fair_
     attached(&mock, 8, "every shard of the bot runs").await;
     workers_until(&b, "host b runs three ranges", |w| clusters(w).len() == 3).await;
     assert_eq!(clusters(&a.workers().await.unwrap()).len(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_new_shard_and_nothing_lost()
+ {
+    let redis = RedisServer::start().await;
+    let mock = MockDiscord::start(mock_config(16, 4, 1)).await.unwrap();
+    let host = |name: &str, capacity: u32| {
+        let mut options = host_options(&mock, redis.url(), "split-reshard", name, capacity);
+        // Longer than the mock's heartbeat: the old generation confirms every event it handled
+        // before it closes, so the mock can tell none was lost.
+        options.soft_kill_notice = Duration::from_secs(1);
+        options
+    };
+    let (a, _) = launch(fleet_tests::fleet(host("a", 1))).await;
+    attached(&mock, 2, "host a runs its range").await;
+    let (b, _) = launch(fleet_tests::fleet(host("b", 2))).await;
+    attached(&mock, 4, "host b runs the other range").await;
+    let handled = common::HandledLog::start_on(&[&a, &b]).await;
+    events_flow(&mock).await;
+
+    // Refused, with the reason, before anything starts: one cluster would leave a host idle.
+    let refused = a.reshard(ShardCount::Exact(8), Some(1)).await;
+    assert!(
+        format!("{refused:?}").contains("without one"),
+        "{refused:?}"
+    );
+    // A part that fails calls the whole reshard off: b's new cluster is killed as it starts.
+    let me = std::process::id();
+    let running: std::collections::BTreeSet<u32> = children(me).into_iter().collect();
+    let kill_part = async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let new = children(me).into_iter().find(|pid| {
+                    !running.contains(pid) && worker_name(*pid).as_deref() == Some("cluster-1")
+                });
+                if let Some(pid) = new {
+                    signal_all(&[pid], "-KILL");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    };
+    let (asked, part_killed) = tokio::join!(a.reshard(ShardCount::Exact(8), None), kill_part);
+    assert!(part_killed.is_ok(), "b starts its part");
+    let failed = asked.unwrap_err().to_string();
+    assert!(failed.contains("host b"), "{failed}");
+    assert_eq!((a.plan().shard_total, b.plan().shard_total), (4, 4));
+    mock.wait_until(WAIT, "the old generation serves on alone", |m| {
+        let sessions = m.sessions();
+        sessions.iter().filter(|s| s.attached).count() == 4
+            && sessions.iter().all(|s| s.shard[1] == 4 || !s.attached)
+    })
+    .await
+    .unwrap();
+    checkpointed(&redis, "split-reshard", 0..4).await;
+    let before = mock.stats();
+    // Asked of a: both hosts ready their part in standby, and it goes live on both at once.
+    let mut b_events = b.events();
+    a.reshard(ShardCount::Exact(8), None)
+        .await
+        .expect("the reshard completes");
+    assert_eq!(a.plan().shard_total, 8);
+    let resharded = tokio::time::timeout(WAIT, async {
+        loop {
+            match b_events.recv().await {
+                Ok(carrier::FleetEvent::Lifecycle(
+                    carrier::admiral::LifecycleEvent::Resharded { clusters },
+                )) => return clusters,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(error) => panic!("{error}"),
+            }
+        }
+    })
+    .await
+    .expect("host b's part goes live");
+    assert_eq!(resharded, 1, "host b ran one cluster of the new generation");
+    assert_eq!(b.plan().shard_total, 8);
+    workers_until(&a, "a runs cluster 0 of the new plan", |w| {
+        clusters(w) == [0]
+    })
+    .await;
+    workers_until(&b, "b runs cluster 1 of the new plan", |w| {
+        clusters(w) == [1]
+    })
+    .await;
+    mock.wait_until(
+        WAIT,
+        "only the new generation's sessions are attached",
+        |m| {
+            let sessions = m.sessions();
+            sessions.iter().filter(|s| s.attached).count() == 8
+                && sessions.iter().all(|s| s.shard[1] == 8 || !s.attached)
+        },
+    )
+    .await
+    .unwrap();
+    // Redis holds the new plan, and the new sessions' checkpoints, for a takeover.
+    let keys: Vec<String> = (0..8)
+        .map(|shard| format!("fleet:{{split-reshard}}:shard:8:{shard}"))
+        .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let written = tokio::time::timeout(WAIT, async {
+        while redis.exists(&keys).await < 8 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        written.is_ok(),
+        "the new generation's sessions are checkpointed"
+    );
+    assert_eq!(
+        redis.exists(&["fleet:{split-reshard}:shard:4:0"]).await,
+        0,
+        "the old plan's checkpoints are gone"
+    );
+    // Calls route by the new plan across hosts: a asks b's cluster.
+    let status = status_of(&a, 1).await;
+    assert_eq!(status.shards, vec![4, 5, 6, 7]);
+
+    assert!(
+        handled.all_handled(&mock).await,
+        "a message reached no user code"
+    );
+    let mut by_id = BTreeMap::<u64, usize>::new();
+    for (_, id, _) in handled.entries() {
+        *by_id.entry(id).or_default() += 1;
+    }
+    let twice = by_id.values().filter(|n| **n > 1).count();
+    assert_eq!(
+        twice, 0,
+        "the switch time splits the messages between generations"
+    );
+    let report = common::settle(&mock).await;
+    let after = mock.stats();
+    assert_eq!(
+        after.identifies - before.identifies,
+        8,
+        "one identify per new shard"
+    );
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
     a.shutdown().await;
     b.shutdown().await;
 }

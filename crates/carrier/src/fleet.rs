@@ -453,7 +453,7 @@ impl Fleet {
         let clusters = options
             .clusters
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-        let plan = plan::plan(PlanInput {
+        let mut plan = plan::plan(PlanInput {
             count: options.shards,
             recommended: gateway.shards,
             max_concurrency,
@@ -504,15 +504,30 @@ impl Fleet {
                     crate::hosts::HostLease::take_as(url, &fleet_id, &host, ttl, incarnation)
                         .await?;
                 let assignment = if assigned {
-                    let assignment = crate::hosts::assign::Assignment::new(
-                        &fleet_id,
-                        &host,
-                        lease.incarnation(),
-                        plan.clone(),
-                        options.host_capacity.unwrap_or(u32::MAX),
-                        ttl,
-                    );
-                    if let Err(error) = lease.join(&assignment).await {
+                    let capacity = options.host_capacity.unwrap_or(u32::MAX);
+                    let assign = |plan: &plan::ShardPlan| {
+                        crate::hosts::assign::Assignment::new(
+                            &fleet_id,
+                            &host,
+                            lease.incarnation(),
+                            plan.clone(),
+                            capacity,
+                            ttl,
+                        )
+                    };
+                    let mut assignment = assign(&plan);
+                    let mut joined = lease.join(&assignment).await;
+                    // The bot was resharded since these options were written: its running plan
+                    // wins.
+                    if let Err(crate::hosts::LeaseError::Plan(theirs)) = &joined
+                        && let Some(resharded) = resharded_plan(theirs, plan.max_concurrency)
+                    {
+                        tracing::warn!(target: "fleet::hosts", shards = resharded.shard_total, clusters = resharded.clusters.len(), "the bot was resharded since it started: this host runs its plan, not the one its options make");
+                        plan = resharded;
+                        assignment = assign(&plan);
+                        joined = lease.join(&assignment).await;
+                    }
+                    if let Err(error) = joined {
                         // Refused: the host id is free for the next try at once.
                         lease.release().await;
                         return Err(error.into());
@@ -730,9 +745,40 @@ fn token_id(token: &str) -> String {
     format!("{:016x}", u64::from_be_bytes(head))
 }
 
+/// The plan Redis holds for a bot resharded across its hosts, from a refused join's
+/// `<total> <ranges> resharded`; `None` for any other refusal.
+fn resharded_plan(theirs: &str, max_concurrency: u32) -> Option<plan::ShardPlan> {
+    let mut words = theirs
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .split_whitespace();
+    let total = words.next()?.parse().ok()?;
+    let ranges = words.next()?.parse().ok()?;
+    words
+        .next()
+        .is_some_and(|w| w.starts_with("resharded"))
+        .then(|| plan::whole(total, ranges, max_concurrency).ok())
+        .flatten()
+        .filter(|plan| plan.clusters.len() == ranges as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_follows_only_a_plan_a_reshard_made() {
+        let plan = resharded_plan("\": 8 3 resharded", 1).unwrap();
+        assert_eq!((plan.shard_total, plan.clusters.len()), (8, 3));
+        assert!(
+            resharded_plan("8 3", 1).is_none(),
+            "another host's own options"
+        );
+        assert!(
+            resharded_plan("8 9 resharded", 1).is_none(),
+            "not plannable as stored"
+        );
+        assert!(resharded_plan("x resharded", 1).is_none());
+    }
 
     #[test]
     fn identifies_are_spaced_with_a_margin_for_delivery() {

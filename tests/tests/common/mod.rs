@@ -216,16 +216,24 @@ impl HandledLog {
     /// Turns the reports on in every cluster process, running or started later, and collects
     /// them.
     pub async fn start(admiral: &AdmiralHandle) -> Self {
+        Self::start_on(&[admiral]).await
+    }
+
+    /// [`HandledLog::start`] for a bot split across hosts: each host's clusters report to their
+    /// own admiral.
+    pub async fn start_on(admirals: &[&AdmiralHandle]) -> Self {
         let log = Self::default();
-        let (sink, ring) = (log.entries.clone(), log.arrived.clone());
-        let ipc = admiral.ipc();
-        ipc.register("handled", move |m| {
-            let (nonce, id): fleet_tests::Handled = m.payload.decode().unwrap();
-            sink.lock()
-                .unwrap()
-                .push((nonce, id, std::time::Instant::now()));
-            ring.notify_one();
-        });
+        for admiral in admirals {
+            let (sink, ring) = (log.entries.clone(), log.arrived.clone());
+            admiral.ipc().register("handled", move |m| {
+                let (nonce, id): fleet_tests::Handled = m.payload.decode().unwrap();
+                sink.lock()
+                    .unwrap()
+                    .push((nonce, id, std::time::Instant::now()));
+                ring.notify_one();
+            });
+        }
+        let ipc = admirals[0].ipc();
         ipc.store_set(fleet_tests::REPORT_EVENTS, Payload::empty())
             .await
             .unwrap();

@@ -250,6 +250,17 @@ pub enum Input {
     /// each connects in standby; once all are ready they go live together and the old
     /// generation (clusters not in the list included) drains.
     Reshard(Vec<u32>),
+    /// As [`Input::Reshard`], for one host's part of a bot split across hosts: once all are
+    /// ready the generation waits for [`Input::GoLive`] (every host's part is ready).
+    ReshardTogether(Vec<u32>),
+    /// The held generation goes live with the switch time `at_ms` (milliseconds since the Unix
+    /// epoch, chosen for every host of the bot). Ignored unless a held generation is all ready.
+    GoLive {
+        /// The switch time.
+        at_ms: u64,
+    },
+    /// The reshard under way is called off: its generation stops, the old one stays.
+    AbortReshard(String),
     /// The old generation's notice is over: it drains now.
     DrainDue,
     /// The new generation has been live for [`SWITCH_GUARD`]: the old one stops handling events.
@@ -324,6 +335,8 @@ pub enum Command {
         old: Vec<ProcessId>,
         /// The new generation's processes.
         new: Vec<ProcessId>,
+        /// The switch time every host of the bot agreed on, if it is split across hosts.
+        at_ms: Option<u64>,
     },
     /// A process of the new generation goes live: its user code starts receiving events.
     Activate(ProcessId),
@@ -636,6 +649,8 @@ pub struct Lifecycle {
     held: BTreeMap<ProcessId, Vec<ShardSession>>,
     /// Workers whose restart came due while fenced: they start at [`Input::Unfence`].
     deferred: std::collections::BTreeSet<WorkerId>,
+    /// The new generation waits for [`Input::GoLive`] once it is ready.
+    held_switch: bool,
 }
 
 impl Lifecycle {
@@ -677,6 +692,7 @@ impl Lifecycle {
             fenced: false,
             held: BTreeMap::new(),
             deferred: std::collections::BTreeSet::new(),
+            held_switch: false,
         }
     }
 
@@ -1057,6 +1073,27 @@ impl Lifecycle {
             Input::Reshard(clusters) => {
                 if self.can_reshard().is_ok() {
                     self.reshard(&clusters, &mut out);
+                }
+            }
+            Input::ReshardTogether(clusters) => {
+                if self.can_reshard().is_ok() && !clusters.is_empty() {
+                    self.held_switch = true;
+                    self.reshard(&clusters, &mut out);
+                }
+            }
+            Input::GoLive { at_ms } => {
+                if self.generation_held() {
+                    self.held_switch = false;
+                    self.go_live(Some(at_ms), &mut out);
+                }
+            }
+            Input::AbortReshard(reason) => {
+                if self
+                    .workers
+                    .values()
+                    .any(|w| w.replacement.as_ref().is_some_and(|r| r.generation))
+                {
+                    self.abort_generation(&reason, &mut out);
                 }
             }
             Input::Take { cluster, resume } => self.take(cluster, resume, &mut out),
@@ -1443,13 +1480,37 @@ impl Lifecycle {
             ready,
             total,
         }));
-        if ready < total {
+        if ready < total || self.held_switch {
             return;
         }
-        let processes: Vec<ProcessId> = generation.iter().map(|r| r.process).collect();
+        self.go_live(None, out);
+    }
+
+    /// Whether a generation held for [`Input::GoLive`] is all ready.
+    #[must_use]
+    pub fn generation_held(&self) -> bool {
+        let mut generation = self
+            .workers
+            .values()
+            .filter_map(|w| w.replacement.as_ref())
+            .filter(|r| r.generation)
+            .peekable();
+        self.held_switch && generation.peek().is_some() && generation.all(|r| r.step == Step::Ready)
+    }
+
+    /// The new generation, all ready, goes live (at `at_ms` if every host agreed on it).
+    fn go_live(&mut self, at_ms: Option<u64>, out: &mut Vec<Command>) {
+        let processes: Vec<ProcessId> = self
+            .workers
+            .values()
+            .filter_map(|w| w.replacement.as_ref())
+            .filter(|r| r.generation)
+            .map(|r| r.process)
+            .collect();
         out.push(Command::Switch {
             old: self.old_generation(),
             new: processes.clone(),
+            at_ms,
         });
         // Every new process goes live before any old one stops: no event unhandled.
         for &process in &processes {
@@ -1540,6 +1601,7 @@ impl Lifecycle {
 
     /// A process of the new generation failed: the whole generation goes, the old one stays.
     fn abort_generation(&mut self, reason: &str, out: &mut Vec<Command>) {
+        self.held_switch = false;
         let grace = self.timeouts.kill;
         let mut gone = Vec::new();
         for worker in self.workers.values_mut() {
@@ -1961,6 +2023,7 @@ impl Lifecycle {
             }
         }
         if aborted {
+            self.held_switch = false;
             self.workers
                 .retain(|_, w| w.process.is_some() || !matches!(w.id, WorkerId::Cluster(_)));
             self.retiring.clear();

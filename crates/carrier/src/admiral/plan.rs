@@ -169,6 +169,19 @@ pub fn scale_slice(first: u32, last: u32, from_total: u32, to_total: u32) -> Opt
     (end > start).then(|| (start, end - 1))
 }
 
+/// The whole bot's plan of `total` shards in `ranges` clusters: what every host of a bot split
+/// across hosts by Redis plans (each runs the ranges it is assigned).
+pub(crate) fn whole(total: u32, ranges: u32, max_concurrency: u32) -> Result<ShardPlan, PlanError> {
+    plan(PlanInput {
+        count: ShardCount::Exact(total),
+        recommended: 0,
+        max_concurrency,
+        clusters: ranges,
+        first_shard: None,
+        last_shard: None,
+    })
+}
+
 /// Plans a fleet: the total, then contiguous ranges, larger ranges first when they do not divide
 /// evenly.
 pub fn plan(input: PlanInput) -> Result<ShardPlan, PlanError> {

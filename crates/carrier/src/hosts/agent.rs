@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::HostLease;
-use super::assign::{Assignment, ClaimError};
+use super::assign::{Assignment, ClaimError, Replanned, ReshardCommit};
 use crate::ipc::proto::ShardSession;
 
 /// How long before its lease's end (on its own clock) a host fences itself: a fifth of the
@@ -73,6 +73,21 @@ pub(crate) enum HostEvent {
     Bus(Vec<u8>),
     /// The bus publish with this token reached no host.
     Undelivered(u64),
+    /// A reshard of the split bot went live in Redis: this host runs its new plan from now,
+    /// owning these ranges of it.
+    Replanned {
+        /// The new plan, and the switch time.
+        plan: Replanned,
+        /// This host's ranges of the new plan.
+        owned: Vec<u32>,
+    },
+    /// The reshard this host asked to put live ([`Checkpoints::commit_reshard`]) could not be.
+    CommitFailed {
+        /// The reshard's id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The latest session of each shard this host runs, waiting to be written to Redis; and the
@@ -88,6 +103,12 @@ pub(crate) struct Checkpoints {
     /// the ranges up.
     given: Mutex<Vec<u32>>,
     gifts: tokio::sync::Notify,
+    /// The shard total of the plan the agent writes for: a session of another is not recorded
+    /// (the old generation of a reshard, once the new one is live). 0 before the agent runs.
+    total: std::sync::atomic::AtomicU32,
+    /// A reshard ready on every host, for the agent to put live.
+    commit: Mutex<Option<ReshardCommit>>,
+    commits: tokio::sync::Notify,
 }
 
 impl Default for Checkpoints {
@@ -98,6 +119,9 @@ impl Default for Checkpoints {
             fence_at: Mutex::new(None),
             given: Mutex::new(Vec::new()),
             gifts: tokio::sync::Notify::new(),
+            total: std::sync::atomic::AtomicU32::new(0),
+            commit: Mutex::new(None),
+            commits: tokio::sync::Notify::new(),
         }
     }
 }
@@ -111,9 +135,14 @@ struct CheckpointsInner {
 }
 
 impl Checkpoints {
-    /// Records what cluster `range`'s process checkpointed (or handed over).
-    pub(crate) fn record(&self, range: u32, sessions: &[ShardSession]) {
+    /// Records what cluster `range` of a plan of `total` shards checkpointed (or handed over):
+    /// nothing, unless that is the plan the agent writes for.
+    pub(crate) fn record(&self, range: u32, total: u32, sessions: &[ShardSession]) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let writes_for = self.total.load(std::sync::atomic::Ordering::Acquire);
+        if writes_for != 0 && writes_for != total {
+            return;
+        }
         for session in sessions {
             let mut session = session.clone();
             if let Some((_, old)) = inner.known.get(&session.shard)
@@ -141,6 +170,23 @@ impl Checkpoints {
             .unwrap_or_else(PoisonError::into_inner)
             .push(range);
         self.gifts.notify_one();
+    }
+
+    /// Asks the agent to put `commit` live in Redis: it answers [`HostEvent::Replanned`] (as
+    /// every host's agent does) or [`HostEvent::CommitFailed`].
+    pub(crate) fn commit_reshard(&self, commit: ReshardCommit) {
+        *self.commit.lock().unwrap_or_else(PoisonError::into_inner) = Some(commit);
+        self.commits.notify_one();
+    }
+
+    /// The agent writes for a plan of `total` shards from now: the sessions of the last are
+    /// dropped (their keys are gone with it).
+    fn write_for(&self, total: u32) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.total.swap(total, std::sync::atomic::Ordering::AcqRel) != total {
+            inner.known.clear();
+            inner.dirty.clear();
+        }
     }
 
     /// Whether this host's lease may have lapsed by now (its fence is due).
@@ -304,12 +350,13 @@ impl HostAgent {
         renewals.tick().await;
         let mut writes = tokio::time::interval(CHECKPOINT_EVERY);
         writes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let host = self.lease.host.clone();
         let mut state = State {
             fence: Fence {
                 at: self.lease.taken_at,
                 up: false,
                 events: &events,
-                host: &self.lease.host,
+                host: &host,
                 shared: &checkpoints,
             },
             connection: None,
@@ -331,6 +378,9 @@ impl HostAgent {
         state
             .fence
             .due_at(self.lease.taken_at + ttl.saturating_sub(fence_margin(ttl)));
+        if let Some(assignment) = &self.assignment {
+            checkpoints.write_for(assignment.plan().shard_total);
+        }
         let mut drain_asked = checkpoints.drain.subscribe();
         let drain = async move {
             while !*drain_asked.borrow_and_update() {
@@ -360,11 +410,14 @@ impl HostAgent {
                 }
                 _ = renewals.tick(), if !state.drained => {
                     if self.renew(&mut state).await {
-                        self.claim(&mut state, &events).await;
+                        self.claim_or_replan(&mut state, &events, &checkpoints).await;
                     }
                 }
                 () = hints.notified(), if self.assignment.is_some() && !state.fence.up => {
-                    self.claim(&mut state, &events).await;
+                    self.claim_or_replan(&mut state, &events, &checkpoints).await;
+                }
+                () = checkpoints.commits.notified(), if !state.drained => {
+                    self.commit(&mut state, &events, &checkpoints).await;
                 }
                 () = checkpoints.gifts.notified(), if !state.drained => {
                     self.give_up(&mut state, &checkpoints).await;
@@ -429,19 +482,155 @@ impl HostAgent {
         }
     }
 
-    /// Claims what this host should run; tells the router what it takes and what it lost, and
-    /// lifts the fence.
-    async fn claim(&self, state: &mut State<'_>, events: &mpsc::Sender<HostEvent>) {
-        let Some(assignment) = &self.assignment else {
-            state.fence.lower(0).await;
+    /// Claims (see [`HostAgent::claim`]); when the plan in Redis is a reshard's that this host
+    /// does not run yet, runs it ([`HostAgent::replan`]) and claims again.
+    async fn claim_or_replan(
+        &mut self,
+        state: &mut State<'_>,
+        events: &mpsc::Sender<HostEvent>,
+        checkpoints: &Checkpoints,
+    ) {
+        if !self.claim(state, events).await {
+            return;
+        }
+        if self.replan(state, events, checkpoints).await {
+            self.claim(state, events).await;
+        } else {
+            tracing::error!(target: "fleet::hosts", "this host plans other shards than the bot's other hosts (shard total, clusters): it runs none");
+        }
+    }
+
+    /// Puts the reshard the router asked for live in Redis, tells the other hosts, and runs
+    /// its plan here.
+    async fn commit(
+        &mut self,
+        state: &mut State<'_>,
+        events: &mpsc::Sender<HostEvent>,
+        checkpoints: &Checkpoints,
+    ) {
+        let Some(commit) = checkpoints
+            .commit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
             return;
         };
+        let limit = call_timeout(self.lease.ttl);
+        let connected = self.connect(state).await;
+        let result = match (&self.assignment, state.connection.as_mut(), connected) {
+            (Some(assignment), Some(open), true) => {
+                match guarded(
+                    assignment.commit_reshard(open, &commit),
+                    limit,
+                    &mut state.fence,
+                )
+                .await
+                {
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(ClaimError::Plan(_))) => {
+                        Err("the bot's plan in Redis changed meanwhile".to_owned())
+                    }
+                    Some(Err(ClaimError::Redis(why))) if why.contains("CHANGED") => Err(
+                        "a range changed hosts meanwhile (a host joined, left or died)".to_owned(),
+                    ),
+                    Some(Err(error)) => Err(format!("Redis: {error:?}")),
+                    None => {
+                        state.connection = None;
+                        Err("Redis did not answer in time".to_owned())
+                    }
+                }
+            }
+            _ => Err("Redis cannot be reached".to_owned()),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(target: "fleet::reshard", id = %commit.id, "the new plan is live in Redis");
+                // The other hosts claim at once, find the new plan and run it.
+                self.hint(state).await;
+                self.replan(state, events, checkpoints).await;
+            }
+            Err(reason) => {
+                let id = commit.id;
+                let _ = events.send(HostEvent::CommitFailed { id, reason }).await;
+            }
+        }
+    }
+
+    /// Runs the plan a reshard put in Redis, if it is not this host's: the router hears which
+    /// of its ranges this host owns ([`HostEvent::Replanned`]). Whether it did.
+    async fn replan(
+        &mut self,
+        state: &mut State<'_>,
+        events: &mpsc::Sender<HostEvent>,
+        checkpoints: &Checkpoints,
+    ) -> bool {
+        let limit = call_timeout(self.lease.ttl);
+        let (Some(assignment), Some(open)) = (&mut self.assignment, state.connection.as_mut())
+        else {
+            return false;
+        };
+        let Some(Ok(Some(replanned))) =
+            guarded(assignment.replanned(open), limit, &mut state.fence).await
+        else {
+            return false;
+        };
+        let max_concurrency = assignment.plan().max_concurrency;
+        let plan = match crate::admiral::plan::whole(
+            replanned.total,
+            replanned.ranges,
+            max_concurrency,
+        ) {
+            Ok(plan) if plan.clusters.len() == replanned.ranges as usize => plan,
+            _ => {
+                tracing::error!(target: "fleet::hosts", total = replanned.total, ranges = replanned.ranges, "the plan a reshard put in Redis cannot be planned here");
+                return false;
+            }
+        };
+        assignment.replan(plan);
+        checkpoints.write_for(replanned.total);
+        let Some(Ok(owned)) =
+            guarded(assignment.owned_entries(open), limit, &mut state.fence).await
+        else {
+            // Claimed afresh at the next turn: what Redis names this host's is taken then.
+            state.owned.clear();
+            state.owners.clear();
+            let owned = Vec::new();
+            let _ = events
+                .send(HostEvent::Replanned {
+                    plan: replanned,
+                    owned,
+                })
+                .await;
+            return true;
+        };
+        tracing::info!(target: "fleet::reshard", total = replanned.total, ranges = replanned.ranges, owned = owned.len(), "running the plan a reshard put in Redis");
+        let ranges = owned.keys().copied().collect();
+        state.owned = owned;
+        state.keep = None;
+        state.owners.clear();
+        let _ = events
+            .send(HostEvent::Replanned {
+                plan: replanned,
+                owned: ranges,
+            })
+            .await;
+        true
+    }
+
+    /// Claims what this host should run; tells the router what it takes and what it lost, and
+    /// lifts the fence. `true` when Redis holds another plan than this host's.
+    async fn claim(&self, state: &mut State<'_>, events: &mpsc::Sender<HostEvent>) -> bool {
+        let Some(assignment) = &self.assignment else {
+            state.fence.lower(0).await;
+            return false;
+        };
         if state.drained {
-            return;
+            return false;
         }
         let limit = call_timeout(self.lease.ttl);
         let Some(open) = state.connection.as_mut() else {
-            return;
+            return false;
         };
         let keep = state.keep.take().unwrap_or_else(|| state.owned.clone());
         let claim = assignment.claim(open, &state.run_id, &keep);
@@ -451,16 +640,16 @@ impl HostAgent {
                 if self.rebalance { claimed.give } else { 0 },
             ),
             Some(Err(ClaimError::Plan(theirs))) => {
-                tracing::error!(target: "fleet::hosts", theirs, "this host plans other shards than the bot's other hosts (shard total, clusters): it runs none");
-                return;
+                tracing::info!(target: "fleet::hosts", theirs, "the bot's plan in Redis is not this host's (shard total, clusters)");
+                return true;
             }
             Some(Err(error)) => {
                 tracing::warn!(target: "fleet::hosts", ?error, "claiming ranges failed");
-                return;
+                return false;
             }
             None => {
                 state.connection = None;
-                return;
+                return false;
             }
         };
         for range in state.owned.keys().filter(|r| !now_owned.contains_key(r)) {
@@ -468,7 +657,7 @@ impl HostAgent {
             let _ = events.send(HostEvent::Lose(*range)).await;
         }
         let Some(open) = state.connection.as_mut() else {
-            return;
+            return false;
         };
         let mut took = false;
         for (range, owner) in &now_owned {
@@ -515,6 +704,7 @@ impl HostAgent {
             state.owners.clone_from(&owners);
             let _ = events.send(HostEvent::Owners(owners)).await;
         }
+        false
     }
 
     /// Gives up the ranges the router has handed on: their last sessions first, then the
@@ -665,11 +855,11 @@ mod tests {
     #[test]
     fn checkpoints_keep_each_shards_latest_session_and_its_state_until_written() {
         let checkpoints = Checkpoints::default();
-        checkpoints.record(0, &[session(0, "a", b"guilds"), session(1, "b", b"")]);
+        checkpoints.record(0, 4, &[session(0, "a", b"guilds"), session(1, "b", b"")]);
         // A later checkpoint of the same session without its state keeps the state.
         let mut later = session(0, "a", b"");
         later.sequence = 7;
-        checkpoints.record(0, &[later]);
+        checkpoints.record(0, 4, &[later]);
         let dirty = checkpoints.take_dirty();
         assert_eq!(dirty.len(), 2);
         assert_eq!(dirty[0].1.sequence, 7);
@@ -677,7 +867,7 @@ mod tests {
         assert!(checkpoints.take_dirty().is_empty(), "written once");
         // A write that failed is tried again; a new session replaces the old state.
         checkpoints.redo(&dirty[..1]);
-        checkpoints.record(0, &[session(1, "c", b"")]);
+        checkpoints.record(0, 4, &[session(1, "c", b"")]);
         let again = checkpoints.take_dirty();
         assert_eq!(again.len(), 2);
         assert_eq!(again[1].1.session_id, "c");

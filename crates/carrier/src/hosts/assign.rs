@@ -24,7 +24,7 @@ const MAX_SESSION_BYTES: usize = 8 << 20;
 /// Sets `meta` if no host did, or checks this host's plan against it. KEYS: meta, recovery,
 /// hosts, assign, assign:ver. ARGV: shard total, range count, Redis's run id, recovery window
 /// (ms), the fleet's key prefix. Returns `OK`, or the error `PLAN <total> <ranges>` while
-/// another host runs another plan; with none running, the new plan replaces the old (a bot
+/// another host runs another plan (`PLAN <total> <ranges> resharded` when a reshard made it); with none running, the new plan replaces the old (a bot
 /// restarted with another shard count) and the old assignment goes, with the checkpoints of
 /// an old shard total. A Redis that restarted since a host last wrote its run id opens the
 /// recovery window (see [`CLAIM`]).
@@ -39,7 +39,9 @@ end
 if total ~= ARGV[1] or ranges ~= ARGV[2] then
   -- This host's own lease is live: any other makes two.
   if redis.call('ZCOUNT', KEYS[3], now, '+inf') > 1 then
-    return redis.error_reply('PLAN ' .. total .. ' ' .. ranges)
+    -- A reshard's plan: the host follows it (its options still name the plan it started with).
+    local resharded = redis.call('HEXISTS', KEYS[1], 'reshard') == 1 and ' resharded' or ''
+    return redis.error_reply('PLAN ' .. total .. ' ' .. ranges .. resharded)
   end
   redis.call('DEL', KEYS[4])
   redis.call('INCR', KEYS[5])
@@ -50,6 +52,7 @@ if total ~= ARGV[1] or ranges ~= ARGV[2] then
     end
   end
   redis.call('HSET', KEYS[1], 'shard_total', ARGV[1], 'ranges', ARGV[2], 'run_id', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'reshard', 'switch_at')
   return 'OK'
 end
 if redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[3] then
@@ -84,8 +87,9 @@ if redis.call('GET', prefix .. me) ~= incarnation then
   return redis.error_reply('NOLEASE')
 end
 local total = redis.call('HGET', KEYS[3], 'shard_total')
-if total and total ~= ARGV[7] then
-  return redis.error_reply('PLAN ' .. total)
+local planned = redis.call('HGET', KEYS[3], 'ranges')
+if total and (total ~= ARGV[7] or (planned and planned ~= ARGV[5])) then
+  return redis.error_reply('PLAN ' .. total .. ' ' .. tostring(planned))
 end
 if not total or redis.call('HGET', KEYS[3], 'run_id') ~= ARGV[8] then
   redis.call('HSET', KEYS[3], 'shard_total', ARGV[7], 'ranges', ARGV[5], 'run_id', ARGV[8])
@@ -211,6 +215,70 @@ if owner and string.sub(owner, 1, #prefix) == prefix then
 end
 return 0
 ";
+
+/// A reshard of a bot split across hosts goes live in Redis: the plan in `meta` becomes the
+/// new one and each new range is assigned to the host that readied it, under the owner entry
+/// that host had for the old range it comes from. KEYS: meta, assign, assign:ver. ARGV: old
+/// shard total, old range count, new total, new range count, the reshard's id, the host key
+/// prefix, the fleet's key prefix, then per new range `range, old range, host`. Each old range
+/// must still be its host's, under that host's live lease: the error `CHANGED <range>` if not,
+/// `PLAN` if the plan changed. Returns the switch time (ms since the Unix epoch, a second from
+/// now on Redis's clock), also kept in `meta` for a host that missed the hint.
+const RESHARD: &str = redis_time!(
+    r"
+if redis.call('HGET', KEYS[1], 'shard_total') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'ranges') ~= ARGV[2] then
+  return redis.error_reply('PLAN')
+end
+local entries = {}
+for i = 8, #ARGV, 3 do
+  local entry = redis.call('HGET', KEYS[2], ARGV[i + 1])
+  if not entry then return redis.error_reply('CHANGED ' .. ARGV[i + 1]) end
+  local host, inc = string.match(entry, '^([^|]*)|([^|]*)|')
+  if host ~= ARGV[i + 2] or redis.call('GET', ARGV[6] .. host) ~= inc then
+    return redis.error_reply('CHANGED ' .. ARGV[i + 1])
+  end
+  table.insert(entries, ARGV[i])
+  table.insert(entries, entry)
+end
+redis.call('DEL', KEYS[2])
+for i = 1, #entries, 2 do
+  redis.call('HSET', KEYS[2], entries[i], entries[i + 1])
+end
+redis.call('INCR', KEYS[3])
+local at = now + 1000
+redis.call('HSET', KEYS[1], 'shard_total', ARGV[3], 'ranges', ARGV[4], 'reshard', ARGV[5], 'switch_at', at)
+for shard = 0, tonumber(ARGV[1]) - 1 do
+  redis.call('DEL', ARGV[7] .. 'shard:' .. ARGV[1] .. ':' .. shard)
+end
+return at
+"
+);
+
+/// A reshard of the split bot, ready on every host, to go live in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReshardCommit {
+    /// The reshard's id.
+    pub id: String,
+    /// The shard total and range count it replaces.
+    pub from: (u32, u32),
+    /// The new shard total and range count.
+    pub to: (u32, u32),
+    /// Per new range: the old range it comes from, and the host that readied it.
+    pub moves: Vec<(u32, u32, String)>,
+}
+
+/// The plan in Redis, when a reshard replaced this host's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replanned {
+    /// The reshard's id.
+    pub id: String,
+    /// The new shard total.
+    pub total: u32,
+    /// The new range count.
+    pub ranges: u32,
+    /// The switch time every host uses.
+    pub at_ms: u64,
+}
 
 /// What a claim left this host with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,6 +436,14 @@ impl Assignment {
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
     ) -> Result<Vec<u32>, ClaimError> {
+        Ok(self.owned_entries(connection).await?.into_keys().collect())
+    }
+
+    /// [`Assignment::owned`], with each range's owner entry.
+    pub(crate) async fn owned_entries(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<BTreeMap<u32, String>, ClaimError> {
         let entries: redis::RedisResult<BTreeMap<String, String>> = redis::cmd("HGETALL")
             .arg(self.key("assign"))
             .query_async(connection)
@@ -377,9 +453,72 @@ impl Assignment {
             .map_err(|e| claim_error(&e))?
             .into_iter()
             .filter(|(_, owner)| owner.starts_with(&prefix))
-            .filter_map(|(range, _)| range.parse().ok())
-            .filter(|range: &u32| (*range as usize) < self.plan.clusters.len())
+            .filter_map(|(range, owner)| Some((range.parse().ok()?, owner)))
+            .filter(|(range, _)| (*range as usize) < self.plan.clusters.len())
             .collect())
+    }
+
+    /// The plan this host runs.
+    pub(crate) fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    /// Runs `plan` from now on (a reshard of the split bot went live).
+    pub(crate) fn replan(&mut self, plan: ShardPlan) {
+        self.plan = plan;
+    }
+
+    /// Puts a reshard ready on every host live ([`RESHARD`]); the switch time.
+    pub(crate) async fn commit_reshard(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        commit: &ReshardCommit,
+    ) -> Result<u64, ClaimError> {
+        let script = redis::Script::new(RESHARD);
+        let mut invoke = script.prepare_invoke();
+        invoke
+            .key(self.key("meta"))
+            .key(self.key("assign"))
+            .key(self.key("assign:ver"))
+            .arg(commit.from.0)
+            .arg(commit.from.1)
+            .arg(commit.to.0)
+            .arg(commit.to.1)
+            .arg(&commit.id)
+            .arg(self.key("host:"))
+            .arg(&self.prefix);
+        for (range, old, host) in &commit.moves {
+            invoke.arg(range).arg(old).arg(host);
+        }
+        let at: redis::RedisResult<u64> = invoke.invoke_async(connection).await;
+        at.map_err(|e| claim_error(&e))
+    }
+
+    /// The plan in Redis, if a reshard made it and it is not the one this host runs.
+    pub(crate) async fn replanned(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Option<Replanned>, ClaimError> {
+        type Fields = (Option<u32>, Option<u32>, Option<String>, Option<u64>);
+        let fields: redis::RedisResult<Fields> = redis::cmd("HMGET")
+            .arg(self.key("meta"))
+            .arg("shard_total")
+            .arg("ranges")
+            .arg("reshard")
+            .arg("switch_at")
+            .query_async(connection)
+            .await;
+        let (total, ranges, id, at_ms) = fields.map_err(|e| claim_error(&e))?;
+        let (Some(total), Some(ranges), Some(id), Some(at_ms)) = (total, ranges, id, at_ms) else {
+            return Ok(None);
+        };
+        let same = total == self.plan.shard_total && ranges as usize == self.plan.clusters.len();
+        Ok((!same).then_some(Replanned {
+            id,
+            total,
+            ranges,
+            at_ms,
+        }))
     }
 
     /// Gives range `range` up, if this incarnation still owns it (a planned move to a host

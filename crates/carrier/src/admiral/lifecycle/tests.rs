@@ -848,6 +848,85 @@ fn a_new_generation_goes_live_only_when_all_of_it_is_ready() {
 }
 
 #[test]
+fn a_held_generation_waits_for_go_live_and_switches_at_the_time_it_is_given() {
+    let (mut l, old) = live_clusters(1);
+    let new: Vec<ProcessId> = spawned(&l.handle(Input::ReshardTogether(vec![1, 2])))
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(new.len(), 2);
+    assert!(!l.generation_held(), "not all ready");
+    assert!(l.handle(Input::GoLive { at_ms: 5 }).is_empty(), "too early");
+    l.handle(Input::Ready(new[0]));
+    let out = l.handle(Input::Ready(new[1]));
+    assert_eq!(
+        events(&out),
+        [LifecycleEvent::ReshardProgress { ready: 2, total: 2 }],
+        "ready, and held: nothing switches"
+    );
+    assert!(l.generation_held());
+    assert_eq!(
+        l.live_process(&C0),
+        Some(old[0]),
+        "the old generation serves"
+    );
+    let out = l.handle(Input::GoLive { at_ms: 1234 });
+    assert!(out.contains(&Command::Switch {
+        old: old.clone(),
+        new: new.clone(),
+        at_ms: Some(1234),
+    }));
+    assert!(events(&out).contains(&LifecycleEvent::Resharded { clusters: 2 }));
+    assert!(out.contains(&Command::Stop {
+        process: old[0],
+        grace: TIMEOUTS.kill
+    }));
+    assert_eq!(l.live_process(&WorkerId::Cluster(2)), Some(new[1]));
+    assert!(!l.generation_held());
+    l.handle(Input::Exited(old[0], Some(0)));
+    assert!(
+        l.worker(&C0).is_none(),
+        "left out of the new plan: gone once exited"
+    );
+    assert_eq!(l.can_reshard(), Ok(()));
+}
+
+#[test]
+fn a_held_generation_called_off_stops_and_the_old_one_serves_on() {
+    let (mut l, old) = live_clusters(2);
+    let new: Vec<ProcessId> = spawned(&l.handle(Input::ReshardTogether(vec![0])))
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    l.handle(Input::Ready(new[0]));
+    assert!(l.generation_held());
+    let out = l.handle(Input::AbortReshard("host b failed".into()));
+    assert!(out.contains(&Command::Stop {
+        process: new[0],
+        grace: TIMEOUTS.kill
+    }));
+    assert!(matches!(
+        &events(&out)[..],
+        [LifecycleEvent::ReshardFailed { reason }] if reason == "host b failed"
+    ));
+    assert!(
+        l.handle(Input::GoLive { at_ms: 1 }).is_empty(),
+        "nothing left to go live"
+    );
+    assert_eq!(l.live_process(&C0), Some(old[0]));
+    assert_eq!(
+        l.live_process(&WorkerId::Cluster(1)),
+        Some(old[1]),
+        "not retired"
+    );
+    assert_eq!(l.can_reshard(), Ok(()));
+    assert!(
+        l.handle(Input::AbortReshard("again".into())).is_empty(),
+        "nothing to call off"
+    );
+}
+
+#[test]
 fn a_smaller_generation_retires_the_clusters_it_leaves_out() {
     let (mut l, old) = live_clusters(3);
     let new: Vec<ProcessId> = spawned(&l.handle(Input::Reshard(vec![0])))
@@ -1151,6 +1230,7 @@ fn the_old_generation_stops_handling_events_a_moment_after_the_new_one_goes_live
             *c == Command::Switch {
                 old: old.clone(),
                 new: new.clone(),
+                at_ms: None,
             }
         })
         .expect("both generations hear the switch");

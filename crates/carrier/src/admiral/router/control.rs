@@ -11,10 +11,10 @@ use crate::admiral::{FleetEvent, SOFT_KILL_EVENT};
 use crate::ipc::proto::{Down, Group, Outcome, Payload, Refusal, Reply, Target};
 
 /// The most shards a reshard may ask for (Discord's largest bots run a few thousand).
-const MAX_SHARDS: u32 = 65_536;
+pub(super) const MAX_SHARDS: u32 = 65_536;
 
 /// The most clusters a reshard may ask for: each is a process the admiral starts.
-const MAX_CLUSTERS: u32 = 1024;
+pub(super) const MAX_CLUSTERS: u32 = 1024;
 
 /// A rolling restart of several workers.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ struct Rolling {
 pub(super) struct Waiting {
     restarts: HashMap<WorkerId, Vec<Waiter>>,
     stops: HashMap<WorkerId, Vec<Waiter>>,
-    reshard: Option<Waiter>,
+    pub(super) reshard: Option<Waiter>,
     rollings: HashMap<u64, Rolling>,
     /// Services being created, and who asked.
     pub(super) creates: HashMap<WorkerId, Vec<Waiter>>,
@@ -141,11 +141,6 @@ impl Router {
         count: ShardCount,
         clusters: Option<u32>,
     ) {
-        if self.config.host_checkpoints.is_some() {
-            // Every host plans the same ranges; a new plan must go live on all of them at once.
-            let reason = "this fleet runs on several hosts, which cannot reshard yet: restart every host with the new shard count".to_owned();
-            return self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
-        }
         if let Err(reason) = self.lifecycle.can_reshard() {
             return self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
         }
@@ -174,6 +169,10 @@ impl Router {
         recommended: u32,
         clusters: Option<u32>,
     ) {
+        if self.config.host_checkpoints.is_some() {
+            // Every host plans the same ranges: the new plan goes live on all of them at once.
+            return self.begin_split_reshard(waiter, count, recommended, clusters);
+        }
         match self.plan_reshard(count, recommended, clusters) {
             Ok(next) => {
                 let ids = next.clusters.iter().map(|c| c.id).collect();
@@ -303,6 +302,7 @@ impl Router {
         // Logged and published first: what it triggers (a next restart, say) comes after it.
         crate::admiral::events::log(event);
         self.publish(FleetEvent::Lifecycle(event.clone()));
+        self.split_on_lifecycle(event);
         match event {
             LifecycleEvent::Replaced { worker, .. } => self.finish_restart(worker, Ok(())),
             LifecycleEvent::SoftKillPending {

@@ -51,6 +51,8 @@ impl Router {
             HostEvent::Owners(owners) => self.on_owners(owners),
             HostEvent::Bus(bytes) => self.on_bus(&bytes),
             HostEvent::Undelivered(forward) => self.on_undelivered(forward),
+            HostEvent::Replanned { plan, owned } => self.on_replanned(&plan, owned),
+            HostEvent::CommitFailed { id, reason } => self.split_commit_failed(&id, &reason),
         }
     }
 
@@ -112,7 +114,7 @@ impl Router {
             return false;
         };
         self.giving.remove(&cluster);
-        self.checkpoint_to_redis(cluster, sessions);
+        self.checkpoint_to_redis(cluster, process, sessions);
         if let Some(checkpoints) = &self.config.host_checkpoints {
             checkpoints.given(cluster);
         }
@@ -235,17 +237,25 @@ impl Router {
         }
     }
 
-    /// Passes sessions cluster `cluster` checkpointed or handed over (its own shards only) on
-    /// to Redis, on several hosts.
-    pub(super) fn checkpoint_to_redis(&self, cluster: u32, sessions: &[ShardSession]) {
+    /// Passes sessions cluster `cluster`'s process `process` checkpointed or handed over (its
+    /// own shards only, by the plan of its generation) on to Redis, on several hosts.
+    pub(super) fn checkpoint_to_redis(
+        &self,
+        cluster: u32,
+        process: ProcessId,
+        sessions: &[ShardSession],
+    ) {
         let Some(checkpoints) = &self.config.host_checkpoints else {
             return;
         };
-        let Some(plan) = self.plan.clusters.iter().find(|c| c.id == cluster) else {
+        let Some(plan) = self.plan_of(process) else {
             return;
         };
-        if sessions.iter().all(|s| plan.shards().contains(&s.shard)) {
-            checkpoints.record(cluster, sessions);
+        let Some(range) = plan.clusters.iter().find(|c| c.id == cluster) else {
+            return;
+        };
+        if sessions.iter().all(|s| range.shards().contains(&s.shard)) {
+            checkpoints.record(cluster, plan.shard_total, sessions);
         }
     }
 }

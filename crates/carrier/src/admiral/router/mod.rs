@@ -30,6 +30,7 @@ pub(crate) mod inbox;
 mod messaging;
 mod remote;
 mod services;
+mod split;
 mod stats;
 mod store;
 mod subscriptions;
@@ -71,6 +72,8 @@ enum Timer {
     StatsGather,
     /// A cluster being handed on to another host is due to have handed its sessions over.
     Give(u32),
+    /// The reshard of the split bot under way is due to have gone live.
+    SplitReshard,
 }
 
 pub(crate) struct Router {
@@ -125,6 +128,8 @@ pub(crate) struct Router {
     licence_until: Option<tokio::time::Instant>,
     /// Clusters being handed on to another host (a planned move), and their processes.
     giving: std::collections::BTreeMap<u32, ProcessId>,
+    /// A reshard of the bot split across hosts under way.
+    split: Option<split::SplitReshard>,
 }
 
 impl Router {
@@ -188,6 +193,7 @@ impl Router {
             remote: remote::Remote::default(),
             licence_until: None,
             giving: std::collections::BTreeMap::new(),
+            split: None,
         }
     }
 
@@ -517,6 +523,7 @@ impl Router {
             Timer::FencedGrants => self.release_fenced_grants(),
             Timer::StatsGather => self.stats_gathered(true),
             Timer::Give(cluster) => self.give_due(cluster),
+            Timer::SplitReshard => self.split_due(),
             Timer::StoreSnapshot => {
                 self.save_store(false, None);
                 self.arm(Timer::StoreSnapshot, adoption::STORE_EVERY);

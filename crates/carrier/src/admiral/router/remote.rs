@@ -52,7 +52,7 @@ struct Frame {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Body {
+pub(super) enum Body {
     /// Ask your cluster `target` and answer [`Body::Answer`] with `id`.
     Ask {
         id: u64,
@@ -76,6 +76,19 @@ enum Body {
         event: String,
         payload: Payload,
     },
+    /// Ready your part of reshard `id` (the ranges `assign` names you for, of `total` shards in
+    /// `ranges`) in standby, and say so ([`Body::ReshardReady`]) within `within_ms`.
+    Reshard {
+        id: String,
+        total: u32,
+        ranges: u32,
+        assign: Vec<(u32, String)>,
+        within_ms: u64,
+    },
+    /// The sender's part of reshard `id` is ready.
+    ReshardReady { id: String },
+    /// Reshard `id` is called off (by the coordinator), or the sender's part failed.
+    ReshardOff { id: String, reason: String },
 }
 
 /// The router's records of the other hosts.
@@ -344,6 +357,20 @@ impl Router {
         }
     }
 
+    /// Which host runs each range, as Redis last said.
+    pub(super) fn remote_owners(&self) -> &BTreeMap<u32, String> {
+        &self.remote.owners
+    }
+
+    /// Publishes `body` on `channel`; whether it was queued.
+    pub(super) fn publish_bus(&self, channel: Channel, body: Body) -> bool {
+        let Some(bus) = &self.config.host_bus else {
+            return false;
+        };
+        self.frame(body)
+            .is_some_and(|frame| bus.publish(channel, frame, None))
+    }
+
     /// Delivers a broadcast to the bot's other hosts.
     pub(super) fn broadcast_remote(&self, from: &Target, event: &str, payload: &Payload) {
         let Some(bus) = &self.config.host_bus else {
@@ -377,6 +404,7 @@ impl Router {
                 self.answer(answer);
             }
         }
+        self.split_owners_changed();
     }
 
     /// A bus publish reached no host: its forward ends as unavailable.
@@ -448,6 +476,17 @@ impl Router {
                 let (deadline, timeout) = (clamp_timeout(deadline_ms), clamp_timeout(timeout_ms));
                 // This host's own snapshot only: asking on would go round in circles.
                 self.stats(waiter, deadline, timeout, false);
+            }
+            Body::Reshard {
+                id,
+                total,
+                ranges,
+                assign,
+                within_ms,
+            } => self.on_split_reshard(frame.host, id, (total, ranges), &assign, within_ms),
+            Body::ReshardReady { id } => self.on_split_part(&frame.host, &id, None),
+            Body::ReshardOff { id, reason } => {
+                self.on_split_part(&frame.host, &id, Some(reason));
             }
         }
     }

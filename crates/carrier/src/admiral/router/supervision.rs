@@ -189,7 +189,7 @@ impl Router {
             Up::Sessions(sessions) => {
                 tracing::info!(target: "fleet::restart", %worker, process, shards = sessions.len(), "sessions handed over");
                 if let WorkerId::Cluster(cluster) = *worker {
-                    self.checkpoint_to_redis(cluster, &sessions);
+                    self.checkpoint_to_redis(cluster, process, &sessions);
                 }
                 self.lifecycle_input(Input::SessionsHandedOver(process, sessions));
                 self.hand_off_if_fenced();
@@ -265,7 +265,7 @@ impl Router {
         };
         match check_checkpoint(&shards, &sessions) {
             Ok(()) => {
-                self.checkpoint_to_redis(cluster, &sessions);
+                self.checkpoint_to_redis(cluster, process, &sessions);
                 self.lifecycle_input(Input::Checkpoint(process, sessions));
             }
             Err(problem) => self.protocol_error(worker, &problem),
@@ -274,18 +274,26 @@ impl Router {
 
     /// The shards cluster `cluster`'s process `process` runs, by the plan of its generation.
     fn shards_of(&self, process: ProcessId, cluster: u32) -> Option<std::ops::RangeInclusive<u32>> {
+        self.plan_of(process)
+            .and_then(|plan| plan.clusters.iter().find(|c| c.id == cluster))
+            .map(|c| c.first_shard..=c.last_shard)
+    }
+
+    /// The plan of `process`'s generation: the current one, a reshard's next one, or none (an
+    /// old generation's, once the new one took over).
+    pub(super) fn plan_of(&self, process: ProcessId) -> Option<&crate::admiral::ShardPlan> {
         let generation = self
             .links
             .processes
             .get(&process)
             .map_or(self.generation, |p| p.generation);
-        let plan = if generation == self.generation {
+        if generation == self.generation {
             Some(&self.plan)
-        } else {
+        } else if generation == self.generation + 1 {
             self.next_plan.as_ref()
-        };
-        plan.and_then(|plan| plan.clusters.iter().find(|c| c.id == cluster))
-            .map(|c| c.first_shard..=c.last_shard)
+        } else {
+            None
+        }
     }
 
     /// Tells of a worker's frame that made no sense (it is dropped; the connection stays).
@@ -435,11 +443,12 @@ impl Router {
             Command::Deactivate(process) => {
                 self.links.send_to_process(process, &Down::Deactivate);
             }
-            Command::Switch { old, new } => {
+            Command::Switch { old, new, at_ms } => {
                 let at = std::time::SystemTime::now() + crate::admiral::lifecycle::SWITCH_GUARD / 2;
-                let at_ms = at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let at_ms = at_ms.unwrap_or_else(|| {
+                    at.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                });
                 tracing::info!(target: "fleet::reshard", at_ms, "the generations switch");
                 for (processes, old) in [(old, true), (new, false)] {
                     for process in processes {
