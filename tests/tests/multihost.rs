@@ -1549,6 +1549,24 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
     );
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(after.total_violations(), 0, "{:?}", after.violations);
+
+    // Asked of both hosts at once: the reshard of the host first by name wins on both.
+    let (from_a, from_b) = tokio::join!(
+        a.reshard(ShardCount::Exact(16), None),
+        b.reshard(ShardCount::Exact(16), None)
+    );
+    assert!(from_a.is_ok(), "{from_a:?}");
+    let from_b = from_b.unwrap_err().to_string();
+    assert!(from_b.contains("host a"), "{from_b}");
+    assert_eq!(a.plan().shard_total, 16);
+    mock.wait_until(WAIT, "16 shards serve", |m| {
+        let sessions = m.sessions();
+        sessions.iter().filter(|s| s.attached).count() == 16
+            && sessions.iter().all(|s| s.shard[1] == 16 || !s.attached)
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.plan().shard_total, 16);
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -74,6 +74,14 @@ impl Router {
         recommended: u32,
         clusters: Option<u32>,
     ) {
+        // A part readied for a host after this one by name gives way (see
+        // [`Router::on_split_reshard`]).
+        if let (Some(current), Some(me)) = (&self.split, self.me())
+            && !current.committing
+            && me < current.coordinator
+        {
+            self.split_failed_here(&format!("host {me} reshards the bot at the same time"));
+        }
         match self.plan_split(count, recommended, clusters) {
             Ok((total, ranges, moves)) => self.start_split(waiter, total, ranges, moves),
             Err(reason) => self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason))),
@@ -213,6 +221,20 @@ impl Router {
         let Some(me) = self.me() else {
             return;
         };
+        // Two hosts asked at once (each host's own auto-reshard, say): the reshard of the host
+        // first by name wins on every host, unless the other is going live already.
+        if let Some(current) = &self.split
+            && current.id != id
+            && !current.committing
+            && from < current.coordinator
+        {
+            let reason = format!("host {from} reshards the bot at the same time");
+            if current.coordinator == me {
+                self.call_split_off(&reason);
+            } else {
+                self.split_failed_here(&reason);
+            }
+        }
         let mine: Vec<u32> = assign
             .iter()
             .filter(|(_, h)| *h == me)
