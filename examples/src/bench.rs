@@ -168,6 +168,8 @@ async fn serve_mock(
             // By default a session nobody resumes expires within a restart row's settling
             // (30 s), so the events it held count as lost in that row, not in a later one.
             .resume_timeout(resume_timeout)
+            // A long run at thousands of events a second keeps no history it never reads.
+            .keep_event_ids(false)
             .build(),
     )
     .await?;

@@ -16,6 +16,10 @@ pub struct RouteLimit {
 
 /// Configuration of a [`MockDiscord`](crate::MockDiscord). Build it with [`MockConfig::builder`].
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of Discord's behaviour, each set on its own"
+)]
 pub struct MockConfig {
     /// The one token the mock accepts (with or without a `Bot ` prefix). Default `mock-token`.
     pub token: String,
@@ -73,6 +77,12 @@ pub struct MockConfig {
     /// Every n-th produced event is a `GUILD_MEMBER_ADD` instead of a `MESSAGE_CREATE`; 0 never.
     /// Default 10.
     pub member_add_every: u32,
+    /// Whether every produced event's snowflake is kept ([`MockDiscord::event_ids`], for
+    /// checking that each was handled): 8 bytes an event for as long as the mock runs. Off, the
+    /// evidence kept per event is bounded by what the sessions hold. Default on.
+    ///
+    /// [`MockDiscord::event_ids`]: crate::MockDiscord::event_ids
+    pub keep_event_ids: bool,
     /// Global REST limit (per bot). Default 50 per second.
     pub global_limit: RouteLimit,
     /// `POST /channels/{id}/messages` limit per channel. Default 5 per 5 s.
@@ -150,6 +160,7 @@ impl Default for MockConfigBuilder {
                 event_rate: 1.0,
                 events_running: false,
                 member_add_every: 10,
+                keep_event_ids: true,
                 global_limit: RouteLimit {
                     limit: 50,
                     window: Duration::from_secs(1),
@@ -222,6 +233,8 @@ impl MockConfigBuilder {
         events_running: bool,
         /// See [`MockConfig::member_add_every`].
         member_add_every: u32,
+        /// See [`MockConfig::keep_event_ids`].
+        keep_event_ids: bool,
         /// See [`MockConfig::global_limit`].
         global_limit: RouteLimit,
         /// See [`MockConfig::message_limit`].

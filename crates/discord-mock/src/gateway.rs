@@ -201,11 +201,19 @@ pub struct Gateway {
     acks_withheld: HashSet<u32>,
     member_requests: HashMap<u64, Duration>,
     events: EventSource,
-    /// Confirmations per produced event, indexed by event number.
+    /// Confirmations per unsettled event, indexed by event number less `settled_below`.
     confirmations: Vec<u32>,
-    /// What became of each produced event besides confirmations ([`ROUTED`], [`ABANDONED`]).
+    /// What became of each unsettled event besides confirmations ([`ROUTED`], [`ABANDONED`]).
     fates: Vec<u8>,
-    /// Each produced event's snowflake, by event number.
+    /// Each unsettled event's snowflake.
+    window_ids: Vec<u64>,
+    /// Events below this number are settled (no session holds them unconfirmed, so nothing
+    /// can change what became of them): they are counted in `settled`, not kept one by one.
+    settled_below: u64,
+    /// The report of the settled events.
+    settled: EventReport,
+    /// Every produced event's snowflake, by event number (kept only with
+    /// [`MockConfig::keep_event_ids`]).
     event_ids: Vec<u64>,
     /// Milliseconds since Discord's epoch when this gateway's clock read zero: snowflakes made
     /// now carry the time, as Discord's do.
@@ -218,6 +226,9 @@ pub struct Gateway {
     history: VecDeque<StoredMessage>,
     stats: Stats,
 }
+
+/// Unsettled events kept before the gateway looks for ones to settle.
+const SETTLE_EVERY: usize = if cfg!(test) { 256 } else { 1 << 16 };
 
 /// An event's fate: at least one session received it when it was produced.
 const ROUTED: u8 = 1;
@@ -255,6 +266,9 @@ impl Gateway {
             member_requests: HashMap::new(),
             confirmations: Vec::new(),
             fates: Vec::new(),
+            window_ids: Vec::new(),
+            settled_below: 0,
+            settled: EventReport::default(),
             event_ids: Vec::new(),
             wall_base_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -273,7 +287,8 @@ impl Gateway {
         self.clock = self.clock.max(now);
     }
 
-    /// Every produced event's snowflake, in the order they were produced.
+    /// Every produced event's snowflake, in the order they were produced (none without
+    /// [`MockConfig::keep_event_ids`]).
     #[must_use]
     pub fn event_ids(&self) -> &[u64] {
         &self.event_ids
@@ -577,7 +592,7 @@ impl Gateway {
         for session in expired {
             if let Some(held) = self.sessions.get(&session) {
                 for (_, n) in &held.unconfirmed {
-                    self.fates[*n as usize] |= ABANDONED;
+                    self.fates[(*n - self.settled_below) as usize] |= ABANDONED;
                 }
             }
             self.end_session(&session);
@@ -662,12 +677,18 @@ impl Gateway {
     /// Produces one event for the `guild_index`-th guild now and returns its id. Every session of
     /// the owning shard (any shard total) receives it.
     pub fn produce_event(&mut self, guild_index: usize, out: &mut Vec<Action>) -> u64 {
-        let n = self.confirmations.len() as u64;
+        if self.confirmations.len() >= SETTLE_EVERY {
+            self.settle();
+        }
+        let n = self.settled_below + self.confirmations.len() as u64;
         self.confirmations.push(0);
         self.fates.push(0);
         self.stats.events_produced += 1;
         let id = self.mint();
-        self.event_ids.push(id);
+        self.window_ids.push(id);
+        if self.config.keep_event_ids {
+            self.event_ids.push(id);
+        }
         let every = u64::from(self.config.member_add_every);
         let guild = self.world.guild_at(guild_index);
         let guild_id = guild.id;
@@ -699,9 +720,9 @@ impl Gateway {
                 .is_some_and(|s| s.intents & needs == needs)
         });
         if !subscribed.is_empty() {
-            self.fates[n as usize] |= ROUTED;
+            self.fates[(n - self.settled_below) as usize] |= ROUTED;
         } else if routed > 0 {
-            self.fates[n as usize] |= FILTERED;
+            self.fates[(n - self.settled_below) as usize] |= FILTERED;
         }
         let full = raw(&d);
         let mut blank = None;
@@ -874,36 +895,64 @@ impl Gateway {
         let mut in_flight = vec![false; self.confirmations.len()];
         for session in self.sessions.values() {
             for (_, n) in &session.unconfirmed {
-                in_flight[*n as usize] = true;
+                in_flight[(*n - self.settled_below) as usize] = true;
             }
         }
-        let mut report = EventReport {
-            produced: self.confirmations.len() as u64,
-            ..EventReport::default()
-        };
-        for (n, confirmations) in self.confirmations.iter().enumerate() {
+        let mut report = self.settled.clone();
+        self.tally(&mut report, self.confirmations.len(), |i| in_flight[i]);
+        report
+    }
+
+    /// Adds the first `upto` unsettled events to `report` (`held(i)`: whether a session holds
+    /// the `i`-th unconfirmed).
+    fn tally(&self, report: &mut EventReport, upto: usize, held: impl Fn(usize) -> bool) {
+        report.produced += upto as u64;
+        for (i, confirmations) in self.confirmations[..upto].iter().enumerate() {
+            let fate = self.fates[i];
             if *confirmations > 0 {
                 report.delivered += 1;
                 report.duplicates += u64::from(confirmations - 1);
-            } else if in_flight[n] {
+            } else if held(i) {
                 report.in_flight += 1;
-            } else if self.fates[n] & ROUTED == 0 {
-                if self.fates[n] & FILTERED == 0 {
+            } else if fate & ROUTED == 0 {
+                if fate & FILTERED == 0 {
                     report.no_session += 1;
                 } else {
                     report.filtered += 1;
                 }
             } else {
                 report.lost += 1;
-                if self.fates[n] & ABANDONED != 0 {
+                if fate & ABANDONED != 0 {
                     report.lost_abandoned += 1;
                 }
                 if report.lost_ids.len() < 20 {
-                    report.lost_ids.push(self.event_ids[n]);
+                    report.lost_ids.push(self.window_ids[i]);
                 }
             }
         }
-        report
+    }
+
+    /// Folds the events no session holds unconfirmed any more (every one before the oldest
+    /// held) into the settled report: the evidence kept per event stays bounded by what the
+    /// sessions hold, however long the event source runs.
+    fn settle(&mut self) {
+        let oldest_held = self
+            .sessions
+            .values()
+            .filter_map(|s| s.unconfirmed.front().map(|(_, n)| *n))
+            .min()
+            .unwrap_or(self.settled_below + self.confirmations.len() as u64);
+        let upto = (oldest_held - self.settled_below) as usize;
+        if upto == 0 {
+            return;
+        }
+        let mut settled = std::mem::take(&mut self.settled);
+        self.tally(&mut settled, upto, |_| false);
+        self.settled = settled;
+        self.confirmations.drain(..upto);
+        self.fates.drain(..upto);
+        self.window_ids.drain(..upto);
+        self.settled_below += upto as u64;
     }
 
     // ---- protocol handlers ---------------------------------------------------------------
@@ -1442,7 +1491,7 @@ impl Gateway {
             }
             session.unconfirmed.pop_front();
             session.events_acked += 1;
-            self.confirmations[n as usize] += 1;
+            self.confirmations[(n - self.settled_below) as usize] += 1;
         }
     }
 

@@ -343,7 +343,10 @@ impl MockDiscord {
     }
 
     /// Every produced event's id (its message id, or the joining user's id), in the order they
-    /// were produced. Ids are snowflakes of the time they were made, as Discord's are.
+    /// were produced (none without [`MockConfig::keep_event_ids`]). Ids are snowflakes of the
+    /// time they were made, as Discord's are.
+    ///
+    /// [`MockConfig::keep_event_ids`]: crate::MockConfig::keep_event_ids
     #[must_use]
     pub fn event_ids(&self) -> Vec<u64> {
         self.shared.with_gateway(|g, _, _| g.event_ids().to_vec())

@@ -254,10 +254,14 @@ pub enum Input {
     /// ready the generation waits for [`Input::GoLive`] (every host's part is ready).
     ReshardTogether(Vec<u32>),
     /// The held generation goes live with the switch time `at_ms` (milliseconds since the Unix
-    /// epoch, chosen for every host of the bot). Ignored unless a held generation is all ready.
+    /// epoch, chosen for every host of the bot), `ahead` from now. The old generation's notice
+    /// and its deactivation count from the switch time, so it handles every event created
+    /// before it. Ignored unless a held generation is all ready.
     GoLive {
         /// The switch time.
         at_ms: u64,
+        /// How far ahead of now it is.
+        ahead: Duration,
     },
     /// The reshard under way is called off: its generation stops, the old one stays.
     AbortReshard(String),
@@ -1081,10 +1085,10 @@ impl Lifecycle {
                     self.reshard(&clusters, &mut out);
                 }
             }
-            Input::GoLive { at_ms } => {
+            Input::GoLive { at_ms, ahead } => {
                 if self.generation_held() {
                     self.held_switch = false;
-                    self.go_live(Some(at_ms), &mut out);
+                    self.go_live(Some((at_ms, ahead)), &mut out);
                 }
             }
             Input::AbortReshard(reason) => {
@@ -1498,8 +1502,13 @@ impl Lifecycle {
         self.held_switch && generation.peek().is_some() && generation.all(|r| r.step == Step::Ready)
     }
 
-    /// The new generation, all ready, goes live (at `at_ms` if every host agreed on it).
-    fn go_live(&mut self, at_ms: Option<u64>, out: &mut Vec<Command>) {
+    /// The new generation, all ready, goes live (at a switch time every host agreed on, and how
+    /// far ahead it is, on a bot split across hosts).
+    fn go_live(&mut self, agreed: Option<(u64, Duration)>, out: &mut Vec<Command>) {
+        let (at_ms, ahead) = match agreed {
+            Some((at_ms, ahead)) => (Some(at_ms), ahead),
+            None => (None, Duration::ZERO),
+        };
         let processes: Vec<ProcessId> = self
             .workers
             .values()
@@ -1517,7 +1526,12 @@ impl Lifecycle {
             out.push(Command::Activate(process));
         }
         if self.notice.is_zero() {
-            self.finish_generation(out);
+            if ahead.is_zero() {
+                self.finish_generation(out);
+            } else {
+                // The old generation handles what is created before the switch time.
+                self.arm(Timeout::Drain, ahead + SWITCH_GUARD);
+            }
             return;
         }
         // The old generation is warned, and serves out its notice beside the new one; its user
@@ -1525,7 +1539,12 @@ impl Lifecycle {
         // is handled twice only inside that moment, and none is left unhandled by both.
         let notice = self.notice;
         if notice > SWITCH_GUARD {
-            self.arm(Timeout::Deactivate, SWITCH_GUARD);
+            let after = if ahead.is_zero() {
+                SWITCH_GUARD
+            } else {
+                ahead + SWITCH_GUARD / 2
+            };
+            self.arm(Timeout::Deactivate, after);
         }
         for worker in self.workers.values() {
             if let (WorkerId::Cluster(_), Some(process)) = (&worker.id, worker.process) {
@@ -1536,7 +1555,7 @@ impl Lifecycle {
                 }));
             }
         }
-        self.arm(Timeout::Drain, notice);
+        self.arm(Timeout::Drain, ahead + notice);
     }
 
     /// The old generation's live processes stop handing events to user code.

@@ -69,6 +69,8 @@ pub(crate) enum HostEvent {
     Renewed(Duration),
     /// Which host each range's owner entry names, when it changed.
     Owners(BTreeMap<u32, String>),
+    /// The hosts of the bot with a live lease (those running no range too), when they changed.
+    Hosts(Vec<String>),
     /// A message from another host's admiral, on the bus (at most the frame limit).
     Bus(Vec<u8>),
     /// The bus publish with this token reached no host.
@@ -291,6 +293,8 @@ struct State<'a> {
     drained: bool,
     /// The owners the router last heard of.
     owners: BTreeMap<u32, String>,
+    /// The live hosts the router last heard of.
+    hosts: Vec<String>,
     /// What the next claim puts back, when not `owned` (nothing, once the lease lapsed).
     keep: Option<BTreeMap<u32, String>>,
 }
@@ -365,6 +369,7 @@ impl HostAgent {
             owned: BTreeMap::new(),
             drained: false,
             owners: BTreeMap::new(),
+            hosts: Vec::new(),
             keep: None,
         };
         let stop = async move {
@@ -703,6 +708,14 @@ impl HostAgent {
         {
             state.owners.clone_from(&owners);
             let _ = events.send(HostEvent::Owners(owners)).await;
+        }
+        if let Some(open) = state.connection.as_mut()
+            && let Some(Ok(hosts)) =
+                guarded(assignment.live_hosts(open), limit, &mut state.fence).await
+            && hosts != state.hosts
+        {
+            state.hosts.clone_from(&hosts);
+            let _ = events.send(HostEvent::Hosts(hosts)).await;
         }
         false
     }

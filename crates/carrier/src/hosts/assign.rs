@@ -254,6 +254,13 @@ return at
 "
 );
 
+/// The hosts whose lease deadline is ahead of Redis's clock. KEYS: hosts.
+const LIVE_HOSTS: &str = redis_time!(
+    r"
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+"
+);
+
 /// A reshard of the split bot, ready on every host, to go live in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReshardCommit {
@@ -623,6 +630,21 @@ impl Assignment {
                     .then(|| (range, host.to_owned()))
             })
             .collect())
+    }
+
+    /// The hosts of the bot whose lease is live on Redis's clock (those that run no range
+    /// included), by name.
+    pub(crate) async fn live_hosts(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Vec<String>, ClaimError> {
+        let live: redis::RedisResult<Vec<String>> = redis::Script::new(LIVE_HOSTS)
+            .key(self.key("hosts"))
+            .invoke_async(connection)
+            .await;
+        let mut live = live.map_err(|e| claim_error(&e))?;
+        live.sort_unstable();
+        Ok(live)
     }
 
     /// Gives every range of this incarnation up.

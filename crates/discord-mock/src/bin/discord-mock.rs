@@ -99,6 +99,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .resume_timeout(Duration::from_millis(args.resume_timeout_ms))
         .max_guilds_per_shard(args.max_guilds_per_shard)
         .large_bot_sharding(args.large_bot)
+        // Nothing outside this process could read them: a mock left running keeps no history.
+        .keep_event_ids(false)
         .scope_on_every_response(!args.scope_on_429_only)
         .members_per_guild(args.members_per_guild)
         .zombie_close_code(zombie_close_code);

@@ -1007,3 +1007,37 @@ fn the_size_limit_counts_the_wire_not_a_decoded_etf_frames_json() {
     h.g.receive_text(conn, ms(2), &padded, &mut h.out);
     assert_eq!(h.closed(conn), Some(4002));
 }
+
+#[test]
+fn settled_events_are_counted_not_kept_and_the_report_is_the_same() {
+    let mut h = Harness::with(|b| b.guilds(1).keep_event_ids(false));
+    // Before anyone connects: nobody could have these.
+    for _ in 0..10 {
+        h.g.produce_event(0, &mut h.out);
+    }
+    let (conn, _) = h.session(ms(10), [0, 1]);
+    let total = 3 * super::SETTLE_EVERY + 5;
+    let mut now = 20;
+    for i in 0..total {
+        h.g.produce_event(0, &mut h.out);
+        // The client confirms in batches; the last few stay held.
+        if i % 100 == 99 && i + 10 < total {
+            now += 1000;
+            let seq = last_seq(&h.frames(conn));
+            h.heartbeat(conn, ms(now), Some(seq));
+        }
+    }
+    assert!(
+        h.g.confirmations.len() <= super::SETTLE_EVERY + 100,
+        "{} kept",
+        h.g.confirmations.len()
+    );
+    assert!(h.g.event_ids().is_empty(), "not kept when asked not to");
+    let report = h.g.event_report();
+    let held = report.in_flight;
+    assert!(held > 0 && held < 110, "{report:?}");
+    assert_eq!(report.produced, 10 + total as u64);
+    assert_eq!(report.no_session, 10);
+    assert_eq!(report.delivered + held, total as u64, "{report:?}");
+    assert_eq!((report.lost, report.duplicates), (0, 0));
+}

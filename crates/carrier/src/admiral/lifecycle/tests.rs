@@ -856,7 +856,11 @@ fn a_held_generation_waits_for_go_live_and_switches_at_the_time_it_is_given() {
         .collect();
     assert_eq!(new.len(), 2);
     assert!(!l.generation_held(), "not all ready");
-    assert!(l.handle(Input::GoLive { at_ms: 5 }).is_empty(), "too early");
+    let early = Input::GoLive {
+        at_ms: 5,
+        ahead: Duration::ZERO,
+    };
+    assert!(l.handle(early).is_empty(), "too early");
     l.handle(Input::Ready(new[0]));
     let out = l.handle(Input::Ready(new[1]));
     assert_eq!(
@@ -870,12 +874,19 @@ fn a_held_generation_waits_for_go_live_and_switches_at_the_time_it_is_given() {
         Some(old[0]),
         "the old generation serves"
     );
-    let out = l.handle(Input::GoLive { at_ms: 1234 });
+    // The switch time is 800 ms ahead: the old generation handles what is created before it,
+    // and retires only after it.
+    let ahead = Duration::from_millis(800);
+    let out = l.handle(Input::GoLive { at_ms: 1234, ahead });
     assert!(out.contains(&Command::Switch {
         old: old.clone(),
         new: new.clone(),
         at_ms: Some(1234),
     }));
+    assert!(out.contains(&Command::Activate(new[0])));
+    assert!(events(&out).is_empty(), "{out:?}");
+    assert_eq!(l.poll_timeout(), Some(ahead + SWITCH_GUARD));
+    let out = l.handle_timeout(ahead + SWITCH_GUARD);
     assert!(events(&out).contains(&LifecycleEvent::Resharded { clusters: 2 }));
     assert!(out.contains(&Command::Stop {
         process: old[0],
@@ -910,7 +921,11 @@ fn a_held_generation_called_off_stops_and_the_old_one_serves_on() {
         [LifecycleEvent::ReshardFailed { reason }] if reason == "host b failed"
     ));
     assert!(
-        l.handle(Input::GoLive { at_ms: 1 }).is_empty(),
+        l.handle(Input::GoLive {
+            at_ms: 1,
+            ahead: Duration::ZERO
+        })
+        .is_empty(),
         "nothing left to go live"
     );
     assert_eq!(l.live_process(&C0), Some(old[0]));

@@ -141,7 +141,10 @@ impl Router {
         count: ShardCount,
         clusters: Option<u32>,
     ) {
-        if let Err(reason) = self.lifecycle.can_reshard() {
+        // On a split bot this host may be readying another host's reshard, which this one may
+        // win over: the split reshard checks for itself.
+        let split = self.config.host_checkpoints.is_some();
+        if !split && let Err(reason) = self.lifecycle.can_reshard() {
             return self.reply(waiter, Reply::Refused(Refusal::ReshardFailed(reason)));
         }
         if let ShardCount::Exact(_) = count {

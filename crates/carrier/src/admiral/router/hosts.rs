@@ -49,6 +49,7 @@ impl Router {
             HostEvent::Drained => self.handed_off(),
             HostEvent::Renewed(valid) => self.license(valid),
             HostEvent::Owners(owners) => self.on_owners(owners),
+            HostEvent::Hosts(hosts) => self.on_hosts(hosts),
             HostEvent::Bus(bytes) => self.on_bus(&bytes),
             HostEvent::Undelivered(forward) => self.on_undelivered(forward),
             HostEvent::Replanned { plan, owned } => self.on_replanned(&plan, owned),

@@ -96,6 +96,8 @@ pub(super) enum Body {
 pub(super) struct Remote {
     /// Which host runs each range, as Redis last said.
     owners: BTreeMap<u32, String>,
+    /// The hosts with a live lease, as Redis last said (those running no range too).
+    hosts: Vec<String>,
     /// The process number standing for each host asked so far.
     processes: HashMap<String, ProcessId>,
     /// Asks each other host has open here.
@@ -283,10 +285,12 @@ impl Router {
         self.forward_remote(host, from, Target::Admiral, ask, deadline, part);
     }
 
-    /// The other hosts that run ranges, by Redis's last word.
+    /// The other hosts of the bot (those that run ranges, and those with a live lease that
+    /// run services only), by Redis's last word.
     fn other_hosts(&self) -> Vec<String> {
         let me = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
         let mut hosts: Vec<String> = self.remote.owners.values().cloned().collect();
+        hosts.extend(self.remote.hosts.iter().cloned());
         hosts.sort_unstable();
         hosts.dedup();
         hosts.retain(|h| Some(h) != me.as_ref());
@@ -407,6 +411,11 @@ impl Router {
         self.split_owners_changed();
     }
 
+    /// The hosts with a live lease now.
+    pub(super) fn on_hosts(&mut self, hosts: Vec<String>) {
+        self.remote.hosts = hosts;
+    }
+
     /// A bus publish reached no host: its forward ends as unavailable.
     pub(super) fn on_undelivered(&mut self, forward: u64) {
         if let Some(gather) = &mut self.remote.gather
@@ -491,7 +500,7 @@ impl Router {
         }
     }
 
-    /// Asks every other host that runs a range for its stats snapshot (workers within
+    /// Asks every other host of the bot for its stats snapshot (workers within
     /// `deadline`), unless a gathering is under way; the ones not in by `within` are missing.
     pub(super) fn gather_stats(&mut self, deadline: Duration, within: Duration) {
         let Some(bus) = self.config.host_bus.clone() else {
@@ -540,7 +549,7 @@ impl Router {
             return;
         }
         let Some(gather) = &mut self.remote.gather else {
-            // No other host runs a range: the bot's snapshot is this host's.
+            // No other host: the bot's snapshot is this host's.
             let host = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
             let stats = stats.map(|s| match host {
                 Some(host) => {

@@ -95,8 +95,11 @@ impl Router {
         recommended: u32,
         clusters: Option<u32>,
     ) -> Result<(u32, u32, Vec<Move>), String> {
-        if self.split.is_some() {
-            return Err("a reshard of the bot is under way".to_owned());
+        if let Some(current) = &self.split {
+            return Err(format!(
+                "a reshard of the bot asked of host {} is under way",
+                current.coordinator
+            ));
         }
         if self.handing_off {
             return Err("this host is stopping".to_owned());
@@ -458,8 +461,14 @@ impl Router {
         let ours = self.split.as_ref().is_some_and(|s| s.id == replanned.id);
         if ours && self.lifecycle.generation_held() {
             tracing::info!(target: "fleet::reshard", id = %replanned.id, at_ms = replanned.at_ms, "the new plan is live: switching generations");
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            // Never more than the second Redis set it ahead, whatever this host's clock says.
+            let ahead = Duration::from_millis(replanned.at_ms.saturating_sub(now_ms).min(1000));
             self.lifecycle_input(Input::GoLive {
                 at_ms: replanned.at_ms,
+                ahead,
             });
             return;
         }
