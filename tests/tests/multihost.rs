@@ -1431,6 +1431,12 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
         format!("{refused:?}").contains("without one"),
         "{refused:?}"
     );
+    // And four would give a two, with room for one.
+    let refused = a.reshard(ShardCount::Exact(8), Some(4)).await;
+    assert!(
+        format!("{refused:?}").contains("host a 2, and it has room for 1"),
+        "{refused:?}"
+    );
     // A part that fails calls the whole reshard off: b's new cluster is killed as it starts.
     let me = std::process::id();
     let running: std::collections::BTreeSet<u32> = children(me).into_iter().collect();

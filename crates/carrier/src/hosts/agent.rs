@@ -69,8 +69,9 @@ pub(crate) enum HostEvent {
     Renewed(Duration),
     /// Which host each range's owner entry names, when it changed.
     Owners(BTreeMap<u32, String>),
-    /// The hosts of the bot with a live lease (those running no range too), when they changed.
-    Hosts(Vec<String>),
+    /// The hosts of the bot with a live lease (those running no range too) and the most ranges
+    /// each has room for, when they changed.
+    Hosts(BTreeMap<String, u32>),
     /// A message from another host's admiral, on the bus (at most the frame limit).
     Bus(Vec<u8>),
     /// The bus publish with this token reached no host.
@@ -294,7 +295,7 @@ struct State<'a> {
     /// The owners the router last heard of.
     owners: BTreeMap<u32, String>,
     /// The live hosts the router last heard of.
-    hosts: Vec<String>,
+    hosts: BTreeMap<String, u32>,
     /// What the next claim puts back, when not `owned` (nothing, once the lease lapsed).
     keep: Option<BTreeMap<u32, String>>,
 }
@@ -369,7 +370,7 @@ impl HostAgent {
             owned: BTreeMap::new(),
             drained: false,
             owners: BTreeMap::new(),
-            hosts: Vec::new(),
+            hosts: BTreeMap::new(),
             keep: None,
         };
         let stop = async move {

@@ -254,10 +254,16 @@ return at
 "
 );
 
-/// The hosts whose lease deadline is ahead of Redis's clock. KEYS: hosts.
+/// The hosts whose lease deadline is ahead of Redis's clock, each with the capacity its last
+/// claim recorded (`''` if none). KEYS: hosts, caps.
 const LIVE_HOSTS: &str = redis_time!(
     r"
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+local out = {}
+for _, host in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  table.insert(out, host)
+  table.insert(out, redis.call('HGET', KEYS[2], host) or '')
+end
+return out
 "
 );
 
@@ -633,18 +639,24 @@ impl Assignment {
     }
 
     /// The hosts of the bot whose lease is live on Redis's clock (those that run no range
-    /// included), by name.
+    /// included), with the most ranges each has room for.
     pub(crate) async fn live_hosts(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<Vec<String>, ClaimError> {
+    ) -> Result<BTreeMap<String, u32>, ClaimError> {
         let live: redis::RedisResult<Vec<String>> = redis::Script::new(LIVE_HOSTS)
             .key(self.key("hosts"))
+            .key(self.key("caps"))
             .invoke_async(connection)
             .await;
-        let mut live = live.map_err(|e| claim_error(&e))?;
-        live.sort_unstable();
-        Ok(live)
+        let live = live.map_err(|e| claim_error(&e))?;
+        Ok(live
+            .chunks(2)
+            .filter_map(|pair| {
+                let [host, capacity] = pair else { return None };
+                Some((host.clone(), capacity.parse().unwrap_or(u32::MAX)))
+            })
+            .collect())
     }
 
     /// Gives every range of this incarnation up.

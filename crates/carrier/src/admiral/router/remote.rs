@@ -96,8 +96,9 @@ pub(super) enum Body {
 pub(super) struct Remote {
     /// Which host runs each range, as Redis last said.
     owners: BTreeMap<u32, String>,
-    /// The hosts with a live lease, as Redis last said (those running no range too).
-    hosts: Vec<String>,
+    /// The hosts with a live lease, as Redis last said (those running no range too), and the
+    /// most ranges each has room for.
+    hosts: BTreeMap<String, u32>,
     /// The process number standing for each host asked so far.
     processes: HashMap<String, ProcessId>,
     /// Asks each other host has open here.
@@ -290,7 +291,7 @@ impl Router {
     fn other_hosts(&self) -> Vec<String> {
         let me = self.config.host_bus.as_ref().map(|b| b.host().to_owned());
         let mut hosts: Vec<String> = self.remote.owners.values().cloned().collect();
-        hosts.extend(self.remote.hosts.iter().cloned());
+        hosts.extend(self.remote.hosts.keys().cloned());
         hosts.sort_unstable();
         hosts.dedup();
         hosts.retain(|h| Some(h) != me.as_ref());
@@ -411,9 +412,14 @@ impl Router {
         self.split_owners_changed();
     }
 
-    /// The hosts with a live lease now.
-    pub(super) fn on_hosts(&mut self, hosts: Vec<String>) {
+    /// The hosts with a live lease now, and their room.
+    pub(super) fn on_hosts(&mut self, hosts: BTreeMap<String, u32>) {
         self.remote.hosts = hosts;
+    }
+
+    /// The most ranges host `host` has room for, as Redis last said (unbounded if unknown).
+    pub(super) fn room_of(&self, host: &str) -> u32 {
+        self.remote.hosts.get(host).copied().unwrap_or(u32::MAX)
     }
 
     /// A bus publish reached no host: its forward ends as unavailable.

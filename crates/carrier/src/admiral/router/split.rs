@@ -140,6 +140,16 @@ impl Router {
             };
             moves.push((range as u32, from, host.clone()));
         }
+        // No host is given more than it has room for (`host_capacity`).
+        for host in owners.values() {
+            let given = moves.iter().filter(|(_, _, h)| h == host).count();
+            let room = self.room_of(host);
+            if given > room as usize {
+                return Err(format!(
+                    "{new} clusters would give host {host} {given}, and it has room for {room}: ask for fewer clusters"
+                ));
+            }
+        }
         // A host that runs a range now keeps one: it would otherwise run nothing of the bot.
         if let Some(left) = owners
             .values()
