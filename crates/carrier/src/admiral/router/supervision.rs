@@ -388,11 +388,21 @@ impl Router {
         };
         self.arm(Timer::Heartbeat, heartbeat.interval);
         let now = tokio::time::Instant::now();
+        // Replacements too (a reshard's standby generation, a handover's next process): one
+        // that waited longer than the timeout unpinged would be taken for hung once it serves.
         let serving: Vec<(WorkerId, ProcessId)> = self
             .lifecycle
             .workers()
-            .filter(|w| matches!(w.state, State::Starting | State::Live))
-            .filter_map(|w| Some((w.id.clone(), w.process?)))
+            .flat_map(|w| {
+                let current = w
+                    .process
+                    .filter(|_| matches!(w.state, State::Starting | State::Live));
+                let next = w.replacement.as_ref().map(|r| r.process);
+                current
+                    .into_iter()
+                    .chain(next)
+                    .map(|process| (w.id.clone(), process))
+            })
             .collect();
         let seq = self.calls.next_id();
         self.stats.pinged(seq);
