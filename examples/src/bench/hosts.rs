@@ -10,7 +10,8 @@
 //!    renewal, so hosts started together see each other); Redis commands per second in steady
 //!    state; a planned move (`SIGTERM` of one host: its ranges go to the others); a takeover
 //!    (`SIGKILL` of a host and its workers: the design expects about lease + grace + resume,
-//!    about 18 s). Each with identifies, resumes, events lost and confirmed twice.
+//!    about 18 s). Before the move, a reshard of the split bot to twice the shards, asked of one
+//!    host. Each with identifies, resumes, events lost and confirmed twice.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -45,6 +46,9 @@ pub async fn serve(args: &[String]) -> Result<std::process::ExitCode> {
     options.shards = ShardCount::Exact(SHARDS);
     options.clusters = Some(RANGES);
     options.echo_output = false;
+    // As in the other sections: the old generation of a reshard serves out a notice longer
+    // than the mock's heartbeat, so the mock sees it confirm every event it handled.
+    options.soft_kill_notice = super::NOTICE;
     options.redis_url = Some(redis_url.clone());
     options.host_id = Some(host.clone());
     options.worker_command = Some(WorkerCommand::current()?);
@@ -61,6 +65,14 @@ pub async fn serve(args: &[String]) -> Result<std::process::ExitCode> {
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(n) = line.strip_prefix("reshard ").and_then(|n| n.parse().ok()) {
+                    let started = Instant::now();
+                    match admiral.reshard(ShardCount::Exact(n), None).await {
+                        Ok(()) => println!("reshard {}", started.elapsed().as_millis()),
+                        Err(error) => println!("reshard failed: {error}"),
+                    }
+                    continue;
+                }
                 let Some(n) = line.strip_prefix("rtt ").and_then(|n| n.parse().ok()) else {
                     continue;
                 };
@@ -162,6 +174,24 @@ impl Host {
             .map_err(|_| anyhow::anyhow!("round trips: {line}"))
     }
 
+    /// Asks this host to reshard the bot to `shards` shards; how long until it answered done.
+    async fn reshard(&mut self, shards: u32) -> Result<Duration> {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        stdin
+            .write_all(format!("reshard {shards}\n").as_bytes())
+            .await?;
+        stdin.flush().await?;
+        let line = tokio::time::timeout(Duration::from_mins(5), self.lines.next_line())
+            .await
+            .context("no reshard line")??
+            .unwrap_or_default();
+        line.strip_prefix("reshard ")
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+            .ok_or_else(|| anyhow::anyhow!("{line}"))
+    }
+
     fn pid(&self) -> Result<u32> {
         self.child.id().context("no pid")
     }
@@ -195,21 +225,21 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 /// Waits (`limit` at most) until the mock holds one attached session for each of the bot's
-/// shards; how long that took.
-async fn all_attached(mock: &MockProcess, limit: Duration) -> Result<Duration> {
+/// `shards` shards, and none attached of another shard total; how long that took.
+async fn all_attached(mock: &MockProcess, shards: u32, limit: Duration) -> Result<Duration> {
     let started = Instant::now();
     loop {
         let sessions = control(mock, "GET", "/_mock/sessions").await?;
         let sessions = sessions.as_array().cloned().unwrap_or_default();
-        if sessions.len() == SHARDS as usize
-            && sessions
-                .iter()
-                .all(|s| s["attached"].as_bool() == Some(true))
-        {
+        let attached = |s: &&serde_json::Value| s["attached"].as_bool() == Some(true);
+        let ours = |s: &&serde_json::Value| s["shard"][1].as_u64() == Some(u64::from(shards));
+        let live = sessions.iter().filter(ours).filter(attached).count();
+        let others = sessions.iter().filter(attached).count() - live;
+        if live == shards as usize && sessions.iter().filter(ours).count() == live && others == 0 {
             return Ok(started.elapsed());
         }
         if started.elapsed() > limit {
-            bail!("the bot's {SHARDS} shards did not all have a session within {limit:?}");
+            bail!("the bot's {shards} shards did not all have a session within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -277,7 +307,7 @@ async fn assigned(redis: &Redis) -> Result<()> {
     let names: Vec<String> = (0..HOSTS).map(|h| format!("host-{h}")).collect();
     let mut hosts =
         futures::future::try_join_all(names.iter().map(|h| Host::start(&mock, &url, h))).await?;
-    all_attached(&mock, Duration::from_mins(3)).await?;
+    all_attached(&mock, SHARDS, Duration::from_mins(3)).await?;
     let took = started.elapsed();
     let waits = SHARDS.div_ceil(MAX_CONCURRENCY) - 1;
     let limit = IDENTIFY_INTERVAL * waits;
@@ -303,16 +333,34 @@ async fn assigned(redis: &Redis) -> Result<()> {
         there_50 as f64 / here_50.max(1) as f64
     );
 
+    // A reshard of the split bot, asked of host 0: every host readies its part in standby and
+    // all switch together.
+    let shards = SHARDS * 2;
+    let before = counts(&mock).await?;
+    let took = hosts[0].reshard(shards).await?;
+    let live = all_attached(&mock, shards, Duration::from_mins(1)).await?;
+    let after = settle(&mock).await?;
+    let standby = IDENTIFY_INTERVAL * (shards.div_ceil(MAX_CONCURRENCY) - 1);
+    println!(
+        "reshard of the split bot from {SHARDS} to {shards} shards in {RANGES} ranges, asked of one host: done {took:.2?} after the ask (the new generation's identifies alone take {standby:.2?}), old sessions gone {live:.2?} after; {}",
+        costs(&before, &after),
+    );
+    let per_range = shards / RANGES;
+    control(&mock, "POST", "/_mock/events/start?rate=0.5").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
     // A planned move: host 2 stops; its ranges go to hosts 0 and 1.
     let before = counts(&mock).await?;
     let moved = Instant::now();
     signal(&[hosts[2].pid()?], "-TERM")?;
     // Its sessions close resumably at once; wait until they are all resumed elsewhere.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let back = all_attached(&mock, Duration::from_mins(1)).await? + Duration::from_millis(50);
+    let back =
+        all_attached(&mock, shards, Duration::from_mins(1)).await? + Duration::from_millis(50);
     let (after_events, after_stats) = settle(&mock).await?;
     println!(
-        "planned move (SIGTERM of a host running 2 ranges, 16 shards): every shard resumed on another host {back:.2?} after the signal (an upper bound of each shard's time without a session; {:.2?} to settle); {}",
+        "planned move (SIGTERM of a host running 2 ranges, {} shards): every shard resumed on another host {back:.2?} after the signal (an upper bound of each shard's time without a session; {:.2?} to settle); {}",
+        2 * per_range,
         moved.elapsed(),
         costs(&before, &(after_events, after_stats)),
     );
@@ -342,12 +390,13 @@ async fn assigned(redis: &Redis) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let back = all_attached(&mock, Duration::from_mins(1)).await?;
+    let back = all_attached(&mock, shards, Duration::from_mins(1)).await?;
     let back = killed.elapsed().max(back);
     let after = settle(&mock).await?;
     let ttl = carrier::hosts::HOST_LEASE_TTL;
     println!(
-        "takeover (SIGKILL of a host and its workers, 3 ranges, 24 shards): every shard resumed on the last host {back:.2?} after the kill (lease {ttl:.0?} + grace {:.0?}, less the time since its last renewal, plus the resume); {}",
+        "takeover (SIGKILL of a host and its workers, 3 ranges, {} shards): every shard resumed on the last host {back:.2?} after the kill (lease {ttl:.0?} + grace {:.0?}, less the time since its last renewal, plus the resume); {}",
+        3 * per_range,
         carrier::hosts::takeover_grace(ttl),
         costs(&before, &after),
     );

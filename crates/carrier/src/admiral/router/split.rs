@@ -54,9 +54,11 @@ pub(super) struct SplitReshard {
     waiting: BTreeSet<String>,
     /// This host readies a part.
     runs_part: bool,
-    /// The coordinator asked its agent to put it live: it can no longer be called off.
+    /// Asked to go live (the coordinator's agent commits it), or live in Redis: it can no
+    /// longer be called off here.
     committing: bool,
-    timer: tokio_util::time::delay_queue::Key,
+    /// Its deadline, until it fires or is no longer needed.
+    timer: Option<tokio_util::time::delay_queue::Key>,
 }
 
 impl Router {
@@ -199,7 +201,7 @@ impl Router {
             waiting,
             runs_part: false,
             committing: false,
-            timer,
+            timer: Some(timer),
         });
         self.ready_part(mine);
     }
@@ -283,7 +285,7 @@ impl Router {
             waiting: BTreeSet::new(),
             runs_part: false,
             committing: false,
-            timer,
+            timer: Some(timer),
         });
         self.ready_part(mine);
     }
@@ -357,8 +359,10 @@ impl Router {
                 self.split_failed_here(reason);
             }
             LifecycleEvent::Resharded { .. } => {
-                if let Some(split) = self.split.take() {
-                    self.timers.remove(&split.timer);
+                if let Some(mut split) = self.split.take()
+                    && let Some(timer) = split.timer.take()
+                {
+                    self.timers.remove(&timer);
                 }
             }
             _ => {}
@@ -405,10 +409,12 @@ impl Router {
 
     /// Drops this host's part of the reshard (its generation stops; the old one serves on).
     fn drop_split(&mut self, reason: &str) {
-        let Some(split) = self.split.take() else {
+        let Some(mut split) = self.split.take() else {
             return;
         };
-        self.timers.remove(&split.timer);
+        if let Some(timer) = split.timer.take() {
+            self.timers.remove(&timer);
+        }
         if split.runs_part {
             // Its ReshardFailed event answers the asker, if this host is the coordinator.
             self.lifecycle_input(Input::AbortReshard(reason.to_owned()));
@@ -418,13 +424,14 @@ impl Router {
 
     /// The reshard's time ran out before it went live.
     pub(super) fn split_due(&mut self) {
-        let Some(split) = &self.split else {
+        let me = self.me().unwrap_or_default();
+        let Some(split) = &mut self.split else {
             return;
         };
+        split.timer = None; // It fired: gone from the queue.
         if split.committing {
             return;
         }
-        let me = self.me().unwrap_or_default();
         if split.coordinator == me {
             let waiting: Vec<&str> = split.waiting.iter().map(String::as_str).collect();
             let reason = format!("not every host was ready in time ({})", waiting.join(", "));
@@ -470,6 +477,13 @@ impl Router {
     pub(super) fn on_replanned(&mut self, replanned: &Replanned, owned: Vec<u32>) {
         let ours = self.split.as_ref().is_some_and(|s| s.id == replanned.id);
         if ours && self.lifecycle.generation_held() {
+            // Live in Redis: nothing may call this host's part off any more.
+            if let Some(split) = &mut self.split {
+                split.committing = true;
+                if let Some(timer) = split.timer.take() {
+                    self.timers.remove(&timer);
+                }
+            }
             tracing::info!(target: "fleet::reshard", id = %replanned.id, at_ms = replanned.at_ms, "the new plan is live: switching generations");
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
