@@ -839,13 +839,7 @@ async fn a_host_planning_other_ranges_is_refused_while_the_old_plan_runs_and_tak
     // A reshard of the bot (b is all of it now) puts its plan in Redis.
     b.reshard(ShardCount::Exact(8), None).await.unwrap();
     assert_eq!(b.plan().shard_total, 8);
-    mock.wait_until(WAIT, "the new generation serves alone", |m| {
-        let sessions = m.sessions();
-        sessions.iter().filter(|s| s.attached).count() == 8
-            && sessions.iter().all(|s| s.shard[1] == 8 || !s.attached)
-    })
-    .await
-    .unwrap();
+    serve_alone(&mock, 8, "the new generation serves alone").await;
     // A host started from the options the bot started with follows the resharded plan.
     let (d, _) = launch(fleet_tests::fleet(host_options(
         &mock,
@@ -869,6 +863,18 @@ async fn a_host_planning_other_ranges_is_refused_while_the_old_plan_runs_and_tak
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     assert_eq!(redis.exists(&keys).await, 0, "the old checkpoints are gone");
     c.shutdown().await;
+}
+
+/// Waits until one session of each of `shards` shards is attached, all of that shard total
+/// (the other generation's are gone).
+async fn serve_alone(mock: &MockDiscord, shards: u32, what: &str) {
+    mock.wait_until(WAIT, what, |m| {
+        let sessions = m.sessions();
+        sessions.iter().filter(|s| s.attached).count() == shards as usize
+            && sessions.iter().all(|s| s.shard[1] == shards || !s.attached)
+    })
+    .await
+    .unwrap();
 }
 
 /// Fails unless `result` is "unavailable".
@@ -1460,13 +1466,7 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
     let failed = asked.unwrap_err().to_string();
     assert!(failed.contains("host b"), "{failed}");
     assert_eq!((a.plan().shard_total, b.plan().shard_total), (4, 4));
-    mock.wait_until(WAIT, "the old generation serves on alone", |m| {
-        let sessions = m.sessions();
-        sessions.iter().filter(|s| s.attached).count() == 4
-            && sessions.iter().all(|s| s.shard[1] == 4 || !s.attached)
-    })
-    .await
-    .unwrap();
+    serve_alone(&mock, 4, "the old generation serves on alone").await;
     checkpointed(&redis, "split-reshard", 0..4).await;
     let before = mock.stats();
     // Asked of a: both hosts ready their part in standby, and it goes live on both at once.
@@ -1498,17 +1498,7 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
         clusters(w) == [1]
     })
     .await;
-    mock.wait_until(
-        WAIT,
-        "only the new generation's sessions are attached",
-        |m| {
-            let sessions = m.sessions();
-            sessions.iter().filter(|s| s.attached).count() == 8
-                && sessions.iter().all(|s| s.shard[1] == 8 || !s.attached)
-        },
-    )
-    .await
-    .unwrap();
+    serve_alone(&mock, 8, "only the new generation's sessions are attached").await;
     // Redis holds the new plan, and the new sessions' checkpoints, for a takeover.
     let keys: Vec<String> = (0..8)
         .map(|shard| format!("fleet:{{split-reshard}}:shard:8:{shard}"))
@@ -1576,13 +1566,7 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
     let from_b = from_b.unwrap_err().to_string();
     assert!(from_b.contains("host a"), "{from_b}");
     assert_eq!(a.plan().shard_total, 16);
-    mock.wait_until(WAIT, "16 shards serve", |m| {
-        let sessions = m.sessions();
-        sessions.iter().filter(|s| s.attached).count() == 16
-            && sessions.iter().all(|s| s.shard[1] == 16 || !s.attached)
-    })
-    .await
-    .unwrap();
+    serve_alone(&mock, 16, "16 shards serve").await;
     assert_eq!(b.plan().shard_total, 16);
     a.shutdown().await;
     b.shutdown().await;
