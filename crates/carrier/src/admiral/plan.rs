@@ -89,6 +89,15 @@ pub enum PlanError {
         /// The bot's identify buckets.
         max_concurrency: u32,
     },
+    /// A plan for a bot split across hosts, read from Redis or another host, past what fleet
+    /// runs (65,536 shards, 1,024 clusters).
+    #[error("{total} shards in {clusters} clusters is more than fleet runs")]
+    TooLarge {
+        /// The total.
+        total: u32,
+        /// The clusters.
+        clusters: u32,
+    },
     /// The first shard is after the last.
     #[error("first shard {first} is after last shard {last}")]
     FirstAfterLast {
@@ -172,6 +181,13 @@ pub fn scale_slice(first: u32, last: u32, from_total: u32, to_total: u32) -> Opt
 /// The whole bot's plan of `total` shards in `ranges` clusters: what every host of a bot split
 /// across hosts by Redis plans (each runs the ranges it is assigned).
 pub(crate) fn whole(total: u32, ranges: u32, max_concurrency: u32) -> Result<ShardPlan, PlanError> {
+    // Read from Redis or another host's message: bounded before anything is allocated by it.
+    if total > 65_536 || ranges > 1024 {
+        return Err(PlanError::TooLarge {
+            total,
+            clusters: ranges,
+        });
+    }
     plan(PlanInput {
         count: ShardCount::Exact(total),
         recommended: 0,
@@ -221,6 +237,17 @@ pub fn plan(input: PlanInput) -> Result<ShardPlan, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_bot_plan_from_another_process_is_bounded() {
+        let plan = whole(96, 6, 16).unwrap();
+        assert_eq!((plan.shard_total, plan.clusters.len()), (96, 6));
+        assert!(matches!(
+            whole(u32::MAX, u32::MAX, 1),
+            Err(PlanError::TooLarge { .. })
+        ));
+        assert!(whole(65_536, 1025, 1).is_err());
+    }
 
     #[test]
     fn a_hosts_slice_scales_with_the_total_and_hosts_still_tile_the_bot() {
