@@ -11,6 +11,7 @@
 //! - `adoption`: taking over the workers a lost admiral left;
 //! - `hosts`: this host's part of a fleet on several hosts (ranges taken, lost and fenced);
 //! - `remote`: calls and broadcasts to the clusters of the bot's other hosts, over the bus;
+//! - `split`: a reshard of a bot split across hosts, readied on every host and live at once;
 //! - one file per request family: `messaging`, `commands`, `fetch`, `store`, `identify`,
 //!   `stats` (the admiral's shard and process records, and stats rounds), `control` (stop,
 //!   restart, rolling restarts, reshards and what their waiters hear), `services` (services

@@ -14,6 +14,9 @@
 //! gather each host's own snapshot and sum them ([`Gather`]). A host asked for its part never
 //! asks on.
 //!
+//! The bus also carries a reshard of the whole bot between its hosts (`Body::Reshard`,
+//! `ReshardReady`, `ReshardOff`); their meaning is in `split`.
+//!
 //! A frame from the bus is hostile until proven otherwise: it must decode, name this bot's
 //! version of the bus and a known cluster; a host may have only [`MAX_ASKS_PER_HOST`] asks open
 //! here; answers count only from the host that was asked.
