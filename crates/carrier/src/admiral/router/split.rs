@@ -61,6 +61,28 @@ pub(super) struct SplitReshard {
     timer: Option<tokio_util::time::delay_queue::Key>,
 }
 
+impl SplitReshard {
+    /// Reshard `id`, planned by `coordinator`, to `total` shards in `ranges`, due by `timer`.
+    fn new(
+        id: String,
+        coordinator: String,
+        (total, ranges): (u32, u32),
+        timer: tokio_util::time::delay_queue::Key,
+    ) -> Self {
+        Self {
+            id,
+            coordinator,
+            total,
+            ranges,
+            moves: Vec::new(),
+            waiting: BTreeSet::new(),
+            runs_part: false,
+            committing: false,
+            timer: Some(timer),
+        }
+    }
+}
+
 impl Router {
     /// This host's id on the bus.
     fn me(&self) -> Option<String> {
@@ -192,22 +214,15 @@ impl Router {
             .map(|(r, _, _)| *r)
             .collect();
         let timer = self.arm(super::Timer::SplitReshard, within);
-        self.split = Some(SplitReshard {
-            id,
-            coordinator: me,
-            total,
-            ranges,
-            moves,
-            waiting,
-            runs_part: false,
-            committing: false,
-            timer: Some(timer),
-        });
+        let mut split = SplitReshard::new(id, me, (total, ranges), timer);
+        split.moves = moves;
+        split.waiting = waiting;
+        self.split = Some(split);
         self.ready_part(mine);
     }
 
     /// Starts this host's part (`mine`, ranges of the new plan) as a held generation.
-    fn ready_part(&mut self, mine: Vec<u32>) {
+    fn ready_part(&mut self, mut mine: Vec<u32>) {
         let Some(split) = &mut self.split else {
             return;
         };
@@ -216,6 +231,13 @@ impl Router {
         }
         match plan::whole(split.total, split.ranges, self.plan.max_concurrency) {
             Ok(next) => {
+                // Named by another host: only clusters of the plan, each once, are started.
+                mine.retain(|r| (*r as usize) < next.clusters.len());
+                mine.sort_unstable();
+                mine.dedup();
+                if mine.is_empty() {
+                    return self.split_failed_here("it was given no cluster of the new plan");
+                }
                 split.runs_part = true;
                 self.next_plan = Some(next);
                 self.lifecycle_input(Input::ReshardTogether(mine));
@@ -276,17 +298,7 @@ impl Router {
         // Never longer than a day, whatever the other host asks.
         let within = Duration::from_millis(within_ms.min(86_400_000));
         let timer = self.arm(super::Timer::SplitReshard, within);
-        self.split = Some(SplitReshard {
-            id,
-            coordinator: from,
-            total,
-            ranges,
-            moves: Vec::new(),
-            waiting: BTreeSet::new(),
-            runs_part: false,
-            committing: false,
-            timer: Some(timer),
-        });
+        self.split = Some(SplitReshard::new(id, from, (total, ranges), timer));
         self.ready_part(mine);
     }
 
