@@ -15,6 +15,15 @@ use tokio::sync::broadcast;
 pub const WAIT: Duration = Duration::from_mins(1);
 
 pub fn mock_config(guilds: usize, shards: u32, max_concurrency: u32) -> MockConfig {
+    mock_builder(guilds, shards, max_concurrency).build()
+}
+
+/// [`mock_config`] before it is built, for a test that changes more.
+pub fn mock_builder(
+    guilds: usize,
+    shards: u32,
+    max_concurrency: u32,
+) -> discord_mock::MockConfigBuilder {
     MockConfig::builder()
         .guilds(guilds)
         .recommended_shards(shards)
@@ -29,7 +38,6 @@ pub fn mock_config(guilds: usize, shards: u32, max_concurrency: u32) -> MockConf
         // early).
         .identify_tolerance(Duration::from_millis(80))
         .heartbeat_interval(Duration::from_millis(500))
-        .build()
 }
 
 pub fn options(mock: &MockDiscord, clusters: u32) -> FleetOptions {

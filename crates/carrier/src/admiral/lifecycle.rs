@@ -1296,6 +1296,11 @@ impl Lifecycle {
             None if self.fenced => {
                 self.held.insert(from, sessions);
             }
+            // The range was lost while its sessions were on their way here (fenced, then
+            // another host took it): they are that host's now, and the process stops.
+            None if worker.retired => {
+                tracing::info!(target: "fleet::lifecycle", process = from, "sessions of a range this host lost: dropped");
+            }
             None => out.push(Command::SendSessions { to: from, sessions }),
         }
     }

@@ -1557,6 +1557,32 @@ fn a_fenced_host_holds_every_clusters_sessions_and_gives_them_back_when_unfenced
 }
 
 #[test]
+fn sessions_of_a_range_lost_while_fenced_never_go_back_to_its_process() {
+    let (mut l, ps) = live_clusters(2);
+    l.handle(Input::Fence);
+    // The claim after the renewal: range 0 is another host's now, range 1 still this one's.
+    let out = l.handle(Input::Lose(0));
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Stop { process, .. } if *process == ps[0])),
+        "{out:?}"
+    );
+    assert!(l.handle(Input::Unfence).is_empty(), "nothing held yet");
+    // The fence's handovers arrive only now: the lost range's sessions are the other host's.
+    assert!(
+        l.handle(Input::SessionsHandedOver(ps[0], sessions(0..2)))
+            .is_empty()
+    );
+    assert_eq!(
+        l.handle(Input::SessionsHandedOver(ps[1], sessions(2..4))),
+        [Command::SendSessions {
+            to: ps[1],
+            sessions: sessions(2..4)
+        }]
+    );
+}
+
+#[test]
 fn a_cluster_that_crashes_while_fenced_restarts_only_when_unfenced_with_the_held_sessions() {
     let (l, ps) = live_clusters(1);
     let mut l = l.with_restarts(POLICY_ONCE);

@@ -41,6 +41,8 @@ impl Router {
             }
             HostEvent::Fence => self.lifecycle_input(Input::Fence),
             HostEvent::Unfence => {
+                // Before the held sessions reach the clusters' shards, which resume them.
+                self.send_licence();
                 self.lifecycle_input(Input::Unfence);
                 self.release_fenced_grants();
             }
@@ -132,14 +134,28 @@ impl Router {
         self.gave(process, &[]);
     }
 
-    /// Tells every cluster process how long its shards may run ([`HostEvent::Renewed`]).
+    /// The lease was renewed ([`HostEvent::Renewed`]): the clusters may run their shards until
+    /// `valid` from now. A fenced host gives no licence until the claim after the renewal says
+    /// which ranges are still its own ([`HostEvent::Unfence`]): a cluster of a range another
+    /// host took meanwhile must not reconnect the sessions that host resumed.
     fn license(&mut self, valid: Duration) {
         self.licence_until = Some(tokio::time::Instant::now() + valid);
-        let valid_ms = u64::try_from(valid.as_millis()).unwrap_or(u64::MAX);
+        if !self.lifecycle.is_fenced() {
+            self.send_licence();
+        }
+    }
+
+    /// Tells every cluster process this host still runs (not one of a range it lost, stopping)
+    /// how long its shards may run: what is left of the last renewal's licence.
+    fn send_licence(&mut self) {
+        let left = self.licence_until.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let valid_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
         let processes: Vec<_> = self
             .lifecycle
             .workers()
-            .filter(|w| matches!(w.id, crate::admiral::WorkerId::Cluster(_)))
+            .filter(|w| matches!(w.id, crate::admiral::WorkerId::Cluster(_)) && !w.retired)
             .flat_map(|w| {
                 w.process
                     .into_iter()
