@@ -59,14 +59,40 @@ pub const LIB_ENV: &str = "TESTBOT_LIB";
 /// (code 3) that long after all its shards were ready: a build that crashes once it serves.
 pub const CRASH_AFTER_MS_ENV: &str = "TESTBOT_CRASH_AFTER_MS";
 
-/// The fleet for the library named in [`LIB_ENV`].
+/// With this variable set, the test fleet also runs [`LEDGER`], an echo service run once per
+/// bot ([`with_ledger`]).
+pub const LEDGER_ENV: &str = "TESTBOT_LEDGER";
+
+/// The name of the echo service run once per bot.
+pub const LEDGER: &str = "ledger";
+
+/// The fleet for the library named in [`LIB_ENV`] (with [`LEDGER`] when [`LEDGER_ENV`] is set).
 #[must_use]
 pub fn fleet_from_env(options: FleetOptions) -> Fleet {
-    match std::env::var(LIB_ENV).as_deref() {
+    let ledger = std::env::var_os(LEDGER_ENV).is_some();
+    let fleet = match std::env::var(LIB_ENV).as_deref() {
         Ok("serenity") => serenity_fleet(options),
         Ok("raw") => raw::raw_fleet(options),
         _ => fleet(options),
+    };
+    if ledger { add_ledger(fleet) } else { fleet }
+}
+
+/// [`fleet`], with [`LEDGER`]: an [`Echo`] service run once per bot. A worker command given
+/// in `options` gets [`LEDGER_ENV`] set (to the fleet's id, so a test can tell its workers
+/// from another's), so the spawned testbot workers know it too.
+#[must_use]
+pub fn with_ledger(mut options: FleetOptions) -> Fleet {
+    let tag = options.fleet_id.clone().unwrap_or_default();
+    if let Some(command) = options.worker_command.as_mut() {
+        command.env.push((LEDGER_ENV.into(), tag.into()));
     }
+    add_ledger(fleet(options))
+}
+
+fn add_ledger(fleet: Fleet) -> Fleet {
+    let once = carrier::ServiceOptions::new().once_per_bot();
+    fleet.service_with::<Echo>(LEDGER, once)
 }
 
 /// Like [`fleet`], with serenity clusters running [`SerenityCluster`]. A worker command given in

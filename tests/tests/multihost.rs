@@ -302,11 +302,17 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Which worker process `pid` is (its `FLEET_WORKER`), if it runs.
 fn worker_name(pid: u32) -> Option<String> {
+    worker_env(pid, "FLEET_WORKER")
+}
+
+/// The variable `key` of process `pid`'s environment, if it runs.
+fn worker_env(pid: u32, key: &str) -> Option<String> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{key}=");
     environ
         .split(|b| *b == 0)
         .filter_map(|var| std::str::from_utf8(var).ok())
-        .find_map(|var| var.strip_prefix("FLEET_WORKER="))
+        .find_map(|var| var.strip_prefix(prefix.as_str()))
         .map(str::to_owned)
 }
 
@@ -418,16 +424,20 @@ async fn two_hosts(
     fleet: &str,
     a_url: String,
 ) -> (carrier::AdmiralHandle, carrier::AdmiralHandle) {
-    let (a, _) = launch(fleet_tests::fleet(host_options(mock, a_url, fleet, "a", 1))).await;
+    two_hosts_of(mock, redis, fleet, a_url, fleet_tests::fleet).await
+}
+
+/// [`two_hosts`], each host's fleet made by `make`.
+async fn two_hosts_of(
+    mock: &MockDiscord,
+    redis: &RedisServer,
+    fleet: &str,
+    a_url: String,
+    make: fn(carrier::FleetOptions) -> carrier::Fleet,
+) -> (carrier::AdmiralHandle, carrier::AdmiralHandle) {
+    let (a, _) = launch(make(host_options(mock, a_url, fleet, "a", 1))).await;
     attached(mock, 2, "host a runs its range").await;
-    let (b, _) = launch(fleet_tests::fleet(host_options(
-        mock,
-        redis.url(),
-        fleet,
-        "b",
-        2,
-    )))
-    .await;
+    let (b, _) = launch(make(host_options(mock, redis.url(), fleet, "b", 2))).await;
     attached(mock, 4, "host b runs the other range").await;
     checkpointed(redis, fleet, 0..4).await;
     events_flow(mock).await;
@@ -1444,10 +1454,17 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
         options.soft_kill_notice = Duration::from_secs(1);
         options
     };
-    let (a, _) = launch(fleet_tests::fleet(host("a", 1))).await;
+    // With a service run once per bot, which a reshard leaves where it runs.
+    let (a, _) = launch(fleet_tests::with_ledger(host("a", 1))).await;
     attached(&mock, 2, "host a runs its range").await;
-    let (b, _) = launch(fleet_tests::fleet(host("b", 2))).await;
+    let (b, _) = launch(fleet_tests::with_ledger(host("b", 2))).await;
     attached(&mock, 4, "host b runs the other range").await;
+    ledger_until(
+        &a,
+        "host a runs the ledger",
+        Some(carrier::admiral::State::Live),
+    )
+    .await;
     let handled = common::HandledLog::start_on(&[&a, &b]).await;
     events_flow(&mock).await;
 
@@ -1542,6 +1559,18 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
     // Calls route by the new plan across hosts: a asks b's cluster.
     let status = status_of(&a, 1).await;
     assert_eq!(status.shards, vec![4, 5, 6, 7]);
+    // The ledger is still a's, in Redis and on a, and b reaches it there.
+    let entry = redis
+        .string(&["HGET", "fleet:{split-reshard}:assign", "svc:ledger"])
+        .await
+        .unwrap_or_default();
+    assert!(entry.starts_with("a|"), "{entry:?}");
+    let echo = b
+        .ipc()
+        .service_command(fleet_tests::LEDGER, carrier::Payload::from("ping"))
+        .await;
+    assert_eq!(echo.unwrap().as_bytes(), b"ping");
+    assert_eq!(ledger_state(&b).await, None);
 
     if !handled.all_handled(&mock).await {
         let seen: std::collections::BTreeSet<u64> =
@@ -1590,4 +1619,189 @@ async fn a_split_bot_reshards_across_its_hosts_together_with_one_identify_per_ne
     assert_eq!(b.plan().shard_total, 16);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The state of the ledger (the service run once per bot) on `admiral`'s host, if it has one.
+async fn ledger_state(admiral: &carrier::AdmiralHandle) -> Option<carrier::admiral::State> {
+    let ledger = carrier::WorkerId::Service(fleet_tests::LEDGER.to_owned());
+    admiral
+        .workers()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|w| w.id == ledger)
+        .map(|w| w.state)
+}
+
+/// Waits until the ledger's state on `admiral`'s host is `state`.
+async fn ledger_until(
+    admiral: &carrier::AdmiralHandle,
+    what: &str,
+    state: Option<carrier::admiral::State>,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = ledger_state(admiral).await;
+        if now == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: the ledger is {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts the ledger processes of fleet `fleet` (its admirals run in this test process) every
+/// few milliseconds until stopped, noting each change of the count and when.
+struct LedgerWatch {
+    changes: std::sync::Arc<std::sync::Mutex<Vec<(Duration, usize)>>>,
+    task: tokio::task::JoinHandle<()>,
+    started: Instant,
+}
+
+impl LedgerWatch {
+    fn start(fleet: &str) -> Self {
+        let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fleet = fleet.to_owned();
+        let task = tokio::task::spawn_blocking({
+            let changes = changes.clone();
+            move || {
+                let name = format!("service-{}", fleet_tests::LEDGER);
+                let started = Instant::now();
+                let mut last = 0;
+                while std::sync::Arc::strong_count(&changes) > 1 {
+                    let running = children(std::process::id())
+                        .into_iter()
+                        .filter(|pid| {
+                            worker_name(*pid).as_deref() == Some(name.as_str())
+                                && worker_env(*pid, fleet_tests::LEDGER_ENV).as_ref()
+                                    == Some(&fleet)
+                        })
+                        .count();
+                    if running != last {
+                        last = running;
+                        changes.lock().unwrap().push((started.elapsed(), running));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Self {
+            changes,
+            task,
+            started: Instant::now(),
+        }
+    }
+
+    /// How long it has watched.
+    fn since(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops the watch: the most ledger processes seen at once, and each change of the count.
+    async fn stop(self) -> (usize, Vec<(Duration, usize)>) {
+        let changes = self.changes.lock().unwrap().clone();
+        let Self {
+            changes: counter,
+            task,
+            ..
+        } = self;
+        drop(counter);
+        task.await.unwrap();
+        let most = changes.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        (most, changes)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_run_once_per_bot_runs_on_one_host_answers_from_every_host_and_moves_when_its_host_is_cut_off()
+ {
+    use carrier::admiral::State;
+    use carrier::{Outcome, Payload};
+    use fleet_tests::LEDGER;
+    use fleet_tests::faults::{Fault, FaultProxy};
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(redis.addr()).await;
+    let mock = MockDiscord::start(mock_config(8, 4, 1)).await.unwrap();
+    let watch = LedgerWatch::start("once");
+    let through_proxy = format!("redis://{}/0", proxy.addr());
+    let (a, b) = two_hosts_of(
+        &mock,
+        &redis,
+        "once",
+        through_proxy,
+        fleet_tests::with_ledger,
+    )
+    .await;
+
+    // Host a claimed first: the ledger runs there, and b never starts one.
+    ledger_until(&a, "host a runs the ledger", Some(State::Live)).await;
+    assert_eq!(ledger_state(&b).await, None);
+    let entry = redis
+        .string(&["HGET", "fleet:{once}:assign", "svc:ledger"])
+        .await
+        .unwrap_or_default();
+    assert!(entry.starts_with("a|"), "Redis assigns it to a: {entry:?}");
+    // Asked on either host, it answers; a fan-out to every service covers it once.
+    for host in [&a, &b] {
+        let echo = host
+            .ipc()
+            .service_command(LEDGER, Payload::from("ping"))
+            .await;
+        assert_eq!(echo.unwrap().as_bytes(), b"ping");
+        let outcomes = host
+            .ipc()
+            .all_services_command(Payload::from("ping"))
+            .await
+            .unwrap();
+        match outcomes.get(LEDGER) {
+            Some(Outcome::Ok(echo)) => assert_eq!(echo.as_bytes(), b"ping"),
+            other => panic!("the ledger in a fan-out: {other:?} of {outcomes:?}"),
+        }
+        // Each host's own echo service answers too.
+        assert!(matches!(outcomes.get("echo"), Some(Outcome::Ok(_))));
+    }
+
+    // Host a loses Redis: it fences itself and stops the ledger before its lease lapses; b
+    // takes it over once the lease is gone.
+    eprintln!("cut at {:?}", watch.since());
+    proxy.set(Fault::Blackhole);
+    ledger_until(&a, "host a stops the ledger", Some(State::Stopped)).await;
+    ledger_until(&b, "host b runs the ledger", Some(State::Live)).await;
+    let echo = b
+        .ipc()
+        .service_command(LEDGER, Payload::from("moved"))
+        .await;
+    assert_eq!(echo.unwrap().as_bytes(), b"moved");
+
+    // Redis is back for a: it learns the ledger is b's, leaves its own stopped, and reaches
+    // b's from then on.
+    proxy.set(Fault::Pass);
+    workers_until(&a, "host a lets its old range go", |w| {
+        clusters(w).is_empty()
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let echo = a.ipc().service_command(LEDGER, Payload::from("back")).await;
+        if let Ok(echo) = &echo {
+            assert_eq!(echo.as_bytes(), b"back");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a reaches b's ledger: {echo:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ledger_state(&a).await, Some(State::Stopped));
+
+    // Host b stops: its ledger exits before b gives it up, and a starts it again.
+    eprintln!("b stops at {:?}", watch.since());
+    b.shutdown().await;
+    ledger_until(&a, "host a runs the ledger again", Some(State::Live)).await;
+    let echo = a
+        .ipc()
+        .service_command(LEDGER, Payload::from("again"))
+        .await;
+    assert_eq!(echo.unwrap().as_bytes(), b"again");
+    let (most, changes) = watch.stop().await;
+    assert_eq!(most, 1, "never two ledgers at once: {changes:?}");
+    a.shutdown().await;
 }

@@ -172,7 +172,10 @@ pub struct FleetOptions {
     /// - calls reach the clusters of every host (commands, by shard or guild, fan-outs, guild
     ///   counts, fetches, messages, broadcasts, the workers list, restarts and stops of one
     ///   cluster, rolling restarts of all), with the same outcomes as on one host; services run
-    ///   on every host, and are asked on this one; stats are the whole bot's;
+    ///   on every host, and are asked on this one, except those run once per bot
+    ///   ([`ServiceOptions::once_per_bot`](crate::ServiceOptions::once_per_bot)), which Redis
+    ///   assigns to one host like a range and every host's calls reach there; stats are the
+    ///   whole bot's;
     /// - a host that joins gets its fair share by planned moves
     ///   ([`host_rebalance`](Self::host_rebalance));
     /// - the central store is one for every host, in Redis ([`store_limit`](Self::store_limit)
@@ -396,6 +399,7 @@ impl Fleet {
             name,
             depends_on: options.depends_on,
             start_timeout: options.start_timeout,
+            once_per_bot: options.once_per_bot,
         });
         self
     }
@@ -482,8 +486,16 @@ impl Fleet {
         };
         // Redis assigns the ranges unless this host's shards are pinned.
         let assigned = options.first_shard.is_none() && options.last_shard.is_none();
-        // The ranges whose clusters the last admiral of this host left running.
+        // The ranges whose clusters the last admiral of this host left running, and the
+        // services run once per bot it ran.
         let mut adoptable = Vec::new();
+        let mut adoptable_services = Vec::new();
+        let singletons: Vec<String> = self
+            .services
+            .iter()
+            .filter(|s| s.once_per_bot)
+            .map(|s| s.name.clone())
+            .collect();
         let (host, host_checkpoints, host_bus, host_store) = match &options.redis_url {
             Some(url) => {
                 let host = match &options.host_id {
@@ -514,6 +526,7 @@ impl Fleet {
                             capacity,
                             ttl,
                         )
+                        .with_services(singletons.clone())
                     };
                     let mut assignment = assign(&plan);
                     let mut joined = lease.join(&assignment).await;
@@ -534,6 +547,10 @@ impl Fleet {
                     }
                     if adopting && let Ok(mut open) = lease.connect().await {
                         adoptable = assignment.owned(&mut open).await.unwrap_or_default();
+                        adoptable_services = assignment
+                            .owned_services(&mut open)
+                            .await
+                            .unwrap_or_default();
                     }
                     Some(assignment)
                 } else {
@@ -541,6 +558,9 @@ impl Fleet {
                 };
                 let checkpoints = assignment.as_ref().map(|_| Arc::default());
                 let assigned = assignment.is_some();
+                if !assigned && !singletons.is_empty() {
+                    tracing::warn!(target: "fleet::hosts", services = ?singletons, "this host's shards are pinned, so nothing assigns the services run once per bot: they run on this host as on every other");
+                }
                 let mut agent = crate::hosts::agent::HostAgent::new(lease, assignment)
                     .rebalancing(options.host_rebalance);
                 // Requests, answers and broadcasts between the hosts of a split bot.
@@ -692,6 +712,12 @@ impl Fleet {
             host_bus,
             host_store,
             host_adoptable: adoptable,
+            host_adoptable_services: adoptable_services,
+            host_fence_margin: crate::hosts::fence_margin(
+                options
+                    .host_lease_ttl
+                    .clamp(Duration::from_secs(3), Duration::from_mins(10)),
+            ),
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO

@@ -243,6 +243,9 @@ pub enum Input {
     Stop(WorkerId),
     /// As [`Input::Stop`], but kill its process now: no shutdown hook, no grace.
     StopNow(WorkerId),
+    /// As [`Input::Stop`], killing its process if it outlives this grace (at most the kill
+    /// timeout): a fenced host stops a service run once per bot before its lease can lapse.
+    StopWithin(WorkerId, Duration),
     /// Add a service (check [`Lifecycle::can_add_service`] first): it starts once its
     /// dependencies are live, and is supervised, restarted and stopped like the others.
     AddService(ServiceSpec),
@@ -453,6 +456,9 @@ pub struct ServiceSpec {
     pub depends_on: Vec<String>,
     /// How long it has to become ready; `None`: [`Timeouts::service_ready`].
     pub start_timeout: Option<Duration>,
+    /// On a bot split across hosts, it runs on one host only, the one Redis assigns it to
+    /// (another takes it over when that host dies); on one host it runs as any other.
+    pub once_per_bot: bool,
 }
 
 impl ServiceSpec {
@@ -465,6 +471,7 @@ impl ServiceSpec {
             name,
             depends_on: Vec::new(),
             start_timeout: None,
+            once_per_bot: false,
         }
     }
 }
@@ -522,6 +529,13 @@ impl ServiceSpec {
                 if dependency == &spec.name || all.depends_on(dependency, &spec.name) {
                     return Err(format!(
                         "service {:?} depends on itself through {dependency:?}",
+                        spec.name
+                    ));
+                }
+                // On several hosts it would wait on the hosts that do not run the other.
+                if !spec.once_per_bot && all.service(dependency).is_some_and(|d| d.once_per_bot) {
+                    return Err(format!(
+                        "service {:?} runs on every host but depends on {dependency:?}, which runs once per bot",
                         spec.name
                     ));
                 }
@@ -1126,24 +1140,9 @@ impl Lifecycle {
                     }
                 }
             }
-            Input::Stop(id) => {
-                if self.can_stop(&id).is_ok() {
-                    let grace = self.timeouts.kill;
-                    let Some(worker) = self.workers.get_mut(&id) else {
-                        return out;
-                    };
-                    match (worker.state.clone(), worker.process) {
-                        (State::Backoff, _) | (_, None) => {
-                            worker.state = State::Stopped;
-                            worker.resume.clear();
-                            out.push(Command::Emit(LifecycleEvent::WorkerStopped(id)));
-                        }
-                        (_, Some(process)) => {
-                            worker.state = State::Draining;
-                            out.push(Command::Stop { process, grace });
-                        }
-                    }
-                }
+            Input::Stop(id) => self.stop_within(id, self.timeouts.kill, &mut out),
+            Input::StopWithin(id, grace) => {
+                self.stop_within(id, grace.min(self.timeouts.kill), &mut out);
             }
             Input::Hello(process) => {
                 if let Some(worker) = self.current_mut(process)
@@ -1243,6 +1242,27 @@ impl Lifecycle {
             }
         }
         out
+    }
+
+    /// [`Input::StopWithin`]: stops `id` gracefully, killing it if it outlives `grace`.
+    fn stop_within(&mut self, id: WorkerId, grace: Duration, out: &mut Vec<Command>) {
+        if self.can_stop(&id).is_err() {
+            return;
+        }
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match (worker.state.clone(), worker.process) {
+            (State::Backoff, _) | (_, None) => {
+                worker.state = State::Stopped;
+                worker.resume.clear();
+                out.push(Command::Emit(LifecycleEvent::WorkerStopped(id)));
+            }
+            (_, Some(process)) => {
+                worker.state = State::Draining;
+                out.push(Command::Stop { process, grace });
+            }
+        }
     }
 
     /// Asks the old process to hand its sessions to the replacement `to`.

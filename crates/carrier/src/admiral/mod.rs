@@ -109,6 +109,10 @@ pub struct AdmiralConfig {
     /// With ranges assigned in Redis: those this host's last admiral ran, whose clusters it
     /// may adopt.
     pub(crate) host_adoptable: Vec<u32>,
+    /// The services run once per bot that the last admiral of this host left running.
+    pub(crate) host_adoptable_services: Vec<String>,
+    /// How long before this host's lease could lapse it fences itself (on several hosts).
+    pub(crate) host_fence_margin: Duration,
 }
 
 /// Makes a cluster's own data from its id (`Fleet::cluster_data`), encoded.

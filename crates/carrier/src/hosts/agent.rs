@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::HostLease;
-use super::assign::{Assignment, ClaimError, Replanned, ReshardCommit};
+use super::assign::{Assignment, ClaimError, Owners, Replanned, ReshardCommit};
 use crate::ipc::proto::ShardSession;
 
 /// How long before its lease's end (on its own clock) a host fences itself: a fifth of the
@@ -59,6 +59,10 @@ pub(crate) enum HostEvent {
     Unfence,
     /// Cluster `cluster` is another host's now.
     Lose(u32),
+    /// Start service `name`, run once per bot: Redis assigns it to this host.
+    TakeService(String),
+    /// Service `name`, run once per bot, is another host's now.
+    LoseService(String),
     /// Hand cluster `cluster` on to a host with room (a planned move): close its shards
     /// resumably, record their sessions, then say so ([`Checkpoints::given`]).
     Give(u32),
@@ -67,8 +71,8 @@ pub(crate) enum HostEvent {
     /// The lease was renewed: the clusters may run their shards this long from now (until the
     /// fence would come up).
     Renewed(Duration),
-    /// Which host each range's owner entry names, when it changed.
-    Owners(BTreeMap<u32, String>),
+    /// Which host each range's and each service's owner entry names, when it changed.
+    Owners(Owners),
     /// The hosts of the bot with a live lease (those running no range too) and the most ranges
     /// each has room for, when they changed.
     Hosts(BTreeMap<String, u32>),
@@ -292,12 +296,16 @@ struct State<'a> {
     owned: BTreeMap<u32, String>,
     /// Handed every range on (a clean stop): it claims nothing more.
     drained: bool,
+    /// The services run once per bot that this host owns, with their owner entries.
+    services: BTreeMap<String, String>,
     /// The owners the router last heard of.
-    owners: BTreeMap<u32, String>,
+    owners: Owners,
     /// The live hosts the router last heard of.
     hosts: BTreeMap<String, u32>,
     /// What the next claim puts back, when not `owned` (nothing, once the lease lapsed).
     keep: Option<BTreeMap<u32, String>>,
+    /// The same, of the services.
+    keep_services: Option<BTreeMap<String, String>>,
 }
 
 impl HostAgent {
@@ -369,9 +377,11 @@ impl HostAgent {
             renewed: self.lease.taken_at,
             owned: BTreeMap::new(),
             drained: false,
-            owners: BTreeMap::new(),
+            services: BTreeMap::new(),
+            owners: Owners::default(),
             hosts: BTreeMap::new(),
             keep: None,
+            keep_services: None,
         };
         let stop = async move {
             while !*stopped.borrow_and_update() {
@@ -600,7 +610,7 @@ impl HostAgent {
         else {
             // Claimed afresh at the next turn: what Redis names this host's is taken then.
             state.owned.clear();
-            state.owners.clear();
+            state.owners = Owners::default();
             let owned = Vec::new();
             let _ = events
                 .send(HostEvent::Replanned {
@@ -614,7 +624,7 @@ impl HostAgent {
         let ranges = owned.keys().copied().collect();
         state.owned = owned;
         state.keep = None;
-        state.owners.clear();
+        state.owners = Owners::default();
         let _ = events
             .send(HostEvent::Replanned {
                 plan: replanned,
@@ -627,6 +637,7 @@ impl HostAgent {
     /// Claims what this host should run; tells the router what it takes and what it lost, and
     /// lifts the fence. `true` when Redis holds another plan than this host's.
     async fn claim(&self, state: &mut State<'_>, events: &mpsc::Sender<HostEvent>) -> bool {
+        let mut took = false;
         let Some(assignment) = &self.assignment else {
             state.fence.lower(0).await;
             return false;
@@ -639,10 +650,15 @@ impl HostAgent {
             return false;
         };
         let keep = state.keep.take().unwrap_or_else(|| state.owned.clone());
-        let claim = assignment.claim(open, &state.run_id, &keep);
-        let (now_owned, give) = match guarded(claim, limit, &mut state.fence).await {
+        let keep_services = state
+            .keep_services
+            .take()
+            .unwrap_or_else(|| state.services.clone());
+        let claim = assignment.claim(open, &state.run_id, &keep, &keep_services);
+        let (now_owned, now_services, give) = match guarded(claim, limit, &mut state.fence).await {
             Some(Ok(claimed)) => (
                 claimed.ranges,
+                claimed.services,
                 if self.rebalance { claimed.give } else { 0 },
             ),
             Some(Err(ClaimError::Plan(theirs))) => {
@@ -662,10 +678,25 @@ impl HostAgent {
             tracing::warn!(target: "fleet::hosts", range, "another host runs this range now");
             let _ = events.send(HostEvent::Lose(*range)).await;
         }
+        for service in state
+            .services
+            .keys()
+            .filter(|s| !now_services.contains_key(*s))
+        {
+            tracing::warn!(target: "fleet::hosts", service, "another host runs this service now");
+            let _ = events.send(HostEvent::LoseService(service.clone())).await;
+        }
+        for (service, owner) in &now_services {
+            if state.services.get(service) != Some(owner) {
+                took = true;
+                tracing::info!(target: "fleet::hosts", service, "took a service run once per bot");
+                let _ = events.send(HostEvent::TakeService(service.clone())).await;
+            }
+        }
+        state.services = now_services;
         let Some(open) = state.connection.as_mut() else {
             return false;
         };
-        let mut took = false;
         for (range, owner) in &now_owned {
             if state.owned.get(range) == Some(owner) {
                 continue;
@@ -816,6 +847,7 @@ impl HostAgent {
             drop(hint);
         }
         state.owned.clear();
+        state.services.clear();
     }
 
     /// Makes sure a connection is open (`false` when Redis cannot be reached now). A new one
@@ -844,6 +876,7 @@ impl State<'_> {
     /// The lease lapsed: the next claim puts nothing back.
     fn owned_lapsed(&mut self) {
         self.keep = Some(BTreeMap::new());
+        self.keep_services = Some(BTreeMap::new());
     }
 }
 

@@ -67,10 +67,16 @@ return 'OK'
 ///
 /// KEYS: assign, hosts, meta, assign:ver, recovery. ARGV: host id, incarnation, host key
 /// prefix, takeover grace (ms), range count, capacity, shard total, Redis's run id, recovery
-/// window (ms), then `range, owner entry` of each range this host runs and may keep (its lease
-/// cannot have lapsed). KEYS also: caps (each host's capacity). Returns how many ranges this
-/// host should hand to others, then a flat list `range, owner, ...` of this incarnation's
-/// ranges; or the error `NOLEASE` (this host holds no lease) or `PLAN`.
+/// window (ms), the number n of services run once per bot, their n names, then `field, owner
+/// entry` of each range (its number) and service (`svc:<name>`) this host runs and may keep
+/// (its lease cannot have lapsed). KEYS also: caps (each host's capacity). Returns how many
+/// ranges this host should hand to others, then a flat list `field, owner, ...` of this
+/// incarnation's ranges and services; or the error `NOLEASE` (this host holds no lease) or
+/// `PLAN`.
+///
+/// A service run once per bot is an `svc:<name>` entry in `assign`, taken by the same rules
+/// as a range. A host takes a free one while it runs no more of them than the live host
+/// running fewest, so they spread over the hosts; one is never moved from a live host.
 ///
 /// A host takes its fair share, `ceil(ranges / live hosts)` (at most its capacity), and more
 /// when the other live hosts could not take what would be left (their capacity); it hands on
@@ -96,7 +102,8 @@ if not total or redis.call('HGET', KEYS[3], 'run_id') ~= ARGV[8] then
   redis.call('SET', KEYS[5], '1', 'PX', ARGV[9])
 end
 local recovering = redis.call('EXISTS', KEYS[5]) == 1
-for i = 10, #ARGV, 2 do
+local services = tonumber(ARGV[10])
+for i = 11 + services, #ARGV, 2 do
   if not redis.call('HGET', KEYS[1], ARGV[i]) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end
@@ -105,33 +112,34 @@ local grace, ranges, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(A
 redis.call('HSET', KEYS[6], me, capacity)
 local live = math.max(redis.call('ZCOUNT', KEYS[2], now, '+inf'), 1)
 local fair = math.ceil(ranges / live)
+-- Whose an owner entry is: 'mine' (this incarnation's), 'past' (a past life of this host's:
+-- this incarnation holds the lease now), 'live' (another host's, under its live lease, with
+-- that host), 'free' (nobody's, or another host's whose lease is another incarnation's or gone
+-- with its deadline a grace behind), or 'dying' (gone, within the grace).
+local function whose(entry)
+  if not entry then return 'free' end
+  local host, inc = string.match(entry, '^([^|]*)|([^|]*)|')
+  if host == me and inc == incarnation then return 'mine' end
+  if host == me then return 'past' end
+  local holder = redis.call('GET', prefix .. host)
+  if holder == inc then return 'live', host end
+  local deadline = redis.call('ZSCORE', KEYS[2], host)
+  if holder or not deadline or tonumber(deadline) + grace <= now then return 'free' end
+  return 'dying'
+end
 -- Ranges each other host runs under its live lease.
 local counts = {}
 local mine, free = {}, {}
 for r = 0, ranges - 1 do
-  local owner = redis.call('HGET', KEYS[1], r)
-  if not owner then
+  local state, host = whose(redis.call('HGET', KEYS[1], r))
+  if state == 'mine' then
+    table.insert(mine, r)
+  elseif state == 'past' then
+    table.insert(free, 1, r)
+  elseif state == 'free' then
     table.insert(free, r)
-  else
-    local host, inc = string.match(owner, '^([^|]*)|([^|]*)|')
-    if host == me and inc == incarnation then
-      table.insert(mine, r)
-    elseif host == me then
-      -- A past life of this host: this incarnation holds the lease now.
-      table.insert(free, 1, r)
-    else
-      -- Another host's: taken when its lease is another incarnation's, or gone with its
-      -- deadline a grace behind.
-      local holder = redis.call('GET', prefix .. host)
-      if holder == inc then
-        counts[host] = (counts[host] or 0) + 1
-      else
-        local deadline = redis.call('ZSCORE', KEYS[2], host)
-        if holder or not deadline or tonumber(deadline) + grace <= now then
-          table.insert(free, r)
-        end
-      end
-    end
+  elseif state == 'live' then
+    counts[host] = (counts[host] or 0) + 1
   end
 end
 local epoch = tostring(tonumber(t[1]) * 1000000 + tonumber(t[2]))
@@ -160,6 +168,37 @@ for _, r in ipairs(free) do
   if recovering or (#out - 1) / 2 >= share then break end
   redis.call('HSET', KEYS[1], r, owner)
   table.insert(out, r)
+  table.insert(out, owner)
+  claimed = true
+end
+-- Services run once per bot: each host's count, and those free to take.
+local ran, open = {}, {}
+for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do ran[h] = 0 end
+ran[me] = 0
+for i = 11, 10 + services do
+  local field = 'svc:' .. ARGV[i]
+  local entry = redis.call('HGET', KEYS[1], field)
+  local state, host = whose(entry)
+  if state == 'mine' then
+    ran[me] = ran[me] + 1
+    table.insert(out, field)
+    table.insert(out, entry)
+  elseif state == 'past' then
+    table.insert(open, 1, field)
+  elseif state == 'free' then
+    table.insert(open, field)
+  elseif state == 'live' then
+    ran[host] = (ran[host] or 0) + 1
+  end
+end
+for _, field in ipairs(open) do
+  if recovering then break end
+  local fewest = ran[me]
+  for _, n in pairs(ran) do fewest = math.min(fewest, n) end
+  if ran[me] > fewest then break end
+  redis.call('HSET', KEYS[1], field, owner)
+  ran[me] = ran[me] + 1
+  table.insert(out, field)
   table.insert(out, owner)
   claimed = true
 end
@@ -240,6 +279,14 @@ for i = 8, #ARGV, 3 do
   table.insert(entries, ARGV[i])
   table.insert(entries, entry)
 end
+-- The services run once per bot stay where they run.
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 4) == 'svc:' then
+    table.insert(entries, all[i])
+    table.insert(entries, all[i + 1])
+  end
+end
 redis.call('DEL', KEYS[2])
 for i = 1, #entries, 2 do
   redis.call('HSET', KEYS[2], entries[i], entries[i + 1])
@@ -293,11 +340,25 @@ pub(crate) struct Replanned {
     pub at_ms: u64,
 }
 
+/// Which host each range and each service run once per bot is assigned to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Owners {
+    /// By range.
+    pub ranges: BTreeMap<u32, String>,
+    /// By service name.
+    pub services: BTreeMap<String, String>,
+}
+
+/// The prefix of a service's field in `assign`.
+const SERVICE_FIELD: &str = "svc:";
+
 /// What a claim left this host with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Claimed {
     /// The ranges it owns, with their owner entries.
     pub ranges: BTreeMap<u32, String>,
+    /// The services run once per bot that it owns, with their owner entries.
+    pub services: BTreeMap<String, String>,
     /// How many of them it should hand to hosts with room.
     pub give: usize,
 }
@@ -320,6 +381,8 @@ pub(crate) struct Assignment {
     prefix: String,
     /// The bot's whole plan: one range per cluster.
     plan: ShardPlan,
+    /// The services run once per bot that this host can run.
+    services: Vec<String>,
     /// The most ranges this host runs.
     capacity: u32,
     /// How long after a dead host's lease deadline its ranges may be taken.
@@ -355,10 +418,17 @@ impl Assignment {
             incarnation: incarnation.to_owned(),
             prefix: format!("fleet:{{{fleet_id}}}:"),
             plan,
+            services: Vec::new(),
             capacity: capacity.max(1),
             grace: super::agent::takeover_grace(ttl),
             recovery: ttl * 2,
         }
+    }
+
+    /// Also claims these services run once per bot.
+    pub(crate) fn with_services(mut self, services: Vec<String>) -> Self {
+        self.services = services;
+        self
     }
 
     fn key(&self, name: &str) -> String {
@@ -393,14 +463,15 @@ impl Assignment {
         joined.map(drop).map_err(|e| claim_error(&e))
     }
 
-    /// Claims what this host should take and returns every range it owns, with its owner entry.
-    /// `keep` are the ranges it runs (with their owner entries) that Redis should know as its
-    /// own: put back if Redis forgot them.
+    /// Claims what this host should take and returns every range and service it owns, with
+    /// its owner entry. `keep` are the ranges and `keep_services` the services it runs (with
+    /// their owner entries) that Redis should know as its own: put back if Redis forgot them.
     pub(crate) async fn claim(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
         run_id: &str,
         keep: &BTreeMap<u32, String>,
+        keep_services: &BTreeMap<String, String>,
     ) -> Result<Claimed, ClaimError> {
         let script = redis::Script::new(CLAIM);
         let mut claim = script.prepare_invoke();
@@ -419,9 +490,14 @@ impl Assignment {
             .arg(self.capacity)
             .arg(self.plan.shard_total)
             .arg(run_id)
-            .arg(millis(self.recovery));
+            .arg(millis(self.recovery))
+            .arg(self.services.len())
+            .arg(&self.services);
         for (range, entry) in keep {
             claim.arg(range).arg(entry);
+        }
+        for (service, entry) in keep_services {
+            claim.arg(format!("{SERVICE_FIELD}{service}")).arg(entry);
         }
         let claimed: redis::RedisResult<Vec<redis::Value>> = claim.invoke_async(connection).await;
         let flat = claimed.map_err(|e| claim_error(&e))?;
@@ -430,17 +506,28 @@ impl Assignment {
             .and_then(|g| redis::from_redis_value_ref::<usize>(g).ok())
             .unwrap_or(0);
         let mut ranges = BTreeMap::new();
+        let mut services = BTreeMap::new();
         for pair in flat.get(1..).unwrap_or_default().chunks(2) {
-            let [range, entry] = pair else { continue };
-            let range: Option<u32> = redis::from_redis_value_ref(range).ok();
-            let entry: Option<String> = redis::from_redis_value_ref(entry).ok();
-            if let (Some(range), Some(entry)) = (range, entry)
-                && (range as usize) < self.plan.clusters.len()
+            let [field, entry] = pair else { continue };
+            let Ok(entry) = redis::from_redis_value_ref::<String>(entry) else {
+                continue;
+            };
+            if let Ok(range) = redis::from_redis_value_ref::<u32>(field) {
+                if (range as usize) < self.plan.clusters.len() {
+                    ranges.insert(range, entry);
+                }
+            } else if let Ok(field) = redis::from_redis_value_ref::<String>(field)
+                && let Some(service) = field.strip_prefix(SERVICE_FIELD)
+                && self.services.iter().any(|s| s == service)
             {
-                ranges.insert(range, entry);
+                services.insert(service.to_owned(), entry);
             }
         }
-        Ok(Claimed { ranges, give })
+        Ok(Claimed {
+            ranges,
+            services,
+            give,
+        })
     }
 
     /// The ranges Redis names this incarnation the owner of (an admiral adopting the workers of
@@ -450,6 +537,25 @@ impl Assignment {
         connection: &mut redis::aio::MultiplexedConnection,
     ) -> Result<Vec<u32>, ClaimError> {
         Ok(self.owned_entries(connection).await?.into_keys().collect())
+    }
+
+    /// The services run once per bot that Redis names this incarnation the owner of.
+    pub(crate) async fn owned_services(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Vec<String>, ClaimError> {
+        let entries: redis::RedisResult<BTreeMap<String, String>> = redis::cmd("HGETALL")
+            .arg(self.key("assign"))
+            .query_async(connection)
+            .await;
+        let prefix = format!("{}|{}|", self.host, self.incarnation);
+        Ok(entries
+            .map_err(|e| claim_error(&e))?
+            .into_iter()
+            .filter(|(_, owner)| owner.starts_with(&prefix))
+            .filter_map(|(field, _)| Some(field.strip_prefix(SERVICE_FIELD)?.to_owned()))
+            .filter(|service| self.services.contains(service))
+            .collect())
     }
 
     /// [`Assignment::owned`], with each range's owner entry.
@@ -616,26 +722,34 @@ impl Assignment {
             .collect())
     }
 
-    /// Which host each range's owner entry names (the owner may be gone: its lease is not
-    /// looked at). Ranges outside the plan and malformed entries are left out.
+    /// Which host each range's and each service's owner entry names (the owner may be gone:
+    /// its lease is not looked at). Ranges outside the plan, services this host does not know
+    /// of and malformed entries are left out.
     pub(crate) async fn owners(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<BTreeMap<u32, String>, ClaimError> {
+    ) -> Result<Owners, ClaimError> {
         let entries: redis::RedisResult<BTreeMap<String, String>> = redis::cmd("HGETALL")
             .arg(self.key("assign"))
             .query_async(connection)
             .await;
         let entries = entries.map_err(|e| claim_error(&e))?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|(range, entry)| {
-                let range: u32 = range.parse().ok()?;
-                let host = entry.split('|').next()?;
-                ((range as usize) < self.plan.clusters.len() && !host.is_empty())
-                    .then(|| (range, host.to_owned()))
-            })
-            .collect())
+        let mut owners = Owners::default();
+        for (field, entry) in entries {
+            let Some(host) = entry.split('|').next().filter(|h| !h.is_empty()) else {
+                continue;
+            };
+            if let Ok(range) = field.parse::<u32>() {
+                if (range as usize) < self.plan.clusters.len() {
+                    owners.ranges.insert(range, host.to_owned());
+                }
+            } else if let Some(service) = field.strip_prefix(SERVICE_FIELD)
+                && self.services.iter().any(|s| s == service)
+            {
+                owners.services.insert(service.to_owned(), host.to_owned());
+            }
+        }
+        Ok(owners)
     }
 
     /// The hosts of the bot whose lease is live on Redis's clock (those that run no range

@@ -6,8 +6,9 @@
 //! refuses when another incarnation holds the key: two machines given one host id. A clean stop
 //! deletes the key if it is still this incarnation's.
 //!
-//! With the lease come the ranges ([`assign`]): which host runs which of the bot's clusters,
-//! claimed and handed on in Redis, and the sessions their shards resume from on the next host.
+//! With the lease come the ranges ([`assign`]): which host runs which of the bot's clusters
+//! (and which runs each service run once per bot), claimed and handed on in Redis, and the
+//! sessions their shards resume from on the next host.
 //! The admiral's [`agent`] keeps all of it, and fences the host before its lease can lapse.
 //! Between the hosts' admirals runs the [`bus`] (Redis Pub/Sub): calls to another host's
 //! clusters, their answers, broadcasts, and the hint that the assignment changed. The central

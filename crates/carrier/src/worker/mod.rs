@@ -37,6 +37,9 @@ pub struct ServiceOptions {
     pub depends_on: Vec<String>,
     /// How long it has to become ready. Default `None`: the fleet's `service_ready_timeout`.
     pub start_timeout: Option<std::time::Duration>,
+    /// On a bot split across hosts, it runs once for the whole bot (on the host Redis assigns
+    /// it to) rather than on every host. Default `false`.
+    pub once_per_bot: bool,
 }
 
 impl ServiceOptions {
@@ -57,6 +60,17 @@ impl ServiceOptions {
     #[must_use]
     pub fn start_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.start_timeout = Some(timeout);
+        self
+    }
+
+    /// Runs once for the whole bot when it is split across hosts (a poster of guild counts,
+    /// a scheduler): Redis assigns it to one host, a call from any host reaches it there, and
+    /// when that host dies or fences itself another host starts it. Services that run on every
+    /// host may not depend on it. On one host it runs as any service; so does a service created
+    /// at runtime ([`Ipc::create_service`]), on the host that created it.
+    #[must_use]
+    pub fn once_per_bot(mut self) -> Self {
+        self.once_per_bot = true;
         self
     }
 }

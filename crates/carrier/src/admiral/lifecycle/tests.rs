@@ -1091,6 +1091,7 @@ fn spec(name: &str, depends_on: &[&str], start_timeout: Option<Duration>) -> Ser
         kind: "kind".to_owned(),
         depends_on: depends_on.iter().map(|d| (*d).to_owned()).collect(),
         start_timeout,
+        once_per_bot: false,
     }
 }
 
@@ -1659,4 +1660,17 @@ fn a_lost_cluster_stops_and_leaves_the_fleet_without_resuming_anything() {
         resume: Vec::new(),
     });
     assert_eq!(spawned(&out).len(), 1);
+}
+
+#[test]
+fn a_service_on_every_host_may_not_depend_on_one_run_once_per_bot() {
+    let mut once = spec("poster", &[], None);
+    once.once_per_bot = true;
+    let every = spec("cache", &["poster"], None);
+    let refused = ServiceSpec::check_all(&[once.clone(), every]).unwrap_err();
+    assert!(refused.contains("runs once per bot"), "{refused}");
+    // The other way round waits on a service every host runs: fine.
+    let mut after = spec("after", &["cache"], None);
+    after.once_per_bot = true;
+    ServiceSpec::check_all(&[once, spec("cache", &[], None), after]).unwrap();
 }

@@ -61,6 +61,20 @@ impl Router {
                 .iter()
                 .map(|c| Target::Cluster(c.id))
                 .collect()
+        } else if group == Group::Services && self.config.host_bus.is_some() {
+            // This host's services, and those run once per bot wherever they run.
+            let mut targets: Vec<Target> = self
+                .lifecycle
+                .workers()
+                .filter_map(|w| match &w.id {
+                    WorkerId::Service(name) if !self.singletons.is_singleton(name) => {
+                        Some(w.id.target())
+                    }
+                    _ => None,
+                })
+                .collect();
+            targets.extend(self.singletons.names().cloned().map(Target::Service));
+            targets
         } else {
             self.lifecycle
                 .workers()

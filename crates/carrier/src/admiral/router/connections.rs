@@ -252,10 +252,13 @@ impl Router {
                     || (self.config.host_bus.is_some()
                         && self.plan.clusters.iter().any(|c| c.id == *id))
             }
-            Target::Service(name) => self
-                .lifecycle
-                .worker(&WorkerId::Service(name.clone()))
-                .is_some(),
+            Target::Service(name) => {
+                self.lifecycle
+                    .worker(&WorkerId::Service(name.clone()))
+                    .is_some()
+                    // Run once per bot: on whichever host Redis assigns it to.
+                    || self.singletons.is_singleton(name)
+            }
         };
         if exists {
             Ok(())

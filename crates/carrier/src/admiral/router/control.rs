@@ -82,6 +82,9 @@ impl Router {
             // closes and hands its session over, the agent writes them and gives the ranges up.
             self.handing_off = true;
             self.lifecycle_input(Input::Fence);
+            // A service run once per bot stops before it is given up: the host that takes it
+            // over never runs it beside this one.
+            self.park_singletons();
             self.arm(super::Timer::HandOff, super::hosts::HAND_OFF_WITHIN);
             self.hand_off_if_fenced();
             return;

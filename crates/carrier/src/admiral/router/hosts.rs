@@ -1,12 +1,19 @@
 //! This host's part of a fleet on several hosts: what the host agent decides (ranges taken and
 //! lost, the fence) reaches the lifecycle here, and the sessions the clusters checkpoint go to
 //! the agent, which writes them to Redis for whichever host runs the range next.
+//!
+//! A service run once per bot ([`ServiceSpec::once_per_bot`]) runs on the host Redis assigns
+//! it to: started when taken, stopped when lost or when the host fences itself (its lease may
+//! have lapsed, so another host may take it), and started again when the fence lifts while it
+//! is still this host's.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::Router;
 use super::calls::Waiter;
-use crate::admiral::lifecycle::{Input, ProcessId};
+use crate::admiral::WorkerId;
+use crate::admiral::lifecycle::{Input, ProcessId, RestartMode, ServiceSpec, State};
 use crate::hosts::agent::HostEvent;
 use crate::ipc::proto::{Refusal, Reply, ShardSession};
 
@@ -16,6 +23,54 @@ pub(super) const HAND_OFF_WITHIN: Duration = Duration::from_secs(5);
 
 /// How often identifies held while fenced are looked at again.
 const GRANTS_CHECKED_EVERY: Duration = Duration::from_millis(250);
+
+/// The services run once per bot, on a host of a bot split across hosts.
+#[derive(Debug, Default)]
+pub(super) struct Singletons {
+    /// Their specs, by name.
+    specs: BTreeMap<String, ServiceSpec>,
+    /// Those Redis assigns to this host.
+    owned: BTreeSet<String>,
+    /// Those of `owned` to start (again) once this host may run them and they are stopped.
+    wanted: BTreeSet<String>,
+}
+
+impl Singletons {
+    /// Splits `services` into those run once per bot, started when Redis assigns them here
+    /// (with `assigned`: on several hosts, with ranges assigned in Redis), and those the
+    /// lifecycle launches: every other, and the ones `adopted` (the last admiral of this host
+    /// ran them, and Redis still names this host).
+    pub(super) fn split(
+        services: &[ServiceSpec],
+        assigned: bool,
+        adopted: &[String],
+    ) -> (Self, Vec<ServiceSpec>) {
+        let mut singletons = Self::default();
+        let mut launched = Vec::new();
+        for spec in services {
+            if assigned && spec.once_per_bot {
+                if adopted.contains(&spec.name) {
+                    singletons.owned.insert(spec.name.clone());
+                    launched.push(spec.clone());
+                }
+                singletons.specs.insert(spec.name.clone(), spec.clone());
+            } else {
+                launched.push(spec.clone());
+            }
+        }
+        (singletons, launched)
+    }
+
+    /// Whether `name` is a service run once per bot.
+    pub(super) fn is_singleton(&self, name: &str) -> bool {
+        self.specs.contains_key(name)
+    }
+
+    /// Their names.
+    pub(super) fn names(&self) -> impl Iterator<Item = &String> {
+        self.specs.keys()
+    }
+}
 
 impl Router {
     /// What the host agent decided.
@@ -39,14 +94,20 @@ impl Router {
                 tracing::info!(target: "fleet::hosts", cluster, resumes = resume.len(), "starting a range this host took");
                 self.lifecycle_input(Input::Take { cluster, resume });
             }
-            HostEvent::Fence => self.lifecycle_input(Input::Fence),
+            HostEvent::Fence => {
+                self.lifecycle_input(Input::Fence);
+                self.park_singletons();
+            }
             HostEvent::Unfence => {
                 // Before the held sessions reach the clusters' shards, which resume them.
                 self.send_licence();
                 self.lifecycle_input(Input::Unfence);
                 self.release_fenced_grants();
+                self.start_singletons();
             }
             HostEvent::Lose(cluster) => self.lifecycle_input(Input::Lose(cluster)),
+            HostEvent::TakeService(name) => self.take_singleton(name),
+            HostEvent::LoseService(name) => self.lose_singleton(&name),
             HostEvent::Give(cluster) => self.give(cluster),
             HostEvent::Drained => self.handed_off(),
             HostEvent::Renewed(valid) => self.license(valid),
@@ -56,6 +117,92 @@ impl Router {
             HostEvent::Undelivered(forward) => self.on_undelivered(forward),
             HostEvent::Replanned { plan, owned } => self.on_replanned(&plan, owned),
             HostEvent::CommitFailed { id, reason } => self.split_commit_failed(&id, &reason),
+        }
+    }
+
+    /// Redis assigns service `name` (run once per bot) to this host: it starts, unless the
+    /// host is fenced (then it starts when the fence lifts).
+    fn take_singleton(&mut self, name: String) {
+        if !self.singletons.is_singleton(&name) {
+            return;
+        }
+        self.singletons.owned.insert(name.clone());
+        self.singletons.wanted.insert(name);
+        self.start_singletons();
+    }
+
+    /// Service `name` (run once per bot) is another host's now: it stops here.
+    fn lose_singleton(&mut self, name: &str) {
+        self.singletons.owned.remove(name);
+        self.singletons.wanted.remove(name);
+        let id = WorkerId::Service(name.to_owned());
+        if self.lifecycle.can_stop(&id).is_ok() {
+            // The other host may run it already: no grace.
+            tracing::warn!(target: "fleet::hosts", service = name, "another host runs this service now: killing it here");
+            self.lifecycle_input(Input::StopNow(id));
+        }
+    }
+
+    /// The fence came up, or the host stops: every service run once per bot stops, killed if
+    /// it outlives half the fence's margin (another host may take it once the lease lapses, a
+    /// margin and a grace later), to start again when the fence lifts if it is still this
+    /// host's.
+    pub(super) fn park_singletons(&mut self) {
+        let owned: Vec<String> = self.singletons.owned.iter().cloned().collect();
+        let grace = self.config.host_fence_margin / 2;
+        for name in owned {
+            let id = WorkerId::Service(name.clone());
+            if self.lifecycle.can_stop(&id).is_ok() {
+                tracing::warn!(target: "fleet::hosts", service = %name, "this host is fenced or stops: stopping a service run once per bot");
+                self.lifecycle_input(Input::StopWithin(id, grace));
+            }
+            self.singletons.wanted.insert(name);
+        }
+    }
+
+    /// Starts each service run once per bot that Redis assigns to this host and that is not
+    /// running (a stopped one once it has exited), unless the host is fenced or stopping.
+    /// Called when one is taken, when the fence lifts and when a process exits.
+    pub(super) fn start_singletons(&mut self) {
+        if self.singletons.wanted.is_empty()
+            || self.fenced_now()
+            || self.handing_off
+            || self.lifecycle.is_stopping()
+        {
+            return;
+        }
+        let wanted: Vec<String> = self.singletons.wanted.iter().cloned().collect();
+        for name in wanted {
+            let id = WorkerId::Service(name.clone());
+            let state = self.lifecycle.worker(&id).map(|w| w.state.clone());
+            match state {
+                None => {
+                    let Some(spec) = self.singletons.specs.get(&name).cloned() else {
+                        continue;
+                    };
+                    match self.lifecycle.can_add_service(&spec) {
+                        Ok(()) => {
+                            tracing::info!(target: "fleet::hosts", service = %name, "starting a service run once per bot, assigned to this host");
+                            self.lifecycle_input(Input::AddService(spec));
+                        }
+                        Err(why) => {
+                            tracing::error!(target: "fleet::hosts", service = %name, why, "cannot start a service run once per bot");
+                        }
+                    }
+                }
+                Some(State::Stopped) => {
+                    if self.lifecycle.can_restart(&id, RestartMode::Hard).is_err() {
+                        continue;
+                    }
+                    tracing::info!(target: "fleet::hosts", service = %name, "starting a service run once per bot again");
+                    self.lifecycle_input(Input::Restart(id, RestartMode::Hard));
+                }
+                // Stopping: started again once it has exited.
+                Some(State::Draining) => continue,
+                // Running (or failed for good, which only a restart asked for starts again).
+                Some(_) => {}
+            }
+            self.singletons.wanted.remove(&name);
         }
     }
 
@@ -235,10 +382,16 @@ impl Router {
                 .any(|c| c.id == cluster && c.shards().contains(&shard))
     }
 
-    /// A stopping host whose clusters all handed their sessions over asks the agent to hand
-    /// the ranges on.
+    /// A stopping host whose clusters all handed their sessions over, and whose services run
+    /// once per bot have exited, asks the agent to hand the ranges and services on.
     pub(super) fn hand_off_if_fenced(&self) {
+        let singletons_out = self.singletons.names().all(|name| {
+            self.lifecycle
+                .worker(&WorkerId::Service(name.clone()))
+                .is_none_or(|w| w.state.is_terminal())
+        });
         if self.handing_off
+            && singletons_out
             && self.lifecycle.fence_complete()
             && let Some(checkpoints) = &self.config.host_checkpoints
         {
@@ -274,5 +427,38 @@ impl Router {
         if sessions.iter().all(|s| range.shards().contains(&s.shard)) {
             checkpoints.record(cluster, plan.shard_total, sessions);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs() -> Vec<ServiceSpec> {
+        let mut once = ServiceSpec::named("poster");
+        once.once_per_bot = true;
+        let mut adopted = ServiceSpec::named("ticker");
+        adopted.once_per_bot = true;
+        vec![ServiceSpec::named("echo"), once, adopted]
+    }
+
+    fn names(specs: &[ServiceSpec]) -> Vec<&str> {
+        specs.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn services_run_once_per_bot_wait_for_redis_unless_adopted_and_run_as_any_on_one_host() {
+        let (singletons, launched) = Singletons::split(&specs(), true, &["ticker".to_owned()]);
+        assert_eq!(names(&launched), ["echo", "ticker"]);
+        assert!(singletons.is_singleton("poster") && singletons.is_singleton("ticker"));
+        assert!(!singletons.is_singleton("echo"));
+        assert_eq!(
+            singletons.owned.iter().collect::<Vec<_>>(),
+            ["ticker"],
+            "the adopted one is this host's until Redis says otherwise"
+        );
+        let (alone, launched) = Singletons::split(&specs(), false, &[]);
+        assert_eq!(names(&launched), ["echo", "poster", "ticker"]);
+        assert!(!alone.is_singleton("poster"));
     }
 }

@@ -131,6 +131,8 @@ pub(crate) struct Router {
     giving: std::collections::BTreeMap<u32, ProcessId>,
     /// A reshard of the bot split across hosts under way.
     split: Option<split::SplitReshard>,
+    /// The services run once per bot, on several hosts: which this host runs.
+    singletons: hosts::Singletons,
 }
 
 impl Router {
@@ -153,7 +155,14 @@ impl Router {
         } else {
             config.plan.clusters.iter().map(|c| c.id).collect()
         };
-        let lifecycle = Lifecycle::new(config.services.iter().cloned(), clusters, config.timeouts)
+        // On several hosts, a service run once per bot starts when Redis assigns it here
+        // (unless this admiral adopts it from the last one).
+        let (singletons, services) = hosts::Singletons::split(
+            &config.services,
+            config.host_checkpoints.is_some(),
+            &config.host_adoptable_services,
+        );
+        let lifecycle = Lifecycle::new(services, clusters, config.timeouts)
             .with_restarts(config.restart)
             .with_soft_kill_notice(config.soft_kill_notice);
         let command = Arc::new(config.worker_command.clone());
@@ -195,6 +204,7 @@ impl Router {
             licence_until: None,
             giving: std::collections::BTreeMap::new(),
             split: None,
+            singletons,
         }
     }
 

@@ -6,9 +6,10 @@
 //! host listens, the host gave the range up, or it does not run the cluster).
 //!
 //! Broadcasts go to every host on `bus:all`; each delivers to its own workers. Services run on
-//! every host, so a service is always asked on this host.
+//! every host, so a service is asked on this host; except one run once per bot, which Redis
+//! assigns to one host like a range and is reached there the same way as a cluster.
 //!
-//! Restarts and stops of one cluster are relayed whole to its host, and its reply comes back
+//! Restarts and stops of one cluster (or service run once per bot) are relayed whole to its host, and its reply comes back
 //! as it is. Requests about the whole bot (a rolling restart of every cluster, the workers
 //! list) ask each other host's admiral for its own part and merge the parts ([`Merge`]); stats
 //! gather each host's own snapshot and sum them ([`Gather`]). A host asked for its part never
@@ -99,6 +100,8 @@ pub(super) enum Body {
 pub(super) struct Remote {
     /// Which host runs each range, as Redis last said.
     owners: BTreeMap<u32, String>,
+    /// Which host runs each service run once per bot, as Redis last said.
+    service_owners: BTreeMap<String, String>,
     /// The hosts with a live lease, as Redis last said (those running no range too), and the
     /// most ranges each has room for.
     hosts: BTreeMap<String, u32>,
@@ -150,20 +153,33 @@ impl Remote {
 }
 
 impl Router {
-    /// The other host that runs `target` now, when it is a cluster this host does not run.
+    /// The other host that runs `target` now, when it is a cluster or a service run once per
+    /// bot that this host does not run.
     pub(super) fn remote_owner(&self, target: &Target) -> Option<String> {
         let bus = self.config.host_bus.as_ref()?;
-        let Target::Cluster(cluster) = target else {
-            return None;
+        let host = match target {
+            Target::Cluster(cluster) => {
+                let here = self
+                    .lifecycle
+                    .worker(&WorkerId::Cluster(*cluster))
+                    .is_some_and(|w| !w.retired && !w.state.is_terminal());
+                if here {
+                    return None;
+                }
+                self.remote.owners.get(cluster)?
+            }
+            Target::Service(name) if self.singletons.is_singleton(name) => {
+                let here = self
+                    .lifecycle
+                    .worker(&WorkerId::Service(name.clone()))
+                    .is_some_and(|w| !w.state.is_terminal());
+                if here {
+                    return None;
+                }
+                self.remote.service_owners.get(name)?
+            }
+            _ => return None,
         };
-        let here = self
-            .lifecycle
-            .worker(&WorkerId::Cluster(*cluster))
-            .is_some_and(|w| !w.retired && !w.state.is_terminal());
-        if here {
-            return None;
-        }
-        let host = self.remote.owners.get(cluster)?;
         (host != bus.host()).then(|| host.clone())
     }
 
@@ -396,17 +412,21 @@ impl Router {
         }
     }
 
-    /// Which host runs which range now (from Redis): forwards to hosts that run nothing any
-    /// more end as unavailable.
-    pub(super) fn on_owners(&mut self, owners: BTreeMap<u32, String>) {
+    /// Which host runs which range and which service run once per bot now (from Redis):
+    /// forwards to hosts that run nothing any more end as unavailable.
+    pub(super) fn on_owners(&mut self, owners: crate::hosts::assign::Owners) {
         let gone: Vec<ProcessId> = self
             .remote
             .processes
             .iter()
-            .filter(|(host, _)| !owners.values().any(|h| h == *host))
+            .filter(|(host, _)| {
+                !owners.ranges.values().any(|h| h == *host)
+                    && !owners.services.values().any(|h| h == *host)
+            })
             .map(|(_, process)| *process)
             .collect();
-        self.remote.owners = owners;
+        self.remote.owners = owners.ranges;
+        self.remote.service_owners = owners.services;
         for process in gone {
             for answer in self.calls.orphaned(process) {
                 self.answer(answer);
@@ -648,7 +668,12 @@ impl Router {
         // A rolling restart of the other host's clusters goes to its admiral.
         let rolling = target == Target::Admiral
             && matches!(&ask, Ask::Relay(r) if matches!(**r, Request::RestartAll { group: crate::ipc::proto::Group::Clusters, .. } | Request::Workers));
-        if !matches!(target, Target::Cluster(_)) && !rolling {
+        let reachable = match &target {
+            Target::Cluster(_) => true,
+            Target::Service(name) => self.singletons.is_singleton(name),
+            Target::Admiral => false,
+        };
+        if !reachable && !rolling {
             let error = format!("{target} is not reached across hosts");
             self.reply(waiter, Reply::Outcome(Outcome::Error(error)));
             return;

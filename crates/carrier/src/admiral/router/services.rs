@@ -65,5 +65,6 @@ pub(super) fn spec(
         kind,
         depends_on,
         start_timeout: start_timeout_ms.map(crate::ipc::proto::clamp_timeout),
+        once_per_bot: false,
     }
 }

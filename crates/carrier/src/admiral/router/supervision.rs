@@ -347,6 +347,9 @@ impl Router {
         }
         self.record_workers();
         self.lifecycle_input(Input::Exited(process, code));
+        // A service run once per bot that was stopped here to start again, or to be given up.
+        self.start_singletons();
+        self.hand_off_if_fenced();
     }
 
     /// A connection ended: its identify waits are dropped, its forwards answered as
