@@ -496,6 +496,10 @@ impl Fleet {
             .filter(|s| s.once_per_bot)
             .map(|s| s.name.clone())
             .collect();
+        // This host's lease in Redis lasts this long unless renewed.
+        let host_lease_ttl = options
+            .host_lease_ttl
+            .clamp(Duration::from_secs(3), Duration::from_mins(10));
         let (host, host_checkpoints, host_bus, host_store) = match &options.redis_url {
             Some(url) => {
                 let host = match &options.host_id {
@@ -504,9 +508,7 @@ impl Fleet {
                 };
                 admiral::check_fleet_id(&host)
                     .map_err(|e| FleetError::FleetId(format!("host id: {e}")))?;
-                let ttl = options
-                    .host_lease_ttl
-                    .clamp(Duration::from_secs(3), Duration::from_mins(10));
+                let ttl = host_lease_ttl;
                 // Adopting the workers of an admiral of this host that was re-executed (or
                 // died): its lease and ranges go on as this one's.
                 let incarnation = adopting
@@ -713,11 +715,7 @@ impl Fleet {
             host_store,
             host_adoptable: adoptable,
             host_adoptable_services: adoptable_services,
-            host_fence_margin: crate::hosts::fence_margin(
-                options
-                    .host_lease_ttl
-                    .clamp(Duration::from_secs(3), Duration::from_mins(10)),
-            ),
+            host_fence_margin: crate::hosts::fence_margin(host_lease_ttl),
             soft_kill_notice: options.soft_kill_notice,
             checkpoint_interval: if options.checkpoint_interval.is_zero() {
                 Duration::ZERO
