@@ -73,6 +73,7 @@
 //! }
 //! ```
 
+pub mod cache;
 mod handed;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+pub use cache::Cache;
 use carrier::cluster::{ClusterLink, Held, Placement, ShardReporter, Shards};
 use carrier::ipc::proto::ShardSession;
 pub use carrier::worker::BoxError;
@@ -93,7 +95,7 @@ pub use carrier::{
 use carrier::{ClusterContext as CarrierContext, ClusterRunner, Fetch, ShardEvent};
 use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
-pub use twilight_cache_inmemory::{DefaultInMemoryCache, ResourceType};
+pub use twilight_cache_inmemory::ResourceType;
 use twilight_gateway::queue::Queue;
 use twilight_gateway::{
     CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, MessageSender, Session, Shard,
@@ -129,7 +131,7 @@ pub struct ClusterContext {
     pub senders: ShardSenders,
     /// The cluster's cache, filled from every shard's events before the worker sees them (the
     /// kinds in [`Settings::cache`]). Other workers read it through `Ipc::fetch_*`.
-    pub cache: Arc<DefaultInMemoryCache>,
+    pub cache: Arc<Cache>,
     /// Whether a shard is replaying what a crashed process of this cluster may have handled
     /// already: after a crash the replacement resumes each session from its last checkpoint
     /// (`FleetOptions::checkpoint_interval`), and until the shard's RESUMED the events it gets
@@ -466,11 +468,7 @@ async fn run_cluster<W: ClusterWorker>(
     }
     let shard_ids = assignment.first_shard..=assignment.last_shard;
     let senders = ShardSenders::default();
-    let cache = Arc::new(
-        DefaultInMemoryCache::builder()
-            .resource_types(settings.cache)
-            .build(),
-    );
+    let cache = Arc::new(Cache::builder().resource_types(settings.cache).build());
     link.set_fetch_handler(fetch_handler(cache.clone()));
     let counted = cache.clone();
     link.set_guild_counter(Arc::new(move || counted.stats().guilds() as u64));
@@ -534,7 +532,7 @@ struct TwilightShards<W> {
     shard_ids: RangeInclusive<u32>,
     shard_total: u32,
     event_types: EventTypeFlags,
-    cache: Arc<DefaultInMemoryCache>,
+    cache: Arc<Cache>,
     /// Refills the cache over REST after a crash resume.
     http: Arc<twilight_http::Client>,
     worker: Arc<W>,
@@ -744,10 +742,10 @@ impl ShardSenders {
     }
 }
 
-/// Answers other workers' `Ipc::fetch_*` from the cluster's cache, in Discord's JSON shape: users
-/// and channels as twilight's models, guilds as twilight's `CachedGuild` (no member or channel
-/// lists), members with their user object embedded.
-fn fetch_handler(cache: Arc<DefaultInMemoryCache>) -> carrier::FetchHandler {
+/// Answers other workers' `Ipc::fetch_*` from the cluster's cache, in Discord's JSON shape with
+/// the fields the [`cache`] models keep: guilds without member or channel lists, members with
+/// their user object embedded.
+fn fetch_handler(cache: Arc<Cache>) -> carrier::FetchHandler {
     Arc::new(move |query| {
         let json = match query {
             Fetch::User(id) => serde_json::to_vec(cache.user(Id::new_checked(id)?)?.value()),
@@ -771,14 +769,14 @@ fn fetch_handler(cache: Arc<DefaultInMemoryCache>) -> carrier::FetchHandler {
 
 /// The cache's counts for a stats round: totals, and guilds and members by shard (members as
 /// Discord counts them per guild, the cached members where it did not say).
-fn cache_counts(cache: &DefaultInMemoryCache, shard_total: u32) -> carrier::stats::CacheCounts {
+fn cache_counts(cache: &Cache, shard_total: u32) -> carrier::stats::CacheCounts {
     let stats = cache.stats();
     let mut by_shard: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     let (mut members, mut large) = (0, 0);
     for guild in cache.iter().guilds() {
-        let id = guild.id();
+        let id = guild.id;
         let count = guild
-            .member_count()
+            .member_count
             .or_else(|| stats.guild_members(id).map(|n| n as u64))
             .unwrap_or(0);
         let shard = ((id.get() >> 22) % u64::from(shard_total.max(1))) as u32;
@@ -786,7 +784,7 @@ fn cache_counts(cache: &DefaultInMemoryCache, shard_total: u32) -> carrier::stat
         entry.0 += 1;
         entry.1 += count;
         members += count;
-        large += u64::from(guild.large());
+        large += u64::from(guild.large);
     }
     carrier::stats::CacheCounts {
         guilds: stats.guilds() as u64,
@@ -842,11 +840,7 @@ const REFILL_PER_SECOND: u64 = 10;
 
 /// Fetches `guilds` and their channels into the cache, at [`REFILL_PER_SECOND`]; a guild an
 /// event brought back meanwhile is skipped.
-async fn refill_cache(
-    http: Arc<twilight_http::Client>,
-    cache: Arc<DefaultInMemoryCache>,
-    guilds: Vec<u64>,
-) {
+async fn refill_cache(http: Arc<twilight_http::Client>, cache: Arc<Cache>, guilds: Vec<u64>) {
     use twilight_model::gateway::payload::incoming::{ChannelCreate, GuildCreate};
     let mut pace = tokio::time::interval(Duration::from_millis(1000 / REFILL_PER_SECOND));
     let (mut filled, total) = (0, guilds.len());
@@ -893,7 +887,7 @@ fn created(event: &Event) -> Option<u64> {
 /// What every shard task of a cluster shares.
 struct ClusterShared<W> {
     event_types: EventTypeFlags,
-    cache: Arc<DefaultInMemoryCache>,
+    cache: Arc<Cache>,
     worker: Arc<W>,
     reporter: ShardReporter,
     /// True once handed-over guilds are in the cache (at once when there are none).
