@@ -24,12 +24,15 @@
 //! with eris-fleet's path, cluster → admiral → service, and the floor of [`floor`] beside them),
 //! `memory` (4), `events` (5), `restart` (6), `admiral` (6, the admiral's own), `hosts` (one bot
 //! on three hosts sharing a Redis, [`hosts`]), `rest` (7), `stats` (8: what a stats round costs
-//! the admiral and the workers, at the reference scenario and at 200 shards). With none, all of
+//! the admiral and the workers, at the reference scenario and at 200 shards), `cache` (what a
+//! guild costs a cluster's cache, by setting and models, [`cache`]). With none, all of
 //! them but `scale` (9: 1,000 guilds per shard at 100 and 300 shards, [`scale`]), which runs only
 //! when named: it takes minutes and gigabytes.
 
 #[path = "bench/admiral.rs"]
 mod admiral;
+#[path = "bench/cache.rs"]
+mod cache;
 #[path = "bench/floor.rs"]
 mod floor;
 #[path = "bench/hosts.rs"]
@@ -71,8 +74,9 @@ const CLUSTERS: u32 = 4;
 const GUILDS_PER_SHARD: usize = 100;
 
 /// The sections `cargo xtask bench SECTION...` can name.
-const SECTIONS: [&str; 10] = [
-    "startup", "ipc", "memory", "events", "restart", "admiral", "hosts", "rest", "stats", "scale",
+const SECTIONS: [&str; 11] = [
+    "startup", "ipc", "memory", "cache", "events", "restart", "admiral", "hosts", "rest", "stats",
+    "scale",
 ];
 
 /// The large scenario of the stats section.
@@ -128,6 +132,7 @@ async fn main() -> Result<ExitCode> {
         }
         Some("admiral-process") => admiral::serve(&args[1..]).await,
         Some("host-process") => hosts::serve(&args[1..]).await,
+        Some("cache-cost") => cache::serve(&args[1..]),
         Some("floor-server") => {
             let path = args.get(1).context("floor-server PATH RESPONSE_BYTES")?;
             let response = args.get(2).context("floor-server PATH RESPONSE_BYTES")?;
@@ -410,6 +415,9 @@ async fn run(sections: &[String]) -> Result<ExitCode> {
         stats::figures(&admiral, "large scenario").await?;
         admiral.shutdown().await;
         all_ok &= mock.stop().await?;
+    }
+    if asked("cache") {
+        cache::figures().await?;
     }
     if asked("hosts") {
         all_ok &= hosts::figures().await?;
