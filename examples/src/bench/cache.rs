@@ -4,6 +4,7 @@
 //! resident memory while the mock's `GUILD_CREATE` payloads for 50,000 guilds fill a cache, over
 //! the guilds. The mock's guild has three channels, two roles and five members.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
@@ -37,7 +38,7 @@ pub async fn figures() -> Result<()> {
             let mut line = format!("  {setting:>7}, {members}:");
             for models in ["twilight", "fleet"] {
                 let bytes = measure(models, setting, members == "every member").await?;
-                line.push_str(&format!(" {models} models {bytes:>6.0}"));
+                write!(line, " {models} models {bytes:>6.0}")?;
             }
             println!("{line}");
         }
