@@ -84,34 +84,29 @@ pub fn serve(args: &[String]) -> Result<ExitCode> {
     let rss = || rss_mib(std::process::id()).map_or(f64::NAN, |m| m * 1024.0 * 1024.0);
     let before = rss();
     let after = match models.as_str() {
-        "twilight" => {
-            let cache = twilight_cache_inmemory::DefaultInMemoryCache::builder()
-                .resource_types(kinds)
-                .build();
-            for payload in payloads {
-                cache.update(&Event::GuildCreate(Box::new(GuildCreate::Available(
-                    serde_json::from_str(payload.get())?,
-                ))));
-            }
-            let after = rss();
-            drop(std::hint::black_box(cache));
-            after
-        }
-        "fleet" => {
-            let cache = fleet_twilight::Cache::builder()
-                .resource_types(kinds)
-                .build();
-            for payload in payloads {
-                cache.update(&Event::GuildCreate(Box::new(GuildCreate::Available(
-                    serde_json::from_str(payload.get())?,
-                ))));
-            }
-            let after = rss();
-            drop(std::hint::black_box(cache));
-            after
-        }
+        "twilight" => fill::<twilight_cache_inmemory::DefaultCacheModels>(kinds, payloads, rss)?,
+        "fleet" => fill::<fleet_twilight::cache::Models>(kinds, payloads, rss)?,
         other => bail!("unknown models {other:?}"),
     };
     println!("{}", (after - before) / GUILDS as f64);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fills a cache over models `M` with `payloads`; the resident memory then.
+fn fill<M: twilight_cache_inmemory::CacheableModels>(
+    kinds: ResourceType,
+    payloads: impl Iterator<Item = Box<serde_json::value::RawValue>>,
+    rss: impl Fn() -> f64,
+) -> Result<f64> {
+    let cache = twilight_cache_inmemory::InMemoryCache::<M>::builder()
+        .resource_types(kinds)
+        .build();
+    for payload in payloads {
+        cache.update(&Event::GuildCreate(Box::new(GuildCreate::Available(
+            serde_json::from_str(payload.get())?,
+        ))));
+    }
+    let after = rss();
+    drop(std::hint::black_box(cache));
+    Ok(after)
 }
