@@ -59,6 +59,10 @@ pub const LIB_ENV: &str = "TESTBOT_LIB";
 /// (code 3) that long after all its shards were ready: a build that crashes once it serves.
 pub const CRASH_AFTER_MS_ENV: &str = "TESTBOT_CRASH_AFTER_MS";
 
+/// With this variable set to a number of milliseconds, a twilight test cluster's handler takes
+/// that long over each message: a bot slower than its gateway, which falls behind.
+pub const MESSAGE_DELAY_MS_ENV: &str = "TESTBOT_MESSAGE_DELAY_MS";
+
 /// With this variable set, the test fleet also runs [`LEDGER`], an echo service run once per
 /// bot ([`with_ledger`]).
 pub const LEDGER_ENV: &str = "TESTBOT_LEDGER";
@@ -401,6 +405,8 @@ pub struct TestCluster {
     /// Where each `MESSAGE_CREATE` handled is written, a message id a line, when
     /// [`HANDLED_FILE`] names a file: a ledger that needs no admiral.
     ledger: Option<std::sync::Mutex<std::fs::File>>,
+    /// How long each message takes ([`MESSAGE_DELAY_MS_ENV`]).
+    delay: Option<Duration>,
 }
 
 /// Environment variable naming the file cluster processes append each message id they handle to.
@@ -472,6 +478,10 @@ impl ClusterWorker for TestCluster {
             panics: AtomicU64::new(0),
             release,
             ledger: ledger(),
+            delay: std::env::var(MESSAGE_DELAY_MS_ENV)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
         })
     }
 
@@ -500,6 +510,9 @@ impl ClusterWorker for TestCluster {
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok();
                 assert!(!panic_now, "the event handler panicked on purpose");
+                if let Some(delay) = self.delay {
+                    tokio::time::sleep(delay).await;
+                }
                 if let Some(ledger) = &self.ledger {
                     use std::io::Write as _;
                     let line = format!("{}\n", message.id.get());

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use carrier::stats::ShardStatus;
 use carrier::{FleetEvent, FleetStats, Payload, Target, WorkerId};
-use common::{WAIT, launch, mock_config, options, signal, until};
+use common::{WAIT, launch, mock_builder, mock_config, options, signal, until};
 use discord_mock::MockDiscord;
 use fleet_tests::{ClusterFields, EchoStats};
 
@@ -91,7 +91,10 @@ async fn a_snapshot_holds_every_figure_of_a_twilight_fleet() {
             shard.events >= shard.guilds,
             "GUILD_CREATEs count: {shard:?}"
         );
+        // twilight's event loop is timed: a share, and far from falling behind.
+        assert!(shard.busy.is_some_and(|b| b < 0.9), "{shard:?}");
     }
+    assert_eq!(stats.shards_behind, 0);
     assert_eq!(stats.shards().map(|s| s.guilds).sum::<u64>(), 24);
     assert!(stats.members > 0 && stats.users > 0);
     assert!(stats.admiral.ram_bytes > 1 << 20);
@@ -285,6 +288,51 @@ async fn interval_snapshots_reach_the_workers_and_restarts_are_counted() {
     admiral.shutdown().await;
 }
 
+/// A handler slower than its gateway: the shards show it in their busy share, the snapshot
+/// counts them behind and the metrics carry the share; the backlog waits in the sockets and
+/// drains once the gateway slows, with no event lost, and the shards are no longer behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_slower_than_its_gateway_shows_back_pressure_and_recovers() {
+    // Heartbeats far apart: the acknowledgements queue behind the backlog, and a shard that
+    // saw none for a whole interval would take its connection for a zombie and resume.
+    let config = mock_builder(4, 2, 1)
+        .heartbeat_interval(Duration::from_secs(10))
+        .build();
+    let mock = MockDiscord::start(config).await.unwrap();
+    let mut options = options(&mock, 1);
+    options.stats_interval = Duration::from_millis(300);
+    if let Some(command) = options.worker_command.as_mut() {
+        // 20 ms a message: at most 50 a second per shard.
+        command
+            .env
+            .push((fleet_tests::MESSAGE_DELAY_MS_ENV.into(), "20".into()));
+    }
+    let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
+    admiral.wait_ready(WAIT).await.unwrap();
+    // 2 guilds a shard at 30 messages a second each: 60 a second asked of each shard.
+    mock.start_events(Some(30.0)).unwrap();
+    let stats = snapshot_where(&mut events, |s| s.shards_behind == 2).await;
+    for shard in stats.shards() {
+        assert!(shard.busy.is_some_and(|b| b >= 0.9), "{shard:?}");
+        assert!(shard.events_per_second <= 55.0, "{shard:?}");
+    }
+    let url = admiral.http_url().unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nhost: fleet\r\nconnection: close\r\n\r\n";
+    let (code, _, text) = common::raw_http(url, request).await;
+    assert_eq!(code, 200);
+    assert!(text.contains("fleet_shard_busy_ratio{"), "{text}");
+    // The gateway stops: the backlog drains, every event is handled once.
+    let report = common::settle(&mock).await;
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+    assert!(report.produced > 0);
+    let stats = snapshot_where(&mut events, |s| {
+        s.shards_behind == 0 && s.shards().all(|s| s.busy.is_some_and(|b| b < 0.5))
+    })
+    .await;
+    assert_eq!(stats.shards_ready, 2);
+    admiral.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serenity_fleet_reports_its_cache_and_fields() {
     let mock = MockDiscord::start(mock_config(8, 2, 1)).await.unwrap();
@@ -298,6 +346,8 @@ async fn a_serenity_fleet_reports_its_cache_and_fields() {
     assert_eq!(fields.cluster, 0);
     assert_eq!(cluster.shards.iter().map(|s| s.guilds).sum::<u64>(), 8);
     assert!(stats.shards().all(|s| s.events > 0 && s.identifies == 1));
+    // serenity runs each handler on a task of its own: no event loop to time.
+    assert!(stats.shards().all(|s| s.busy.is_none()));
     assert!(cluster.usage.ram_bytes > 0);
     // Its metrics parse and hold every shard.
     let url = admiral.http_url().unwrap();

@@ -81,7 +81,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use cache::Cache;
 use carrier::cluster::{ClusterLink, Held, Placement, ShardReporter, Shards};
@@ -945,6 +945,7 @@ async fn drive_shard<W: ClusterWorker>(
             let _ = restored.wait_for(|done| *done).await;
             warm = true;
         }
+        let began = Instant::now();
         // What a standby cluster held goes to user code first, once it may: on any event,
         // heartbeat acknowledgements too, so a quiet shard does not keep it.
         for event in held.release(&reporter) {
@@ -996,6 +997,7 @@ async fn drive_shard<W: ClusterWorker>(
         if let Some(session) = shard.session() {
             reporter.handled(number, session.sequence());
         }
+        reporter.busy(number, began.elapsed());
         // On several hosts: a connection that closed is not opened again while this host's
         // licence has run out (another host may be resuming the session); the admiral says
         // what comes next (a renewed licence, a handover, a stop).

@@ -249,6 +249,14 @@ impl ShardReporter {
         self.board.event(shard);
     }
 
+    /// Adds the time `shard`'s event loop spent on one event (cache update and handler): its
+    /// share of the time is the shard's [`busy`](crate::stats::ShardStats::busy) in stats, how
+    /// a shard that falls behind shows. An adapter whose event loop is not sequential leaves it
+    /// uncalled.
+    pub fn busy(&self, shard: u32, took: Duration) {
+        self.board.busy(shard, took);
+    }
+
     /// Records `shard`'s latest gateway heartbeat round trip.
     pub fn latency(&self, shard: u32, latency: Duration) {
         self.board.latency(shard, latency);

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use super::{
-    ClusterStats, FleetStats, IdentifyStats, Missing, ProcessUsage, ServiceStats, ShardStats,
-    ShardStatus, WorkerReport,
+    BEHIND, ClusterStats, FleetStats, IdentifyStats, Missing, ProcessUsage, ServiceStats,
+    ShardStats, ShardStatus, WorkerReport,
 };
 use crate::ipc::proto::{Outcome, Target};
 use crate::rest::ProxyStats;
@@ -49,11 +49,12 @@ impl Facts {
     }
 }
 
-/// Each shard's event count at the previous round, and when: `(process, events)` by shard.
+/// Each shard's event count and busy time at the previous round, and when: `(process, events,
+/// busy_us)` by shard.
 #[derive(Debug, Default)]
 pub(crate) struct Previous {
     pub at: Option<Instant>,
-    pub events: BTreeMap<u32, (Option<u64>, u64)>,
+    pub events: BTreeMap<u32, (Option<u64>, u64, u64)>,
 }
 
 /// Makes the snapshot. `reports`: each asked worker's outcome; `usage`: by pid; `previous`:
@@ -155,20 +156,40 @@ pub(crate) fn assemble(
                         shard.latency_ms = seen.latency_us.map(|us| us / 1000);
                         // Between two readings of the same process; on its first, since it
                         // started.
+                        let busy_us = seen.busy_us.unwrap_or(0);
                         let since_last = previous
                             .events
                             .get(&shard.id)
-                            .filter(|(process, _)| *process == worker.process)
+                            .filter(|(process, ..)| *process == worker.process)
                             .zip(elapsed)
-                            .map(|(&(_, before), seconds)| {
-                                (seen.events - before.min(seen.events), seconds)
+                            .map(|(&(_, events, busy), seconds)| {
+                                let events = seen.events - events.min(seen.events);
+                                (events, busy_us - busy.min(busy_us), seconds)
                             });
-                        let since_start = (seen.events, worker.uptime_ms as f64 / 1000.0);
-                        let (events, seconds) = since_last.unwrap_or(since_start);
+                        let since_start = (seen.events, busy_us, worker.uptime_ms as f64 / 1000.0);
+                        let (events, busy, seconds) = since_last.unwrap_or(since_start);
                         if seconds > 0.0 {
                             shard.events_per_second = events as f64 / seconds;
                         }
-                        next_previous.insert(shard.id, (worker.process, seen.events));
+                        if seen.busy_us.is_some() {
+                            shard.busy_ms = Some(busy_us / 1000);
+                            if seconds > 0.0 {
+                                let share = (busy as f64 / 1e6 / seconds).min(1.0);
+                                shard.busy = Some(share);
+                                if share >= BEHIND {
+                                    stats.shards_behind += 1;
+                                    tracing::warn!(
+                                        target: "fleet::stats",
+                                        cluster = id,
+                                        shard = shard.id,
+                                        busy = format_args!("{:.0}%", share * 100.0),
+                                        over = format_args!("{seconds:.1}s"),
+                                        "shard falling behind: its event loop is busy nearly all the time; events wait in its socket"
+                                    );
+                                }
+                            }
+                        }
+                        next_previous.insert(shard.id, (worker.process, seen.events, busy_us));
                     }
                     shard.process = shard.process.or(worker.process);
                     if shard.status == ShardStatus::Ready {
@@ -292,6 +313,11 @@ mod tests {
     }
 
     fn report(first: u32, events: u64) -> Outcome {
+        timed(first, events, None)
+    }
+
+    /// [`report`], the first shard's event loop busy `busy_us` so far.
+    fn timed(first: u32, events: u64, busy_us: Option<u64>) -> Outcome {
         let report = WorkerReport {
             cache: Some(CacheCounts {
                 guilds: 10,
@@ -306,11 +332,13 @@ mod tests {
                     id: first,
                     events,
                     latency_us: Some(41_500),
+                    busy_us,
                 },
                 ShardReport {
                     id: first + 1,
                     events: events * 2,
                     latency_us: None,
+                    busy_us: None,
                 },
             ],
             custom: Some(Payload::encode(&serde_json::json!({"queue": 3})).unwrap()),
@@ -405,6 +433,42 @@ mod tests {
             rate(&stats, 1)
         );
         assert!((rate(&stats, 2) - 30.0).abs() < 1e-9, "{}", rate(&stats, 2));
+    }
+
+    #[test]
+    fn a_shard_busy_nearly_all_the_time_counts_as_falling_behind() {
+        let started = Instant::now();
+        let mut previous = Previous::default();
+        let round = |busy| {
+            vec![
+                (Target::Cluster(0), timed(0, 100, Some(busy))),
+                (Target::Cluster(1), report(2, 10)),
+            ]
+        };
+        // The first reading: 1 s busy of the 5 s since the process started.
+        let stats = assemble(
+            facts(started),
+            round(1_000_000),
+            &usage(),
+            &mut previous,
+            started,
+        );
+        let busy = |stats: &FleetStats, id| stats.shard(id).unwrap().busy;
+        assert!((busy(&stats, 0).unwrap() - 0.2).abs() < 1e-9);
+        assert_eq!(stats.shard(0).unwrap().busy_ms, Some(1_000));
+        assert_eq!(busy(&stats, 1), None, "an untimed shard has no share");
+        assert_eq!(stats.shards_behind, 0);
+        // Then 1.9 s busy of the next 2 s: behind.
+        let later = started + Duration::from_secs(2);
+        let stats = assemble(
+            facts(later),
+            round(2_900_000),
+            &usage(),
+            &mut previous,
+            later,
+        );
+        assert!((busy(&stats, 0).unwrap() - 0.95).abs() < 1e-9);
+        assert_eq!(stats.shards_behind, 1);
     }
 
     #[test]

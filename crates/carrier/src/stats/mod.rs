@@ -41,6 +41,10 @@ pub fn encode_fields<T: Serialize + ?Sized>(fields: &T) -> Result<Option<Payload
 /// snapshot (as a [`FleetStats`] payload).
 pub const STATS_EVENT: &str = "fleet:stats";
 
+/// The [`ShardStats::busy`] share from which a shard counts as falling behind (and the admiral
+/// logs a warning): its event loop had under a tenth of its time to spare.
+pub const BEHIND: f64 = 0.9;
+
 /// One snapshot of the fleet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -63,6 +67,8 @@ pub struct FleetStats {
     pub shard_count: u32,
     /// Of those, ready now.
     pub shards_ready: u32,
+    /// Of those, falling behind: [`ShardStats::busy`] at [`BEHIND`] or more.
+    pub shards_behind: u32,
     /// The shard total of the bot.
     pub shard_total: u32,
     /// The admiral's own process.
@@ -119,6 +125,7 @@ impl FleetStats {
             }
             self.shard_count += other.shard_count;
             self.shards_ready += other.shards_ready;
+            self.shards_behind += other.shards_behind;
             self.clusters_ram_bytes += other.clusters_ram_bytes;
             self.services_ram_bytes += other.services_ram_bytes;
             self.total_ram_bytes += other.total_ram_bytes;
@@ -249,6 +256,14 @@ pub struct ShardStats {
     pub events: u64,
     /// Events per second since the previous round (since its process started, on the first).
     pub events_per_second: f64,
+    /// Share of the time since the previous round (since its process started, on the first)
+    /// that its event loop spent on events, cache and handler, from 0 to 1, where the adapter
+    /// measures it (twilight's does). Near 1 the shard is falling behind: the gateway sends
+    /// faster than it handles, and events wait in the socket (back-pressure, not a queue in
+    /// the process); the admiral logs a warning at [`BEHIND`] or more.
+    pub busy: Option<f64>,
+    /// Time its event loop spent on events in its current process, in milliseconds.
+    pub busy_ms: Option<u64>,
     /// Identifies the admiral granted it, over the fleet's life.
     pub identifies: u32,
     /// Sessions it resumed.
@@ -337,4 +352,8 @@ pub struct ShardReport {
     pub events: u64,
     /// Last gateway heartbeat round trip, in microseconds.
     pub latency_us: Option<u64>,
+    /// Time its event loop spent on events (cache and handler), in microseconds, where the
+    /// adapter measures it.
+    #[serde(default)]
+    pub busy_us: Option<u64>,
 }

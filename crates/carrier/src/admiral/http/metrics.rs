@@ -1,9 +1,9 @@
 //! A snapshot as Prometheus metrics (`OpenMetrics` text, rendered with `prometheus-client`).
 //!
 //! Names are `fleet_*` in base units (bytes, seconds, ratios); `_total` only on counters. The
-//! cluster series carry `cluster_id`, the service series `service`; only four series carry a
+//! cluster series carry `cluster_id`, the service series `service`; only five series carry a
 //! shard label (`fleet_shard_up`, `fleet_shard_latency_seconds`, `fleet_shard_guilds`,
-//! `fleet_shard_events_total`), and no series is labelled by guild.
+//! `fleet_shard_events_total`, `fleet_shard_busy_ratio`), and no series is labelled by guild.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -175,6 +175,10 @@ pub(crate) fn render(stats: &FleetStats) -> String {
         "fleet_shard_events_total",
         "Gateway events a shard's current process received.",
     );
+    let shard_busy = m.gauge(
+        "fleet_shard_busy_ratio",
+        "Share of the time since the previous round a shard's event loop spent on events; near 1 it falls behind.",
+    );
     for cluster in &stats.clusters {
         let id = cluster.id.to_string();
         let process = vec![("process", format!("cluster-{id}"))];
@@ -205,6 +209,9 @@ pub(crate) fn render(stats: &FleetStats) -> String {
             }
             set(&shard_guilds, &labels, shard.guilds as f64);
             count(&shard_events, &labels, shard.events);
+            if let Some(busy) = shard.busy {
+                set(&shard_busy, &labels, busy);
+            }
         }
     }
     for service in &stats.services {
@@ -320,6 +327,7 @@ mod tests {
             latency_ms: Some(42),
             events: 900,
             identifies: 1,
+            busy: Some(0.25),
             ..ShardStats::default()
         };
         let cluster = ClusterStats {
@@ -341,6 +349,10 @@ mod tests {
         );
         assert!(
             text.contains("fleet_shard_events_total{cluster_id=\"3\",shard_id=\"7\"} 900"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fleet_shard_busy_ratio{cluster_id=\"3\",shard_id=\"7\"} 0.25"),
             "{text}"
         );
         assert!(
