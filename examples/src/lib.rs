@@ -40,6 +40,16 @@ impl std::str::FromStr for Lib {
 /// Environment variable naming the library, for workers started without the admiral's arguments.
 pub const LIB_ENV: &str = "FLEET_EXAMPLE_LIB";
 
+/// Environment variable that, set to `0`, drops the `GUILD_MEMBERS` intent: each guild then
+/// arrives with the bot's member only, as it does for most large bots.
+pub const MEMBERS_ENV: &str = "FLEET_EXAMPLE_MEMBERS";
+
+/// Whether the example asks for `GUILD_MEMBERS` ([`MEMBERS_ENV`] is not `0`).
+#[must_use]
+pub fn wants_members() -> bool {
+    std::env::var(MEMBERS_ENV).map_or(true, |v| v.trim() != "0")
+}
+
 /// The example fleet for the library named in [`LIB_ENV`] (twilight when unset).
 #[must_use]
 pub fn fleet_from_env(options: FleetOptions) -> Fleet {
@@ -63,8 +73,10 @@ pub fn fleet_for(lib: Lib, options: FleetOptions) -> Fleet {
 #[must_use]
 pub fn serenity_fleet(options: FleetOptions) -> Fleet {
     use serenity::all::GatewayIntents;
-    let intents =
-        GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::GUILD_MEMBERS;
+    let mut intents = GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES;
+    if wants_members() {
+        intents |= GatewayIntents::GUILD_MEMBERS;
+    }
     fleet_serenity::fleet::<SerenityBot>(options, fleet_serenity::Settings::new(intents))
         .service::<Echo>("echo")
 }
@@ -72,11 +84,11 @@ pub fn serenity_fleet(options: FleetOptions) -> Fleet {
 /// The example fleet with twilight clusters.
 #[must_use]
 pub fn fleet(options: FleetOptions) -> Fleet {
-    fleet_twilight::fleet::<ExampleBot>(
-        options,
-        Settings::new(Intents::GUILDS | Intents::GUILD_MESSAGES | Intents::GUILD_MEMBERS),
-    )
-    .service::<Echo>("echo")
+    let mut intents = Intents::GUILDS | Intents::GUILD_MESSAGES;
+    if wants_members() {
+        intents |= Intents::GUILD_MEMBERS;
+    }
+    fleet_twilight::fleet::<ExampleBot>(options, Settings::new(intents)).service::<Echo>("echo")
 }
 
 /// Answers every command with its payload; counts `tick` messages.

@@ -1,17 +1,26 @@
 //! Scale: 1,000 guilds per shard in 16 clusters at growing shard counts (100 and 300 by default;
 //! `FLEET_BENCH_SCALE=100,300,1000` for more), with events flowing. Per count: time to all ready
 //! against the identify limit, the admiral's CPU (share of a core) and RSS at steady state, the
-//! clusters' RSS and RSS per thousand guilds with the default cache, events per second through
-//! the clusters' handlers, discord-mock's own RSS and CPU, and what a stats round costs. Read the
-//! growth from one count to the next: linear, or worse.
+//! clusters' RSS and RSS per thousand guilds with the default cache, memory at the start and the
+//! end of the steady window (`FLEET_BENCH_SCALE_STEADY_S`, 10 s by default; 300 for the
+//! five-minute flatness check), events per second through the clusters' handlers at the steady
+//! rate and at the ceiling (the mock asked for far more than the fleet takes) with the shards
+//! that fell behind, discord-mock's own RSS and CPU, what a stats round costs, and a rolling
+//! restart of every cluster, four at a time, by handover. The mock's counters close each row:
+//! events lost or handled twice, identify violations. Read the growth from one count to the
+//! next: linear, or worse. `FLEET_EXAMPLE_MEMBERS=0` runs it without `GUILD_MEMBERS`, the
+//! intents most large bots have: each guild then arrives with the bot's member only.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use carrier::admiral::WorkerId;
+use carrier::{AdmiralHandle, Group, Outcome, RestartMode};
 use fleet_examples::{Lib, pss_mib, rss_mib};
 
+use super::restart::{diff, settle};
 use super::stats::{cpu_ns, worker_pids};
-use super::{control, handled, launch, start_mock_with};
+use super::{MockProcess, control, handled, launch, start_mock_with};
 
 /// Guilds per shard: Discord's guidance for a full shard.
 pub const GUILDS_PER_SHARD: usize = 1000;
@@ -23,8 +32,22 @@ const MAX_CONCURRENCY: u32 = 16;
 const INTERVAL: Duration = Duration::from_millis(1500);
 /// Events per second over the whole fleet at steady state.
 const STEADY_EVENTS: f64 = 20_000.0;
-/// The steady-state window the CPU figures are taken over.
-const STEADY: Duration = Duration::from_secs(10);
+/// Events per second asked of the mock for the ceiling: more than the fleet can take here.
+const CEILING_EVENTS: f64 = 400_000.0;
+/// The window the ceiling is measured over.
+const CEILING: Duration = Duration::from_secs(8);
+/// Clusters a rolling restart moves at once.
+const AT_ONCE: u32 = 4;
+
+/// The steady-state window the CPU and memory figures are taken over: 10 s, or
+/// `FLEET_BENCH_SCALE_STEADY_S` seconds.
+fn steady() -> Duration {
+    let seconds = std::env::var("FLEET_BENCH_SCALE_STEADY_S")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(10);
+    Duration::from_secs(seconds)
+}
 
 /// The shard counts to run, from `FLEET_BENCH_SCALE` or 100 and 300.
 fn counts() -> Vec<u32> {
@@ -54,59 +77,213 @@ async fn row(shards: u32) -> Result<bool> {
     let (admiral, startup, first_ready) = launch(&mock, INTERVAL, Lib::Twilight, CLUSTERS).await?;
     let waits = shards.div_ceil(MAX_CONCURRENCY) - 1;
     let limit = INTERVAL * waits + first_ready;
+    let intents = if fleet_examples::wants_members() {
+        "GUILDS | GUILD_MESSAGES | GUILD_MEMBERS, every member cached"
+    } else {
+        "GUILDS | GUILD_MESSAGES, the bot's member only"
+    };
     println!(
-        "scale, {shards} shards, {guilds} guilds, {CLUSTERS} clusters: ready in {startup:.2?}; limit {waits} x {INTERVAL:.2?} + first READY {first_ready:.2?} = {limit:.2?}; ratio {:.3}",
+        "scale, {shards} shards, {guilds} guilds, {CLUSTERS} clusters ({intents}): ready in {startup:.2?}; limit {waits} x {INTERVAL:.2?} + first READY {first_ready:.2?} = {limit:.2?}; ratio {:.3}",
         startup.as_secs_f64() / limit.as_secs_f64()
     );
     let workers = worker_pids(&admiral).await?;
     let mock_pid = mock.pid().context("mock pid")?;
 
-    // Steady state: events at a fixed rate over the fleet, CPU over a window.
+    // Steady state: events at a fixed rate over the fleet; CPU over the window, memory at its
+    // start and its end.
+    let window = steady();
     let rate = STEADY_EVENTS / guilds as f64;
     control(&mock, "POST", &format!("/_mock/events/start?rate={rate}")).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let handled_before = handled(&admiral).await?;
-    let (admiral_before, mock_before) = (cpu_ns(std::process::id()), cpu_ns(mock_pid));
-    let workers_before: u64 = workers.iter().map(|&p| cpu_ns(p)).sum();
-    let started = Instant::now();
-    tokio::time::sleep(STEADY).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let share = |after: u64, before: u64| after.saturating_sub(before) as f64 / 1e9 / elapsed;
-    let admiral_cpu = share(cpu_ns(std::process::id()), admiral_before);
-    let mock_cpu = share(cpu_ns(mock_pid), mock_before);
-    let workers_cpu = share(workers.iter().map(|&p| cpu_ns(p)).sum(), workers_before);
-    let rate_handled = (handled(&admiral).await? - handled_before) as f64 / elapsed;
-    control(&mock, "POST", "/_mock/events/stop").await?;
-
-    let admiral_rss = rss_mib(std::process::id()).unwrap_or(f64::NAN);
-    let cluster_rss: Vec<f64> = admiral
-        .workers()
-        .await?
-        .iter()
-        .filter(|w| matches!(w.id, carrier::admiral::WorkerId::Cluster(_)))
-        .filter_map(|w| w.pid.and_then(rss_mib))
-        .collect();
-    let clusters_total: f64 = cluster_rss.iter().sum();
-    let cluster_max = cluster_rss.iter().copied().fold(0.0, f64::max);
+    admiral.stats().await?;
+    let memory_before = Memory::now(&admiral).await?;
+    let measured = Window::start(&admiral, &workers, mock_pid).await?;
+    tokio::time::sleep(window).await;
+    let steady = measured.end(&admiral, &workers, mock_pid).await?;
+    let memory = Memory::now(&admiral).await?;
+    let round = admiral.stats().await?;
     let pss: f64 = std::iter::once(std::process::id())
         .chain(workers.iter().copied())
         .filter_map(pss_mib)
         .sum();
     let mock_rss = rss_mib(mock_pid).unwrap_or(f64::NAN);
     println!(
-        "  steady, {STEADY_EVENTS:.0} events/s asked: handled {rate_handled:.0}/s; CPU (cores): admiral {admiral_cpu:.3}, all clusters and services {workers_cpu:.2} ({:.0} events/s per core), discord-mock {mock_cpu:.2}",
-        rate_handled / workers_cpu.max(1e-9)
+        "  steady {window:.0?}, {STEADY_EVENTS:.0} events/s asked: handled {:.0}/s; CPU (cores): admiral {:.3}, all clusters and services {:.2} ({:.0} events/s per core), discord-mock {:.2}; shards behind {}, busiest event loop {:.1}%",
+        steady.handled,
+        steady.admiral,
+        steady.workers,
+        steady.handled / steady.workers.max(1e-9),
+        steady.mock,
+        round.shards_behind,
+        busiest(&round) * 100.0,
     );
     println!(
-        "  memory (RSS): admiral {admiral_rss:.1} MiB; clusters {clusters_total:.0} MiB in all, at most {cluster_max:.1} MiB each, {:.2} MiB per thousand guilds; fleet {pss:.0} MiB PSS; discord-mock {mock_rss:.1} MiB",
-        clusters_total / (guilds as f64 / 1000.0)
+        "  memory (RSS): admiral {:.1} MiB; clusters {:.0} MiB in all, at most {:.1} MiB each, {:.2} MiB per thousand guilds; fleet {pss:.0} MiB PSS; discord-mock {mock_rss:.1} MiB",
+        memory.admiral,
+        memory.clusters,
+        memory.cluster_max,
+        memory.clusters / (guilds as f64 / 1000.0)
+    );
+    println!(
+        "  memory over the window: admiral {:.1} -> {:.1} MiB, clusters {:.1} -> {:.1} MiB ({:+.2}%)",
+        memory_before.admiral,
+        memory.admiral,
+        memory_before.clusters,
+        memory.clusters,
+        (memory.clusters / memory_before.clusters - 1.0) * 100.0
     );
     super::stats::figures(&admiral, &format!("{shards} shards")).await?;
-    let report = control(&mock, "GET", "/_mock/events").await?;
+
+    // The ceiling: the mock asked for more than the fleet takes; the shards that cannot keep up
+    // show it in their busy share, and the memory must not follow.
+    let max = CEILING_EVENTS / guilds as f64;
+    control(&mock, "POST", &format!("/_mock/events/start?rate={max}")).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    admiral.stats().await?;
+    let measured = Window::start(&admiral, &workers, mock_pid).await?;
+    tokio::time::sleep(CEILING).await;
+    let ceiling = measured.end(&admiral, &workers, mock_pid).await?;
+    let round = admiral.stats().await?;
+    let after = Memory::now(&admiral).await?;
     println!(
-        "  events: lost {}, handled twice {}",
-        report["lost"], report["duplicates"]
+        "  ceiling, {CEILING_EVENTS:.0} events/s asked: handled {:.0}/s; CPU (cores): clusters and services {:.2} ({:.0} events/s per core), admiral {:.3}, discord-mock {:.2}; shards behind {}, busiest event loop {:.1}%; clusters {:.0} MiB RSS",
+        ceiling.handled,
+        ceiling.workers,
+        ceiling.handled / ceiling.workers.max(1e-9),
+        ceiling.admiral,
+        ceiling.mock,
+        round.shards_behind,
+        busiest(&round) * 100.0,
+        after.clusters,
     );
+    let (report, mock_stats) = settle(&mock).await?;
+    println!(
+        "  events until now: produced {}, lost {}, handled twice {}; identifies {}, identify violations {}",
+        report["produced"],
+        report["lost"],
+        report["duplicates"],
+        mock_stats["identifies"],
+        violations(&mock_stats),
+    );
+
+    rolling_restart(&admiral, &mock, rate).await?;
     admiral.shutdown().await;
     mock.stop().await
+}
+
+/// The largest busy share of any shard in a round.
+fn busiest(stats: &carrier::FleetStats) -> f64 {
+    stats
+        .clusters
+        .iter()
+        .flat_map(|c| &c.shards)
+        .filter_map(|s| s.busy)
+        .fold(0.0, f64::max)
+}
+
+/// Identify violations the mock counted (of every kind).
+fn violations(stats: &serde_json::Value) -> u64 {
+    stats["violations"].as_object().map_or(0, |v| {
+        v.values().filter_map(serde_json::Value::as_u64).sum()
+    })
+}
+
+/// Restarts every cluster by handover, [`AT_ONCE`] at a time, while events flow: how long it
+/// takes and what it cost.
+async fn rolling_restart(admiral: &AdmiralHandle, mock: &MockProcess, rate: f64) -> Result<()> {
+    control(mock, "POST", &format!("/_mock/events/start?rate={rate}")).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_stats = control(mock, "GET", "/_mock/stats").await?;
+    let before = control(mock, "GET", "/_mock/events").await?;
+    let started = Instant::now();
+    let outcomes = admiral
+        .restart_all(Group::Clusters, RestartMode::Handover, AT_ONCE)
+        .await?;
+    let took = started.elapsed();
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, outcome)| !matches!(outcome, Outcome::Ok(_)))
+        .map(|(target, outcome)| format!("{target:?}: {outcome:?}"))
+        .collect();
+    let (after, after_stats) = settle(mock).await?;
+    println!(
+        "  rolling restart of {} clusters by handover, {AT_ONCE} at a time, events flowing: {} in {took:.2?}; identifies spent {}; resumes {}; events lost {}, handled twice {} (of {} produced); identify violations {}",
+        outcomes.len(),
+        if failed.is_empty() {
+            "every cluster moved".to_owned()
+        } else {
+            format!("failed: {}", failed.join("; "))
+        },
+        diff(&after_stats, &before_stats, "identifies"),
+        diff(&after_stats, &before_stats, "resumes"),
+        diff(&after, &before, "lost"),
+        diff(&after, &before, "duplicates"),
+        diff(&after, &before, "produced"),
+        violations(&after_stats).saturating_sub(violations(&before_stats)),
+    );
+    Ok(())
+}
+
+/// RSS of the admiral and the clusters now, in MiB.
+struct Memory {
+    admiral: f64,
+    clusters: f64,
+    cluster_max: f64,
+}
+
+impl Memory {
+    async fn now(admiral: &AdmiralHandle) -> Result<Self> {
+        let clusters: Vec<f64> = admiral
+            .workers()
+            .await?
+            .iter()
+            .filter(|w| matches!(w.id, WorkerId::Cluster(_)))
+            .filter_map(|w| w.pid.and_then(rss_mib))
+            .collect();
+        Ok(Self {
+            admiral: rss_mib(std::process::id()).unwrap_or(f64::NAN),
+            clusters: clusters.iter().sum(),
+            cluster_max: clusters.iter().copied().fold(0.0, f64::max),
+        })
+    }
+}
+
+/// CPU time and events handled at the start of a window.
+struct Window {
+    at: Instant,
+    handled: u64,
+    admiral: u64,
+    workers: u64,
+    mock: u64,
+}
+
+/// Rates over a window: events handled per second, and cores used by each party.
+struct Rates {
+    handled: f64,
+    admiral: f64,
+    workers: f64,
+    mock: f64,
+}
+
+impl Window {
+    async fn start(admiral: &AdmiralHandle, workers: &[u32], mock: u32) -> Result<Self> {
+        Ok(Self {
+            handled: handled(admiral).await?,
+            admiral: cpu_ns(std::process::id()),
+            workers: workers.iter().map(|&p| cpu_ns(p)).sum(),
+            mock: cpu_ns(mock),
+            at: Instant::now(),
+        })
+    }
+
+    async fn end(self, admiral: &AdmiralHandle, workers: &[u32], mock: u32) -> Result<Rates> {
+        let elapsed = self.at.elapsed().as_secs_f64();
+        let share = |after: u64, before: u64| after.saturating_sub(before) as f64 / 1e9 / elapsed;
+        Ok(Rates {
+            admiral: share(cpu_ns(std::process::id()), self.admiral),
+            workers: share(workers.iter().map(|&p| cpu_ns(p)).sum(), self.workers),
+            mock: share(cpu_ns(mock), self.mock),
+            handled: handled(admiral).await?.saturating_sub(self.handled) as f64 / elapsed,
+        })
+    }
 }
