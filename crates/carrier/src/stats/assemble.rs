@@ -49,12 +49,57 @@ impl Facts {
     }
 }
 
-/// Each shard's event count and busy time at the previous round, and when: `(process, events,
-/// busy_us)` by shard.
+/// Each shard's event count at the previous round, and when: `(process, events)` by shard; and
+/// the busy time each shard's share is measured from.
 #[derive(Debug, Default)]
 pub(crate) struct Previous {
     pub at: Option<Instant>,
-    pub events: BTreeMap<u32, (Option<u64>, u64, u64)>,
+    pub events: BTreeMap<u32, (Option<u64>, u64)>,
+    pub busy: BTreeMap<u32, BusySince>,
+}
+
+/// The shortest window a busy share is measured over: rounds closer together than this (back
+/// to back, on request) repeat the last share rather than read one event's time as a trend.
+const BUSY_WINDOW: f64 = 1.0;
+
+/// Where a shard's busy share is measured from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BusySince {
+    process: Option<u64>,
+    busy_us: u64,
+    at: Instant,
+    /// The share measured when this baseline was taken.
+    share: Option<f64>,
+}
+
+/// A shard's busy share now, from `base` (its process's previous baseline, if any); returns the
+/// share and the baseline for the next round.
+fn busy_share(
+    base: Option<BusySince>,
+    process: Option<u64>,
+    busy_us: u64,
+    uptime: f64,
+    now: Instant,
+) -> (Option<f64>, BusySince) {
+    let share = |busy: u64, seconds: f64| (busy as f64 / 1e6 / seconds).min(1.0);
+    let fresh = |share| BusySince {
+        process,
+        busy_us,
+        at: now,
+        share,
+    };
+    if let Some(base) = base.filter(|b| b.process == process) {
+        let seconds = now.saturating_duration_since(base.at).as_secs_f64();
+        if seconds < BUSY_WINDOW {
+            return (base.share, base);
+        }
+        let measured = Some(share(busy_us.saturating_sub(base.busy_us), seconds));
+        (measured, fresh(measured))
+    } else {
+        // Its first reading: since its process started, once that is long enough.
+        let measured = (uptime >= BUSY_WINDOW).then(|| share(busy_us, uptime));
+        (measured, fresh(measured))
+    }
 }
 
 /// Makes the snapshot. `reports`: each asked worker's outcome; `usage`: by pid; `previous`:
@@ -98,6 +143,8 @@ pub(crate) fn assemble(
         .at
         .map(|at| now.saturating_duration_since(at).as_secs_f64());
     let mut next_previous = BTreeMap::new();
+    let mut next_busy = BTreeMap::new();
+    let mut behind: Vec<(u32, f64)> = Vec::new();
 
     let mut shards_by_cluster: BTreeMap<u32, Vec<ShardStats>> = BTreeMap::new();
     for shard in facts.shards {
@@ -156,40 +203,31 @@ pub(crate) fn assemble(
                         shard.latency_ms = seen.latency_us.map(|us| us / 1000);
                         // Between two readings of the same process; on its first, since it
                         // started.
-                        let busy_us = seen.busy_us.unwrap_or(0);
                         let since_last = previous
                             .events
                             .get(&shard.id)
-                            .filter(|(process, ..)| *process == worker.process)
+                            .filter(|(process, _)| *process == worker.process)
                             .zip(elapsed)
-                            .map(|(&(_, events, busy), seconds)| {
-                                let events = seen.events - events.min(seen.events);
-                                (events, busy_us - busy.min(busy_us), seconds)
+                            .map(|(&(_, before), seconds)| {
+                                (seen.events - before.min(seen.events), seconds)
                             });
-                        let since_start = (seen.events, busy_us, worker.uptime_ms as f64 / 1000.0);
-                        let (events, busy, seconds) = since_last.unwrap_or(since_start);
+                        let uptime = worker.uptime_ms as f64 / 1000.0;
+                        let (events, seconds) = since_last.unwrap_or((seen.events, uptime));
                         if seconds > 0.0 {
                             shard.events_per_second = events as f64 / seconds;
                         }
-                        if seen.busy_us.is_some() {
+                        next_previous.insert(shard.id, (worker.process, seen.events));
+                        if let Some(busy_us) = seen.busy_us {
+                            let base = previous.busy.get(&shard.id).copied();
+                            let (share, base) =
+                                busy_share(base, worker.process, busy_us, uptime, now);
+                            next_busy.insert(shard.id, base);
                             shard.busy_ms = Some(busy_us / 1000);
-                            if seconds > 0.0 {
-                                let share = (busy as f64 / 1e6 / seconds).min(1.0);
-                                shard.busy = Some(share);
-                                if share >= BEHIND {
-                                    stats.shards_behind += 1;
-                                    tracing::warn!(
-                                        target: "fleet::stats",
-                                        cluster = id,
-                                        shard = shard.id,
-                                        busy = format_args!("{:.0}%", share * 100.0),
-                                        over = format_args!("{seconds:.1}s"),
-                                        "shard falling behind: its event loop is busy nearly all the time; events wait in its socket"
-                                    );
-                                }
+                            shard.busy = share;
+                            if let Some(share) = share.filter(|&s| s >= BEHIND) {
+                                behind.push((shard.id, share));
                             }
                         }
-                        next_previous.insert(shard.id, (worker.process, seen.events, busy_us));
                     }
                     shard.process = shard.process.or(worker.process);
                     if shard.status == ShardStatus::Ready {
@@ -255,6 +293,22 @@ pub(crate) fn assemble(
     stats.missing = missing;
     previous.at = Some(now);
     previous.events = next_previous;
+    previous.busy = next_busy;
+    stats.shards_behind = u32::try_from(behind.len()).unwrap_or(u32::MAX);
+    if !behind.is_empty() {
+        behind.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let busiest: Vec<String> = behind
+            .iter()
+            .take(5)
+            .map(|(shard, share)| format!("shard {shard} {:.0}%", share * 100.0))
+            .collect();
+        tracing::warn!(
+            target: "fleet::stats",
+            shards = behind.len(),
+            busiest = %busiest.join(", "),
+            "shards falling behind: their event loops are busy nearly all the time, and events wait in their sockets"
+        );
+    }
     stats.collected_in_us =
         u64::try_from(now.saturating_duration_since(facts.started).as_micros()).unwrap_or(u64::MAX);
     stats
@@ -469,6 +523,15 @@ mod tests {
         );
         assert!((busy(&stats, 0).unwrap() - 0.95).abs() < 1e-9);
         assert_eq!(stats.shards_behind, 1);
+        // A round right after: one event's time is no trend; the last share stands.
+        let soon = later + Duration::from_millis(50);
+        let stats = assemble(facts(soon), round(2_950_000), &usage(), &mut previous, soon);
+        assert!((busy(&stats, 0).unwrap() - 0.95).abs() < 1e-9);
+        // Measured again from the last baseline once a second has passed: 0.5 s of 1.5 s.
+        let next = later + Duration::from_millis(1_500);
+        let stats = assemble(facts(next), round(3_400_000), &usage(), &mut previous, next);
+        assert!((busy(&stats, 0).unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(stats.shards_behind, 0);
     }
 
     #[test]

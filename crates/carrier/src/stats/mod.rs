@@ -256,9 +256,10 @@ pub struct ShardStats {
     pub events: u64,
     /// Events per second since the previous round (since its process started, on the first).
     pub events_per_second: f64,
-    /// Share of the time since the previous round (since its process started, on the first)
-    /// that its event loop spent on events, cache and handler, from 0 to 1, where the adapter
-    /// measures it (twilight's does). Near 1 the shard is falling behind: the gateway sends
+    /// Share of the time since the previous round (since its process started, on the first;
+    /// over a second at least: rounds closer together repeat the last share) that its event
+    /// loop spent on events, cache and handler, from 0 to 1, where the adapter measures it
+    /// (twilight's does). Near 1 the shard is falling behind: the gateway sends
     /// faster than it handles, and events wait in the socket (back-pressure, not a queue in
     /// the process); the admiral logs a warning at [`BEHIND`] or more.
     pub busy: Option<f64>,
