@@ -147,6 +147,29 @@ enum Replay {
     Frame(String),
     /// Guild index, and whether every member was listed.
     GuildCreate(usize, bool),
+    /// An event-source message, and whether its content was blanked: some 32 bytes where its
+    /// frame takes near a kilobyte, so a full replay buffer on a thousand sessions stays small.
+    Message(EventMessage, bool),
+}
+
+/// What an event-source message is made again from.
+#[derive(Debug, Clone, Copy)]
+struct EventMessage {
+    /// Its number in the event source.
+    n: u64,
+    id: u64,
+    /// Its guild's index.
+    guild: usize,
+}
+
+impl EventMessage {
+    /// Its channel and its author in `guild`, which follow from its number.
+    fn place(self, guild: &world::Guild) -> (u64, u64) {
+        let n = self.n as usize;
+        let channel = guild.channel(n % guild.text_channels.max(1));
+        let author = guild.member(1 + n % (guild.member_count() - 1).max(1));
+        (channel, author)
+    }
 }
 
 /// A client payload before its opcode is known.
@@ -692,25 +715,11 @@ impl Gateway {
         let every = u64::from(self.config.member_add_every);
         let guild = self.world.guild_at(guild_index);
         let guild_id = guild.id;
-        let (event, d, needs) = if every > 0 && (n + 1).is_multiple_of(every) {
-            let name = format!("joined-{n}");
-            let user = world::user_json(id, &name);
-            self.world.add_user(id, name);
-            let mut member = json!({
-                "user": user, "nick": null, "avatar": null, "roles": [],
-                "joined_at": world::iso8601(SystemTime::now()), "premium_since": null,
-                "deaf": false, "mute": false, "flags": 0, "pending": false,
-            });
-            member["guild_id"] = Value::String(guild_id.to_string());
-            ("GUILD_MEMBER_ADD", member, intents::GUILD_MEMBERS)
+        let member_add = every > 0 && (n + 1).is_multiple_of(every);
+        let needs = if member_add {
+            intents::GUILD_MEMBERS
         } else {
-            let channel = guild.channel(n as usize % guild.text_channels.max(1));
-            let author_id = guild.member(1 + n as usize % (guild.member_count() - 1).max(1));
-            let author = self.world.user(author_id).unwrap_or_else(World::bot_user);
-            let content = format!("event {n}");
-            let d = world::message_json(id, Some(guild_id), channel, &author, &content);
-            self.remember(channel, id, author_id, content);
-            ("MESSAGE_CREATE", d, intents::GUILD_MESSAGES)
+            intents::GUILD_MESSAGES
         };
         let mut subscribed = self.sessions_for_guild(guild_id);
         let routed = subscribed.len();
@@ -724,21 +733,65 @@ impl Gateway {
         } else if routed > 0 {
             self.fates[(n - self.settled_below) as usize] |= FILTERED;
         }
-        let full = raw(&d);
-        let mut blank = None;
+        if !member_add {
+            let message = EventMessage {
+                n,
+                id,
+                guild: guild_index,
+            };
+            let (channel, author_id) = message.place(&guild);
+            self.remember(channel, id, author_id, format!("event {n}"));
+            let (mut full, mut blank) = (None, None);
+            for session in subscribed {
+                let intents = self.sessions.get(&session).map_or(0, |s| s.intents);
+                // Without MESSAGE_CONTENT a guild message that does not mention the bot comes
+                // with its content, embeds, attachments and components blanked.
+                let blanked = intents & intents::MESSAGE_CONTENT == 0;
+                let slot = if blanked { &mut blank } else { &mut full };
+                let d =
+                    slot.get_or_insert_with(|| Self::event_message(&self.world, message, blanked));
+                let kept = Replay::Message(message, blanked);
+                self.dispatch_kept(&session, "MESSAGE_CREATE", d, Some(n), Some(kept), out);
+            }
+            return id;
+        }
+        let (event, d) = {
+            let name = format!("joined-{n}");
+            let user = world::user_json(id, &name);
+            self.world.add_user(id, name);
+            let mut member = json!({
+                "user": user, "nick": null, "avatar": null, "roles": [],
+                "joined_at": world::iso8601(SystemTime::now()), "premium_since": null,
+                "deaf": false, "mute": false, "flags": 0, "pending": false,
+            });
+            member["guild_id"] = Value::String(guild_id.to_string());
+            ("GUILD_MEMBER_ADD", member)
+        };
+        let d = raw(&d);
         for session in subscribed {
-            let intents = self.sessions.get(&session).map_or(0, |s| s.intents);
-            // Without MESSAGE_CONTENT a guild message that does not mention the bot comes with
-            // its content, embeds, attachments and components blanked.
-            let d: &RawValue =
-                if event == "MESSAGE_CREATE" && intents & intents::MESSAGE_CONTENT == 0 {
-                    blank.get_or_insert_with(|| raw(&without_content(&d)))
-                } else {
-                    &full
-                };
-            self.dispatch(&session, event, d, Some(n), out);
+            self.dispatch(&session, event, &d, Some(n), out);
         }
         id
+    }
+
+    /// An event-source message's payload, as [`world::message_json`] makes it, `blank` without
+    /// its content: made again the same from its number, id and guild when it is replayed.
+    fn event_message(world: &World, message: EventMessage, blank: bool) -> Box<RawValue> {
+        let guild = world.guild_at(message.guild);
+        let (channel, author_id) = message.place(&guild);
+        let author = world
+            .user(author_id)
+            .unwrap_or_else(World::bot_user)
+            .to_string();
+        let content = format!("event {}", message.n);
+        let fields = world::MessageFields {
+            id: message.id,
+            guild: guild.id,
+            channel,
+            author: &author,
+            content: &content,
+        };
+        world.event_message(&fields, blank)
     }
 
     fn sessions_for_guild(&self, guild_id: u64) -> Vec<String> {
@@ -1282,6 +1335,11 @@ impl Gateway {
                             &self.world.create_payload(&guild, *members),
                         )
                     }
+                    Replay::Message(message, blank) => Envelope::dispatch(
+                        "MESSAGE_CREATE",
+                        *s,
+                        &Self::event_message(&self.world, *message, *blank),
+                    ),
                 };
                 out.push(Action::Send { conn, text });
                 self.stats.dispatches_sent += 1;
@@ -1424,6 +1482,19 @@ impl Gateway {
         event_n: Option<u64>,
         out: &mut Vec<Action>,
     ) {
+        self.dispatch_kept(session_id, event, d, event_n, None, out);
+    }
+
+    /// [`dispatch`](Self::dispatch), keeping `kept` for replay instead of the frame when given.
+    fn dispatch_kept(
+        &mut self,
+        session_id: &str,
+        event: &str,
+        d: &RawValue,
+        event_n: Option<u64>,
+        kept: Option<Replay>,
+        out: &mut Vec<Action>,
+    ) {
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
@@ -1436,14 +1507,16 @@ impl Gateway {
             session.unconfirmed.push_back((session.seq, n));
             session.events_sent += 1;
         }
+        let (sent, kept) = if let Some(kept) = kept {
+            (text, kept)
+        } else {
+            (text.clone(), Replay::Frame(text))
+        };
         if let Some(conn) = session.conn {
             self.stats.dispatches_sent += 1;
-            out.push(Action::Send {
-                conn,
-                text: text.clone(),
-            });
+            out.push(Action::Send { conn, text: sent });
         }
-        session.replay.push_back((session.seq, Replay::Frame(text)));
+        session.replay.push_back((session.seq, kept));
     }
 
     /// Sends guild `k`'s `GUILD_CREATE` on a session, as [`dispatch`](Self::dispatch) does, but

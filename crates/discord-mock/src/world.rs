@@ -140,22 +140,7 @@ impl Template {
             tokens.push((quoted(model.member(i).to_string()), Piece::Member(i)));
             tokens.push((quoted(format!("user-0-{}", i - 1)), Piece::UserName(i - 1)));
         }
-        let mut pieces = Vec::new();
-        let mut rest = json;
-        loop {
-            let next = tokens
-                .iter()
-                .filter_map(|(token, piece)| rest.find(token.as_str()).map(|at| (at, token, piece)))
-                .min_by_key(|(at, token, _)| (*at, std::cmp::Reverse(token.len())));
-            let Some((at, token, piece)) = next else {
-                pieces.push(Piece::Text(rest.to_owned()));
-                break;
-            };
-            pieces.push(Piece::Text(rest[..at].to_owned()));
-            pieces.push(piece.clone());
-            rest = &rest[at + token.len()..];
-        }
-        Self(pieces)
+        Self(split_at(json, &tokens, Piece::Text))
     }
 
     fn render(&self, guild: &Guild) -> String {
@@ -179,6 +164,124 @@ impl Template {
     }
 }
 
+/// Splits `json` at every occurrence of a token, into the text between and each token's piece;
+/// at one place the longest token wins.
+fn split_at<P: Clone>(json: &str, tokens: &[(String, P)], text: impl Fn(String) -> P) -> Vec<P> {
+    let mut pieces = Vec::new();
+    let mut rest = json;
+    loop {
+        let next = tokens
+            .iter()
+            .filter_map(|(token, piece)| rest.find(token.as_str()).map(|at| (at, token, piece)))
+            .min_by_key(|(at, token, _)| (*at, std::cmp::Reverse(token.len())));
+        let Some((at, token, piece)) = next else {
+            pieces.push(text(rest.to_owned()));
+            break;
+        };
+        pieces.push(text(rest[..at].to_owned()));
+        pieces.push(piece.clone());
+        rest = &rest[at + token.len()..];
+    }
+    pieces
+}
+
+/// What an event-source message's JSON is filled with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageFields<'a> {
+    pub id: u64,
+    pub guild: u64,
+    pub channel: u64,
+    /// The author's user object, as JSON text.
+    pub author: &'a str,
+    pub content: &'a str,
+}
+
+/// A guild message's JSON made of a model's with every varying place marked, so a message is
+/// written as text between fixed pieces, with no JSON value built: the event source's hot path.
+#[derive(Debug, Clone, Default)]
+struct MessageTemplate(Vec<MessagePiece>);
+
+#[derive(Debug, Clone)]
+enum MessagePiece {
+    Text(String),
+    Id,
+    Guild,
+    Channel,
+    Author,
+    Content,
+    Timestamp,
+}
+
+impl MessageTemplate {
+    /// The marks the model is made with, each a JSON string of its own.
+    const MARKS: [(&'static str, MessagePiece); 6] = [
+        ("\u{1}id", MessagePiece::Id),
+        ("\u{1}guild", MessagePiece::Guild),
+        ("\u{1}channel", MessagePiece::Channel),
+        ("\u{1}author", MessagePiece::Author),
+        ("\u{1}content", MessagePiece::Content),
+        ("\u{1}timestamp", MessagePiece::Timestamp),
+    ];
+
+    /// Both templates: with content, and blanked as a session without `MESSAGE_CONTENT` gets it.
+    fn pair(joined_at: &str) -> (Self, Self) {
+        let [id, guild, channel, author, content, timestamp] = Self::MARKS.map(|(mark, _)| mark);
+        let model = message_value(
+            id,
+            Some(guild),
+            channel,
+            &Value::String(author.to_owned()),
+            content,
+            timestamp,
+            joined_at,
+        );
+        let blank = crate::gateway::without_content(&model);
+        (Self::of(&model), Self::of(&blank))
+    }
+
+    fn of(model: &Value) -> Self {
+        let tokens: Vec<(String, MessagePiece)> = Self::MARKS
+            .iter()
+            .map(|(mark, piece)| (Value::String((*mark).to_owned()).to_string(), piece.clone()))
+            .collect();
+        Self(split_at(&model.to_string(), &tokens, MessagePiece::Text))
+    }
+
+    fn render(&self, fields: &MessageFields<'_>) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(1024);
+        for piece in &self.0 {
+            // Writing to a String cannot fail.
+            let _ = match piece {
+                MessagePiece::Text(text) => {
+                    out.push_str(text);
+                    Ok(())
+                }
+                MessagePiece::Id => write!(out, "\"{}\"", fields.id),
+                MessagePiece::Guild => write!(out, "\"{}\"", fields.guild),
+                MessagePiece::Channel => write!(out, "\"{}\"", fields.channel),
+                MessagePiece::Author => {
+                    out.push_str(fields.author);
+                    Ok(())
+                }
+                MessagePiece::Content => {
+                    out.push_str(&Value::String(fields.content.to_owned()).to_string());
+                    Ok(())
+                }
+                MessagePiece::Timestamp => write!(out, "\"{}\"", snowflake_time(fields.id)),
+            };
+        }
+        out
+    }
+}
+
+/// When a snowflake was made, as Discord's ISO 8601 timestamps: a message's `timestamp` is its
+/// id's time.
+#[must_use]
+pub fn snowflake_time(id: u64) -> String {
+    iso8601(UNIX_EPOCH + std::time::Duration::from_millis((id >> 22) + DISCORD_EPOCH_MS))
+}
+
 /// `(guild index, member index)` of a generated member's user id, when `per_guild` members are
 /// generated per guild.
 fn static_user(user: u64, per_guild: usize) -> Option<(usize, usize)> {
@@ -190,18 +293,26 @@ fn static_user(user: u64, per_guild: usize) -> Option<(usize, usize)> {
     Some((n / per_guild, n % per_guild))
 }
 
+/// Users who joined through the event source that the world remembers (for `GET /users/{id}`
+/// and member lookups): the newest ones.
+pub const JOINED_KEPT: usize = 100_000;
+
 /// Everything the mock knows about the bot's guilds and users.
 #[derive(Debug, Clone)]
 pub struct World {
     guilds: usize,
     channels_per_guild: usize,
     members_per_guild: usize,
-    /// Users the event source added, by id.
+    /// Users the event source added, by id: the newest [`JOINED_KEPT`].
     joined: HashMap<u64, String>,
+    /// Their ids, oldest first.
+    joined_order: std::collections::VecDeque<u64>,
     /// When every generated member joined.
     joined_at: String,
     /// `GUILD_CREATE` templates: with every member, and with the bot only.
     templates: Arc<(Template, Template)>,
+    /// Event-source message templates: with content, and blanked.
+    messages: Arc<(MessageTemplate, MessageTemplate)>,
 }
 
 impl World {
@@ -213,8 +324,10 @@ impl World {
             channels_per_guild: config.channels_per_guild,
             members_per_guild: config.members_per_guild,
             joined: HashMap::new(),
+            joined_order: std::collections::VecDeque::new(),
             joined_at: iso8601(SystemTime::now()),
             templates: Arc::default(),
+            messages: Arc::default(),
         };
         let model = Guild {
             id: guild_id(0),
@@ -225,7 +338,24 @@ impl World {
         let full = world.build_create_payload(&model, true).to_string();
         let lean = world.build_create_payload(&model, false).to_string();
         world.templates = Arc::new((Template::of(&full, &model), Template::of(&lean, &model)));
+        world.messages = Arc::new(MessageTemplate::pair(&world.joined_at));
         world
+    }
+
+    /// A guild message of the event source's, as [`message_json`] makes it (its member joined
+    /// when every generated member did), `blank` as a session without `MESSAGE_CONTENT` gets
+    /// it; written from a template.
+    ///
+    /// # Panics
+    /// Never: a template of valid JSON filled with valid JSON is valid JSON (a test checks it).
+    pub(crate) fn event_message(&self, fields: &MessageFields<'_>, blank: bool) -> Box<RawValue> {
+        let template = if blank {
+            &self.messages.1
+        } else {
+            &self.messages.0
+        };
+        RawValue::from_string(template.render(fields))
+            .expect("a template of valid JSON renders valid JSON")
     }
 
     /// How many guilds there are.
@@ -291,9 +421,17 @@ impl World {
             .map(|(k, m)| format!("user-{k}-{m}"))
     }
 
-    /// Records a user that joined through the event source.
+    /// Records a user that joined through the event source; beyond [`JOINED_KEPT`] the oldest
+    /// is forgotten, so a long run's memory stays bounded.
     pub fn add_user(&mut self, id: u64, name: String) {
-        self.joined.insert(id, name);
+        if self.joined.insert(id, name).is_none() {
+            self.joined_order.push_back(id);
+        }
+        while self.joined_order.len() > JOINED_KEPT {
+            if let Some(oldest) = self.joined_order.pop_front() {
+                self.joined.remove(&oldest);
+            }
+        }
     }
 
     /// The bot's user object as `READY` and `/users/@me` carry it.
@@ -559,7 +697,8 @@ fn merge(into: &mut Value, extra: Value) {
     }
 }
 
-/// A message object as `MESSAGE_CREATE` and `POST /channels/{id}/messages` carry it.
+/// A message object as `MESSAGE_CREATE` and `POST /channels/{id}/messages` carry it; its
+/// `timestamp` is its id's time.
 #[must_use]
 pub fn message_json(
     id: u64,
@@ -568,12 +707,34 @@ pub fn message_json(
     author: &Value,
     content: &str,
 ) -> Value {
+    let guild = guild.map(|g| g.to_string());
+    message_value(
+        &id.to_string(),
+        guild.as_deref(),
+        &channel.to_string(),
+        author,
+        content,
+        &snowflake_time(id),
+        &iso8601(SystemTime::now()),
+    )
+}
+
+/// [`message_json`] of its fields as text: what the event source's template is made of.
+fn message_value(
+    id: &str,
+    guild: Option<&str>,
+    channel: &str,
+    author: &Value,
+    content: &str,
+    timestamp: &str,
+    joined_at: &str,
+) -> Value {
     let mut message = json!({
-        "id": id.to_string(),
-        "channel_id": channel.to_string(),
+        "id": id,
+        "channel_id": channel,
         "author": author,
         "content": content,
-        "timestamp": iso8601(SystemTime::now()),
+        "timestamp": timestamp,
         "edited_timestamp": null,
         "tts": false,
         "mention_everyone": false,
@@ -590,9 +751,9 @@ pub fn message_json(
         merge(
             &mut message,
             json!({
-                "guild_id": guild.to_string(),
+                "guild_id": guild,
                 "member": {
-                    "roles": [], "joined_at": iso8601(SystemTime::now()), "premium_since": null,
+                    "roles": [], "joined_at": joined_at, "premium_since": null,
                     "deaf": false, "mute": false, "flags": 0, "pending": false, "nick": null, "avatar": null,
                 },
             }),
@@ -723,6 +884,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rendered_event_messages_are_the_built_ones() {
+        let world = World::new(&MockConfig::builder().guilds(3).build());
+        let guild = world.guild_at(2);
+        let author = world.user(guild.member(1)).unwrap();
+        let id = snowflake(1_000_000, 7);
+        for content in ["event 12", "quote \" and \\ and \u{1} and é"] {
+            let fields = MessageFields {
+                id,
+                guild: guild.id,
+                channel: guild.channel(1),
+                author: &author.to_string(),
+                content,
+            };
+            let built = message_value(
+                &id.to_string(),
+                Some(&guild.id.to_string()),
+                &guild.channel(1).to_string(),
+                &author,
+                content,
+                &snowflake_time(id),
+                &world.joined_at,
+            );
+            let full: Value =
+                serde_json::from_str(world.event_message(&fields, false).get()).unwrap();
+            assert_eq!(full, built);
+            let blank: Value =
+                serde_json::from_str(world.event_message(&fields, true).get()).unwrap();
+            assert_eq!(blank, crate::gateway::without_content(&built));
+        }
+    }
+
+    #[test]
+    fn joined_users_beyond_the_newest_are_forgotten() {
+        let mut world = World::new(&MockConfig::builder().guilds(1).build());
+        for n in 0..=JOINED_KEPT as u64 {
+            world.add_user(snowflake(2_000_000 + n, 0), format!("joined-{n}"));
+        }
+        assert_eq!(world.username(snowflake(2_000_000, 0)), None);
+        assert_eq!(
+            world.username(snowflake(2_000_001, 0)).as_deref(),
+            Some("joined-1")
+        );
+        assert_eq!(world.joined.len(), JOINED_KEPT);
     }
 
     #[test]

@@ -436,6 +436,38 @@ fn resume_replays_missed_dispatches_with_their_numbers_then_resumed() {
 }
 
 #[test]
+fn a_replayed_message_is_the_one_first_sent_with_and_without_content() {
+    for intents in [ALL, ALL & !intents::MESSAGE_CONTENT] {
+        let mut h = Harness::with(|b| b.guilds(2));
+        let (conn, session) = h.session_with(Duration::ZERO, [0, 1], intents);
+        let seen = 3; // READY + 2 GUILD_CREATE
+        h.heartbeat(conn, ms(100), Some(seen));
+        let first = h.g.produce_event(0, &mut h.out);
+        let second = h.g.produce_event(1, &mut h.out);
+        let sent: Vec<Value> = h
+            .frames(conn)
+            .into_iter()
+            .filter(|f| f["t"] == "MESSAGE_CREATE")
+            .collect();
+        assert_eq!(sent.len(), 2);
+        h.g.client_closed(conn, ms(200), Some(4000));
+        let conn = h.open(ms(300));
+        let replayed = h.resume(conn, ms(300), &session, seen);
+        assert_eq!(replayed[..2], sent[..], "the replay is what was sent");
+        assert_eq!(sent[0]["d"]["id"], first.to_string());
+        assert_eq!(sent[1]["d"]["id"], second.to_string());
+        let content = sent[0]["d"]["content"].as_str().unwrap();
+        if intents & intents::MESSAGE_CONTENT == 0 {
+            assert_eq!(content, "");
+        } else {
+            assert!(content.starts_with("event "), "{content}");
+        }
+        // Its timestamp is its id's time, as Discord's are.
+        assert_eq!(sent[0]["d"]["timestamp"], world::snowflake_time(first));
+    }
+}
+
+#[test]
 fn resume_can_start_from_an_older_sequence() {
     let mut h = Harness::with(|b| b.guilds(2));
     let (conn, session) = h.session(Duration::ZERO, [0, 1]);
