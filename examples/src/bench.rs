@@ -98,6 +98,9 @@ enum Mode {
         /// How long a disconnected session stays resumable.
         #[arg(long, default_value_t = 15_000)]
         resume_timeout_ms: u64,
+        /// One `GUILD_MEMBER_ADD` every this many events (0: none); the mock's default if unset.
+        #[arg(long)]
+        member_add_every: Option<u32>,
     },
 }
 
@@ -119,6 +122,7 @@ async fn main() -> Result<ExitCode> {
                 shards,
                 guilds_per_shard,
                 resume_timeout_ms,
+                member_add_every,
             } = Mode::parse();
             let resume_timeout = Duration::from_millis(resume_timeout_ms);
             serve_mock(
@@ -127,6 +131,7 @@ async fn main() -> Result<ExitCode> {
                 shards,
                 guilds_per_shard,
                 resume_timeout,
+                member_add_every,
             )
             .await
         }
@@ -162,9 +167,14 @@ async fn serve_mock(
     shards: u32,
     guilds_per_shard: usize,
     resume_timeout: Duration,
+    member_add_every: Option<u32>,
 ) -> Result<ExitCode> {
+    let mut config = MockConfig::builder();
+    if let Some(every) = member_add_every {
+        config = config.member_add_every(every);
+    }
     let mock = MockDiscord::start(
-        MockConfig::builder()
+        config
             .guilds(shards as usize * guilds_per_shard)
             .recommended_shards(shards)
             .max_concurrency(max_concurrency)
@@ -222,32 +232,40 @@ async fn start_mock_with(
         shards,
         guilds_per_shard,
         Duration::from_secs(15),
+        None,
     )
     .await
 }
 
-/// [`start_mock_with`], its sessions resumable this long after a disconnect.
+/// [`start_mock_with`], its sessions resumable this long after a disconnect, and its event
+/// source making one `GUILD_MEMBER_ADD` every `member_add_every` events (0: none; `None`: the
+/// mock's default).
 async fn start_mock_resumable(
     max_concurrency: u32,
     interval: Duration,
     shards: u32,
     guilds_per_shard: usize,
     resume_timeout: Duration,
+    member_add_every: Option<u32>,
 ) -> Result<MockProcess> {
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "serve-mock",
-            "--max-concurrency",
-            &max_concurrency.to_string(),
-            "--interval-ms",
-            &interval.as_millis().to_string(),
-            "--shards",
-            &shards.to_string(),
-            "--guilds-per-shard",
-            &guilds_per_shard.to_string(),
-            "--resume-timeout-ms",
-            &resume_timeout.as_millis().to_string(),
-        ])
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.args([
+        "serve-mock",
+        "--max-concurrency",
+        &max_concurrency.to_string(),
+        "--interval-ms",
+        &interval.as_millis().to_string(),
+        "--shards",
+        &shards.to_string(),
+        "--guilds-per-shard",
+        &guilds_per_shard.to_string(),
+        "--resume-timeout-ms",
+        &resume_timeout.as_millis().to_string(),
+    ]);
+    if let Some(every) = member_add_every {
+        command.args(["--member-add-every", &every.to_string()]);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -301,8 +301,15 @@ async fn assigned(redis: &Redis) -> Result<()> {
     // Sessions stay resumable for 90 s after a disconnect, as measured on Discord: a takeover
     // waits out the dead host's lease first.
     let resumable = Duration::from_secs(90);
-    let mock =
-        start_mock_resumable(MAX_CONCURRENCY, IDENTIFY_INTERVAL, SHARDS, 100, resumable).await?;
+    let mock = start_mock_resumable(
+        MAX_CONCURRENCY,
+        IDENTIFY_INTERVAL,
+        SHARDS,
+        100,
+        resumable,
+        None,
+    )
+    .await?;
     let started = Instant::now();
     let names: Vec<String> = (0..HOSTS).map(|h| format!("host-{h}")).collect();
     let mut hosts =
