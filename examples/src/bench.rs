@@ -175,6 +175,8 @@ async fn serve_mock(
     }
     let mock = MockDiscord::start(
         config
+            // Discord raises the daily identify budget of bots this large past its 1,000.
+            .session_limit((shards * 4).max(1000))
             .guilds(shards as usize * guilds_per_shard)
             .recommended_shards(shards)
             .max_concurrency(max_concurrency)
