@@ -675,6 +675,24 @@ fn the_event_source_runs_at_its_rate_per_guild() {
 }
 
 #[test]
+fn a_tick_makes_a_bounded_burst_however_far_behind_it_is() {
+    let mut h = Harness::with(|b| b.guilds(10));
+    h.g.start_events(Duration::ZERO, Some(MAX_EVENTS_PER_SECOND / 10.0))
+        .unwrap();
+    // A second late: a million events were due; one tick's worth is made, the rest is not.
+    h.g.tick(ms(1000), &mut h.out);
+    assert_eq!(
+        h.g.stats(ms(1000)).events_produced,
+        MAX_EVENTS_PER_TICK as u64
+    );
+    h.g.tick(ms(1010), &mut h.out);
+    assert_eq!(
+        h.g.stats(ms(1010)).events_produced,
+        2 * MAX_EVENTS_PER_TICK as u64
+    );
+}
+
+#[test]
 fn control_values_out_of_range_are_refused_and_change_nothing() {
     let mut h = Harness::with(|b| b.guilds(10));
     let max = MAX_EVENTS_PER_SECOND / 10.0;
