@@ -110,9 +110,9 @@ async fn row(asked: u32) -> Result<bool> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     admiral.stats().await?;
     let memory_before = Memory::now(&admiral).await?;
-    let measured = Window::start(&admiral, &workers, mock_pid).await?;
+    let measured = Window::start(&admiral, &workers, &mock).await?;
     tokio::time::sleep(window).await;
-    let steady = measured.end(&admiral, &workers, mock_pid).await?;
+    let steady = measured.end(&admiral, &workers, &mock).await?;
     let memory = Memory::now(&admiral).await?;
     let round = admiral.stats().await?;
     let pss: f64 = std::iter::once(std::process::id())
@@ -153,13 +153,14 @@ async fn row(asked: u32) -> Result<bool> {
     control(&mock, "POST", &format!("/_mock/events/start?rate={max}")).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     admiral.stats().await?;
-    let measured = Window::start(&admiral, &workers, mock_pid).await?;
+    let measured = Window::start(&admiral, &workers, &mock).await?;
     tokio::time::sleep(CEILING).await;
-    let ceiling = measured.end(&admiral, &workers, mock_pid).await?;
+    let ceiling = measured.end(&admiral, &workers, &mock).await?;
     let round = admiral.stats().await?;
     let after = Memory::now(&admiral).await?;
     println!(
-        "  ceiling, {CEILING_EVENTS:.0} events/s asked: handled {:.0}/s; CPU (cores): clusters and services {:.2} ({:.0} events/s per core), admiral {:.3}, discord-mock {:.2}; shards behind {}, busiest event loop {:.1}%; clusters {:.0} MiB RSS",
+        "  ceiling, {CEILING_EVENTS:.0} events/s asked, {:.0}/s made: handled {:.0}/s; CPU (cores): clusters and services {:.2} ({:.0} events/s per core), admiral {:.3}, discord-mock {:.2}; shards behind {}, busiest event loop {:.1}%; clusters {:.0} MiB RSS",
+        ceiling.produced,
         ceiling.handled,
         ceiling.workers,
         ceiling.handled / ceiling.workers.max(1e-9),
@@ -261,17 +262,20 @@ impl Memory {
     }
 }
 
-/// CPU time and events handled at the start of a window.
+/// CPU time and events made and handled at the start of a window.
 struct Window {
     at: Instant,
+    produced: u64,
     handled: u64,
     admiral: u64,
     workers: u64,
     mock: u64,
 }
 
-/// Rates over a window: events handled per second, and cores used by each party.
+/// Rates over a window: events made by the mock and handled per second, and cores used by
+/// each party.
 struct Rates {
+    produced: f64,
     handled: f64,
     admiral: f64,
     workers: f64,
@@ -279,24 +283,40 @@ struct Rates {
 }
 
 impl Window {
-    async fn start(admiral: &AdmiralHandle, workers: &[u32], mock: u32) -> Result<Self> {
+    async fn start(admiral: &AdmiralHandle, workers: &[u32], mock: &MockProcess) -> Result<Self> {
         Ok(Self {
+            produced: produced(mock).await?,
             handled: handled(admiral).await?,
             admiral: cpu_ns(std::process::id()),
             workers: workers.iter().map(|&p| cpu_ns(p)).sum(),
-            mock: cpu_ns(mock),
+            mock: cpu_ns(mock.pid().context("mock pid")?),
             at: Instant::now(),
         })
     }
 
-    async fn end(self, admiral: &AdmiralHandle, workers: &[u32], mock: u32) -> Result<Rates> {
+    async fn end(
+        self,
+        admiral: &AdmiralHandle,
+        workers: &[u32],
+        mock: &MockProcess,
+    ) -> Result<Rates> {
         let elapsed = self.at.elapsed().as_secs_f64();
         let share = |after: u64, before: u64| after.saturating_sub(before) as f64 / 1e9 / elapsed;
+        let per_second = |after: u64, before: u64| after.saturating_sub(before) as f64 / elapsed;
         Ok(Rates {
             admiral: share(cpu_ns(std::process::id()), self.admiral),
             workers: share(workers.iter().map(|&p| cpu_ns(p)).sum(), self.workers),
-            mock: share(cpu_ns(mock), self.mock),
-            handled: handled(admiral).await?.saturating_sub(self.handled) as f64 / elapsed,
+            mock: share(cpu_ns(mock.pid().context("mock pid")?), self.mock),
+            produced: per_second(produced(mock).await?, self.produced),
+            handled: per_second(handled(admiral).await?, self.handled),
         })
     }
+}
+
+/// Events the mock's source has made so far.
+async fn produced(mock: &MockProcess) -> Result<u64> {
+    let report = control(mock, "GET", "/_mock/events").await?;
+    report["produced"]
+        .as_u64()
+        .context("the mock's event count")
 }
