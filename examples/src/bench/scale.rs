@@ -101,6 +101,25 @@ async fn row(asked: u32) -> Result<bool> {
     );
     let workers = worker_pids(&admiral).await?;
     let mock_pid = mock.pid().context("mock pid")?;
+    let fleet_pss = || -> f64 {
+        std::iter::once(std::process::id())
+            .chain(workers.iter().copied())
+            .filter_map(pss_mib)
+            .sum()
+    };
+    // What holding the guilds costs, before any event: the cache learns every message's author
+    // (a member and a user) from then on.
+    let ready = Memory::now(&admiral).await?;
+    let cached = admiral.stats().await?;
+    println!(
+        "  memory once ready: fleet {:.0} MiB PSS; clusters {:.0} MiB RSS in all, {:.2} MiB per thousand guilds; cached: {} guilds, {} members, {} users",
+        fleet_pss(),
+        ready.clusters,
+        ready.clusters / (guilds as f64 / 1000.0),
+        cached.guilds,
+        cached.members,
+        cached.users,
+    );
 
     // Steady state: events at a fixed rate over the fleet; CPU over the window, memory at its
     // start and its end.
@@ -108,17 +127,14 @@ async fn row(asked: u32) -> Result<bool> {
     let rate = STEADY_EVENTS / guilds as f64;
     control(&mock, "POST", &format!("/_mock/events/start?rate={rate}")).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    admiral.stats().await?;
+    let cached = admiral.stats().await?;
     let memory_before = Memory::now(&admiral).await?;
     let measured = Window::start(&admiral, &workers, &mock).await?;
     tokio::time::sleep(window).await;
     let steady = measured.end(&admiral, &workers, &mock).await?;
     let memory = Memory::now(&admiral).await?;
     let round = admiral.stats().await?;
-    let pss: f64 = std::iter::once(std::process::id())
-        .chain(workers.iter().copied())
-        .filter_map(pss_mib)
-        .sum();
+    let pss = fleet_pss();
     let mock_rss = rss_mib(mock_pid).unwrap_or(f64::NAN);
     println!(
         "  steady {window:.0?}, {STEADY_EVENTS:.0} events/s asked: handled {:.0}/s; CPU (cores): admiral {:.3}, all clusters and services {:.2} ({:.0} events/s per core), discord-mock {:.2}; shards behind {}, busiest event loop {:.1}%",
@@ -138,12 +154,15 @@ async fn row(asked: u32) -> Result<bool> {
         memory.clusters / (guilds as f64 / 1000.0)
     );
     println!(
-        "  memory over the window: admiral {:.1} -> {:.1} MiB, clusters {:.1} -> {:.1} MiB ({:+.2}%)",
+        "  memory over the window: admiral {:.1} -> {:.1} MiB, clusters {:.1} -> {:.1} MiB ({:+.2}%) while the caches learnt {} users ({:.0} bytes each, if nothing else grew)",
         memory_before.admiral,
         memory.admiral,
         memory_before.clusters,
         memory.clusters,
-        (memory.clusters / memory_before.clusters - 1.0) * 100.0
+        (memory.clusters / memory_before.clusters - 1.0) * 100.0,
+        round.users.saturating_sub(cached.users),
+        (memory.clusters - memory_before.clusters) * 1024.0 * 1024.0
+            / round.users.saturating_sub(cached.users).max(1) as f64,
     );
     super::stats::figures(&admiral, &format!("{shards} shards")).await?;
 
