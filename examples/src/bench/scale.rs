@@ -66,7 +66,7 @@ fn counts() -> Vec<u32> {
 pub async fn figures() -> Result<bool> {
     let mut clean = true;
     for shards in counts() {
-        clean &= row(shards).await?;
+        clean &= Box::pin(row(shards)).await?;
     }
     Ok(clean)
 }
@@ -126,8 +126,24 @@ async fn row(asked: u32) -> Result<bool> {
     let window = steady();
     let rate = STEADY_EVENTS / guilds as f64;
     control(&mock, "POST", &format!("/_mock/events/start?rate={rate}")).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cached = admiral.stats().await?;
+    // Warm up until the caches have learnt every message author there is (they stop growing),
+    // so memory over the window reads what else grows.
+    let warming = Instant::now();
+    let mut cached = admiral.stats().await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = admiral.stats().await?;
+        let learnt = now.users > cached.users;
+        cached = now;
+        if !learnt || warming.elapsed() > Duration::from_mins(3) {
+            break;
+        }
+    }
+    println!(
+        "  warm-up: {:.0?} until the caches learnt every message author ({} users)",
+        warming.elapsed(),
+        cached.users
+    );
     let memory_before = Memory::now(&admiral).await?;
     let measured = Window::start(&admiral, &workers, &mock).await?;
     tokio::time::sleep(window).await;
