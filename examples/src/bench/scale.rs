@@ -170,15 +170,19 @@ async fn row(asked: u32) -> Result<bool> {
         memory.clusters / (guilds as f64 / 1000.0)
     );
     println!(
-        "  memory over the window: admiral {:.1} -> {:.1} MiB, clusters {:.1} -> {:.1} MiB ({:+.2}%) while the caches learnt {} users ({:.0} bytes each, if nothing else grew)",
+        "  memory over the window: admiral {:.1} -> {:.1} MiB, clusters {:.1} -> {:.1} MiB ({:+.2}%) while the caches learnt {}",
         memory_before.admiral,
         memory.admiral,
         memory_before.clusters,
         memory.clusters,
         (memory.clusters / memory_before.clusters - 1.0) * 100.0,
-        round.users.saturating_sub(cached.users),
-        (memory.clusters - memory_before.clusters) * 1024.0 * 1024.0
-            / round.users.saturating_sub(cached.users).max(1) as f64,
+        match round.users.saturating_sub(cached.users) {
+            0 => "no user".to_owned(),
+            learnt => format!(
+                "{learnt} users ({:.0} bytes each, if nothing else grew)",
+                (memory.clusters - memory_before.clusters) * 1024.0 * 1024.0 / learnt as f64
+            ),
+        },
     );
     super::stats::figures(&admiral, &format!("{shards} shards")).await?;
 
