@@ -18,6 +18,16 @@ use twilight_model::gateway::payload::incoming::GuildCreate;
 /// Guilds each measurement fills its cache with.
 const GUILDS: usize = 50_000;
 
+/// Guilds filled: [`GUILDS`], or `FLEET_BENCH_CACHE_GUILDS` (a cluster of a million-guild fleet
+/// holds some 63,000; hash tables cost more per entry at some sizes than at others).
+fn guilds() -> usize {
+    std::env::var("FLEET_BENCH_CACHE_GUILDS")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(GUILDS)
+}
+
 /// The settings measured: name, what the cache keeps.
 fn settings() -> [(&'static str, ResourceType); 3] {
     let lean = ResourceType::GUILD | ResourceType::CHANNEL | ResourceType::ROLE;
@@ -31,7 +41,8 @@ fn settings() -> [(&'static str, ResourceType); 3] {
 /// Prints the table.
 pub async fn figures() -> Result<()> {
     println!(
-        "cache: bytes per guild ({GUILDS} of the mock's guilds: 3 channels, 2 roles, 5 members)"
+        "cache: bytes per guild ({} of the mock's guilds: 3 channels, 2 roles, 5 members)",
+        guilds()
     );
     for members in ["every member", "the bot only"] {
         for (setting, _) in settings() {
@@ -78,7 +89,8 @@ pub fn serve(args: &[String]) -> Result<ExitCode> {
         .find(|(name, _)| name == setting)
         .context("unknown setting")?
         .1;
-    let world = World::new(&MockConfig::builder().guilds(GUILDS).build());
+    let guilds = guilds();
+    let world = World::new(&MockConfig::builder().guilds(guilds).build());
     let every = members == "all";
     let payloads = world.guilds().map(|g| world.create_payload(&g, every));
     let rss = || rss_mib(std::process::id()).map_or(f64::NAN, |m| m * 1024.0 * 1024.0);
@@ -88,7 +100,7 @@ pub fn serve(args: &[String]) -> Result<ExitCode> {
         "fleet" => fill::<fleet_twilight::cache::Models>(kinds, payloads, rss)?,
         other => bail!("unknown models {other:?}"),
     };
-    println!("{}", (after - before) / GUILDS as f64);
+    println!("{}", (after - before) / guilds as f64);
     Ok(ExitCode::SUCCESS)
 }
 

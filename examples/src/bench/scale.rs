@@ -24,8 +24,17 @@ use super::{MockProcess, control, handled, launch, start_mock_resumable};
 
 /// Guilds per shard: Discord's guidance for a full shard.
 pub const GUILDS_PER_SHARD: usize = 1000;
-/// Clusters at every count.
+/// Clusters at every count, unless `FLEET_BENCH_SCALE_CLUSTERS` says otherwise.
 const CLUSTERS: u32 = 16;
+
+/// The clusters to run: [`CLUSTERS`] or `FLEET_BENCH_SCALE_CLUSTERS`.
+fn clusters() -> u32 {
+    std::env::var("FLEET_BENCH_SCALE_CLUSTERS")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(CLUSTERS)
+}
 /// Identify buckets of the scenario (Discord's for bots this size).
 const MAX_CONCURRENCY: u32 = 16;
 /// The identify interval, shortened from Discord's 5 s so a run takes minutes.
@@ -87,7 +96,8 @@ async fn row(asked: u32) -> Result<bool> {
         Some(0),
     )
     .await?;
-    let (admiral, startup, first_ready) = launch(&mock, INTERVAL, Lib::Twilight, CLUSTERS).await?;
+    let clusters = clusters();
+    let (admiral, startup, first_ready) = launch(&mock, INTERVAL, Lib::Twilight, clusters).await?;
     let waits = shards.div_ceil(MAX_CONCURRENCY) - 1;
     let limit = INTERVAL * waits + first_ready;
     let intents = if fleet_examples::wants_members() {
@@ -96,7 +106,7 @@ async fn row(asked: u32) -> Result<bool> {
         "GUILDS | GUILD_MESSAGES, the bot's member only"
     };
     println!(
-        "scale, {shards} shards ({asked} asked, a multiple of max_concurrency {MAX_CONCURRENCY}), {guilds} guilds, {CLUSTERS} clusters ({intents}): ready in {startup:.2?}; limit {waits} x {INTERVAL:.2?} + first READY {first_ready:.2?} = {limit:.2?}; ratio {:.3}",
+        "scale, {shards} shards ({asked} asked, a multiple of max_concurrency {MAX_CONCURRENCY}), {guilds} guilds, {clusters} clusters ({intents}): ready in {startup:.2?}; limit {waits} x {INTERVAL:.2?} + first READY {first_ready:.2?} = {limit:.2?}; ratio {:.3}",
         startup.as_secs_f64() / limit.as_secs_f64()
     );
     let workers = worker_pids(&admiral).await?;
