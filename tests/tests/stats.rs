@@ -43,11 +43,13 @@ async fn a_snapshot_holds_every_figure_of_a_twilight_fleet() {
     let (admiral, mut events) = launch(fleet_tests::fleet(options)).await;
     admiral.wait_ready(WAIT).await.unwrap();
 
-    // Every guild cached, and every worker's IPC latency measured.
+    // Every guild cached, every worker's IPC latency measured, every event loop timed (over a
+    // second at least).
     let stats = snapshot_where(&mut events, |s| {
         s.guilds == 24
             && s.clusters.iter().all(|c| c.ipc_latency_us.is_some())
-            && s.shards().all(|s| s.latency_ms.is_some())
+            && s.shards()
+                .all(|s| s.latency_ms.is_some() && s.busy.is_some())
     })
     .await;
     assert_eq!(
@@ -314,7 +316,6 @@ async fn a_shard_slower_than_its_gateway_shows_back_pressure_and_recovers() {
     let stats = snapshot_where(&mut events, |s| s.shards_behind == 2).await;
     for shard in stats.shards() {
         assert!(shard.busy.is_some_and(|b| b >= 0.9), "{shard:?}");
-        assert!(shard.events_per_second <= 55.0, "{shard:?}");
     }
     let url = admiral.http_url().unwrap();
     let request = "GET /metrics HTTP/1.1\r\nhost: fleet\r\nconnection: close\r\n\r\n";
