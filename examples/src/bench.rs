@@ -496,6 +496,14 @@ async fn handled(admiral: &AdmiralHandle) -> Result<u64> {
 }
 
 /// Events from discord-mock's source through the shards to the clusters' handlers.
+/// A positive number from the environment variable `name`, if it holds one.
+fn env_count<T: std::str::FromStr + PartialOrd + Default>(name: &str) -> Option<T> {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|n| *n > T::default())
+}
+
 async fn event_throughput(admiral: &AdmiralHandle, mock: &MockProcess) -> Result<()> {
     let rate = 20; // per guild per second: 32 000 events/s over 1600 guilds
     let window = Duration::from_secs(3);

@@ -21,11 +21,7 @@ const GUILDS: usize = 50_000;
 /// Guilds filled: [`GUILDS`], or `FLEET_BENCH_CACHE_GUILDS` (a cluster of a million-guild fleet
 /// holds some 63,000; hash tables cost more per entry at some sizes than at others).
 fn guilds() -> usize {
-    std::env::var("FLEET_BENCH_CACHE_GUILDS")
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(GUILDS)
+    super::env_count("FLEET_BENCH_CACHE_GUILDS").unwrap_or(GUILDS)
 }
 
 /// The settings measured: name, what the cache keeps.

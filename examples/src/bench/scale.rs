@@ -29,11 +29,7 @@ const CLUSTERS: u32 = 16;
 
 /// The clusters to run: [`CLUSTERS`] or `FLEET_BENCH_SCALE_CLUSTERS`.
 fn clusters() -> u32 {
-    std::env::var("FLEET_BENCH_SCALE_CLUSTERS")
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(CLUSTERS)
+    super::env_count("FLEET_BENCH_SCALE_CLUSTERS").unwrap_or(CLUSTERS)
 }
 /// Identify buckets of the scenario (Discord's for bots this size).
 const MAX_CONCURRENCY: u32 = 16;
@@ -51,11 +47,7 @@ const AT_ONCE: u32 = 4;
 /// The steady-state window the CPU and memory figures are taken over: 10 s, or
 /// `FLEET_BENCH_SCALE_STEADY_S` seconds.
 fn steady() -> Duration {
-    let seconds = std::env::var("FLEET_BENCH_SCALE_STEADY_S")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(10);
-    Duration::from_secs(seconds)
+    Duration::from_secs(super::env_count("FLEET_BENCH_SCALE_STEADY_S").unwrap_or(10))
 }
 
 /// The shard counts to run, from `FLEET_BENCH_SCALE` or 100 and 300.
