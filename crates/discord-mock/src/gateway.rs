@@ -1502,24 +1502,30 @@ impl Gateway {
             return;
         };
         session.seq += 1;
-        let text = Envelope::dispatch(event, session.seq, d);
+        let seq = session.seq;
         if session.replay.len() >= self.config.replay_capacity {
             session.replay.pop_front();
         }
         if let Some(n) = event_n {
-            session.unconfirmed.push_back((session.seq, n));
+            session.unconfirmed.push_back((seq, n));
             session.events_sent += 1;
         }
-        let (sent, kept) = if let Some(kept) = kept {
-            (text, kept)
-        } else {
-            (text.clone(), Replay::Frame(text))
+        // The frame is written only for a connection to send it to or a replay that keeps it.
+        let frame = || Envelope::dispatch(event, seq, d);
+        let (sent, kept) = match (kept, session.conn) {
+            (Some(kept), Some(_)) => (Some(frame()), kept),
+            (Some(kept), None) => (None, kept),
+            (None, Some(_)) => {
+                let text = frame();
+                (Some(text.clone()), Replay::Frame(text))
+            }
+            (None, None) => (None, Replay::Frame(frame())),
         };
-        if let Some(conn) = session.conn {
+        if let (Some(conn), Some(text)) = (session.conn, sent) {
             self.stats.dispatches_sent += 1;
-            out.push(Action::Send { conn, text: sent });
+            out.push(Action::Send { conn, text });
         }
-        session.replay.push_back((session.seq, kept));
+        session.replay.push_back((seq, kept));
     }
 
     /// Sends guild `k`'s `GUILD_CREATE` on a session, as [`dispatch`](Self::dispatch) does, but

@@ -265,7 +265,7 @@ impl MessageTemplate {
                     Ok(())
                 }
                 MessagePiece::Content => {
-                    out.push_str(&Value::String(fields.content.to_owned()).to_string());
+                    out.push_str(&serde_json::to_string(fields.content).unwrap_or_default());
                     Ok(())
                 }
                 MessagePiece::Timestamp => write!(out, "\"{}\"", snowflake_time(fields.id)),
